@@ -1,0 +1,34 @@
+# Makefile for the experiment extension (PGXS).
+#
+#   make && make install          build and install into the server of $(PG_CONFIG)
+#   make installcheck             run the pg_regress suite (sql/ -> expected/)
+#   bash scripts/test.sh          the whole suite on a throwaway cluster
+
+EXTENSION = experiment
+EXTVERSION = $(shell sed -n "s/^default_version[[:space:]]*=[[:space:]]*'\([^']*\)'.*/\1/p" $(EXTENSION).control)
+
+MODULE_big = experiment
+OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
+
+# The install script is built from the ordered parts in src/sql/; upgrade
+# scripts live in src/upgrade/ as experiment--A--B.sql.
+SQL_PARTS = $(sort $(wildcard src/sql/*.sql))
+DATA_built = $(EXTENSION)--$(EXTVERSION).sql
+DATA = $(wildcard src/upgrade/$(EXTENSION)--*--*.sql)
+
+REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
+REGRESS_OPTS = --inputdir=.
+
+GSL_CONFIG ?= gsl-config
+PG_CPPFLAGS = -I$(srcdir)/src $(shell $(GSL_CONFIG) --cflags)
+PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
+SHLIB_LINK = $(shell $(GSL_CONFIG) --libs)
+
+EXTRA_CLEAN = $(EXTENSION)--$(EXTVERSION).sql
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+$(EXTENSION)--$(EXTVERSION).sql: $(SQL_PARTS) $(EXTENSION).control
+	cat $(SQL_PARTS) > $@

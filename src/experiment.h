@@ -1,0 +1,80 @@
+/*-------------------------------------------------------------------------
+ *
+ * experiment.h
+ *	  Shared declarations of the experiment extension: the stored
+ *	  experiment.moments type, its access macros, and the helpers that the
+ *	  statistics code shares (GSL wrappers, result construction).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef EXPERIMENT_H
+#define EXPERIMENT_H
+
+#include "postgres.h"
+#include "fmgr.h"
+
+/* PostgreSQL 18 spells it pg_noreturn; earlier releases have none */
+#ifndef pg_noreturn
+#define pg_noreturn __attribute__((noreturn))
+#endif
+
+/*
+ * experiment.moments: the count, the means and the co-moment matrix of 1, 2
+ * or 4 variables (the sufficient statistics of the mean tests, CUPED and
+ * ratio metrics).  Stored as a varlena of fixed size for a given number of
+ * variables:
+ *
+ *	data[0 .. k-1]			means
+ *	data[k .. k+k(k+1)/2-1]	co-moments C_ij = sum (x_i - mean_i)(x_j - mean_j),
+ *							upper triangle, row by row (see MOMENTS_CIDX)
+ *
+ * Updated and merged with the Youngs-Cramer / Chan formulas, never with raw
+ * sums of squares.  n = 0 is the empty value (identity of the merge); the
+ * aggregates return NULL rather than an empty value when they see no rows.
+ */
+#define MOMENTS_VERSION 1
+#define MOMENTS_MAX_VARS 4
+
+typedef struct Moments
+{
+	int32		vl_len_;		/* varlena header (do not touch directly!) */
+	uint8		version;		/* MOMENTS_VERSION */
+	uint8		nvars;			/* 1, 2 or 4 */
+	uint16		flags;			/* reserved, must be 0 */
+	int64		n;				/* number of observations */
+	float8		data[FLEXIBLE_ARRAY_MEMBER];
+} Moments;
+
+#define MOMENTS_NCOMOMENTS(k)	((k) * ((k) + 1) / 2)
+#define MOMENTS_NDATA(k)		((k) + MOMENTS_NCOMOMENTS(k))
+#define MOMENTS_SIZE(k)			(offsetof(Moments, data) + sizeof(float8) * MOMENTS_NDATA(k))
+#define MOMENTS_MEAN(m, i)		((m)->data[(i)])
+/* index of co-moment (i, j), 0 <= i <= j < k, in the upper triangle */
+#define MOMENTS_CIDX(k, i, j)	((k) + (i) * (k) - (i) * ((i) - 1) / 2 + ((j) - (i)))
+#define MOMENTS_COM(m, i, j) \
+	((m)->data[(i) <= (j) ? MOMENTS_CIDX((m)->nvars, (i), (j)) : MOMENTS_CIDX((m)->nvars, (j), (i))])
+
+#define DatumGetMomentsP(X)		((Moments *) PG_DETOAST_DATUM(X))
+#define DatumGetMomentsPCopy(X)	((Moments *) PG_DETOAST_DATUM_COPY(X))
+#define MomentsPGetDatum(X)		PointerGetDatum(X)
+#define PG_GETARG_MOMENTS_P(n)	DatumGetMomentsP(PG_GETARG_DATUM(n))
+#define PG_GETARG_MOMENTS_P_COPY(n) DatumGetMomentsPCopy(PG_GETARG_DATUM(n))
+#define PG_RETURN_MOMENTS_P(x)	PG_RETURN_POINTER(x)
+
+/* moments.c */
+extern Moments *moments_new(int nvars);
+extern Moments *moments_copy(const Moments *m);
+extern void moments_merge_into(Moments *a, const Moments *b);
+extern void moments_check_finite(const Moments *m, const char *what);
+extern double moments_variance(const Moments *m, int i);	/* sample variance, NaN if n < 2 */
+extern double moments_covariance(const Moments *m, int i, int j);
+extern Oid	moments_type_oid(void);
+
+/* gsl_support.c: distribution functions; never return NaN for valid input */
+extern double exp_t_sf(double t, double df);		/* P(T > t) */
+extern double exp_t_quantile_upper(double p, double df);	/* t with P(T > t) = p */
+extern double exp_norm_sf(double z);				/* P(Z > z) */
+extern double exp_norm_quantile(double p);			/* z with P(Z <= z) = p */
+extern double exp_chisq_sf(double x, double df);	/* P(X > x) */
+
+#endif							/* EXPERIMENT_H */

@@ -1,0 +1,754 @@
+/*-------------------------------------------------------------------------
+ *
+ * moments.c
+ *	  The experiment.moments type: text and binary I/O, equality, merge (+),
+ *	  accessors and construction from pre-reduced sums.
+ *
+ * Text form (JSON, so that m::text::jsonb works too):
+ *
+ *	{"version":1,"n":3,"mean":[2,5],"comoment":[[2,1],[1,8]]}
+ *
+ * "comoment" is the full symmetric k x k matrix of sums of cross deviations
+ * from the means.  Floats are printed in their shortest exact form, so the
+ * text form round-trips bit for bit.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <math.h>
+#include <ctype.h>
+
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "common/shortest_dec.h"
+#include "lib/stringinfo.h"
+#include "libpq/pqformat.h"
+#include "utils/builtins.h"
+#include "utils/float.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
+
+#include "experiment.h"
+
+/* tolerance for the Cauchy-Schwarz check of crafted input */
+#define MOMENTS_CS_TOLERANCE 1e-9
+
+Moments *
+moments_new(int nvars)
+{
+	Moments    *m = (Moments *) palloc0(MOMENTS_SIZE(nvars));
+
+	SET_VARSIZE(m, MOMENTS_SIZE(nvars));
+	m->version = MOMENTS_VERSION;
+	m->nvars = (uint8) nvars;
+	return m;
+}
+
+Moments *
+moments_copy(const Moments *m)
+{
+	Moments    *c = (Moments *) palloc(VARSIZE(m));
+
+	memcpy(c, m, VARSIZE(m));
+	return c;
+}
+
+/*
+ * Raise an error when a computed value overflowed.
+ */
+void
+moments_check_finite(const Moments *m, const char *what)
+{
+	int			i;
+
+	for (i = 0; i < MOMENTS_NDATA(m->nvars); i++)
+		if (!isfinite(m->data[i]))
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("%s: moments out of the range of double precision", what)));
+}
+
+/*
+ * Merge b into a (Chan et al. 1979, the pairwise update that PostgreSQL's
+ * float8_regr_combine uses, written for means and co-moments):
+ *	n = na + nb, delta_i = mean_b,i - mean_a,i
+ *	mean_i = mean_a,i + delta_i * nb / n
+ *	C_ij = C_a,ij + C_b,ij + delta_i * delta_j * na * nb / n
+ */
+void
+moments_merge_into(Moments *a, const Moments *b)
+{
+	int			k = a->nvars;
+	int			i,
+				j;
+	double		na,
+				nb,
+				n,
+				delta[MOMENTS_MAX_VARS];
+
+	if (a->nvars != b->nvars)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("cannot merge moments of %d and %d variables", a->nvars, b->nvars)));
+	if (b->n == 0)
+		return;
+	if (a->n == 0)
+	{
+		memcpy(a->data, b->data, sizeof(float8) * MOMENTS_NDATA(k));
+		a->n = b->n;
+		return;
+	}
+	if (a->n > PG_INT64_MAX - b->n)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("moments count out of range")));
+
+	na = (double) a->n;
+	nb = (double) b->n;
+	n = na + nb;
+	for (i = 0; i < k; i++)
+		delta[i] = b->data[i] - a->data[i];
+	for (i = 0; i < k; i++)
+		for (j = i; j < k; j++)
+		{
+			int			c = MOMENTS_CIDX(k, i, j);
+
+			a->data[c] += b->data[c] + delta[i] * delta[j] * (na * nb / n);
+		}
+	for (i = 0; i < k; i++)
+		a->data[i] += delta[i] * (nb / n);
+	a->n += b->n;
+	moments_check_finite(a, "merge");
+}
+
+double
+moments_covariance(const Moments *m, int i, int j)
+{
+	if (m->n < 2)
+		return get_float8_nan();
+	return MOMENTS_COM(m, i, j) / (double) (m->n - 1);
+}
+
+double
+moments_variance(const Moments *m, int i)
+{
+	return moments_covariance(m, i, i);
+}
+
+/*
+ * OID of experiment.moments, for building arrays of it.
+ */
+Oid
+moments_type_oid(void)
+{
+	Oid			nsp = get_namespace_oid("experiment", false);
+	Oid			typ = GetSysCacheOid2(TYPENAMENSP, Anum_pg_type_oid,
+									  CStringGetDatum("moments"),
+									  ObjectIdGetDatum(nsp));
+
+	if (!OidIsValid(typ))
+		elog(ERROR, "type experiment.moments does not exist");
+	return typ;
+}
+
+/*
+ * Check everything a value read from outside must satisfy.
+ */
+static void
+moments_validate(const Moments *m)
+{
+	int			k = m->nvars;
+	int			i,
+				j;
+
+	if (m->version != MOMENTS_VERSION)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("unsupported experiment.moments version %d", m->version),
+				 errhint("This build reads version %d.", MOMENTS_VERSION)));
+	if (k != 1 && k != 2 && k != 4)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("experiment.moments must have 1, 2 or 4 variables, not %d", k)));
+	if (m->flags != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("invalid experiment.moments flags %d", m->flags)));
+	if (m->n < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("experiment.moments count must not be negative: " INT64_FORMAT, m->n)));
+	for (i = 0; i < MOMENTS_NDATA(k); i++)
+		if (!isfinite(m->data[i]))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+					 errmsg("experiment.moments values must be finite")));
+	for (i = 0; i < k; i++)
+	{
+		if (MOMENTS_COM(m, i, i) < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+					 errmsg("experiment.moments co-moment (%d,%d) must not be negative", i + 1, i + 1)));
+		for (j = i + 1; j < k; j++)
+		{
+			double		bound = sqrt(MOMENTS_COM(m, i, i)) * sqrt(MOMENTS_COM(m, j, j));
+
+			if (fabs(MOMENTS_COM(m, i, j)) > bound * (1 + MOMENTS_CS_TOLERANCE) + 1e-300)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+						 errmsg("experiment.moments co-moment (%d,%d) exceeds the Cauchy-Schwarz bound", i + 1, j + 1)));
+		}
+	}
+	if (m->n <= 1)
+	{
+		for (i = (m->n == 0 ? 0 : k); i < MOMENTS_NDATA(k); i++)
+			if (m->data[i] != 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+						 errmsg("experiment.moments with n = " INT64_FORMAT " must have zero %s",
+								m->n, m->n == 0 ? "means and co-moments" : "co-moments")));
+	}
+}
+
+/* ---------- text input ---------- */
+
+typedef struct MomentsParser
+{
+	const char *start;
+	const char *p;
+} MomentsParser;
+
+pg_noreturn static void
+mp_error(MomentsParser *ps, const char *expected)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+			 errmsg("invalid input syntax for type experiment.moments: \"%s\"", ps->start),
+			 errdetail("Expected %s at character %d.", expected, (int) (ps->p - ps->start) + 1),
+			 errhint("The form is {\"version\":1,\"n\":N,\"mean\":[...],\"comoment\":[[...],...]}.")));
+}
+
+static void
+mp_ws(MomentsParser *ps)
+{
+	while (isspace((unsigned char) *ps->p))
+		ps->p++;
+}
+
+static void
+mp_expect(MomentsParser *ps, char c)
+{
+	char		what[4] = {'"', c, '"', 0};
+
+	mp_ws(ps);
+	if (*ps->p != c)
+		mp_error(ps, what);
+	ps->p++;
+}
+
+static bool
+mp_peek(MomentsParser *ps, char c)
+{
+	mp_ws(ps);
+	return *ps->p == c;
+}
+
+static double
+mp_number(MomentsParser *ps)
+{
+	char	   *end;
+	double		v;
+
+	mp_ws(ps);
+	if (!(*ps->p == '-' || isdigit((unsigned char) *ps->p)))
+		mp_error(ps, "a number");
+	/* strtod rounds correctly, so shortest-form output reads back exactly */
+	v = strtod(ps->p, &end);
+	if (end == ps->p)
+		mp_error(ps, "a number");
+	if (!isfinite(v))
+		mp_error(ps, "a finite number");
+	ps->p = end;
+	return v;
+}
+
+/* reads ["a","b"...] into out[], returns the count */
+static int
+mp_array(MomentsParser *ps, double *out, int max)
+{
+	int			n = 0;
+
+	mp_expect(ps, '[');
+	if (mp_peek(ps, ']'))
+	{
+		ps->p++;
+		return 0;
+	}
+	for (;;)
+	{
+		double		v = mp_number(ps);
+
+		if (n >= max)
+			mp_error(ps, "at most 4 variables");
+		out[n++] = v;
+		if (mp_peek(ps, ','))
+		{
+			ps->p++;
+			continue;
+		}
+		mp_expect(ps, ']');
+		return n;
+	}
+}
+
+static void
+mp_key(MomentsParser *ps, char *buf, int buflen)
+{
+	int			n = 0;
+
+	mp_expect(ps, '"');
+	while (*ps->p && *ps->p != '"')
+	{
+		if (n < buflen - 1)
+			buf[n++] = *ps->p;
+		ps->p++;
+	}
+	buf[n] = 0;
+	mp_expect(ps, '"');
+	mp_expect(ps, ':');
+}
+
+PG_FUNCTION_INFO_V1(moments_in);
+/*
+ * moments_in: text form -> experiment.moments, validated.
+ */
+Datum
+moments_in(PG_FUNCTION_ARGS)
+{
+	char	   *str = PG_GETARG_CSTRING(0);
+	MomentsParser ps = {str, str};
+	double		mean[MOMENTS_MAX_VARS];
+	double		com[MOMENTS_MAX_VARS][MOMENTS_MAX_VARS];
+	int			nmean = -1,
+				nrows = -1;
+	int			ncols[MOMENTS_MAX_VARS];
+	double		version = -1,
+				n = -1;
+	Moments    *m;
+	int			i,
+				j,
+				k;
+
+	mp_expect(&ps, '{');
+	for (;;)
+	{
+		char		key[16];
+
+		mp_key(&ps, key, sizeof(key));
+		if (strcmp(key, "version") == 0 && version < 0)
+			version = mp_number(&ps);
+		else if (strcmp(key, "n") == 0 && n < 0)
+		{
+			n = mp_number(&ps);
+			if (n < 0 || n != floor(n) || n > 9.2e18)
+				mp_error(&ps, "a non-negative whole count");
+		}
+		else if (strcmp(key, "mean") == 0 && nmean < 0)
+			nmean = mp_array(&ps, mean, MOMENTS_MAX_VARS);
+		else if (strcmp(key, "comoment") == 0 && nrows < 0)
+		{
+			nrows = 0;
+			mp_expect(&ps, '[');
+			if (!mp_peek(&ps, ']'))
+			{
+				for (;;)
+				{
+					if (nrows >= MOMENTS_MAX_VARS)
+						mp_error(&ps, "at most 4 rows");
+					ncols[nrows] = mp_array(&ps, com[nrows], MOMENTS_MAX_VARS);
+					nrows++;
+					if (mp_peek(&ps, ','))
+					{
+						ps.p++;
+						continue;
+					}
+					break;
+				}
+			}
+			mp_expect(&ps, ']');
+		}
+		else
+			mp_error(&ps, "one each of the keys \"version\", \"n\", \"mean\", \"comoment\"");
+		if (mp_peek(&ps, ','))
+		{
+			ps.p++;
+			continue;
+		}
+		mp_expect(&ps, '}');
+		break;
+	}
+	mp_ws(&ps);
+	if (*ps.p != '\0')
+		mp_error(&ps, "end of input");
+	if (version < 0 || n < 0 || nmean < 0 || nrows < 0)
+		mp_error(&ps, "all of the keys \"version\", \"n\", \"mean\", \"comoment\"");
+	if (version != MOMENTS_VERSION)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("unsupported experiment.moments version %g", version),
+				 errhint("This build reads version %d.", MOMENTS_VERSION)));
+	k = nmean;
+	if (k != 1 && k != 2 && k != 4)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("experiment.moments must have 1, 2 or 4 variables, not %d", k)));
+	if (nrows != k)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("experiment.moments comoment must be a %d x %d matrix", k, k)));
+	for (i = 0; i < k; i++)
+		if (ncols[i] != k)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+					 errmsg("experiment.moments comoment must be a %d x %d matrix", k, k)));
+	for (i = 0; i < k; i++)
+		for (j = i + 1; j < k; j++)
+			if (com[i][j] != com[j][i])
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+						 errmsg("experiment.moments comoment matrix must be symmetric")));
+
+	m = moments_new(k);
+	m->n = (int64) n;
+	for (i = 0; i < k; i++)
+	{
+		m->data[i] = mean[i];
+		for (j = i; j < k; j++)
+			m->data[MOMENTS_CIDX(k, i, j)] = com[i][j];
+	}
+	moments_validate(m);
+	PG_RETURN_MOMENTS_P(m);
+}
+
+static void
+append_float8(StringInfo buf, double v)
+{
+	char		tmp[DOUBLE_SHORTEST_DECIMAL_LEN];
+
+	if (v == 0)
+		v = 0;					/* no "-0" */
+	double_to_shortest_decimal_buf(v, tmp);
+	appendStringInfoString(buf, tmp);
+}
+
+PG_FUNCTION_INFO_V1(moments_out);
+/*
+ * moments_out: experiment.moments -> its JSON text form.
+ */
+Datum
+moments_out(PG_FUNCTION_ARGS)
+{
+	Moments    *m = PG_GETARG_MOMENTS_P(0);
+	int			k = m->nvars;
+	StringInfoData buf;
+	int			i,
+				j;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "{\"version\":%d,\"n\":" INT64_FORMAT ",\"mean\":[", m->version, m->n);
+	for (i = 0; i < k; i++)
+	{
+		if (i > 0)
+			appendStringInfoChar(&buf, ',');
+		append_float8(&buf, m->data[i]);
+	}
+	appendStringInfoString(&buf, "],\"comoment\":[");
+	for (i = 0; i < k; i++)
+	{
+		appendStringInfoString(&buf, i > 0 ? ",[" : "[");
+		for (j = 0; j < k; j++)
+		{
+			if (j > 0)
+				appendStringInfoChar(&buf, ',');
+			append_float8(&buf, MOMENTS_COM(m, i, j));
+		}
+		appendStringInfoChar(&buf, ']');
+	}
+	appendStringInfoString(&buf, "]}");
+	PG_RETURN_CSTRING(buf.data);
+}
+
+PG_FUNCTION_INFO_V1(moments_recv);
+/*
+ * moments_recv: binary form -> experiment.moments, validated.
+ * Layout: version (1 byte), nvars (1 byte), n (int8), then the data doubles.
+ */
+Datum
+moments_recv(PG_FUNCTION_ARGS)
+{
+	StringInfo	buf = (StringInfo) PG_GETARG_POINTER(0);
+	int			version = pq_getmsgbyte(buf);
+	int			k = pq_getmsgbyte(buf);
+	Moments    *m;
+	int			i;
+
+	if (version != MOMENTS_VERSION)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+				 errmsg("unsupported experiment.moments version %d", version)));
+	if (k != 1 && k != 2 && k != 4)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+				 errmsg("experiment.moments must have 1, 2 or 4 variables, not %d", k)));
+	m = moments_new(k);
+	m->n = pq_getmsgint64(buf);
+	for (i = 0; i < MOMENTS_NDATA(k); i++)
+		m->data[i] = pq_getmsgfloat8(buf);
+	moments_validate(m);
+	PG_RETURN_MOMENTS_P(m);
+}
+
+PG_FUNCTION_INFO_V1(moments_send);
+/*
+ * moments_send: experiment.moments -> binary form.
+ */
+Datum
+moments_send(PG_FUNCTION_ARGS)
+{
+	Moments    *m = PG_GETARG_MOMENTS_P(0);
+	StringInfoData buf;
+	int			i;
+
+	pq_begintypsend(&buf);
+	pq_sendbyte(&buf, m->version);
+	pq_sendbyte(&buf, m->nvars);
+	pq_sendint64(&buf, m->n);
+	for (i = 0; i < MOMENTS_NDATA(m->nvars); i++)
+		pq_sendfloat8(&buf, m->data[i]);
+	PG_RETURN_BYTEA_P(pq_endtypsend(&buf));
+}
+
+static bool
+moments_equal(const Moments *a, const Moments *b)
+{
+	int			i;
+
+	if (a->nvars != b->nvars || a->n != b->n || a->version != b->version)
+		return false;
+	for (i = 0; i < MOMENTS_NDATA(a->nvars); i++)
+		if (a->data[i] != b->data[i])
+			return false;
+	return true;
+}
+
+PG_FUNCTION_INFO_V1(moments_eq);
+/*
+ * moments_eq: the same count, means and co-moments, exactly.
+ */
+Datum
+moments_eq(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(moments_equal(PG_GETARG_MOMENTS_P(0), PG_GETARG_MOMENTS_P(1)));
+}
+
+PG_FUNCTION_INFO_V1(moments_ne);
+/*
+ * moments_ne: negation of moments_eq.
+ */
+Datum
+moments_ne(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(!moments_equal(PG_GETARG_MOMENTS_P(0), PG_GETARG_MOMENTS_P(1)));
+}
+
+PG_FUNCTION_INFO_V1(moments_add);
+/*
+ * moments_add: a + b, the moments of the union of both samples.
+ */
+Datum
+moments_add(PG_FUNCTION_ARGS)
+{
+	Moments    *a = PG_GETARG_MOMENTS_P_COPY(0);
+	Moments    *b = PG_GETARG_MOMENTS_P(1);
+
+	moments_merge_into(a, b);
+	PG_RETURN_MOMENTS_P(a);
+}
+
+static int
+moments_var_arg(const Moments *m, int32 i, const char *argname)
+{
+	if (i < 1 || i > m->nvars)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be between 1 and %d, not %d", argname, m->nvars, i),
+				 errdetail("These moments hold %d variable%s.", m->nvars, m->nvars == 1 ? "" : "s")));
+	return i - 1;
+}
+
+PG_FUNCTION_INFO_V1(moments_n);
+/*
+ * moments_n: the number of observations.
+ */
+Datum
+moments_n(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64(PG_GETARG_MOMENTS_P(0)->n);
+}
+
+PG_FUNCTION_INFO_V1(moments_mean);
+/*
+ * moments_mean: mean of variable i (1-based); NULL when n = 0.
+ */
+Datum
+moments_mean(PG_FUNCTION_ARGS)
+{
+	Moments    *m = PG_GETARG_MOMENTS_P(0);
+	int			i = moments_var_arg(m, PG_GETARG_INT32(1), "i");
+
+	if (m->n == 0)
+		PG_RETURN_NULL();
+	PG_RETURN_FLOAT8(m->data[i]);
+}
+
+PG_FUNCTION_INFO_V1(moments_variance_fn);
+/*
+ * moments_variance_fn: sample variance (n - 1 denominator) of variable i;
+ * NULL when n < 2.
+ */
+Datum
+moments_variance_fn(PG_FUNCTION_ARGS)
+{
+	Moments    *m = PG_GETARG_MOMENTS_P(0);
+	int			i = moments_var_arg(m, PG_GETARG_INT32(1), "i");
+
+	if (m->n < 2)
+		PG_RETURN_NULL();
+	PG_RETURN_FLOAT8(moments_variance(m, i));
+}
+
+PG_FUNCTION_INFO_V1(moments_covariance_fn);
+/*
+ * moments_covariance_fn: sample covariance of variables i and j; NULL when
+ * n < 2.
+ */
+Datum
+moments_covariance_fn(PG_FUNCTION_ARGS)
+{
+	Moments    *m = PG_GETARG_MOMENTS_P(0);
+	int			i = moments_var_arg(m, PG_GETARG_INT32(1), "i");
+	int			j = moments_var_arg(m, PG_GETARG_INT32(2), "j");
+
+	if (m->n < 2)
+		PG_RETURN_NULL();
+	PG_RETURN_FLOAT8(moments_covariance(m, i, j));
+}
+
+/*
+ * Co-moment from raw sums: sxy - sx * sy / n.  Raw sums lose digits when the
+ * mean is large against the spread; that loss is already in the input.  A
+ * diagonal that comes out negative by more than rounding is an error.
+ */
+static double
+comoment_from_sums(int64 n, double sx, double sy, double sxy, bool diagonal,
+				   const char *argname)
+{
+	double		c = sxy - sx * (sy / (double) n);
+
+	if (diagonal && c < 0)
+	{
+		if (-c <= 1e-9 * fabs(sxy) + 1e-300)
+			c = 0;
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s is smaller than the square of the sum divided by n", argname),
+					 errdetail("A sum of squares of n values is at least sum^2 / n.")));
+	}
+	return c;
+}
+
+static void
+check_sums_args(int64 n, int nargs, const double *v, const char *const *names)
+{
+	int			i;
+
+	if (n < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("n must not be negative, got " INT64_FORMAT, n)));
+	for (i = 0; i < nargs; i++)
+		if (!isfinite(v[i]))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s must be finite, got %g", names[i], v[i])));
+}
+
+PG_FUNCTION_INFO_V1(moments_from_sums1);
+/*
+ * moments_from_sums1(n, sum, sum_squares): univariate moments from sums, as
+ * other systems reduce data.  NULL for n = 0.
+ */
+Datum
+moments_from_sums1(PG_FUNCTION_ARGS)
+{
+	int64		n = PG_GETARG_INT64(0);
+	double		v[2] = {PG_GETARG_FLOAT8(1), PG_GETARG_FLOAT8(2)};
+	static const char *const names[] = {"sum", "sum_squares"};
+	Moments    *m;
+
+	check_sums_args(n, 2, v, names);
+	if (n == 0)
+		PG_RETURN_NULL();
+	m = moments_new(1);
+	m->n = n;
+	m->data[0] = v[0] / (double) n;
+	m->data[1] = n == 1 ? 0 : comoment_from_sums(n, v[0], v[0], v[1], true, "sum_squares");
+	moments_check_finite(m, "moments_from_sums");
+	PG_RETURN_MOMENTS_P(m);
+}
+
+PG_FUNCTION_INFO_V1(moments_from_sums2);
+/*
+ * moments_from_sums2(n, sum_y, sum_y2, sum_x, sum_x2, sum_xy): bivariate
+ * moments of (y, x) from sums.  NULL for n = 0.
+ */
+Datum
+moments_from_sums2(PG_FUNCTION_ARGS)
+{
+	int64		n = PG_GETARG_INT64(0);
+	double		v[5] = {PG_GETARG_FLOAT8(1), PG_GETARG_FLOAT8(2), PG_GETARG_FLOAT8(3),
+	PG_GETARG_FLOAT8(4), PG_GETARG_FLOAT8(5)};
+	static const char *const names[] = {"sum_y", "sum_y2", "sum_x", "sum_x2", "sum_xy"};
+	Moments    *m;
+
+	check_sums_args(n, 5, v, names);
+	if (n == 0)
+		PG_RETURN_NULL();
+	m = moments_new(2);
+	m->n = n;
+	m->data[0] = v[0] / (double) n;
+	m->data[1] = v[2] / (double) n;
+	if (n > 1)
+	{
+		double		cyy = comoment_from_sums(n, v[0], v[0], v[1], true, "sum_y2");
+		double		cxx = comoment_from_sums(n, v[2], v[2], v[3], true, "sum_x2");
+		double		cxy = comoment_from_sums(n, v[0], v[2], v[4], false, "sum_xy");
+		double		bound = sqrt(cyy) * sqrt(cxx);
+
+		if (fabs(cxy) > bound * (1 + 1e-9) + 1e-300)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("sum_xy is inconsistent with sum_y2 and sum_x2"),
+					 errdetail("The implied covariance exceeds the Cauchy-Schwarz bound.")));
+		/* rounding may push |cxy| a hair past the bound */
+		if (fabs(cxy) > bound)
+			cxy = copysign(bound, cxy);
+		m->data[MOMENTS_CIDX(2, 0, 0)] = cyy;
+		m->data[MOMENTS_CIDX(2, 0, 1)] = cxy;
+		m->data[MOMENTS_CIDX(2, 1, 1)] = cxx;
+	}
+	moments_check_finite(m, "moments_from_sums");
+	PG_RETURN_MOMENTS_P(m);
+}
