@@ -7,6 +7,6 @@ set -euo pipefail
 exp_setup
 cd "$EXP_ROOT"
 set +e
-bash test/run
+bash test/run "$@"
 rc=$?
 exit $rc
