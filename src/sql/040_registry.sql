@@ -38,7 +38,8 @@ CREATE TABLE experiment.experiments (
   updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
   CONSTRAINT experiments_layer_range_valid CHECK (
     (layer IS NULL AND layer_start IS NULL AND layer_end IS NULL)
-    OR (layer IS NOT NULL AND layer_start >= 0 AND layer_start < layer_end AND layer_end <= 1)),
+    OR (layer IS NOT NULL AND layer_start IS NOT NULL AND layer_end IS NOT NULL
+        AND layer_start >= 0 AND layer_start < layer_end AND layer_end <= 1)),
   CONSTRAINT experiments_end_after_start CHECK (end_at >= start_at)
 );
 COMMENT ON TABLE experiment.experiments IS
@@ -177,8 +178,8 @@ BEGIN
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
   IF NEW.layer IS NOT NULL OR NEW.layer_start IS NOT NULL OR NEW.layer_end IS NOT NULL THEN
-    IF NEW.layer IS NULL OR NEW.layer = '' OR NOT (NEW.layer_start >= 0 AND NEW.layer_start < NEW.layer_end
-                                                   AND NEW.layer_end <= 1) THEN
+    IF NEW.layer IS NULL OR NEW.layer = ''
+       OR NOT coalesce(NEW.layer_start >= 0 AND NEW.layer_start < NEW.layer_end AND NEW.layer_end <= 1, false) THEN
       RAISE EXCEPTION 'invalid layer range of experiment "%": layer %, layer_start %, layer_end %',
         NEW.id, coalesce(quote_literal(NEW.layer), 'NULL'), coalesce(NEW.layer_start::text, 'NULL'),
         coalesce(NEW.layer_end::text, 'NULL')
@@ -497,19 +498,24 @@ CREATE FUNCTION experiment.assign(unit_id text, experiment_id text, attributes j
   SET search_path = pg_catalog, experiment
 AS $$
 DECLARE
-  e experiment.experiments;
-  s record;
+  e record;
   pos float8;
   i integer;
 BEGIN
   IF experiment_id IS NULL OR unit_id IS NULL OR unit_id = '' THEN
     RETURN NULL;
   END IF;
-  SELECT * INTO e FROM experiment.experiments x WHERE x.id = assign.experiment_id;
+  SELECT x.status, x.salt, x.hash_scheme, x.traffic, x.layer, x.layer_start, x.layer_end, x.targeting,
+         array_agg(v.name ORDER BY v.is_control DESC, v.name COLLATE "C") AS names,
+         array_agg(v.allocation ORDER BY v.is_control DESC, v.name COLLATE "C") AS allocations
+    INTO e
+    FROM experiment.experiments x LEFT JOIN experiment.variants v ON v.experiment_id = x.id
+   WHERE x.id = assign.experiment_id
+   GROUP BY x.id;
   IF NOT FOUND THEN
     RAISE EXCEPTION 'experiment "%" does not exist', experiment_id USING ERRCODE = 'invalid_parameter_value';
   END IF;
-  IF e.status <> 'running' THEN
+  IF e.status <> 'running' OR cardinality(e.names) < 2 THEN
     RETURN NULL;
   END IF;
   IF e.layer IS NOT NULL THEN
@@ -522,17 +528,13 @@ BEGIN
      AND NOT coalesce(experiment.eval_condition(e.targeting, coalesce(attributes, '{}'::jsonb)), false) THEN
     RETURN NULL;
   END IF;
-  s := experiment.split(e.id);
-  IF coalesce(cardinality(s.names), 0) < 2 THEN
-    RETURN NULL;
-  END IF;
   i := experiment.growthbook_choose_variation(
          experiment.unit_hash(e.hash_scheme, e.salt, unit_id),
-         experiment.growthbook_bucket_ranges(cardinality(s.names), e.traffic, s.allocations));
+         experiment.growthbook_bucket_ranges(cardinality(e.names), e.traffic, e.allocations));
   IF i < 0 THEN
     RETURN NULL;
   END IF;
-  RETURN s.names[i + 1];
+  RETURN e.names[i + 1];
 END
 $$;
 COMMENT ON FUNCTION experiment.assign(text, text, jsonb) IS
