@@ -83,7 +83,9 @@ for i in range(3000):
         accepted += 1
     except psycopg2.Error as e:
         rejected += 1
-        if e.pgcode is None or e.pgcode[:2] not in ("22",):
+        # 08P01 is what pq_getmsg* raise for a short message, as for every
+        # built-in type's receive function; it is an ordinary ERROR
+        if e.pgcode is None or (e.pgcode[:2] != "22" and e.pgcode != "08P01"):
             ck.check(False, "binary payload %r: unexpected error %s %s" % (payload, e.pgcode, e))
 print("binary: %d accepted, %d rejected" % (accepted, rejected))
 # everything that got in is valid: re-reading its text form must succeed
