@@ -43,15 +43,19 @@ static inline void
 moments_accum_row(Moments *m, const double *x, int k)
 {
 	double		d[MOMENTS_MAX_VARS];
-	/* the reciprocal depends on n only, so it stays off the data's dependency chain */
-	double		r = 1.0 / (double) (m->n + 1);
+	/*
+	 * Divide rather than multiply by a reciprocal: the extra rounding of
+	 * 1/n' costs an order of magnitude of accuracy in the variance of data
+	 * with a large mean (1e-8 instead of 1e-9 relative for 1e9 + N(0,1)).
+	 */
+	double		n1 = (double) (m->n + 1);
 	int			i,
 				j;
 
 	for (i = 0; i < k; i++)
 	{
 		d[i] = x[i] - m->data[i];
-		m->data[i] += d[i] * r;
+		m->data[i] += d[i] / n1;
 	}
 	for (i = 0; i < k; i++)
 	{
