@@ -1,9 +1,9 @@
 """Properties of experiment.assign() and experiment.assign_switchback():
 
-- ramp safety: over 100,000 units, raising traffic 10% -> 50% -> 100% never
-  moves an enrolled unit to another variant and never removes it (sha256,
-  growthbook_v2, eppo and statsig schemes); the enrolled share follows traffic;
-- layer exclusivity: four experiments sharing one layer never share a unit and
+- ramp safety: over 100,000 units (sha256, growthbook_v2; 30,000 for eppo and
+  statsig), raising traffic 10% -> 50% -> 100% never moves an enrolled unit to
+  another variant and never removes it; the enrolled share follows traffic;
+- layer exclusivity (50,000 units): four experiments sharing one layer never share a unit and
   together cover every unit; experiments in two different layers are
   independent (chi-squared test of independence, p > 0.001; sha256 layers:
   GrowthBook namespaces are only checked for exclusivity, see the note below);
@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib
 from exptest import Checker, fresh_db  # noqa: E402
 
 N = 100_000
+N_LAYER = 50_000
 P_MIN = 0.001
 
 
@@ -41,14 +42,14 @@ def assignments(cur, eid, n=N, prefix="unit-"):
     return [r[0] for r in cur.fetchall()]
 
 
-def ramp_safety(ck, cur, scheme):
+def ramp_safety(ck, cur, scheme, N=N):
     eid = "ramp-" + scheme
     variants = [("control", 0.5), ("treatment", 0.3), ("holdback", 0.2)]
     create(cur, eid, variants, traffic=0.1, hash_scheme=scheme)
     stages = {}
     for t in (0.1, 0.5, 1.0):
         cur.execute("UPDATE experiment.experiments SET traffic = %s WHERE id = %s", (t, eid))
-        stages[t] = assignments(cur, eid)
+        stages[t] = assignments(cur, eid, n=N)
         enrolled = sum(1 for v in stages[t] if v is not None)
         # binomial: 5 standard deviations
         sd = (N * t * (1 - t)) ** 0.5
@@ -100,21 +101,21 @@ def layers(ck, cur, scheme, tag, independent=True):
         create(cur, eid, [("control", 0.5), ("treatment", 0.5)], hash_scheme=scheme,
                layer=tag + "-one", layer_start=lo, layer_end=hi)
         ids.append(eid)
-    cols = [assignments(cur, eid, prefix="lay-") for eid in ids]
-    in_two = sum(1 for i in range(N) if sum(1 for c in cols if c[i] is not None) > 1)
-    in_none = sum(1 for i in range(N) if all(c[i] is None for c in cols))
+    cols = [assignments(cur, eid, n=N_LAYER, prefix="lay-") for eid in ids]
+    in_two = sum(1 for i in range(N_LAYER) if sum(1 for c in cols if c[i] is not None) > 1)
+    in_none = sum(1 for i in range(N_LAYER) if all(c[i] is None for c in cols))
     ck.check(in_two == 0, "%s: %d units in two experiments of one layer" % (scheme, in_two))
     ck.check(in_none == 0, "%s: %d units in no experiment of a fully owned layer" % (scheme, in_none))
     shares = [sum(1 for v in c if v is not None) for c in cols]
-    p_share = stats.chisquare(shares, [N * (hi - lo) for lo, hi in ranges]).pvalue
+    p_share = stats.chisquare(shares, [N_LAYER * (hi - lo) for lo, hi in ranges]).pvalue
     ck.check(p_share > P_MIN, "%s: layer shares %r, p = %g" % (scheme, shares, p_share))
 
     # a second layer is independent of the first
     other = "%s-layer-two-x" % tag
     create(cur, other, [("control", 0.5), ("treatment", 0.5)], hash_scheme=scheme,
            layer=tag + "-two", layer_start=0.0, layer_end=0.5)
-    second = assignments(cur, other, prefix="lay-")
-    first = [next((ids[k] + ":" + c[i] for k, c in enumerate(cols) if c[i] is not None), None) for i in range(N)]
+    second = assignments(cur, other, n=N_LAYER, prefix="lay-")
+    first = [next((ids[k] + ":" + c[i] for k, c in enumerate(cols) if c[i] is not None), None) for i in range(N_LAYER)]
     rows = sorted(set(first))
     colsv = sorted(set(second), key=lambda v: (v is None, v or ""))
     table = [[sum(1 for a, b in zip(first, second) if a == r and b == c) for c in colsv] for r in rows]
@@ -167,8 +168,10 @@ def main():
     ck = Checker("test_registry_properties")
     conn = fresh_db("exp_registry_properties")
     cur = conn.cursor()
-    for scheme in ("sha256", "growthbook_v2", "eppo", "statsig"):
+    for scheme in ("sha256", "growthbook_v2"):
         ramp_safety(ck, cur, scheme)
+    for scheme in ("eppo", "statsig"):
+        ramp_safety(ck, cur, scheme, N=30_000)
     for scheme in ("sha256", "growthbook_v2"):
         split_balance(ck, cur, scheme)
     layers(ck, cur, "sha256", "s")
