@@ -332,8 +332,13 @@ BEGIN
         USING ERRCODE = 'invalid_parameter_value';
     END IF;
   END IF;
+  -- Lock the experiment row against a concurrent status change: starting an
+  -- experiment checks its split, which must not change until that commits.
+  IF TG_OP = 'INSERT' THEN
+    PERFORM FROM experiment.experiments x WHERE x.id = NEW.experiment_id FOR SHARE;
+  END IF;
   IF TG_OP IN ('UPDATE', 'DELETE') THEN
-    SELECT x.status INTO st FROM experiment.experiments x WHERE x.id = OLD.experiment_id;
+    SELECT x.status INTO st FROM experiment.experiments x WHERE x.id = OLD.experiment_id FOR SHARE;
     IF st <> 'draft' AND (TG_OP = 'DELETE'
          OR NEW.experiment_id <> OLD.experiment_id OR NEW.name <> OLD.name
          OR NEW.allocation <> OLD.allocation OR NEW.is_control <> OLD.is_control) THEN
@@ -343,7 +348,7 @@ BEGIN
     END IF;
   END IF;
   IF TG_OP = 'UPDATE' AND NEW.experiment_id <> OLD.experiment_id THEN
-    SELECT x.status INTO st FROM experiment.experiments x WHERE x.id = NEW.experiment_id;
+    SELECT x.status INTO st FROM experiment.experiments x WHERE x.id = NEW.experiment_id FOR SHARE;
     IF st <> 'draft' THEN
       RAISE EXCEPTION 'cannot change the variants of experiment "%": it is %', NEW.experiment_id, st
         USING ERRCODE = 'invalid_parameter_value';
