@@ -1,9 +1,9 @@
 """Properties of experiment.assign() and experiment.assign_switchback():
 
-- ramp safety: over 100,000 units (sha256, growthbook_v2; 30,000 for eppo and
-  statsig), raising traffic 10% -> 50% -> 100% never moves an enrolled unit to
+- ramp safety: over 100,000 units (sha256, growthbook_v2, eppo and statsig
+  schemes), raising traffic 10% -> 50% -> 100% never moves an enrolled unit to
   another variant and never removes it; the enrolled share follows traffic;
-- layer exclusivity (50,000 units): four experiments sharing one layer never share a unit and
+- layer exclusivity (100,000 units): four experiments sharing one layer never share a unit and
   together cover every unit; experiments in two different layers are
   independent (chi-squared test of independence, p > 0.001; sha256 layers:
   GrowthBook namespaces are only checked for exclusivity, see the note below);
@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib
 from exptest import Checker, fresh_db  # noqa: E402
 
 N = 100_000
-N_LAYER = 50_000
+N_LAYER = 100_000
 P_MIN = 0.001
 
 
@@ -168,10 +168,8 @@ def main():
     ck = Checker("test_registry_properties")
     conn = fresh_db("exp_registry_properties")
     cur = conn.cursor()
-    for scheme in ("sha256", "growthbook_v2"):
+    for scheme in ("sha256", "growthbook_v2", "eppo", "statsig"):
         ramp_safety(ck, cur, scheme)
-    for scheme in ("eppo", "statsig"):
-        ramp_safety(ck, cur, scheme, N=30_000)
     for scheme in ("sha256", "growthbook_v2"):
         split_balance(ck, cur, scheme)
     layers(ck, cur, "sha256", "s")
