@@ -271,6 +271,7 @@ COMMENT ON FUNCTION experiment.experiments_check() IS
 
 CREATE TRIGGER experiments_check BEFORE INSERT OR UPDATE ON experiment.experiments
   FOR EACH ROW EXECUTE FUNCTION experiment.experiments_check();
+COMMENT ON TRIGGER experiments_check ON experiment.experiments IS 'validates each experiment row (experiment.experiments_check)';
 
 CREATE FUNCTION experiment.experiments_delete_check() RETURNS trigger
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
@@ -299,6 +300,8 @@ CREATE TRIGGER experiments_delete_check BEFORE DELETE ON experiment.experiments
   FOR EACH ROW EXECUTE FUNCTION experiment.experiments_delete_check();
 CREATE TRIGGER experiments_truncate_check BEFORE TRUNCATE ON experiment.experiments
   FOR EACH STATEMENT EXECUTE FUNCTION experiment.experiments_delete_check();
+COMMENT ON TRIGGER experiments_delete_check ON experiment.experiments IS 'a running experiment cannot be deleted';
+COMMENT ON TRIGGER experiments_truncate_check ON experiment.experiments IS 'no truncate while experiments run';
 
 -- Variants. Drafts are edited freely (row by row); the split is checked when
 -- the experiment starts. Once an experiment has left draft its split (the set
@@ -367,6 +370,8 @@ CREATE TRIGGER variants_check BEFORE INSERT OR UPDATE OR DELETE ON experiment.va
   FOR EACH ROW EXECUTE FUNCTION experiment.variants_check();
 CREATE TRIGGER variants_truncate_check BEFORE TRUNCATE ON experiment.variants
   FOR EACH STATEMENT EXECUTE FUNCTION experiment.variants_check();
+COMMENT ON TRIGGER variants_check ON experiment.variants IS 'validates each variant row; frozen splits (experiment.variants_check)';
+COMMENT ON TRIGGER variants_truncate_check ON experiment.variants IS 'no truncate while it holds frozen splits';
 
 CREATE FUNCTION experiment.variants_insert_check() RETURNS trigger
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
@@ -399,6 +404,7 @@ COMMENT ON FUNCTION experiment.variants_insert_check() IS
 CREATE TRIGGER variants_insert_check AFTER INSERT ON experiment.variants
   REFERENCING NEW TABLE AS new_variants
   FOR EACH STATEMENT EXECUTE FUNCTION experiment.variants_insert_check();
+COMMENT ON TRIGGER variants_insert_check ON experiment.variants IS 'variants of an experiment that left draft arrive in one statement, as a valid split';
 
 -- ---------------------------------------------------------------------------
 -- Helpers
@@ -662,6 +668,8 @@ CREATE TRIGGER experiments_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE O
   FOR EACH STATEMENT EXECUTE FUNCTION experiment.notify_ruleset();
 CREATE TRIGGER variants_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON experiment.variants
   FOR EACH STATEMENT EXECUTE FUNCTION experiment.notify_ruleset();
+COMMENT ON TRIGGER experiments_notify ON experiment.experiments IS 'NOTIFY experiment_ruleset with the new ruleset version';
+COMMENT ON TRIGGER variants_notify ON experiment.variants IS 'NOTIFY experiment_ruleset with the new ruleset version';
 
 -- ---------------------------------------------------------------------------
 -- GrowthBook SDK payload
