@@ -181,12 +181,12 @@ cache_reset(VariantCache *vc)
 }
 
 pg_noreturn static void
-malformed_variants(const char *detail, int i)
+malformed_variants(const char *problem, int i)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("malformed variants: %s", detail),
-			 i > 0 ? errdetail("At element %d of the array.", i) : 0,
+			 i > 0 ? errmsg("malformed variants: element %d %s", i, problem) :
+			 errmsg("malformed variants: %s", problem),
 			 errhint("Pass a JSON array of objects such as [{\"name\": \"control\", \"allocation\": 0.5}, {\"name\": \"treatment\", \"allocation\": 0.5}].")));
 }
 
@@ -201,7 +201,7 @@ cache_fill_jsonb(VariantCache *vc, Jsonb *jb)
 	double	   *alloc;
 
 	if (!JB_ROOT_IS_ARRAY(jb) || JB_ROOT_IS_SCALAR(jb))
-		malformed_variants("expected a JSON array", 0);
+		malformed_variants("expected a JSON array of objects", 0);
 	n = JB_ROOT_COUNT(jb);
 	names = palloc(sizeof(char *) * Max(n, 1));
 	namelens = palloc(sizeof(int) * Max(n, 1));
@@ -214,13 +214,13 @@ cache_fill_jsonb(VariantCache *vc, Jsonb *jb)
 
 		if (elem == NULL || elem->type != jbvBinary ||
 			!JsonContainerIsObject(elem->val.binary.data))
-			malformed_variants("every element must be an object", i + 1);
+			malformed_variants("is not an object", i + 1);
 		if (getKeyJsonValueFromContainer(elem->val.binary.data, "name", 4, &name) == NULL ||
 			name.type != jbvString)
-			malformed_variants("every element needs a string \"name\"", i + 1);
+			malformed_variants("needs a string \"name\"", i + 1);
 		if (getKeyJsonValueFromContainer(elem->val.binary.data, "allocation", 10, &share) == NULL ||
 			share.type != jbvNumeric)
-			malformed_variants("every element needs a numeric \"allocation\"", i + 1);
+			malformed_variants("needs a numeric \"allocation\"", i + 1);
 		names[i] = name.val.string.val;
 		namelens[i] = name.val.string.len;
 		alloc[i] = DatumGetFloat8(DirectFunctionCall1(numeric_float8,
