@@ -42,6 +42,7 @@ typedef struct ExpMd5Ctx
 extern void exp_sha256_init(ExpSha256Ctx *ctx);
 extern void exp_sha256_update(ExpSha256Ctx *ctx, const uint8 *data, size_t len);
 extern void exp_sha256_final(ExpSha256Ctx *ctx, uint8 *digest);
+extern const char *exp_sha256_implementation(void);
 
 /* md5.c */
 extern void exp_md5_init(ExpMd5Ctx *ctx);

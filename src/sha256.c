@@ -10,11 +10,24 @@
  *	  pg_cryptohash_create() allocates a context per call, which dominates
  *	  the cost for short messages).
  *
+ *	  Two implementations of the compression function: a portable one, and on
+ *	  x86-64 processors that have them the SHA extensions (SHA256RNDS2,
+ *	  SHA256MSG1, SHA256MSG2; Intel, "Intel SHA Extensions", 2013), chosen at
+ *	  run time with CPUID.  Both compute the same function; compiling with
+ *	  -DEXP_SHA256_PORTABLE keeps only the portable one, which
+ *	  test/test_hash_sha256_impl.sh checks against Python's hashlib.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "hashing.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(EXP_SHA256_PORTABLE)
+#define EXP_SHA256_X86_SHANI 1
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
 
 /* FIPS 180-4 section 4.2.2: first 32 bits of the fractional parts of the
  * cube roots of the first 64 primes */
@@ -37,9 +50,9 @@ static const uint32 K256[64] = {
 #define SSIG0(x)		(ROTR32(x, 7) ^ ROTR32(x, 18) ^ ((x) >> 3))
 #define SSIG1(x)		(ROTR32(x, 17) ^ ROTR32(x, 19) ^ ((x) >> 10))
 
-/* FIPS 180-4 section 6.2.2: process one 512-bit block */
+/* FIPS 180-4 section 6.2.2: process one 512-bit block (portable C) */
 static void
-sha256_block(uint32 *H, const uint8 *block)
+sha256_block_portable(uint32 *H, const uint8 *block)
 {
 	uint32		W[64];
 	uint32		a,
@@ -90,6 +103,114 @@ sha256_block(uint32 *H, const uint8 *block)
 	H[5] += f;
 	H[6] += g;
 	H[7] += h;
+}
+
+#ifdef EXP_SHA256_X86_SHANI
+/*
+ * The same compression function with the x86 SHA extensions.  The state is
+ * kept as two vectors (A, B, E, F) and (C, D, G, H), the layout that
+ * SHA256RNDS2 works on; each SHA256RNDS2 does two rounds with W_t + K_t in
+ * the low 64 bits of its third operand.  The message schedule
+ * W_t = s1(W_t-2) + W_t-7 + s0(W_t-15) + W_t-16 is computed four words at a
+ * time: SHA256MSG1 adds s0, an ALIGNR supplies W_t-7 and SHA256MSG2 adds s1.
+ */
+__attribute__((target("sha,sse4.1,ssse3")))
+static void
+sha256_block_shani(uint32 *H, const uint8 *block)
+{
+	const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bLL, 0x0405060700010203LL);
+	__m128i		abef,
+				cdgh,
+				abef_save,
+				cdgh_save,
+				tmp,
+				wk;
+	__m128i		W[16];
+	int			g;
+
+	/* (A, B, C, D), (E, F, G, H) -> (A, B, E, F), (C, D, G, H) */
+	tmp = _mm_loadu_si128((const __m128i *) &H[0]);
+	cdgh = _mm_loadu_si128((const __m128i *) &H[4]);
+	tmp = _mm_shuffle_epi32(tmp, 0xB1);
+	cdgh = _mm_shuffle_epi32(cdgh, 0x1B);
+	abef = _mm_alignr_epi8(tmp, cdgh, 8);
+	cdgh = _mm_blend_epi16(cdgh, tmp, 0xF0);
+	abef_save = abef;
+	cdgh_save = cdgh;
+
+	for (g = 0; g < 16; g++)
+	{
+		if (g < 4)
+			W[g] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *) (block + 16 * g)), bswap);
+		else
+		{
+			tmp = _mm_sha256msg1_epu32(W[g - 4], W[g - 3]);
+			tmp = _mm_add_epi32(tmp, _mm_alignr_epi8(W[g - 1], W[g - 2], 4));
+			W[g] = _mm_sha256msg2_epu32(tmp, W[g - 1]);
+		}
+		wk = _mm_add_epi32(W[g], _mm_loadu_si128((const __m128i *) &K256[4 * g]));
+		cdgh = _mm_sha256rnds2_epu32(cdgh, abef, wk);
+		wk = _mm_shuffle_epi32(wk, 0x0E);
+		abef = _mm_sha256rnds2_epu32(abef, cdgh, wk);
+	}
+
+	abef = _mm_add_epi32(abef, abef_save);
+	cdgh = _mm_add_epi32(cdgh, cdgh_save);
+
+	/* back to (A, B, C, D), (E, F, G, H) */
+	tmp = _mm_shuffle_epi32(abef, 0x1B);
+	cdgh = _mm_shuffle_epi32(cdgh, 0xB1);
+	abef = _mm_blend_epi16(tmp, cdgh, 0xF0);
+	cdgh = _mm_alignr_epi8(cdgh, tmp, 8);
+	_mm_storeu_si128((__m128i *) &H[0], abef);
+	_mm_storeu_si128((__m128i *) &H[4], cdgh);
+}
+
+/* CPUID: SHA (leaf 7, EBX bit 29), SSE4.1 and SSSE3 (leaf 1, ECX bits 19, 9) */
+static bool
+cpu_has_shani(void)
+{
+	unsigned int a,
+				b,
+				c,
+				d;
+
+	if (!__get_cpuid(1, &a, &b, &c, &d))
+		return false;
+	if (!(c & (1U << 19)) || !(c & (1U << 9)))
+		return false;
+	if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
+		return false;
+	return (b & (1U << 29)) != 0;
+}
+#endif							/* EXP_SHA256_X86_SHANI */
+
+static void sha256_block_choose(uint32 *H, const uint8 *block);
+
+/* the compression function in use; chosen on first call */
+static void (*sha256_block) (uint32 *H, const uint8 *block) = sha256_block_choose;
+
+static void
+sha256_block_choose(uint32 *H, const uint8 *block)
+{
+#ifdef EXP_SHA256_X86_SHANI
+	if (cpu_has_shani())
+		sha256_block = sha256_block_shani;
+	else
+#endif
+		sha256_block = sha256_block_portable;
+	sha256_block(H, block);
+}
+
+/* name of the compression function in use ("x86 SHA extensions" or "portable") */
+const char *
+exp_sha256_implementation(void)
+{
+#ifdef EXP_SHA256_X86_SHANI
+	if (cpu_has_shani())
+		return "x86 SHA extensions";
+#endif
+	return "portable";
 }
 
 /* FIPS 180-4 section 5.3.3: initial hash value H(0) */
