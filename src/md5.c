@@ -52,39 +52,26 @@ md5_block(uint32 *state, const uint8 *block)
 		X[i] = (uint32) block[4 * i] | ((uint32) block[4 * i + 1] << 8) |
 			((uint32) block[4 * i + 2] << 16) | ((uint32) block[4 * i + 3] << 24);
 
-	for (i = 0; i < 64; i++)
-	{
-		uint32		f;
-		int			k;
-		int			round = i >> 4;
-		uint32		tmp;
+	/* one step: a = b + ((a + fn(b,c,d) + X[k] + T[i]) <<< s), then rotate names */
+#define MD5_STEP(expr, k, s) \
+	do { \
+		uint32		f_ = a + (expr) + X[k] + T[i]; \
+		uint32		tmp_ = d; \
+		d = c; \
+		c = b; \
+		b = b + ROTL32(f_, s); \
+		a = tmp_; \
+	} while (0)
 
-		switch (round)
-		{
-			case 0:				/* F(X,Y,Z) = XY v not(X) Z */
-				f = (b & c) | (~b & d);
-				k = i;
-				break;
-			case 1:				/* G(X,Y,Z) = XZ v Y not(Z) */
-				f = (b & d) | (c & ~d);
-				k = (5 * i + 1) & 15;
-				break;
-			case 2:				/* H(X,Y,Z) = X xor Y xor Z */
-				f = b ^ c ^ d;
-				k = (3 * i + 5) & 15;
-				break;
-			default:			/* I(X,Y,Z) = Y xor (X v not(Z)) */
-				f = c ^ (b | ~d);
-				k = (7 * i) & 15;
-				break;
-		}
-		tmp = d;
-		d = c;
-		c = b;
-		f = a + f + T[i] + X[k];
-		b = b + ROTL32(f, S[round][i & 3]);
-		a = tmp;
-	}
+	for (i = 0; i < 16; i++)	/* round 1: F(X,Y,Z) = XY v not(X) Z */
+		MD5_STEP((b & c) | (~b & d), i, S[0][i & 3]);
+	for (; i < 32; i++)			/* round 2: G(X,Y,Z) = XZ v Y not(Z) */
+		MD5_STEP((b & d) | (c & ~d), (5 * i + 1) & 15, S[1][i & 3]);
+	for (; i < 48; i++)			/* round 3: H(X,Y,Z) = X xor Y xor Z */
+		MD5_STEP(b ^ c ^ d, (3 * i + 5) & 15, S[2][i & 3]);
+	for (; i < 64; i++)			/* round 4: I(X,Y,Z) = Y xor (X v not(Z)) */
+		MD5_STEP(c ^ (b | ~d), (7 * i) & 15, S[3][i & 3]);
+#undef MD5_STEP
 
 	state[0] += a;
 	state[1] += b;

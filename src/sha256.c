@@ -50,49 +50,62 @@ static const uint32 K256[64] = {
 #define SSIG0(x)		(ROTR32(x, 7) ^ ROTR32(x, 18) ^ ((x) >> 3))
 #define SSIG1(x)		(ROTR32(x, 17) ^ ROTR32(x, 19) ^ ((x) >> 10))
 
+/*
+ * One round t of FIPS 180-4 section 6.2.2 step 3, with the working variables
+ * renamed instead of moved: T1 = h + S1(e) + Ch(e,f,g) + K_t + W_t,
+ * T2 = S0(a) + Maj(a,b,c); d += T1; h = T1 + T2.
+ */
+#define ROUND(a, b, c, d, e, f, g, h, t, w) \
+	do { \
+		uint32		T1_ = (h) + BSIG1(e) + CH(e, f, g) + K256[t] + (w); \
+		(d) += T1_; \
+		(h) = T1_ + BSIG0(a) + MAJ(a, b, c); \
+	} while (0)
+
+/* W_t for t >= 16 in a ring of 16 words (FIPS 180-4 section 6.2.2 step 1) */
+#define SCHEDULE(W, t) \
+	((W)[(t) & 15] += SSIG1((W)[((t) - 2) & 15]) + (W)[((t) - 7) & 15] + SSIG0((W)[((t) - 15) & 15]))
+
 /* FIPS 180-4 section 6.2.2: process one 512-bit block (portable C) */
 static void
 sha256_block_portable(uint32 *H, const uint8 *block)
 {
-	uint32		W[64];
-	uint32		a,
-				b,
-				c,
-				d,
-				e,
-				f,
-				g,
-				h;
+	uint32		W[16];
+	uint32		a = H[0],
+				b = H[1],
+				c = H[2],
+				d = H[3],
+				e = H[4],
+				f = H[5],
+				g = H[6],
+				h = H[7];
 	int			t;
 
 	for (t = 0; t < 16; t++)
 		W[t] = ((uint32) block[4 * t] << 24) | ((uint32) block[4 * t + 1] << 16) |
 			((uint32) block[4 * t + 2] << 8) | (uint32) block[4 * t + 3];
-	for (t = 16; t < 64; t++)
-		W[t] = SSIG1(W[t - 2]) + W[t - 7] + SSIG0(W[t - 15]) + W[t - 16];
 
-	a = H[0];
-	b = H[1];
-	c = H[2];
-	d = H[3];
-	e = H[4];
-	f = H[5];
-	g = H[6];
-	h = H[7];
-
-	for (t = 0; t < 64; t++)
+	for (t = 0; t < 16; t += 8)
 	{
-		uint32		T1 = h + BSIG1(e) + CH(e, f, g) + K256[t] + W[t];
-		uint32		T2 = BSIG0(a) + MAJ(a, b, c);
-
-		h = g;
-		g = f;
-		f = e;
-		e = d + T1;
-		d = c;
-		c = b;
-		b = a;
-		a = T1 + T2;
+		ROUND(a, b, c, d, e, f, g, h, t, W[t]);
+		ROUND(h, a, b, c, d, e, f, g, t + 1, W[t + 1]);
+		ROUND(g, h, a, b, c, d, e, f, t + 2, W[t + 2]);
+		ROUND(f, g, h, a, b, c, d, e, t + 3, W[t + 3]);
+		ROUND(e, f, g, h, a, b, c, d, t + 4, W[t + 4]);
+		ROUND(d, e, f, g, h, a, b, c, t + 5, W[t + 5]);
+		ROUND(c, d, e, f, g, h, a, b, t + 6, W[t + 6]);
+		ROUND(b, c, d, e, f, g, h, a, t + 7, W[t + 7]);
+	}
+	for (t = 16; t < 64; t += 8)
+	{
+		ROUND(a, b, c, d, e, f, g, h, t, SCHEDULE(W, t));
+		ROUND(h, a, b, c, d, e, f, g, t + 1, SCHEDULE(W, t + 1));
+		ROUND(g, h, a, b, c, d, e, f, t + 2, SCHEDULE(W, t + 2));
+		ROUND(f, g, h, a, b, c, d, e, t + 3, SCHEDULE(W, t + 3));
+		ROUND(e, f, g, h, a, b, c, d, t + 4, SCHEDULE(W, t + 4));
+		ROUND(d, e, f, g, h, a, b, c, t + 5, SCHEDULE(W, t + 5));
+		ROUND(c, d, e, f, g, h, a, b, t + 6, SCHEDULE(W, t + 6));
+		ROUND(b, c, d, e, f, g, h, a, t + 7, SCHEDULE(W, t + 7));
 	}
 
 	H[0] += a;
