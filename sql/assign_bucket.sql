@@ -1,7 +1,10 @@
 -- experiment.bucket: SHA-256(salt || ':' || unit_id) as a 256-bit big-endian
 -- integer, mod 10000.  Expected values are Python's
 -- int(hashlib.sha256(f"{salt}:{unit_id}".encode()).hexdigest(), 16) % 10000.
+-- (quiet: whether the extension exists depends on the tests run before this one)
+SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS experiment;
+RESET client_min_messages;
 
 SELECT experiment.bucket('user-abc123', 'exp-checkout-progress-bar') AS b;  -- 5951
 SELECT experiment.bucket('', '') AS empty_both;                             -- 8935
@@ -42,4 +45,6 @@ FROM (SELECT experiment.bucket('u' || g, 'exp-uniform') / 1000 AS decile, count(
 SELECT provolatile, proisstrict, proparallel FROM pg_proc
 WHERE oid = 'experiment.bucket(text, text)'::regprocedure;
 
+SET client_min_messages = warning;
 DROP SCHEMA assign_bucket_t CASCADE;
+RESET client_min_messages;

@@ -3,7 +3,10 @@
 -- the comments were computed with the GrowthBook JavaScript SDK
 -- (@growthbook/growthbook 1.8.0, util.js hash/getBucketRanges/inNamespace);
 -- the full cross-SDK cases are in test/test_hash_growthbook_peers.py.
+-- (quiet: whether the extension exists depends on the tests run before this one)
+SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS experiment;
+RESET client_min_messages;
 CREATE SCHEMA assign_growthbook_t;
 CREATE FUNCTION assign_growthbook_t.err(q text) RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
@@ -80,4 +83,6 @@ SELECT bool_and(k = 1) AS one_quarter_each FROM (
 SELECT p.oid::regprocedure, provolatile, proisstrict, proparallel FROM pg_proc p
 WHERE proname LIKE 'growthbook%' AND pronamespace = 'experiment'::regnamespace ORDER BY 1::text;
 
+SET client_min_messages = warning;
 DROP SCHEMA assign_growthbook_t CASCADE;
+RESET client_min_messages;

@@ -2,7 +2,10 @@
 -- Expected values are Python's hashlib:
 --   eppo:    int(md5(f"{salt}-{subject}").hexdigest()[:8], 16) % total
 --   statsig: int.from_bytes(sha256(f"{salt}.{unit}").digest()[:8], "big") % 10000
+-- (quiet: whether the extension exists depends on the tests run before this one)
+SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS experiment;
+RESET client_min_messages;
 CREATE SCHEMA assign_schemes_t;
 CREATE FUNCTION assign_schemes_t.err(q text) RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
@@ -75,4 +78,6 @@ WHERE pronamespace = 'experiment'::regnamespace
                   'statsig_bucket', 'unit_hash', 'hash_schemes')
   AND obj_description(p.oid, 'pg_proc') IS NULL;
 
+SET client_min_messages = warning;
 DROP SCHEMA assign_schemes_t CASCADE;
+RESET client_min_messages;

@@ -1,7 +1,10 @@
 -- experiment.assign_variant: variant i owns buckets
 -- [10000 * sum_{j<i} a_j, 10000 * sum_{j<=i} a_j) of bucket(unit_id, experiment_id);
 -- NULL past the sum.  Every validation error is SQLSTATE 22023.
+-- (quiet: whether the extension exists depends on the tests run before this one)
+SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS experiment;
+RESET client_min_messages;
 CREATE SCHEMA assign_variant_t;
 -- runs a statement and returns SQLSTATE and message of its error
 CREATE FUNCTION assign_variant_t.err(q text) RETURNS text LANGUAGE plpgsql AS $$
@@ -10,6 +13,19 @@ BEGIN
   RETURN 'no error';
 EXCEPTION WHEN OTHERS THEN
   RETURN SQLSTATE || ': ' || SQLERRM;
+END $$;
+
+-- whether the plan of q has a line containing pat
+CREATE FUNCTION assign_variant_t.plan_has(q text, pat text) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+  line text;
+BEGIN
+  FOR line IN EXECUTE 'EXPLAIN (COSTS OFF) ' || q LOOP
+    IF position(pat IN line) > 0 THEN
+      RETURN true;
+    END IF;
+  END LOOP;
+  RETURN false;
 END $$;
 
 -- the seed example: bucket 5951 of a 50/50 split is treatment
@@ -66,6 +82,29 @@ SELECT experiment.assign_variant(u, 'exp-bounds', ARRAY['a', 'b', 'c'],
          ARRAY[0.33333333333, 0.33333333333, 0.33333333334]) IS NOT NULL AS covered
 FROM assign_variant_t.units WHERE b = 9999 LIMIT 1;
 
+-- parallel query: the functions are PARALLEL SAFE and give the same split in workers
+SET parallel_setup_cost = 0;
+SET parallel_tuple_cost = 0;
+SET min_parallel_table_scan_size = 0;
+SET max_parallel_workers_per_gather = 2;
+SELECT assign_variant_t.plan_has($q$
+  SELECT experiment.assign_variant(u, 'exp-par', ARRAY['a', 'b'], ARRAY[0.3, 0.7]) AS v, count(*)
+  FROM assign_variant_t.units GROUP BY 1$q$, 'Parallel Seq Scan') AS parallel_plan;
+CREATE TABLE assign_variant_t.par AS
+SELECT experiment.assign_variant(u, 'exp-par', ARRAY['a', 'b'], ARRAY[0.3, 0.7]) AS v, count(*) AS n
+FROM assign_variant_t.units GROUP BY 1;
+RESET parallel_setup_cost;
+RESET parallel_tuple_cost;
+RESET min_parallel_table_scan_size;
+RESET max_parallel_workers_per_gather;
+SET max_parallel_workers_per_gather = 0;
+SELECT p.v, p.n = s.n AS same_as_serial
+FROM assign_variant_t.par p
+JOIN (SELECT experiment.assign_variant(u, 'exp-par', ARRAY['a', 'b'], ARRAY[0.3, 0.7]) AS v, count(*) AS n
+      FROM assign_variant_t.units GROUP BY 1) s USING (v)
+ORDER BY 1;
+RESET max_parallel_workers_per_gather;
+
 -- validation: jsonb form
 SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '[]')$q$);
 SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '{"name": "a", "allocation": 1}')$q$);
@@ -102,4 +141,6 @@ SELECT experiment.assign_variant(NULL, 'e', '[{"name": "a", "allocation": 1}]') 
 SELECT p.oid::regprocedure, provolatile, proisstrict, proparallel FROM pg_proc p
 WHERE proname = 'assign_variant' AND pronamespace = 'experiment'::regnamespace ORDER BY 1::text;
 
+SET client_min_messages = warning;
 DROP SCHEMA assign_variant_t CASCADE;
+RESET client_min_messages;

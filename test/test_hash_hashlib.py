@@ -22,6 +22,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
 from exptest import Checker, fresh_db  # noqa: E402
 
+import psycopg2  # noqa: E402
 from scipy import stats  # noqa: E402
 
 rng = random.Random(20261125)
@@ -167,4 +168,30 @@ for exp_id, names, allocs in splits:
     ck.check(not math.isnan(p), "%s: p is a number" % exp_id)
 
 conn.close()
+
+# A LATIN1 database: non-ASCII text is converted to UTF-8 before hashing, so
+# the buckets are those of the UTF-8 bytes, as in a UTF-8 database.
+admin = psycopg2.connect(dbname="postgres")
+admin.autocommit = True
+acur = admin.cursor()
+acur.execute("DROP DATABASE IF EXISTS exp_test_hash_latin1 WITH (FORCE)")
+acur.execute("CREATE DATABASE exp_test_hash_latin1 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' "
+             "TEMPLATE template0")
+lconn = psycopg2.connect(dbname="exp_test_hash_latin1")
+lconn.autocommit = True
+lcur = lconn.cursor()
+lcur.execute("CREATE EXTENSION experiment")
+latin_ids = ["user-%d-%s" % (i, "".join(rng.choice("äöüßéèçñÅØ¿abc") for _ in range(i % 9)))
+             for i in range(2000)]
+lcur.execute("""SELECT experiment.bucket(u, 'exp-é'), experiment.eppo_shard(u, 'exp-é'),
+                       experiment.statsig_bucket(u, 'exp-é'), experiment.growthbook_hash('exp-é', u, 2)
+                FROM unnest(%s::text[]) WITH ORDINALITY AS x(u, i) ORDER BY i""", (latin_ids,))
+bad = sum(1 for u, r in zip(latin_ids, lcur.fetchall())
+          if r != (py_bucket(u, "exp-é"), py_eppo(u, "exp-é"), py_statsig(u, "exp-é"),
+                   py_growthbook("exp-é", u, 2)))
+ck.check(bad == 0, "LATIN1 database: %d of %d ids hash differently from UTF-8" % (bad, len(latin_ids)))
+print("LATIN1 database: %d ids with non-ASCII text, %d differ" % (len(latin_ids), bad))
+lconn.close()
+acur.execute("DROP DATABASE exp_test_hash_latin1 WITH (FORCE)")
+admin.close()
 ck.report()
