@@ -118,6 +118,7 @@ SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '[{"na
 SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": "a", "allocation": null}]')$q$);
 SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": "a", "allocation": -0.1}, {"name": "b", "allocation": 0.5}]')$q$);
 SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": "a", "allocation": 1.5}]')$q$);
+SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": "a", "allocation": 1e400}]')$q$);
 SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": "a", "allocation": 0.6}, {"name": "b", "allocation": 0.5}]')$q$);
 SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": "a", "allocation": 0.5}, {"name": "a", "allocation": 0.5}]')$q$);
 SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": "", "allocation": 0.5}]')$q$);

@@ -223,8 +223,10 @@ cache_fill_jsonb(VariantCache *vc, Jsonb *jb)
 			malformed_variants("needs a numeric \"allocation\"", i + 1);
 		names[i] = name.val.string.val;
 		namelens[i] = name.val.string.len;
-		alloc[i] = DatumGetFloat8(DirectFunctionCall1(numeric_float8,
-													  NumericGetDatum(share.val.numeric)));
+		/* through text and strtod: out-of-range values become inf or 0, not errors */
+		alloc[i] = strtod(DatumGetCString(DirectFunctionCall1(numeric_out,
+															  NumericGetDatum(share.val.numeric))),
+						  NULL);
 	}
 	cache_fill(vc, n, names, namelens, alloc);
 }
