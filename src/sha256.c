@@ -15,7 +15,7 @@
  *	  SHA256MSG1, SHA256MSG2; Intel, "Intel SHA Extensions", 2013), chosen at
  *	  run time with CPUID.  Both compute the same function; compiling with
  *	  -DEXP_SHA256_PORTABLE keeps only the portable one, which
- *	  test/test_hash_sha256_impl.sh checks against Python's hashlib.
+ *	  test/test_hash_digest_impl.sh checks against Python's hashlib.
  *
  *-------------------------------------------------------------------------
  */
