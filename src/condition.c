@@ -1206,7 +1206,11 @@ typedef struct RegexXlate
 	const char *p;
 	int			len;
 	bool		icase;
+	bool		utf8;			/* database encoding is UTF-8 */
 	bool		in_class;
+	int32		last_cp;		/* in a class: the last literal, or -1 */
+	int32		range_from;		/* in a class: start of a range, or -1 */
+	bool		literal;		/* emit_char was called */
 	int			groups_open;	/* capturing groups opened so far */
 	int			groups_total;
 	int			nnames;			/* named groups: name and number */
@@ -1222,33 +1226,77 @@ typedef struct RegexXlate
  * (outside a class as a bracket expression, inside a class as more members;
  * not for range endpoints, adjacent to "-").
  */
+/* the characters with the canonical form of c (c's case class) */
+static int
+case_class(pg_wchar c, pg_wchar *members, int max)
+{
+	pg_wchar	k = regex_canon(c);
+	int			n = 0;
+
+	members[n++] = k;
+	for (size_t i = 0; i < lengthof(canon_ranges) && n < max; i++)
+	{
+		const LowerRange *r = &canon_ranges[i];
+		int32		m = (int32) k - r->delta;
+
+		if (m >= r->first && m <= r->last && (m - r->first) % r->stride == 0)
+			members[n++] = (pg_wchar) m;
+	}
+	return n;
+}
+
+/*
+ * In a case-insensitive class, a range of non-ASCII characters also takes
+ * in the other cases of its characters (the first 1024 of them).
+ */
+static void
+class_literal(RegexXlate *x, int32 c)
+{
+	if (x->range_from < 0)
+	{
+		x->last_cp = c;
+		return;
+	}
+	if (x->icase && x->utf8 && c >= 0x80 && c >= x->range_from)
+	{
+		for (int32 cp = Max(x->range_from, 0x80);
+			 cp <= c && cp < Max(x->range_from, 0x80) + 1024; cp++)
+		{
+			pg_wchar	members[8];
+			int			n = case_class(cp, members, 8);
+
+			for (int i = 0; n > 1 && i < n; i++)
+			{
+				if ((int32) members[i] < x->range_from || (int32) members[i] > c)
+					appendStringInfo(x->out, members[i] > 0xFFFF ? "\\U%08X" : "\\u%04X",
+									 (unsigned) members[i]);
+			}
+		}
+	}
+	x->range_from = -1;
+	x->last_cp = -1;
+}
+
 static void
 emit_char(RegexXlate *x, pg_wchar c, bool expand)
 {
-	pg_wchar	k;
 	int			n = 0;
 	pg_wchar	members[8];
 
-	if (x->icase && expand && c >= 0x80)
-	{
-		k = regex_canon(c);
-		members[n++] = k;
-		for (size_t i = 0; i < lengthof(canon_ranges) && n < 8; i++)
-		{
-			const LowerRange *r = &canon_ranges[i];
-			int32		m = (int32) k - r->delta;
-
-			if (m >= r->first && m <= r->last && (m - r->first) % r->stride == 0)
-				members[n++] = (pg_wchar) m;
-		}
-	}
+	x->literal = true;
+	if (x->icase && x->utf8 && expand && c >= 0x80)
+		n = case_class(c, members, 8);
 	if (n < 2)
 	{
 		appendStringInfo(x->out, c > 0xFFFF ? "\\U%08X" : "\\u%04X", (unsigned) c);
+		if (x->in_class)
+			class_literal(x, c);
 		return;
 	}
 	if (!x->in_class)
 		appendStringInfoChar(x->out, '[');
+	else
+		x->last_cp = -1;
 	for (int i = 0; i < n; i++)
 		appendStringInfo(x->out, members[i] > 0xFFFF ? "\\U%08X" : "\\u%04X",
 						 (unsigned) members[i]);
@@ -1461,8 +1509,15 @@ translate_escape(RegexXlate *x, int i)
 	{
 		/* an escaped non-ASCII character is the character */
 		pg_wchar	cp;
-		int			n = utf8_char((const unsigned char *) p + i, len - i, &cp);
+		int			n;
 
+		if (!x->utf8)
+		{
+			n = Min(pg_mblen(p + i), len - i);
+			appendBinaryStringInfo(x->out, p + i, n);
+			return i + n;
+		}
+		n = utf8_char((const unsigned char *) p + i, len - i, &cp);
 		emit_char(x, cp, expandable(x, start, i + n));
 		return i + n;
 	}
@@ -1525,7 +1580,7 @@ scan_groups(RegexXlate *x)
  *	- with "i", non-ASCII letters match their other cases (emit_char).
  */
 static bool
-js_regex_to_are(const char *p, int len, bool icase, StringInfo out)
+js_regex_to_are(const char *p, int len, bool icase, bool utf8, StringInfo out)
 {
 	RegexXlate	x;
 	int			i = 0;
@@ -1534,6 +1589,7 @@ js_regex_to_are(const char *p, int len, bool icase, StringInfo out)
 	x.p = p;
 	x.len = len;
 	x.icase = icase;
+	x.utf8 = utf8;
 	x.out = out;
 	scan_groups(&x);
 
@@ -1547,25 +1603,41 @@ js_regex_to_are(const char *p, int len, bool icase, StringInfo out)
 		{
 			if (i + 1 >= len)
 				return false;	/* \ at end of pattern */
+			x.literal = false;
 			i = translate_escape(&x, i + 1);
 			if (i < 0)
 				return false;
+			if (x.in_class && !x.literal)
+				x.last_cp = x.range_from = -1;
 			continue;
 		}
 		if (c >= 0x80)
 		{
-			pg_wchar	cp;
-			int			n = utf8_char((const unsigned char *) p + i, len - i, &cp);
+			pg_wchar	cp = 0;
+			int			n = utf8 ?
+				utf8_char((const unsigned char *) p + i, len - i, &cp) :
+				Min(pg_mblen(p + i), len - i);
 
-			if (icase && cp >= 0x80)
+			if (icase && utf8 && cp >= 0x80)
 				emit_char(&x, cp, expandable(&x, i, i + n));
 			else
+			{
 				appendBinaryStringInfo(out, p + i, n);
+				if (x.in_class)
+					class_literal(&x, utf8 ? (int32) cp : -1);
+			}
 			i += n;
 			continue;
 		}
 		if (x.in_class)
 		{
+			if (c == '-' && x.last_cp >= 0 && i + 1 < len && p[i + 1] != ']')
+			{
+				x.range_from = x.last_cp;
+				x.last_cp = -1;
+			}
+			else if (c != ']')
+				class_literal(&x, c);
 			if (c == ']')
 				x.in_class = false;
 			if (c == '[')
@@ -1592,6 +1664,7 @@ js_regex_to_are(const char *p, int len, bool icase, StringInfo out)
 					}
 					appendStringInfoString(out, negated ? "[^" : "[");
 					x.in_class = true;
+					x.last_cp = x.range_from = -1;
 					i = j;
 					continue;
 				}
@@ -1685,7 +1758,7 @@ static int	regex_cache_next = 0;
 static MemoryContext regex_context = NULL;
 
 static regex_t *
-get_regex(const char *src, int len, bool icase)
+get_regex(const char *src, int len, bool icase, bool utf8)
 {
 	RegexEntry *e;
 	StringInfoData are;
@@ -1717,7 +1790,7 @@ get_regex(const char *src, int len, bool icase)
 	}
 
 	initStringInfo(&are);
-	if (js_regex_to_are(src, len, icase, &are))
+	if (js_regex_to_are(src, len, icase, utf8, &are))
 	{
 		pg_wchar   *wpat = palloc(sizeof(pg_wchar) * (are.len + 1));
 		int			wlen = pg_mb2wchar_with_len(are.data, wpat, are.len);
@@ -2294,7 +2367,7 @@ eval_operator(const JsonbValue *opname, const CondVal *actual,
 
 				if (exp.kind != CV_STR)
 					return false;
-				re = get_regex(exp.str, exp.len, op == OP_REGEXI);
+				re = get_regex(exp.str, exp.len, op == OP_REGEXI, ctx->utf8);
 				if (re == NULL)
 					return false;	/* invalid pattern: no match */
 				js_tostring(actual, &subject);
