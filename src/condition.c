@@ -212,32 +212,108 @@ jbv_to_cv(const JsonbValue *jv, CondVal *v)
 	}
 }
 
-/* the ith element of an array value */
-static void
-array_elem(const CondVal *arr, uint32 i, CondVal *out)
+/*
+ * Walking the members of a jsonb container in place, without the
+ * allocations of JsonbIterator, in the layout that utils/jsonb.h documents:
+ * the JEntry array (for objects all keys, then all values), then the data,
+ * numerics and nested containers int-aligned.
+ */
+typedef struct JbWalk
 {
-	JsonbValue *jv = getIthJsonbValueFromContainer(arr->cont, i);
+	JsonbContainer *c;
+	const char *base;			/* start of the data */
+	int			index;			/* the next JEntry */
+	int			end;
+	uint32		offset;			/* its data offset */
+} JbWalk;
 
-	if (jv == NULL)
-		elog(ERROR, "jsonb array element %u not found", i);
-	jbv_to_cv(jv, out);
+static const char *
+container_data(JsonbContainer *c)
+{
+	int			n = JsonContainerSize(c);
+
+	return (const char *) &c->children[JsonContainerIsObject(c) ? 2 * n : n];
+}
+
+/* walk the elements of an array, or the keys (or values) of an object */
+static void
+walk_init(JbWalk *w, JsonbContainer *c, bool values)
+{
+	int			n = JsonContainerSize(c);
+
+	w->c = c;
+	w->base = container_data(c);
+	w->index = values ? n : 0;
+	w->end = w->index + n;
+	w->offset = w->index > 0 ? getJsonbOffset(c, w->index) : 0;
+}
+
+static void
+fill_value(JsonbContainer *c, const char *base, int index, uint32 offset,
+		   uint32 len, JsonbValue *out)
+{
+	JEntry		je = c->children[index];
+
+	if (JBE_ISNULL(je))
+		out->type = jbvNull;
+	else if (JBE_ISSTRING(je))
+	{
+		out->type = jbvString;
+		out->val.string.val = (char *) base + offset;
+		out->val.string.len = len;
+	}
+	else if (JBE_ISNUMERIC(je))
+	{
+		out->type = jbvNumeric;
+		out->val.numeric = (Numeric) (base + INTALIGN(offset));
+	}
+	else if (JBE_ISBOOL_TRUE(je) || JBE_ISBOOL_FALSE(je))
+	{
+		out->type = jbvBool;
+		out->val.boolean = JBE_ISBOOL_TRUE(je);
+	}
+	else
+	{
+		Assert(JBE_ISCONTAINER(je));
+		out->type = jbvBinary;
+		out->val.binary.data = (JsonbContainer *) (base + INTALIGN(offset));
+		out->val.binary.len = len - (INTALIGN(offset) - offset);
+	}
+}
+
+static bool
+walk_next(JbWalk *w, JsonbValue *out)
+{
+	uint32		start = w->offset;
+
+	if (w->index >= w->end)
+		return false;
+	JBE_ADVANCE_OFFSET(w->offset, w->c->children[w->index]);
+	fill_value(w->c, w->base, w->index, start, w->offset - start, out);
+	w->index++;
+	return true;
+}
+
+/* the ith element of an array container */
+static void
+array_ith(JsonbContainer *c, uint32 i, JsonbValue *out)
+{
+	fill_value(c, container_data(c), i, getJsonbOffset(c, i),
+			   getJsonbLength(c, i), out);
 }
 
 /* all elements of an array value, palloc'd */
 static CondVal *
 array_elems(JsonbContainer *cont, int *n)
 {
-	JsonbIterator *it = JsonbIteratorInit(cont);
+	JbWalk		w;
 	JsonbValue	jv;
-	JsonbIteratorToken tok;
 	CondVal    *out = palloc(sizeof(CondVal) * (JsonContainerSize(cont) + 1));
 	int			k = 0;
 
-	while ((tok = JsonbIteratorNext(&it, &jv, true)) != WJB_DONE)
-	{
-		if (tok == WJB_ELEM)
-			jbv_to_cv(&jv, &out[k++]);
-	}
+	walk_init(&w, cont, false);
+	while (walk_next(&w, &jv))
+		jbv_to_cv(&jv, &out[k++]);
 	*n = k;
 	return out;
 }
@@ -379,15 +455,19 @@ js_tostring_append(StringInfo out, const CondVal *v)
 		case CV_ARR:
 			{
 				/* Array.prototype.join(","), null elements as "" */
-				uint32		n = JsonContainerSize(v->cont);
+				JbWalk		w;
+				JsonbValue	jv;
+				bool		first = true;
 
-				for (uint32 i = 0; i < n; i++)
+				walk_init(&w, v->cont, false);
+				while (walk_next(&w, &jv))
 				{
 					CondVal		e;
 
-					if (i > 0)
+					if (!first)
 						appendStringInfoChar(out, ',');
-					array_elem(v, i, &e);
+					first = false;
+					jbv_to_cv(&jv, &e);
 					if (e.kind != CV_NULL)
 						js_tostring_append(out, &e);
 				}
@@ -674,43 +754,41 @@ json_equal(const CondVal *a, const CondVal *b)
 		case CV_ARR:
 		case CV_OBJ:
 			{
-				JsonbIterator *ia,
-						   *ib;
+				JbWalk		keya,
+							keyb,
+							wa,
+							wb;
 				JsonbValue	va,
 							vb;
-				JsonbIteratorToken ta,
-							tb;
 
 				if (JsonContainerSize(a->cont) != JsonContainerSize(b->cont))
 					return false;
-				ia = JsonbIteratorInit(a->cont);
-				ib = JsonbIteratorInit(b->cont);
-				for (;;)
+				if (ka == CV_OBJ)
 				{
-					ta = JsonbIteratorNext(&ia, &va, true);
-					tb = JsonbIteratorNext(&ib, &vb, true);
-					if (ta != tb)
-						return false;
-					if (ta == WJB_DONE)
-						return true;
-					if (ta == WJB_KEY)
+					/* the same keys (jsonb keeps them sorted) */
+					walk_init(&keya, a->cont, false);
+					walk_init(&keyb, b->cont, false);
+					while (walk_next(&keya, &va) && walk_next(&keyb, &vb))
 					{
 						if (va.val.string.len != vb.val.string.len ||
 							memcmp(va.val.string.val, vb.val.string.val,
 								   va.val.string.len) != 0)
 							return false;
 					}
-					else if (ta == WJB_ELEM || ta == WJB_VALUE)
-					{
-						CondVal		ea,
-									eb;
-
-						jbv_to_cv(&va, &ea);
-						jbv_to_cv(&vb, &eb);
-						if (!json_equal(&ea, &eb))
-							return false;
-					}
 				}
+				walk_init(&wa, a->cont, ka == CV_OBJ);
+				walk_init(&wb, b->cont, ka == CV_OBJ);
+				while (walk_next(&wa, &va) && walk_next(&wb, &vb))
+				{
+					CondVal		ea,
+								eb;
+
+					jbv_to_cv(&va, &ea);
+					jbv_to_cv(&vb, &eb);
+					if (!json_equal(&ea, &eb))
+						return false;
+				}
+				return true;
 			}
 	}
 	return false;
@@ -1853,17 +1931,15 @@ regex_matches(regex_t *re, const char *s, int len)
 static bool
 is_operator_object(JsonbContainer *c)
 {
-	JsonbIterator *it;
-	JsonbValue	v;
-	JsonbIteratorToken tok;
+	JbWalk		w;
+	JsonbValue	k;
 
 	if (!JsonContainerIsObject(c) || JsonContainerSize(c) == 0)
 		return false;
-	it = JsonbIteratorInit(c);
-	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	walk_init(&w, c, false);
+	while (walk_next(&w, &k))
 	{
-		if (tok == WJB_KEY &&
-			(v.val.string.len == 0 || v.val.string.val[0] != '$'))
+		if (k.val.string.len == 0 || k.val.string.val[0] != '$')
 			return false;
 	}
 	return true;
@@ -1920,7 +1996,10 @@ get_path(const CondVal *obj, const char *path, int len, CondVal *out)
 			}
 			if (array_index(path + s, e - s, &idx) &&
 				idx < JsonContainerSize(cur.cont))
-				jv = getIthJsonbValueFromContainer(cur.cont, idx);
+			{
+				array_ith(cur.cont, idx, &tmp);
+				jv = &tmp;
+			}
 		}
 		if (jv == NULL)
 		{
@@ -2071,16 +2150,15 @@ eval_saved_group(const CondVal *obj, const JsonbValue *ref, CondCtx *ctx)
 static bool
 eval_or(const CondVal *obj, JsonbContainer *list, CondCtx *ctx)
 {
-	JsonbIterator *it;
+	JbWalk		w;
 	JsonbValue	v;
-	JsonbIteratorToken tok;
 
 	if (JsonContainerSize(list) == 0)
 		return true;
-	it = JsonbIteratorInit(list);
-	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	walk_init(&w, list, false);
+	while (walk_next(&w, &v))
 	{
-		if (tok == WJB_ELEM && eval_cond(obj, v.val.binary.data, ctx))
+		if (eval_cond(obj, v.val.binary.data, ctx))
 			return true;
 	}
 	return false;
@@ -2089,13 +2167,13 @@ eval_or(const CondVal *obj, JsonbContainer *list, CondCtx *ctx)
 static bool
 eval_and(const CondVal *obj, JsonbContainer *list, CondCtx *ctx)
 {
-	JsonbIterator *it = JsonbIteratorInit(list);
+	JbWalk		w;
 	JsonbValue	v;
-	JsonbIteratorToken tok;
 
-	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	walk_init(&w, list, false);
+	while (walk_next(&w, &v))
 	{
-		if (tok == WJB_ELEM && !eval_cond(obj, v.val.binary.data, ctx))
+		if (!eval_cond(obj, v.val.binary.data, ctx))
 			return false;
 	}
 	return true;
@@ -2109,20 +2187,18 @@ eval_and(const CondVal *obj, JsonbContainer *list, CondCtx *ctx)
 static bool
 eval_cond(const CondVal *obj, JsonbContainer *cond, CondCtx *ctx)
 {
-	JsonbIterator *it = JsonbIteratorInit(cond);
+	JbWalk		wk,
+				wv;
 	JsonbValue	k,
 				v;
-	JsonbIteratorToken tok;
 
 	check_stack_depth();
-	while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
+	walk_init(&wk, cond, false);
+	walk_init(&wv, cond, true);
+	while (walk_next(&wk, &k) && walk_next(&wv, &v))
 	{
 		bool		ok;
 
-		if (tok != WJB_KEY)
-			continue;
-		tok = JsonbIteratorNext(&it, &v, true);
-		Assert(tok == WJB_VALUE);
 		if (key_is(&k, "$or"))
 			ok = eval_or(obj, v.val.binary.data, ctx);
 		else if (key_is(&k, "$nor"))
@@ -2215,22 +2291,19 @@ static bool
 is_in_all(const CondVal *actual, JsonbContainer *expected, bool insensitive,
 		  CondCtx *ctx)
 {
-	JsonbIterator *it;
+	JbWalk		w;
 	JsonbValue	v;
-	JsonbIteratorToken tok;
 	int			n;
 	CondVal    *elems;
 
 	if (actual->kind != CV_ARR)
 		return false;
 	elems = array_elems(actual->cont, &n);
-	it = JsonbIteratorInit(expected);
-	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	walk_init(&w, expected, false);
+	while (walk_next(&w, &v))
 	{
 		bool		found = false;
 
-		if (tok != WJB_ELEM)
-			continue;
 		for (int i = 0; i < n && !found; i++)
 			found = eval_value(&v, &elems[i], insensitive, ctx);
 		if (!found)
@@ -2422,10 +2495,10 @@ eval_value(const JsonbValue *cond, const CondVal *value, bool insensitive,
 		case jbvBinary:
 			{
 				JsonbContainer *c = cond->val.binary.data;
-				JsonbIterator *it;
+				JbWalk		wk,
+							wv;
 				JsonbValue	k,
 							v;
-				JsonbIteratorToken tok;
 
 				check_stack_depth();
 				if (!is_operator_object(c))
@@ -2435,12 +2508,10 @@ eval_value(const JsonbValue *cond, const CondVal *value, bool insensitive,
 					jbv_to_cv(cond, &cv);
 					return json_equal(value, &cv);
 				}
-				it = JsonbIteratorInit(c);
-				while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
+				walk_init(&wk, c, false);
+				walk_init(&wv, c, true);
+				while (walk_next(&wk, &k) && walk_next(&wv, &v))
 				{
-					if (tok != WJB_KEY)
-						continue;
-					tok = JsonbIteratorNext(&it, &v, true);
 					if (!eval_operator(&k, value, &v, ctx))
 						return false;
 				}
@@ -2515,20 +2586,18 @@ invalid_condition(const char *argname, const char *what, const JsonbValue *found
 static void
 validate_value(const JsonbValue *v, const char *argname)
 {
-	JsonbIterator *it;
+	JbWalk		wk,
+				wa;
 	JsonbValue	k,
 				a;
-	JsonbIteratorToken tok;
 
 	if (v->type != jbvBinary || !is_operator_object(v->val.binary.data))
 		return;
 	check_stack_depth();
-	it = JsonbIteratorInit(v->val.binary.data);
-	while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
+	walk_init(&wk, v->val.binary.data, false);
+	walk_init(&wa, v->val.binary.data, true);
+	while (walk_next(&wk, &k) && walk_next(&wa, &a))
 	{
-		if (tok != WJB_KEY)
-			continue;
-		tok = JsonbIteratorNext(&it, &a, true);
 		if (key_is(&k, "$not") || key_is(&k, "$size"))
 			validate_value(&a, argname);
 		else if (key_is(&k, "$elemMatch"))
@@ -2543,14 +2612,12 @@ validate_value(const JsonbValue *v, const char *argname)
 		else if ((key_is(&k, "$all") || key_is(&k, "$alli")) &&
 				 a.type == jbvBinary && JsonContainerIsArray(a.val.binary.data))
 		{
-			JsonbIterator *ie = JsonbIteratorInit(a.val.binary.data);
+			JbWalk		we;
 			JsonbValue	e;
 
-			while ((tok = JsonbIteratorNext(&ie, &e, true)) != WJB_DONE)
-			{
-				if (tok == WJB_ELEM)
-					validate_value(&e, argname);
-			}
+			walk_init(&we, a.val.binary.data, false);
+			while (walk_next(&we, &e))
+				validate_value(&e, argname);
 		}
 	}
 }
@@ -2559,20 +2626,19 @@ validate_value(const JsonbValue *v, const char *argname)
 static void
 validate_cond(JsonbContainer *cond, const char *argname)
 {
-	JsonbIterator *it = JsonbIteratorInit(cond);
+	JbWalk		wk,
+				wv;
 	JsonbValue	k,
 				v;
-	JsonbIteratorToken tok;
 
 	check_stack_depth();
-	while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
+	walk_init(&wk, cond, false);
+	walk_init(&wv, cond, true);
+	while (walk_next(&wk, &k) && walk_next(&wv, &v))
 	{
-		if (tok != WJB_KEY)
-			continue;
-		tok = JsonbIteratorNext(&it, &v, true);
 		if (key_is(&k, "$or") || key_is(&k, "$nor") || key_is(&k, "$and"))
 		{
-			JsonbIterator *ie;
+			JbWalk		we;
 			JsonbValue	e;
 			char		what[64];
 
@@ -2581,11 +2647,9 @@ validate_cond(JsonbContainer *cond, const char *argname)
 					 pnstrdup(k.val.string.val, k.val.string.len));
 			if (v.type != jbvBinary || !JsonContainerIsArray(v.val.binary.data))
 				invalid_condition(argname, what, &v);
-			ie = JsonbIteratorInit(v.val.binary.data);
-			while ((tok = JsonbIteratorNext(&ie, &e, true)) != WJB_DONE)
+			walk_init(&we, v.val.binary.data, false);
+			while (walk_next(&we, &e))
 			{
-				if (tok != WJB_ELEM)
-					continue;
 				if (e.type != jbvBinary || !JsonContainerIsObject(e.val.binary.data))
 					invalid_condition(argname, what, &e);
 				validate_cond(e.val.binary.data, argname);
@@ -2613,6 +2677,19 @@ require_object(Jsonb *jb, const char *argname)
 				 errdetail("%s = %s", argname,
 						   JsonbToCString(NULL, &jb->root, VARSIZE(jb)))));
 }
+
+/*
+ * The last condition validated through one call site (fn_extra), so that a
+ * constant condition is checked once per query rather than once per row.
+ * Only a cache: it is compared byte for byte before it is relied on.
+ */
+typedef struct ValidatedCondition
+{
+	Size		len;
+	char		data[FLEXIBLE_ARRAY_MEMBER];
+} ValidatedCondition;
+
+#define VALIDATED_CONDITION_MAX 65536
 
 /*
  * experiment.eval_condition(condition jsonb, attributes jsonb,
@@ -2643,7 +2720,25 @@ eval_condition(PG_FUNCTION_ARGS)
 	}
 	ctx.utf8 = (GetDatabaseEncoding() == PG_UTF8);
 	ctx.visited = NULL;
-	validate_cond(&cond->root, "condition");
+	{
+		ValidatedCondition *vc = (ValidatedCondition *) fcinfo->flinfo->fn_extra;
+		Size		len = VARSIZE(cond);
+
+		if (vc == NULL || vc->len != len || memcmp(vc->data, cond, len) != 0)
+		{
+			validate_cond(&cond->root, "condition");
+			if (len <= VALIDATED_CONDITION_MAX)
+			{
+				if (vc != NULL)
+					pfree(vc);
+				vc = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt,
+										offsetof(ValidatedCondition, data) + len);
+				vc->len = len;
+				memcpy(vc->data, cond, len);
+				fcinfo->flinfo->fn_extra = vc;
+			}
+		}
+	}
 
 	memset(&obj, 0, sizeof(obj));
 	obj.kind = CV_OBJ;
