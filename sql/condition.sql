@@ -1,5 +1,8 @@
 -- experiment.eval_condition: GrowthBook targeting conditions (doc/targeting.md)
+-- (quietly: the extension may exist already)
+SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS experiment;
+RESET client_min_messages;
 
 -- the function is pure and parallel safe
 SELECT p.provolatile, p.proparallel, p.proisstrict, pg_get_function_arguments(p.oid)
