@@ -21,8 +21,12 @@
  * translated to PostgreSQL's ARE syntax (see js_regex_to_are) and compiled
  * with pg_regcomp under the "C" collation, so that \w, \d and \b are ASCII
  * as in JavaScript and the result does not depend on the database locale.
- * Compiled patterns are kept in a small cache of immutable compiled regexes
- * (nothing else survives a call).
+ * Compiled patterns are kept in a small per-backend cache.
+ *
+ * jsonb values are read in place (JbWalk) and compared without converting
+ * the attributes to another form; the only other state kept between calls
+ * is a copy of the last condition found well-formed at a call site, so that
+ * a constant condition is validated once per query.
  *
  *-------------------------------------------------------------------------
  */
