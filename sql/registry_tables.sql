@@ -1,4 +1,4 @@
--- The experiment registry: tables, helpers and every validation error.
+-- The experiment registry: tables, lifecycle functions and every validation error.
 CREATE EXTENSION IF NOT EXISTS experiment;
 \set SHOW_CONTEXT never
 

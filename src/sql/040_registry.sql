@@ -407,7 +407,7 @@ CREATE TRIGGER variants_insert_check AFTER INSERT ON experiment.variants
 COMMENT ON TRIGGER variants_insert_check ON experiment.variants IS 'variants of an experiment that left draft arrive in one statement, as a valid split';
 
 -- ---------------------------------------------------------------------------
--- Helpers
+-- Lifecycle functions
 -- ---------------------------------------------------------------------------
 
 CREATE FUNCTION experiment.create_experiment(
