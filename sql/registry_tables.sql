@@ -76,8 +76,10 @@ SELECT pg_temp.try($$UPDATE experiment.variants SET allocation = 0.7 WHERE exper
 SELECT pg_temp.try($$UPDATE experiment.variants SET name = 'base' WHERE experiment_id = 'rt-a' AND name = 'control'$$);
 SELECT pg_temp.try($$UPDATE experiment.variants SET is_control = NOT is_control WHERE experiment_id = 'rt-a'$$);
 SELECT pg_temp.try($$DELETE FROM experiment.variants WHERE experiment_id = 'rt-a' AND name = 'treatment'$$);
-SELECT pg_temp.try($$TRUNCATE experiment.variants$$);
+SET client_min_messages = warning;  -- the tables a truncate cascades to depend on what is installed
+SELECT pg_temp.try($$TRUNCATE experiment.variants CASCADE$$);
 SELECT pg_temp.try($$TRUNCATE experiment.experiments CASCADE$$);
+RESET client_min_messages;
 SELECT pg_temp.try($$DELETE FROM experiment.experiments WHERE id = 'rt-a'$$);
 SELECT pg_temp.try($$UPDATE experiment.experiments SET status = 'draft' WHERE id = 'rt-a'$$);
 -- allowed while running: config, description, targeting, more traffic

@@ -87,7 +87,7 @@ def main():
     wc.execute("DELETE FROM experiment.experiments")
     got = drain(listener)
     ck.check(len(got) == 1 and got[0][1] == version(), "delete notifies: %r" % got)
-    wc.execute("TRUNCATE experiment.variants")
+    wc.execute("TRUNCATE experiment.variants CASCADE")
     got = drain(listener)
     ck.check(len(got) == 1, "truncate notifies: %r" % got)
 
