@@ -166,7 +166,7 @@ SELECT pg_temp.try($$INSERT INTO experiment.variants (experiment_id, name, alloc
 
 -- the tables are dumped with the extension
 SELECT c.relname FROM pg_extension e, unnest(e.extconfig) AS t(oid) JOIN pg_class c ON c.oid = t.oid
- WHERE e.extname = 'experiment' ORDER BY 1;
+ WHERE e.extname = 'experiment' AND c.relname IN ('experiments', 'variants') ORDER BY 1;
 
 -- deleting a draft, stopped or concluded experiment deletes its variants
 UPDATE experiment.experiments SET status = 'stopped' WHERE id LIKE 'rt-%' AND status = 'running';
