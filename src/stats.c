@@ -197,8 +197,9 @@ check_nvars(const Moments *m, int want, const char *argname, const char *test)
 	if (m->nvars != want)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s of %s must be %s experiment.moments, got %d variables",
-						argname, test, want == 1 ? "univariate" : "bivariate", m->nvars),
+				 errmsg("%s of %s must be %s experiment.moments, got %d variable%s",
+						argname, test, want == 1 ? "univariate" : "bivariate", m->nvars,
+						m->nvars == 1 ? "" : "s"),
 				 want == 1 ?
 				 errhint("Build them with experiment.moments(y).") :
 				 errhint("Build them with experiment.moments(y, x).")));
