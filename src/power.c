@@ -5,7 +5,7 @@
  *
  * For a binary metric with baseline rate p1 and p2 = p1 + mde the units
  * per variant are (Fleiss, Levin and Paik, "Statistical Methods for Rates
- * and Proportions", 3rd ed. 2003, eq. 4.14, without continuity correction)
+ * and Proportions", 3rd ed. 2003, ch. 4, without continuity correction)
  *
  *	n = ceil( (z_{1-alpha/2} sqrt(2 pbar (1 - pbar))
  *			   + z_power sqrt(p1 (1 - p1) + p2 (1 - p2)))^2 / (p2 - p1)^2 ),
