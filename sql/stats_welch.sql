@@ -81,6 +81,14 @@ SELECT to_char(statistic, '99.99999999') AS t, df, to_char(p_value, '9.9999999EE
   FROM experiment.welch_ttest(experiment.moments_from_sums(1000, 0, 1000),
                               experiment.moments_from_sums(1000, 500, 1250));
 
+-- many degrees of freedom (billions of rows): the t tail and quantile tend
+-- to the normal ones, 2 Q(3) = 0.0026997960632601866 and z(0.975) = 1.959963984540054
+SELECT n, abs(p_value / 0.0026997960632601866 - 1) < 1e-9 AS p_is_normal,
+       abs((diff_upper - diff) / sqrt(2.0 / n) / 1.959963984540054 - 1) < 1e-9 AS q_is_normal
+  FROM unnest('{1000000000000,1000000000000000,4000000000000000000}'::bigint[]) n,
+       experiment.welch_ttest(experiment.moments_from_sums(n, 0, n::float8),
+                              experiment.moments_from_sums(n, n::float8 * 3 * sqrt(2.0 / n), n::float8 + n::float8 * (3 * sqrt(2.0 / n)) ^ 2));
+
 -- parallel and partial aggregation give the serial result
 CREATE TABLE big AS
   SELECT i % 3 = 0 AS g, (i % 3 = 0)::int * 0.5 + sin(i) * 100 + 20 AS y
