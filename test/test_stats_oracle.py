@@ -216,6 +216,38 @@ for i in range(40):
     info["welch raw-data p-value gap, ill-conditioned"] = max(
         info["welch raw-data p-value gap, ill-conditioned"], rel_err(res[4 + 12], raw.pvalue))
 
+# Many degrees of freedom (above 3e4 the t tail is GSL's Cornish-Fisher
+# expansion): arm summaries given exactly through the text form.
+rng = np.random.default_rng([SEED, 8])  # one stream per section
+SUM_SQL = "SELECT (experiment.welch_ttest(%s::experiment.moments, %s::experiment.moments, %s)).*"
+
+
+def moments_text(n, mean, var):
+    return '{"version":1,"n":%d,"mean":[%r],"comoment":[[%r]]}' % (n, mean, var * (n - 1))
+
+
+bigdf = []
+for i in range(60):
+    n_c, n_t = int(10 ** rng.uniform(4, 6.7)), int(10 ** rng.uniform(4, 6.7))
+    sd_c = 10 ** rng.uniform(-1, 1)
+    sd_t = sd_c * 10 ** rng.uniform(-0.3, 0.3)
+    m_c = rng.uniform(-5, 5) * sd_c
+    se = math.sqrt(sd_c ** 2 / n_c + sd_t ** 2 / n_t)
+    m_t = m_c + rng.choice([0.3, 2, 6, 25]) * se * rng.choice([-1, 1])
+    v_c, v_t = sd_c ** 2, sd_t ** 2
+    # the variances as the database will see them (co-moment / (n - 1))
+    v_c = (v_c * (n_c - 1)) / (n_c - 1)
+    v_t = (v_t * (n_t - 1)) / (n_t - 1)
+    alpha = float(rng.choice([0.05, 0.01, 1e-4]))
+    row = one(SUM_SQL, (moments_text(n_c, m_c, v_c), moments_text(n_t, m_t, v_t), alpha))
+    ref = stats.ttest_ind_from_stats(m_t, math.sqrt(v_t), n_t, m_c, math.sqrt(v_c), n_c, equal_var=False)
+    lift_var = v_t / (m_c ** 2 * n_t) + v_c * m_t ** 2 / (m_c ** 4 * n_c)
+    want = welch_reference(n_c, n_t, m_c, m_t, m_t - m_c, v_c, v_t, lift_var, alpha, ref.statistic, ref.pvalue)
+    compare_row("welch_bigdf", row, want)
+    bigdf.append(want["df"])
+ck.check(sum(d > 3e4 for d in bigdf) >= 30, "at least 30 cases with df > 3e4 (%d)" % sum(d > 3e4 for d in bigdf))
+info["welch largest df"] = max(bigdf)
+
 # NULL cases
 row = one("SELECT (experiment.welch_ttest(experiment.moments(y) FILTER (WHERE NOT g), "
           "experiment.moments(y) FILTER (WHERE g))).* FROM unnest(%s::boolean[], %s::float8[]) u(g, y)",
