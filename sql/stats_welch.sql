@@ -89,6 +89,11 @@ SELECT n, abs(p_value / 0.0026997960632601866 - 1) < 1e-9 AS p_is_normal,
        experiment.welch_ttest(experiment.moments_from_sums(n, 0, n::float8),
                               experiment.moments_from_sums(n, n::float8 * 3 * sqrt(2.0 / n), n::float8 + n::float8 * (3 * sqrt(2.0 / n)) ^ 2));
 
+-- extreme alpha: heavy tails far out (df = 2, se = sqrt(2): the quantile is 1/sqrt(alpha))
+SELECT a, round(((diff_upper - diff) / sqrt(2.0) * sqrt(a))::numeric, 9) AS q_sqrt_alpha
+  FROM unnest('{1e-100,1e-300}'::float8[]) a,
+       experiment.welch_ttest(experiment.moments_from_sums(2, 0, 2), experiment.moments_from_sums(2, 0, 2), a);
+
 -- parallel and partial aggregation give the serial result
 CREATE TABLE big AS
   SELECT i % 3 = 0 AS g, (i % 3 = 0)::int * 0.5 + sin(i) * 100 + 20 AS y

@@ -150,16 +150,15 @@ t_sf(double t, double df)
 }
 
 /*
- * Density of Student's t, written so that it stays accurate for any df
- * (gsl_ran_tdist_pdf loses digits as df grows: a difference of two large
- * log-gammas and pow(1 + tiny, -huge)):
- *	f(x) = exp(-ln(df)/2 - ln B(df/2, 1/2) - (df+1)/2 * log1p(x^2/df))
+ * Logarithm of the density of Student's t, written so that it stays accurate
+ * for any df and far into the tails (gsl_ran_tdist_pdf loses digits as df
+ * grows: a difference of two large log-gammas and pow(1 + tiny, -huge)):
+ *	ln f(x) = -ln(df)/2 - ln B(df/2, 1/2) - (df+1)/2 * log1p(x^2/df)
  */
 static double
-t_pdf(double x, double df)
+t_log_pdf(double x, double df)
 {
-	return exp(-0.5 * log(df) - gsl_sf_lnbeta(0.5 * df, 0.5)
-			   - 0.5 * (df + 1) * log1p(x * x / df));
+	return -0.5 * log(df) - gsl_sf_lnbeta(0.5 * df, 0.5) - 0.5 * (df + 1) * log1p(x * x / df);
 }
 
 /* two-sided p-value of a t statistic */
@@ -173,29 +172,42 @@ t_p_value(double t, double df)
 
 /*
  * The t with P(T > t) = p, 0 < p < 0.5: a first guess (GSL's inverse, or
- * the normal quantile for many degrees of freedom, where GSL's inverse can
- * be far off), then Newton steps on t_sf until the step is below rounding.
+ * the normal quantile for many degrees of freedom or where GSL's inverse
+ * fails), then Newton steps on ln P(T > x) as a function of ln x - nearly
+ * linear in the tails, heavy or light, so that even a poor guess converges -
+ * until the step is below rounding.
  */
 static double
 t_isf(double p, double df)
 {
-	double		x = df > T_BETA_MAX_DF ? gsl_cdf_ugaussian_Qinv(p) : gsl_cdf_tdist_Qinv(p, df);
+	double		x = -1;
 	int			i;
 
-	if (!isfinite(x))
+	if (df <= T_BETA_MAX_DF)
+		x = gsl_cdf_tdist_Qinv(p, df);
+	if (!(x > 0 && isfinite(x)))
+		x = gsl_cdf_ugaussian_Qinv(p);
+	if (!(x > 0 && isfinite(x)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("GSL could not compute the t quantile for p = %g, df = %g", p, df)));
-	for (i = 0; i < 50; i++)
+				 errmsg("could not compute the t quantile for p = %g, df = %g", p, df)));
+	for (i = 0; i < 500; i++)
 	{
-		double		f = t_pdf(x, df);
+		double		q = t_sf(x, df);
 		double		step;
 
-		if (!(f > 0))
+		if (q == 0)
+		{
+			x /= 2;				/* beyond the representable tail: back off */
+			continue;
+		}
+		/* d ln q / d ln x = -x f / q, formed in logarithms (f may underflow) */
+		step = (log(q) - log(p)) / exp(log(x) + t_log_pdf(x, df) - log(q));
+		if (!isfinite(step))
 			break;
-		step = (t_sf(fabs(x), df) - p) / f;
-		x += step;
-		if (fabs(step) <= 4 * DBL_EPSILON * fabs(x))
+		step = Max(-10.0, Min(10.0, step));
+		x *= exp(step);
+		if (fabs(step) <= 4 * DBL_EPSILON)
 			break;
 	}
 	return x;
