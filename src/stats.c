@@ -17,8 +17,8 @@
  * to 1e-7 relative in the far tail, and its inverse stops at about 1e-9.
  * Here the tail is the regularized incomplete beta function up to
  * T_BETA_MAX_DF degrees of freedom and GSL's expansion above (where it is
- * accurate to 1e-13), and the quantile is GSL's answer polished by Newton
- * steps on that tail.  See doc/statistics.md.
+ * accurate to 1e-13), and the quantile is a first guess polished by
+ * Newton steps on the logarithm of that tail.  See doc/statistics.md.
  *
  *-------------------------------------------------------------------------
  */
