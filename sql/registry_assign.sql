@@ -24,6 +24,24 @@ SELECT count(*) FILTER (WHERE experiment.assign('u' || g, 'exp-checkout-progress
        count(*) FILTER (WHERE experiment.assign('u' || g, 'exp-checkout-progress-bar') = 'control') AS control
   FROM generate_series(1, 2000) g;
 
+-- decimal allocations: boundaries snapped to the bucket grid, exactly as assign_variant
+-- (0.1 + 0.2 is 0.30000000000000004 in float8; bucket 3000 belongs to the third variant)
+SELECT experiment.variant_ranges('sha256', ARRAY[0.1, 0.2, 0.7]) AS sha256_ranges,
+       experiment.variant_ranges('eppo', ARRAY[0.1, 0.2, 0.7], 0.5) AS eppo_half_traffic,
+       experiment.variant_ranges('growthbook_v2', ARRAY[0.1, 0.2, 0.7]) AS growthbook_ranges;
+SELECT experiment.variant_ranges('statsig', ARRAY[1.0 / 3, 1.0 / 3, 1.0 / 3]::float8[]) AS thirds,
+       experiment.variant_ranges('sha256', '{}') AS no_variants;
+SELECT pg_temp.try($$SELECT experiment.variant_ranges('crc32', ARRAY[0.5, 0.5])$$);
+SELECT pg_temp.try($$SELECT experiment.variant_ranges('sha256', ARRAY[0.5, 0.5], 1.5)$$);
+SELECT pg_temp.try($$SELECT experiment.variant_ranges('sha256', ARRAY[0.5, -0.5])$$);
+SELECT experiment.create_experiment('ra-decimal',
+  '[{"name": "a", "allocation": 0.1, "is_control": true}, {"name": "b", "allocation": 0.2}, {"name": "c", "allocation": 0.7}]',
+  start => true);
+SELECT count(*) FILTER (WHERE experiment.bucket('u' || g, 'ra-decimal') = 3000) AS units_in_bucket_3000,
+       count(*) FILTER (WHERE experiment.assign('u' || g, 'ra-decimal') IS DISTINCT FROM
+                              experiment.assign_variant('u' || g, 'ra-decimal', ARRAY['a', 'b', 'c'], ARRAY[0.1, 0.2, 0.7])) AS differ
+  FROM generate_series(1, 30000) g;
+
 -- no unit, an empty unit, an unknown experiment
 SELECT experiment.assign(NULL, 'exp-checkout-progress-bar') IS NULL AS null_unit,
        experiment.assign('', 'exp-checkout-progress-bar') IS NULL AS empty_unit,

@@ -91,6 +91,14 @@ def split_balance(ck, cur, scheme):
         sd = (N * traffic * (1 - traffic)) ** 0.5
         ck.check(abs(total - N * traffic) <= 5 * sd + 1, "%s traffic %s: %d enrolled" % (scheme, traffic, total))
         print("balance %-14s traffic %.1f counts %r p = %.3f" % (scheme, traffic, counts, p))
+        if scheme == "sha256" and traffic == 1.0:
+            # the registry reproduces the pure function of the project's own contract
+            cur.execute("SELECT experiment.assign_variant('bal-' || g, %s, %s::text[], %s::float8[])"
+                        " FROM generate_series(1, %s) g ORDER BY g",
+                        (eid, names, [a for _, a in variants], N))
+            pure = [r[0] for r in cur.fetchall()]
+            differ = sum(1 for a, b in zip(got, pure) if a != b)
+            ck.check(differ == 0, "sha256: %d of %d units differ from assign_variant" % (differ, N))
 
 
 def layers(ck, cur, scheme, tag, independent=True):

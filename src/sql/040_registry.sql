@@ -503,6 +503,59 @@ COMMENT ON FUNCTION experiment.stop(text) IS
 -- Assignment
 -- ---------------------------------------------------------------------------
 
+-- The hash ranges of the variants, [[start, end], ...] in range order, as
+-- experiment.growthbook_choose_variation() reads them. Variant i owns
+-- [c_i, c_i + traffic * (c_{i+1} - c_i)): ramp-safe, since start stays put and
+-- the end only grows with traffic. GrowthBook schemes: c_i are the SDK's
+-- cumulative weights (getBucketRanges). The other schemes follow the
+-- project's own contract (experiment.assign_variant): 10000 * c_i, summed in
+-- float8 from left to right, is snapped to the nearest integer when within
+-- 1e-6 of one, so that at traffic 1 variant i owns exactly the buckets
+-- [10000 c_i, 10000 c_{i+1}) of experiment.bucket().
+CREATE FUNCTION experiment.variant_ranges(hash_scheme text, allocations float8[], traffic float8 DEFAULT 1)
+  RETURNS float8[]
+  LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+  SET search_path = pg_catalog, experiment
+AS $$
+DECLARE
+  n integer := coalesce(cardinality(allocations), 0);
+  r float8[] := '{}';
+  cum float8 := 0;
+  lo float8 := 0;
+  hi float8;
+  b float8;
+  i integer;
+BEGIN
+  IF hash_scheme IN ('growthbook_v1', 'growthbook_v2') THEN
+    RETURN experiment.growthbook_bucket_ranges(n, traffic, allocations);
+  ELSIF hash_scheme NOT IN ('sha256', 'eppo', 'statsig') THEN
+    RAISE EXCEPTION 'unknown hash_scheme "%"', hash_scheme
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Use sha256, growthbook_v1, growthbook_v2, eppo or statsig.';
+  END IF;
+  IF NOT (traffic >= 0 AND traffic <= 1) THEN
+    RAISE EXCEPTION 'traffic must be in [0, 1], got %', traffic USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  FOR i IN 1 .. n LOOP
+    IF NOT (allocations[i] >= 0 AND allocations[i] <= 1) THEN
+      RAISE EXCEPTION 'allocation % is %, outside [0, 1]', i, allocations[i]
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    cum := cum + allocations[i];
+    b := 10000 * cum;
+    IF abs(b - round(b)) < 1e-6 THEN
+      b := round(b);
+    END IF;
+    hi := b / 10000;
+    r := r || ARRAY[ARRAY[lo, CASE WHEN traffic >= 1 THEN hi ELSE least(lo + traffic * (hi - lo), hi) END]];
+    lo := hi;
+  END LOOP;
+  RETURN r;
+END
+$$;
+COMMENT ON FUNCTION experiment.variant_ranges(text, float8[], float8) IS
+  'hash ranges [[start, end], ...] of the variants: [c_i, c_i + traffic * (c_{i+1} - c_i)); GrowthBook''s getBucketRanges for growthbook_* schemes, else cumulative shares snapped to the 1/10000 bucket grid as assign_variant';
+
 CREATE FUNCTION experiment.assign(unit_id text, experiment_id text, attributes jsonb DEFAULT '{}')
   RETURNS text
   LANGUAGE plpgsql STABLE PARALLEL SAFE
@@ -541,7 +594,7 @@ BEGIN
   END IF;
   i := experiment.growthbook_choose_variation(
          experiment.unit_hash(e.hash_scheme, e.salt, unit_id),
-         experiment.growthbook_bucket_ranges(cardinality(e.names), e.traffic, e.allocations));
+         experiment.variant_ranges(e.hash_scheme, e.allocations, e.traffic));
   IF i < 0 THEN
     RETURN NULL;
   END IF;
@@ -549,7 +602,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION experiment.assign(text, text, jsonb) IS
-  'variant of a unit in a registered experiment: NULL unless the experiment is running and the unit is in its layer range, passes its targeting and falls in its traffic; ramp-safe ranges as GrowthBook''s getBucketRanges';
+  'variant of a unit in a registered experiment: NULL unless the experiment is running and the unit is in its layer range, passes its targeting and falls in its traffic; ramp-safe ranges (experiment.variant_ranges)';
 
 CREATE FUNCTION experiment.assign_switchback(cluster text, experiment_id text, at timestamptz, window_size interval)
   RETURNS text
@@ -582,7 +635,7 @@ BEGIN
   END IF;
   i := experiment.growthbook_choose_variation(
          experiment.unit_hash(e.hash_scheme, e.salt, cluster || '@' || w::text),
-         experiment.growthbook_bucket_ranges(cardinality(s.names), e.traffic, s.allocations));
+         experiment.variant_ranges(e.hash_scheme, s.allocations, e.traffic));
   IF i < 0 THEN
     RETURN NULL;
   END IF;
