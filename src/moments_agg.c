@@ -39,7 +39,7 @@ nonfinite_error(double v, const char *arg)
 /*
  * Add one observation x[0..k-1] to m.
  */
-static inline void
+static pg_attribute_always_inline void
 moments_accum_row(Moments *m, const double *x, int k)
 {
 	double		d[MOMENTS_MAX_VARS];
@@ -65,8 +65,13 @@ moments_accum_row(Moments *m, const double *x, int k)
 			m->data[MOMENTS_CIDX(k, i, j)] += di * (x[j] - m->data[j]);
 	}
 	m->n++;
-	for (i = 0; i < MOMENTS_NDATA(k); i++)
-		if (unlikely(!isfinite(m->data[i])))
+
+	/*
+	 * With finite inputs, an overflow anywhere shows up on the diagonal of
+	 * the co-moment matrix (Infinity or NaN), so checking it is enough.
+	 */
+	for (i = 0; i < k; i++)
+		if (unlikely(!isfinite(m->data[MOMENTS_CIDX(k, i, i)])))
 			moments_check_finite(m, "experiment.moments");
 }
 
@@ -88,7 +93,7 @@ state_in_place(FunctionCallInfo fcinfo)
  * Common body of the transition functions: skip rows with a NULL argument,
  * reject non-finite values, start or update the state.
  */
-static Datum
+static pg_attribute_always_inline Datum
 moments_accum_common(FunctionCallInfo fcinfo, int k)
 {
 	double		x[MOMENTS_MAX_VARS];
