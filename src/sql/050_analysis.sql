@@ -535,9 +535,29 @@ $$;
 COMMENT ON FUNCTION experiment.capped_sql(text, integer, float8) IS
   'internal: SQL of a per-unit value column, capped at cap when cap is not NULL';
 
+-- drop the temporary tables of a refresh (they are also dropped at commit)
+CREATE FUNCTION experiment.drop_refresh_tables() RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  t text;
+BEGIN
+  FOR t IN SELECT c.relname FROM pg_catalog.pg_class c
+           WHERE c.relnamespace = pg_catalog.pg_my_temp_schema()
+             AND (c.relname IN ('exp_units', 'exp_vals', 'exp_base') OR c.relname ~ '^exp_src[0-9]+$') LOOP
+    EXECUTE format('DROP TABLE pg_temp.%I', t);
+  END LOOP;
+END
+$$;
+COMMENT ON FUNCTION experiment.drop_refresh_tables() IS 'internal: drop the temporary tables of experiment.refresh()';
+
 CREATE FUNCTION experiment.refresh(experiment_id text) RETURNS void
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
   SET search_path = pg_catalog, experiment, pg_temp
+  -- per-unit aggregation of a million units fits in memory; JIT compilation costs more than it saves here
+  SET work_mem = '256MB'
+  SET jit = off
 AS $$
 DECLARE
   e experiment.experiments;
@@ -552,7 +572,6 @@ DECLARE
   ucol text;
   src_no integer := 0;
   m experiment.metrics;
-  mi integer;
   tcol text;
   sel text;
   cond text;
@@ -585,7 +604,7 @@ BEGIN
   END IF;
 
   -- units: first exposure defines variant and start; units in several variants are excluded
-  DROP TABLE IF EXISTS pg_temp.exp_units, pg_temp.exp_vals, pg_temp.exp_base;
+  PERFORM experiment.drop_refresh_tables();
   CREATE TEMP TABLE exp_units ON COMMIT DROP AS
     SELECT xp.unit_id, pg_catalog.min(xp.variant) AS variant, pg_catalog.min(xp.exposed_at) AS t0,
            pg_catalog.min(xp.variant) <> pg_catalog.max(xp.variant) AS multi
@@ -669,7 +688,6 @@ BEGIN
     IF nunits = 0 THEN
       cond := 'false';
     END IF;
-    EXECUTE format('DROP TABLE IF EXISTS pg_temp.exp_src%s', src_no);
     q := format('CREATE TEMP TABLE exp_src%s ON COMMIT DROP AS '
                 'SELECT u.unit_id%s FROM %s s JOIN pg_temp.exp_units u ON u.unit_id = (s.%I)::text '
                 'WHERE %s GROUP BY u.unit_id',
@@ -784,10 +802,7 @@ BEGIN
     first_exposure = excluded.first_exposure, last_exposure = excluded.last_exposure,
     exposures_by_day = excluded.exposures_by_day, error = NULL, error_at = NULL;
 
-  DROP TABLE IF EXISTS pg_temp.exp_units, pg_temp.exp_vals, pg_temp.exp_base;
-  FOR mi IN 1 .. src_no LOOP
-    EXECUTE format('DROP TABLE IF EXISTS pg_temp.exp_src%s', mi);
-  END LOOP;
+  PERFORM experiment.drop_refresh_tables();
 END
 $$;
 COMMENT ON FUNCTION experiment.refresh(text) IS
