@@ -17,7 +17,7 @@ DATA_built = $(EXTENSION)--$(EXTVERSION).sql
 DATA = $(wildcard src/upgrade/$(EXTENSION)--*--*.sql)
 
 REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
-REGRESS_OPTS = --inputdir=.
+REGRESS_OPTS = --inputdir=. --load-extension=experiment
 
 GSL_CONFIG ?= gsl-config
 PG_CPPFLAGS = -I$(srcdir)/src $(shell $(GSL_CONFIG) --cflags)

@@ -580,10 +580,16 @@ static int
 moments_var_arg(const Moments *m, int32 i, const char *argname)
 {
 	if (i < 1 || i > m->nvars)
+	{
+		if (m->nvars == 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s must be 1 for univariate moments, not %d", argname, i)));
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must be between 1 and %d, not %d", argname, m->nvars, i),
-				 errdetail("These moments hold %d variable%s.", m->nvars, m->nvars == 1 ? "" : "s")));
+				 errdetail("These moments hold %d variables.", m->nvars)));
+	}
 	return i - 1;
 }
 

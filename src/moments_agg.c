@@ -43,6 +43,11 @@ static inline void
 moments_accum_row(Moments *m, const double *x, int k)
 {
 	double		d[MOMENTS_MAX_VARS];
+	/*
+	 * Divide rather than multiply by a reciprocal: the extra rounding of
+	 * 1/n' costs an order of magnitude of accuracy in the variance of data
+	 * with a large mean (1e-8 instead of 1e-9 relative for 1e9 + N(0,1)).
+	 */
 	double		n1 = (double) (m->n + 1);
 	int			i,
 				j;
@@ -63,6 +68,20 @@ moments_accum_row(Moments *m, const double *x, int k)
 	for (i = 0; i < MOMENTS_NDATA(k); i++)
 		if (unlikely(!isfinite(m->data[i])))
 			moments_check_finite(m, "experiment.moments");
+}
+
+/*
+ * The state argument of a transition function, to be updated in place: our
+ * own states are never toasted, so skip the detoast call on the hot path.
+ */
+static inline Moments *
+state_in_place(FunctionCallInfo fcinfo)
+{
+	Pointer		p = DatumGetPointer(PG_GETARG_DATUM(0));
+
+	if (unlikely(VARATT_IS_EXTENDED(p)))
+		return PG_GETARG_MOMENTS_P(0);
+	return (Moments *) p;
 }
 
 /*
@@ -92,7 +111,7 @@ moments_accum_common(FunctionCallInfo fcinfo, int k)
 	if (PG_ARGISNULL(0))
 		m = moments_new(k);
 	else if (AggCheckCallContext(fcinfo, NULL))
-		m = PG_GETARG_MOMENTS_P(0);
+		m = state_in_place(fcinfo);
 	else
 		m = PG_GETARG_MOMENTS_P_COPY(0);
 
