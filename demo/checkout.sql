@@ -66,10 +66,12 @@ INSERT INTO experiment.experiment_metrics (experiment_id, metric, role, non_infe
 
 UPDATE experiment.experiments SET status = 'running' WHERE id = 'checkout-progress-bar';
 
--- 2. users: variant, first exposure, a latent propensity to buy
+-- 2. users: variant (the SHA-256 bucket of the assignment functions), first exposure,
+--    a latent propensity to buy
 CREATE TABLE demo.users AS
 SELECT 'u' || lpad(i::text, 6, '0') AS user_id,
-       CASE WHEN random() < 0.5 THEN 'control' ELSE 'treatment' END AS variant,
+       experiment.assign_variant('u' || lpad(i::text, 6, '0'), 'checkout-progress-bar',
+         '[{"name": "control", "allocation": 0.5}, {"name": "treatment", "allocation": 0.5}]') AS variant,
        timestamptz '2025-03-03 00:00+00' + random() * interval '13 days' AS t0,
        random() AS propensity
 FROM generate_series(1, 26000) AS i;
@@ -114,7 +116,7 @@ SELECT u.user_id, u.t0 + random() * interval '6 days',
        round((15 + 70 * u.propensity + 30 * random() + CASE u.variant WHEN 'treatment' THEN 2 ELSE 0 END)::numeric, 2),
        1 + (random() * 3)::integer
 FROM demo.users u
-WHERE random() < 0.38 + 0.45 * u.propensity + CASE u.variant WHEN 'treatment' THEN 0.025 ELSE 0 END;
+WHERE random() < 0.47 + 0.45 * u.propensity + CASE u.variant WHEN 'treatment' THEN 0.025 ELSE 0 END;
 INSERT INTO demo.orders   -- repeat orders
 SELECT u.user_id, u.t0 + interval '6 days' + random() * interval '8 days',
        round((15 + 70 * u.propensity + 30 * random())::numeric, 2), 1 + (random() * 3)::integer
