@@ -1,7 +1,8 @@
 -- analysis: the metric catalogue and its validation, exposure ingestion errors
+-- (quiet: whether the extension exists depends on the tests run before this one)
+SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS experiment;
 \set VERBOSITY terse
-SET client_min_messages = warning;
 CREATE SCHEMA analysis_cat;
 CREATE TABLE analysis_cat.events (user_id text, ts timestamptz, amount numeric, flag boolean,
                                   note text, day date, uid bigint, doc jsonb);

@@ -1,7 +1,8 @@
 -- analysis: a small refresh by hand, the columns of the views, readout formatting
+-- (quiet: whether the extension exists depends on the tests run before this one)
+SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS experiment;
 \set VERBOSITY terse
-SET client_min_messages = warning;
 CREATE SCHEMA analysis_views;
 CREATE TABLE analysis_views.events (user_id text, ts timestamptz, amount numeric);
 

@@ -580,6 +580,9 @@ DECLARE
   need_upper boolean;
   lb timestamptz;
   joins text := '';
+  vals_sql text;
+  vals_from text;
+  aggs text := '';
   vals_cols text := '';
   caps float8[];
   pre_caps float8[];
@@ -688,17 +691,14 @@ BEGIN
     IF nunits = 0 THEN
       cond := 'false';
     END IF;
-    q := format('CREATE TEMP TABLE exp_src%s ON COMMIT DROP AS '
-                'SELECT u.unit_id%s FROM %s s JOIN pg_temp.exp_units u ON u.unit_id = (s.%I)::text '
-                'WHERE %s GROUP BY u.unit_id',
-                src_no, sel, src, ucol, cond);
-    EXECUTE q;
-    joins := joins || format(' LEFT JOIN pg_temp.exp_src%s s%s ON s%s.unit_id = u.unit_id', src_no, src_no, src_no);
+    joins := joins || format(
+      ' LEFT JOIN (SELECT u.unit_id%s FROM %s s JOIN pg_temp.exp_units u ON u.unit_id = (s.%I)::text'
+      ' WHERE %s GROUP BY u.unit_id) s%s ON s%s.unit_id = u.unit_id',
+      sel, src, ucol, cond, src_no, src_no);
   END LOOP;
 
-  -- per-unit values, zero-filled
-  EXECUTE format('CREATE TEMP TABLE exp_vals ON COMMIT DROP AS SELECT u.variant%s FROM pg_temp.exp_units u%s',
-                 vals_cols, joins);
+  -- per-unit values, zero-filled: one statement, one scan of each source
+  vals_sql := format('SELECT u.variant%s FROM pg_temp.exp_units u%s', vals_cols, joins);
 
   -- winsorization caps: pooled upper percentiles over all analysed units
   SELECT coalesce(string_agg(CASE WHEN m2.winsorize IS NULL THEN 'NULL::float8'
@@ -711,45 +711,49 @@ BEGIN
     INTO cap_v_sql, cap_p_sql, need_upper
     FROM exp_base b JOIN experiment.metrics m2 ON m2.name = b.name;
   IF need_upper THEN
+    EXECUTE 'CREATE TEMP TABLE exp_vals ON COMMIT DROP AS ' || vals_sql;
     EXECUTE format('SELECT ARRAY[%s]::float8[], ARRAY[%s]::float8[] FROM pg_temp.exp_vals', cap_v_sql, cap_p_sql)
       INTO caps, pre_caps;
+    vals_from := 'pg_temp.exp_vals';
+  ELSE
+    vals_from := '(' || vals_sql || ')';
   END IF;
 
-  -- per-variant moments, one pass over the per-unit values for all metrics
   DELETE FROM experiment.variant_stats vs WHERE vs.experiment_id = e.id;
   DELETE FROM experiment.metric_results mr WHERE mr.experiment_id = e.id;
   DELETE FROM experiment.enrollment en WHERE en.experiment_id = e.id;
 
   FOR r IN SELECT m2.name, m2.kind, b.i, b.pre,
                   (SELECT bn.i FROM exp_base bn WHERE bn.name = m2.numerator) AS ni,
-                  (SELECT bd.i FROM exp_base bd WHERE bd.name = m2.denominator) AS di
+                  (SELECT bd.i FROM exp_base bd WHERE bd.name = m2.denominator) AS di,
+                  row_number() OVER (ORDER BY m2.name) AS j
            FROM experiment.experiment_metrics em JOIN experiment.metrics m2 ON m2.name = em.metric
            LEFT JOIN exp_base b ON b.name = m2.name
            WHERE em.experiment_id = e.id ORDER BY m2.name LOOP
     IF r.kind = 'ratio' THEN
-      unpivot := unpivot || format(', (%L, true, %s, %s, NULL::float8)', r.name,
-                                   experiment.capped_sql('v', r.ni, caps[r.ni]),
-                                   experiment.capped_sql('v', r.di, caps[r.di]));
+      aggs := aggs || format(', experiment.moments(%s, %s) AS a%s',
+                             experiment.capped_sql('v', r.ni, caps[r.ni]), experiment.capped_sql('v', r.di, caps[r.di]), r.j);
+      unpivot := unpivot || format(', (%L, a.a%s, NULL::experiment.moments, NULL::float8)', r.name, r.j);
     ELSE
-      unpivot := unpivot || format(', (%L, false, %s, %s, %L::float8)', r.name,
-                                   experiment.capped_sql('v', r.i, caps[r.i]),
-                                   CASE WHEN r.pre THEN experiment.capped_sql('p', r.i, pre_caps[r.i])
-                                        ELSE 'NULL::float8' END,
+      aggs := aggs || format(', experiment.moments(%s) AS a%s', experiment.capped_sql('v', r.i, caps[r.i]), r.j);
+      IF r.pre THEN
+        aggs := aggs || format(', experiment.moments(%s, %s) AS c%s', experiment.capped_sql('v', r.i, caps[r.i]),
+                               experiment.capped_sql('p', r.i, pre_caps[r.i]), r.j);
+      END IF;
+      unpivot := unpivot || format(', (%L, a.a%s, %s, %L::float8)', r.name, r.j,
+                                   CASE WHEN r.pre THEN format('a.c%s', r.j) ELSE 'NULL::experiment.moments' END,
                                    caps[r.i]);
     END IF;
   END LOOP;
 
+  -- per-variant moments of every metric in one pass over the per-unit values
   IF unpivot <> '' THEN
-    q := format(
+    EXECUTE format(
       'INSERT INTO experiment.variant_stats (experiment_id, metric, variant, units, moments, cuped_moments, cap, refreshed_at) '
-      'SELECT %L, k.metric, v.variant, count(*), '
-      '  CASE WHEN bool_and(k.ratio) THEN experiment.moments(k.y, k.x) ELSE experiment.moments(k.y) END, '
-      '  CASE WHEN bool_and(k.ratio) THEN NULL ELSE experiment.moments(k.y, k.x) END, '
-      '  pg_catalog.max(k.cap), %L '
-      'FROM pg_temp.exp_vals v CROSS JOIN LATERAL (VALUES %s) AS k(metric, ratio, y, x, cap) '
-      'GROUP BY k.metric, v.variant',
-      e.id, ts, substr(unpivot, 3));
-    EXECUTE q;
+      'SELECT %L, k.metric, a.variant, a.units, k.m, k.c, k.cap, %L '
+      'FROM (SELECT v.variant, count(*) AS units%s FROM %s v GROUP BY v.variant) a '
+      'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap)',
+      e.id, ts, aggs, vals_from, substr(unpivot, 3));
   END IF;
 
   INSERT INTO experiment.enrollment (experiment_id, variant, units, refreshed_at)
