@@ -17,8 +17,8 @@ CREATE EXTENSION IF NOT EXISTS experiment;
 DELETE FROM experiment.exposures WHERE experiment_id = 'checkout-progress-bar';
 DELETE FROM experiment.exposures_quarantine WHERE payload ->> 'event_id' LIKE 'ev-bad-%';
 DELETE FROM experiment.experiment_metrics WHERE experiment_id = 'checkout-progress-bar';
-DELETE FROM experiment.variants WHERE experiment_id = 'checkout-progress-bar';
-DELETE FROM experiment.experiments WHERE id = 'checkout-progress-bar';
+UPDATE experiment.experiments SET status = 'stopped' WHERE id = 'checkout-progress-bar' AND status = 'running';
+DELETE FROM experiment.experiments WHERE id = 'checkout-progress-bar';   -- and its variants
 DELETE FROM experiment.metrics WHERE kind = 'ratio' AND name = 'average_order_value';
 DELETE FROM experiment.metrics WHERE name IN ('checkout_completion_rate', 'revenue_per_user', 'orders_per_user',
                                              'checkout_error_rate', 'p99_page_load_ms');

@@ -116,9 +116,8 @@ SELECT experiment.conclude('nosuch', 'SHIP', NULL);
 DELETE FROM experiment.exposures_quarantine WHERE coalesce(experiment_id, '') IN ('analysis-cat', 'analysis-cax', '');
 DELETE FROM experiment.exposures WHERE experiment_id = 'analysis-cat';
 DELETE FROM experiment.experiment_metrics WHERE experiment_id = 'analysis-cat';
-UPDATE experiment.experiments SET status = 'stopped' WHERE id = 'analysis-cat';
-DELETE FROM experiment.variants WHERE experiment_id = 'analysis-cat';
-DELETE FROM experiment.experiments WHERE id = 'analysis-cat';
+UPDATE experiment.experiments SET status = 'stopped' WHERE id = 'analysis-cat' AND status = 'running';
+DELETE FROM experiment.experiments WHERE id = 'analysis-cat';   -- and its variants
 DELETE FROM experiment.metrics WHERE name = 'cat_aov';
 DELETE FROM experiment.metrics WHERE name LIKE 'cat\_%';
 DROP SCHEMA analysis_cat CASCADE;

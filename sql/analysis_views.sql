@@ -75,8 +75,7 @@ FROM unnest(ARRAY[NULL, 0.0000001, 0.000999, 0.003, 0.0449, 0.1, 0.834, 1]::floa
 -- clean up
 DELETE FROM experiment.exposures WHERE experiment_id = 'analysis-views';
 DELETE FROM experiment.experiment_metrics WHERE experiment_id = 'analysis-views';
-UPDATE experiment.experiments SET status = 'stopped' WHERE id = 'analysis-views';
-DELETE FROM experiment.variants WHERE experiment_id = 'analysis-views';
-DELETE FROM experiment.experiments WHERE id = 'analysis-views';
+UPDATE experiment.experiments SET status = 'stopped' WHERE id = 'analysis-views' AND status = 'running';
+DELETE FROM experiment.experiments WHERE id = 'analysis-views';   -- and its variants
 DELETE FROM experiment.metrics WHERE name LIKE 'views\_%';
 DROP SCHEMA analysis_views CASCADE;

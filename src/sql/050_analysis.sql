@@ -44,6 +44,7 @@ COMMENT ON TABLE experiment.exposures_quarantine IS
   'bulk-loaded exposures that could not be stored (unknown experiment or variant, missing or invalid fields), with the reason';
 SELECT pg_catalog.pg_extension_config_dump('experiment.exposures_quarantine', '');
 SELECT pg_catalog.pg_extension_config_dump('experiment.exposures_quarantine_id_seq', '');
+COMMENT ON SEQUENCE experiment.exposures_quarantine_id_seq IS 'ids of quarantined exposures';
 
 CREATE TABLE experiment.exposures_staging (
   experiment_id text,
@@ -386,6 +387,8 @@ CREATE CONSTRAINT TRIGGER metrics_validate
   AFTER INSERT OR UPDATE ON experiment.metrics
   DEFERRABLE INITIALLY IMMEDIATE
   FOR EACH ROW EXECUTE FUNCTION experiment.metrics_validate_trigger();
+COMMENT ON TRIGGER metrics_validate ON experiment.metrics IS
+  'a metric whose relation, columns or parts are unusable is refused';
 
 CREATE FUNCTION experiment.validate_experiment_metrics(experiment_id text) RETURNS void
   LANGUAGE plpgsql STABLE PARALLEL SAFE
@@ -428,6 +431,8 @@ COMMENT ON FUNCTION experiment.experiments_start_trigger() IS
 CREATE TRIGGER experiments_validate_metrics_on_start
   AFTER INSERT OR UPDATE OF status ON experiment.experiments
   FOR EACH ROW EXECUTE FUNCTION experiment.experiments_start_trigger();
+COMMENT ON TRIGGER experiments_validate_metrics_on_start ON experiment.experiments IS
+  'an experiment starts only with valid metrics and exactly one primary (when it has metrics)';
 
 -- ===========================================================================
 -- 3. Refresh
@@ -1185,6 +1190,7 @@ COMMENT ON TABLE experiment.conclusions IS
   'recorded decisions with a write-up and a snapshot of the results, SRM and health as they stood';
 SELECT pg_catalog.pg_extension_config_dump('experiment.conclusions', '');
 SELECT pg_catalog.pg_extension_config_dump('experiment.conclusions_id_seq', '');
+COMMENT ON SEQUENCE experiment.conclusions_id_seq IS 'ids of recorded conclusions';
 
 CREATE FUNCTION experiment.conclude(experiment_id text, decision text, notes text DEFAULT NULL)
   RETURNS experiment.conclusions
