@@ -34,6 +34,7 @@ INSERT INTO experiment.metrics (name, source, unit_column, time_column) VALUES (
 INSERT INTO experiment.metrics (name, unit_column, time_column) VALUES ('bad', 'user_id', 'ts');
 INSERT INTO experiment.metrics (name, source, unit_column, time_column) VALUES ('bad', 'analysis_cat.nosuch', 'user_id', 'ts');
 INSERT INTO experiment.metrics (name, source, unit_column, time_column, aggregation, kind) VALUES ('bad', 'analysis_cat.events', 'user_id', 'ts', 'sum', 'proportion');
+INSERT INTO experiment.metrics (name, source, unit_column, time_column, aggregation, kind, winsorize) VALUES ('bad', 'analysis_cat.events', 'user_id', 'ts', 'any', 'proportion', 0.99);
 INSERT INTO experiment.metrics (name, source, unit_column, time_column, aggregation) VALUES ('bad', 'analysis_cat.events', 'user_id', 'ts', 'median');
 INSERT INTO experiment.metrics (name, source, unit_column, time_column, kind) VALUES ('bad', 'analysis_cat.events', 'user_id', 'ts', 'quantile');
 INSERT INTO experiment.metrics (name, source, unit_column, time_column, winsorize) VALUES ('bad', 'analysis_cat.events', 'user_id', 'ts', 1.5);

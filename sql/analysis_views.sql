@@ -57,6 +57,14 @@ SELECT enrolled_units, multi_variant_units, round(multi_variant_share::numeric, 
        exposures_by_day
 FROM experiment.health WHERE experiment_id = 'analysis-views';
 
+-- the readout and the decision (the primary metric is not significant with 4 units per arm)
+\pset tuples_only on
+\pset format unaligned
+SELECT experiment.readout('analysis-views');
+\pset tuples_only off
+\pset format aligned
+SELECT * FROM experiment.decision('analysis-views');
+
 -- the views have stable, flat, typed columns
 SELECT c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod)
 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
@@ -67,6 +75,7 @@ ORDER BY c.relname, a.attnum;
 -- readout number formatting
 SELECT x, experiment.format_number(x) FROM unnest(ARRAY[NULL, 0, 0.6123, 0.01234, 0.000012345, 1.23456, 41.2, -41.256,
                                                         999.994, 12841, 1234567.8, -12841]::float8[]) AS x;
+SELECT n, experiment.format_count(n) FROM unnest(ARRAY[NULL, 0, 7, 999, 1000, 12841, -12841, 1234567890]::bigint[]) AS n;
 SELECT experiment.format_signed(0.026, 'pp', 100, 1), experiment.format_signed(-0.0042, '%', 100, 1),
        experiment.format_signed(1.9), experiment.format_signed(-0.0004, 'pp', 100, 1), experiment.format_signed(NULL);
 SELECT p, experiment.format_p(p), experiment.format_p(p, false)

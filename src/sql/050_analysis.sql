@@ -364,6 +364,10 @@ BEGIN
     END IF;
   END IF;
 
+  IF m.kind = 'proportion' AND m.winsorize IS NOT NULL THEN
+    RAISE EXCEPTION 'proportion metric "%" cannot be winsorized', m.name
+      USING ERRCODE = '22023', HINT = 'its per-unit values are 0 or 1; set winsorize to NULL';
+  END IF;
   IF m.kind = 'proportion' AND m.aggregation <> 'any' THEN
     RAISE EXCEPTION 'proportion metric "%" must use aggregation ''any'', not ''%''', m.name, m.aggregation
       USING ERRCODE = '22023', HINT = 'a proportion is the share of units converted at least once';
@@ -961,15 +965,15 @@ BEGIN
     decision := 'KEEP RUNNING';
     reason := format('%s of %s days run', floor(h.days_run), round(h.min_runtime_days::numeric, 1)::float8);
     IF NOT h.sample_ok THEN
-      reason := reason || format(', %s of %s units per variant', experiment.format_number(h.min_units_per_variant),
-                                 experiment.format_number(h.target_units_per_variant));
+      reason := reason || format(', %s of %s units per variant', experiment.format_count(coalesce(h.min_units_per_variant, 0)),
+                                 experiment.format_count(h.target_units_per_variant));
     END IF;
     RETURN;
   END IF;
   IF NOT h.sample_ok THEN
     decision := 'KEEP RUNNING';
-    reason := format('%s of %s units per variant', experiment.format_number(coalesce(h.min_units_per_variant, 0)),
-                     experiment.format_number(h.target_units_per_variant));
+    reason := format('%s of %s units per variant', experiment.format_count(coalesce(h.min_units_per_variant, 0)),
+                     experiment.format_count(h.target_units_per_variant));
     RETURN;
   END IF;
 
@@ -1026,6 +1030,14 @@ AS $$
 $$;
 COMMENT ON FUNCTION experiment.format_number(float8) IS
   'a number as the readout prints it: thousands separators from 1,000, else 2 or 3 decimals, small values to 3 significant digits';
+
+CREATE FUNCTION experiment.format_count(n bigint) RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE WHEN n IS NULL THEN 'n/a' ELSE to_char(n, 'FM999,999,999,999,999,990') END
+$$;
+COMMENT ON FUNCTION experiment.format_count(bigint) IS 'a count with thousands separators: 12,841';
 
 CREATE FUNCTION experiment.format_signed(x float8, suffix text DEFAULT '', scale float8 DEFAULT 1, decimals integer DEFAULT NULL)
   RETURNS text
@@ -1120,15 +1132,15 @@ BEGIN
          WHEN floor(days) = 1 THEN '1 day'
          ELSE floor(days)::bigint || ' days' END);
 
-  SELECT string_agg(experiment.format_number(en.units) || ' ' || en.variant, ' / '
+  SELECT string_agg(experiment.format_count(en.units) || ' ' || en.variant, ' / '
                     ORDER BY en.variant IS DISTINCT FROM control, en.variant)
     INTO line FROM experiment.enrollment en WHERE en.experiment_id = ex.id;
-  lines := lines || format('Sample: %s   SRM %s %s', line, experiment.format_p(h.srm_p_value),
-                           CASE WHEN h.srm_ok THEN 'ok' WHEN h.srm_ok IS NULL THEN '' ELSE 'FAILED' END);
+  lines := lines || rtrim(format('Sample: %s   SRM %s %s', line, experiment.format_p(h.srm_p_value),
+                                 CASE WHEN h.srm_ok THEN 'ok' WHEN h.srm_ok IS NULL THEN '' ELSE 'FAILED' END));
   IF NOT h.multi_variant_ok THEN
-    lines := lines || format('Warning: %s units (%s%%) were exposed to several variants and are excluded',
-                             experiment.format_number(h.multi_variant_units),
-                             round((h.multi_variant_share * 100)::numeric, 1));
+    lines := lines || format('Warning: %s%% of the units (%s) were exposed to several variants and are excluded',
+                             round((h.multi_variant_share * 100)::numeric, 1),
+                             experiment.format_count(h.multi_variant_units));
   END IF;
 
   -- primary, then secondary metrics
