@@ -62,7 +62,8 @@ SELECT pg_catalog.pg_extension_config_dump('experiment.exposures_staging', '');
 
 -- text to timestamptz, NULL when the text is not a valid timestamp
 CREATE FUNCTION experiment.try_timestamptz(value text) RETURNS timestamptz
-  LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+  -- PARALLEL UNSAFE: the exception block is a subtransaction, which parallel mode forbids
+  LANGUAGE plpgsql STABLE STRICT PARALLEL UNSAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
 BEGIN
