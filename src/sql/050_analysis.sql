@@ -555,7 +555,7 @@ DECLARE
 BEGIN
   FOR t IN SELECT c.relname FROM pg_catalog.pg_class c
            WHERE c.relnamespace = pg_catalog.pg_my_temp_schema()
-             AND (c.relname IN ('exp_units', 'exp_vals', 'exp_base') OR c.relname ~ '^exp_src[0-9]+$') LOOP
+             AND c.relname IN ('exp_units', 'exp_vals', 'exp_base') LOOP
     EXECUTE format('DROP TABLE pg_temp.%I', t);
   END LOOP;
 END
@@ -599,7 +599,6 @@ DECLARE
   unpivot text := '';
   cap_v_sql text;
   cap_p_sql text;
-  q text;
   r record;
 BEGIN
   SELECT * INTO e FROM experiment.experiments ex WHERE ex.id = refresh.experiment_id;
