@@ -81,7 +81,8 @@ SELECT bool_and(k = 1) AS one_quarter_each FROM (
   GROUP BY u) t;
 
 SELECT p.oid::regprocedure, provolatile, proisstrict, proparallel FROM pg_proc p
-WHERE proname LIKE 'growthbook%' AND pronamespace = 'experiment'::regnamespace ORDER BY 1::text;
+WHERE proname LIKE 'growthbook%' AND pronamespace = 'experiment'::regnamespace
+  AND prolang = (SELECT oid FROM pg_language WHERE lanname = 'c') ORDER BY 1::text;
 
 SET client_min_messages = warning;
 DROP SCHEMA assign_growthbook_t CASCADE;

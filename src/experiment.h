@@ -2,8 +2,7 @@
  *
  * experiment.h
  *	  Shared declarations of the experiment extension: the stored
- *	  experiment.moments type, its access macros, and the helpers that the
- *	  statistics code shares (GSL wrappers, result construction).
+ *	  experiment.moments type, its access macros and helpers.
  *
  *-------------------------------------------------------------------------
  */
@@ -69,12 +68,5 @@ extern void moments_check_finite(const Moments *m, const char *what);
 extern double moments_variance(const Moments *m, int i);	/* sample variance, NaN if n < 2 */
 extern double moments_covariance(const Moments *m, int i, int j);
 extern Oid	moments_type_oid(void);
-
-/* gsl_support.c: distribution functions; never return NaN for valid input */
-extern double exp_t_sf(double t, double df);		/* P(T > t) */
-extern double exp_t_quantile_upper(double p, double df);	/* t with P(T > t) = p */
-extern double exp_norm_sf(double z);				/* P(Z > z) */
-extern double exp_norm_quantile(double p);			/* z with P(Z <= z) = p */
-extern double exp_chisq_sf(double x, double df);	/* P(X > x) */
 
 #endif							/* EXPERIMENT_H */

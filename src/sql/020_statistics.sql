@@ -1,0 +1,137 @@
+-- ---------------------------------------------------------------------------
+-- Statistics: two-arm tests, CUPED, ratio metrics, SRM, sample size
+-- (formulas and sources: doc/statistics.md)
+-- ---------------------------------------------------------------------------
+
+CREATE TYPE experiment.test_result AS (
+  n_control bigint,
+  n_treatment bigint,
+  mean_control float8,
+  mean_treatment float8,
+  diff float8,
+  diff_lower float8,
+  diff_upper float8,
+  lift float8,
+  lift_lower float8,
+  lift_upper float8,
+  statistic float8,
+  df float8,
+  p_value float8,
+  lift_p_value float8
+);
+COMMENT ON TYPE experiment.test_result IS
+  'Result of a two-arm test: counts, arm means, difference (treatment - control) with CI, relative lift with CI, statistic, df, p-values; NULL where undefined';
+
+-- Welch's t-test
+
+CREATE FUNCTION experiment.welch_ttest(control experiment.moments, treatment experiment.moments,
+                                       alpha float8 DEFAULT 0.05)
+  RETURNS experiment.test_result
+  AS 'MODULE_PATHNAME', 'welch_ttest' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.welch_ttest(experiment.moments, experiment.moments, float8) IS
+  'Welch''s unequal-variances t-test of mean(treatment) - mean(control) from univariate moments, with delta-method lift';
+
+CREATE FUNCTION experiment.moments_pair_accum(experiment.moments[], boolean, float8)
+  RETURNS experiment.moments[]
+  AS 'MODULE_PATHNAME', 'moments_pair_accum' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.moments_pair_accum(experiment.moments[], boolean, float8) IS
+  'transition function of experiment.welch_ttest(boolean, float8): state [control, treatment]';
+
+CREATE FUNCTION experiment.moments_pair_combine(experiment.moments[], experiment.moments[])
+  RETURNS experiment.moments[]
+  AS 'MODULE_PATHNAME', 'moments_pair_combine' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.moments_pair_combine(experiment.moments[], experiment.moments[]) IS
+  'combine function of experiment.welch_ttest(boolean, float8): merges both groups';
+
+CREATE FUNCTION experiment.welch_ttest_final(experiment.moments[])
+  RETURNS experiment.test_result
+  AS 'MODULE_PATHNAME', 'welch_ttest_final' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.welch_ttest_final(experiment.moments[]) IS
+  'final function of experiment.welch_ttest(boolean, float8): Welch''s t-test at alpha = 0.05';
+
+CREATE AGGREGATE experiment.welch_ttest(is_treatment boolean, y float8) (
+  SFUNC = experiment.moments_pair_accum,
+  STYPE = experiment.moments[],
+  COMBINEFUNC = experiment.moments_pair_combine,
+  FINALFUNC = experiment.welch_ttest_final,
+  PARALLEL = SAFE
+);
+COMMENT ON AGGREGATE experiment.welch_ttest(boolean, float8) IS
+  'Welch''s t-test (alpha = 0.05) of y between is_treatment = true and false rows; rows with a NULL are skipped, no rows gives NULL';
+
+-- proportions
+
+CREATE FUNCTION experiment.prop_ztest(x_control bigint, n_control bigint,
+                                      x_treatment bigint, n_treatment bigint,
+                                      alpha float8 DEFAULT 0.05)
+  RETURNS experiment.test_result
+  AS 'MODULE_PATHNAME', 'prop_ztest' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.prop_ztest(bigint, bigint, bigint, bigint, float8) IS
+  'two-proportion z-test: pooled z and p-value, Wald CI of the difference, delta-method lift; df is NULL';
+
+-- CUPED
+
+CREATE FUNCTION experiment.cuped_ttest(control experiment.moments, treatment experiment.moments,
+                                       alpha float8 DEFAULT 0.05)
+  RETURNS experiment.test_result
+  AS 'MODULE_PATHNAME', 'cuped_ttest' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.cuped_ttest(experiment.moments, experiment.moments, float8) IS
+  'Welch''s t-test on the CUPED-adjusted metric from bivariate moments (y, x = pre-period y), theta pooled over both arms; means reported unadjusted';
+
+CREATE FUNCTION experiment.cuped_theta(m experiment.moments) RETURNS float8
+  AS 'MODULE_PATHNAME', 'cuped_theta' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.cuped_theta(experiment.moments) IS
+  'CUPED coefficient cov(y, x) / var(x) of bivariate moments (pass control + treatment for the pooled one); NULL when var(x) = 0';
+
+CREATE FUNCTION experiment.cuped_adjust(y float8, x float8, theta float8, mean_x float8) RETURNS float8
+  AS 'MODULE_PATHNAME', 'cuped_adjust_value' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.cuped_adjust(float8, float8, float8, float8) IS
+  'CUPED-adjusted value y - theta * (x - mean_x)';
+
+CREATE FUNCTION experiment.cuped_adjust(m experiment.moments, theta float8, mean_x float8)
+  RETURNS experiment.moments
+  AS 'MODULE_PATHNAME', 'cuped_adjust_moments' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.cuped_adjust(experiment.moments, float8, float8) IS
+  'univariate moments of y - theta * (x - mean_x), exactly, from bivariate moments of (y, x)';
+
+-- ratio metrics
+
+CREATE FUNCTION experiment.ratio_ttest(control experiment.moments, treatment experiment.moments,
+                                       alpha float8 DEFAULT 0.05)
+  RETURNS experiment.test_result
+  AS 'MODULE_PATHNAME', 'ratio_ttest' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.ratio_ttest(experiment.moments, experiment.moments, float8) IS
+  'Welch''s t-test of a ratio metric sum(numerator)/sum(denominator) from bivariate moments of each unit''s (numerator, denominator), delta-method variances';
+
+-- sample ratio mismatch
+
+CREATE FUNCTION experiment.srm_chisq(observed bigint[], weights float8[] DEFAULT NULL) RETURNS float8
+  AS 'MODULE_PATHNAME', 'srm_chisq' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.srm_chisq(bigint[], float8[]) IS
+  'sample ratio mismatch: Pearson chi-squared p-value of observed counts against the weights'' split (NULL weights: equal split)';
+
+-- sample size and power
+
+CREATE FUNCTION experiment.required_n(baseline float8, mde float8, alpha float8 DEFAULT 0.05,
+                                      power float8 DEFAULT 0.8) RETURNS bigint
+  AS 'MODULE_PATHNAME', 'required_n' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.required_n(float8, float8, float8, float8) IS
+  'units per variant for a two-proportion test to detect baseline -> baseline + mde (two-sided alpha)';
+
+CREATE FUNCTION experiment.required_n_mean(stddev float8, mde float8, alpha float8 DEFAULT 0.05,
+                                           power float8 DEFAULT 0.8) RETURNS bigint
+  AS 'MODULE_PATHNAME', 'required_n_mean' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.required_n_mean(float8, float8, float8, float8) IS
+  'units per variant for a test of means to detect a difference mde with standard deviation stddev (two-sided alpha)';
+
+CREATE FUNCTION experiment.mde(n_per_variant bigint, baseline float8, alpha float8 DEFAULT 0.05,
+                               power float8 DEFAULT 0.8) RETURNS float8
+  AS 'MODULE_PATHNAME', 'mde_prop' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.mde(bigint, float8, float8, float8) IS
+  'smallest absolute rise of a rate from baseline that n_per_variant units per variant detect (inverse of required_n); NULL when none below 1 - baseline does';
+
+CREATE FUNCTION experiment.power(n_per_variant bigint, baseline float8, mde float8,
+                                 alpha float8 DEFAULT 0.05) RETURNS float8
+  AS 'MODULE_PATHNAME', 'power_prop' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.power(bigint, float8, float8, float8) IS
+  'power of a two-proportion test with n_per_variant units per variant against baseline -> baseline + mde (inverse of required_n)';
