@@ -36,34 +36,40 @@ if not have:
                 "FROM generate_series(1, %s) g", (args.rows,))
     cur.execute("VACUUM ANALYZE bench_obs")
 cur.execute("SET jit = off")
-cur.execute("SET max_parallel_workers_per_gather = 0")
 # warm the cache
 cur.execute("SELECT count(*) FROM bench_obs")
 
 
-def timed(sql, settings=()):
-    for s in settings:
-        cur.execute(s)
-    times = []
-    for _ in range(args.runs):
-        t0 = time.perf_counter()
-        cur.execute(sql)
-        cur.fetchall()
-        times.append(time.perf_counter() - t0)
+def run_once(sql, settings):
     cur.execute("SET max_parallel_workers_per_gather = 0")
-    return statistics.median(times)
+    for st in settings:
+        cur.execute(st)
+    t0 = time.perf_counter()
+    cur.execute(sql)
+    cur.fetchall()
+    return time.perf_counter() - t0
 
 
-def compare(label, ours, builtin, target, settings=()):
-    a = timed(ours, settings)
-    b = timed(builtin, settings)
-    print("%-38s %8.3f s  vs %8.3f s   ratio %.2f  (target <= %.2f)" % (label, a, b, a / b, target), flush=True)
-    return a / b
+def paired(a_sql, b_sql, a_settings=(), b_settings=()):
+    """Median times of a and b, run alternately so that whatever else the
+    machine is doing weighs on both alike."""
+    ta, tb = [], []
+    for _ in range(args.runs):
+        ta.append(run_once(a_sql, a_settings))
+        tb.append(run_once(b_sql, b_settings))
+    return statistics.median(ta), statistics.median(tb)
 
 
-scan = timed("SELECT count(*) FROM bench_obs")
-print("rows: %d, runs per query: %d (median), jit off, serial unless stated" % (args.rows, args.runs))
-print("%-38s %8.3f s" % ("bare scan, count(*)", scan))
+def compare(label, ours, builtin, target):
+    a, b = paired(ours, builtin)
+    print("%-42s %8.3f s  vs %8.3f s   ratio %.2f  (target <= %.2f)" % (label, a, b, a / b, target), flush=True)
+
+
+PAR = ("SET max_parallel_workers_per_gather = 2",)
+scan, _ = paired("SELECT count(*) FROM bench_obs", "SELECT 1")
+print("rows: %d, runs per query: %d (median, alternating), jit off, serial unless stated"
+      % (args.rows, args.runs))
+print("%-42s %8.3f s" % ("bare scan, count(*)", scan))
 compare("moments(y) per group vs count,avg,var",
         "SELECT grp, experiment.moments(y) FROM bench_obs GROUP BY grp",
         "SELECT grp, count(y), avg(y), var_samp(y) FROM bench_obs GROUP BY grp", 1.0)
@@ -74,13 +80,11 @@ compare("moments(y,x) vs the six built-ins",
 compare("welch_ttest(bool, y) vs count,sum,sum(y*y)",
         "SELECT experiment.welch_ttest(grp = 1, y) FROM bench_obs",
         "SELECT grp, count(y), sum(y), sum(y * y) FROM bench_obs GROUP BY grp", 1.0)
-serial = timed("SELECT grp, experiment.moments(y) FROM bench_obs GROUP BY grp")
-par = timed("SELECT grp, experiment.moments(y) FROM bench_obs GROUP BY grp",
-            ("SET max_parallel_workers_per_gather = 2",))
-print("%-38s %8.3f s  vs %8.3f s   speed-up %.2f (target >= 1.6)" % (
+q = "SELECT grp, experiment.moments(y) FROM bench_obs GROUP BY grp"
+par, serial = paired(q, q, PAR, ())
+print("%-42s %8.3f s  vs %8.3f s   speed-up %.2f (target >= 1.6)" % (
     "moments(y): 2 workers vs none", par, serial, serial / par))
-bserial = timed("SELECT grp, count(y), avg(y), var_samp(y) FROM bench_obs GROUP BY grp")
-bpar = timed("SELECT grp, count(y), avg(y), var_samp(y) FROM bench_obs GROUP BY grp",
-             ("SET max_parallel_workers_per_gather = 2",))
-print("%-38s %8.3f s  vs %8.3f s   speed-up %.2f (for reference)" % (
-    "built-ins: 2 workers vs none", bpar, bserial, bserial / bpar))
+q = "SELECT grp, count(y), avg(y), var_samp(y) FROM bench_obs GROUP BY grp"
+par, serial = paired(q, q, PAR, ())
+print("%-42s %8.3f s  vs %8.3f s   speed-up %.2f (for reference)" % (
+    "built-ins: 2 workers vs none", par, serial, serial / par))
