@@ -74,7 +74,7 @@
 #include "experiment.h"
 
 #define UV_INLINE_KEY	16
-#define UV_BATCH		64
+#define UV_BATCH		256
 
 typedef enum
 {

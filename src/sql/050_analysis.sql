@@ -620,6 +620,7 @@ DECLARE
   los interval[];
   his interval[];
   ends boolean[];
+  hashagg text;
 BEGIN
   SELECT * INTO e FROM experiment.experiments ex WHERE ex.id = refresh.experiment_id;
   IF NOT FOUND THEN
@@ -637,12 +638,18 @@ BEGIN
 
   -- units: first exposure defines variant and start; units in several variants are excluded
   PERFORM experiment.drop_refresh_tables();
+  -- grouping a million units in a hash table is bound by random memory access; the primary key
+  -- of experiment.exposures delivers the rows in unit order, so a streaming GroupAggregate over
+  -- it is about twice as fast
+  hashagg := pg_catalog.current_setting('enable_hashagg');
+  PERFORM pg_catalog.set_config('enable_hashagg', 'off', true);
   CREATE TEMP TABLE exp_units ON COMMIT DROP AS
     SELECT xp.unit_id, pg_catalog.min(xp.variant) AS variant, pg_catalog.min(xp.exposed_at) AS t0,
            pg_catalog.min(xp.variant) <> pg_catalog.max(xp.variant) AS multi
     FROM experiment.exposures xp
     WHERE xp.experiment_id = e.id AND (e.end_at IS NULL OR xp.exposed_at < e.end_at)
     GROUP BY xp.unit_id;
+  PERFORM pg_catalog.set_config('enable_hashagg', hashagg, true);
   SELECT count(*) FILTER (WHERE u.multi), count(*) FILTER (WHERE NOT u.multi),
          pg_catalog.min(u.t0) FILTER (WHERE NOT u.multi), pg_catalog.max(u.t0) FILTER (WHERE NOT u.multi)
     INTO nmulti, nunits, min_t0, max_t0
