@@ -11,7 +11,9 @@
  * hash join and the grouping probe a table far larger than the CPU caches
  * once per event, and that random memory access dominates the refresh.
  *
- * Here the units are loaded once into a compact open-addressing hash table
+ * Here the units (passed as arrays, so that the function reads no table but
+ * the source and is as parallel safe as any query of it) are loaded once
+ * into a compact open-addressing hash table
  * (keyed by hash_bytes() of the unit id text, exact comparison of the key),
  * together with one row per unit holding the window bounds that need
  * calendar arithmetic and the accumulators.  The source is scanned through
@@ -235,7 +237,7 @@ insert_unit(UvState *st, const char *key, uint32 keylen, uint16 variant,
 	int			c;
 
 	if (st->nunits >= st->maxunits)
-		elog(ERROR, "units relation changed while it was read");
+		elog(ERROR, "more units than counted");
 	while (st->slots[pos] != 0)
 	{
 		UvUnit	   *o = &st->units[(st->slots[pos] & 0xFFFFFFFF) - 1];
@@ -244,7 +246,7 @@ insert_unit(UvState *st, const char *key, uint32 keylen, uint16 variant,
 			memcmp(unit_key(o), key, keylen) == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("units relation has unit_id \"%.*s\" more than once",
+					 errmsg("unit_ids has \"%.*s\" more than once",
 							(int) keylen, key)));
 		pos = (pos + 1) & st->mask;
 	}
@@ -270,45 +272,37 @@ insert_unit(UvState *st, const char *key, uint32 keylen, uint16 variant,
 	st->nunits++;
 }
 
-/* receives (unit_id text, variant text, t0 timestamptz) from the units relation */
-static bool
-uv_receive_unit(TupleTableSlot *slot, DestReceiver *self)
+/* adds one unit (unit_id, variant, t0) from the argument arrays */
+static void
+add_unit(UvState *st, Datum du, bool nu, Datum dv, bool nv, Datum dt, bool nt)
 {
-	UvState    *st = ((UvReceiver *) self)->st;
 	text	   *k;
-	char	   *vname;
+	text	   *vn;
 	int			v;
-	bool		t0null;
-	int64		t0;
 
-	slot_getallattrs(slot);
-	if (slot->tts_isnull[0])
-		return true;			/* a NULL unit joins no event */
-	k = DatumGetTextPP(slot->tts_values[0]);
-	if (slot->tts_isnull[1])
+	if (nu)
+		return;					/* a NULL unit joins no event */
+	if (nv)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("units relation has a NULL variant")));
-	vname = TextDatumGetCString(slot->tts_values[1]);
+				 errmsg("variants has a NULL element")));
+	k = DatumGetTextPP(du);
+	vn = DatumGetTextPP(dv);
 	for (v = 0; v < st->nvariants; v++)
-		if (strcmp(st->variants[v], vname) == 0)
+		if (strlen(st->variants[v]) == VARSIZE_ANY_EXHDR(vn) &&
+			memcmp(st->variants[v], VARDATA_ANY(vn), VARSIZE_ANY_EXHDR(vn)) == 0)
 			break;
 	if (v == st->nvariants)
 	{
 		if (st->nvariants >= PG_UINT16_MAX)
 			ereport(ERROR,
 					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-					 errmsg("too many variants in units relation")));
-		st->variants[v] = MemoryContextStrdup(st->cxt, vname);
+					 errmsg("too many variants")));
+		st->variants[v] = MemoryContextStrdup(st->cxt, text_to_cstring(vn));
 		st->nvariants++;
 	}
-	pfree(vname);
-	t0null = slot->tts_isnull[2];
-	t0 = t0null ? 0 : DatumGetTimestampTz(slot->tts_values[2]);
-	insert_unit(st, VARDATA_ANY(k), VARSIZE_ANY_EXHDR(k), (uint16) v, t0null, t0);
-	if ((Pointer) k != DatumGetPointer(slot->tts_values[0]))
-		pfree(k);
-	return true;
+	insert_unit(st, VARDATA_ANY(k), VARSIZE_ANY_EXHDR(k), (uint16) v, nt,
+				nt ? 0 : DatumGetTimestampTz(dt));
 }
 
 static inline int64
@@ -510,7 +504,7 @@ uv_receive_event(TupleTableSlot *slot, DestReceiver *self)
 }
 
 static ArrayType *
-text_array_arg(FunctionCallInfo fcinfo, int argno, const char *name)
+array_arg(FunctionCallInfo fcinfo, int argno, const char *name)
 {
 	if (PG_ARGISNULL(argno))
 		ereport(ERROR,
@@ -524,7 +518,7 @@ static void
 array_elems(FunctionCallInfo fcinfo, int argno, const char *name, Oid elemtype,
 			int nspec, Datum **values, bool **nulls)
 {
-	ArrayType  *a = text_array_arg(fcinfo, argno, name);
+	ArrayType  *a = array_arg(fcinfo, argno, name);
 	int16		typlen;
 	bool		typbyval;
 	char		typalign;
@@ -605,7 +599,8 @@ plan_bound(UvState *st, UvBound *b, Datum d, bool isnull, bool fixed_zone,
 
 PG_FUNCTION_INFO_V1(source_unit_values);
 /*
- * source_unit_values(units regclass, source regclass, unit_column text,
+ * source_unit_values(unit_ids text[], variants text[], t0s timestamptz[],
+ *                    source regclass, unit_column text,
  *                    time_columns text[], value_columns text[],
  *                    aggregations text[], lo_offsets interval[],
  *                    hi_offsets interval[], use_end boolean[],
@@ -613,17 +608,19 @@ PG_FUNCTION_INFO_V1(source_unit_values);
  *                    scan_to timestamptz)
  *   RETURNS TABLE (unit_id text, variant text, vals float8[])
  *
- * One row per unit of the units relation (columns unit_id, variant, t0),
- * with vals[k] the aggregation k over the unit's events in the source
- * inside window k (see the file header).  scan_from/scan_to, when given,
- * restrict the scan to time_columns[1] in [scan_from, scan_to); they must
- * cover every window.
+ * One row per unit (the three arrays, element by element; a NULL unit id is
+ * skipped), with vals[k] the aggregation k over the unit's events in source
+ * inside window k (see the file header).  scan_from/scan_to, when given
+ * and every spec reads the same time column, restrict the scan to that
+ * column in [scan_from, scan_to); they must cover every window.
  */
 Datum
 source_unit_values(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	Oid			units_rel;
+	ArrayType  *unit_ids;
+	ArrayType  *unit_variants;
+	ArrayType  *unit_t0s;
 	Oid			src_rel;
 	char	   *unit_col;
 	Datum	   *tcols,
@@ -667,34 +664,40 @@ source_unit_values(PG_FUNCTION_ARGS)
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 
-	for (k = 0; k < 3; k++)
+	for (k = 0; k < 5; k++)
 		if (PG_ARGISNULL(k))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("%s must not be NULL",
-							k == 0 ? "units" : k == 1 ? "source" : "unit_column")));
-	units_rel = PG_GETARG_OID(0);
-	src_rel = PG_GETARG_OID(1);
-	unit_col = text_to_cstring(PG_GETARG_TEXT_PP(2));
-	if (get_rel_name(units_rel) == NULL)
-		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						errmsg("units relation %u does not exist", units_rel)));
+							k == 0 ? "unit_ids" : k == 1 ? "variants" : k == 2 ? "t0s" :
+							k == 3 ? "source" : "unit_column")));
+	unit_ids = PG_GETARG_ARRAYTYPE_P(0);
+	unit_variants = PG_GETARG_ARRAYTYPE_P(1);
+	unit_t0s = PG_GETARG_ARRAYTYPE_P(2);
+	nrows = ArrayGetNItems(ARR_NDIM(unit_ids), ARR_DIMS(unit_ids));
+	if (ArrayGetNItems(ARR_NDIM(unit_variants), ARR_DIMS(unit_variants)) != nrows ||
+		ArrayGetNItems(ARR_NDIM(unit_t0s), ARR_DIMS(unit_t0s)) != nrows)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unit_ids, variants and t0s must have the same number of elements")));
+	src_rel = PG_GETARG_OID(3);
+	unit_col = text_to_cstring(PG_GETARG_TEXT_PP(4));
 	if (get_rel_name(src_rel) == NULL)
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						errmsg("source relation %u does not exist", src_rel)));
 	check_column(src_rel, unit_col, "unit_column");
 
 	{
-		ArrayType  *a = text_array_arg(fcinfo, 5, "aggregations");
+		ArrayType  *a = array_arg(fcinfo, 7, "aggregations");
 
 		nspec = ArrayGetNItems(ARR_NDIM(a), ARR_DIMS(a));
 	}
-	array_elems(fcinfo, 3, "time_columns", TEXTOID, nspec, &tcols, &tcols_n);
-	array_elems(fcinfo, 4, "value_columns", TEXTOID, nspec, &vcols, &vcols_n);
-	array_elems(fcinfo, 5, "aggregations", TEXTOID, nspec, &aggs, &aggs_n);
-	array_elems(fcinfo, 6, "lo_offsets", INTERVALOID, nspec, &los, &los_n);
-	array_elems(fcinfo, 7, "hi_offsets", INTERVALOID, nspec, &his, &his_n);
-	array_elems(fcinfo, 8, "use_end", BOOLOID, nspec, &ends, &ends_n);
+	array_elems(fcinfo, 5, "time_columns", TEXTOID, nspec, &tcols, &tcols_n);
+	array_elems(fcinfo, 6, "value_columns", TEXTOID, nspec, &vcols, &vcols_n);
+	array_elems(fcinfo, 7, "aggregations", TEXTOID, nspec, &aggs, &aggs_n);
+	array_elems(fcinfo, 8, "lo_offsets", INTERVALOID, nspec, &los, &los_n);
+	array_elems(fcinfo, 9, "hi_offsets", INTERVALOID, nspec, &his, &his_n);
+	array_elems(fcinfo, 10, "use_end", BOOLOID, nspec, &ends, &ends_n);
 
 	st = palloc0(sizeof(UvState));
 	st->cxt = AllocSetContextCreate(callcxt, "source_unit_values",
@@ -742,8 +745,8 @@ source_unit_values(PG_FUNCTION_ARGS)
 	k = 0;
 	foreach(lc, cal)
 		st->cal_offsets[k++] = *(Interval *) lfirst(lc);
-	st->has_end = !PG_ARGISNULL(9);
-	st->end_at = st->has_end ? PG_GETARG_TIMESTAMPTZ(9) : 0;
+	st->has_end = !PG_ARGISNULL(11);
+	st->end_at = st->has_end ? PG_GETARG_TIMESTAMPTZ(11) : 0;
 
 	/* the source query: unit, time columns, value columns */
 	initStringInfo(&q);
@@ -774,7 +777,7 @@ source_unit_values(PG_FUNCTION_ARGS)
 	appendStringInfo(&q, " FROM %s s",
 					 quote_qualified_identifier(get_namespace_name(get_rel_namespace(src_rel)),
 												get_rel_name(src_rel)));
-	if (st->ntime == 1 && (!PG_ARGISNULL(10) || !PG_ARGISNULL(11)))
+	if (st->ntime == 1 && (!PG_ARGISNULL(12) || !PG_ARGISNULL(13)))
 	{
 		const char *tc = quote_identifier((char *) linitial(time_names));
 
@@ -784,8 +787,8 @@ source_unit_values(PG_FUNCTION_ARGS)
 		{
 			params->params[k].ptype = TIMESTAMPTZOID;
 			params->params[k].pflags = PARAM_FLAG_CONST;
-			params->params[k].isnull = PG_ARGISNULL(10 + k);
-			params->params[k].value = PG_ARGISNULL(10 + k) ? (Datum) 0 : PG_GETARG_DATUM(10 + k);
+			params->params[k].isnull = PG_ARGISNULL(12 + k);
+			params->params[k].value = PG_ARGISNULL(12 + k) ? (Datum) 0 : PG_GETARG_DATUM(12 + k);
 		}
 		appendStringInfo(&q, " WHERE ($1 IS NULL OR (s.%s)::pg_catalog.timestamptz OPERATOR(pg_catalog.>=) $1)"
 						 " AND ($2 IS NULL OR (s.%s)::pg_catalog.timestamptz OPERATOR(pg_catalog.<) $2)",
@@ -807,17 +810,6 @@ source_unit_values(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_connect failed: %s", SPI_result_code_string(ret));
 
 	{
-		char	   *uq = psprintf("SELECT pg_catalog.count(*) FROM %s",
-								  quote_qualified_identifier(get_namespace_name(get_rel_namespace(units_rel)),
-															 get_rel_name(units_rel)));
-		bool		isnull;
-
-		if ((ret = SPI_execute(uq, true, 0)) != SPI_OK_SELECT || SPI_processed != 1)
-			elog(ERROR, "counting the units failed: %s", SPI_result_code_string(ret));
-		nrows = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		SPI_freetuptable(SPI_tuptable);
-	}
-	{
 		uint64		nslots = 16;
 
 		while (nslots < (uint64) nrows * 2)
@@ -833,8 +825,27 @@ source_unit_values(PG_FUNCTION_ARGS)
 		st->rows = huge_alloc0(st->cxt, st->rowsize * Max(nrows, 1));
 	}
 
+	/* the units */
+	{
+		ArrayIterator iu = array_create_iterator(unit_ids, 0, NULL);
+		ArrayIterator iv = array_create_iterator(unit_variants, 0, NULL);
+		ArrayIterator it = array_create_iterator(unit_t0s, 0, NULL);
+		Datum		du,
+					dv,
+					dt;
+		bool		nu,
+					nv,
+					nt;
+
+		while (array_iterate(iu, &du, &nu) && array_iterate(iv, &dv, &nv) &&
+			   array_iterate(it, &dt, &nt))
+			add_unit(st, du, nu, dv, nv, dt, nt);
+		array_free_iterator(iu);
+		array_free_iterator(iv);
+		array_free_iterator(it);
+	}
+
 	memset(&recv, 0, sizeof(recv));
-	recv.pub.receiveSlot = uv_receive_unit;
 	recv.pub.rStartup = uv_startup;
 	recv.pub.rShutdown = uv_shutdown;
 	recv.pub.rDestroy = uv_destroy;
@@ -843,14 +854,6 @@ source_unit_values(PG_FUNCTION_ARGS)
 	memset(&opts, 0, sizeof(opts));
 	opts.read_only = true;
 	opts.dest = &recv.pub;
-	ret = SPI_execute_extended(psprintf("SELECT (u.unit_id)::pg_catalog.text, (u.variant)::pg_catalog.text, "
-										"(u.t0)::pg_catalog.timestamptz FROM %s u",
-										quote_qualified_identifier(get_namespace_name(get_rel_namespace(units_rel)),
-																   get_rel_name(units_rel))),
-							   &opts);
-	/* SPI reports a SELECT into a receiver of type DestNone as SPI_OK_UTILITY */
-	if (ret != SPI_OK_SELECT && ret != SPI_OK_UTILITY)
-		elog(ERROR, "reading the units failed: %s", SPI_result_code_string(ret));
 
 	/* one scan of the source */
 	if (st->nunits > 0 && nspec > 0)
@@ -899,6 +902,8 @@ source_unit_values(PG_FUNCTION_ARGS)
 			Datum		values[3];
 			bool		nulls[3] = {false, false, false};
 
+			if ((i & 0xFFFF) == 0)
+				CHECK_FOR_INTERRUPTS();
 			MemoryContextSwitchTo(tmp);
 			for (k = 0; k < nspec; k++)
 				vdat[k] = Float8GetDatum(acc[k]);

@@ -132,9 +132,11 @@ def compare(label, sp, end_at, scan_from=None, scan_to=None):
     ref_sql = ("SELECT u.unit_id, u.variant, ARRAY[%s] FROM uv_units u LEFT JOIN uv_events s ON s.unit = u.unit_id "
                "GROUP BY u.unit_id, u.variant" % ", ".join(ref_agg(*x, end_at) for x in sp))
     ref = {r[0]: (r[1], r[2]) for r in q(ref_sql)}
-    got_rows = q("""SELECT unit_id, variant, vals FROM experiment.source_unit_values(
-                      'uv_units', 'uv_events', 'unit', %s::text[], %s::text[], %s::text[], %s::interval[],
-                      %s::interval[], %s::boolean[], %s, %s, %s)""",
+    got_rows = q("""SELECT x.unit_id, x.variant, x.vals
+                    FROM (SELECT array_agg(unit_id) i, array_agg(variant) v, array_agg(t0) t FROM uv_units) a,
+                         experiment.source_unit_values(a.i, a.v, a.t, 'uv_events', 'unit', %s::text[], %s::text[],
+                      %s::text[], %s::interval[],
+                      %s::interval[], %s::boolean[], %s, %s, %s) x""",
                  ([x[0] for x in sp], [x[1] for x in sp], [x[2] for x in sp], [x[3] for x in sp],
                   [x[4] for x in sp], [x[5] for x in sp], end_at, scan_from, scan_to))
     got = {r[0]: (r[1], r[2]) for r in got_rows}
@@ -175,22 +177,25 @@ for tz in ("Europe/Berlin", "UTC"):
 
 # a scan bound is applied: nothing counts when the bounds exclude everything
 cur.execute("SET TimeZone = 'Europe/Berlin'")
-r = q("""SELECT bool_and(vals = ARRAY[0]::float8[]) FROM experiment.source_unit_values(
-           'uv_units', 'uv_events', 'unit', '{ts}', '{NULL}', '{count}', '{-1 year}', '{NULL}', '{f}', NULL,
+r = q("""SELECT bool_and(vals = ARRAY[0]::float8[]) FROM (SELECT array_agg(unit_id) i, array_agg(variant) v,
+           array_agg(t0) t FROM uv_units) a, experiment.source_unit_values(a.i, a.v, a.t, 'uv_events', 'unit', '{ts}',
+           '{NULL}', '{count}', '{-1 year}', '{NULL}', '{f}', NULL,
            '2030-01-01', NULL)""")[0][0]
 ck.check(r is True, "scan_from beyond every event leaves only zeros")
 
 # an integer unit column is compared as text
-q("CREATE TABLE uv_units_int (unit_id text, variant text, t0 timestamptz)")
-q("INSERT INTO uv_units_int VALUES ('1', 'a', '2025-01-01'), ('2', 'b', '2025-01-01'), ('3', 'a', NULL)")
 q("CREATE TABLE uv_events_int (uid bigint, at date, amount real)")
 q("""INSERT INTO uv_events_int VALUES (1, '2025-01-01', 2.5), (1, '2025-01-02', 1), (1, '2024-12-31', 100),
      (2, '2025-01-05', NULL), (3, '2025-01-02', 9), (4, '2025-01-02', 9)""")
 r = q("""SELECT unit_id, variant, vals FROM experiment.source_unit_values(
-           'uv_units_int', 'uv_events_int', 'uid', '{at,at,at}', '{amount,amount,NULL}', '{sum,max,count}',
+           '{1,2,3,NULL}', '{a,b,a,c}', '{2025-01-01,2025-01-01,NULL,2025-01-01}', 'uv_events_int', 'uid', '{at,at,at}', '{amount,amount,NULL}', '{sum,max,count}',
            '{0,0,0}', '{2 days,NULL,NULL}', '{t,t,t}', NULL, NULL, NULL) ORDER BY 1""")
 ck.check(r == [("1", "a", [3.5, 2.5, 2.0]), ("2", "b", [0.0, 0.0, 1.0]), ("3", "a", [0.0, 0.0, 0.0])],
-         "bigint units, date times, real values, NULL t0: %r" % (r,))
+         "bigint units, date times, real values, NULL t0, NULL unit skipped: %r" % (r,))
+
+r = q("""SELECT count(*) FROM experiment.source_unit_values('{}', '{}', '{}', 'uv_events', 'unit', '{ts}', '{NULL}',
+         '{count}', '{0}', '{NULL}', '{t}', NULL, NULL, NULL)""")[0][0]
+ck.check(r == 0, "no units: no rows (%r)" % r)
 
 
 def fails(sql, what):
@@ -202,18 +207,20 @@ def fails(sql, what):
     ck.check(False, "%s: no error" % what)
 
 
-fails("""SELECT * FROM experiment.source_unit_values('uv_units', 'uv_events', 'unit', '{ts}', '{val}', '{median}',
+fails("""SELECT * FROM experiment.source_unit_values('{u1}', '{a}', '{2025-03-25}', 'uv_events', 'unit', '{ts}', '{val}', '{median}',
          '{0}', '{NULL}', '{t}', NULL, NULL, NULL)""", "unknown aggregation")
-fails("""SELECT * FROM experiment.source_unit_values('uv_units', 'uv_events', 'unit', '{ts,ts}', '{val}', '{sum}',
+fails("""SELECT * FROM experiment.source_unit_values('{u1}', '{a}', '{2025-03-25}', 'uv_events', 'unit', '{ts,ts}', '{val}', '{sum}',
          '{0}', '{NULL}', '{t}', NULL, NULL, NULL)""", "arrays of different lengths")
-fails("""SELECT * FROM experiment.source_unit_values('uv_units', 'uv_events', 'nope', '{ts}', '{val}', '{sum}',
+fails("""SELECT * FROM experiment.source_unit_values('{u1}', '{a}', '{2025-03-25}', 'uv_events', 'nope', '{ts}', '{val}', '{sum}',
          '{0}', '{NULL}', '{t}', NULL, NULL, NULL)""", "unknown unit column")
-fails("""SELECT * FROM experiment.source_unit_values('uv_units', 'uv_events', 'unit', '{ts}', '{nope}', '{sum}',
+fails("""SELECT * FROM experiment.source_unit_values('{u1}', '{a}', '{2025-03-25}', 'uv_events', 'unit', '{ts}', '{nope}', '{sum}',
          '{0}', '{NULL}', '{t}', NULL, NULL, NULL)""", "unknown value column")
-fails("""SELECT * FROM experiment.source_unit_values('uv_units', 'uv_events', 'unit', '{ts}', '{val}', '{sum}',
+fails("""SELECT * FROM experiment.source_unit_values('{u1}', '{a}', '{2025-03-25}', 'uv_events', 'unit', '{ts}', '{val}', '{sum}',
          '{NULL}', '{NULL}', '{t}', NULL, NULL, NULL)""", "NULL lower offset")
-q("INSERT INTO uv_units_int VALUES ('1', 'b', '2025-01-01')")
-fails("""SELECT * FROM experiment.source_unit_values('uv_units_int', 'uv_events_int', 'uid', '{at}', '{NULL}', '{count}',
+fails("""SELECT * FROM experiment.source_unit_values('{u1,u2}', '{a}', '{2025-03-25}', 'uv_events', 'unit', '{ts}', '{val}',
+         '{sum}', '{0}', '{NULL}', '{t}', NULL, NULL, NULL)""", "unit arrays of different lengths")
+fails("""SELECT * FROM experiment.source_unit_values('{1,2,1}', '{a,b,b}', '{2025-01-01,2025-01-01,2025-01-01}',
+         'uv_events_int', 'uid', '{at}', '{NULL}', '{count}',
          '{0}', '{NULL}', '{t}', NULL, NULL, NULL)""", "duplicate unit")
 
 conn.close()

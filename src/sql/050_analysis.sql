@@ -547,18 +547,19 @@ COMMENT ON FUNCTION experiment.capped_sql(text, integer, float8) IS
 
 -- per-unit values of the metrics reading one source, in one scan (src/unit_values.c)
 CREATE FUNCTION experiment.source_unit_values(
-    units regclass, source regclass, unit_column text, time_columns text[], value_columns text[],
-    aggregations text[], lo_offsets interval[], hi_offsets interval[], use_end boolean[],
-    end_at timestamptz, scan_from timestamptz, scan_to timestamptz)
+    unit_ids text[], variants text[], t0s timestamptz[], source regclass, unit_column text,
+    time_columns text[], value_columns text[], aggregations text[], lo_offsets interval[],
+    hi_offsets interval[], use_end boolean[], end_at timestamptz, scan_from timestamptz, scan_to timestamptz)
   RETURNS TABLE (unit_id text, variant text, vals float8[])
   AS 'MODULE_PATHNAME', 'source_unit_values'
-  LANGUAGE C STABLE PARALLEL RESTRICTED;
-COMMENT ON FUNCTION experiment.source_unit_values(regclass, regclass, text, text[], text[], text[],
+  LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.source_unit_values(text[], text[], timestamptz[], regclass, text, text[], text[], text[],
     interval[], interval[], boolean[], timestamptz, timestamptz, timestamptz) IS
-  'internal: one row per unit of units (unit_id, variant, t0) with vals[k] = aggregations[k] (sum, count, any, max) of '
+  'internal: one row per unit (unit_ids, variants, t0s) with vals[k] = aggregations[k] (sum, count, any, max) of '
   'value_columns[k] (NULL: rows) over the unit''s events in source with time_columns[k] in '
   '[t0 + lo_offsets[k], t0 + hi_offsets[k]) and, when use_end[k], before end_at; 0 without events; '
-  'scan_from/scan_to bound the scan of time_columns[1]';
+  'scan_from/scan_to bound the scan when all specs read one time column; reads source like any query '
+  '(STABLE, parallel safe as reading a table is)';
 
 -- drop the temporary tables of a refresh (they are also dropped at commit)
 CREATE FUNCTION experiment.drop_refresh_tables() RETURNS void
@@ -735,10 +736,10 @@ BEGIN
       lower_bound := NULL;
     END IF;
     joins := joins || format(
-      '%s experiment.source_unit_values(%L::regclass, %L::regclass, %L, %L::text[], %L::text[], %L::text[], '
+      '%s experiment.source_unit_values(a.ids, a.variants, a.t0s, %L::regclass, %L, %L::text[], %L::text[], %L::text[], '
       '%L::interval[], %L::interval[], %L::boolean[], %L::timestamptz, %L::timestamptz, %L::timestamptz) x%s%s',
-      CASE WHEN src_no = 1 THEN '' ELSE ' JOIN' END,
-      'pg_temp.exp_units', src, ucol, tcols, vcols, aggs_a, los, his, ends, e.end_at, lower_bound, upper_bound,
+      CASE WHEN src_no = 1 THEN ',' ELSE ' JOIN' END,
+      src, ucol, tcols, vcols, aggs_a, los, his, ends, e.end_at, lower_bound, upper_bound,
       src_no, CASE WHEN src_no = 1 THEN '' ELSE format(' ON x%s.unit_id = x1.unit_id', src_no) END);
   END LOOP;
 
@@ -746,7 +747,10 @@ BEGIN
   IF src_no = 0 THEN
     vals_sql := 'SELECT u.variant FROM pg_temp.exp_units u';
   ELSE
-    vals_sql := format('SELECT x1.variant%s FROM%s', vals_cols, joins);
+    vals_sql := format('SELECT x1.variant%s FROM (SELECT coalesce(pg_catalog.array_agg(u.unit_id), ''{}'') AS ids, '
+                       'coalesce(pg_catalog.array_agg(u.variant), ''{}'') AS variants, '
+                       'coalesce(pg_catalog.array_agg(u.t0), ''{}'') AS t0s FROM pg_temp.exp_units u) a%s',
+                       vals_cols, joins);
   END IF;
 
   -- winsorization caps: pooled upper percentiles over all analysed units
