@@ -13,9 +13,8 @@
  *
  * Here the units (passed as arrays, so that the function reads no table but
  * the source and is as parallel safe as any query of it) are loaded once
- * into a compact open-addressing hash table
- * (keyed by hash_bytes() of the unit id text, exact comparison of the key),
- * together with one row per unit holding the window bounds that need
+ * into a compact open-addressing hash table (keyed by hash_bytes() of the
+ * unit id text, exact comparison of the key), together with one row per unit holding the window bounds that need
  * calendar arithmetic and the accumulators.  The source is scanned through
  * SPI with a DestReceiver of our own, so no event is materialised; events
  * are handled in batches, and for each batch the hash slots, then the unit
@@ -40,12 +39,12 @@
  * are cast to float8.  Units without counted events get 0.
  *
  * Memory: everything lives in a dedicated memory context that is deleted
- * before returning: 16 bytes per hash slot (at least two slots per unit),
+ * before returning: 8 bytes per hash slot (two to four slots per unit),
  * 32 bytes per unit record plus the unit id when it is longer than 16
  * bytes, and per unit a row of 8 bytes per calendar bound, 8 bytes per
  * spec and 1 byte per spec (rounded up to 8).  For a million units and
- * four specs that is about 110 MB.  The result is a tuplestore, which
- * spills to disk beyond work_mem.
+ * four specs that is about 90 MB (110 MB with three calendar bounds).  The
+ * result is a tuplestore, which spills to disk beyond work_mem.
  *
  *-------------------------------------------------------------------------
  */
