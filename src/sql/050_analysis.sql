@@ -545,6 +545,22 @@ $$;
 COMMENT ON FUNCTION experiment.capped_sql(text, integer, float8) IS
   'internal: SQL of a per-unit value column, capped at cap when cap is not NULL';
 
+-- per-unit values of the metrics reading one source, in one scan (src/unit_values.c)
+CREATE FUNCTION experiment.source_unit_values(
+    unit_ids text[], variants text[], t0s timestamptz[], source regclass, unit_column text,
+    time_columns text[], value_columns text[], aggregations text[], lo_offsets interval[],
+    hi_offsets interval[], use_end boolean[], end_at timestamptz, scan_from timestamptz, scan_to timestamptz)
+  RETURNS TABLE (unit_id text, variant text, vals float8[])
+  AS 'MODULE_PATHNAME', 'source_unit_values'
+  LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.source_unit_values(text[], text[], timestamptz[], regclass, text, text[], text[], text[],
+    interval[], interval[], boolean[], timestamptz, timestamptz, timestamptz) IS
+  'internal: one row per unit (unit_ids, variants, t0s) with vals[k] = aggregations[k] (sum, count, any, max) of '
+  'value_columns[k] (NULL: rows) over the unit''s events in source with time_columns[k] in '
+  '[t0 + lo_offsets[k], t0 + hi_offsets[k]) and, when use_end[k], before end_at; 0 without events; '
+  'scan_from/scan_to bound the scan when all specs read one time column; reads source like any query '
+  '(STABLE, parallel safe as reading a table is)';
+
 -- drop the temporary tables of a refresh (they are also dropped at commit)
 CREATE FUNCTION experiment.drop_refresh_tables() RETURNS void
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
@@ -583,8 +599,6 @@ DECLARE
   src_no integer := 0;
   m experiment.metrics;
   tcol text;
-  sel text;
-  cond text;
   lower_bound timestamptz;
   upper_bound timestamptz;
   need_upper boolean;
@@ -600,6 +614,14 @@ DECLARE
   cap_v_sql text;
   cap_p_sql text;
   r record;
+  k integer;
+  tcols text[];
+  vcols text[];
+  aggs_a text[];
+  los interval[];
+  his interval[];
+  ends boolean[];
+  hashagg text;
 BEGIN
   SELECT * INTO e FROM experiment.experiments ex WHERE ex.id = refresh.experiment_id;
   IF NOT FOUND THEN
@@ -617,12 +639,18 @@ BEGIN
 
   -- units: first exposure defines variant and start; units in several variants are excluded
   PERFORM experiment.drop_refresh_tables();
+  -- grouping a million units in a hash table is bound by random memory access; the primary key
+  -- of experiment.exposures delivers the rows in unit order, so a streaming GroupAggregate over
+  -- it is about twice as fast
+  hashagg := pg_catalog.current_setting('enable_hashagg');
+  PERFORM pg_catalog.set_config('enable_hashagg', 'off', true);
   CREATE TEMP TABLE exp_units ON COMMIT DROP AS
     SELECT xp.unit_id, pg_catalog.min(xp.variant) AS variant, pg_catalog.min(xp.exposed_at) AS t0,
            pg_catalog.min(xp.variant) <> pg_catalog.max(xp.variant) AS multi
     FROM experiment.exposures xp
     WHERE xp.experiment_id = e.id AND (e.end_at IS NULL OR xp.exposed_at < e.end_at)
     GROUP BY xp.unit_id;
+  PERFORM pg_catalog.set_config('enable_hashagg', hashagg, true);
   SELECT count(*) FILTER (WHERE u.multi), count(*) FILTER (WHERE NOT u.multi),
          pg_catalog.min(u.t0) FILTER (WHERE NOT u.multi), pg_catalog.max(u.t0) FILTER (WHERE NOT u.multi)
     INTO nmulti, nunits, min_t0, max_t0
@@ -646,15 +674,22 @@ BEGIN
     SELECT n.name, bool_or(n.pre) AS pre, row_number() OVER (ORDER BY n.name)::integer AS i
     FROM needed n GROUP BY n.name;
 
-  -- one scan per source relation, however many metrics read it
+  -- one scan per source relation, however many metrics read it: experiment.source_unit_values()
+  -- returns every unit (zero-filled) with the values of the metrics of that source in vals
   FOR src, ucol IN SELECT DISTINCT m2.source, m2.unit_column
                    FROM exp_base b JOIN experiment.metrics m2 ON m2.name = b.name ORDER BY 1, 2 LOOP
     src_no := src_no + 1;
-    sel := '';
     lower_bound := NULL;
     upper_bound := NULL;
     need_upper := true;
     tcol := NULL;
+    k := 0;
+    tcols := '{}';
+    vcols := '{}';
+    aggs_a := '{}';
+    los := '{}';
+    his := '{}';
+    ends := '{}';
     FOR r IN SELECT b.i, b.pre, m2 AS m FROM exp_base b JOIN experiment.metrics m2 ON m2.name = b.name
              WHERE m2.source = src AND m2.unit_column = ucol ORDER BY b.i LOOP
       m := r.m;
@@ -663,18 +698,26 @@ BEGIN
       ELSIF tcol IS NULL THEN
         tcol := m.time_column;
       END IF;
-      cond := format('s.%I >= u.t0 + %L::interval', m.time_column, m.delay);
-      IF m."window" IS NOT NULL THEN
-        cond := cond || format(' AND s.%I < u.t0 + %L::interval', m.time_column, m.delay + m."window");
-      END IF;
-      IF e.end_at IS NOT NULL THEN
-        cond := cond || format(' AND s.%I < %L::timestamptz', m.time_column, e.end_at);
-      END IF;
-      sel := sel || format(', %s AS v%s', experiment.metric_agg_sql(m, cond), r.i);
+      -- the value: events in [t0 + delay, t0 + delay + window) before the end of the experiment
+      k := k + 1;
+      tcols := tcols || m.time_column;
+      vcols := vcols || m.value_column;
+      aggs_a := aggs_a || m.aggregation;
+      los := los || m.delay;
+      his := his || (m.delay + m."window");
+      ends := ends || true;
+      vals_cols := vals_cols || format(', x%s.vals[%s] AS v%s', src_no, k, r.i);
       lb := min_t0 + m.delay;
       IF r.pre THEN
-        sel := sel || format(', %s AS p%s', experiment.metric_agg_sql(m,
-                 format('s.%I >= u.t0 - %L::interval AND s.%I < u.t0', m.time_column, m.cuped_lookback, m.time_column)), r.i);
+        -- the pre-period value: events in [t0 - lookback, t0)
+        k := k + 1;
+        tcols := tcols || m.time_column;
+        vcols := vcols || m.value_column;
+        aggs_a := aggs_a || m.aggregation;
+        los := los || (- m.cuped_lookback);
+        his := his || interval '0';
+        ends := ends || false;
+        vals_cols := vals_cols || format(', x%s.vals[%s] AS p%s', src_no, k, r.i);
         lb := min_t0 - m.cuped_lookback;
       END IF;
       lower_bound := least(lower_bound, lb);
@@ -685,29 +728,30 @@ BEGIN
       ELSE
         need_upper := false;
       END IF;
-      vals_cols := vals_cols || format(', coalesce(s%s.v%s, 0)::float8 AS v%s', src_no, r.i, r.i);
-      IF r.pre THEN
-        vals_cols := vals_cols || format(', coalesce(s%s.p%s, 0)::float8 AS p%s', src_no, r.i, r.i);
-      END IF;
     END LOOP;
-    cond := 'true';
-    IF tcol <> '' AND lower_bound IS NOT NULL THEN
-      cond := format('s.%I >= %L::timestamptz', tcol, lower_bound);
-      IF need_upper AND upper_bound IS NOT NULL THEN
-        cond := cond || format(' AND s.%I < %L::timestamptz', tcol, upper_bound);
-      END IF;
+    IF tcol = '' OR NOT need_upper THEN
+      upper_bound := NULL;
     END IF;
-    IF nunits = 0 THEN
-      cond := 'false';
+    IF tcol = '' THEN
+      lower_bound := NULL;
     END IF;
     joins := joins || format(
-      ' LEFT JOIN (SELECT u.unit_id%s FROM %s s JOIN pg_temp.exp_units u ON u.unit_id = (s.%I)::text'
-      ' WHERE %s GROUP BY u.unit_id) s%s ON s%s.unit_id = u.unit_id',
-      sel, src, ucol, cond, src_no, src_no);
+      '%s experiment.source_unit_values(a.ids, a.variants, a.t0s, %L::regclass, %L, %L::text[], %L::text[], %L::text[], '
+      '%L::interval[], %L::interval[], %L::boolean[], %L::timestamptz, %L::timestamptz, %L::timestamptz) x%s%s',
+      CASE WHEN src_no = 1 THEN ',' ELSE ' JOIN' END,
+      src, ucol, tcols, vcols, aggs_a, los, his, ends, e.end_at, lower_bound, upper_bound,
+      src_no, CASE WHEN src_no = 1 THEN '' ELSE format(' ON x%s.unit_id = x1.unit_id', src_no) END);
   END LOOP;
 
   -- per-unit values, zero-filled: one statement, one scan of each source
-  vals_sql := format('SELECT u.variant%s FROM pg_temp.exp_units u%s', vals_cols, joins);
+  IF src_no = 0 THEN
+    vals_sql := 'SELECT u.variant FROM pg_temp.exp_units u';
+  ELSE
+    vals_sql := format('SELECT x1.variant%s FROM (SELECT coalesce(pg_catalog.array_agg(u.unit_id), ''{}'') AS ids, '
+                       'coalesce(pg_catalog.array_agg(u.variant), ''{}'') AS variants, '
+                       'coalesce(pg_catalog.array_agg(u.t0), ''{}'') AS t0s FROM pg_temp.exp_units u) a%s',
+                       vals_cols, joins);
+  END IF;
 
   -- winsorization caps: pooled upper percentiles over all analysed units
   SELECT coalesce(string_agg(CASE WHEN m2.winsorize IS NULL THEN 'NULL::float8'
