@@ -38,6 +38,42 @@ typedef struct ExpMd5Ctx
 	uint8		buf[64];
 } ExpMd5Ctx;
 
+/*
+ * The message buffering that SHA-256 and MD5 share (both are Merkle-Damgard
+ * constructions over 64-byte blocks): append len bytes, compressing every
+ * full block with block().
+ */
+static inline void
+exp_md_append(uint32 *state, uint8 *buf, uint32 *buflen,
+			  void (*block) (uint32 *state, const uint8 *block),
+			  const uint8 *data, size_t len)
+{
+	if (*buflen > 0)
+	{
+		size_t		take = Min(len, (size_t) (64 - *buflen));
+
+		memcpy(buf + *buflen, data, take);
+		*buflen += take;
+		data += take;
+		len -= take;
+		if (*buflen < 64)
+			return;
+		block(state, buf);
+		*buflen = 0;
+	}
+	while (len >= 64)
+	{
+		block(state, data);
+		data += 64;
+		len -= 64;
+	}
+	if (len > 0)
+	{
+		memcpy(buf, data, len);
+		*buflen = len;
+	}
+}
+
 /* sha256.c */
 extern void exp_sha256_init(ExpSha256Ctx *ctx);
 extern void exp_sha256_update(ExpSha256Ctx *ctx, const uint8 *data, size_t len);

@@ -96,31 +96,7 @@ void
 exp_md5_update(ExpMd5Ctx *ctx, const uint8 *data, size_t len)
 {
 	ctx->bytecount += len;
-
-	if (ctx->buflen > 0)
-	{
-		size_t		take = Min(len, (size_t) (64 - ctx->buflen));
-
-		memcpy(ctx->buf + ctx->buflen, data, take);
-		ctx->buflen += take;
-		data += take;
-		len -= take;
-		if (ctx->buflen < 64)
-			return;
-		md5_block(ctx->state, ctx->buf);
-		ctx->buflen = 0;
-	}
-	while (len >= 64)
-	{
-		md5_block(ctx->state, data);
-		data += 64;
-		len -= 64;
-	}
-	if (len > 0)
-	{
-		memcpy(ctx->buf, data, len);
-		ctx->buflen = len;
-	}
+	exp_md_append(ctx->state, ctx->buf, &ctx->buflen, md5_block, data, len);
 }
 
 /* RFC 1321 sections 3.1, 3.2 and 3.5: pad, append the length, emit */

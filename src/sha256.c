@@ -247,31 +247,7 @@ void
 exp_sha256_update(ExpSha256Ctx *ctx, const uint8 *data, size_t len)
 {
 	ctx->bitcount += (uint64) len << 3;
-
-	if (ctx->buflen > 0)
-	{
-		size_t		take = Min(len, (size_t) (64 - ctx->buflen));
-
-		memcpy(ctx->buf + ctx->buflen, data, take);
-		ctx->buflen += take;
-		data += take;
-		len -= take;
-		if (ctx->buflen < 64)
-			return;
-		sha256_block(ctx->state, ctx->buf);
-		ctx->buflen = 0;
-	}
-	while (len >= 64)
-	{
-		sha256_block(ctx->state, data);
-		data += 64;
-		len -= 64;
-	}
-	if (len > 0)
-	{
-		memcpy(ctx->buf, data, len);
-		ctx->buflen = len;
-	}
+	exp_md_append(ctx->state, ctx->buf, &ctx->buflen, sha256_block, data, len);
 }
 
 /* FIPS 180-4 section 5.1.1: pad, process the last block(s), emit the digest */
