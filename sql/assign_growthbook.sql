@@ -8,13 +8,9 @@ SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS experiment;
 RESET client_min_messages;
 CREATE SCHEMA assign_growthbook_t;
-CREATE FUNCTION assign_growthbook_t.err(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-  EXECUTE q;
-  RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-  RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
+\set ECHO none
+\i test/regress_support.sql
+\set ECHO all
 
 -- hash v1 and v2, ASCII (rows of the SDK's cases.json) and non-ASCII text:
 -- UTF-16 code units, surrogate pairs above U+FFFF
@@ -49,11 +45,11 @@ SELECT experiment.growthbook_bucket_ranges(3, 1, ARRAY[0.3, 0.3, 0.3]) AS sum_be
 SELECT experiment.growthbook_bucket_ranges(0) AS zero, experiment.growthbook_bucket_ranges(-1) AS negative,
        experiment.growthbook_bucket_ranges(2, NULL) AS null_coverage,
        experiment.growthbook_bucket_ranges(NULL) IS NULL AS null_n;
-SELECT assign_growthbook_t.err($q$SELECT experiment.growthbook_bucket_ranges(2, 'NaN')$q$);
-SELECT assign_growthbook_t.err($q$SELECT experiment.growthbook_bucket_ranges(2, 1, ARRAY[0.5, NULL])$q$);
-SELECT assign_growthbook_t.err($q$SELECT experiment.growthbook_bucket_ranges(2, 1, ARRAY[0.5, 'NaN'])$q$);
-SELECT assign_growthbook_t.err($q$SELECT experiment.growthbook_bucket_ranges(2, 1, ARRAY[[0.5, 0.5]])$q$);
-SELECT assign_growthbook_t.err($q$SELECT experiment.growthbook_bucket_ranges(10001)$q$);
+SELECT regress_support.err($q$SELECT experiment.growthbook_bucket_ranges(2, 'NaN')$q$);
+SELECT regress_support.err($q$SELECT experiment.growthbook_bucket_ranges(2, 1, ARRAY[0.5, NULL])$q$);
+SELECT regress_support.err($q$SELECT experiment.growthbook_bucket_ranges(2, 1, ARRAY[0.5, 'NaN'])$q$);
+SELECT regress_support.err($q$SELECT experiment.growthbook_bucket_ranges(2, 1, ARRAY[[0.5, 0.5]])$q$);
+SELECT regress_support.err($q$SELECT experiment.growthbook_bucket_ranges(10001)$q$);
 
 -- choose variation: half-open ranges, -1 outside all, zero-width ranges skipped
 SELECT n, experiment.growthbook_choose_variation(n, '{{0,0.25},{0.5,0.75}}') AS reduced,
@@ -61,9 +57,9 @@ SELECT n, experiment.growthbook_choose_variation(n, '{{0,0.25},{0.5,0.75}}') AS 
 FROM unnest(ARRAY[0, 0.2, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9999, 1]::float8[]) n;
 SELECT experiment.growthbook_choose_variation(0.3, '{}') AS no_ranges,
        experiment.growthbook_choose_variation(0.3, experiment.growthbook_bucket_ranges(3)) AS composed;
-SELECT assign_growthbook_t.err($q$SELECT experiment.growthbook_choose_variation(0.3, '{0,0.5,0.5,1}')$q$);
-SELECT assign_growthbook_t.err($q$SELECT experiment.growthbook_choose_variation(0.3, '{{0,0.5,1}}')$q$);
-SELECT assign_growthbook_t.err($q$SELECT experiment.growthbook_choose_variation(0.3, '{{0,NULL}}')$q$);
+SELECT regress_support.err($q$SELECT experiment.growthbook_choose_variation(0.3, '{0,0.5,0.5,1}')$q$);
+SELECT regress_support.err($q$SELECT experiment.growthbook_choose_variation(0.3, '{{0,0.5,1}}')$q$);
+SELECT regress_support.err($q$SELECT experiment.growthbook_choose_variation(0.3, '{{0,NULL}}')$q$);
 
 -- namespaces: hash('__' || namespace, unit, 1) in [start, end); h = 0.537, 0.812, 0.335, 0.09
 SELECT u, experiment.growthbook_in_namespace(u, 'namespace2', 0, 0.4) AS first_40,

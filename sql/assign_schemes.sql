@@ -7,13 +7,9 @@ SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS experiment;
 RESET client_min_messages;
 CREATE SCHEMA assign_schemes_t;
-CREATE FUNCTION assign_schemes_t.err(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-  EXECUTE q;
-  RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-  RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
+\set ECHO none
+\i test/regress_support.sql
+\set ECHO all
 
 -- 4661, 5692, 7261, 6210
 SELECT experiment.eppo_shard('user-abc123', 'exp-checkout-progress-bar') AS e1,
@@ -28,8 +24,8 @@ SELECT experiment.eppo_shard('user-abc123', 'exp-checkout-progress-bar', 2147483
 SELECT count(*) FILTER (WHERE experiment.eppo_shard(u, 'salt-' || g % 7, 10000) <>
          ('x' || substr(md5('salt-' || g % 7 || '-' || u), 1, 8))::bit(32)::bigint % 10000) AS mismatches
 FROM generate_series(1, 3000) g, LATERAL (SELECT repeat('é', g % 40) || g AS u) x;
-SELECT assign_schemes_t.err($q$SELECT experiment.eppo_shard('u', 's', 0)$q$);
-SELECT assign_schemes_t.err($q$SELECT experiment.eppo_shard('u', 's', -5)$q$);
+SELECT regress_support.err($q$SELECT experiment.eppo_shard('u', 's', 0)$q$);
+SELECT regress_support.err($q$SELECT experiment.eppo_shard('u', 's', -5)$q$);
 
 -- 5916, 4234, 6222, 4914
 SELECT experiment.statsig_bucket('user-abc123', 'exp-checkout-progress-bar') AS s1,
@@ -59,8 +55,8 @@ FROM generate_series(1, 2000) g,
      LATERAL (SELECT 'u' || g AS u, 'exp-' || g % 5 AS s) x,
      LATERAL (SELECT experiment.unit_hash(sc, s, u) AS h
               FROM unnest(ARRAY['sha256', 'eppo', 'statsig', 'growthbook_v1', 'growthbook_v2']) sc) y;
-SELECT assign_schemes_t.err($q$SELECT experiment.unit_hash('md5', 's', 'u')$q$);
-SELECT assign_schemes_t.err($q$SELECT experiment.unit_hash('SHA256', 's', 'u')$q$);
+SELECT regress_support.err($q$SELECT experiment.unit_hash('md5', 's', 'u')$q$);
+SELECT regress_support.err($q$SELECT experiment.unit_hash('SHA256', 's', 'u')$q$);
 SELECT experiment.unit_hash(NULL, 's', 'u') IS NULL AS strict_null;
 
 SELECT scheme FROM experiment.hash_schemes() ORDER BY 1;

@@ -6,14 +6,9 @@ SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS experiment;
 RESET client_min_messages;
 CREATE SCHEMA assign_variant_t;
--- runs a statement and returns SQLSTATE and message of its error
-CREATE FUNCTION assign_variant_t.err(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-  EXECUTE q;
-  RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-  RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
+\set ECHO none
+\i test/regress_support.sql
+\set ECHO all
 
 -- whether the plan of q has a line containing pat
 CREATE FUNCTION assign_variant_t.plan_has(q text, pat text) RETURNS boolean LANGUAGE plpgsql AS $$
@@ -106,34 +101,34 @@ ORDER BY 1;
 RESET max_parallel_workers_per_gather;
 
 -- validation: jsonb form
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '[]')$q$);
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '{"name": "a", "allocation": 1}')$q$);
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '"control"')$q$);
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '[1, 2]')$q$);
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '[["a", 0.5]]')$q$);
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '[{"allocation": 1}]')$q$);
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": 7, "allocation": 1}]')$q$);
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": "a"}]')$q$);
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": "a", "allocation": "0.5"}]')$q$);
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": "a", "allocation": null}]')$q$);
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": "a", "allocation": -0.1}, {"name": "b", "allocation": 0.5}]')$q$);
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": "a", "allocation": 1.5}]')$q$);
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": "a", "allocation": 1e400}]')$q$);
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": "a", "allocation": 0.6}, {"name": "b", "allocation": 0.5}]')$q$);
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": "a", "allocation": 0.5}, {"name": "a", "allocation": 0.5}]')$q$);
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": "", "allocation": 0.5}]')$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', '[]')$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', '{"name": "a", "allocation": 1}')$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', '"control"')$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', '[1, 2]')$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', '[["a", 0.5]]')$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', '[{"allocation": 1}]')$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": 7, "allocation": 1}]')$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": "a"}]')$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": "a", "allocation": "0.5"}]')$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": "a", "allocation": null}]')$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": "a", "allocation": -0.1}, {"name": "b", "allocation": 0.5}]')$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": "a", "allocation": 1.5}]')$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": "a", "allocation": 1e400}]')$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": "a", "allocation": 0.6}, {"name": "b", "allocation": 0.5}]')$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": "a", "allocation": 0.5}, {"name": "a", "allocation": 0.5}]')$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', '[{"name": "", "allocation": 0.5}]')$q$);
 -- validation: array form
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', ARRAY[]::text[], ARRAY[]::float8[])$q$);
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', ARRAY['a', 'b'], ARRAY[1.0])$q$);
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', ARRAY['a', NULL], ARRAY[0.5, 0.5])$q$);
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', ARRAY['a', 'b'], ARRAY[0.5, NULL])$q$);
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', ARRAY['a', 'b'], ARRAY[0.5, 'NaN'])$q$);
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', ARRAY['a', 'b'], ARRAY[0.5, 'Infinity'])$q$);
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', ARRAY['a', 'b'], ARRAY[0.7, 0.30001])$q$);
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', ARRAY['a', 'a'], ARRAY[0.5, 0.5])$q$);
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', ARRAY['a', ''], ARRAY[0.5, 0.5])$q$);
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', ARRAY[['a', 'b']], ARRAY[0.5, 0.5])$q$);
-SELECT assign_variant_t.err($q$SELECT experiment.assign_variant('u', 'e', ARRAY['a', 'b'], ARRAY[[0.5, 0.5]])$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', ARRAY[]::text[], ARRAY[]::float8[])$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', ARRAY['a', 'b'], ARRAY[1.0])$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', ARRAY['a', NULL], ARRAY[0.5, 0.5])$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', ARRAY['a', 'b'], ARRAY[0.5, NULL])$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', ARRAY['a', 'b'], ARRAY[0.5, 'NaN'])$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', ARRAY['a', 'b'], ARRAY[0.5, 'Infinity'])$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', ARRAY['a', 'b'], ARRAY[0.7, 0.30001])$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', ARRAY['a', 'a'], ARRAY[0.5, 0.5])$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', ARRAY['a', ''], ARRAY[0.5, 0.5])$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', ARRAY[['a', 'b']], ARRAY[0.5, 0.5])$q$);
+SELECT regress_support.err($q$SELECT experiment.assign_variant('u', 'e', ARRAY['a', 'b'], ARRAY[[0.5, 0.5]])$q$);
 -- STRICT: NULL arguments give NULL
 SELECT experiment.assign_variant(NULL, 'e', '[{"name": "a", "allocation": 1}]') IS NULL AS null_unit,
        experiment.assign_variant('u', 'e', NULL::jsonb) IS NULL AS null_variants,

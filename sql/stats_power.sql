@@ -4,15 +4,10 @@ SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS experiment;
 CREATE SCHEMA stats_power;
 RESET client_min_messages;
-SET search_path = stats_power, public;
-
-CREATE FUNCTION err(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-  EXECUTE q;
-  RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-  RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
+SET search_path = stats_power, regress_support, public;
+\set ECHO none
+\i test/regress_support.sql
+\set ECHO all
 
 -- 60% -> 62% needs 9336 per variant (not the often-quoted ~4,700)
 SELECT experiment.required_n(0.60, 0.02) AS n,

@@ -4,15 +4,10 @@ SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS experiment;
 CREATE SCHEMA stats_srm;
 RESET client_min_messages;
-SET search_path = stats_srm, public;
-
-CREATE FUNCTION err(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-  EXECUTE q;
-  RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-  RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
+SET search_path = stats_srm, regress_support, public;
+\set ECHO none
+\i test/regress_support.sql
+\set ECHO all
 
 SELECT experiment.srm_chisq('{5000,5000}') AS exact_split,
        round(experiment.srm_chisq('{5100,4900}')::numeric, 12) AS p_50_50,

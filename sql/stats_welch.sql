@@ -4,30 +4,10 @@ SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS experiment;
 CREATE SCHEMA stats_welch;
 RESET client_min_messages;
-SET search_path = stats_welch, public;
-
--- rounded view of a test_result
-CREATE FUNCTION r(t experiment.test_result)
-RETURNS TABLE (n_control bigint, n_treatment bigint, mean_control numeric, mean_treatment numeric,
-               diff numeric, diff_lower numeric, diff_upper numeric, lift numeric,
-               lift_lower numeric, lift_upper numeric, statistic numeric, df numeric,
-               p_value numeric, lift_p_value numeric)
-LANGUAGE sql AS $$
-  SELECT t.n_control, t.n_treatment, round(t.mean_control::numeric, 10),
-         round(t.mean_treatment::numeric, 10), round(t.diff::numeric, 10),
-         round(t.diff_lower::numeric, 10), round(t.diff_upper::numeric, 10),
-         round(t.lift::numeric, 10), round(t.lift_lower::numeric, 10),
-         round(t.lift_upper::numeric, 10), round(t.statistic::numeric, 10),
-         round(t.df::numeric, 10), round(t.p_value::numeric, 12), round(t.lift_p_value::numeric, 12)
-$$;
--- SQLSTATE and message of a statement, or 'no error'
-CREATE FUNCTION err(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-  EXECUTE q;
-  RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-  RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
+SET search_path = stats_welch, regress_support, public;
+\set ECHO none
+\i test/regress_support.sql
+\set ECHO all
 
 CREATE TABLE obs (g boolean, y float8);
 INSERT INTO obs VALUES (false, 1), (false, 2), (false, 3), (false, 4), (false, 5),
