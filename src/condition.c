@@ -922,18 +922,21 @@ static const LowerRange lower_ranges[] = {
 	{0x1E900, 0x1E921, 1, 34}
 };
 
+/*
+ * Map c through a table of ranges sorted by first: within a range, every
+ * stride-th code point from first moves by delta; anything else maps to
+ * itself.
+ */
 static pg_wchar
-unicode_lower(pg_wchar c)
+map_by_ranges(const LowerRange *ranges, int nranges, pg_wchar c)
 {
 	int			lo = 0,
-				hi = lengthof(lower_ranges) - 1;
+				hi = nranges - 1;
 
-	if (c < 0x80)
-		return (c >= 'A' && c <= 'Z') ? c + ('a' - 'A') : c;
 	while (lo <= hi)
 	{
 		int			mid = (lo + hi) / 2;
-		const LowerRange *r = &lower_ranges[mid];
+		const LowerRange *r = &ranges[mid];
 
 		if ((int32) c < r->first)
 			hi = mid - 1;
@@ -944,6 +947,14 @@ unicode_lower(pg_wchar c)
 				(pg_wchar) ((int32) c + r->delta) : c;
 	}
 	return c;
+}
+
+static pg_wchar
+unicode_lower(pg_wchar c)
+{
+	if (c < 0x80)
+		return (c >= 'A' && c <= 'Z') ? c + ('a' - 'A') : c;
+	return map_by_ranges(lower_ranges, lengthof(lower_ranges), c);
 }
 
 /* a cased letter, approximately: one that has or is a lowercase mapping */
@@ -1260,23 +1271,7 @@ static const LowerRange canon_ranges[] = {
 static pg_wchar
 regex_canon(pg_wchar c)
 {
-	int			lo = 0,
-				hi = lengthof(canon_ranges) - 1;
-
-	while (lo <= hi)
-	{
-		int			mid = (lo + hi) / 2;
-		const LowerRange *r = &canon_ranges[mid];
-
-		if ((int32) c < r->first)
-			hi = mid - 1;
-		else if ((int32) c > r->last)
-			lo = mid + 1;
-		else
-			return ((int32) c - r->first) % r->stride == 0 ?
-				(pg_wchar) ((int32) c + r->delta) : c;
-	}
-	return c;
+	return map_by_ranges(canon_ranges, lengthof(canon_ranges), c);
 }
 
 /* JavaScript's white space and line terminators beyond ARE's \s */
