@@ -57,20 +57,29 @@ exp_text_utf8(text *t, int *len)
 	return conv;
 }
 
+/* SHA-256 of salt, one separator byte and the unit: the digest every SHA-256 scheme starts from */
+static void
+sha256_salted(const char *salt, int saltlen, char sep, const char *unit, int unitlen,
+			  uint8 *digest)
+{
+	ExpSha256Ctx ctx;
+
+	exp_sha256_init(&ctx);
+	exp_sha256_update(&ctx, (const uint8 *) salt, saltlen);
+	exp_sha256_update(&ctx, (const uint8 *) &sep, 1);
+	exp_sha256_update(&ctx, (const uint8 *) unit, unitlen);
+	exp_sha256_final(&ctx, digest);
+}
+
 /* SHA-256(salt ':' unit) as a 256-bit big-endian integer, mod 10000 */
 int
 exp_sha256_bucket(const char *salt, int saltlen, const char *unit, int unitlen)
 {
-	ExpSha256Ctx ctx;
 	uint8		digest[EXP_SHA256_DIGEST_LENGTH];
 	uint64		r = 0;
 	int			i;
 
-	exp_sha256_init(&ctx);
-	exp_sha256_update(&ctx, (const uint8 *) salt, saltlen);
-	exp_sha256_update(&ctx, (const uint8 *) ":", 1);
-	exp_sha256_update(&ctx, (const uint8 *) unit, unitlen);
-	exp_sha256_final(&ctx, digest);
+	sha256_salted(salt, saltlen, ':', unit, unitlen, digest);
 
 	/*
 	 * Horner's rule over the digest, 32 bits at a time:
@@ -106,16 +115,11 @@ exp_eppo_hash32(const char *salt, int saltlen, const char *subject, int subjectl
 int
 exp_statsig_bucket(const char *salt, int saltlen, const char *unit, int unitlen)
 {
-	ExpSha256Ctx ctx;
 	uint8		digest[EXP_SHA256_DIGEST_LENGTH];
 	uint64		v = 0;
 	int			i;
 
-	exp_sha256_init(&ctx);
-	exp_sha256_update(&ctx, (const uint8 *) salt, saltlen);
-	exp_sha256_update(&ctx, (const uint8 *) ".", 1);
-	exp_sha256_update(&ctx, (const uint8 *) unit, unitlen);
-	exp_sha256_final(&ctx, digest);
+	sha256_salted(salt, saltlen, '.', unit, unitlen, digest);
 	for (i = 0; i < 8; i++)
 		v = (v << 8) | digest[i];
 	return (int) (v % EXP_NUM_BUCKETS);
