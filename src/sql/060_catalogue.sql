@@ -1,0 +1,236 @@
+-- ---------------------------------------------------------------------------
+-- The metric catalogue: metrics over regclass sources, the metrics of each experiment,
+-- their validation (doc/analysis.md)
+-- ---------------------------------------------------------------------------
+
+CREATE TABLE experiment.metrics (
+  name text PRIMARY KEY,
+  description text,
+  source regclass,
+  unit_column text,
+  time_column text,
+  value_column text,
+  aggregation text NOT NULL DEFAULT 'sum'
+    CHECK (aggregation IN ('sum', 'count', 'any', 'max')),
+  kind text NOT NULL DEFAULT 'mean'
+    CHECK (kind IN ('mean', 'proportion', 'ratio')),
+  numerator text REFERENCES experiment.metrics (name),
+  denominator text REFERENCES experiment.metrics (name),
+  delay interval NOT NULL DEFAULT '0',
+  "window" interval,
+  higher_is_better boolean NOT NULL DEFAULT true,
+  winsorize float8,
+  cuped_lookback interval DEFAULT '14 days',
+  created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+  CONSTRAINT metrics_delay_check CHECK (delay >= interval '0'),
+  CONSTRAINT metrics_window_check CHECK ("window" IS NULL OR "window" > interval '0'),
+  CONSTRAINT metrics_winsorize_check CHECK (winsorize IS NULL OR (winsorize > 0 AND winsorize < 1)),
+  CONSTRAINT metrics_cuped_lookback_check CHECK (cuped_lookback IS NULL OR cuped_lookback > interval '0')
+);
+COMMENT ON TABLE experiment.metrics IS
+  'the metric catalogue: each metric reads its events from one relation (by regclass and column names), or is a ratio of two metrics';
+COMMENT ON COLUMN experiment.metrics.source IS 'table, view or materialized view holding the events';
+COMMENT ON COLUMN experiment.metrics.value_column IS 'numeric or boolean column aggregated per unit; NULL counts rows';
+COMMENT ON COLUMN experiment.metrics.aggregation IS
+  'per-unit aggregation over the window: sum, count, any (1 when converted at least once, else 0) or max';
+COMMENT ON COLUMN experiment.metrics.kind IS 'mean (Welch / CUPED), proportion (aggregation any; z-test / CUPED) or ratio (delta method)';
+COMMENT ON COLUMN experiment.metrics.delay IS 'events count from first exposure + delay';
+COMMENT ON COLUMN experiment.metrics."window" IS 'events count until first exposure + delay + window (NULL: until the end of the experiment)';
+COMMENT ON COLUMN experiment.metrics.winsorize IS 'cap per-unit values at this upper percentile, pooled over all units (e.g. 0.999)';
+COMMENT ON COLUMN experiment.metrics.cuped_lookback IS 'pre-period before first exposure used as CUPED covariate; NULL turns CUPED off';
+SELECT pg_catalog.pg_extension_config_dump('experiment.metrics', '');
+
+CREATE TABLE experiment.experiment_metrics (
+  experiment_id text NOT NULL REFERENCES experiment.experiments (id) ON DELETE CASCADE,
+  metric text NOT NULL REFERENCES experiment.metrics (name),
+  role text NOT NULL DEFAULT 'secondary' CHECK (role IN ('primary', 'secondary', 'guardrail')),
+  non_inferiority_margin float8,
+  PRIMARY KEY (experiment_id, metric),
+  CONSTRAINT experiment_metrics_margin_check CHECK (
+    non_inferiority_margin IS NULL OR (role = 'guardrail' AND non_inferiority_margin >= 0))
+);
+CREATE UNIQUE INDEX experiment_metrics_one_primary
+  ON experiment.experiment_metrics (experiment_id) WHERE role = 'primary';
+COMMENT ON TABLE experiment.experiment_metrics IS
+  'metrics of each experiment: exactly one primary, any secondary and guardrail metrics';
+COMMENT ON COLUMN experiment.experiment_metrics.non_inferiority_margin IS
+  'guardrails: tolerated relative harm (0.02 = 2% worse) before the guardrail fails';
+SELECT pg_catalog.pg_extension_config_dump('experiment.experiment_metrics', '');
+
+-- type checks of source columns, from pg_type
+CREATE FUNCTION experiment.column_type(rel regclass, col text) RETURNS regtype
+  LANGUAGE sql STABLE STRICT PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT a.atttypid::regtype FROM pg_catalog.pg_attribute a
+  WHERE a.attrelid = rel AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
+$$;
+COMMENT ON FUNCTION experiment.column_type(regclass, text) IS
+  'type of column col of relation rel, NULL when there is no such column';
+
+CREATE FUNCTION experiment.validate_metric(metric text) RETURNS void
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  m experiment.metrics;
+  part text;
+  part_kind text;
+  relkind "char";
+  t regtype;
+  cat "char";
+BEGIN
+  SELECT * INTO m FROM experiment.metrics WHERE name = validate_metric.metric;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'unknown metric "%"', metric USING ERRCODE = '22023';
+  END IF;
+
+  IF m.kind = 'ratio' THEN
+    IF m.numerator IS NULL OR m.denominator IS NULL THEN
+      RAISE EXCEPTION 'ratio metric "%" needs both numerator and denominator', m.name USING ERRCODE = '22023';
+    END IF;
+    IF m.source IS NOT NULL THEN
+      RAISE EXCEPTION 'ratio metric "%" reads its numerator and denominator metrics, not a source', m.name
+        USING ERRCODE = '22023', HINT = 'set source to NULL';
+    END IF;
+    FOREACH part IN ARRAY ARRAY[m.numerator, m.denominator] LOOP
+      SELECT kind INTO part_kind FROM experiment.metrics WHERE name = part;
+      IF NOT FOUND THEN
+        RAISE EXCEPTION 'ratio metric "%": part "%" is not a metric', m.name, part USING ERRCODE = '22023';
+      END IF;
+      IF part_kind = 'ratio' THEN
+        RAISE EXCEPTION 'ratio metric "%": part "%" is itself a ratio', m.name, part USING ERRCODE = '22023';
+      END IF;
+      PERFORM experiment.validate_metric(part);
+    END LOOP;
+    RETURN;
+  END IF;
+
+  IF m.numerator IS NOT NULL OR m.denominator IS NOT NULL THEN
+    RAISE EXCEPTION 'metric "%" of kind % cannot have a numerator or denominator', m.name, m.kind
+      USING ERRCODE = '22023', HINT = 'set kind to ''ratio''';
+  END IF;
+  IF m.source IS NULL THEN
+    RAISE EXCEPTION 'metric "%" needs a source relation', m.name USING ERRCODE = '22023';
+  END IF;
+  SELECT c.relkind INTO relkind FROM pg_catalog.pg_class c WHERE c.oid = m.source;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'metric "%": source relation with oid % does not exist', m.name, m.source::oid
+      USING ERRCODE = '22023';
+  END IF;
+  IF relkind NOT IN ('r', 'v', 'm', 'p', 'f') THEN
+    RAISE EXCEPTION 'metric "%": source % is not a table, view or materialized view', m.name, m.source
+      USING ERRCODE = '22023';
+  END IF;
+  IF m.unit_column IS NULL OR m.time_column IS NULL THEN
+    RAISE EXCEPTION 'metric "%" needs unit_column and time_column', m.name USING ERRCODE = '22023';
+  END IF;
+
+  t := experiment.column_type(m.source, m.unit_column);
+  IF t IS NULL THEN
+    RAISE EXCEPTION 'metric "%": column "%" does not exist in %', m.name, m.unit_column, m.source
+      USING ERRCODE = '22023';
+  END IF;
+  SELECT typcategory INTO cat FROM pg_catalog.pg_type WHERE oid = t;
+  IF NOT (cat = 'S' OR t IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'uuid'::regtype)) THEN
+    RAISE EXCEPTION 'metric "%": unit column "%" has type %, expected text, an integer or uuid', m.name, m.unit_column, t
+      USING ERRCODE = '22023';
+  END IF;
+
+  t := experiment.column_type(m.source, m.time_column);
+  IF t IS NULL THEN
+    RAISE EXCEPTION 'metric "%": column "%" does not exist in %', m.name, m.time_column, m.source
+      USING ERRCODE = '22023';
+  END IF;
+  IF t NOT IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype) THEN
+    RAISE EXCEPTION 'metric "%": time column "%" has type %, expected timestamptz, timestamp or date', m.name, m.time_column, t
+      USING ERRCODE = '22023';
+  END IF;
+
+  IF m.value_column IS NOT NULL THEN
+    t := experiment.column_type(m.source, m.value_column);
+    IF t IS NULL THEN
+      RAISE EXCEPTION 'metric "%": column "%" does not exist in %', m.name, m.value_column, m.source
+        USING ERRCODE = '22023';
+    END IF;
+    SELECT typcategory INTO cat FROM pg_catalog.pg_type WHERE oid = t;
+    IF NOT (cat = 'N' OR t = 'boolean'::regtype) OR t IN ('oid'::regtype, 'regclass'::regtype) THEN
+      RAISE EXCEPTION 'metric "%": value column "%" has type %, expected a number or boolean', m.name, m.value_column, t
+        USING ERRCODE = '22023';
+    END IF;
+  END IF;
+
+  IF m.kind = 'proportion' AND m.winsorize IS NOT NULL THEN
+    RAISE EXCEPTION 'proportion metric "%" cannot be winsorized', m.name
+      USING ERRCODE = '22023', HINT = 'its per-unit values are 0 or 1; set winsorize to NULL';
+  END IF;
+  IF m.kind = 'proportion' AND m.aggregation <> 'any' THEN
+    RAISE EXCEPTION 'proportion metric "%" must use aggregation ''any'', not ''%''', m.name, m.aggregation
+      USING ERRCODE = '22023', HINT = 'a proportion is the share of units converted at least once';
+  END IF;
+END
+$$;
+COMMENT ON FUNCTION experiment.validate_metric(text) IS
+  'raise a clear error unless the metric''s relation and columns exist with usable types (and, for ratios, its parts are valid)';
+
+CREATE FUNCTION experiment.metrics_validate_trigger() RETURNS trigger
+  LANGUAGE plpgsql
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  PERFORM experiment.validate_metric(NEW.name);
+  RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION experiment.metrics_validate_trigger() IS 'validates a metric after it is inserted or updated';
+CREATE CONSTRAINT TRIGGER metrics_validate
+  AFTER INSERT OR UPDATE ON experiment.metrics
+  DEFERRABLE INITIALLY IMMEDIATE
+  FOR EACH ROW EXECUTE FUNCTION experiment.metrics_validate_trigger();
+COMMENT ON TRIGGER metrics_validate ON experiment.metrics IS
+  'a metric whose relation, columns or parts are unusable is refused';
+
+CREATE FUNCTION experiment.validate_experiment_metrics(experiment_id text) RETURNS void
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  nmetrics bigint;
+  nprimary bigint;
+  r record;
+BEGIN
+  SELECT count(*), count(*) FILTER (WHERE role = 'primary') INTO nmetrics, nprimary
+  FROM experiment.experiment_metrics em WHERE em.experiment_id = validate_experiment_metrics.experiment_id;
+  IF nmetrics > 0 AND nprimary <> 1 THEN
+    RAISE EXCEPTION 'experiment "%" has % primary metrics, it needs exactly one', experiment_id, nprimary
+      USING ERRCODE = '22023',
+            HINT = 'set role = ''primary'' on one row of experiment.experiment_metrics';
+  END IF;
+  FOR r IN SELECT em.metric FROM experiment.experiment_metrics em
+           WHERE em.experiment_id = validate_experiment_metrics.experiment_id ORDER BY em.metric LOOP
+    PERFORM experiment.validate_metric(r.metric);
+  END LOOP;
+END
+$$;
+COMMENT ON FUNCTION experiment.validate_experiment_metrics(text) IS
+  'raise a clear error unless the experiment''s metrics are valid and exactly one is primary (when it has any)';
+
+CREATE FUNCTION experiment.experiments_start_trigger() RETURNS trigger
+  LANGUAGE plpgsql
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  IF NEW.status = 'running' AND (TG_OP = 'INSERT' OR OLD.status IS DISTINCT FROM 'running') THEN
+    PERFORM experiment.validate_experiment_metrics(NEW.id);
+  END IF;
+  RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION experiment.experiments_start_trigger() IS
+  'validates an experiment''s metrics when it starts running';
+CREATE TRIGGER experiments_validate_metrics_on_start
+  AFTER INSERT OR UPDATE OF status ON experiment.experiments
+  FOR EACH ROW EXECUTE FUNCTION experiment.experiments_start_trigger();
+COMMENT ON TRIGGER experiments_validate_metrics_on_start ON experiment.experiments IS
+  'an experiment starts only with valid metrics and exactly one primary (when it has metrics)';
+

@@ -1,0 +1,424 @@
+-- ---------------------------------------------------------------------------
+-- Refresh: enrolled units, per-unit values, per-variant moments and tests
+-- (doc/analysis.md, doc/operations.md)
+-- ---------------------------------------------------------------------------
+
+CREATE TABLE experiment.refreshes (
+  experiment_id text PRIMARY KEY REFERENCES experiment.experiments (id) ON DELETE CASCADE,
+  refreshed_at timestamptz,
+  duration interval,
+  enrolled_units bigint,
+  multi_variant_units bigint,
+  first_exposure timestamptz,
+  last_exposure timestamptz,
+  exposures_by_day jsonb,
+  error text,
+  error_at timestamptz
+);
+COMMENT ON TABLE experiment.refreshes IS
+  'the latest refresh of each experiment: when, how long, units enrolled and excluded, new units per day, last error';
+COMMENT ON COLUMN experiment.refreshes.enrolled_units IS 'units exposed to exactly one variant (the analysed units)';
+COMMENT ON COLUMN experiment.refreshes.multi_variant_units IS 'units exposed to more than one variant (excluded from the analysis)';
+COMMENT ON COLUMN experiment.refreshes.exposures_by_day IS 'units first exposed on each day, as [{"day", "units"}]';
+
+CREATE TABLE experiment.enrollment (
+  experiment_id text NOT NULL REFERENCES experiment.experiments (id) ON DELETE CASCADE,
+  variant text NOT NULL,
+  units bigint NOT NULL,
+  refreshed_at timestamptz NOT NULL,
+  PRIMARY KEY (experiment_id, variant)
+);
+COMMENT ON TABLE experiment.enrollment IS 'analysed units per variant at the latest refresh (every variant, zero included)';
+
+CREATE TABLE experiment.variant_stats (
+  experiment_id text NOT NULL REFERENCES experiment.experiments (id) ON DELETE CASCADE,
+  metric text NOT NULL,
+  variant text NOT NULL,
+  units bigint NOT NULL,
+  moments experiment.moments,
+  cuped_moments experiment.moments,
+  cap float8,
+  refreshed_at timestamptz NOT NULL,
+  PRIMARY KEY (experiment_id, metric, variant)
+);
+COMMENT ON TABLE experiment.variant_stats IS
+  'per-variant moments of each metric at the latest refresh';
+COMMENT ON COLUMN experiment.variant_stats.moments IS
+  'moments of the per-unit value y; for ratio metrics bivariate moments of (numerator, denominator)';
+COMMENT ON COLUMN experiment.variant_stats.cuped_moments IS
+  'bivariate moments of (y, pre-period y) when the metric has a CUPED lookback';
+COMMENT ON COLUMN experiment.variant_stats.cap IS 'winsorization cap applied to y (pooled percentile), if any';
+
+CREATE TABLE experiment.metric_results (
+  experiment_id text NOT NULL REFERENCES experiment.experiments (id) ON DELETE CASCADE,
+  metric text NOT NULL,
+  variant text NOT NULL,
+  control_variant text NOT NULL,
+  method text NOT NULL CHECK (method IN ('welch', 'prop_ztest', 'cuped', 'ratio')),
+  alpha float8 NOT NULL,
+  test experiment.test_result,
+  refreshed_at timestamptz NOT NULL,
+  PRIMARY KEY (experiment_id, metric, variant)
+);
+COMMENT ON TABLE experiment.metric_results IS
+  'test of each treatment variant against control for each metric at the latest refresh';
+COMMENT ON COLUMN experiment.metric_results.method IS
+  'ratio_ttest for ratio metrics, cuped_ttest when a pre-period covariate exists, else prop_ztest (proportions) or welch_ttest';
+
+-- SQL of a per-unit value column (v<i> or p<i> of exp_vals), capped when a cap is given
+CREATE FUNCTION experiment.capped_sql(prefix text, i integer, cap float8) RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE WHEN cap IS NULL THEN format('v.%s%s', prefix, i)
+              ELSE format('least(v.%s%s, %L::float8)', prefix, i, cap) END
+$$;
+COMMENT ON FUNCTION experiment.capped_sql(text, integer, float8) IS
+  'internal: SQL of a per-unit value column, capped at cap when cap is not NULL';
+
+-- per-unit values of the metrics reading one source, in one scan (src/unit_values.c)
+CREATE FUNCTION experiment.source_unit_values(
+    unit_ids text[], variants text[], t0s timestamptz[], source regclass, unit_column text,
+    time_columns text[], value_columns text[], aggregations text[], lo_offsets interval[],
+    hi_offsets interval[], use_end boolean[], end_at timestamptz, scan_from timestamptz, scan_to timestamptz)
+  RETURNS TABLE (unit_id text, variant text, vals float8[])
+  AS 'MODULE_PATHNAME', 'source_unit_values'
+  LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.source_unit_values(text[], text[], timestamptz[], regclass, text, text[], text[], text[],
+    interval[], interval[], boolean[], timestamptz, timestamptz, timestamptz) IS
+  'internal: one row per unit (unit_ids, variants, t0s) with vals[k] = aggregations[k] (sum, count, any, max) of '
+  'value_columns[k] (NULL: rows) over the unit''s events in source with time_columns[k] in '
+  '[t0 + lo_offsets[k], t0 + hi_offsets[k]) and, when use_end[k], before end_at; 0 without events; '
+  'scan_from/scan_to bound the scan when all specs read one time column; reads source like any query '
+  '(STABLE, parallel safe as reading a table is)';
+
+-- drop the temporary tables of a refresh (they are also dropped at commit)
+CREATE FUNCTION experiment.drop_refresh_tables() RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  t text;
+BEGIN
+  FOR t IN SELECT c.relname FROM pg_catalog.pg_class c
+           WHERE c.relnamespace = pg_catalog.pg_my_temp_schema()
+             AND c.relname IN ('exp_units', 'exp_vals', 'exp_base') LOOP
+    EXECUTE format('DROP TABLE pg_temp.%I', t);
+  END LOOP;
+END
+$$;
+COMMENT ON FUNCTION experiment.drop_refresh_tables() IS 'internal: drop the temporary tables of experiment.refresh()';
+
+CREATE FUNCTION experiment.refresh(experiment_id text) RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+  -- per-unit aggregation of a million units fits in memory; JIT compilation costs more than it saves here
+  SET work_mem = '256MB'
+  SET jit = off
+AS $$
+DECLARE
+  e experiment.experiments;
+  started timestamptz := clock_timestamp();
+  ts timestamptz := now();
+  control text;
+  nmulti bigint;
+  nunits bigint;
+  min_t0 timestamptz;
+  max_t0 timestamptz;
+  src regclass;
+  ucol text;
+  src_no integer := 0;
+  m experiment.metrics;
+  tcol text;
+  lower_bound timestamptz;
+  upper_bound timestamptz;
+  need_upper boolean;
+  lb timestamptz;
+  joins text := '';
+  vals_sql text;
+  vals_from text;
+  aggs text := '';
+  vals_cols text := '';
+  caps float8[];
+  pre_caps float8[];
+  unpivot text := '';
+  cap_v_sql text;
+  cap_p_sql text;
+  r record;
+  k integer;
+  tcols text[];
+  vcols text[];
+  aggs_a text[];
+  los interval[];
+  his interval[];
+  ends boolean[];
+  hashagg text;
+BEGIN
+  SELECT * INTO e FROM experiment.experiments ex WHERE ex.id = refresh.experiment_id;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'unknown experiment_id "%"', experiment_id USING ERRCODE = '22023';
+  END IF;
+  -- one refresh of an experiment at a time
+  PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('experiment.refresh:' || e.id));
+
+  PERFORM experiment.validate_experiment_metrics(e.id);
+  SELECT v.name INTO control FROM experiment.variants v WHERE v.experiment_id = e.id AND v.is_control;
+  IF control IS NULL THEN
+    RAISE EXCEPTION 'experiment "%" has no control variant', e.id
+      USING ERRCODE = '22023', HINT = 'set is_control on one row of experiment.variants';
+  END IF;
+
+  -- units: first exposure defines variant and start; units in several variants are excluded
+  PERFORM experiment.drop_refresh_tables();
+  -- grouping a million units in a hash table is bound by random memory access; the primary key
+  -- of experiment.exposures delivers the rows in unit order, so a streaming GroupAggregate over
+  -- it is about twice as fast
+  hashagg := pg_catalog.current_setting('enable_hashagg');
+  PERFORM pg_catalog.set_config('enable_hashagg', 'off', true);
+  CREATE TEMP TABLE exp_units ON COMMIT DROP AS
+    SELECT xp.unit_id, pg_catalog.min(xp.variant) AS variant, pg_catalog.min(xp.exposed_at) AS t0,
+           pg_catalog.min(xp.variant) <> pg_catalog.max(xp.variant) AS multi
+    FROM experiment.exposures xp
+    WHERE xp.experiment_id = e.id AND (e.end_at IS NULL OR xp.exposed_at < e.end_at)
+    GROUP BY xp.unit_id;
+  PERFORM pg_catalog.set_config('enable_hashagg', hashagg, true);
+  SELECT count(*) FILTER (WHERE u.multi), count(*) FILTER (WHERE NOT u.multi),
+         pg_catalog.min(u.t0) FILTER (WHERE NOT u.multi), pg_catalog.max(u.t0) FILTER (WHERE NOT u.multi)
+    INTO nmulti, nunits, min_t0, max_t0
+    FROM exp_units u;
+  DELETE FROM exp_units WHERE multi;
+  ANALYZE exp_units;
+
+  -- the base metrics (non-ratio) this experiment needs, numbered; pre-period values only
+  -- for metrics analysed directly with a CUPED lookback
+  CREATE TEMP TABLE exp_base ON COMMIT DROP AS
+    WITH direct AS (
+      SELECT mm.* FROM experiment.experiment_metrics em JOIN experiment.metrics mm ON mm.name = em.metric
+      WHERE em.experiment_id = e.id
+    ), needed AS (
+      SELECT d.name, d.kind <> 'ratio' AND d.cuped_lookback IS NOT NULL AS pre
+      FROM direct d WHERE d.kind <> 'ratio'
+      UNION ALL
+      SELECT p.part, false FROM direct d, LATERAL (VALUES (d.numerator), (d.denominator)) p(part)
+      WHERE d.kind = 'ratio'
+    )
+    SELECT n.name, bool_or(n.pre) AS pre, row_number() OVER (ORDER BY n.name)::integer AS i
+    FROM needed n GROUP BY n.name;
+
+  -- one scan per source relation, however many metrics read it: experiment.source_unit_values()
+  -- returns every unit (zero-filled) with the values of the metrics of that source in vals
+  FOR src, ucol IN SELECT DISTINCT m2.source, m2.unit_column
+                   FROM exp_base b JOIN experiment.metrics m2 ON m2.name = b.name ORDER BY 1, 2 LOOP
+    src_no := src_no + 1;
+    lower_bound := NULL;
+    upper_bound := NULL;
+    need_upper := true;
+    tcol := NULL;
+    k := 0;
+    tcols := '{}';
+    vcols := '{}';
+    aggs_a := '{}';
+    los := '{}';
+    his := '{}';
+    ends := '{}';
+    FOR r IN SELECT b.i, b.pre, m2 AS m FROM exp_base b JOIN experiment.metrics m2 ON m2.name = b.name
+             WHERE m2.source = src AND m2.unit_column = ucol ORDER BY b.i LOOP
+      m := r.m;
+      IF tcol IS NOT NULL AND tcol <> m.time_column THEN
+        tcol := '';   -- metrics of this source use different time columns: no pruning
+      ELSIF tcol IS NULL THEN
+        tcol := m.time_column;
+      END IF;
+      -- the value: events in [t0 + delay, t0 + delay + window) before the end of the experiment
+      k := k + 1;
+      tcols := tcols || m.time_column;
+      vcols := vcols || m.value_column;
+      aggs_a := aggs_a || m.aggregation;
+      los := los || m.delay;
+      his := his || (m.delay + m."window");
+      ends := ends || true;
+      vals_cols := vals_cols || format(', x%s.vals[%s] AS v%s', src_no, k, r.i);
+      lb := min_t0 + m.delay;
+      IF r.pre THEN
+        -- the pre-period value: events in [t0 - lookback, t0)
+        k := k + 1;
+        tcols := tcols || m.time_column;
+        vcols := vcols || m.value_column;
+        aggs_a := aggs_a || m.aggregation;
+        los := los || (- m.cuped_lookback);
+        his := his || interval '0';
+        ends := ends || false;
+        vals_cols := vals_cols || format(', x%s.vals[%s] AS p%s', src_no, k, r.i);
+        lb := min_t0 - m.cuped_lookback;
+      END IF;
+      lower_bound := least(lower_bound, lb);
+      IF e.end_at IS NOT NULL THEN
+        upper_bound := greatest(upper_bound, e.end_at);
+      ELSIF m."window" IS NOT NULL THEN
+        upper_bound := greatest(upper_bound, max_t0 + m.delay + m."window");
+      ELSE
+        need_upper := false;
+      END IF;
+    END LOOP;
+    IF tcol = '' OR NOT need_upper THEN
+      upper_bound := NULL;
+    END IF;
+    IF tcol = '' THEN
+      lower_bound := NULL;
+    END IF;
+    joins := joins || format(
+      '%s experiment.source_unit_values(a.ids, a.variants, a.t0s, %L::regclass, %L, %L::text[], %L::text[], %L::text[], '
+      '%L::interval[], %L::interval[], %L::boolean[], %L::timestamptz, %L::timestamptz, %L::timestamptz) x%s%s',
+      CASE WHEN src_no = 1 THEN ',' ELSE ' JOIN' END,
+      src, ucol, tcols, vcols, aggs_a, los, his, ends, e.end_at, lower_bound, upper_bound,
+      src_no, CASE WHEN src_no = 1 THEN '' ELSE format(' ON x%s.unit_id = x1.unit_id', src_no) END);
+  END LOOP;
+
+  -- per-unit values, zero-filled: one statement, one scan of each source
+  IF src_no = 0 THEN
+    vals_sql := 'SELECT u.variant FROM pg_temp.exp_units u';
+  ELSE
+    vals_sql := format('SELECT x1.variant%s FROM (SELECT coalesce(pg_catalog.array_agg(u.unit_id), ''{}'') AS ids, '
+                       'coalesce(pg_catalog.array_agg(u.variant), ''{}'') AS variants, '
+                       'coalesce(pg_catalog.array_agg(u.t0), ''{}'') AS t0s FROM pg_temp.exp_units u) a%s',
+                       vals_cols, joins);
+  END IF;
+
+  -- winsorization caps: pooled upper percentiles over all analysed units
+  SELECT coalesce(string_agg(CASE WHEN m2.winsorize IS NULL THEN 'NULL::float8'
+                                  ELSE format('percentile_cont(%s) WITHIN GROUP (ORDER BY v%s)', m2.winsorize, b.i) END,
+                             ', ' ORDER BY b.i), ''),
+         coalesce(string_agg(CASE WHEN m2.winsorize IS NULL OR NOT b.pre THEN 'NULL::float8'
+                                  ELSE format('percentile_cont(%s) WITHIN GROUP (ORDER BY p%s)', m2.winsorize, b.i) END,
+                             ', ' ORDER BY b.i), ''),
+         bool_or(m2.winsorize IS NOT NULL)
+    INTO cap_v_sql, cap_p_sql, need_upper
+    FROM exp_base b JOIN experiment.metrics m2 ON m2.name = b.name;
+  IF need_upper THEN
+    EXECUTE 'CREATE TEMP TABLE exp_vals ON COMMIT DROP AS ' || vals_sql;
+    EXECUTE format('SELECT ARRAY[%s]::float8[], ARRAY[%s]::float8[] FROM pg_temp.exp_vals', cap_v_sql, cap_p_sql)
+      INTO caps, pre_caps;
+    vals_from := 'pg_temp.exp_vals';
+  ELSE
+    vals_from := '(' || vals_sql || ')';
+  END IF;
+
+  DELETE FROM experiment.variant_stats vs WHERE vs.experiment_id = e.id;
+  DELETE FROM experiment.metric_results mr WHERE mr.experiment_id = e.id;
+  DELETE FROM experiment.enrollment en WHERE en.experiment_id = e.id;
+
+  FOR r IN SELECT m2.name, m2.kind, b.i, b.pre,
+                  (SELECT bn.i FROM exp_base bn WHERE bn.name = m2.numerator) AS ni,
+                  (SELECT bd.i FROM exp_base bd WHERE bd.name = m2.denominator) AS di,
+                  row_number() OVER (ORDER BY m2.name) AS j
+           FROM experiment.experiment_metrics em JOIN experiment.metrics m2 ON m2.name = em.metric
+           LEFT JOIN exp_base b ON b.name = m2.name
+           WHERE em.experiment_id = e.id ORDER BY m2.name LOOP
+    IF r.kind = 'ratio' THEN
+      aggs := aggs || format(', experiment.moments(%s, %s) AS a%s',
+                             experiment.capped_sql('v', r.ni, caps[r.ni]), experiment.capped_sql('v', r.di, caps[r.di]), r.j);
+      unpivot := unpivot || format(', (%L, a.a%s, NULL::experiment.moments, NULL::float8)', r.name, r.j);
+    ELSE
+      aggs := aggs || format(', experiment.moments(%s) AS a%s', experiment.capped_sql('v', r.i, caps[r.i]), r.j);
+      IF r.pre THEN
+        aggs := aggs || format(', experiment.moments(%s, %s) AS c%s', experiment.capped_sql('v', r.i, caps[r.i]),
+                               experiment.capped_sql('p', r.i, pre_caps[r.i]), r.j);
+      END IF;
+      unpivot := unpivot || format(', (%L, a.a%s, %s, %L::float8)', r.name, r.j,
+                                   CASE WHEN r.pre THEN format('a.c%s', r.j) ELSE 'NULL::experiment.moments' END,
+                                   caps[r.i]);
+    END IF;
+  END LOOP;
+
+  -- per-variant moments of every metric in one pass over the per-unit values
+  IF unpivot <> '' THEN
+    EXECUTE format(
+      'INSERT INTO experiment.variant_stats (experiment_id, metric, variant, units, moments, cuped_moments, cap, refreshed_at) '
+      'SELECT %L, k.metric, a.variant, a.units, k.m, k.c, k.cap, %L '
+      'FROM (SELECT v.variant, count(*) AS units%s FROM %s v GROUP BY v.variant) a '
+      'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap)',
+      e.id, ts, aggs, vals_from, substr(unpivot, 3));
+  END IF;
+
+  INSERT INTO experiment.enrollment (experiment_id, variant, units, refreshed_at)
+  SELECT e.id, v.name, coalesce(c.units, 0), ts
+  FROM experiment.variants v
+  LEFT JOIN (SELECT u.variant, count(*) AS units FROM pg_temp.exp_units u GROUP BY u.variant) c
+    ON c.variant = v.name
+  WHERE v.experiment_id = e.id;
+
+  -- tests of each treatment against control
+  INSERT INTO experiment.metric_results
+    (experiment_id, metric, variant, control_variant, method, alpha, test, refreshed_at)
+  SELECT e.id, m2.name, t.variant, c.variant, k.method, coalesce(e.alpha, 0.05),
+         CASE k.method
+           WHEN 'ratio' THEN experiment.ratio_ttest(c.moments, t.moments, coalesce(e.alpha, 0.05))
+           WHEN 'cuped' THEN experiment.cuped_ttest(c.cuped_moments, t.cuped_moments, coalesce(e.alpha, 0.05))
+           WHEN 'prop_ztest' THEN experiment.prop_ztest(
+             pg_catalog.round(experiment.mean(c.moments) * experiment.n(c.moments))::bigint, experiment.n(c.moments),
+             pg_catalog.round(experiment.mean(t.moments) * experiment.n(t.moments))::bigint, experiment.n(t.moments),
+             coalesce(e.alpha, 0.05))
+           ELSE experiment.welch_ttest(c.moments, t.moments, coalesce(e.alpha, 0.05))
+         END,
+         ts
+  FROM experiment.experiment_metrics em
+  JOIN experiment.metrics m2 ON m2.name = em.metric
+  JOIN experiment.variant_stats c
+    ON c.experiment_id = e.id AND c.metric = m2.name AND c.variant = control
+  JOIN experiment.variant_stats t
+    ON t.experiment_id = e.id AND t.metric = m2.name AND t.variant <> control
+  CROSS JOIN LATERAL (SELECT CASE
+      WHEN m2.kind = 'ratio' THEN 'ratio'
+      WHEN c.cuped_moments IS NOT NULL AND t.cuped_moments IS NOT NULL
+           AND coalesce(experiment.variance(c.cuped_moments OPERATOR(experiment.+) t.cuped_moments, 2), 0) > 0
+        THEN 'cuped'
+      WHEN m2.kind = 'proportion' THEN 'prop_ztest'
+      ELSE 'welch' END AS method) k
+  WHERE em.experiment_id = e.id;
+
+  INSERT INTO experiment.refreshes AS f
+    (experiment_id, refreshed_at, duration, enrolled_units, multi_variant_units,
+     first_exposure, last_exposure, exposures_by_day, error, error_at)
+  SELECT e.id, ts, clock_timestamp() - started, nunits, nmulti, min_t0, max_t0,
+         (SELECT coalesce(jsonb_agg(jsonb_build_object('day', d.day, 'units', d.units) ORDER BY d.day), '[]')
+          FROM (SELECT (u.t0 AT TIME ZONE 'UTC')::date AS day, count(*) AS units
+                FROM pg_temp.exp_units u GROUP BY 1) d),
+         NULL, NULL
+  ON CONFLICT ON CONSTRAINT refreshes_pkey DO UPDATE SET
+    refreshed_at = excluded.refreshed_at, duration = excluded.duration,
+    enrolled_units = excluded.enrolled_units, multi_variant_units = excluded.multi_variant_units,
+    first_exposure = excluded.first_exposure, last_exposure = excluded.last_exposure,
+    exposures_by_day = excluded.exposures_by_day, error = NULL, error_at = NULL;
+
+  PERFORM experiment.drop_refresh_tables();
+END
+$$;
+COMMENT ON FUNCTION experiment.refresh(text) IS
+  'recompute an experiment''s enrolled units, per-unit metric values (windowed, zero-filled, winsorized, CUPED pre-period), per-variant moments and tests';
+
+CREATE FUNCTION experiment.refresh_all() RETURNS integer
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  id text;
+  done integer := 0;
+BEGIN
+  PERFORM experiment.process_exposures_staging();
+  FOR id IN SELECT ex.id FROM experiment.experiments ex WHERE ex.status = 'running' ORDER BY ex.id LOOP
+    BEGIN
+      PERFORM experiment.refresh(id);
+      done := done + 1;
+    EXCEPTION WHEN OTHERS THEN
+      RAISE WARNING 'refresh of experiment "%" failed: %', id, SQLERRM;
+      INSERT INTO experiment.refreshes AS f (experiment_id, error, error_at)
+      VALUES (id, SQLERRM, clock_timestamp())
+      ON CONFLICT ON CONSTRAINT refreshes_pkey DO UPDATE SET error = excluded.error, error_at = excluded.error_at;
+    END;
+  END LOOP;
+  RETURN done;
+END
+$$;
+COMMENT ON FUNCTION experiment.refresh_all() IS
+  'load staged exposures, then refresh every running experiment (one failing experiment is recorded in experiment.refreshes and does not stop the others); returns how many were refreshed';
+
