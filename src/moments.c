@@ -319,10 +319,10 @@ mp_key(MomentsParser *ps, char *buf, int buflen)
 	mp_expect(ps, ':');
 }
 
-PG_FUNCTION_INFO_V1(moments_in);
 /*
  * moments_in: text form -> experiment.moments, validated.
  */
+PG_FUNCTION_INFO_V1(moments_in);
 Datum
 moments_in(PG_FUNCTION_ARGS)
 {
@@ -442,10 +442,10 @@ append_float8(StringInfo buf, double v)
 	appendStringInfoString(buf, tmp);
 }
 
-PG_FUNCTION_INFO_V1(moments_out);
 /*
  * moments_out: experiment.moments -> its JSON text form.
  */
+PG_FUNCTION_INFO_V1(moments_out);
 Datum
 moments_out(PG_FUNCTION_ARGS)
 {
@@ -479,11 +479,11 @@ moments_out(PG_FUNCTION_ARGS)
 	PG_RETURN_CSTRING(buf.data);
 }
 
-PG_FUNCTION_INFO_V1(moments_recv);
 /*
  * moments_recv: binary form -> experiment.moments, validated.
  * Layout: version (1 byte), nvars (1 byte), n (int8), then the data doubles.
  */
+PG_FUNCTION_INFO_V1(moments_recv);
 Datum
 moments_recv(PG_FUNCTION_ARGS)
 {
@@ -509,10 +509,10 @@ moments_recv(PG_FUNCTION_ARGS)
 	PG_RETURN_MOMENTS_P(m);
 }
 
-PG_FUNCTION_INFO_V1(moments_send);
 /*
  * moments_send: experiment.moments -> binary form.
  */
+PG_FUNCTION_INFO_V1(moments_send);
 Datum
 moments_send(PG_FUNCTION_ARGS)
 {
@@ -542,30 +542,30 @@ moments_equal(const Moments *a, const Moments *b)
 	return true;
 }
 
-PG_FUNCTION_INFO_V1(moments_eq);
 /*
  * moments_eq: the same count, means and co-moments, exactly.
  */
+PG_FUNCTION_INFO_V1(moments_eq);
 Datum
 moments_eq(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_BOOL(moments_equal(PG_GETARG_MOMENTS_P(0), PG_GETARG_MOMENTS_P(1)));
 }
 
-PG_FUNCTION_INFO_V1(moments_ne);
 /*
  * moments_ne: negation of moments_eq.
  */
+PG_FUNCTION_INFO_V1(moments_ne);
 Datum
 moments_ne(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_BOOL(!moments_equal(PG_GETARG_MOMENTS_P(0), PG_GETARG_MOMENTS_P(1)));
 }
 
-PG_FUNCTION_INFO_V1(moments_add);
 /*
  * moments_add: a + b, the moments of the union of both samples.
  */
+PG_FUNCTION_INFO_V1(moments_add);
 Datum
 moments_add(PG_FUNCTION_ARGS)
 {
@@ -593,20 +593,20 @@ moments_var_arg(const Moments *m, int32 i, const char *argname)
 	return i - 1;
 }
 
-PG_FUNCTION_INFO_V1(moments_n);
 /*
  * moments_n: the number of observations.
  */
+PG_FUNCTION_INFO_V1(moments_n);
 Datum
 moments_n(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_INT64(PG_GETARG_MOMENTS_P(0)->n);
 }
 
-PG_FUNCTION_INFO_V1(moments_mean);
 /*
  * moments_mean: mean of variable i (1-based); NULL when n = 0.
  */
+PG_FUNCTION_INFO_V1(moments_mean);
 Datum
 moments_mean(PG_FUNCTION_ARGS)
 {
@@ -618,11 +618,11 @@ moments_mean(PG_FUNCTION_ARGS)
 	PG_RETURN_FLOAT8(m->data[i]);
 }
 
-PG_FUNCTION_INFO_V1(moments_variance_fn);
 /*
  * moments_variance_fn: sample variance (n - 1 denominator) of variable i;
  * NULL when n < 2.
  */
+PG_FUNCTION_INFO_V1(moments_variance_fn);
 Datum
 moments_variance_fn(PG_FUNCTION_ARGS)
 {
@@ -634,11 +634,11 @@ moments_variance_fn(PG_FUNCTION_ARGS)
 	PG_RETURN_FLOAT8(moments_variance(m, i));
 }
 
-PG_FUNCTION_INFO_V1(moments_covariance_fn);
 /*
  * moments_covariance_fn: sample covariance of variables i and j; NULL when
  * n < 2.
  */
+PG_FUNCTION_INFO_V1(moments_covariance_fn);
 Datum
 moments_covariance_fn(PG_FUNCTION_ARGS)
 {
@@ -691,11 +691,11 @@ check_sums_args(int64 n, int nargs, const double *v, const char *const *names)
 					 errmsg("%s must be finite, got %g", names[i], v[i])));
 }
 
-PG_FUNCTION_INFO_V1(moments_from_sums1);
 /*
  * moments_from_sums1(n, sum, sum_squares): univariate moments from sums, as
  * other systems reduce data.  NULL for n = 0.
  */
+PG_FUNCTION_INFO_V1(moments_from_sums1);
 Datum
 moments_from_sums1(PG_FUNCTION_ARGS)
 {
@@ -715,11 +715,11 @@ moments_from_sums1(PG_FUNCTION_ARGS)
 	PG_RETURN_MOMENTS_P(m);
 }
 
-PG_FUNCTION_INFO_V1(moments_from_sums2);
 /*
  * moments_from_sums2(n, sum_y, sum_y2, sum_x, sum_x2, sum_xy): bivariate
  * moments of (y, x) from sums.  NULL for n = 0.
  */
+PG_FUNCTION_INFO_V1(moments_from_sums2);
 Datum
 moments_from_sums2(PG_FUNCTION_ARGS)
 {

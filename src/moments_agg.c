@@ -128,42 +128,42 @@ moments_accum_common(FunctionCallInfo fcinfo, int k)
 	PG_RETURN_MOMENTS_P(m);
 }
 
-PG_FUNCTION_INFO_V1(moments_accum1);
 /*
  * moments_accum1(state, y): transition of experiment.moments(y).
  */
+PG_FUNCTION_INFO_V1(moments_accum1);
 Datum
 moments_accum1(PG_FUNCTION_ARGS)
 {
 	return moments_accum_common(fcinfo, 1);
 }
 
-PG_FUNCTION_INFO_V1(moments_accum2);
 /*
  * moments_accum2(state, y, x): transition of experiment.moments(y, x).
  */
+PG_FUNCTION_INFO_V1(moments_accum2);
 Datum
 moments_accum2(PG_FUNCTION_ARGS)
 {
 	return moments_accum_common(fcinfo, 2);
 }
 
-PG_FUNCTION_INFO_V1(moments_accum4);
 /*
  * moments_accum4(state, y, d, x, e): transition of experiment.moments(y, d, x, e).
  */
+PG_FUNCTION_INFO_V1(moments_accum4);
 Datum
 moments_accum4(PG_FUNCTION_ARGS)
 {
 	return moments_accum_common(fcinfo, 4);
 }
 
-PG_FUNCTION_INFO_V1(moments_combine);
 /*
  * moments_combine(a, b): combine function of the moments aggregates and
  * transition function of experiment.merge.  Strict: the executor handles NULL
  * states.
  */
+PG_FUNCTION_INFO_V1(moments_combine);
 Datum
 moments_combine(PG_FUNCTION_ARGS)
 {
@@ -219,12 +219,12 @@ pair_elements(ArrayType *arr, Moments **control, Moments **treatment)
 				 errmsg("a two-group moments state must hold univariate moments")));
 }
 
-PG_FUNCTION_INFO_V1(moments_pair_accum);
 /*
  * moments_pair_accum(state, is_treatment, y): transition of the
  * welch_ttest(boolean, float8) aggregate.  Rows with a NULL group or value
  * are skipped.
  */
+PG_FUNCTION_INFO_V1(moments_pair_accum);
 Datum
 moments_pair_accum(PG_FUNCTION_ARGS)
 {
@@ -253,10 +253,10 @@ moments_pair_accum(PG_FUNCTION_ARGS)
 	PG_RETURN_ARRAYTYPE_P(arr);
 }
 
-PG_FUNCTION_INFO_V1(moments_pair_combine);
 /*
  * moments_pair_combine(a, b): combine function of the two-group state.
  */
+PG_FUNCTION_INFO_V1(moments_pair_combine);
 Datum
 moments_pair_combine(PG_FUNCTION_ARGS)
 {

@@ -90,11 +90,11 @@ ceil_to_int64(double v)
 	return (int64) c;
 }
 
-PG_FUNCTION_INFO_V1(required_n);
 /*
  * required_n(baseline, mde, alpha, power): units per variant for a
  * two-proportion test to detect baseline -> baseline + mde.
  */
+PG_FUNCTION_INFO_V1(required_n);
 Datum
 required_n(PG_FUNCTION_ARGS)
 {
@@ -115,11 +115,11 @@ required_n(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(ceil_to_int64(s * s / (d * d)));
 }
 
-PG_FUNCTION_INFO_V1(required_n_mean);
 /*
  * required_n_mean(stddev, mde, alpha, power): units per variant for a test
  * of a difference of means with common standard deviation stddev.
  */
+PG_FUNCTION_INFO_V1(required_n_mean);
 Datum
 required_n_mean(PG_FUNCTION_ARGS)
 {
@@ -143,7 +143,6 @@ required_n_mean(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(ceil_to_int64(2 * s * s));
 }
 
-PG_FUNCTION_INFO_V1(mde_prop);
 /*
  * mde(n_per_variant, baseline, alpha, power): the smallest absolute rise
  * d > 0 of the rate that n units per variant detect, i.e. the root of
@@ -151,6 +150,7 @@ PG_FUNCTION_INFO_V1(mde_prop);
  * in (0, 1 - baseline), found by bisection to the last bit.  NULL when no
  * rise below 1 - baseline reaches the power.
  */
+PG_FUNCTION_INFO_V1(mde_prop);
 Datum
 mde_prop(PG_FUNCTION_ARGS)
 {
@@ -208,12 +208,12 @@ mde_prop(PG_FUNCTION_ARGS)
 	PG_RETURN_FLOAT8(hi);
 }
 
-PG_FUNCTION_INFO_V1(power_prop);
 /*
  * power(n_per_variant, baseline, mde, alpha): the power of a two-proportion
  * test with n units per variant against baseline -> baseline + mde:
  *	Phi( (|mde| sqrt(n) - z_{1-alpha/2} sqrt(2 pbar (1 - pbar))) / sqrt(p1 q1 + p2 q2) )
  */
+PG_FUNCTION_INFO_V1(power_prop);
 Datum
 power_prop(PG_FUNCTION_ARGS)
 {

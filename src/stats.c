@@ -385,11 +385,11 @@ welch_moments(TestResult *r, const Moments *c, const Moments *t, double alpha)
 	welch_finish(r, &md, alpha);
 }
 
-PG_FUNCTION_INFO_V1(welch_ttest);
 /*
  * welch_ttest(control, treatment, alpha): Welch's unequal-variances t-test of
  * mean(treatment) - mean(control) from univariate moments.
  */
+PG_FUNCTION_INFO_V1(welch_ttest);
 Datum
 welch_ttest(PG_FUNCTION_ARGS)
 {
@@ -405,12 +405,12 @@ welch_ttest(PG_FUNCTION_ARGS)
 	return result_datum(fcinfo, &r);
 }
 
-PG_FUNCTION_INFO_V1(welch_ttest_final);
 /*
  * welch_ttest_final(state): final function of the welch_ttest(boolean,
  * float8) aggregate; the state is experiment.moments[] = [control, treatment].
  * alpha is 0.05.
  */
+PG_FUNCTION_INFO_V1(welch_ttest_final);
 Datum
 welch_ttest_final(PG_FUNCTION_ARGS)
 {
@@ -441,13 +441,13 @@ welch_ttest_final(PG_FUNCTION_ARGS)
 	return result_datum(fcinfo, &r);
 }
 
-PG_FUNCTION_INFO_V1(prop_ztest);
 /*
  * prop_ztest(x_control, n_control, x_treatment, n_treatment, alpha): the
  * two-proportion z-test.  z uses the pooled standard error, the CI of the
  * difference the unpooled (Wald) one, the lift the delta method; quantiles
  * are normal and df is NULL.
  */
+PG_FUNCTION_INFO_V1(prop_ztest);
 Datum
 prop_ztest(PG_FUNCTION_ARGS)
 {
@@ -565,12 +565,12 @@ combo_variance(const Moments *m, double a, double b)
 	return combo_comoment(m, a, b) / (double) (m->n - 1);
 }
 
-PG_FUNCTION_INFO_V1(cuped_ttest);
 /*
  * cuped_ttest(control, treatment, alpha): Welch's t-test on the CUPED-adjusted
  * metric y - theta (x - mean x), theta pooled over both arms.  Means are
  * reported unadjusted.
  */
+PG_FUNCTION_INFO_V1(cuped_ttest);
 Datum
 cuped_ttest(PG_FUNCTION_ARGS)
 {
@@ -614,11 +614,11 @@ cuped_ttest(PG_FUNCTION_ARGS)
 	return result_datum(fcinfo, &r);
 }
 
-PG_FUNCTION_INFO_V1(cuped_theta);
 /*
  * cuped_theta(m): cov(y, x)/var(x) of bivariate moments; NULL when var(x) is
  * zero or n < 2.  For the pooled theta of a test, pass control + treatment.
  */
+PG_FUNCTION_INFO_V1(cuped_theta);
 Datum
 cuped_theta(PG_FUNCTION_ARGS)
 {
@@ -632,11 +632,11 @@ cuped_theta(PG_FUNCTION_ARGS)
 	PG_RETURN_FLOAT8(theta);
 }
 
-PG_FUNCTION_INFO_V1(cuped_adjust_value);
 /*
  * cuped_adjust(y, x, theta, mean_x): the CUPED-adjusted value
  * y - theta (x - mean_x).
  */
+PG_FUNCTION_INFO_V1(cuped_adjust_value);
 Datum
 cuped_adjust_value(PG_FUNCTION_ARGS)
 {
@@ -648,13 +648,13 @@ cuped_adjust_value(PG_FUNCTION_ARGS)
 	PG_RETURN_FLOAT8(y - theta * (x - mean_x));
 }
 
-PG_FUNCTION_INFO_V1(cuped_adjust_moments);
 /*
  * cuped_adjust(m, theta, mean_x): the univariate moments of
  * y - theta (x - mean_x), exactly, from the bivariate moments of (y, x):
  *	mean = mean_y - theta (mean_x(m) - mean_x)
  *	C = C_yy - 2 theta C_xy + theta^2 C_xx
  */
+PG_FUNCTION_INFO_V1(cuped_adjust_moments);
 Datum
 cuped_adjust_moments(PG_FUNCTION_ARGS)
 {
@@ -706,12 +706,12 @@ ratio_arm(const Moments *m, double *value, double *var)
 	*var = combo_variance(m, 1, -*value) / (mu_d * mu_d);
 }
 
-PG_FUNCTION_INFO_V1(ratio_ttest);
 /*
  * ratio_ttest(control, treatment, alpha): Welch's t-test of a ratio metric
  * sum(num)/sum(den) per arm, from bivariate moments of each unit's
  * (numerator, denominator), with delta-method variances.
  */
+PG_FUNCTION_INFO_V1(ratio_ttest);
 Datum
 ratio_ttest(PG_FUNCTION_ARGS)
 {
@@ -740,12 +740,12 @@ ratio_ttest(PG_FUNCTION_ARGS)
 
 /* ---------- sample ratio mismatch ---------- */
 
-PG_FUNCTION_INFO_V1(srm_chisq);
 /*
  * srm_chisq(observed, weights): p-value of Pearson's chi-squared test of the
  * observed counts against the split given by the weights (NULL: equal).
  * df = k - 1 over the k arms with a positive weight.
  */
+PG_FUNCTION_INFO_V1(srm_chisq);
 Datum
 srm_chisq(PG_FUNCTION_ARGS)
 {

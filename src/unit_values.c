@@ -596,7 +596,6 @@ plan_bound(UvState *st, UvBound *b, Datum d, bool isnull, bool fixed_zone,
 	b->cal = i;
 }
 
-PG_FUNCTION_INFO_V1(source_unit_values);
 /*
  * source_unit_values(unit_ids text[], variants text[], t0s timestamptz[],
  *                    source regclass, unit_column text,
@@ -613,6 +612,7 @@ PG_FUNCTION_INFO_V1(source_unit_values);
  * and every spec reads the same time column, restrict the scan to that
  * column in [scan_from, scan_to); they must cover every window.
  */
+PG_FUNCTION_INFO_V1(source_unit_values);
 Datum
 source_unit_values(PG_FUNCTION_ARGS)
 {
