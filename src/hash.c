@@ -477,7 +477,7 @@ exp_statsig_bucket_sql(PG_FUNCTION_ARGS)
 	PG_RETURN_INT32(exp_statsig_bucket(salt, saltlen, unit, unitlen));
 }
 
-#define EXP_VALID_SCHEMES "sha256, growthbook_v1, growthbook_v2, eppo, statsig"
+#define EXP_VALID_SCHEMES "sha256, growthbook_v1, growthbook_v2, eppo or statsig"
 
 /*
  * unit_hash(scheme text, salt text, unit_id text) float8: the position in
@@ -513,7 +513,7 @@ exp_unit_hash(PG_FUNCTION_ARGS)
 
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("unknown hashing scheme \"%s\"", text_to_cstring(scheme_t)),
-			 errhint("Valid schemes are: " EXP_VALID_SCHEMES ".")));
+			 errmsg("invalid scheme \"%s\"", text_to_cstring(scheme_t)),
+			 errhint("Use " EXP_VALID_SCHEMES ".")));
 	PG_RETURN_NULL();			/* keep the compiler quiet */
 }

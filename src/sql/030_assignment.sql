@@ -65,7 +65,7 @@ COMMENT ON FUNCTION experiment.unit_hash(text, text, text) IS
 CREATE FUNCTION experiment.hash_schemes()
   RETURNS TABLE (scheme text, unit_hash text, source text)
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
-  SET search_path = pg_catalog, experiment
+  SET search_path = pg_catalog, experiment, pg_temp
   AS $$
     VALUES
       ('sha256'::text,

@@ -81,6 +81,95 @@ SELECT pg_catalog.pg_extension_config_dump('experiment.experiments', '');
 SELECT pg_catalog.pg_extension_config_dump('experiment.variants', '');
 
 -- ---------------------------------------------------------------------------
+-- Errors that name what was wrong: one wording and SQLSTATE 22023 for each
+-- kind of mistake (see doc/analysis.md, "Errors")
+-- ---------------------------------------------------------------------------
+
+-- at most 10 values of a list for a HINT, and how many more there are
+CREATE FUNCTION experiment.hint_list(items text[], what text, look_in text) RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE
+    WHEN coalesce(cardinality(items), 0) = 0 THEN format('There are no %s yet (see %s).', what, look_in)
+    WHEN cardinality(items) <= 10 THEN format('The %s are: %s.', what, array_to_string(items, ', '))
+    ELSE format('The %s are listed in %s (%s of them).', what, look_in, cardinality(items))
+  END
+$$;
+COMMENT ON FUNCTION experiment.hint_list(text[], text, text) IS
+  'internal: the HINT of an unknown-name error: the allowed names when there are at most 10, else where to look';
+
+CREATE FUNCTION experiment.require_experiment(experiment_id text) RETURNS experiment.experiments
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  e experiment.experiments;
+BEGIN
+  SELECT * INTO e FROM experiment.experiments x WHERE x.id = require_experiment.experiment_id;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'experiment "%" does not exist', coalesce(left(experiment_id, 200), 'NULL')
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = experiment.hint_list(ARRAY(SELECT x.id FROM experiment.experiments x ORDER BY x.id),
+                                        'experiments', 'experiment.experiments');
+  END IF;
+  RETURN e;
+END
+$$;
+COMMENT ON FUNCTION experiment.require_experiment(text) IS
+  'internal: the registry row of an experiment, or the error ''experiment "x" does not exist'' (22023) with the known ids as HINT';
+
+CREATE FUNCTION experiment.require_variant(experiment_id text, variant text) RETURNS void
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM experiment.variants v
+                 WHERE v.experiment_id = require_variant.experiment_id AND v.name = require_variant.variant) THEN
+    PERFORM experiment.require_experiment(experiment_id);
+    RAISE EXCEPTION 'variant "%" does not exist in experiment "%"', coalesce(left(variant, 200), 'NULL'), experiment_id
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = experiment.hint_list(ARRAY(SELECT v.name FROM experiment.variants v
+                                              WHERE v.experiment_id = require_variant.experiment_id
+                                              ORDER BY v.is_control DESC, v.name COLLATE "C"),
+                                        format('variants of experiment "%s"', experiment_id), 'experiment.variants');
+  END IF;
+END
+$$;
+COMMENT ON FUNCTION experiment.require_variant(text, text) IS
+  'internal: nothing, or the error ''variant "v" does not exist in experiment "x"'' (22023) with the experiment''s variants as HINT';
+
+-- an invalid value of a setting that takes one of a list of words
+CREATE FUNCTION experiment.raise_invalid_choice(what text, value text, allowed text[], owner text DEFAULT NULL)
+  RETURNS void
+  LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  RAISE EXCEPTION 'invalid % %', what, coalesce('"' || left(value, 200) || '"', 'NULL') || coalesce(' of ' || owner, '')
+    USING ERRCODE = 'invalid_parameter_value',
+          HINT = 'Use ' || CASE WHEN cardinality(allowed) = 1 THEN allowed[1]
+                               ELSE array_to_string(allowed[1:cardinality(allowed) - 1], ', ')
+                                    || ' or ' || allowed[cardinality(allowed)] END || '.';
+END
+$$;
+COMMENT ON FUNCTION experiment.raise_invalid_choice(text, text, text[], text) IS
+  'internal: raise ''invalid <what> "<value>" [of <owner>]'' (22023) with a HINT listing the allowed values';
+
+-- an invalid value of a setting with a range
+CREATE FUNCTION experiment.raise_invalid_value(what text, value text, allowed text) RETURNS void
+  LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  RAISE EXCEPTION '% must be %, got %', what, allowed, coalesce(left(value, 200), 'NULL')
+    USING ERRCODE = 'invalid_parameter_value';
+END
+$$;
+COMMENT ON FUNCTION experiment.raise_invalid_value(text, text, text) IS
+  'internal: raise ''<what> must be <allowed>, got <value>'' (22023), the wording of every range check';
+
+-- ---------------------------------------------------------------------------
 -- Validation
 -- ---------------------------------------------------------------------------
 
@@ -88,7 +177,7 @@ SELECT pg_catalog.pg_extension_config_dump('experiment.variants', '');
 -- control first, then the other variants by name in byte order).
 CREATE FUNCTION experiment.split(experiment_id text, OUT names text[], OUT allocations float8[])
   LANGUAGE sql STABLE PARALLEL SAFE
-  SET search_path = pg_catalog, experiment
+  SET search_path = pg_catalog, experiment, pg_temp
 AS $$
   SELECT pg_catalog.array_agg(v.name ORDER BY v.is_control DESC, v.name COLLATE "C"),
          pg_catalog.array_agg(v.allocation ORDER BY v.is_control DESC, v.name COLLATE "C")
@@ -101,7 +190,7 @@ COMMENT ON FUNCTION experiment.split(text) IS
 -- Raise an error unless the variants of the experiment form a valid split.
 CREATE FUNCTION experiment.check_split(experiment_id text) RETURNS void
   LANGUAGE plpgsql STABLE PARALLEL SAFE
-  SET search_path = pg_catalog, experiment
+  SET search_path = pg_catalog, experiment, pg_temp
 AS $$
 DECLARE
   n bigint;
@@ -137,7 +226,7 @@ COMMENT ON FUNCTION experiment.check_split(text) IS
 CREATE FUNCTION experiment.layer_position(unit_id text, layer text, hash_scheme text DEFAULT 'sha256')
   RETURNS float8
   LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
-  SET search_path = pg_catalog, experiment
+  SET search_path = pg_catalog, experiment, pg_temp
 AS $$
 BEGIN
   IF hash_scheme IN ('growthbook_v1', 'growthbook_v2') THEN
@@ -145,9 +234,8 @@ BEGIN
   ELSIF hash_scheme IN ('sha256', 'eppo', 'statsig') THEN
     RETURN experiment.bucket(unit_id, 'layer:' || layer)::float8 / 10000;
   END IF;
-  RAISE EXCEPTION 'unknown hash_scheme "%"', hash_scheme
-    USING ERRCODE = 'invalid_parameter_value',
-          HINT = 'Use sha256, growthbook_v1, growthbook_v2, eppo or statsig.';
+  PERFORM experiment.raise_invalid_choice('hash_scheme', hash_scheme,
+                                          ARRAY(SELECT h.scheme FROM experiment.hash_schemes() h));
 END
 $$;
 COMMENT ON FUNCTION experiment.layer_position(text, text, text) IS
@@ -155,7 +243,7 @@ COMMENT ON FUNCTION experiment.layer_position(text, text, text) IS
 
 CREATE FUNCTION experiment.experiments_check() RETURNS trigger
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
-  SET search_path = pg_catalog, experiment
+  SET search_path = pg_catalog, experiment, pg_temp
 AS $$
 DECLARE
   other record;
@@ -163,19 +251,41 @@ DECLARE
 BEGIN
   NEW.salt := coalesce(NEW.salt, NEW.id);
   IF NEW.status IS NULL OR NEW.status NOT IN ('draft', 'running', 'stopped', 'concluded') THEN
-    RAISE EXCEPTION 'invalid status "%" of experiment "%"', NEW.status, NEW.id
-      USING ERRCODE = 'invalid_parameter_value',
-            HINT = 'Use draft, running, stopped or concluded.';
+    PERFORM experiment.raise_invalid_choice('status', NEW.status, '{draft,running,stopped,concluded}',
+                                            format('experiment "%s"', NEW.id));
   END IF;
   IF NEW.hash_scheme IS NULL
      OR NEW.hash_scheme NOT IN ('sha256', 'growthbook_v1', 'growthbook_v2', 'eppo', 'statsig') THEN
-    RAISE EXCEPTION 'invalid hash_scheme "%" of experiment "%"', NEW.hash_scheme, NEW.id
-      USING ERRCODE = 'invalid_parameter_value',
-            HINT = 'Use sha256, growthbook_v1, growthbook_v2, eppo or statsig.';
+    PERFORM experiment.raise_invalid_choice('hash_scheme', NEW.hash_scheme,
+                                            ARRAY(SELECT h.scheme FROM experiment.hash_schemes() h),
+                                            format('experiment "%s"', NEW.id));
   END IF;
   IF NEW.traffic IS NULL OR NOT (NEW.traffic >= 0 AND NEW.traffic <= 1) THEN
-    RAISE EXCEPTION 'traffic of experiment "%" must be in [0, 1], got %', NEW.id, NEW.traffic
-      USING ERRCODE = 'invalid_parameter_value';
+    PERFORM experiment.raise_invalid_value(format('traffic of experiment "%s"', NEW.id), NEW.traffic::text,
+                                           'in [0, 1]');
+  END IF;
+  IF NEW.id IS NULL OR NEW.id = '' THEN
+    PERFORM experiment.raise_invalid_value('id of an experiment', quote_nullable(NEW.id), 'a non-empty text');
+  END IF;
+  IF NEW.salt = '' THEN
+    PERFORM experiment.raise_invalid_value(format('salt of experiment "%s"', NEW.id), '''''',
+                                           'a non-empty text (NULL: the id)');
+  END IF;
+  IF NEW.alpha IS NULL OR NOT (NEW.alpha > 0 AND NEW.alpha < 1) THEN
+    PERFORM experiment.raise_invalid_value(format('alpha of experiment "%s"', NEW.id), NEW.alpha::text,
+                                           'in (0, 1), e.g. 0.05');
+  END IF;
+  IF NEW.min_runtime < interval '0' THEN
+    PERFORM experiment.raise_invalid_value(format('min_runtime of experiment "%s"', NEW.id), NEW.min_runtime::text,
+                                           'a non-negative interval');
+  END IF;
+  IF NEW.target_units_per_variant <= 0 THEN
+    PERFORM experiment.raise_invalid_value(format('target_units_per_variant of experiment "%s"', NEW.id),
+                                           NEW.target_units_per_variant::text, 'positive');
+  END IF;
+  IF NEW.end_at < NEW.start_at THEN
+    PERFORM experiment.raise_invalid_value(format('end_at of experiment "%s"', NEW.id), NEW.end_at::text,
+                                           format('at or after start_at (%s)', NEW.start_at));
   END IF;
   IF NEW.layer IS NOT NULL OR NEW.layer_start IS NOT NULL OR NEW.layer_end IS NOT NULL THEN
     IF NEW.layer IS NULL OR NEW.layer = ''
@@ -275,7 +385,7 @@ COMMENT ON TRIGGER experiments_check ON experiment.experiments IS 'validates eac
 
 CREATE FUNCTION experiment.experiments_delete_check() RETURNS trigger
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
-  SET search_path = pg_catalog, experiment
+  SET search_path = pg_catalog, experiment, pg_temp
 AS $$
 BEGIN
   IF TG_LEVEL = 'STATEMENT' THEN
@@ -311,7 +421,7 @@ COMMENT ON TRIGGER experiments_truncate_check ON experiment.experiments IS 'no t
 -- they are checked at the end of that statement.
 CREATE FUNCTION experiment.variants_check() RETURNS trigger
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
-  SET search_path = pg_catalog, experiment
+  SET search_path = pg_catalog, experiment, pg_temp
 AS $$
 DECLARE
   st text;
@@ -375,7 +485,7 @@ COMMENT ON TRIGGER variants_truncate_check ON experiment.variants IS 'no truncat
 
 CREATE FUNCTION experiment.variants_insert_check() RETURNS trigger
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
-  SET search_path = pg_catalog, experiment
+  SET search_path = pg_catalog, experiment, pg_temp
 AS $$
 DECLARE
   r record;
@@ -424,7 +534,7 @@ CREATE FUNCTION experiment.create_experiment(
   start boolean DEFAULT false)
   RETURNS text
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
-  SET search_path = pg_catalog, experiment
+  SET search_path = pg_catalog, experiment, pg_temp
 AS $$
 DECLARE
   v jsonb;
@@ -464,14 +574,14 @@ COMMENT ON FUNCTION experiment.create_experiment(text, jsonb, float8, text, text
 
 CREATE FUNCTION experiment.start(experiment_id text) RETURNS void
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
-  SET search_path = pg_catalog, experiment
+  SET search_path = pg_catalog, experiment, pg_temp
 AS $$
 DECLARE
   st text;
 BEGIN
   SELECT x.status INTO st FROM experiment.experiments x WHERE x.id = experiment_id FOR UPDATE;
   IF NOT FOUND THEN
-    RAISE EXCEPTION 'experiment "%" does not exist', experiment_id USING ERRCODE = 'invalid_parameter_value';
+    PERFORM experiment.require_experiment(experiment_id);
   END IF;
   UPDATE experiment.experiments x
      SET status = 'running',
@@ -485,14 +595,14 @@ COMMENT ON FUNCTION experiment.start(text) IS
 
 CREATE FUNCTION experiment.stop(experiment_id text) RETURNS void
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
-  SET search_path = pg_catalog, experiment
+  SET search_path = pg_catalog, experiment, pg_temp
 AS $$
 BEGIN
   UPDATE experiment.experiments x
      SET status = 'stopped', end_at = CASE WHEN x.status = 'running' THEN now() ELSE x.end_at END
    WHERE x.id = experiment_id;
   IF NOT FOUND THEN
-    RAISE EXCEPTION 'experiment "%" does not exist', experiment_id USING ERRCODE = 'invalid_parameter_value';
+    PERFORM experiment.require_experiment(experiment_id);
   END IF;
 END
 $$;
@@ -515,7 +625,7 @@ COMMENT ON FUNCTION experiment.stop(text) IS
 CREATE FUNCTION experiment.variant_ranges(hash_scheme text, allocations float8[], traffic float8 DEFAULT 1)
   RETURNS float8[]
   LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
-  SET search_path = pg_catalog, experiment
+  SET search_path = pg_catalog, experiment, pg_temp
 AS $$
 DECLARE
   n integer := coalesce(cardinality(allocations), 0);
@@ -529,9 +639,8 @@ BEGIN
   IF hash_scheme IN ('growthbook_v1', 'growthbook_v2') THEN
     RETURN experiment.growthbook_bucket_ranges(n, traffic, allocations);
   ELSIF hash_scheme NOT IN ('sha256', 'eppo', 'statsig') THEN
-    RAISE EXCEPTION 'unknown hash_scheme "%"', hash_scheme
-      USING ERRCODE = 'invalid_parameter_value',
-            HINT = 'Use sha256, growthbook_v1, growthbook_v2, eppo or statsig.';
+    PERFORM experiment.raise_invalid_choice('hash_scheme', hash_scheme,
+                                            ARRAY(SELECT h.scheme FROM experiment.hash_schemes() h));
   END IF;
   IF NOT (traffic >= 0 AND traffic <= 1) THEN
     RAISE EXCEPTION 'traffic must be in [0, 1], got %', traffic USING ERRCODE = 'invalid_parameter_value';
@@ -559,7 +668,7 @@ COMMENT ON FUNCTION experiment.variant_ranges(text, float8[], float8) IS
 CREATE FUNCTION experiment.assign(unit_id text, experiment_id text, attributes jsonb DEFAULT '{}')
   RETURNS text
   LANGUAGE plpgsql STABLE PARALLEL SAFE
-  SET search_path = pg_catalog, experiment
+  SET search_path = pg_catalog, experiment, pg_temp
 AS $$
 DECLARE
   e record;
@@ -577,7 +686,7 @@ BEGIN
    WHERE x.id = assign.experiment_id
    GROUP BY x.id;
   IF NOT FOUND THEN
-    RAISE EXCEPTION 'experiment "%" does not exist', experiment_id USING ERRCODE = 'invalid_parameter_value';
+    PERFORM experiment.require_experiment(experiment_id);
   END IF;
   IF e.status <> 'running' OR cardinality(e.names) < 2 THEN
     RETURN NULL;
@@ -607,7 +716,7 @@ COMMENT ON FUNCTION experiment.assign(text, text, jsonb) IS
 CREATE FUNCTION experiment.assign_switchback(cluster text, experiment_id text, at timestamptz, window_size interval)
   RETURNS text
   LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
-  SET search_path = pg_catalog, experiment
+  SET search_path = pg_catalog, experiment, pg_temp
 AS $$
 DECLARE
   e experiment.experiments;
@@ -623,7 +732,7 @@ BEGIN
   END IF;
   SELECT * INTO e FROM experiment.experiments x WHERE x.id = assign_switchback.experiment_id;
   IF NOT FOUND THEN
-    RAISE EXCEPTION 'experiment "%" does not exist', experiment_id USING ERRCODE = 'invalid_parameter_value';
+    PERFORM experiment.require_experiment(experiment_id);
   END IF;
   IF e.status <> 'running' THEN
     RETURN NULL;
@@ -652,7 +761,7 @@ COMMENT ON FUNCTION experiment.assign_switchback(text, text, timestamptz, interv
 -- The running experiments as SDKs need them, ordered by id.
 CREATE FUNCTION experiment.ruleset_experiments() RETURNS jsonb
   LANGUAGE sql STABLE PARALLEL SAFE
-  SET search_path = pg_catalog, experiment
+  SET search_path = pg_catalog, experiment, pg_temp
 AS $$
   SELECT coalesce(jsonb_agg(jsonb_build_object(
            'id', x.id,
@@ -681,7 +790,7 @@ COMMENT ON FUNCTION experiment.ruleset_experiments() IS
 
 CREATE FUNCTION experiment.ruleset_version() RETURNS text
   LANGUAGE sql STABLE PARALLEL SAFE
-  SET search_path = pg_catalog, experiment
+  SET search_path = pg_catalog, experiment, pg_temp
 AS $$
   SELECT encode(sha256(convert_to(experiment.ruleset_experiments()::text, 'UTF8')), 'hex')
 $$;
@@ -690,7 +799,7 @@ COMMENT ON FUNCTION experiment.ruleset_version() IS
 
 CREATE FUNCTION experiment.ruleset(known_version text DEFAULT NULL) RETURNS jsonb
   LANGUAGE plpgsql STABLE PARALLEL SAFE
-  SET search_path = pg_catalog, experiment
+  SET search_path = pg_catalog, experiment, pg_temp
 AS $$
 DECLARE
   ex jsonb := experiment.ruleset_experiments();
@@ -707,7 +816,7 @@ COMMENT ON FUNCTION experiment.ruleset(text) IS
 
 CREATE FUNCTION experiment.notify_ruleset() RETURNS trigger
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
-  SET search_path = pg_catalog, experiment
+  SET search_path = pg_catalog, experiment, pg_temp
 AS $$
 BEGIN
   PERFORM pg_notify('experiment_ruleset', experiment.ruleset_version());
@@ -730,7 +839,7 @@ COMMENT ON TRIGGER variants_notify ON experiment.variants IS 'NOTIFY experiment_
 
 CREATE FUNCTION experiment.growthbook_payload() RETURNS jsonb
   LANGUAGE sql STABLE PARALLEL SAFE
-  SET search_path = pg_catalog, experiment
+  SET search_path = pg_catalog, experiment, pg_temp
 AS $$
   SELECT jsonb_build_object('features', coalesce(jsonb_object_agg(f.id, f.feature), '{}'::jsonb))
     FROM (

@@ -88,16 +88,7 @@ BEGIN
     RAISE EXCEPTION 'experiment_id, unit_id, variant and exposed_at must not be NULL'
       USING ERRCODE = '22023';
   END IF;
-  IF NOT EXISTS (SELECT 1 FROM experiment.experiments e WHERE e.id = log_exposure.experiment_id) THEN
-    RAISE EXCEPTION 'unknown experiment_id "%"', log_exposure.experiment_id
-      USING ERRCODE = '22023', HINT = 'register it in experiment.experiments first';
-  END IF;
-  IF NOT EXISTS (SELECT 1 FROM experiment.variants v
-                 WHERE v.experiment_id = log_exposure.experiment_id AND v.name = log_exposure.variant) THEN
-    RAISE EXCEPTION 'unknown variant "%" of experiment "%"', log_exposure.variant, log_exposure.experiment_id
-      USING ERRCODE = '22023',
-            HINT = 'the variants are listed in experiment.variants';
-  END IF;
+  PERFORM experiment.require_variant(log_exposure.experiment_id, log_exposure.variant);
   INSERT INTO experiment.exposures AS x
     (experiment_id, unit_id, variant, exposed_at, client, app_version, attributes, event_id)
   VALUES (log_exposure.experiment_id, log_exposure.unit_id, log_exposure.variant, log_exposure.exposed_at,

@@ -57,6 +57,114 @@ COMMENT ON COLUMN experiment.experiment_metrics.non_inferiority_margin IS
   'guardrails: tolerated relative harm (0.02 = 2% worse) before the guardrail fails';
 SELECT pg_catalog.pg_extension_config_dump('experiment.experiment_metrics', '');
 
+CREATE FUNCTION experiment.require_metric(metric text) RETURNS experiment.metrics
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  m experiment.metrics;
+BEGIN
+  SELECT * INTO m FROM experiment.metrics mm WHERE mm.name = require_metric.metric;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'metric "%" does not exist', coalesce(left(metric, 200), 'NULL')
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = experiment.hint_list(ARRAY(SELECT mm.name FROM experiment.metrics mm ORDER BY mm.name),
+                                        'metrics', 'experiment.metrics');
+  END IF;
+  RETURN m;
+END
+$$;
+COMMENT ON FUNCTION experiment.require_metric(text) IS
+  'internal: the catalogue row of a metric, or the error ''metric "m" does not exist'' (22023) with the known names as HINT';
+
+-- the values a catalogue row may hold, checked before the table's constraints so that a
+-- mistake gets a message naming the column, the value and what is allowed
+CREATE FUNCTION experiment.metrics_check() RETURNS trigger
+  LANGUAGE plpgsql
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  owner text := format('metric "%s"', NEW.name);
+BEGIN
+  IF NEW.name IS NULL OR NEW.name = '' THEN
+    PERFORM experiment.raise_invalid_value('name of a metric', quote_nullable(NEW.name), 'a non-empty text');
+  END IF;
+  IF NEW.aggregation IS NULL OR NEW.aggregation NOT IN ('sum', 'count', 'any', 'max') THEN
+    PERFORM experiment.raise_invalid_choice('aggregation', NEW.aggregation, '{sum,count,any,max}', owner);
+  END IF;
+  IF NEW.kind IS NULL OR NEW.kind NOT IN ('mean', 'proportion', 'ratio') THEN
+    PERFORM experiment.raise_invalid_choice('kind', NEW.kind, '{mean,proportion,ratio}', owner);
+  END IF;
+  IF NEW.delay IS NULL OR NEW.delay < interval '0' THEN
+    PERFORM experiment.raise_invalid_value('delay of ' || owner, NEW.delay::text, 'a non-negative interval');
+  END IF;
+  IF NEW."window" <= interval '0' THEN
+    PERFORM experiment.raise_invalid_value('window of ' || owner, NEW."window"::text,
+                                           'a positive interval (NULL: until the end of the experiment)');
+  END IF;
+  IF NOT (NEW.winsorize > 0 AND NEW.winsorize < 1) THEN
+    PERFORM experiment.raise_invalid_value('winsorize of ' || owner, NEW.winsorize::text,
+                                           'a percentile in (0, 1), e.g. 0.999 (NULL: no cap)');
+  END IF;
+  IF NEW.cuped_lookback <= interval '0' THEN
+    PERFORM experiment.raise_invalid_value('cuped_lookback of ' || owner, NEW.cuped_lookback::text,
+                                           'a positive interval (NULL: no CUPED)');
+  END IF;
+  RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION experiment.metrics_check() IS
+  'internal: trigger that names the column, the value and the allowed values of an invalid metric';
+CREATE TRIGGER metrics_check
+  BEFORE INSERT OR UPDATE ON experiment.metrics
+  FOR EACH ROW EXECUTE FUNCTION experiment.metrics_check();
+COMMENT ON TRIGGER metrics_check ON experiment.metrics IS
+  'an invalid aggregation, kind, delay, window, winsorize or cuped_lookback is refused with a message naming the allowed values';
+
+CREATE FUNCTION experiment.experiment_metrics_check() RETURNS trigger
+  LANGUAGE plpgsql
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  other text;
+BEGIN
+  PERFORM experiment.require_experiment(NEW.experiment_id);
+  PERFORM experiment.require_metric(NEW.metric);
+  IF NEW.role IS NULL OR NEW.role NOT IN ('primary', 'secondary', 'guardrail') THEN
+    PERFORM experiment.raise_invalid_choice('role', NEW.role, '{primary,secondary,guardrail}',
+                                            format('metric "%s" of experiment "%s"', NEW.metric, NEW.experiment_id));
+  END IF;
+  IF NEW.non_inferiority_margin IS NOT NULL AND NEW.role <> 'guardrail' THEN
+    RAISE EXCEPTION 'non_inferiority_margin of metric "%" of experiment "%" applies to guardrails only, the role is %',
+      NEW.metric, NEW.experiment_id, NEW.role
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'set role to ''guardrail'' or the margin to NULL';
+  END IF;
+  IF NOT (NEW.non_inferiority_margin >= 0) THEN
+    PERFORM experiment.raise_invalid_value(format('non_inferiority_margin of metric "%s" of experiment "%s"',
+                                                  NEW.metric, NEW.experiment_id),
+                                           NEW.non_inferiority_margin::text,
+                                           'a non-negative relative harm, e.g. 0.02 for 2% (NULL or 0: any significant harm fails)');
+  END IF;
+  IF NEW.role = 'primary' THEN
+    SELECT em.metric INTO other FROM experiment.experiment_metrics em
+     WHERE em.experiment_id = NEW.experiment_id AND em.role = 'primary' AND em.metric <> NEW.metric;
+    IF FOUND THEN
+      RAISE EXCEPTION 'experiment "%" already has a primary metric ("%")', NEW.experiment_id, other
+        USING ERRCODE = 'invalid_parameter_value',
+              HINT = format('an experiment has one primary metric; make "%s" secondary first, or this one secondary', other);
+    END IF;
+  END IF;
+  RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION experiment.experiment_metrics_check() IS
+  'internal: trigger that names the experiment, metric, role or margin that is invalid';
+CREATE TRIGGER experiment_metrics_check
+  BEFORE INSERT OR UPDATE ON experiment.experiment_metrics
+  FOR EACH ROW EXECUTE FUNCTION experiment.experiment_metrics_check();
+COMMENT ON TRIGGER experiment_metrics_check ON experiment.experiment_metrics IS
+  'an unknown experiment or metric, an invalid role or margin, or a second primary metric is refused with a clear message';
+
 -- type checks of source columns, from pg_type
 CREATE FUNCTION experiment.column_type(rel regclass, col text) RETURNS regtype
   LANGUAGE sql STABLE STRICT PARALLEL SAFE
@@ -80,10 +188,7 @@ DECLARE
   t regtype;
   cat "char";
 BEGIN
-  SELECT * INTO m FROM experiment.metrics WHERE name = validate_metric.metric;
-  IF NOT FOUND THEN
-    RAISE EXCEPTION 'unknown metric "%"', metric USING ERRCODE = '22023';
-  END IF;
+  m := experiment.require_metric(validate_metric.metric);
 
   IF m.kind = 'ratio' THEN
     IF m.numerator IS NULL OR m.denominator IS NULL THEN

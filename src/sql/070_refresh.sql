@@ -154,10 +154,7 @@ DECLARE
   ends boolean[];
   hashagg text;
 BEGIN
-  SELECT * INTO e FROM experiment.experiments ex WHERE ex.id = refresh.experiment_id;
-  IF NOT FOUND THEN
-    RAISE EXCEPTION 'unknown experiment_id "%"', experiment_id USING ERRCODE = '22023';
-  END IF;
+  e := experiment.require_experiment(refresh.experiment_id);
   -- one refresh of an experiment at a time
   PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('experiment.refresh:' || e.id));
 

@@ -18,10 +18,7 @@ DECLARE
   best_lift float8;
   d text;
 BEGIN
-  SELECT * INTO ex FROM experiment.experiments e0 WHERE e0.id = decision.experiment_id;
-  IF NOT FOUND THEN
-    RAISE EXCEPTION 'unknown experiment_id "%"', decision.experiment_id USING ERRCODE = '22023';
-  END IF;
+  ex := experiment.require_experiment(decision.experiment_id);
   SELECT * INTO h FROM experiment.health h0 WHERE h0.experiment_id = decision.experiment_id;
   IF h.refreshed_at IS NULL THEN
     decision := NULL;
@@ -185,10 +182,7 @@ DECLARE
   sec_seen boolean := false;
   label text;
 BEGIN
-  SELECT * INTO ex FROM experiment.experiments e0 WHERE e0.id = readout.experiment_id;
-  IF NOT FOUND THEN
-    RAISE EXCEPTION 'unknown experiment_id "%"', readout.experiment_id USING ERRCODE = '22023';
-  END IF;
+  ex := experiment.require_experiment(readout.experiment_id);
   SELECT * INTO h FROM experiment.health h0 WHERE h0.experiment_id = ex.id;
   IF h.refreshed_at IS NULL THEN
     RAISE EXCEPTION 'experiment "%" has not been refreshed', ex.id
@@ -285,12 +279,9 @@ DECLARE
   d text := upper(btrim(decision));
   c experiment.conclusions;
 BEGIN
-  IF NOT EXISTS (SELECT 1 FROM experiment.experiments e0 WHERE e0.id = conclude.experiment_id) THEN
-    RAISE EXCEPTION 'unknown experiment_id "%"', conclude.experiment_id USING ERRCODE = '22023';
-  END IF;
+  PERFORM experiment.require_experiment(conclude.experiment_id);
   IF d IS NULL OR d NOT IN ('SHIP', 'DON''T SHIP', 'NO SIGNIFICANT EFFECT', 'INVALID') THEN
-    RAISE EXCEPTION 'invalid decision "%"', decision
-      USING ERRCODE = '22023', HINT = 'use SHIP, DON''T SHIP, NO SIGNIFICANT EFFECT or INVALID';
+    PERFORM experiment.raise_invalid_choice('decision', decision, '{SHIP,DON''T SHIP,NO SIGNIFICANT EFFECT,INVALID}');
   END IF;
   IF NOT EXISTS (SELECT 1 FROM experiment.refreshes f WHERE f.experiment_id = conclude.experiment_id
                  AND f.refreshed_at IS NOT NULL) THEN
