@@ -353,12 +353,13 @@ if ck.check(r is not None and r["method"] == "ratio", "ratio method %r" % (r and
 lines = text.split("\n")
 ck.check(lines[0] == "Experiment: e2e   Duration: 14 days", "readout line 1: %r" % lines[0])
 want_sample = "Sample: {:,} control / {:,} treatment".format(int(c.sum()), int(t.sum()))
-ck.check(lines[1].startswith(want_sample) and lines[1].endswith("ok"), "readout line 2: %r" % lines[1])
+ck.check(lines[1].startswith(want_sample) and lines[1].endswith("ok (threshold 0.001)"), "readout line 2: %r" % lines[1])
 ck.check(lines[2] == "Primary metric (e2e_conv):", "readout line 3: %r" % lines[2])
 ck.check("pp (" in lines[3] and "95% CI [" in lines[3] and "p < 0.001" in lines[3], "readout primary: %r" % lines[3])
-ck.check(lines[-1] == "Decision: SHIP", "readout decision: %r" % lines[-1])
-(dec,), = q("SELECT decision FROM experiment.decision('e2e')")
-ck.check(dec == "SHIP", "decision %r" % dec)
+ck.check(lines[-1].startswith("Decision: SHIP (e2e_conv +") and lines[-1].endswith(", p < 0.001, guardrails ok)"),
+         "readout decision: %r" % lines[-1])
+(dec, reason), = q("SELECT decision, reason FROM experiment.decision('e2e')")
+ck.check(dec == "SHIP" and lines[-1] == "Decision: SHIP (%s)" % reason, "decision %r %r" % (dec, reason))
 
 # refresh_all refreshes running experiments only, and conclude keeps a snapshot
 (n_refreshed,), = q("SELECT experiment.refresh_all()")

@@ -23,6 +23,8 @@ COMMENT ON TABLE experiment.exposures IS
 COMMENT ON COLUMN experiment.exposures.event_id IS
   'optional id of the delivered event; a redelivery with the same id counts once';
 COMMENT ON COLUMN experiment.exposures.received_at IS 'when the row was stored';
+-- exposures stored after an experiment's latest refresh (experiment.health, experiment.decision)
+CREATE INDEX exposures_received_at_idx ON experiment.exposures (experiment_id, received_at);
 SELECT pg_catalog.pg_extension_config_dump('experiment.exposures', '');
 
 CREATE TABLE experiment.exposures_quarantine (

@@ -9,6 +9,7 @@ CREATE TABLE experiment.refreshes (
   duration interval,
   enrolled_units bigint,
   multi_variant_units bigint,
+  early_units bigint,
   first_exposure timestamptz,
   last_exposure timestamptz,
   exposures_by_day jsonb,
@@ -19,6 +20,8 @@ COMMENT ON TABLE experiment.refreshes IS
   'the latest refresh of each experiment: when, how long, units enrolled and excluded, new units per day, last error';
 COMMENT ON COLUMN experiment.refreshes.enrolled_units IS 'units exposed to exactly one variant (the analysed units)';
 COMMENT ON COLUMN experiment.refreshes.multi_variant_units IS 'units exposed to more than one variant (excluded from the analysis)';
+COMMENT ON COLUMN experiment.refreshes.early_units IS
+  'analysed units first exposed before the experiment''s start_at (the decision is INVALID while there are any)';
 COMMENT ON COLUMN experiment.refreshes.exposures_by_day IS 'units first exposed on each day, as [{"day", "units"}]';
 
 CREATE TABLE experiment.enrollment (
@@ -123,6 +126,7 @@ DECLARE
   control text;
   nmulti bigint;
   nunits bigint;
+  nearly bigint;
   min_t0 timestamptz;
   max_t0 timestamptz;
   src regclass;
@@ -180,8 +184,9 @@ BEGIN
     GROUP BY xp.unit_id;
   PERFORM pg_catalog.set_config('enable_hashagg', hashagg, true);
   SELECT count(*) FILTER (WHERE u.multi), count(*) FILTER (WHERE NOT u.multi),
+         count(*) FILTER (WHERE NOT u.multi AND u.t0 < e.start_at),
          pg_catalog.min(u.t0) FILTER (WHERE NOT u.multi), pg_catalog.max(u.t0) FILTER (WHERE NOT u.multi)
-    INTO nmulti, nunits, min_t0, max_t0
+    INTO nmulti, nunits, nearly, min_t0, max_t0
     FROM exp_units u;
   DELETE FROM exp_units WHERE multi;
   ANALYZE exp_units;
@@ -374,9 +379,9 @@ BEGIN
   WHERE em.experiment_id = e.id;
 
   INSERT INTO experiment.refreshes AS f
-    (experiment_id, refreshed_at, duration, enrolled_units, multi_variant_units,
+    (experiment_id, refreshed_at, duration, enrolled_units, multi_variant_units, early_units,
      first_exposure, last_exposure, exposures_by_day, error, error_at)
-  SELECT e.id, ts, clock_timestamp() - started, nunits, nmulti, min_t0, max_t0,
+  SELECT e.id, ts, clock_timestamp() - started, nunits, nmulti, nearly, min_t0, max_t0,
          (SELECT coalesce(jsonb_agg(jsonb_build_object('day', d.day, 'units', d.units) ORDER BY d.day), '[]')
           FROM (SELECT (u.t0 AT TIME ZONE 'UTC')::date AS day, count(*) AS units
                 FROM pg_temp.exp_units u GROUP BY 1) d),
@@ -384,6 +389,7 @@ BEGIN
   ON CONFLICT ON CONSTRAINT refreshes_pkey DO UPDATE SET
     refreshed_at = excluded.refreshed_at, duration = excluded.duration,
     enrolled_units = excluded.enrolled_units, multi_variant_units = excluded.multi_variant_units,
+    early_units = excluded.early_units,
     first_exposure = excluded.first_exposure, last_exposure = excluded.last_exposure,
     exposures_by_day = excluded.exposures_by_day, error = NULL, error_at = NULL;
 

@@ -71,14 +71,21 @@ SELECT ex.id AS experiment_id, ex.status, f.refreshed_at, f.duration AS refresh_
        en.min_units AS min_units_per_variant, ex.target_units_per_variant,
        coalesce(en.min_units >= ex.target_units_per_variant, ex.target_units_per_variant IS NULL) AS sample_ok,
        coalesce(qu.n, 0) AS quarantined_exposures,
-       f.exposures_by_day
+       f.exposures_by_day,
+       f.early_units,
+       late.n AS exposures_after_refresh,
+       coalesce(late.n > 0 AND (ex.status <> 'running'
+                                OR late.n > 0.01 * (f.enrolled_units + f.multi_variant_units)), false) AS stale
 FROM experiment.experiments ex
 LEFT JOIN experiment.refreshes f ON f.experiment_id = ex.id
+LEFT JOIN LATERAL (SELECT count(*) AS n FROM experiment.exposures xp
+                   WHERE xp.experiment_id = ex.id AND xp.received_at > f.refreshed_at
+                     AND (ex.end_at IS NULL OR xp.exposed_at < ex.end_at)) late ON f.refreshed_at IS NOT NULL
 LEFT JOIN (SELECT DISTINCT s0.experiment_id, s0.p_value, s0.ok FROM experiment.srm s0) s ON s.experiment_id = ex.id
 LEFT JOIN (SELECT e0.experiment_id, pg_catalog.min(e0.units) AS min_units FROM experiment.enrollment e0
            GROUP BY e0.experiment_id) en ON en.experiment_id = ex.id
 LEFT JOIN (SELECT q.experiment_id, count(*) AS n FROM experiment.exposures_quarantine q
            GROUP BY q.experiment_id) qu ON qu.experiment_id = ex.id;
 COMMENT ON VIEW experiment.health IS
-  'per experiment: latest refresh, units in several variants (flagged above 1%), SRM, days run against the minimum runtime, units against the target, quarantined exposures, new units per day';
+  'per experiment: latest refresh, units in several variants (flagged above 1%), SRM, days run against the minimum runtime, units against the target, quarantined exposures, new units per day, units exposed before the start, exposures stored since the refresh (stale: more than 1% of the units, or any once the experiment stopped)';
 

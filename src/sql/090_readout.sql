@@ -1,88 +1,12 @@
 -- ---------------------------------------------------------------------------
--- The readout: decision(), text formatting, readout(), conclusions (doc/analysis.md,
--- doc/methodology.md)
+-- The readout: text formatting, decision(), readout(), conclusions
+-- (doc/analysis.md, doc/methodology.md)
 -- ---------------------------------------------------------------------------
 
-CREATE FUNCTION experiment.decision(experiment_id text, OUT decision text, OUT reason text)
-  LANGUAGE plpgsql STABLE PARALLEL SAFE
-  SET search_path = pg_catalog, experiment, pg_temp
-AS $$
-DECLARE
-  h experiment.health;
-  ex experiment.experiments;
-  t record;
-  ntreat integer := 0;
-  nship integer := 0;
-  ndont integer := 0;
-  best text;
-  best_lift float8;
-  d text;
-BEGIN
-  ex := experiment.require_experiment(decision.experiment_id);
-  SELECT * INTO h FROM experiment.health h0 WHERE h0.experiment_id = decision.experiment_id;
-  IF h.refreshed_at IS NULL THEN
-    decision := NULL;
-    reason := 'not refreshed yet';
-    RETURN;
-  END IF;
-  IF h.srm_ok IS FALSE THEN
-    decision := 'INVALID';
-    reason := format('sample ratio mismatch, p = %s', experiment.format_p(h.srm_p_value, false));
-    RETURN;
-  END IF;
-  IF NOT h.runtime_ok THEN
-    decision := 'KEEP RUNNING';
-    reason := format('%s of %s days run', floor(h.days_run), round(h.min_runtime_days::numeric, 1)::float8);
-    IF NOT h.sample_ok THEN
-      reason := reason || format(', %s of %s units per variant', experiment.format_count(coalesce(h.min_units_per_variant, 0)),
-                                 experiment.format_count(h.target_units_per_variant));
-    END IF;
-    RETURN;
-  END IF;
-  IF NOT h.sample_ok THEN
-    decision := 'KEEP RUNNING';
-    reason := format('%s of %s units per variant', experiment.format_count(coalesce(h.min_units_per_variant, 0)),
-                     experiment.format_count(h.target_units_per_variant));
-    RETURN;
-  END IF;
+-- ===========================================================================
+-- Text formatting
+-- ===========================================================================
 
-  FOR t IN
-    SELECT en.variant,
-           bool_or(r.role = 'guardrail' AND NOT r.guardrail_ok) AS guardrail_failed,
-           bool_or(r.role = 'primary' AND r.better) AS primary_better,
-           bool_or(r.role = 'primary' AND r.worse) AS primary_worse,
-           pg_catalog.max(CASE WHEN r.role = 'primary' THEN
-             CASE WHEN r.higher_is_better THEN r.lift ELSE -r.lift END END) AS primary_gain
-    FROM experiment.enrollment en
-    JOIN experiment.variants v ON v.experiment_id = en.experiment_id AND v.name = en.variant AND NOT v.is_control
-    LEFT JOIN experiment.results r ON r.experiment_id = en.experiment_id AND r.variant = en.variant
-    WHERE en.experiment_id = decision.experiment_id
-    GROUP BY en.variant ORDER BY en.variant
-  LOOP
-    ntreat := ntreat + 1;
-    IF coalesce(t.guardrail_failed, false) OR coalesce(t.primary_worse, false) THEN
-      ndont := ndont + 1;
-    ELSIF coalesce(t.primary_better, false) THEN
-      nship := nship + 1;
-      IF best IS NULL OR t.primary_gain > best_lift THEN
-        best := t.variant;
-        best_lift := t.primary_gain;
-      END IF;
-    END IF;
-  END LOOP;
-
-  IF nship > 0 THEN
-    decision := 'SHIP';
-    reason := CASE WHEN ntreat > 1 THEN format('ship %s', best) END;
-  ELSIF ntreat > 0 AND ndont = ntreat THEN
-    decision := 'DON''T SHIP';
-  ELSE
-    decision := 'NO SIGNIFICANT EFFECT';
-  END IF;
-END
-$$;
-
--- text formatting of the readout
 CREATE FUNCTION experiment.format_number(x float8) RETURNS text
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
@@ -90,7 +14,9 @@ AS $$
   SELECT CASE
     WHEN x IS NULL THEN 'n/a'
     WHEN x = 0 THEN '0'
-    WHEN x <> x OR abs(x) = 'Infinity'::float8 THEN x::text
+    WHEN x = 'NaN'::float8 THEN 'n/a'
+    WHEN abs(x) = 'Infinity'::float8 THEN x::text
+    WHEN abs(x) >= 1e15 OR abs(x) < 1e-12 THEN btrim(to_char(x, '9.99EEEE'))
     WHEN abs(x) >= 1000 THEN to_char(round(x::numeric), 'FM999,999,999,999,999,990')
     WHEN abs(x) >= 10 THEN to_char(round(x::numeric, 2), 'FM990.00')
     WHEN abs(x) >= 1 THEN to_char(round(x::numeric, 3), 'FM0.000')
@@ -98,7 +24,7 @@ AS $$
   END
 $$;
 COMMENT ON FUNCTION experiment.format_number(float8) IS
-  'a number as the readout prints it: thousands separators from 1,000, else 2 or 3 decimals, small values to 3 significant digits';
+  'internal: a number as the readout prints it: thousands separators from 1,000, else 2 or 3 decimals, small values to 3 significant digits';
 
 CREATE FUNCTION experiment.format_count(n bigint) RETURNS text
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -106,7 +32,20 @@ CREATE FUNCTION experiment.format_count(n bigint) RETURNS text
 AS $$
   SELECT CASE WHEN n IS NULL THEN 'n/a' ELSE to_char(n, 'FM999,999,999,999,999,990') END
 $$;
-COMMENT ON FUNCTION experiment.format_count(bigint) IS 'a count with thousands separators: 12,841';
+COMMENT ON FUNCTION experiment.format_count(bigint) IS 'internal: a count with thousands separators: 12,841';
+
+-- decimals that show the largest of some values to `digits` significant digits (0 to 10)
+CREATE FUNCTION experiment.format_decimals(vals float8[], digits integer) RETURNS integer
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE WHEN m IS NULL OR m = 0 THEN digits - 1
+              ELSE greatest(0, least(10, digits - 1 - floor(log(m::numeric))::integer)) END
+  FROM (SELECT pg_catalog.max(abs(v)) AS m FROM unnest(vals) v
+        WHERE v IS NOT NULL AND abs(v) < 'Infinity'::float8) s
+$$;
+COMMENT ON FUNCTION experiment.format_decimals(float8[], integer) IS
+  'internal: how many decimals show the largest finite absolute value of vals to the given number of significant digits (0 to 10)';
 
 CREATE FUNCTION experiment.format_signed(x float8, suffix text DEFAULT '', scale float8 DEFAULT 1, decimals integer DEFAULT NULL)
   RETURNS text
@@ -114,16 +53,20 @@ CREATE FUNCTION experiment.format_signed(x float8, suffix text DEFAULT '', scale
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
   SELECT CASE
+    WHEN x IS NULL AND suffix = '%' THEN NULL   -- an undefined lift is left out
     WHEN x IS NULL THEN 'n/a'
+    WHEN x = 'NaN'::float8 THEN 'n/a'
+    WHEN abs(x * scale) = 'Infinity'::float8 THEN CASE WHEN x > 0 THEN '+' ELSE '-' END || 'Infinity' || suffix
+    WHEN abs(x * scale) >= 1e15 THEN CASE WHEN x > 0 THEN '+' ELSE '' END || btrim(to_char(x * scale, '9.99EEEE')) || suffix
     WHEN decimals IS NULL THEN CASE WHEN x * scale >= 0 THEN '+' ELSE '' END || experiment.format_number(x * scale) || suffix
     ELSE CASE WHEN round((x * scale)::numeric, decimals) >= 0 THEN '+' ELSE '' END
          || to_char(round((x * scale)::numeric, decimals),
-                    'FM999,999,999,990' || CASE WHEN decimals > 0 THEN '.' || repeat('0', decimals) ELSE '' END)
+                    'FM999,999,999,999,990' || CASE WHEN decimals > 0 THEN '.' || repeat('0', decimals) ELSE '' END)
          || suffix
   END
 $$;
 COMMENT ON FUNCTION experiment.format_signed(float8, text, float8, integer) IS
-  'x * scale with an explicit sign and a suffix (''%'', ''pp''), to a fixed number of decimals when given';
+  'internal: x * scale with an explicit sign and a suffix (''%'', ''pp''), to a fixed number of decimals when given';
 
 CREATE FUNCTION experiment.format_p(p float8, with_label boolean DEFAULT true) RETURNS text
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -137,10 +80,41 @@ AS $$
   END
 $$;
 COMMENT ON FUNCTION experiment.format_p(float8, boolean) IS
-  'a p-value as the readout prints it: "p = 0.83", "p = 0.003", "p < 0.001"';
+  'internal: a p-value as the readout prints it: "p = 0.83", "p = 0.003", "p < 0.001"';
 
-COMMENT ON FUNCTION experiment.decision(text) IS
-  'the decision rule of the readout: INVALID (SRM), KEEP RUNNING (runtime or sample short), SHIP, DON''T SHIP, NO SIGNIFICANT EFFECT, with a reason';
+-- the difference of a result and its interval, in one unit and to one number of decimals:
+-- percentage points to 2 significant digits for proportions, else 4 significant digits
+CREATE FUNCTION experiment.format_diff(kind text, diff float8, diff_lower float8, diff_upper float8,
+                                       OUT diff_text text, OUT lower_text text, OUT upper_text text)
+  LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  pp boolean := kind = 'proportion';
+  scale float8 := CASE WHEN pp THEN 100 ELSE 1 END;
+  suffix text := CASE WHEN pp THEN 'pp' ELSE '' END;
+  dec integer := CASE WHEN pp
+    THEN greatest(1, experiment.format_decimals(ARRAY[diff * 100, diff_lower * 100, diff_upper * 100], 2))
+    ELSE experiment.format_decimals(ARRAY[diff, diff_lower, diff_upper], 4) END;
+BEGIN
+  diff_text := experiment.format_signed(diff, suffix, scale, dec);
+  lower_text := experiment.format_signed(diff_lower, suffix, scale, dec);
+  upper_text := experiment.format_signed(diff_upper, suffix, scale, dec);
+END
+$$;
+COMMENT ON FUNCTION experiment.format_diff(text, float8, float8, float8, OUT text, OUT text, OUT text) IS
+  'internal: difference and confidence bounds of a result as the readout prints them, all to the same decimals (pp for proportions)';
+
+-- "+1.8pp (+3.1%)": the difference and the relative lift of a result
+CREATE FUNCTION experiment.format_effect(r experiment.results) RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT (experiment.format_diff(r.kind, r.diff, r.diff_lower, r.diff_upper)).diff_text
+         || coalesce(' (' || experiment.format_signed(r.lift, '%', 100, 1) || ')', '')
+$$;
+COMMENT ON FUNCTION experiment.format_effect(experiment.results) IS
+  'internal: difference and relative lift of a result, e.g. "+1.8pp (+3.1%)"';
 
 CREATE FUNCTION experiment.readout_metric_line(r experiment.results, control_label text, treatment_label text)
   RETURNS text
@@ -150,19 +124,173 @@ AS $$
   SELECT format('%s: %s   %s: %s   Lift: %s   %s%% CI [%s, %s]   %s',
     control_label, experiment.format_number(r.mean_control),
     treatment_label, experiment.format_number(r.mean_treatment),
-    CASE WHEN r.kind = 'proportion'
-         THEN experiment.format_signed(r.diff, 'pp', 100, 1) || ' (' || experiment.format_signed(r.lift, '%', 100, 1) || ')'
-         ELSE experiment.format_signed(r.diff) || ' (' || experiment.format_signed(r.lift, '%', 100, 1) || ')'
-    END,
+    experiment.format_effect(r),
     rtrim(rtrim(to_char(round(((1 - r.alpha) * 100)::numeric, 2), 'FM990.00'), '0'), '.'),
-    CASE WHEN r.kind = 'proportion' THEN experiment.format_signed(r.diff_lower, 'pp', 100, 1)
-         ELSE experiment.format_signed(r.diff_lower) END,
-    CASE WHEN r.kind = 'proportion' THEN experiment.format_signed(r.diff_upper, 'pp', 100, 1)
-         ELSE experiment.format_signed(r.diff_upper) END,
+    d.lower_text, d.upper_text,
     experiment.format_p(r.p_value))
+  FROM experiment.format_diff(r.kind, r.diff, r.diff_lower, r.diff_upper) d
 $$;
 COMMENT ON FUNCTION experiment.readout_metric_line(experiment.results, text, text) IS
-  'one metric line of the readout: means, difference (pp for proportions) and lift, confidence interval, p-value';
+  'internal: one metric line of the readout: means, difference (pp for proportions) and lift, confidence interval, p-value';
+
+-- ===========================================================================
+-- The decision
+-- ===========================================================================
+
+-- why the decision cannot be made yet, or is invalid: the checks that come before any
+-- metric, each with the line the readout prints (see doc/methodology.md, "The decision")
+CREATE FUNCTION experiment.decision_blockers(experiment_id text)
+  RETURNS TABLE (decision text, reason text)
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  ex experiment.experiments;
+  h experiment.health;
+  r record;
+BEGIN
+  ex := experiment.require_experiment(decision_blockers.experiment_id);
+  SELECT * INTO h FROM experiment.health h0 WHERE h0.experiment_id = ex.id;
+  IF h.refreshed_at IS NULL THEN
+    RETURN QUERY SELECT 'KEEP RUNNING'::text,
+      format('not refreshed yet: run SELECT experiment.refresh(%L)', ex.id);
+    RETURN;
+  END IF;
+  IF h.stale THEN
+    RETURN QUERY SELECT 'KEEP RUNNING'::text,
+      format('%s exposure%s stored after the latest refresh: run SELECT experiment.refresh(%L)',
+             experiment.format_count(h.exposures_after_refresh),
+             CASE WHEN h.exposures_after_refresh = 1 THEN '' ELSE 's' END, ex.id);
+  END IF;
+  FOR r IN SELECT en.variant, en.units FROM experiment.enrollment en
+           JOIN experiment.variants v ON v.experiment_id = en.experiment_id AND v.name = en.variant
+           WHERE en.experiment_id = ex.id AND en.units < 2
+           ORDER BY NOT v.is_control, en.variant LOOP
+    RETURN QUERY SELECT 'KEEP RUNNING'::text,
+      format('variant "%s" has %s unit%s; every variant needs at least 2 to be compared',
+             r.variant, r.units, CASE WHEN r.units = 1 THEN '' ELSE 's' END);
+  END LOOP;
+  IF h.early_units > 0 THEN
+    RETURN QUERY SELECT 'INVALID'::text,
+      format('%s unit%s first exposed before the start (%s): correct start_at or remove those exposures',
+             experiment.format_count(h.early_units), CASE WHEN h.early_units = 1 THEN ' was' ELSE 's were' END,
+             to_char(ex.start_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI "UTC"'));
+  END IF;
+  IF h.srm_ok IS FALSE THEN
+    RETURN QUERY SELECT 'INVALID'::text,
+      format('sample ratio mismatch: SRM %s, below the threshold 0.001', experiment.format_p(h.srm_p_value));
+  END IF;
+  IF NOT h.runtime_ok THEN
+    RETURN QUERY SELECT 'KEEP RUNNING'::text,
+      format('%s of %s days run', floor(h.days_run), round(h.min_runtime_days::numeric, 1)::float8);
+  END IF;
+  IF NOT h.sample_ok THEN
+    RETURN QUERY SELECT 'KEEP RUNNING'::text,
+      format('%s of %s units per variant', experiment.format_count(coalesce(h.min_units_per_variant, 0)),
+             experiment.format_count(h.target_units_per_variant));
+  END IF;
+  -- the primary metric and the guardrails must have been computed by the latest refresh
+  FOR r IN SELECT em.metric, em.role FROM experiment.experiment_metrics em
+           WHERE em.experiment_id = ex.id AND em.role IN ('primary', 'guardrail')
+             AND NOT EXISTS (SELECT 1 FROM experiment.variant_stats vs
+                             WHERE vs.experiment_id = em.experiment_id AND vs.metric = em.metric)
+           ORDER BY em.role <> 'primary', em.metric LOOP
+    RETURN QUERY SELECT 'KEEP RUNNING'::text,
+      format('%s metric %s has no result: it was added after the latest refresh; run SELECT experiment.refresh(%L)',
+             r.role, r.metric, ex.id);
+  END LOOP;
+END
+$$;
+COMMENT ON FUNCTION experiment.decision_blockers(text) IS
+  'internal: the reasons, in order, why an experiment''s decision is KEEP RUNNING or INVALID before its metrics are weighed';
+
+CREATE FUNCTION experiment.decision(experiment_id text, OUT decision text, OUT reason text)
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  ex experiment.experiments;
+  t record;
+  ntreat integer;
+  prefix text;
+  ship text[] := '{}';
+  dont text[] := '{}';
+  flat text[] := '{}';
+  best text;
+  best_gain float8;
+  best_line text;
+BEGIN
+  ex := experiment.require_experiment(decision.experiment_id);
+  -- an INVALID reason outranks a KEEP RUNNING one: waiting does not mend it
+  SELECT b.decision, b.reason INTO decision, reason
+    FROM experiment.decision_blockers(ex.id) WITH ORDINALITY b
+   ORDER BY b.decision <> 'INVALID', b.ordinality LIMIT 1;
+  IF FOUND THEN
+    RETURN;
+  END IF;
+
+  SELECT count(*) INTO ntreat FROM experiment.variants v WHERE v.experiment_id = ex.id AND NOT v.is_control;
+  FOR t IN
+    SELECT en.variant,
+           pg_catalog.string_agg(format('guardrail %s failed: %s, %s', r.metric, experiment.format_effect(r),
+                                        experiment.format_p(r.p_value)), '; ' ORDER BY r.metric)
+             FILTER (WHERE r.role = 'guardrail' AND NOT r.guardrail_ok) AS guardrails_failed,
+           bool_or(r.role = 'primary' AND r.better) AS primary_better,
+           bool_or(r.role = 'primary' AND r.worse) AS primary_worse,
+           pg_catalog.max(CASE WHEN r.role = 'primary' THEN
+             CASE WHEN r.higher_is_better THEN r.lift ELSE -r.lift END END) AS primary_gain,
+           pg_catalog.max(CASE WHEN r.role = 'primary' THEN
+             format('%s %s, %s', r.metric, experiment.format_effect(r), experiment.format_p(r.p_value)) END)
+             AS primary_line,
+           pg_catalog.max(CASE WHEN r.role = 'primary' AND r.p_value IS NULL THEN
+             format('%s: the test is undefined (no variance in either variant)', r.metric)
+             WHEN r.role = 'primary' THEN
+             format('%s %s, %s%% CI [%s, %s], %s', r.metric, experiment.format_effect(r),
+                    rtrim(rtrim(to_char(round(((1 - r.alpha) * 100)::numeric, 2), 'FM990.00'), '0'), '.'),
+                    (experiment.format_diff(r.kind, r.diff, r.diff_lower, r.diff_upper)).lower_text,
+                    (experiment.format_diff(r.kind, r.diff, r.diff_lower, r.diff_upper)).upper_text,
+                    experiment.format_p(r.p_value)) END) AS primary_ci_line
+    FROM experiment.enrollment en
+    JOIN experiment.variants v ON v.experiment_id = en.experiment_id AND v.name = en.variant AND NOT v.is_control
+    LEFT JOIN experiment.results r ON r.experiment_id = en.experiment_id AND r.variant = en.variant
+    WHERE en.experiment_id = ex.id
+    GROUP BY en.variant ORDER BY en.variant
+  LOOP
+    prefix := CASE WHEN ntreat > 1 THEN t.variant || ': ' ELSE '' END;
+    IF t.guardrails_failed IS NOT NULL THEN
+      dont := dont || (prefix || t.guardrails_failed);
+    ELSIF coalesce(t.primary_worse, false) THEN
+      dont := dont || (prefix || 'primary metric worse: ' || t.primary_line);
+    ELSIF coalesce(t.primary_better, false) THEN
+      ship := ship || t.variant;
+      IF best IS NULL OR t.primary_gain > best_gain THEN
+        best := t.variant;
+        best_gain := t.primary_gain;
+        best_line := t.primary_line;
+      END IF;
+    ELSE
+      flat := flat || (prefix || t.primary_ci_line);
+    END IF;
+  END LOOP;
+
+  IF cardinality(ship) > 0 THEN
+    decision := 'SHIP';
+    reason := CASE WHEN ntreat > 1 THEN format('ship %s: ', best) ELSE '' END || best_line || ', guardrails ok';
+  ELSIF cardinality(dont) > 0 AND cardinality(dont) = ntreat THEN
+    decision := 'DON''T SHIP';
+    reason := array_to_string(dont, '; ');
+  ELSE
+    decision := 'NO SIGNIFICANT EFFECT';
+    reason := array_to_string(flat || dont, '; ');
+  END IF;
+END
+$$;
+COMMENT ON FUNCTION experiment.decision(text) IS
+  'the recommended decision and a reason a person can read: KEEP RUNNING (not refreshed, stale, an arm under 2 units, runtime or sample short, a missing result), INVALID (exposures before the start, SRM), SHIP, DON''T SHIP or NO SIGNIFICANT EFFECT with the metric, lift and p-value';
+
+-- ===========================================================================
+-- The readout
+-- ===========================================================================
 
 CREATE FUNCTION experiment.readout(experiment_id text) RETURNS text
   LANGUAGE plpgsql STABLE PARALLEL SAFE
@@ -172,25 +300,25 @@ DECLARE
   ex experiment.experiments;
   h experiment.health;
   dec record;
+  b record;
   control text;
   ntreat integer;
   lines text[] := '{}';
   line text;
-  r experiment.results;
+  r record;
   days float8;
   g record;
   sec_seen boolean := false;
-  label text;
+  indent text;
 BEGIN
   ex := experiment.require_experiment(readout.experiment_id);
   SELECT * INTO h FROM experiment.health h0 WHERE h0.experiment_id = ex.id;
   IF h.refreshed_at IS NULL THEN
     RAISE EXCEPTION 'experiment "%" has not been refreshed', ex.id
-      USING ERRCODE = '22023', HINT = format('run SELECT experiment.refresh(%L)', ex.id);
+      USING ERRCODE = 'invalid_parameter_value', HINT = format('Run SELECT experiment.refresh(%L) first.', ex.id);
   END IF;
   SELECT v.name INTO control FROM experiment.variants v WHERE v.experiment_id = ex.id AND v.is_control;
-  SELECT count(*) INTO ntreat FROM experiment.enrollment en
-    WHERE en.experiment_id = ex.id AND en.variant IS DISTINCT FROM control;
+  SELECT count(*) INTO ntreat FROM experiment.variants v WHERE v.experiment_id = ex.id AND NOT v.is_control;
 
   days := h.days_run;
   lines := lines || format('Experiment: %s   Duration: %s', ex.id,
@@ -201,40 +329,69 @@ BEGIN
   SELECT string_agg(experiment.format_count(en.units) || ' ' || en.variant, ' / '
                     ORDER BY en.variant IS DISTINCT FROM control, en.variant)
     INTO line FROM experiment.enrollment en WHERE en.experiment_id = ex.id;
-  lines := lines || rtrim(format('Sample: %s   SRM %s %s', line, experiment.format_p(h.srm_p_value),
-                                 CASE WHEN h.srm_ok THEN 'ok' WHEN h.srm_ok IS NULL THEN '' ELSE 'FAILED' END));
+  lines := lines || format('Sample: %s   SRM %s %s (threshold 0.001)', line, experiment.format_p(h.srm_p_value),
+                           CASE WHEN h.srm_ok THEN 'ok' WHEN h.srm_ok IS NULL THEN 'not computed' ELSE 'FAILED' END);
   IF NOT h.multi_variant_ok THEN
     lines := lines || format('Warning: %s%% of the units (%s) were exposed to several variants and are excluded',
                              round((h.multi_variant_share * 100)::numeric, 1),
                              experiment.format_count(h.multi_variant_units));
   END IF;
+  -- every reason the decision is held back or invalid, each on its line
+  FOR b IN SELECT * FROM experiment.decision_blockers(ex.id) LOOP
+    lines := lines || format('%s: %s', CASE b.decision WHEN 'INVALID' THEN 'Invalid' ELSE 'Keep running' END, b.reason);
+  END LOOP;
+  IF ntreat > 1 THEN
+    lines := lines || format('Comparisons: each of the %s treatments against %s at alpha = %s, not corrected for multiple comparisons',
+                             ntreat, control, ex.alpha);
+  END IF;
 
-  -- primary, then secondary metrics
-  FOR g IN SELECT em.metric, em.role, m.kind FROM experiment.experiment_metrics em
-           JOIN experiment.metrics m ON m.name = em.metric
+  -- primary, then secondary metrics; a line for every treatment, with or without a result
+  FOR g IN SELECT em.metric, em.role FROM experiment.experiment_metrics em
            WHERE em.experiment_id = ex.id AND em.role IN ('primary', 'secondary')
            ORDER BY em.role = 'secondary', em.metric LOOP
     IF g.role = 'primary' THEN
       lines := lines || format('Primary metric (%s):', g.metric);
+      indent := '  ';
     ELSE
       IF NOT sec_seen THEN
         lines := lines || 'Secondary metrics:'::text;
         sec_seen := true;
       END IF;
       lines := lines || format('  %s:', g.metric);
+      indent := '    ';
     END IF;
-    FOR r IN SELECT * FROM experiment.results rr
-             WHERE rr.experiment_id = ex.id AND rr.metric = g.metric ORDER BY rr.variant LOOP
-      label := upper(left(r.variant, 1)) || substr(r.variant, 2);
-      lines := lines || (CASE WHEN g.role = 'primary' THEN '  ' ELSE '    ' END
-        || experiment.readout_metric_line(r, upper(left(control, 1)) || substr(control, 2), label)
-        || CASE r.method WHEN 'cuped' THEN '   (CUPED)' WHEN 'ratio' THEN '   (delta method)' ELSE '' END);
+    FOR r IN SELECT v.name AS variant, rr AS res, rr.p_value IS NOT NULL AS has_result,
+                    EXISTS (SELECT 1 FROM experiment.variant_stats vs
+                            WHERE vs.experiment_id = ex.id AND vs.metric = g.metric) AS refreshed,
+                    coalesce(en.units, 0) AS units
+             FROM experiment.variants v
+             LEFT JOIN experiment.enrollment en ON en.experiment_id = v.experiment_id AND en.variant = v.name
+             LEFT JOIN experiment.results rr ON rr.experiment_id = v.experiment_id AND rr.metric = g.metric
+                                            AND rr.variant = v.name
+             WHERE v.experiment_id = ex.id AND NOT v.is_control
+             ORDER BY v.name LOOP
+      IF r.has_result THEN
+        lines := lines || (indent
+          || experiment.readout_metric_line(r.res, upper(left(control, 1)) || substr(control, 2),
+                                            upper(left(r.variant, 1)) || substr(r.variant, 2))
+          || CASE (r.res).method WHEN 'cuped' THEN '   (CUPED)' WHEN 'ratio' THEN '   (delta method)' ELSE '' END);
+      ELSE
+        lines := lines || format('%s%s: no result (%s)', indent, upper(left(r.variant, 1)) || substr(r.variant, 2),
+          CASE WHEN NOT r.refreshed THEN 'the metric was added after the latest refresh'
+               WHEN r.units < 2 THEN format('%s has %s unit%s', r.variant, r.units, CASE WHEN r.units = 1 THEN '' ELSE 's' END)
+               WHEN (SELECT en2.units FROM experiment.enrollment en2
+                     WHERE en2.experiment_id = ex.id AND en2.variant = control) < 2
+                 THEN format('%s has fewer than 2 units', control)
+               ELSE 'the test is undefined: no variance in either variant' END);
+      END IF;
     END LOOP;
   END LOOP;
 
-  SELECT string_agg(q.metric || ' ' || CASE WHEN q.ok THEN 'ok' ELSE 'FAILED' END, '   ' ORDER BY q.metric)
+  SELECT string_agg(q.metric || ' ' || CASE WHEN q.ok IS NULL THEN 'no result' WHEN NOT q.ok THEN 'FAILED'
+                                             WHEN q.undefined THEN 'ok (no variance)' ELSE 'ok' END,
+                    '   ' ORDER BY q.metric)
     INTO line
-    FROM (SELECT em.metric, bool_and(coalesce(rr.guardrail_ok, true)) AS ok
+    FROM (SELECT em.metric, bool_and(rr.guardrail_ok) AS ok, bool_and(rr.p_value IS NULL) AS undefined
           FROM experiment.experiment_metrics em
           LEFT JOIN experiment.results rr ON rr.experiment_id = em.experiment_id AND rr.metric = em.metric
           WHERE em.experiment_id = ex.id AND em.role = 'guardrail'
@@ -242,13 +399,12 @@ BEGIN
   lines := lines || ('Guardrails:  ' || coalesce(line, 'none'));
 
   SELECT * INTO dec FROM experiment.decision(ex.id);
-  lines := lines || ('Decision: ' || coalesce(dec.decision, 'n/a')
-                     || CASE WHEN dec.reason IS NOT NULL THEN ' (' || dec.reason || ')' ELSE '' END);
+  lines := lines || ('Decision: ' || dec.decision || ' (' || dec.reason || ')');
   RETURN array_to_string(lines, E'\n');
 END
 $$;
 COMMENT ON FUNCTION experiment.readout(text) IS
-  'the decision summary of an experiment as text: duration, sample and SRM, primary and secondary metrics, guardrails, decision';
+  'the decision summary of an experiment as text: duration, sample and SRM, why a decision is held back, primary and secondary metrics, guardrails, decision and its reason';
 
 CREATE TABLE experiment.conclusions (
   id bigserial PRIMARY KEY,
