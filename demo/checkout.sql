@@ -132,7 +132,20 @@ SELECT u.user_id, u.t0 + random() * interval '7 days',
 FROM demo.users u, generate_series(1, 4) k;
 ANALYZE demo.orders, demo.checkout_errors, demo.page_loads;
 
--- 5. refresh and read
+-- 5. one row per user, as a dbt model would build it; README's tour reads it: revenue and
+--    orders from exposure to the end of the experiment, revenue in the 28 days before
+CREATE VIEW demo.user_metrics AS
+SELECT u.user_id, u.variant, u.t0,
+       coalesce(sum(o.amount) FILTER (WHERE o.ordered_at >= u.t0), 0)::float8 AS revenue,
+       coalesce(sum(o.amount) FILTER (WHERE o.ordered_at < u.t0), 0)::float8 AS revenue_pre,
+       count(o.*) FILTER (WHERE o.ordered_at >= u.t0)::float8 AS orders
+FROM demo.users u
+LEFT JOIN demo.orders o ON o.user_id = u.user_id AND o.ordered_at >= u.t0 - interval '28 days'
+                       AND o.ordered_at < timestamptz '2025-03-17 00:00+00'
+GROUP BY u.user_id, u.variant, u.t0;
+COMMENT ON VIEW demo.user_metrics IS 'one row per demo user: variant, first exposure, revenue and orders after it, revenue in the 28 days before';
+
+-- 6. refresh and read
 SELECT experiment.refresh('checkout-progress-bar') \gset
 \echo
 \echo Exposures loaded: :demo_inserted stored, :demo_duplicates duplicates ignored; :demo_staging_quarantined malformed rows quarantined

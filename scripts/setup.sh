@@ -8,7 +8,10 @@
 #
 # Knobs (environment): PG_BINDIR (default /usr/lib/postgresql/15/bin), PGPORT
 # (default 54329), EXP_SKIP_APT=1 to skip apt-get, EXP_PG_CONF (extra lines for
-# postgresql.conf), EXP_KEEP_CLUSTER=1 to leave the cluster running.
+# postgresql.conf), EXP_KEEP_CLUSTER=1 to leave the cluster running when the
+# calling script ends (it prints how to connect and how to stop it).
+# The cluster runs pg_cron with cron.database_name = 'experiment', the database
+# that scripts/demo.sh loads the demo into.
 
 set -euo pipefail
 
@@ -53,10 +56,18 @@ exp_build() {
 }
 
 exp_stop_cluster() {
-	if [ -n "${EXP_PGDATA:-}" ] && [ -d "$EXP_PGDATA" ]; then
-		runuser -u postgres -- "$PG_BINDIR/pg_ctl" -D "$EXP_PGDATA" -m immediate stop >/dev/null 2>&1 || true
-		[ "${EXP_KEEP_CLUSTER:-0}" = 1 ] || rm -rf "$EXP_CLUSTER_DIR"
+	[ -n "${EXP_PGDATA:-}" ] && [ -d "$EXP_PGDATA" ] || return 0
+	if [ "${EXP_KEEP_CLUSTER:-0}" = 1 ]; then
+		cat >&2 <<KEPT
+== the cluster is still running (EXP_KEEP_CLUSTER=1); the demo is in database "experiment":
+     psql -h $EXP_CLUSTER_DIR -p $PGPORT -U postgres -d experiment
+   stop and remove it with:
+     runuser -u postgres -- $PG_BINDIR/pg_ctl -D $EXP_PGDATA stop && rm -rf $EXP_CLUSTER_DIR
+KEPT
+		return 0
 	fi
+	runuser -u postgres -- "$PG_BINDIR/pg_ctl" -D "$EXP_PGDATA" -m immediate stop >/dev/null 2>&1 || true
+	rm -rf "$EXP_CLUSTER_DIR"
 }
 
 exp_start_cluster() {
@@ -84,7 +95,7 @@ max_worker_processes = 16
 max_parallel_workers = 8
 max_parallel_workers_per_gather = 2
 shared_preload_libraries = 'pg_cron'
-cron.database_name = 'experiment_cron'
+cron.database_name = 'experiment'
 cron.use_background_workers = on
 max_connections = 60
 ${EXP_PG_CONF:-}

@@ -1,7 +1,7 @@
 """experiment.refresh_all() scheduled with the real pg_cron extension.
 
 The cluster runs pg_cron (shared_preload_libraries = 'pg_cron',
-cron.database_name = 'experiment_cron', as scripts/setup.sh configures it).
+cron.database_name = 'experiment', as scripts/setup.sh configures it).
 The test creates that database with pg_cron and experiment, registers a
 running experiment with exposures waiting in the staging table, schedules
 refresh_all() (every 2 seconds with pg_cron >= 1.5, every minute before),
@@ -17,7 +17,7 @@ from exptest import Checker, connect, skip  # noqa: E402
 
 import psycopg2  # noqa: E402
 
-DB = "experiment_cron"
+DB = "experiment"
 ck = Checker("test_analysis_pg_cron")
 
 admin = connect("postgres")

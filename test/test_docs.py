@@ -3,8 +3,8 @@
 Like Python's doctest; this docstring is the reference for writing examples.
 
 Where examples run
-  README.md: the ```sql blocks between "## Five-minute tour" and the next "## "
-  heading, in order, in one autocommit session in database "experiment". It is
+  README.md: every ```sql block (the opening example and the "## Five-minute
+  tour"), in order, in one autocommit session in database "experiment". It is
   pg_cron's database (cron.database_name), so it is never dropped: it is created
   if missing, cleaned (DROP EXTENSION IF EXISTS experiment CASCADE, DROP SCHEMA
   IF EXISTS demo CASCADE), gets CREATE EXTENSION pg_cron if cron.database_name
@@ -322,13 +322,11 @@ def relative(path):
 
 def tour():
     _, blocks, headings = parse_markdown(README)
-    starts = [ln for ln, title in headings if title == "Five-minute tour"]
-    if not starts:
+    if not any(title == "Five-minute tour" for _, title in headings):
         ck.check(False, "%s: no '## Five-minute tour' section" % relative(README))
         return
-    end = next((ln for ln, _ in headings if ln > starts[0]), float("inf"))
-    blocks = [b for b in blocks if b["lang"] == "sql" and starts[0] < b["open"] < end]
-    label = relative(README) + " (tour)"
+    blocks = [b for b in blocks if b["lang"] == "sql"]
+    label = relative(README)
     if run_sql("postgres", ("SELECT count(*) FROM pg_database WHERE datname = %s", (TOUR_DB,)))[0] == 0:
         run_sql("postgres", 'CREATE DATABASE "%s"' % TOUR_DB)  # and never drop it: it is pg_cron's database
     conn = session(TOUR_DB)

@@ -25,25 +25,25 @@ CREATE TYPE experiment.moments (
 COMMENT ON TYPE experiment.moments IS
   'Count, means and co-moment matrix of 1, 2 or 4 variables: mergeable sufficient statistics (text form is JSON)';
 
-COMMENT ON FUNCTION experiment.moments_in(cstring) IS 'text input of experiment.moments (validated)';
-COMMENT ON FUNCTION experiment.moments_out(experiment.moments) IS 'text output of experiment.moments (exact, shortest float form)';
-COMMENT ON FUNCTION experiment.moments_recv(internal) IS 'binary input of experiment.moments (validated)';
-COMMENT ON FUNCTION experiment.moments_send(experiment.moments) IS 'binary output of experiment.moments';
+COMMENT ON FUNCTION experiment.moments_in(cstring) IS 'internal: text input of experiment.moments (validated)';
+COMMENT ON FUNCTION experiment.moments_out(experiment.moments) IS 'internal: text output of experiment.moments (exact, shortest float form)';
+COMMENT ON FUNCTION experiment.moments_recv(internal) IS 'internal: binary input of experiment.moments (validated)';
+COMMENT ON FUNCTION experiment.moments_send(experiment.moments) IS 'internal: binary output of experiment.moments';
 
 -- equality and merge
 
 CREATE FUNCTION experiment.moments_eq(experiment.moments, experiment.moments) RETURNS boolean
   AS 'MODULE_PATHNAME', 'moments_eq' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.moments_eq(experiment.moments, experiment.moments) IS
-  'true when both hold the same count, means and co-moments exactly';
+  'internal: true when both hold the same count, means and co-moments exactly';
 CREATE FUNCTION experiment.moments_ne(experiment.moments, experiment.moments) RETURNS boolean
   AS 'MODULE_PATHNAME', 'moments_ne' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.moments_ne(experiment.moments, experiment.moments) IS
-  'negation of moments_eq';
+  'internal: negation of moments_eq';
 CREATE FUNCTION experiment.moments_add(experiment.moments, experiment.moments) RETURNS experiment.moments
   AS 'MODULE_PATHNAME', 'moments_add' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.moments_add(experiment.moments, experiment.moments) IS
-  'moments of the union of two samples (Chan et al. merge)';
+  'internal: moments of the union of two samples (Chan et al. merge)';
 
 CREATE OPERATOR experiment.= (
   LEFTARG = experiment.moments, RIGHTARG = experiment.moments,
@@ -99,21 +99,21 @@ COMMENT ON FUNCTION experiment.moments_from_sums(bigint, float8, float8, float8,
 CREATE FUNCTION experiment.moments_accum(experiment.moments, float8) RETURNS experiment.moments
   AS 'MODULE_PATHNAME', 'moments_accum1' LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.moments_accum(experiment.moments, float8) IS
-  'transition function of experiment.moments(y)';
+  'internal: transition function of experiment.moments(y)';
 CREATE FUNCTION experiment.moments_accum(experiment.moments, float8, float8) RETURNS experiment.moments
   AS 'MODULE_PATHNAME', 'moments_accum2' LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.moments_accum(experiment.moments, float8, float8) IS
-  'transition function of experiment.moments(y, x)';
+  'internal: transition function of experiment.moments(y, x)';
 CREATE FUNCTION experiment.moments_accum(experiment.moments, float8, float8, float8, float8)
   RETURNS experiment.moments
   AS 'MODULE_PATHNAME', 'moments_accum4' LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.moments_accum(experiment.moments, float8, float8, float8, float8) IS
-  'transition function of experiment.moments(y, d, x, e)';
+  'internal: transition function of experiment.moments(y, d, x, e)';
 CREATE FUNCTION experiment.moments_combine(experiment.moments, experiment.moments)
   RETURNS experiment.moments
   AS 'MODULE_PATHNAME', 'moments_combine' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.moments_combine(experiment.moments, experiment.moments) IS
-  'combine function of the moments aggregates (updates its first argument in place)';
+  'internal: combine function of the moments aggregates (updates its first argument in place)';
 
 CREATE AGGREGATE experiment.moments(y float8) (
   SFUNC = experiment.moments_accum, STYPE = experiment.moments,

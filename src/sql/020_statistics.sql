@@ -35,19 +35,19 @@ CREATE FUNCTION experiment.moments_pair_accum(experiment.moments[], boolean, flo
   RETURNS experiment.moments[]
   AS 'MODULE_PATHNAME', 'moments_pair_accum' LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.moments_pair_accum(experiment.moments[], boolean, float8) IS
-  'transition function of experiment.welch_ttest(boolean, float8): state [control, treatment]';
+  'internal: transition function of experiment.welch_ttest(boolean, float8): state [control, treatment]';
 
 CREATE FUNCTION experiment.moments_pair_combine(experiment.moments[], experiment.moments[])
   RETURNS experiment.moments[]
   AS 'MODULE_PATHNAME', 'moments_pair_combine' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.moments_pair_combine(experiment.moments[], experiment.moments[]) IS
-  'combine function of experiment.welch_ttest(boolean, float8): merges both groups';
+  'internal: combine function of experiment.welch_ttest(boolean, float8): merges both groups';
 
 CREATE FUNCTION experiment.welch_ttest_final(experiment.moments[])
   RETURNS experiment.test_result
   AS 'MODULE_PATHNAME', 'welch_ttest_final' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.welch_ttest_final(experiment.moments[]) IS
-  'final function of experiment.welch_ttest(boolean, float8): Welch''s t-test at alpha = 0.05';
+  'internal: final function of experiment.welch_ttest(boolean, float8): Welch''s t-test at alpha = 0.05';
 
 CREATE AGGREGATE experiment.welch_ttest(is_treatment boolean, y float8) (
   SFUNC = experiment.moments_pair_accum,

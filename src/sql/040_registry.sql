@@ -377,7 +377,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION experiment.experiments_check() IS
-  'trigger: validates an experiment row (fields, status transitions, frozen salt/scheme/layer once out of draft, traffic only grows, split valid on start, disjoint layer ranges)';
+  'internal: trigger: validates an experiment row (fields, status transitions, frozen salt/scheme/layer once out of draft, traffic only grows, split valid on start, disjoint layer ranges)';
 
 CREATE TRIGGER experiments_check BEFORE INSERT OR UPDATE ON experiment.experiments
   FOR EACH ROW EXECUTE FUNCTION experiment.experiments_check();
@@ -404,7 +404,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION experiment.experiments_delete_check() IS
-  'trigger: a running experiment cannot be deleted or truncated';
+  'internal: trigger: a running experiment cannot be deleted or truncated';
 
 CREATE TRIGGER experiments_delete_check BEFORE DELETE ON experiment.experiments
   FOR EACH ROW EXECUTE FUNCTION experiment.experiments_delete_check();
@@ -474,7 +474,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION experiment.variants_check() IS
-  'trigger: validates a variant row; the split of an experiment that left draft cannot change';
+  'internal: trigger: validates a variant row; the split of an experiment that left draft cannot change';
 
 CREATE TRIGGER variants_check BEFORE INSERT OR UPDATE OR DELETE ON experiment.variants
   FOR EACH ROW EXECUTE FUNCTION experiment.variants_check();
@@ -509,7 +509,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION experiment.variants_insert_check() IS
-  'trigger: variants may be added to an experiment that left draft only all at once, by one statement, as a valid split';
+  'internal: trigger: variants may be added to an experiment that left draft only all at once, by one statement, as a valid split';
 
 CREATE TRIGGER variants_insert_check AFTER INSERT ON experiment.variants
   REFERENCING NEW TABLE AS new_variants
@@ -786,7 +786,7 @@ AS $$
    WHERE x.status = 'running'
 $$;
 COMMENT ON FUNCTION experiment.ruleset_experiments() IS
-  'the running experiments (id, name, salt, hash_scheme, allocation = traffic, layer, variants in range order, targeting) as a JSON array ordered by id';
+  'internal: the running experiments (id, name, salt, hash_scheme, allocation = traffic, layer, variants in range order, targeting) as a JSON array ordered by id';
 
 CREATE FUNCTION experiment.ruleset_version() RETURNS text
   LANGUAGE sql STABLE PARALLEL SAFE
@@ -824,7 +824,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION experiment.notify_ruleset() IS
-  'trigger: NOTIFY experiment_ruleset with the ruleset version after every change to the registry (delivered at commit)';
+  'internal: trigger: NOTIFY experiment_ruleset with the ruleset version after every change to the registry (delivered at commit)';
 
 CREATE TRIGGER experiments_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON experiment.experiments
   FOR EACH STATEMENT EXECUTE FUNCTION experiment.notify_ruleset();

@@ -71,7 +71,7 @@ EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow OR invalid_tim
 END
 $$;
 COMMENT ON FUNCTION experiment.try_timestamptz(text) IS
-  'the text as timestamptz, or NULL when it is not a valid timestamp (used by bulk ingestion to quarantine bad rows)';
+  'internal: the text as timestamptz, or NULL when it is not a valid timestamp (used by bulk ingestion to quarantine bad rows)';
 
 CREATE FUNCTION experiment.log_exposure(
   experiment_id text, unit_id text, variant text,

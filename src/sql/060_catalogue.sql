@@ -174,7 +174,7 @@ AS $$
   WHERE a.attrelid = rel AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
 $$;
 COMMENT ON FUNCTION experiment.column_type(regclass, text) IS
-  'type of column col of relation rel, NULL when there is no such column';
+  'internal: type of column col of relation rel, NULL when there is no such column';
 
 CREATE FUNCTION experiment.validate_metric(metric text) RETURNS void
   LANGUAGE plpgsql STABLE PARALLEL SAFE
@@ -287,7 +287,7 @@ BEGIN
   RETURN NULL;
 END
 $$;
-COMMENT ON FUNCTION experiment.metrics_validate_trigger() IS 'validates a metric after it is inserted or updated';
+COMMENT ON FUNCTION experiment.metrics_validate_trigger() IS 'internal: validates a metric after it is inserted or updated';
 CREATE CONSTRAINT TRIGGER metrics_validate
   AFTER INSERT OR UPDATE ON experiment.metrics
   DEFERRABLE INITIALLY IMMEDIATE
@@ -332,7 +332,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION experiment.experiments_start_trigger() IS
-  'validates an experiment''s metrics when it starts running';
+  'internal: validates an experiment''s metrics when it starts running';
 CREATE TRIGGER experiments_validate_metrics_on_start
   AFTER INSERT OR UPDATE OF status ON experiment.experiments
   FOR EACH ROW EXECUTE FUNCTION experiment.experiments_start_trigger();
