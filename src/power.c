@@ -34,7 +34,7 @@ check_open_unit(double v, const char *argname)
 	if (!(v > 0 && v < 1))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must be between 0 and 1 (exclusive), got %g", argname, v)));
+				 errmsg("%s must be in (0, 1), got %g", argname, v)));
 }
 
 static void
@@ -47,7 +47,7 @@ check_mde(double baseline, double mde)
 	if (!(baseline + mde > 0 && baseline + mde < 1))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("baseline + mde must be between 0 and 1 (exclusive), got %g", baseline + mde),
+				 errmsg("baseline + mde must be in (0, 1), got %g", baseline + mde),
 				 errhint("mde is the absolute difference of the rates, e.g. 0.02 for 10%% -> 12%%.")));
 }
 

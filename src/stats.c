@@ -230,7 +230,7 @@ check_alpha(double alpha)
 	if (!(alpha > 0 && alpha < 1))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("alpha must be between 0 and 1 (exclusive), got %g", alpha),
+				 errmsg("alpha must be in (0, 1), got %g", alpha),
 				 errhint("alpha is the significance level, e.g. 0.05 for a 95%% confidence interval.")));
 }
 
