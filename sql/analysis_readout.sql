@@ -119,6 +119,19 @@ UPDATE experiment.experiments SET status = 'stopped' WHERE id = 'ro-arms';
 SELECT experiment.log_exposure('ro-arms', 'late-unit', 'blue', '2025-01-10 10:00+00');
 SELECT * FROM experiment.decision('ro-arms');
 
+-- 12. no primary metric: KEEP RUNNING, with what to do
+SELECT experiment.create_experiment('ro-nometric', '[{"name": "control", "allocation": 0.5}, {"name": "treatment", "allocation": 0.5}]', start => true);
+SELECT count(experiment.log_exposure('ro-nometric', 'u' || i, CASE WHEN i % 2 = 0 THEN 'control' ELSE 'treatment' END, now()))
+FROM generate_series(1, 6) i;
+SELECT experiment.refresh('ro-nometric');
+SELECT * FROM experiment.decision('ro-nometric');
+
+-- 13. a refresh that failed (here in refresh_all, which records the error): KEEP RUNNING with the error
+ALTER TABLE analysis_readout.events RENAME COLUMN amount TO amount_eur;
+SELECT experiment.refresh_all() >= 0;
+SELECT * FROM experiment.decision('ro-ship');
+ALTER TABLE analysis_readout.events RENAME COLUMN amount_eur TO amount;
+
 -- interval formatting: one number of decimals for the difference and both bounds
 \pset tuples_only off
 \pset format aligned

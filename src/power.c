@@ -34,7 +34,9 @@ check_open_unit(double v, const char *argname)
 	if (!(v > 0 && v < 1))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must be in (0, 1), got %g", argname, v)));
+				 errmsg("%s must be in (0, 1), got %g", argname, v),
+				 v >= 1 && v <= 100 ?
+				 errhint("%s is a proportion: write 0.60 for 60%%.", argname) : 0));
 }
 
 static void

@@ -545,6 +545,11 @@ BEGIN
       coalesce(variants::text, 'NULL')
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
+  IF EXISTS (SELECT 1 FROM experiment.experiments x WHERE x.id = create_experiment.id) THEN
+    RAISE EXCEPTION 'experiment "%" already exists', id
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Choose another id, or change the existing experiment in experiment.experiments and experiment.variants.';
+  END IF;
   INSERT INTO experiment.experiments AS x (id, name, salt, hash_scheme, traffic, layer, layer_start, layer_end, targeting)
   VALUES (create_experiment.id, create_experiment.name, create_experiment.salt,
           coalesce(create_experiment.hash_scheme, 'sha256'), coalesce(create_experiment.traffic, 1),

@@ -137,7 +137,7 @@ BEGIN
   IF NEW.non_inferiority_margin IS NOT NULL AND NEW.role <> 'guardrail' THEN
     RAISE EXCEPTION 'non_inferiority_margin of metric "%" of experiment "%" applies to guardrails only, the role is %',
       NEW.metric, NEW.experiment_id, NEW.role
-      USING ERRCODE = 'invalid_parameter_value', HINT = 'set role to ''guardrail'' or the margin to NULL';
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Set role to ''guardrail'', or the margin to NULL.';
   END IF;
   IF NOT (NEW.non_inferiority_margin >= 0) THEN
     PERFORM experiment.raise_invalid_value(format('non_inferiority_margin of metric "%s" of experiment "%s"',
@@ -151,7 +151,7 @@ BEGIN
     IF FOUND THEN
       RAISE EXCEPTION 'experiment "%" already has a primary metric ("%")', NEW.experiment_id, other
         USING ERRCODE = 'invalid_parameter_value',
-              HINT = format('an experiment has one primary metric; make "%s" secondary first, or this one secondary', other);
+              HINT = format('An experiment has one primary metric: make "%s" secondary first, or this one secondary.', other);
     END IF;
   END IF;
   RETURN NEW;
@@ -187,6 +187,7 @@ DECLARE
   relkind "char";
   t regtype;
   cat "char";
+  columns text[];
 BEGIN
   m := experiment.require_metric(validate_metric.metric);
 
@@ -196,7 +197,7 @@ BEGIN
     END IF;
     IF m.source IS NOT NULL THEN
       RAISE EXCEPTION 'ratio metric "%" reads its numerator and denominator metrics, not a source', m.name
-        USING ERRCODE = '22023', HINT = 'set source to NULL';
+        USING ERRCODE = '22023', HINT = 'Set source to NULL.';
     END IF;
     FOREACH part IN ARRAY ARRAY[m.numerator, m.denominator] LOOP
       SELECT kind INTO part_kind FROM experiment.metrics WHERE name = part;
@@ -213,7 +214,7 @@ BEGIN
 
   IF m.numerator IS NOT NULL OR m.denominator IS NOT NULL THEN
     RAISE EXCEPTION 'metric "%" of kind % cannot have a numerator or denominator', m.name, m.kind
-      USING ERRCODE = '22023', HINT = 'set kind to ''ratio''';
+      USING ERRCODE = '22023', HINT = 'Set kind to ''ratio''.';
   END IF;
   IF m.source IS NULL THEN
     RAISE EXCEPTION 'metric "%" needs a source relation', m.name USING ERRCODE = '22023';
@@ -227,6 +228,8 @@ BEGIN
     RAISE EXCEPTION 'metric "%": source % is not a table, view or materialized view', m.name, m.source
       USING ERRCODE = '22023';
   END IF;
+  columns := ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+                   WHERE a.attrelid = m.source AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum);
   IF m.unit_column IS NULL OR m.time_column IS NULL THEN
     RAISE EXCEPTION 'metric "%" needs unit_column and time_column', m.name USING ERRCODE = '22023';
   END IF;
@@ -234,7 +237,7 @@ BEGIN
   t := experiment.column_type(m.source, m.unit_column);
   IF t IS NULL THEN
     RAISE EXCEPTION 'metric "%": column "%" does not exist in %', m.name, m.unit_column, m.source
-      USING ERRCODE = '22023';
+      USING ERRCODE = '22023', HINT = experiment.hint_list(columns, format('columns of %s', m.source), m.source::text);
   END IF;
   SELECT typcategory INTO cat FROM pg_catalog.pg_type WHERE oid = t;
   IF NOT (cat = 'S' OR t IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'uuid'::regtype)) THEN
@@ -245,7 +248,7 @@ BEGIN
   t := experiment.column_type(m.source, m.time_column);
   IF t IS NULL THEN
     RAISE EXCEPTION 'metric "%": column "%" does not exist in %', m.name, m.time_column, m.source
-      USING ERRCODE = '22023';
+      USING ERRCODE = '22023', HINT = experiment.hint_list(columns, format('columns of %s', m.source), m.source::text);
   END IF;
   IF t NOT IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype) THEN
     RAISE EXCEPTION 'metric "%": time column "%" has type %, expected timestamptz, timestamp or date', m.name, m.time_column, t
@@ -256,7 +259,7 @@ BEGIN
     t := experiment.column_type(m.source, m.value_column);
     IF t IS NULL THEN
       RAISE EXCEPTION 'metric "%": column "%" does not exist in %', m.name, m.value_column, m.source
-        USING ERRCODE = '22023';
+        USING ERRCODE = '22023', HINT = experiment.hint_list(columns, format('columns of %s', m.source), m.source::text);
     END IF;
     SELECT typcategory INTO cat FROM pg_catalog.pg_type WHERE oid = t;
     IF NOT (cat = 'N' OR t = 'boolean'::regtype) OR t IN ('oid'::regtype, 'regclass'::regtype) THEN
@@ -267,11 +270,11 @@ BEGIN
 
   IF m.kind = 'proportion' AND m.winsorize IS NOT NULL THEN
     RAISE EXCEPTION 'proportion metric "%" cannot be winsorized', m.name
-      USING ERRCODE = '22023', HINT = 'its per-unit values are 0 or 1; set winsorize to NULL';
+      USING ERRCODE = '22023', HINT = 'Its per-unit values are 0 or 1: set winsorize to NULL.';
   END IF;
   IF m.kind = 'proportion' AND m.aggregation <> 'any' THEN
     RAISE EXCEPTION 'proportion metric "%" must use aggregation ''any'', not ''%''', m.name, m.aggregation
-      USING ERRCODE = '22023', HINT = 'a proportion is the share of units converted at least once';
+      USING ERRCODE = '22023', HINT = 'A proportion is the share of units converted at least once.';
   END IF;
 END
 $$;
@@ -309,7 +312,7 @@ BEGIN
   IF nmetrics > 0 AND nprimary <> 1 THEN
     RAISE EXCEPTION 'experiment "%" has % primary metrics, it needs exactly one', experiment_id, nprimary
       USING ERRCODE = '22023',
-            HINT = 'set role = ''primary'' on one row of experiment.experiment_metrics';
+            HINT = 'Set role = ''primary'' on one row of experiment.experiment_metrics.';
   END IF;
   FOR r IN SELECT em.metric FROM experiment.experiment_metrics em
            WHERE em.experiment_id = validate_experiment_metrics.experiment_id ORDER BY em.metric LOOP

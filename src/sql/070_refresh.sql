@@ -166,7 +166,7 @@ BEGIN
   SELECT v.name INTO control FROM experiment.variants v WHERE v.experiment_id = e.id AND v.is_control;
   IF control IS NULL THEN
     RAISE EXCEPTION 'experiment "%" has no control variant', e.id
-      USING ERRCODE = '22023', HINT = 'set is_control on one row of experiment.variants';
+      USING ERRCODE = '22023', HINT = 'Set is_control on one row of experiment.variants.';
   END IF;
 
   -- units: first exposure defines variant and start; units in several variants are excluded

@@ -156,6 +156,15 @@ BEGIN
       format('not refreshed yet: run SELECT experiment.refresh(%L)', ex.id);
     RETURN;
   END IF;
+  IF h.refresh_error IS NOT NULL AND h.refresh_error_at > h.refreshed_at THEN
+    RETURN QUERY SELECT 'KEEP RUNNING'::text,
+      format('the latest refresh failed: %s', h.refresh_error);
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM experiment.experiment_metrics em
+                 WHERE em.experiment_id = ex.id AND em.role = 'primary') THEN
+    RETURN QUERY SELECT 'KEEP RUNNING'::text,
+      'no primary metric: add one to experiment.experiment_metrics (role = ''primary'') and refresh'::text;
+  END IF;
   IF h.stale THEN
     RETURN QUERY SELECT 'KEEP RUNNING'::text,
       format('%s exposure%s stored after the latest refresh: run SELECT experiment.refresh(%L)',
