@@ -69,4 +69,16 @@ extern double moments_variance(const Moments *m, int i);	/* sample variance, NaN
 extern double moments_covariance(const Moments *m, int i, int j);
 extern Oid	moments_type_oid(void);
 
+/* stats.c: the inference shared by every test (doc/statistics.md, "Inference") */
+typedef enum
+{
+	ALT_TWO_SIDED,
+	ALT_GREATER,
+	ALT_LESS
+} Alternative;
+
+extern Alternative exp_parse_alternative(const char *s);
+extern void exp_check_tuning(double tuning);
+extern double exp_seq_halfwidth(double se, double n, double alpha, double tuning, bool two_sided);
+
 #endif							/* EXPERIMENT_H */

@@ -35,6 +35,7 @@
 #include "catalog/pg_type.h"
 #include "funcapi.h"
 #include "utils/array.h"
+#include "utils/builtins.h"
 #include "utils/float.h"
 
 #include "experiment.h"
@@ -56,6 +57,8 @@ enum
 	TR_DF,
 	TR_P_VALUE,
 	TR_LIFT_P_VALUE,
+	TR_DIFF_SE,
+	TR_LIFT_SE,
 	TR_NCOLS
 };
 
@@ -67,22 +70,32 @@ typedef struct TestResult
 } TestResult;
 
 /*
- * The inputs of a test of a difference of means: the reported means, the
- * estimated difference, and the per-unit variances whose sum over n gives
- * the variance of the difference.  lift_var is the variance of the lift
- * (already divided by the counts).
+ * An estimate: what an estimator (Welch, proportions, CUPED, ratio) makes of
+ * the two arms, before any inference.  NaN is "undefined".
  */
-typedef struct MeanDiff
+typedef struct Estimate
 {
 	int64		n_c;
 	int64		n_t;
 	double		mean_c;
 	double		mean_t;
-	double		diff;
-	double		var_c;
-	double		var_t;
-	double		lift_var;
-} MeanDiff;
+	double		diff;			/* treatment - control */
+	double		diff_se;		/* standard error of diff */
+	double		null_se;		/* standard error of diff under H0 for the
+								 * fixed-horizon statistic (pooled for
+								 * proportions); NaN: diff_se */
+	double		lift;			/* diff / |mean_c| */
+	double		lift_se;		/* delta-method standard error of lift */
+	double		df;				/* reference t distribution; NaN: normal */
+} Estimate;
+
+/* the inference applied to an estimate (doc/statistics.md, "Inference") */
+typedef struct Inference
+{
+	double		alpha;
+	Alternative alternative;
+	double		tuning;			/* sequential tuning N*; NaN: fixed horizon */
+} Inference;
 
 /* ---------- distributions ---------- */
 
@@ -214,6 +227,7 @@ t_isf(double p, double df)
 }
 
 /* two-sided p-value of a z statistic */
+/* two-sided p-value of a z statistic */
 static double
 z_p_value(double z)
 {
@@ -222,12 +236,30 @@ z_p_value(double z)
 	return Min(1.0, 2.0 * gsl_cdf_ugaussian_Q(fabs(z)));
 }
 
+/* P(X > x) of the reference distribution: Student's t with df, or normal */
+static double
+ref_sf(double x, double df)
+{
+	if (isnan(x))
+		return get_float8_nan();
+	if (isnan(df))
+		return gsl_cdf_ugaussian_Q(x);
+	return x >= 0 ? t_sf(x, df) : 1.0 - t_sf(-x, df);
+}
+
+/* the x with P(X > x) = p, 0 < p < 0.5, of the reference distribution */
+static double
+ref_isf(double p, double df)
+{
+	return isnan(df) ? gsl_cdf_ugaussian_Qinv(p) : t_isf(p, df);
+}
+
 /* ---------- argument checks ---------- */
 
 static void
 check_alpha(double alpha)
 {
-	if (!(alpha > 0 && alpha < 1))
+	if (!(alpha >= 1e-300 && alpha < 1))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("alpha must be in (0, 1), got %g", alpha),
@@ -248,6 +280,64 @@ check_nvars(const Moments *m, int want, const char *argname, const char *test)
 				 errhint("Build them with experiment.moments(y, x).")));
 }
 
+/*
+ * alternative: 'two-sided', 'greater' (treatment above control) or 'less',
+ * scipy's words.
+ */
+Alternative
+exp_parse_alternative(const char *s)
+{
+	if (strcmp(s, "two-sided") == 0)
+		return ALT_TWO_SIDED;
+	if (strcmp(s, "greater") == 0)
+		return ALT_GREATER;
+	if (strcmp(s, "less") == 0)
+		return ALT_LESS;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid alternative \"%.200s\"", s),
+			 errhint("Use two-sided, greater (treatment above control) or less.")));
+	return ALT_TWO_SIDED;		/* keep the compiler quiet */
+}
+
+/* sequential_tuning: the expected total sample size N*, positive and finite */
+void
+exp_check_tuning(double tuning)
+{
+	if (!(tuning > 0 && isfinite(tuning)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("sequential_tuning must be a positive number, got %g", tuning),
+				 errhint("It is the expected total sample size N* of the experiment, e.g. 20000; NULL is the fixed-horizon test.")));
+}
+
+/*
+ * The inference arguments (alpha, alternative, sequential_tuning) of a test
+ * function at argument positions first, first + 1, first + 2.  Returns false
+ * when alpha or alternative is NULL (the test is then NULL); a NULL
+ * sequential_tuning is the fixed-horizon test.
+ */
+static bool
+get_inference(FunctionCallInfo fcinfo, int first, Inference *inf)
+{
+	if (PG_ARGISNULL(first) || PG_ARGISNULL(first + 1))
+		return false;
+	inf->alpha = PG_GETARG_FLOAT8(first);
+	check_alpha(inf->alpha);
+	inf->alternative = exp_parse_alternative(text_to_cstring(PG_GETARG_TEXT_PP(first + 1)));
+	inf->tuning = get_float8_nan();
+	if (PG_NARGS() > first + 2 && !PG_ARGISNULL(first + 2))
+	{
+		inf->tuning = PG_GETARG_FLOAT8(first + 2);
+		exp_check_tuning(inf->tuning);
+		if (inf->alternative != ALT_TWO_SIDED && !(inf->alpha < 0.5))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("alpha must be below 0.5 for a one-sided sequential test, got %g", inf->alpha)));
+	}
+	return true;
+}
+
 /* ---------- results ---------- */
 
 static void
@@ -262,7 +352,9 @@ result_init(TestResult *r, int64 n_c, int64 n_t)
 }
 
 /*
- * Form the experiment.test_result tuple; every non-finite float is NULL.
+ * Form the experiment.test_result tuple.  NaN is NULL; the bounds of the
+ * intervals may be -Infinity or Infinity (one-sided intervals), every other
+ * non-finite value is NULL.
  */
 static Datum
 result_datum(FunctionCallInfo fcinfo, const TestResult *r)
@@ -284,10 +376,212 @@ result_datum(FunctionCallInfo fcinfo, const TestResult *r)
 	nulls[TR_N_TREATMENT] = false;
 	for (i = TR_MEAN_CONTROL; i < TR_NCOLS; i++)
 	{
-		nulls[i] = !isfinite(r->v[i]);
+		bool		bound = i == TR_DIFF_LOWER || i == TR_DIFF_UPPER ||
+			i == TR_LIFT_LOWER || i == TR_LIFT_UPPER;
+
+		nulls[i] = bound ? isnan(r->v[i]) : !isfinite(r->v[i]);
 		values[i] = nulls[i] ? (Datum) 0 : Float8GetDatum(r->v[i]);
 	}
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/* ---------- inference: an estimate and its standard error to a result ---------- */
+
+/*
+ * rho of the asymptotic confidence sequence for significance level a
+ * (Waudby-Smith et al. 2023, eq. 161, as GrowthBook parameterises it):
+ *	rho = sqrt((-2 ln a + ln(-2 ln a + 1)) / N*)
+ * a is alpha for two-sided sequences and 2 alpha for one-sided ones.
+ */
+static double
+seq_rho(double a, double tuning)
+{
+	double		l = -2.0 * log(a);
+
+	return sqrt((l + log(l + 1.0)) / tuning);
+}
+
+/*
+ * Half-width of the sequence around an estimate with standard error se
+ * after n units (both arms), s^2 = se^2 n:
+ *	two-sided: s sqrt(2 (n rho^2 + 1) ln(sqrt(n rho^2 + 1) / alpha) / (n rho)^2)
+ *	one-sided: s sqrt(2 (n rho^2 + 1) ln(1 + sqrt(n rho^2 + 1) / (2 alpha)) / (n rho)^2)
+ */
+double
+exp_seq_halfwidth(double se, double n, double alpha, double tuning, bool two_sided)
+{
+	double		rho = seq_rho(two_sided ? alpha : 2.0 * alpha, tuning);
+	double		nr2 = n * rho * rho;
+	double		s2 = se * se * n;
+	double		lg = two_sided ? log(sqrt(nr2 + 1.0) / alpha)
+		: log1p(sqrt(nr2 + 1.0) / (2.0 * alpha));
+
+	return sqrt(s2 * 2.0 * (nr2 + 1.0) * lg / (n * n * rho * rho));
+}
+
+/*
+ * Always-valid p-value of a two-sided sequence (Waudby-Smith et al. 2023,
+ * eq. 155): p = min(1, 1/E), E = exp(rho^2 st2 / (2 (n rho^2 + 1))) /
+ * sqrt(n rho^2 + 1), st2 = est^2 n / se^2; computed in logarithms.
+ */
+static double
+seq_p_two_sided(double est, double se, double n, double alpha, double tuning)
+{
+	double		rho = seq_rho(alpha, tuning);
+	double		nr2 = n * rho * rho;
+	double		z = est / se;
+	double		log_e = rho * rho * z * z * n / (2.0 * (nr2 + 1.0)) - 0.5 * log(nr2 + 1.0);
+
+	return log_e <= 0 ? 1.0 : exp(-log_e);
+}
+
+/*
+ * Always-valid p-value of a one-sided sequence: the alpha at which the
+ * one-sided bound reaches 0 with rho held at the test's own alpha, as the
+ * two-sided p-value is (solving est = half-width for alpha gives exactly
+ * 1/E there).  With K = est^2 n rho^2 / (2 se^2 (n rho^2 + 1)):
+ *	p = sqrt(n rho^2 + 1) / (2 (e^K - 1))
+ * for an estimate on the alternative's side, else 1; so p <= alpha exactly
+ * when the one-sided bound excludes 0.
+ */
+static double
+seq_p_one_sided(double est, double se, double n, double alpha, double tuning, Alternative alt)
+{
+	double		rho = seq_rho(2.0 * alpha, tuning);
+	double		nr2 = n * rho * rho;
+	double		e = alt == ALT_GREATER ? est : -est;
+	double		k,
+				p;
+
+	if (!(e > 0))
+		return 1.0;
+	k = (e / se) * (e / se) * n * rho * rho / (2.0 * (nr2 + 1.0));
+	/* sqrt(nr2 + 1) / 2 * exp(-k) / (1 - exp(-k)), without overflow */
+	p = 0.5 * sqrt(nr2 + 1.0) * exp(-k) / -expm1(-k);
+	return Min(1.0, p);
+}
+
+/*
+ * Interval and p-value of one estimate: est with standard error se (the
+ * statistic's null standard error null_se) under the inference; df NaN is
+ * the normal distribution.
+ */
+static void
+infer_one(double est, double se, double null_se, double df, int64 n_c, int64 n_t,
+		  const Inference *inf, double *lower, double *upper, double *stat, double *p)
+{
+	double		q,
+				n = (double) n_c + (double) n_t;
+
+	bool		se_ok = se > 0 && isfinite(se);
+
+	*lower = *upper = *p = get_float8_nan();
+	if (stat)
+		*stat = get_float8_nan();
+	if (!isfinite(est))
+		return;
+	if (!(null_se > 0) || !isfinite(null_se))
+		null_se = se;
+
+	if (isnan(inf->tuning))
+	{
+		double		z = est / null_se;
+
+		if (!(null_se > 0) || !isfinite(null_se))
+			return;
+		if (stat)
+			*stat = z;
+		if (!se_ok)
+		{
+			/* a statistic without an interval (proportions of 0 and 1) */
+			*p = inf->alternative == ALT_TWO_SIDED ? (isnan(df) ? z_p_value(z) : t_p_value(z, df))
+				: ref_sf(inf->alternative == ALT_GREATER ? z : -z, df);
+			return;
+		}
+		switch (inf->alternative)
+		{
+			case ALT_TWO_SIDED:
+				*p = isnan(df) ? z_p_value(z) : t_p_value(z, df);
+				q = ref_isf(inf->alpha / 2, df);
+				*lower = est - q * se;
+				*upper = est + q * se;
+				break;
+			case ALT_GREATER:
+				*p = ref_sf(z, df);
+				*lower = est - ref_isf(inf->alpha, df) * se;
+				*upper = get_float8_infinity();
+				break;
+			case ALT_LESS:
+				*p = ref_sf(-z, df);
+				*lower = -get_float8_infinity();
+				*upper = est + ref_isf(inf->alpha, df) * se;
+				break;
+		}
+		return;
+	}
+
+	/* sequential: the estimate's own standard error throughout */
+	if (!se_ok)
+		return;
+	if (stat)
+		*stat = est / se;
+	switch (inf->alternative)
+	{
+		case ALT_TWO_SIDED:
+			q = exp_seq_halfwidth(se, n, inf->alpha, inf->tuning, true);
+			*lower = est - q;
+			*upper = est + q;
+			*p = seq_p_two_sided(est, se, n, inf->alpha, inf->tuning);
+			break;
+		case ALT_GREATER:
+			*lower = est - exp_seq_halfwidth(se, n, inf->alpha, inf->tuning, false);
+			*upper = get_float8_infinity();
+			*p = seq_p_one_sided(est, se, n, inf->alpha, inf->tuning, ALT_GREATER);
+			break;
+		case ALT_LESS:
+			*lower = -get_float8_infinity();
+			*upper = est + exp_seq_halfwidth(se, n, inf->alpha, inf->tuning, false);
+			*p = seq_p_one_sided(est, se, n, inf->alpha, inf->tuning, ALT_LESS);
+			break;
+	}
+}
+
+/*
+ * The one place where an estimate becomes a result: the difference and the
+ * lift each get their interval and p-value under the inference.
+ */
+static void
+infer(TestResult *r, const Estimate *e, const Inference *inf)
+{
+	bool		sequential = !isnan(inf->tuning);
+	double		df = sequential ? get_float8_nan() : e->df;
+
+	result_init(r, e->n_c, e->n_t);
+	r->v[TR_MEAN_CONTROL] = e->mean_c;
+	r->v[TR_MEAN_TREATMENT] = e->mean_t;
+	r->v[TR_DIFF] = e->diff;
+	r->v[TR_LIFT] = e->lift;
+	r->v[TR_DF] = df;
+	r->v[TR_DIFF_SE] = e->diff_se;
+	infer_one(e->diff, e->diff_se, sequential ? e->diff_se : e->null_se, df, e->n_c, e->n_t, inf,
+			  &r->v[TR_DIFF_LOWER], &r->v[TR_DIFF_UPPER], &r->v[TR_STATISTIC], &r->v[TR_P_VALUE]);
+	if (isfinite(e->lift) && e->lift_se > 0 && isfinite(e->lift_se))
+	{
+		r->v[TR_LIFT_SE] = e->lift_se;
+		infer_one(e->lift, e->lift_se, e->lift_se, df, e->n_c, e->n_t, inf,
+				  &r->v[TR_LIFT_LOWER], &r->v[TR_LIFT_UPPER], NULL, &r->v[TR_LIFT_P_VALUE]);
+	}
+}
+
+/* ---------- estimators ---------- */
+
+static void
+estimate_init(Estimate *e, int64 n_c, int64 n_t)
+{
+	e->n_c = n_c;
+	e->n_t = n_t;
+	e->mean_c = e->mean_t = e->diff = e->diff_se = e->null_se = get_float8_nan();
+	e->lift = e->lift_se = e->df = get_float8_nan();
 }
 
 /* mean of variable i, NaN when there are no observations */
@@ -298,234 +592,101 @@ mean_or_nan(const Moments *m, int i)
 }
 
 /*
- * Welch's t-test of a difference of means, filling everything but the n's:
+ * A difference of means estimated from per-unit variances var_c, var_t of
+ * what enters it (Welch):
  *	se^2 = var_c/n_c + var_t/n_t
  *	df = se^4 / ((var_c/n_c)^2/(n_c-1) + (var_t/n_t)^2/(n_t-1))	(Satterthwaite)
- *	CI = diff -/+ t(1-alpha/2, df) se, p = 2 P(T > |diff/se|)
- *	lift = diff/|mean_c|, CI = lift -/+ t(1-alpha/2, df) sqrt(lift_var),
- *	lift p = 2 P(T > |lift/sqrt(lift_var)|)
+ * and the lift diff/|mean_c| with its delta-method variance
+ *	(var_t/n_t + var_c_lift/n_c) / mean_c^2
+ * where var_c_lift is the per-unit variance of the combination that the
+ * control enters the lift with.
  */
 static void
-welch_finish(TestResult *r, const MeanDiff *md, double alpha)
+welch_estimate(Estimate *e, double var_c, double var_t, double var_c_lift)
 {
 	double		a,
 				b,
-				se2,
-				se,
-				q;
+				se2;
 
-	r->v[TR_MEAN_CONTROL] = md->mean_c;
-	r->v[TR_MEAN_TREATMENT] = md->mean_t;
-	r->v[TR_DIFF] = md->diff;
-	if (md->mean_c != 0)
-		r->v[TR_LIFT] = md->diff / fabs(md->mean_c);
-
-	if (md->n_c < 2 || md->n_t < 2)
+	if (e->mean_c != 0 && isfinite(e->mean_c))
+		e->lift = e->diff / fabs(e->mean_c);
+	if (e->n_c < 2 || e->n_t < 2)
 		return;
-	a = md->var_c / (double) md->n_c;
-	b = md->var_t / (double) md->n_t;
+	a = var_c / (double) e->n_c;
+	b = var_t / (double) e->n_t;
 	se2 = a + b;
-	if (!(se2 > 0) || !isfinite(se2) || !isfinite(md->diff))
+	if (!(se2 > 0) || !isfinite(se2) || !isfinite(e->diff))
 		return;
-	se = sqrt(se2);
+	e->diff_se = sqrt(se2);
 	/* Satterthwaite df, scaled so that tiny variances do not underflow */
 	a /= se2;
 	b /= se2;
-	r->v[TR_DF] = 1.0 / (a * a / (double) (md->n_c - 1) + b * b / (double) (md->n_t - 1));
-	r->v[TR_STATISTIC] = md->diff / se;
-	r->v[TR_P_VALUE] = t_p_value(r->v[TR_STATISTIC], r->v[TR_DF]);
-	q = t_isf(alpha / 2, r->v[TR_DF]);
-	r->v[TR_DIFF_LOWER] = md->diff - q * se;
-	r->v[TR_DIFF_UPPER] = md->diff + q * se;
-
-	if (isfinite(r->v[TR_LIFT]) && md->lift_var > 0 && isfinite(md->lift_var))
+	e->df = 1.0 / (a * a / (double) (e->n_c - 1) + b * b / (double) (e->n_t - 1));
+	if (isfinite(e->lift))
 	{
-		double		se_lift = sqrt(md->lift_var);
+		double		lv = (var_t / (double) e->n_t + var_c_lift / (double) e->n_c) /
+			(e->mean_c * e->mean_c);
 
-		r->v[TR_LIFT_LOWER] = r->v[TR_LIFT] - q * se_lift;
-		r->v[TR_LIFT_UPPER] = r->v[TR_LIFT] + q * se_lift;
-		r->v[TR_LIFT_P_VALUE] = t_p_value(r->v[TR_LIFT] / se_lift, r->v[TR_DF]);
+		if (lv > 0 && isfinite(lv))
+			e->lift_se = sqrt(lv);
 	}
 }
 
-/*
- * Variance of lift = (A_t - A_c)/|m_c| by the delta method, for a test whose
- * control contribution is var_c_lift (the per-unit variance of the linear
- * combination that the control means enter with), divided by m_c^2:
- *	(var_t/n_t + var_c_lift/n_c) / m_c^2
- */
-static double
-lift_variance(double var_t, int64 n_t, double var_c_lift, int64 n_c, double mean_c)
-{
-	if (mean_c == 0 || n_c < 1 || n_t < 1)
-		return get_float8_nan();
-	return (var_t / (double) n_t + var_c_lift / (double) n_c) / (mean_c * mean_c);
-}
-
-/*
- * The Welch test of univariate moments.
- */
+/* Welch: univariate moments */
 static void
-welch_moments(TestResult *r, const Moments *c, const Moments *t, double alpha)
+welch_moments_estimate(Estimate *e, const Moments *c, const Moments *t)
 {
-	MeanDiff	md;
 	double		ratio;
 
-	result_init(r, c->n, t->n);
-	md.n_c = c->n;
-	md.n_t = t->n;
-	md.mean_c = mean_or_nan(c, 0);
-	md.mean_t = mean_or_nan(t, 0);
-	md.diff = md.mean_t - md.mean_c;
-	md.var_c = moments_variance(c, 0);
-	md.var_t = moments_variance(t, 0);
+	estimate_init(e, c->n, t->n);
+	e->mean_c = mean_or_nan(c, 0);
+	e->mean_t = mean_or_nan(t, 0);
+	e->diff = e->mean_t - e->mean_c;
 	/* v_t/(mu_c^2 n_t) + v_c mu_t^2/(mu_c^4 n_c) */
-	ratio = md.mean_t / md.mean_c;
-	md.lift_var = lift_variance(md.var_t, md.n_t, md.var_c * ratio * ratio, md.n_c, md.mean_c);
-	welch_finish(r, &md, alpha);
+	ratio = e->mean_t / e->mean_c;
+	welch_estimate(e, moments_variance(c, 0), moments_variance(t, 0),
+				   moments_variance(c, 0) * ratio * ratio);
 }
 
 /*
- * welch_ttest(control, treatment, alpha): Welch's unequal-variances t-test of
- * mean(treatment) - mean(control) from univariate moments.
+ * Proportions x/n: the difference with its unpooled (Wald) standard error
+ * and, for the fixed-horizon statistic, the pooled one; the lift by the
+ * delta method; normal reference distribution.
  */
-PG_FUNCTION_INFO_V1(welch_ttest);
-Datum
-welch_ttest(PG_FUNCTION_ARGS)
+static void
+prop_estimate(Estimate *e, int64 x_c, int64 n_c, int64 x_t, int64 n_t)
 {
-	Moments    *c = PG_GETARG_MOMENTS_P(0);
-	Moments    *t = PG_GETARG_MOMENTS_P(1);
-	double		alpha = PG_GETARG_FLOAT8(2);
-	TestResult	r;
-
-	check_alpha(alpha);
-	check_nvars(c, 1, "control", "welch_ttest");
-	check_nvars(t, 1, "treatment", "welch_ttest");
-	welch_moments(&r, c, t, alpha);
-	return result_datum(fcinfo, &r);
-}
-
-/*
- * welch_ttest_final(state): final function of the welch_ttest(boolean,
- * float8) aggregate; the state is experiment.moments[] = [control, treatment].
- * alpha is 0.05.
- */
-PG_FUNCTION_INFO_V1(welch_ttest_final);
-Datum
-welch_ttest_final(PG_FUNCTION_ARGS)
-{
-	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(0);
-	Datum	   *elems;
-	bool	   *elnulls;
-	int			nelems;
-	Moments    *g[2];
-	int			i;
-	TestResult	r;
-
-	if (ARR_NDIM(arr) != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("a two-group moments state must be a one-dimensional array")));
-	deconstruct_array(arr, ARR_ELEMTYPE(arr), -1, false, TYPALIGN_DOUBLE,
-					  &elems, &elnulls, &nelems);
-	if (nelems != 2 || elnulls[0] || elnulls[1])
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("a two-group moments state must be an array of two non-NULL experiment.moments")));
-	for (i = 0; i < 2; i++)
-	{
-		g[i] = DatumGetMomentsP(elems[i]);
-		check_nvars(g[i], 1, i == 0 ? "control" : "treatment", "welch_ttest");
-	}
-	welch_moments(&r, g[0], g[1], 0.05);
-	return result_datum(fcinfo, &r);
-}
-
-/*
- * prop_ztest(x_control, n_control, x_treatment, n_treatment, alpha): the
- * two-proportion z-test.  z uses the pooled standard error, the CI of the
- * difference the unpooled (Wald) one, the lift the delta method; quantiles
- * are normal and df is NULL.
- */
-PG_FUNCTION_INFO_V1(prop_ztest);
-Datum
-prop_ztest(PG_FUNCTION_ARGS)
-{
-	int64		x_c = PG_GETARG_INT64(0);
-	int64		n_c = PG_GETARG_INT64(1);
-	int64		x_t = PG_GETARG_INT64(2);
-	int64		n_t = PG_GETARG_INT64(3);
-	double		alpha = PG_GETARG_FLOAT8(4);
 	double		p_c,
 				p_t,
 				pooled,
-				se0,
 				se,
-				q;
-	TestResult	r;
+				se0;
 
-	check_alpha(alpha);
-	if (x_c < 0 || n_c < 0 || x_t < 0 || n_t < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not be negative, got " INT64_FORMAT,
-						x_c < 0 ? "x_control" : n_c < 0 ? "n_control" : x_t < 0 ? "x_treatment" : "n_treatment",
-						x_c < 0 ? x_c : n_c < 0 ? n_c : x_t < 0 ? x_t : n_t)));
-	if (x_c > n_c)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("x_control (" INT64_FORMAT ") must not exceed n_control (" INT64_FORMAT ")", x_c, n_c)));
-	if (x_t > n_t)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("x_treatment (" INT64_FORMAT ") must not exceed n_treatment (" INT64_FORMAT ")", x_t, n_t)));
-
-	result_init(&r, n_c, n_t);
+	estimate_init(e, n_c, n_t);
 	p_c = n_c > 0 ? (double) x_c / (double) n_c : get_float8_nan();
 	p_t = n_t > 0 ? (double) x_t / (double) n_t : get_float8_nan();
-	r.v[TR_MEAN_CONTROL] = p_c;
-	r.v[TR_MEAN_TREATMENT] = p_t;
+	e->mean_c = p_c;
+	e->mean_t = p_t;
 	if (n_c == 0 || n_t == 0)
-		return result_datum(fcinfo, &r);
-
-	r.v[TR_DIFF] = p_t - p_c;
-	q = gsl_cdf_ugaussian_Qinv(alpha / 2);
-
-	/* pooled z */
+		return;
+	e->diff = p_t - p_c;
 	pooled = ((double) x_c + (double) x_t) / ((double) n_c + (double) n_t);
 	se0 = sqrt(pooled * (1 - pooled) * (1.0 / (double) n_c + 1.0 / (double) n_t));
-	if (se0 > 0)
-	{
-		r.v[TR_STATISTIC] = r.v[TR_DIFF] / se0;
-		r.v[TR_P_VALUE] = z_p_value(r.v[TR_STATISTIC]);
-	}
-
-	/* Wald interval */
 	se = sqrt(p_c * (1 - p_c) / (double) n_c + p_t * (1 - p_t) / (double) n_t);
+	if (se0 > 0)
+		e->null_se = se0;
 	if (se > 0)
-	{
-		r.v[TR_DIFF_LOWER] = r.v[TR_DIFF] - q * se;
-		r.v[TR_DIFF_UPPER] = r.v[TR_DIFF] + q * se;
-	}
-
-	/* lift, delta method */
+		e->diff_se = se;		/* else both arms constant: no interval */
 	if (p_c > 0)
 	{
 		double		ratio = p_t / p_c;
-		double		lift_var = lift_variance(p_t * (1 - p_t), n_t,
-											 p_c * (1 - p_c) * ratio * ratio, n_c, p_c);
+		double		lv = (p_t * (1 - p_t) / (double) n_t +
+						  p_c * (1 - p_c) * ratio * ratio / (double) n_c) / (p_c * p_c);
 
-		r.v[TR_LIFT] = r.v[TR_DIFF] / p_c;
-		if (lift_var > 0)
-		{
-			double		se_lift = sqrt(lift_var);
-
-			r.v[TR_LIFT_LOWER] = r.v[TR_LIFT] - q * se_lift;
-			r.v[TR_LIFT_UPPER] = r.v[TR_LIFT] + q * se_lift;
-			r.v[TR_LIFT_P_VALUE] = z_p_value(r.v[TR_LIFT] / se_lift);
-		}
+		e->lift = e->diff / p_c;
+		if (lv > 0)
+			e->lift_se = sqrt(lv);
 	}
-	return result_datum(fcinfo, &r);
 }
 
 /* ---------- CUPED ---------- */
@@ -566,52 +727,203 @@ combo_variance(const Moments *m, double a, double b)
 }
 
 /*
- * cuped_ttest(control, treatment, alpha): Welch's t-test on the CUPED-adjusted
- * metric y - theta (x - mean x), theta pooled over both arms.  Means are
- * reported unadjusted.
+ * CUPED: Welch on y - theta (x - mean x), theta pooled over both arms (0
+ * when x does not vary); means are reported unadjusted.  The lift variance
+ * is v_t,adj/(n_t mu_c^2) + var_c(r y - theta x)/(n_c mu_c^2), r = mu_t/mu_c.
+ */
+static void
+cuped_estimate(Estimate *e, const Moments *c, const Moments *t)
+{
+	Moments    *pooled = moments_copy(c);
+	double		theta,
+				ratio;
+
+	moments_merge_into(pooled, t);
+	theta = cuped_theta_of(pooled);
+	if (isnan(theta))
+		theta = 0;				/* var_x = 0: the plain Welch test */
+	estimate_init(e, c->n, t->n);
+	e->mean_c = mean_or_nan(c, 0);
+	e->mean_t = mean_or_nan(t, 0);
+	e->diff = (e->mean_t - e->mean_c) - theta * (mean_or_nan(t, 1) - mean_or_nan(c, 1));
+	ratio = e->mean_t / e->mean_c;
+	welch_estimate(e, combo_variance(c, 1, -theta), combo_variance(t, 1, -theta),
+				   combo_variance(c, ratio, -theta));
+}
+
+/* ---------- ratio metrics ---------- */
+
+/*
+ * Arm value of a ratio metric, mean(num)/mean(den), and the per-unit
+ * delta-method variance
+ *	(v_n - 2 R cov + R^2 v_d) / mu_d^2
+ *	= v_n/mu_d^2 + v_d mu_n^2/mu_d^4 - 2 cov mu_n/mu_d^3.
+ */
+static void
+ratio_arm(const Moments *m, double *value, double *var)
+{
+	double		mu_d = m->n > 0 ? MOMENTS_MEAN(m, 1) : get_float8_nan();
+
+	if (m->n == 0 || mu_d == 0)
+	{
+		*value = get_float8_nan();
+		*var = get_float8_nan();
+		return;
+	}
+	*value = MOMENTS_MEAN(m, 0) / mu_d;
+	*var = combo_variance(m, 1, -*value) / (mu_d * mu_d);
+}
+
+/* ratio metrics: Welch on the arms' delta-method variances */
+static void
+ratio_estimate(Estimate *e, const Moments *c, const Moments *t)
+{
+	double		var_c,
+				var_t,
+				ratio;
+
+	estimate_init(e, c->n, t->n);
+	ratio_arm(c, &e->mean_c, &var_c);
+	ratio_arm(t, &e->mean_t, &var_t);
+	e->diff = e->mean_t - e->mean_c;
+	ratio = e->mean_t / e->mean_c;
+	welch_estimate(e, var_c, var_t, var_c * ratio * ratio);
+}
+
+/* ---------- the SQL test functions ---------- */
+
+/*
+ * The tests on two moments arguments: the estimator by name, then the
+ * inference of arguments 2..4.  NULL moments, alpha or alternative give NULL
+ * (after the other arguments are checked).
+ */
+static Datum
+moments_test(FunctionCallInfo fcinfo, const char *name, int nvars,
+			 void (*estimator) (Estimate *, const Moments *, const Moments *))
+{
+	Inference	inf;
+	Moments    *c,
+			   *t;
+	Estimate	e;
+	TestResult	r;
+
+	if (!get_inference(fcinfo, 2, &inf) || PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_NULL();
+	c = PG_GETARG_MOMENTS_P(0);
+	t = PG_GETARG_MOMENTS_P(1);
+	check_nvars(c, nvars, "control", name);
+	check_nvars(t, nvars, "treatment", name);
+	estimator(&e, c, t);
+	infer(&r, &e, &inf);
+	return result_datum(fcinfo, &r);
+}
+
+/*
+ * welch_ttest(control, treatment, alpha, alternative, sequential_tuning):
+ * Welch's unequal-variances t-test of mean(treatment) - mean(control) from
+ * univariate moments.
+ */
+PG_FUNCTION_INFO_V1(welch_ttest);
+Datum
+welch_ttest(PG_FUNCTION_ARGS)
+{
+	return moments_test(fcinfo, "welch_ttest", 1, welch_moments_estimate);
+}
+
+/*
+ * welch_ttest_final(state): final function of the welch_ttest(boolean,
+ * float8) aggregate; the state is experiment.moments[] = [control, treatment].
+ * Fixed horizon, two-sided, alpha 0.05.
+ */
+PG_FUNCTION_INFO_V1(welch_ttest_final);
+Datum
+welch_ttest_final(PG_FUNCTION_ARGS)
+{
+	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(0);
+	Datum	   *elems;
+	bool	   *elnulls;
+	int			nelems;
+	Moments    *g[2];
+	int			i;
+	Estimate	e;
+	Inference	inf = {0.05, ALT_TWO_SIDED, get_float8_nan()};
+	TestResult	r;
+
+	if (ARR_NDIM(arr) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a two-group moments state must be a one-dimensional array")));
+	deconstruct_array(arr, ARR_ELEMTYPE(arr), -1, false, TYPALIGN_DOUBLE,
+					  &elems, &elnulls, &nelems);
+	if (nelems != 2 || elnulls[0] || elnulls[1])
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a two-group moments state must be an array of two non-NULL experiment.moments")));
+	for (i = 0; i < 2; i++)
+	{
+		g[i] = DatumGetMomentsP(elems[i]);
+		check_nvars(g[i], 1, i == 0 ? "control" : "treatment", "welch_ttest");
+	}
+	welch_moments_estimate(&e, g[0], g[1]);
+	infer(&r, &e, &inf);
+	return result_datum(fcinfo, &r);
+}
+
+/*
+ * prop_ztest(x_control, n_control, x_treatment, n_treatment, alpha,
+ * alternative, sequential_tuning): the two-proportion z-test.  The
+ * fixed-horizon z uses the pooled standard error, the interval the unpooled
+ * (Wald) one, the lift the delta method; a sequential test uses the unpooled
+ * one throughout.  df is NULL.
+ */
+PG_FUNCTION_INFO_V1(prop_ztest);
+Datum
+prop_ztest(PG_FUNCTION_ARGS)
+{
+	int64		x_c,
+				n_c,
+				x_t,
+				n_t;
+	Inference	inf;
+	Estimate	e;
+	TestResult	r;
+
+	if (!get_inference(fcinfo, 4, &inf) || PG_ARGISNULL(0) || PG_ARGISNULL(1) ||
+		PG_ARGISNULL(2) || PG_ARGISNULL(3))
+		PG_RETURN_NULL();
+	x_c = PG_GETARG_INT64(0);
+	n_c = PG_GETARG_INT64(1);
+	x_t = PG_GETARG_INT64(2);
+	n_t = PG_GETARG_INT64(3);
+	if (x_c < 0 || n_c < 0 || x_t < 0 || n_t < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be negative, got " INT64_FORMAT,
+						x_c < 0 ? "x_control" : n_c < 0 ? "n_control" : x_t < 0 ? "x_treatment" : "n_treatment",
+						x_c < 0 ? x_c : n_c < 0 ? n_c : x_t < 0 ? x_t : n_t)));
+	if (x_c > n_c)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("x_control (" INT64_FORMAT ") must not exceed n_control (" INT64_FORMAT ")", x_c, n_c)));
+	if (x_t > n_t)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("x_treatment (" INT64_FORMAT ") must not exceed n_treatment (" INT64_FORMAT ")", x_t, n_t)));
+	prop_estimate(&e, x_c, n_c, x_t, n_t);
+	infer(&r, &e, &inf);
+	return result_datum(fcinfo, &r);
+}
+
+/*
+ * cuped_ttest(control, treatment, alpha, alternative, sequential_tuning):
+ * Welch's t-test on the CUPED-adjusted metric y - theta (x - mean x), theta
+ * pooled over both arms.  Means are reported unadjusted.
  */
 PG_FUNCTION_INFO_V1(cuped_ttest);
 Datum
 cuped_ttest(PG_FUNCTION_ARGS)
 {
-	Moments    *c = PG_GETARG_MOMENTS_P(0);
-	Moments    *t = PG_GETARG_MOMENTS_P(1);
-	double		alpha = PG_GETARG_FLOAT8(2);
-	Moments    *pooled;
-	double		theta,
-				ratio;
-	MeanDiff	md;
-	TestResult	r;
-
-	check_alpha(alpha);
-	check_nvars(c, 2, "control", "cuped_ttest");
-	check_nvars(t, 2, "treatment", "cuped_ttest");
-
-	pooled = moments_copy(c);
-	moments_merge_into(pooled, t);
-	theta = cuped_theta_of(pooled);
-	if (isnan(theta))
-		theta = 0;				/* var_x = 0: the plain Welch test */
-
-	result_init(&r, c->n, t->n);
-	md.n_c = c->n;
-	md.n_t = t->n;
-	md.mean_c = mean_or_nan(c, 0);
-	md.mean_t = mean_or_nan(t, 0);
-	md.diff = (md.mean_t - md.mean_c) - theta * (mean_or_nan(t, 1) - mean_or_nan(c, 1));
-	md.var_c = combo_variance(c, 1, -theta);
-	md.var_t = combo_variance(t, 1, -theta);
-
-	/*
-	 * lift variance: v_t,adj/(n_t mu_c^2) + [v_c,y r^2 - 2 theta cov_c r +
-	 * theta^2 v_c,x]/(n_c mu_c^2), r = mu_t/mu_c; the bracket is the variance
-	 * of r y - theta x in the control arm.
-	 */
-	ratio = md.mean_t / md.mean_c;
-	md.lift_var = lift_variance(md.var_t, md.n_t, combo_variance(c, ratio, -theta),
-								md.n_c, md.mean_c);
-	welch_finish(&r, &md, alpha);
-	return result_datum(fcinfo, &r);
+	return moments_test(fcinfo, "cuped_ttest", 2, cuped_estimate);
 }
 
 /*
@@ -683,59 +995,17 @@ cuped_adjust_moments(PG_FUNCTION_ARGS)
 	PG_RETURN_MOMENTS_P(res);
 }
 
-/* ---------- ratio metrics ---------- */
-
 /*
- * Arm value of a ratio metric, mean(num)/mean(den), and the per-unit
- * delta-method variance
- *	(v_n - 2 R cov + R^2 v_d) / mu_d^2
- *	= v_n/mu_d^2 + v_d mu_n^2/mu_d^4 - 2 cov mu_n/mu_d^3.
- */
-static void
-ratio_arm(const Moments *m, double *value, double *var)
-{
-	double		mu_d = m->n > 0 ? MOMENTS_MEAN(m, 1) : get_float8_nan();
-
-	if (m->n == 0 || mu_d == 0)
-	{
-		*value = get_float8_nan();
-		*var = get_float8_nan();
-		return;
-	}
-	*value = MOMENTS_MEAN(m, 0) / mu_d;
-	*var = combo_variance(m, 1, -*value) / (mu_d * mu_d);
-}
-
-/*
- * ratio_ttest(control, treatment, alpha): Welch's t-test of a ratio metric
- * sum(num)/sum(den) per arm, from bivariate moments of each unit's
- * (numerator, denominator), with delta-method variances.
+ * ratio_ttest(control, treatment, alpha, alternative, sequential_tuning):
+ * Welch's t-test of a ratio metric sum(num)/sum(den) per arm, from bivariate
+ * moments of each unit's (numerator, denominator), with delta-method
+ * variances.
  */
 PG_FUNCTION_INFO_V1(ratio_ttest);
 Datum
 ratio_ttest(PG_FUNCTION_ARGS)
 {
-	Moments    *c = PG_GETARG_MOMENTS_P(0);
-	Moments    *t = PG_GETARG_MOMENTS_P(1);
-	double		alpha = PG_GETARG_FLOAT8(2);
-	MeanDiff	md;
-	TestResult	r;
-	double		ratio;
-
-	check_alpha(alpha);
-	check_nvars(c, 2, "control", "ratio_ttest");
-	check_nvars(t, 2, "treatment", "ratio_ttest");
-
-	result_init(&r, c->n, t->n);
-	md.n_c = c->n;
-	md.n_t = t->n;
-	ratio_arm(c, &md.mean_c, &md.var_c);
-	ratio_arm(t, &md.mean_t, &md.var_t);
-	md.diff = md.mean_t - md.mean_c;
-	ratio = md.mean_t / md.mean_c;
-	md.lift_var = lift_variance(md.var_t, md.n_t, md.var_c * ratio * ratio, md.n_c, md.mean_c);
-	welch_finish(&r, &md, alpha);
-	return result_datum(fcinfo, &r);
+	return moments_test(fcinfo, "ratio_ttest", 2, ratio_estimate);
 }
 
 /* ---------- sample ratio mismatch ---------- */

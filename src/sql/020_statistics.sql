@@ -17,19 +17,22 @@ CREATE TYPE experiment.test_result AS (
   statistic float8,
   df float8,
   p_value float8,
-  lift_p_value float8
+  lift_p_value float8,
+  diff_se float8,
+  lift_se float8
 );
 COMMENT ON TYPE experiment.test_result IS
-  'Result of a two-arm test: counts, arm means, difference (treatment - control) with CI, relative lift with CI, statistic, df, p-values; NULL where undefined';
+  'Result of a two-arm test: counts, arm means, difference (treatment - control) with CI, relative lift with CI, statistic, df (NULL: normal), p-values, standard errors of the difference and the lift; NULL where undefined, one-sided bounds +-Infinity';
 
 -- Welch's t-test
 
 CREATE FUNCTION experiment.welch_ttest(control experiment.moments, treatment experiment.moments,
-                                       alpha float8 DEFAULT 0.05)
+                                       alpha float8 DEFAULT 0.05, alternative text DEFAULT 'two-sided',
+                                       sequential_tuning float8 DEFAULT NULL)
   RETURNS experiment.test_result
-  AS 'MODULE_PATHNAME', 'welch_ttest' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-COMMENT ON FUNCTION experiment.welch_ttest(experiment.moments, experiment.moments, float8) IS
-  'Welch''s unequal-variances t-test of mean(treatment) - mean(control) from univariate moments, with delta-method lift';
+  AS 'MODULE_PATHNAME', 'welch_ttest' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.welch_ttest(experiment.moments, experiment.moments, float8, text, float8) IS
+  'Welch''s unequal-variances t-test of mean(treatment) - mean(control) from univariate moments, with delta-method lift; alternative two-sided, greater or less; sequential_tuning N* gives an always-valid confidence sequence (NULL: fixed horizon)';
 
 CREATE FUNCTION experiment.moments_pair_accum(experiment.moments[], boolean, float8)
   RETURNS experiment.moments[]
@@ -63,19 +66,21 @@ COMMENT ON AGGREGATE experiment.welch_ttest(boolean, float8) IS
 
 CREATE FUNCTION experiment.prop_ztest(x_control bigint, n_control bigint,
                                       x_treatment bigint, n_treatment bigint,
-                                      alpha float8 DEFAULT 0.05)
+                                      alpha float8 DEFAULT 0.05, alternative text DEFAULT 'two-sided',
+                                      sequential_tuning float8 DEFAULT NULL)
   RETURNS experiment.test_result
-  AS 'MODULE_PATHNAME', 'prop_ztest' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-COMMENT ON FUNCTION experiment.prop_ztest(bigint, bigint, bigint, bigint, float8) IS
-  'two-proportion z-test: pooled z and p-value, Wald CI of the difference, delta-method lift; df is NULL';
+  AS 'MODULE_PATHNAME', 'prop_ztest' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.prop_ztest(bigint, bigint, bigint, bigint, float8, text, float8) IS
+  'two-proportion z-test: pooled z and p-value, Wald CI of the difference, delta-method lift; df is NULL; alternative and sequential_tuning as in welch_ttest (a sequential test uses the Wald standard error throughout)';
 
 -- CUPED
 
 CREATE FUNCTION experiment.cuped_ttest(control experiment.moments, treatment experiment.moments,
-                                       alpha float8 DEFAULT 0.05)
+                                       alpha float8 DEFAULT 0.05, alternative text DEFAULT 'two-sided',
+                                       sequential_tuning float8 DEFAULT NULL)
   RETURNS experiment.test_result
-  AS 'MODULE_PATHNAME', 'cuped_ttest' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-COMMENT ON FUNCTION experiment.cuped_ttest(experiment.moments, experiment.moments, float8) IS
+  AS 'MODULE_PATHNAME', 'cuped_ttest' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.cuped_ttest(experiment.moments, experiment.moments, float8, text, float8) IS
   'Welch''s t-test on the CUPED-adjusted metric from bivariate moments (y, x = pre-period y), theta pooled over both arms; means reported unadjusted';
 
 CREATE FUNCTION experiment.cuped_theta(m experiment.moments) RETURNS float8
@@ -97,10 +102,11 @@ COMMENT ON FUNCTION experiment.cuped_adjust(experiment.moments, float8, float8) 
 -- ratio metrics
 
 CREATE FUNCTION experiment.ratio_ttest(control experiment.moments, treatment experiment.moments,
-                                       alpha float8 DEFAULT 0.05)
+                                       alpha float8 DEFAULT 0.05, alternative text DEFAULT 'two-sided',
+                                       sequential_tuning float8 DEFAULT NULL)
   RETURNS experiment.test_result
-  AS 'MODULE_PATHNAME', 'ratio_ttest' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-COMMENT ON FUNCTION experiment.ratio_ttest(experiment.moments, experiment.moments, float8) IS
+  AS 'MODULE_PATHNAME', 'ratio_ttest' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.ratio_ttest(experiment.moments, experiment.moments, float8, text, float8) IS
   'Welch''s t-test of a ratio metric sum(numerator)/sum(denominator) from bivariate moments of each unit''s (numerator, denominator), delta-method variances';
 
 -- sample ratio mismatch
