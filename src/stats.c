@@ -456,8 +456,8 @@ seq_p_one_sided(double est, double se, double n, double alpha, double tuning, Al
 	if (!(e > 0))
 		return 1.0;
 	k = (e / se) * (e / se) * n * rho * rho / (2.0 * (nr2 + 1.0));
-	/* sqrt(nr2 + 1) / 2 * exp(-k) / (1 - exp(-k)), without overflow */
-	p = 0.5 * sqrt(nr2 + 1.0) * exp(-k) / -expm1(-k);
+	/* sqrt(nr2 + 1) / 2 * exp(-k) / (1 - exp(-k)), in logarithms */
+	p = exp(log(0.5) + 0.5 * log(nr2 + 1.0) - k - log(-expm1(-k)));
 	return Min(1.0, p);
 }
 
