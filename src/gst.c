@@ -178,6 +178,11 @@ exp_gst_alpha(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("information_fractions must not contain NULL (element %d)", k + 1)));
 		t[k] = DatumGetFloat8(elems[k]);
+		if (k == 0 && !(t[k] > 0 && isfinite(t[k])))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("information_fractions must be positive and finite, got %g at element 1", t[k]),
+					 errhint("An information fraction is the share of the planned sample seen at a look, e.g. {0.25, 0.5, 0.75, 1}.")));
 		if (!(t[k] > prev_t && isfinite(t[k])))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
