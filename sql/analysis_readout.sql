@@ -3,6 +3,9 @@
 -- lift and the p-value; multi-arm readouts say how the arms were compared
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS experiment;
+\set ECHO none
+\i test/regress_support.sql
+\set ECHO all
 CREATE SCHEMA analysis_readout;
 CREATE TABLE analysis_readout.events (user_id text, ts timestamptz, amount numeric, failed boolean);
 \pset tuples_only on
@@ -10,18 +13,21 @@ CREATE TABLE analysis_readout.events (user_id text, ts timestamptz, amount numer
 
 -- internal: an experiment with the given variants, one primary metric (revenue), a guardrail
 -- (errors, lower is better) and a secondary metric (bought), running from Jan 1 2025
-CREATE FUNCTION analysis_readout.make(id text, variants text[]) RETURNS void LANGUAGE plpgsql AS $$
+CREATE FUNCTION analysis_readout.make(id text, variants text[], analysis text DEFAULT 'sequential',
+                                      margin float8 DEFAULT NULL) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
   v text;
 BEGIN
-  INSERT INTO experiment.experiments (id, status, start_at, end_at)
-  VALUES (id, 'draft', '2025-01-01 00:00+00', '2025-01-15 00:00+00');
+  INSERT INTO experiment.experiments (id, status, start_at, end_at, analysis)
+  VALUES (id, 'draft', '2025-01-01 00:00+00', '2025-01-15 00:00+00', make.analysis);
   FOREACH v IN ARRAY variants LOOP
     INSERT INTO experiment.variants (experiment_id, name, allocation, is_control)
     VALUES (id, v, 1.0 / cardinality(variants), v = variants[1]);
   END LOOP;
   INSERT INTO experiment.experiment_metrics (experiment_id, metric, role) VALUES
-    (id, 'ro_revenue', 'primary'), (id, 'ro_errors', 'guardrail'), (id, 'ro_bought', 'secondary');
+    (id, 'ro_revenue', 'primary'), (id, 'ro_bought', 'secondary');
+  INSERT INTO experiment.experiment_metrics (experiment_id, metric, role, non_inferiority_margin) VALUES
+    (id, 'ro_errors', 'guardrail', margin);
   UPDATE experiment.experiments SET status = 'running' WHERE experiments.id = make.id;
 END $$;
 -- internal: n units of a variant exposed on Jan 2, each with one purchase of base + (i % 7)
@@ -131,6 +137,62 @@ ALTER TABLE analysis_readout.events RENAME COLUMN amount TO amount_eur;
 SELECT experiment.refresh_all() >= 0;
 SELECT * FROM experiment.decision('ro-ship');
 ALTER TABLE analysis_readout.events RENAME COLUMN amount_eur TO amount;
+
+-- 14. the same data under each analysis: fixed horizon, Bayesian (chance to win), sequential
+SELECT analysis_readout.make('ro-fixed', '{control,treatment}', 'fixed');
+SELECT analysis_readout.units('ro-fixed', 'control', 60, 10);
+SELECT analysis_readout.units('ro-fixed', 'treatment', 60, 11);
+SELECT analysis_readout.make('ro-bayes', '{control,treatment}', 'bayesian');
+SELECT analysis_readout.units('ro-bayes', 'control', 60, 10);
+SELECT analysis_readout.units('ro-bayes', 'treatment', 60, 11);
+SELECT analysis_readout.make('ro-seq', '{control,treatment}', 'sequential');
+SELECT analysis_readout.units('ro-seq', 'control', 60, 10);
+SELECT analysis_readout.units('ro-seq', 'treatment', 60, 11);
+SELECT experiment.refresh(x) FROM unnest('{ro-fixed,ro-bayes,ro-seq}'::text[]) x;
+SELECT experiment.readout('ro-fixed');
+SELECT experiment.readout('ro-bayes');
+SELECT * FROM experiment.decision('ro-seq');
+SELECT experiment_id, analysis, round(p_value::numeric, 6) AS p, round(chance_to_win::numeric, 6) AS ctw,
+       round(risk_treatment::numeric, 8) AS risk_treatment, significant, better
+FROM experiment.results WHERE experiment_id IN ('ro-fixed', 'ro-bayes', 'ro-seq') AND metric = 'ro_revenue'
+ORDER BY experiment_id;
+
+-- 15. a guardrail with a non-inferiority margin: ok when the one-sided bound on harm is inside
+--     it, inconclusive (KEEP RUNNING) when it straddles it, failed when the harm is beyond it
+SELECT analysis_readout.make('ro-ni-ok', '{control,treatment}', 'fixed', 0.5);
+SELECT analysis_readout.units('ro-ni-ok', 'control', 200, 10, 4);
+SELECT analysis_readout.units('ro-ni-ok', 'treatment', 200, 14, 4);
+SELECT analysis_readout.make('ro-ni-open', '{control,treatment}', 'fixed', 0.05);
+SELECT analysis_readout.units('ro-ni-open', 'control', 200, 10, 4);
+SELECT analysis_readout.units('ro-ni-open', 'treatment', 200, 14, 4);
+SELECT analysis_readout.make('ro-ni-bad', '{control,treatment}', 'fixed', 0.05);
+SELECT analysis_readout.units('ro-ni-bad', 'control', 200, 10, 4);
+SELECT analysis_readout.units('ro-ni-bad', 'treatment', 200, 14, 2);
+SELECT experiment.refresh(x) FROM unnest('{ro-ni-ok,ro-ni-open,ro-ni-bad}'::text[]) x;
+SELECT experiment_id, non_inferiority_margin, round(lift::numeric, 4) AS lift, round(harm_bound::numeric, 4) AS harm_bound,
+       guardrail_status, guardrail_ok
+FROM experiment.results WHERE experiment_id LIKE 'ro-ni-%' AND role = 'guardrail' ORDER BY experiment_id;
+SELECT x, d.* FROM unnest('{ro-ni-ok,ro-ni-open,ro-ni-bad}'::text[]) x, LATERAL experiment.decision(x) d;
+SELECT l FROM regexp_split_to_table(experiment.readout('ro-ni-open'), E'\n') l WHERE l LIKE 'Guardrails:%';
+
+-- 16. multiple testing: a second secondary metric; Holm across the secondary metrics
+INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column, aggregation) VALUES
+  ('ro_max', 'analysis_readout.events', 'user_id', 'ts', 'amount', 'max'),
+  ('ro_sum', 'analysis_readout.events', 'user_id', 'ts', 'amount', 'sum');
+INSERT INTO experiment.experiment_metrics (experiment_id, metric, role) VALUES
+  ('ro-fixed', 'ro_max', 'secondary'), ('ro-fixed', 'ro_sum', 'secondary');
+SELECT experiment.refresh('ro-fixed');
+SELECT metric, role, round(p_value::numeric, 6) AS p, round(p_value_adjusted::numeric, 6) AS p_adjusted,
+       round(lift_lower_adjusted::numeric, 4) AS lo_adj, round(lift_upper_adjusted::numeric, 4) AS hi_adj
+FROM experiment.results WHERE experiment_id = 'ro-fixed' ORDER BY role, metric;
+
+-- 17. the analysis is chosen before the data: frozen once running; bad values named
+SELECT regress_support.err($$UPDATE experiment.experiments SET analysis = 'fixed' WHERE id = 'ro-seq'$$);
+SELECT regress_support.err($$INSERT INTO experiment.experiments (id, analysis) VALUES ('ro-x', 'frequentist')$$);
+SELECT regress_support.err($$INSERT INTO experiment.experiments (id, correction) VALUES ('ro-x', 'fdr')$$);
+SELECT regress_support.err($$INSERT INTO experiment.experiments (id, sequential_tuning) VALUES ('ro-x', 0)$$);
+SELECT regress_support.err($$INSERT INTO experiment.experiments (id, prior_variance) VALUES ('ro-x', -1)$$);
+SELECT regress_support.err($$INSERT INTO experiment.experiments (id, ship_threshold) VALUES ('ro-x', 0.4)$$);
 
 -- interval formatting: one number of decimals for the difference and both bounds
 \pset tuples_only off

@@ -104,8 +104,11 @@ cur.execute("CREATE TABLE e2e.sessions (user_id text, started_at timestamptz)")
 copy_rows("e2e.orders", ("user_id", "ordered_at", "amount"), [(u, ts(s), a) for u, s, a in orders])
 copy_rows("e2e.sessions", ("user_id", "started_at"), [(u, ts(s)) for u, s in sessions])
 
-cur.execute("""INSERT INTO experiment.experiments (id, name, status, start_at, end_at, min_runtime, alpha)
-               VALUES ('e2e', 'end to end', 'draft', %s, %s, '7 days', %s)""", (ts(0), ts(END_S), ALPHA))
+# a fixed-horizon analysis without correction, so that every number has a scipy/numpy oracle
+# (the sequential and corrected forms are checked in test_decision_oracle.py)
+cur.execute("""INSERT INTO experiment.experiments (id, name, status, start_at, end_at, min_runtime, alpha,
+                                                    analysis, correction)
+               VALUES ('e2e', 'end to end', 'draft', %s, %s, '7 days', %s, 'fixed', 'none')""", (ts(0), ts(END_S), ALPHA))
 cur.execute("""INSERT INTO experiment.variants (experiment_id, name, allocation, is_control) VALUES
                ('e2e', 'control', 0.5, true), ('e2e', 'treatment', 0.5, false)""")
 METRICS = {
@@ -354,9 +357,10 @@ lines = text.split("\n")
 ck.check(lines[0] == "Experiment: e2e   Duration: 14 days", "readout line 1: %r" % lines[0])
 want_sample = "Sample: {:,} control / {:,} treatment".format(int(c.sum()), int(t.sum()))
 ck.check(lines[1].startswith(want_sample) and lines[1].endswith("ok (threshold 0.001)"), "readout line 2: %r" % lines[1])
-ck.check(lines[2] == "Primary metric (e2e_conv):", "readout line 3: %r" % lines[2])
-ck.check("pp (" in lines[3] and "95% CI [" in lines[3] and "p < 0.001" in lines[3], "readout primary: %r" % lines[3])
-ck.check(lines[-1].startswith("Decision: SHIP (e2e_conv +") and lines[-1].endswith(", p < 0.001, guardrails ok)"),
+ck.check(lines[2] == "Analysis: fixed horizon (valid at the planned end only), alpha = 0.05", "readout line 3: %r" % lines[2])
+ck.check(lines[3] == "Primary metric (e2e_conv):", "readout line 4: %r" % lines[3])
+ck.check("pp (" in lines[4] and "95% CI [" in lines[4] and "p < 0.001" in lines[4], "readout primary: %r" % lines[4])
+ck.check(lines[-1].startswith("Decision: SHIP (fixed horizon: e2e_conv +") and lines[-1].endswith(", p < 0.001, guardrails ok)"),
          "readout decision: %r" % lines[-1])
 (dec, reason), = q("SELECT decision, reason FROM experiment.decision('e2e')")
 ck.check(dec == "SHIP" and lines[-1] == "Decision: SHIP (%s)" % reason, "decision %r %r" % (dec, reason))

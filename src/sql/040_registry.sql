@@ -34,6 +34,19 @@ CREATE TABLE experiment.experiments (
     CONSTRAINT experiments_target_units_positive CHECK (target_units_per_variant > 0),
   alpha float8 NOT NULL DEFAULT 0.05
     CONSTRAINT experiments_alpha_in_0_1 CHECK (alpha > 0 AND alpha < 1),
+  analysis text NOT NULL DEFAULT 'sequential'
+    CONSTRAINT experiments_analysis_valid CHECK (analysis IN ('fixed', 'sequential', 'bayesian')),
+  sequential_tuning float8
+    CONSTRAINT experiments_sequential_tuning_positive CHECK (sequential_tuning > 0),
+  correction text NOT NULL DEFAULT 'holm'
+    CONSTRAINT experiments_correction_valid CHECK (correction IN ('none', 'holm', 'bh')),
+  correction_family text NOT NULL DEFAULT 'experiment'
+    CONSTRAINT experiments_correction_family_valid CHECK (correction_family IN ('experiment', 'metric')),
+  prior_mean float8 NOT NULL DEFAULT 0,
+  prior_variance float8
+    CONSTRAINT experiments_prior_variance_positive CHECK (prior_variance > 0),
+  ship_threshold float8 NOT NULL DEFAULT 0.95
+    CONSTRAINT experiments_ship_threshold_valid CHECK (ship_threshold > 0.5 AND ship_threshold < 1),
   created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
   updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
   CONSTRAINT experiments_layer_range_valid CHECK (
@@ -59,6 +72,18 @@ COMMENT ON COLUMN experiment.experiments.targeting IS
 COMMENT ON COLUMN experiment.experiments.min_runtime IS 'minimum runtime before a decision (analysis)';
 COMMENT ON COLUMN experiment.experiments.target_units_per_variant IS 'planned sample size per variant (analysis)';
 COMMENT ON COLUMN experiment.experiments.alpha IS 'significance level of the analysis';
+COMMENT ON COLUMN experiment.experiments.analysis IS
+  'sequential (default: always-valid confidence sequences, safe to look at any time), fixed (fixed-horizon tests: look once, at the end) or bayesian (Gaussian posterior, chance to win and risk); frozen once the experiment leaves draft';
+COMMENT ON COLUMN experiment.experiments.sequential_tuning IS
+  'N* of the sequential analysis, the expected total sample size; NULL: target_units_per_variant times the number of variants, else 5000';
+COMMENT ON COLUMN experiment.experiments.correction IS
+  'multiple-testing correction of the secondary metrics (and of the primary metric across treatment arms): holm (default), bh or none';
+COMMENT ON COLUMN experiment.experiments.correction_family IS
+  'what one correction covers: experiment (every secondary metric and arm together, default) or metric (each secondary metric across arms)';
+COMMENT ON COLUMN experiment.experiments.prior_mean IS 'Bayesian analysis: prior mean of the relative lift';
+COMMENT ON COLUMN experiment.experiments.prior_variance IS 'Bayesian analysis: prior variance of the relative lift; NULL = flat (improper) prior';
+COMMENT ON COLUMN experiment.experiments.ship_threshold IS
+  'Bayesian analysis: chance to win at or above which the primary metric counts as better (at or below 1 - it, as worse)';
 
 CREATE TABLE experiment.variants (
   experiment_id text NOT NULL REFERENCES experiment.experiments (id) ON DELETE CASCADE,
@@ -271,6 +296,33 @@ BEGIN
     PERFORM experiment.raise_invalid_value(format('salt of experiment "%s"', NEW.id), '''''',
                                            'a non-empty text (NULL: the id)');
   END IF;
+  IF NEW.analysis IS NULL OR NEW.analysis NOT IN ('fixed', 'sequential', 'bayesian') THEN
+    PERFORM experiment.raise_invalid_choice('analysis', NEW.analysis, '{sequential,fixed,bayesian}',
+                                            format('experiment "%s"', NEW.id));
+  END IF;
+  IF NEW.correction IS NULL OR NEW.correction NOT IN ('none', 'holm', 'bh') THEN
+    PERFORM experiment.raise_invalid_choice('correction', NEW.correction, '{holm,bh,none}', format('experiment "%s"', NEW.id));
+  END IF;
+  IF NEW.correction_family IS NULL OR NEW.correction_family NOT IN ('experiment', 'metric') THEN
+    PERFORM experiment.raise_invalid_choice('correction_family', NEW.correction_family, '{experiment,metric}',
+                                            format('experiment "%s"', NEW.id));
+  END IF;
+  IF NOT (NEW.sequential_tuning > 0 AND NEW.sequential_tuning < 'Infinity'::float8) THEN
+    PERFORM experiment.raise_invalid_value(format('sequential_tuning of experiment "%s"', NEW.id), NEW.sequential_tuning::text,
+                                           'a positive number, the expected total sample size (NULL: from target_units_per_variant)');
+  END IF;
+  IF NOT (NEW.prior_variance > 0 AND NEW.prior_variance < 'Infinity'::float8) THEN
+    PERFORM experiment.raise_invalid_value(format('prior_variance of experiment "%s"', NEW.id), NEW.prior_variance::text,
+                                           'a positive number (NULL: flat prior)');
+  END IF;
+  IF NEW.prior_mean IS NULL OR NOT (abs(NEW.prior_mean) < 'Infinity'::float8) THEN
+    PERFORM experiment.raise_invalid_value(format('prior_mean of experiment "%s"', NEW.id), coalesce(NEW.prior_mean::text, 'NULL'),
+                                           'a finite relative lift, e.g. 0');
+  END IF;
+  IF NEW.ship_threshold IS NULL OR NOT (NEW.ship_threshold > 0.5 AND NEW.ship_threshold < 1) THEN
+    PERFORM experiment.raise_invalid_value(format('ship_threshold of experiment "%s"', NEW.id), coalesce(NEW.ship_threshold::text, 'NULL'),
+                                           'a chance to win in (0.5, 1), e.g. 0.95');
+  END IF;
   IF NEW.alpha IS NULL OR NOT (NEW.alpha > 0 AND NEW.alpha < 1) THEN
     PERFORM experiment.raise_invalid_value(format('alpha of experiment "%s"', NEW.id), NEW.alpha::text,
                                            'in (0, 1), e.g. 0.05');
@@ -317,6 +369,14 @@ BEGIN
               HINT = 'Allowed: draft -> running, running -> stopped or concluded, stopped -> running or concluded.';
     END IF;
     IF frozen THEN
+      IF (NEW.analysis, NEW.sequential_tuning, NEW.correction, NEW.correction_family, NEW.prior_mean,
+          NEW.prior_variance, NEW.ship_threshold, NEW.alpha)
+         IS DISTINCT FROM (OLD.analysis, OLD.sequential_tuning, OLD.correction, OLD.correction_family,
+                           OLD.prior_mean, OLD.prior_variance, OLD.ship_threshold, OLD.alpha) THEN
+        RAISE EXCEPTION 'cannot change the analysis settings of experiment "%": it is %', NEW.id, OLD.status
+          USING ERRCODE = 'invalid_parameter_value',
+                HINT = 'analysis, sequential_tuning, correction, correction_family, prior_mean, prior_variance, ship_threshold and alpha are fixed when the experiment starts, so that nobody picks the method after seeing the data.';
+      END IF;
       IF NEW.salt <> OLD.salt THEN
         RAISE EXCEPTION 'cannot change the salt of experiment "%": it is %', NEW.id, OLD.status
           USING ERRCODE = 'invalid_parameter_value',

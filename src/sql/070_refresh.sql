@@ -61,10 +61,45 @@ CREATE TABLE experiment.metric_results (
   alpha float8 NOT NULL,
   test experiment.test_result,
   refreshed_at timestamptz NOT NULL,
+  analysis text NOT NULL DEFAULT 'fixed',
+  sequential_tuning float8,
+  bound_test experiment.test_result,
+  harm_test experiment.test_result,
   PRIMARY KEY (experiment_id, metric, variant)
 );
 COMMENT ON TABLE experiment.metric_results IS
   'test of each treatment variant against control for each metric at the latest refresh';
+COMMENT ON COLUMN experiment.metric_results.test IS
+  'the two-sided test under the experiment''s analysis (sequential: always-valid; fixed and bayesian: fixed horizon)';
+COMMENT ON COLUMN experiment.metric_results.sequential_tuning IS 'N* of a sequential analysis';
+COMMENT ON COLUMN experiment.metric_results.bound_test IS
+  'guardrails: the one-sided test whose bound limits the harm (its interval is open on the side of improvement)';
+COMMENT ON COLUMN experiment.metric_results.harm_test IS
+  'guardrails: the one-sided test of harm (p-value of "treatment is worse")';
+
+-- the test of one metric between two arms: the one place where a metric's method (its
+-- kind and whether it has a CUPED covariate) picks the estimator, and the experiment's
+-- analysis the inference
+CREATE FUNCTION experiment.metric_test(method text, c experiment.moments, t experiment.moments,
+                                       c_cuped experiment.moments, t_cuped experiment.moments,
+                                       alpha float8, alternative text, sequential_tuning float8)
+  RETURNS experiment.test_result
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE method
+    WHEN 'ratio' THEN experiment.ratio_ttest(c, t, alpha, alternative, sequential_tuning)
+    WHEN 'cuped' THEN experiment.cuped_ttest(c_cuped, t_cuped, alpha, alternative, sequential_tuning)
+    WHEN 'prop_ztest' THEN experiment.prop_ztest(
+      pg_catalog.round(experiment.mean(c) * experiment.n(c))::bigint, experiment.n(c),
+      pg_catalog.round(experiment.mean(t) * experiment.n(t))::bigint, experiment.n(t),
+      alpha, alternative, sequential_tuning)
+    ELSE experiment.welch_ttest(c, t, alpha, alternative, sequential_tuning)
+  END
+$$;
+COMMENT ON FUNCTION experiment.metric_test(text, experiment.moments, experiment.moments, experiment.moments,
+                                           experiment.moments, float8, text, float8) IS
+  'internal: the test of a metric (method ratio, cuped, prop_ztest or welch) between two arms under an inference';
 COMMENT ON COLUMN experiment.metric_results.method IS
   'ratio_ttest for ratio metrics, cuped_ttest when a pre-period covariate exists, else prop_ztest (proportions) or welch_ttest';
 
@@ -127,6 +162,7 @@ DECLARE
   nmulti bigint;
   nunits bigint;
   nearly bigint;
+  tuning float8;
   min_t0 timestamptz;
   max_t0 timestamptz;
   src regclass;
@@ -350,19 +386,26 @@ BEGIN
   WHERE v.experiment_id = e.id;
 
   -- tests of each treatment against control
+  -- the inference: sequential (N* from the registry or the planned sample), fixed, or Bayesian
+  -- (fixed-horizon tests, turned into posteriors by the results view)
+  tuning := CASE WHEN e.analysis = 'sequential' THEN
+    coalesce(e.sequential_tuning,
+             e.target_units_per_variant * (SELECT count(*) FROM experiment.variants v WHERE v.experiment_id = e.id),
+             5000) END;
   INSERT INTO experiment.metric_results
-    (experiment_id, metric, variant, control_variant, method, alpha, test, refreshed_at)
-  SELECT e.id, m2.name, t.variant, c.variant, k.method, coalesce(e.alpha, 0.05),
-         CASE k.method
-           WHEN 'ratio' THEN experiment.ratio_ttest(c.moments, t.moments, coalesce(e.alpha, 0.05))
-           WHEN 'cuped' THEN experiment.cuped_ttest(c.cuped_moments, t.cuped_moments, coalesce(e.alpha, 0.05))
-           WHEN 'prop_ztest' THEN experiment.prop_ztest(
-             pg_catalog.round(experiment.mean(c.moments) * experiment.n(c.moments))::bigint, experiment.n(c.moments),
-             pg_catalog.round(experiment.mean(t.moments) * experiment.n(t.moments))::bigint, experiment.n(t.moments),
-             coalesce(e.alpha, 0.05))
-           ELSE experiment.welch_ttest(c.moments, t.moments, coalesce(e.alpha, 0.05))
-         END,
-         ts
+    (experiment_id, metric, variant, control_variant, method, alpha, test, refreshed_at,
+     analysis, sequential_tuning, bound_test, harm_test)
+  SELECT e.id, m2.name, t.variant, c.variant, k.method, e.alpha,
+         experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments,
+                                e.alpha, 'two-sided', tuning),
+         ts, e.analysis, tuning,
+         -- guardrails: one-sided tests in each direction, under the same inference
+         CASE WHEN em.role = 'guardrail' THEN
+           experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments, e.alpha,
+                                  CASE WHEN m2.higher_is_better THEN 'greater' ELSE 'less' END, tuning) END,
+         CASE WHEN em.role = 'guardrail' THEN
+           experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments, e.alpha,
+                                  CASE WHEN m2.higher_is_better THEN 'less' ELSE 'greater' END, tuning) END
   FROM experiment.experiment_metrics em
   JOIN experiment.metrics m2 ON m2.name = em.metric
   JOIN experiment.variant_stats c

@@ -3,32 +3,76 @@
 -- ---------------------------------------------------------------------------
 
 CREATE VIEW experiment.results AS
-SELECT r.experiment_id, r.metric, r.variant, r.control_variant,
-       em.role, m.kind, r.method, m.higher_is_better, em.non_inferiority_margin,
-       (r.test).n_control, (r.test).n_treatment,
-       (r.test).mean_control, (r.test).mean_treatment,
-       (r.test).diff, (r.test).diff_lower, (r.test).diff_upper,
-       (r.test).lift, (r.test).lift_lower, (r.test).lift_upper,
-       (r.test).statistic, (r.test).df, (r.test).p_value, (r.test).lift_p_value,
-       r.alpha,
-       coalesce((r.test).p_value < r.alpha, false) AS significant,
-       coalesce((r.test).p_value < r.alpha AND ((r.test).diff > 0) = m.higher_is_better
-                AND (r.test).diff <> 0, false) AS better,
-       coalesce((r.test).p_value < r.alpha AND ((r.test).diff > 0) <> m.higher_is_better
-                AND (r.test).diff <> 0, false) AS worse,
-       CASE WHEN em.role = 'guardrail' THEN NOT coalesce(
-         CASE WHEN coalesce(em.non_inferiority_margin, 0) = 0
-              THEN (r.test).p_value < r.alpha AND ((r.test).diff > 0) <> m.higher_is_better AND (r.test).diff <> 0
-              WHEN m.higher_is_better THEN (r.test).lift_upper < -em.non_inferiority_margin
-              ELSE (r.test).lift_lower > em.non_inferiority_margin
-         END, false)
-       END AS guardrail_ok,
-       r.refreshed_at
-FROM experiment.metric_results r
-JOIN experiment.experiment_metrics em ON em.experiment_id = r.experiment_id AND em.metric = r.metric
-JOIN experiment.metrics m ON m.name = r.metric;
+WITH r AS (
+  SELECT r.*, em.role, em.non_inferiority_margin, m.kind, m.higher_is_better,
+         ex.correction, ex.correction_family, ex.prior_mean, ex.prior_variance, ex.ship_threshold,
+         -- the family of the multiple-testing correction: the primary metric across its arms;
+         -- secondary metrics together (family 'experiment') or each across its arms ('metric');
+         -- a guardrail alone (its own one-sided test decides it)
+         CASE WHEN em.role = 'primary' THEN 'p:' || r.metric
+              WHEN em.role = 'secondary' AND ex.correction_family = 'experiment' THEN 's:'
+              WHEN em.role = 'secondary' THEN 's:' || r.metric
+              ELSE 'g:' || r.metric || ':' || r.variant END AS family
+  FROM experiment.metric_results r
+  JOIN experiment.experiment_metrics em ON em.experiment_id = r.experiment_id AND em.metric = r.metric
+  JOIN experiment.metrics m ON m.name = r.metric
+  JOIN experiment.experiments ex ON ex.id = r.experiment_id
+), a AS (
+  SELECT r.*,
+         -- (the window function runs on every row, so it gets a valid method even where unused)
+         CASE WHEN r.correction = 'none' THEN (r.test).p_value
+              ELSE experiment.p_adjust((r.test).p_value, CASE r.correction WHEN 'none' THEN 'holm' ELSE r.correction END)
+                     OVER (PARTITION BY r.experiment_id, r.family) END AS p_value_adjusted,
+         CASE WHEN r.correction = 'none' THEN (r.test).lift_p_value
+              ELSE experiment.p_adjust((r.test).lift_p_value, CASE r.correction WHEN 'none' THEN 'holm' ELSE r.correction END)
+                     OVER (PARTITION BY r.experiment_id, r.family) END AS lift_p_value_adjusted,
+         CASE WHEN r.analysis = 'bayesian'
+              THEN experiment.bayesian(r.test, r.prior_mean, r.prior_variance, true, r.alpha) END AS bayes,
+         -- guardrails: the one-sided bound on the relative harm, and the lower bound of the harm
+         CASE WHEN r.higher_is_better THEN -(r.bound_test).lift_lower ELSE (r.bound_test).lift_upper END AS harm_bound,
+         CASE WHEN r.higher_is_better THEN -(r.harm_test).lift_upper ELSE (r.harm_test).lift_lower END AS harm_lower
+  FROM r
+), s AS (
+  SELECT a.*,
+         CASE WHEN a.analysis = 'bayesian'
+              THEN (a.bayes).chance_to_win >= a.ship_threshold OR (a.bayes).chance_to_win <= 1 - a.ship_threshold
+              ELSE a.p_value_adjusted < a.alpha END AS sig,
+         CASE WHEN a.role <> 'guardrail' THEN NULL
+              WHEN (a.harm_test).p_value IS NULL THEN 'ok'   -- nothing varies in either arm: no harm
+              WHEN coalesce(a.non_inferiority_margin, 0) = 0
+                THEN CASE WHEN (a.harm_test).p_value < a.alpha THEN 'failed' ELSE 'ok' END
+              WHEN a.harm_lower > a.non_inferiority_margin THEN 'failed'
+              WHEN a.harm_bound < a.non_inferiority_margin THEN 'ok'
+              ELSE 'inconclusive' END AS guardrail_status
+  FROM a
+)
+SELECT s.experiment_id, s.metric, s.variant, s.control_variant,
+       s.role, s.kind, s.method, s.higher_is_better, s.non_inferiority_margin,
+       (s.test).n_control, (s.test).n_treatment,
+       (s.test).mean_control, (s.test).mean_treatment,
+       (s.test).diff, (s.test).diff_lower, (s.test).diff_upper,
+       (s.test).lift, (s.test).lift_lower, (s.test).lift_upper,
+       (s.test).statistic, (s.test).df, (s.test).p_value, (s.test).lift_p_value,
+       s.alpha,
+       coalesce(s.sig, false) AS significant,
+       coalesce(s.sig AND ((s.test).diff > 0) = s.higher_is_better AND (s.test).diff <> 0, false) AS better,
+       coalesce(s.sig AND ((s.test).diff > 0) <> s.higher_is_better AND (s.test).diff <> 0, false) AS worse,
+       s.guardrail_status = 'ok' AS guardrail_ok,
+       s.refreshed_at,
+       s.analysis, s.sequential_tuning, s.correction,
+       s.p_value_adjusted,
+       CASE WHEN s.lift_p_value_adjusted IS NOT DISTINCT FROM (s.test).lift_p_value THEN (s.test).lift_lower
+            ELSE (experiment.adjusted_interval((s.test).lift, s.lift_p_value_adjusted, s.alpha)).lower END
+         AS lift_lower_adjusted,
+       CASE WHEN s.lift_p_value_adjusted IS NOT DISTINCT FROM (s.test).lift_p_value THEN (s.test).lift_upper
+            ELSE (experiment.adjusted_interval((s.test).lift, s.lift_p_value_adjusted, s.alpha)).upper END
+         AS lift_upper_adjusted,
+       (s.bayes).chance_to_win, (s.bayes).risk_control, (s.bayes).risk_treatment,
+       s.guardrail_status, s.harm_bound,
+       (s.test).diff_se, (s.test).lift_se
+FROM s;
 COMMENT ON VIEW experiment.results IS
-  'one row per experiment, metric and treatment variant at the latest refresh: role, test results, significance, guardrail verdict';
+  'one row per experiment, metric and treatment variant at the latest refresh: role, test results under the experiment''s analysis, adjusted p-value and lift interval, Bayesian chance to win and risks, significance, guardrail verdict (ok, failed or inconclusive against the non-inferiority margin)';
 
 CREATE VIEW experiment.srm AS
 WITH w AS (

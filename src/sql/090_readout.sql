@@ -116,6 +116,43 @@ $$;
 COMMENT ON FUNCTION experiment.format_effect(experiment.results) IS
   'internal: difference and relative lift of a result, e.g. "+1.8pp (+3.1%)"';
 
+-- the evidence of a result as the readout words it: the p-value (and the adjusted one when
+-- a correction changed it), or for a Bayesian analysis the chance to win
+CREATE FUNCTION experiment.format_evidence(r experiment.results) RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE
+    WHEN r.analysis = 'bayesian' THEN
+      'chance to win ' || coalesce(to_char(round((r.chance_to_win * 100)::numeric, 1), 'FM990.0') || '%', 'n/a')
+    WHEN experiment.format_p(r.p_value_adjusted) IS DISTINCT FROM experiment.format_p(r.p_value) THEN
+      experiment.format_p(r.p_value) || ' (' || CASE r.correction WHEN 'bh' THEN 'BH' ELSE 'Holm' END
+      || '-adjusted ' || experiment.format_p(r.p_value_adjusted, false) || ')'
+    ELSE experiment.format_p(r.p_value)
+  END
+$$;
+COMMENT ON FUNCTION experiment.format_evidence(experiment.results) IS
+  'internal: "p = 0.003", "p = 0.012 (Holm-adjusted 0.024)" or "chance to win 97.1%"';
+
+-- how the experiment is analysed, in words
+CREATE FUNCTION experiment.format_analysis(ex experiment.experiments) RETURNS text
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE ex.analysis
+    WHEN 'sequential' THEN format('sequential (valid at any look, N* = %s)', experiment.format_count(
+      coalesce(ex.sequential_tuning,
+               ex.target_units_per_variant * (SELECT count(*) FROM experiment.variants v WHERE v.experiment_id = ex.id),
+               5000)::bigint))
+    WHEN 'bayesian' THEN format('Bayesian (%s prior, ship at a chance to win of %s%%)',
+      CASE WHEN ex.prior_variance IS NULL THEN 'flat' ELSE format('N(%s, %s)', ex.prior_mean, ex.prior_variance) END,
+      round((ex.ship_threshold * 100)::numeric, 1)::float8)
+    ELSE 'fixed horizon (valid at the planned end only)'
+  END
+$$;
+COMMENT ON FUNCTION experiment.format_analysis(experiment.experiments) IS
+  'internal: the experiment''s analysis in words, e.g. "sequential (valid at any look, N* = 18,672)"';
+
 CREATE FUNCTION experiment.readout_metric_line(r experiment.results, control_label text, treatment_label text)
   RETURNS text
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -127,7 +164,7 @@ AS $$
     experiment.format_effect(r),
     rtrim(rtrim(to_char(round(((1 - r.alpha) * 100)::numeric, 2), 'FM990.00'), '0'), '.'),
     d.lower_text, d.upper_text,
-    experiment.format_p(r.p_value))
+    experiment.format_evidence(r))
   FROM experiment.format_diff(r.kind, r.diff, r.diff_lower, r.diff_upper) d
 $$;
 COMMENT ON FUNCTION experiment.readout_metric_line(experiment.results, text, text) IS
@@ -228,6 +265,8 @@ DECLARE
   best text;
   best_gain float8;
   best_line text;
+  hold text[] := '{}';
+  method text;
 BEGIN
   ex := experiment.require_experiment(decision.experiment_id);
   -- an INVALID reason outranks a KEEP RUNNING one: waiting does not mend it
@@ -242,14 +281,21 @@ BEGIN
   FOR t IN
     SELECT en.variant,
            pg_catalog.string_agg(format('guardrail %s failed: %s, %s', r.metric, experiment.format_effect(r),
-                                        experiment.format_p(r.p_value)), '; ' ORDER BY r.metric)
-             FILTER (WHERE r.role = 'guardrail' AND NOT r.guardrail_ok) AS guardrails_failed,
+                                        CASE WHEN coalesce(r.non_inferiority_margin, 0) = 0
+                                             THEN 'one-sided p(harm) significant'
+                                             ELSE format('harm above the margin of %s%%', to_char(round((r.non_inferiority_margin * 100)::numeric, 1), 'FM990.0')) END),
+                                 '; ' ORDER BY r.metric)
+             FILTER (WHERE r.guardrail_status = 'failed') AS guardrails_failed,
+           pg_catalog.string_agg(format('guardrail %s: harm not yet shown below the margin of %s%% (bound %s%%)', r.metric,
+                                        to_char(round((r.non_inferiority_margin * 100)::numeric, 1), 'FM990.0'),
+                                        to_char(round((r.harm_bound * 100)::numeric, 1), 'FM990.0')), '; ' ORDER BY r.metric)
+             FILTER (WHERE r.guardrail_status = 'inconclusive') AS guardrails_open,
            bool_or(r.role = 'primary' AND r.better) AS primary_better,
            bool_or(r.role = 'primary' AND r.worse) AS primary_worse,
            pg_catalog.max(CASE WHEN r.role = 'primary' THEN
              CASE WHEN r.higher_is_better THEN r.lift ELSE -r.lift END END) AS primary_gain,
            pg_catalog.max(CASE WHEN r.role = 'primary' THEN
-             format('%s %s, %s', r.metric, experiment.format_effect(r), experiment.format_p(r.p_value)) END)
+             format('%s %s, %s', r.metric, experiment.format_effect(r), experiment.format_evidence(r)) END)
              AS primary_line,
            pg_catalog.max(CASE WHEN r.role = 'primary' AND r.p_value IS NULL THEN
              format('%s: the test is undefined (no variance in either variant)', r.metric)
@@ -258,7 +304,7 @@ BEGIN
                     rtrim(rtrim(to_char(round(((1 - r.alpha) * 100)::numeric, 2), 'FM990.00'), '0'), '.'),
                     (experiment.format_diff(r.kind, r.diff, r.diff_lower, r.diff_upper)).lower_text,
                     (experiment.format_diff(r.kind, r.diff, r.diff_lower, r.diff_upper)).upper_text,
-                    experiment.format_p(r.p_value)) END) AS primary_ci_line
+                    experiment.format_evidence(r)) END) AS primary_ci_line
     FROM experiment.enrollment en
     JOIN experiment.variants v ON v.experiment_id = en.experiment_id AND v.name = en.variant AND NOT v.is_control
     LEFT JOIN experiment.results r ON r.experiment_id = en.experiment_id AND r.variant = en.variant
@@ -270,6 +316,8 @@ BEGIN
       dont := dont || (prefix || t.guardrails_failed);
     ELSIF coalesce(t.primary_worse, false) THEN
       dont := dont || (prefix || 'primary metric worse: ' || t.primary_line);
+    ELSIF coalesce(t.primary_better, false) AND t.guardrails_open IS NOT NULL THEN
+      hold := hold || (prefix || t.guardrails_open);
     ELSIF coalesce(t.primary_better, false) THEN
       ship := ship || t.variant;
       IF best IS NULL OR t.primary_gain > best_gain THEN
@@ -282,9 +330,16 @@ BEGIN
     END IF;
   END LOOP;
 
+  method := CASE ex.analysis WHEN 'sequential' THEN 'sequential, valid at any look'
+                            WHEN 'bayesian' THEN 'Bayesian' ELSE 'fixed horizon' END;
   IF cardinality(ship) > 0 THEN
     decision := 'SHIP';
-    reason := CASE WHEN ntreat > 1 THEN format('ship %s: ', best) ELSE '' END || best_line || ', guardrails ok';
+    reason := method || ': ' || CASE WHEN ntreat > 1 THEN format('ship %s: ', best) ELSE '' END || best_line
+              || ', guardrails ok';
+    RETURN;
+  ELSIF cardinality(hold) > 0 THEN
+    decision := 'KEEP RUNNING';
+    reason := array_to_string(hold, '; ');
   ELSIF cardinality(dont) > 0 AND cardinality(dont) = ntreat THEN
     decision := 'DON''T SHIP';
     reason := array_to_string(dont, '; ');
@@ -292,6 +347,7 @@ BEGIN
     decision := 'NO SIGNIFICANT EFFECT';
     reason := array_to_string(flat || dont, '; ');
   END IF;
+  reason := method || ': ' || reason;
 END
 $$;
 COMMENT ON FUNCTION experiment.decision(text) IS
@@ -349,9 +405,17 @@ BEGIN
   FOR b IN SELECT * FROM experiment.decision_blockers(ex.id) LOOP
     lines := lines || format('%s: %s', CASE b.decision WHEN 'INVALID' THEN 'Invalid' ELSE 'Keep running' END, b.reason);
   END LOOP;
+  lines := lines || format('Analysis: %s, alpha = %s%s', experiment.format_analysis(ex), ex.alpha,
+    CASE WHEN ex.correction = 'none' OR ex.analysis = 'bayesian' THEN ''
+         ELSE format(', %s correction of secondary metrics (family: %s)',
+                     CASE ex.correction WHEN 'bh' THEN 'Benjamini-Hochberg' ELSE 'Holm' END, ex.correction_family) END);
   IF ntreat > 1 THEN
-    lines := lines || format('Comparisons: each of the %s treatments against %s at alpha = %s, not corrected for multiple comparisons',
-                             ntreat, control, ex.alpha);
+    lines := lines || format('Comparisons: each of the %s treatments against %s at alpha = %s, %s',
+                             ntreat, control, ex.alpha,
+                             CASE WHEN ex.correction = 'none' OR ex.analysis = 'bayesian'
+                                  THEN 'not corrected for multiple comparisons'
+                                  ELSE format('the primary metric %s-corrected across the arms',
+                                              CASE ex.correction WHEN 'bh' THEN 'Benjamini-Hochberg' ELSE 'Holm' END) END);
   END IF;
 
   -- primary, then secondary metrics; a line for every treatment, with or without a result
@@ -396,11 +460,18 @@ BEGIN
     END LOOP;
   END LOOP;
 
-  SELECT string_agg(q.metric || ' ' || CASE WHEN q.ok IS NULL THEN 'no result' WHEN NOT q.ok THEN 'FAILED'
+  SELECT string_agg(q.metric || ' ' || CASE WHEN q.statuses IS NULL THEN 'no result'
+                                             WHEN 'failed' = ANY (q.statuses) THEN 'FAILED'
+                                             WHEN 'inconclusive' = ANY (q.statuses)
+                                               THEN format('inconclusive (harm bound %s%%, margin %s%%)',
+                                                           to_char(round((q.bound * 100)::numeric, 1), 'FM990.0'),
+                                                           to_char(round((q.margin * 100)::numeric, 1), 'FM990.0'))
                                              WHEN q.undefined THEN 'ok (no variance)' ELSE 'ok' END,
                     '   ' ORDER BY q.metric)
     INTO line
-    FROM (SELECT em.metric, bool_and(rr.guardrail_ok) AS ok, bool_and(rr.p_value IS NULL) AS undefined
+    FROM (SELECT em.metric, array_agg(rr.guardrail_status) FILTER (WHERE rr.guardrail_status IS NOT NULL) AS statuses,
+                 pg_catalog.max(rr.harm_bound) AS bound, pg_catalog.max(em.non_inferiority_margin) AS margin,
+                 bool_and(rr.p_value IS NULL) AS undefined
           FROM experiment.experiment_metrics em
           LEFT JOIN experiment.results rr ON rr.experiment_id = em.experiment_id AND rr.metric = em.metric
           WHERE em.experiment_id = ex.id AND em.role = 'guardrail'
