@@ -52,6 +52,18 @@ SELECT regress_support.err($$SELECT experiment.gst_alpha('{0.5, 1}', 0.05, 2, 0)
 SELECT regress_support.err($$SELECT experiment.gst_alpha('{}', 0.05)$$);
 SELECT regress_support.err($$SELECT experiment.gst_alpha('{0.5, NULL}', 0.05)$$);
 
+SELECT regress_support.err($$SELECT experiment.required_n(0.6, 0.02, variations => 1)$$);
+SELECT regress_support.err($$SELECT experiment.power(1000, 0.6, 0.02, sequential_tuning => 0)$$);
+SELECT regress_support.err($$SELECT experiment.mde(1000, 0.6, variations => 0)$$);
+
+-- planning: more arms (Bonferroni) and the sequential test need more units; power falls, MDE grows
+SELECT experiment.required_n(0.6, 0.02) AS ab, experiment.required_n(0.6, 0.02, variations => 3) AS abc,
+       experiment.required_n(0.6, 0.02, sequential_tuning => 18672) AS sequential,
+       round(experiment.power(9336, 0.6, 0.02)::numeric, 4) AS power_fixed,
+       round(experiment.power(9336, 0.6, 0.02, sequential_tuning => 18672)::numeric, 4) AS power_sequential,
+       round(experiment.mde(9336, 0.6, sequential_tuning => 18672)::numeric, 5) AS mde_sequential,
+       experiment.required_n_mean(1, 0.1, variations => 4) AS mean_abcd;
+
 -- Bayesian: a flat prior reproduces the test's estimate; a proper prior shrinks it
 SELECT round(estimate::numeric, 6) AS estimate, round(chance_to_win::numeric, 6) AS chance_to_win,
        round(risk_control::numeric, 8) AS risk_control, round(risk_treatment::numeric, 8) AS risk_treatment

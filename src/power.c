@@ -26,6 +26,8 @@
 
 #include <gsl/gsl_cdf.h>
 
+#include "utils/float.h"
+
 #include "experiment.h"
 
 static void
@@ -62,13 +64,6 @@ check_n(int64 n)
 				 errmsg("n_per_variant must be positive, got " INT64_FORMAT, n)));
 }
 
-/* z_{1-alpha/2} */
-static double
-z_alpha(double alpha)
-{
-	return gsl_cdf_ugaussian_Qinv(alpha / 2);
-}
-
 /* sqrt(2 pbar (1 - pbar)) and sqrt(p1 (1 - p1) + p2 (1 - p2)) */
 static void
 prop_sds(double p1, double d, double *sd0, double *sd1)
@@ -93,44 +88,199 @@ ceil_to_int64(double v)
 }
 
 /*
- * required_n(baseline, mde, alpha, power): units per variant for a
- * two-proportion test to detect baseline -> baseline + mde.
+ * The design arguments shared by the planning functions, at argument
+ * positions first (variations) and first + 1 (sequential_tuning).  With k
+ * variations each of the k - 1 treatments is tested against the control at
+ * alpha / (k - 1) (Bonferroni); a sequential_tuning N* plans for the
+ * always-valid confidence sequence instead of the fixed-horizon test.
+ */
+typedef struct Design
+{
+	double		alpha;			/* per comparison */
+	double		tuning;			/* NaN: fixed horizon */
+} Design;
+
+static void
+get_design(FunctionCallInfo fcinfo, int first, double alpha, Design *dz)
+{
+	int32		k = PG_ARGISNULL(first) ? 2 : PG_GETARG_INT32(first);
+
+	if (k < 2 || k > 10000)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("variations must be between 2 and 10000, got %d", k),
+				 errhint("variations counts every arm, the control included: 2 for an A/B test.")));
+	dz->alpha = alpha / (double) (k - 1);
+	dz->tuning = get_float8_nan();
+	if (!PG_ARGISNULL(first + 1))
+	{
+		dz->tuning = PG_GETARG_FLOAT8(first + 1);
+		exp_check_tuning(dz->tuning);
+	}
+}
+
+/*
+ * The critical value, in standard errors, of a two-sided test of one
+ * treatment against the control with n units in each: z_{1-alpha/2}, or the
+ * confidence sequence's half-width over its standard error after 2n units.
+ */
+static double
+critical(const Design *dz, double n)
+{
+	if (isnan(dz->tuning))
+		return gsl_cdf_ugaussian_Qinv(dz->alpha / 2);
+	return exp_seq_halfwidth(1.0, 2.0 * n, dz->alpha, dz->tuning, true);
+}
+
+/*
+ * The smallest n (real) with margin(n) >= 0, margin increasing in n where it
+ * matters; by bisection on ln n to the last bit.  -1 when even 1e15 units
+ * are not enough.
+ */
+static double
+solve_n(double (*margin) (double n, void *arg), void *arg)
+{
+	double		lo = log(2.0),
+				hi = log(1e15);
+	int			i;
+
+	if (margin(exp(hi), arg) < 0)
+		return -1;
+	if (margin(exp(lo), arg) >= 0)
+		return 2;
+	for (i = 0; i < 200 && hi - lo > 1e-15 * hi; i++)
+	{
+		double		mid = 0.5 * (lo + hi);
+
+		if (margin(exp(mid), arg) >= 0)
+			hi = mid;
+		else
+			lo = mid;
+	}
+	return exp(hi);
+}
+
+#define NULL_IF_ANY_NULL(count) \
+	do { \
+		int			i_; \
+		for (i_ = 0; i_ < (count); i_++) \
+			if (PG_ARGISNULL(i_)) \
+				PG_RETURN_NULL(); \
+	} while (0)
+
+typedef struct PropPlan
+{
+	const Design *dz;
+	double		p1;
+	double		d;
+	double		zb;
+} PropPlan;
+
+/*
+ * Proportions: d sqrt(n) - (c sqrt(2 pbar qbar) + z_power sqrt(p1 q1 + p2 q2))
+ * for the fixed test (pooled statistic), and d sqrt(n) - (c(n) + z_power)
+ * sqrt(p1 q1 + p2 q2) for the sequential one (Wald throughout).
+ */
+static double
+prop_margin(double n, void *arg)
+{
+	PropPlan   *pp = arg;
+	double		sd0,
+				sd1;
+
+	prop_sds(pp->p1, pp->d, &sd0, &sd1);
+	if (isnan(pp->dz->tuning))
+		return fabs(pp->d) * sqrt(n) - (critical(pp->dz, n) * sd0 + pp->zb * sd1);
+	return fabs(pp->d) * sqrt(n) - (critical(pp->dz, n) + pp->zb) * sd1;
+}
+
+/*
+ * required_n(baseline, mde, alpha, power, variations, sequential_tuning):
+ * units per variant for a two-proportion test to detect baseline ->
+ * baseline + mde.
  */
 PG_FUNCTION_INFO_V1(required_n);
 Datum
 required_n(PG_FUNCTION_ARGS)
 {
-	double		p1 = PG_GETARG_FLOAT8(0);
-	double		d = PG_GETARG_FLOAT8(1);
-	double		alpha = PG_GETARG_FLOAT8(2);
-	double		power = PG_GETARG_FLOAT8(3);
-	double		sd0,
-				sd1,
-				s;
+	double		p1,
+				d,
+				alpha,
+				power,
+				n;
+	Design		dz;
+	PropPlan	pp;
 
+	NULL_IF_ANY_NULL(4);
+	p1 = PG_GETARG_FLOAT8(0);
+	d = PG_GETARG_FLOAT8(1);
+	alpha = PG_GETARG_FLOAT8(2);
+	power = PG_GETARG_FLOAT8(3);
 	check_open_unit(p1, "baseline");
 	check_mde(p1, d);
 	check_open_unit(alpha, "alpha");
 	check_open_unit(power, "power");
-	prop_sds(p1, d, &sd0, &sd1);
-	s = z_alpha(alpha) * sd0 + gsl_cdf_ugaussian_Pinv(power) * sd1;
-	PG_RETURN_INT64(ceil_to_int64(s * s / (d * d)));
+	get_design(fcinfo, 4, alpha, &dz);
+	pp.dz = &dz;
+	pp.p1 = p1;
+	pp.d = d;
+	pp.zb = gsl_cdf_ugaussian_Pinv(power);
+	if (isnan(dz.tuning))
+	{
+		double		sd0,
+					sd1,
+					s;
+
+		prop_sds(p1, d, &sd0, &sd1);
+		s = critical(&dz, 0) * sd0 + pp.zb * sd1;
+		PG_RETURN_INT64(ceil_to_int64(s * s / (d * d)));
+	}
+	n = solve_n(prop_margin, &pp);
+	if (n < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("the required sample size is above 1e15 units per variant")));
+	PG_RETURN_INT64(ceil_to_int64(n * (1 - 1e-14)));
+}
+
+typedef struct MeanPlan
+{
+	const Design *dz;
+	double		ratio;			/* |mde| / stddev */
+	double		zb;
+} MeanPlan;
+
+/* means: |d| / (sd sqrt(2/n)) - c(n) - z_power */
+static double
+mean_margin(double n, void *arg)
+{
+	MeanPlan   *mp = arg;
+
+	return mp->ratio * sqrt(n / 2.0) - critical(mp->dz, n) - mp->zb;
 }
 
 /*
- * required_n_mean(stddev, mde, alpha, power): units per variant for a test
- * of a difference of means with common standard deviation stddev.
+ * required_n_mean(stddev, mde, alpha, power, variations, sequential_tuning):
+ * units per variant for a test of a difference of means with common standard
+ * deviation stddev.
  */
 PG_FUNCTION_INFO_V1(required_n_mean);
 Datum
 required_n_mean(PG_FUNCTION_ARGS)
 {
-	double		sd = PG_GETARG_FLOAT8(0);
-	double		d = PG_GETARG_FLOAT8(1);
-	double		alpha = PG_GETARG_FLOAT8(2);
-	double		power = PG_GETARG_FLOAT8(3);
-	double		s;
+	double		sd,
+				d,
+				alpha,
+				power,
+				n;
+	Design		dz;
+	MeanPlan	mp;
 
+	NULL_IF_ANY_NULL(4);
+	sd = PG_GETARG_FLOAT8(0);
+	d = PG_GETARG_FLOAT8(1);
+	alpha = PG_GETARG_FLOAT8(2);
+	power = PG_GETARG_FLOAT8(3);
 	if (!(sd > 0) || !isfinite(sd))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -141,95 +291,113 @@ required_n_mean(PG_FUNCTION_ARGS)
 				 errmsg("mde must be a non-zero finite number, got %g", d)));
 	check_open_unit(alpha, "alpha");
 	check_open_unit(power, "power");
-	s = (z_alpha(alpha) + gsl_cdf_ugaussian_Pinv(power)) * (sd / d);
-	PG_RETURN_INT64(ceil_to_int64(2 * s * s));
+	get_design(fcinfo, 4, alpha, &dz);
+	mp.dz = &dz;
+	mp.ratio = fabs(d) / sd;
+	mp.zb = gsl_cdf_ugaussian_Pinv(power);
+	if (isnan(dz.tuning))
+	{
+		double		s = (critical(&dz, 0) + mp.zb) * (sd / d);
+
+		PG_RETURN_INT64(ceil_to_int64(2 * s * s));
+	}
+	n = solve_n(mean_margin, &mp);
+	if (n < 0 || !(mp.ratio > 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("the required sample size is above 1e15 units per variant")));
+	PG_RETURN_INT64(ceil_to_int64(n * (1 - 1e-14)));
 }
 
 /*
- * mde(n_per_variant, baseline, alpha, power): the smallest absolute rise
- * d > 0 of the rate that n units per variant detect, i.e. the root of
- *	d sqrt(n) = z_{1-alpha/2} sqrt(2 pbar (1 - pbar)) + z_power sqrt(p1 q1 + p2 q2)
- * in (0, 1 - baseline), found by bisection to the last bit.  NULL when no
- * rise below 1 - baseline reaches the power.
+ * mde(n_per_variant, baseline, alpha, power, variations, sequential_tuning):
+ * the smallest absolute rise d > 0 of the rate that n units per variant
+ * detect, the root of prop_margin(n) = 0 in (0, 1 - baseline), found by
+ * bisection to the last bit.  NULL when no rise below 1 - baseline reaches
+ * the power.
  */
 PG_FUNCTION_INFO_V1(mde_prop);
 Datum
 mde_prop(PG_FUNCTION_ARGS)
 {
-	int64		n = PG_GETARG_INT64(0);
-	double		p1 = PG_GETARG_FLOAT8(1);
-	double		alpha = PG_GETARG_FLOAT8(2);
-	double		power = PG_GETARG_FLOAT8(3);
-	double		za,
-				zb,
-				sqn,
+	int64		n;
+	double		p1,
+				alpha,
+				power,
 				lo,
 				hi;
+	Design		dz;
+	PropPlan	pp;
 	int			i;
 
+	NULL_IF_ANY_NULL(4);
+	n = PG_GETARG_INT64(0);
+	p1 = PG_GETARG_FLOAT8(1);
+	alpha = PG_GETARG_FLOAT8(2);
+	power = PG_GETARG_FLOAT8(3);
 	check_n(n);
 	check_open_unit(p1, "baseline");
 	check_open_unit(alpha, "alpha");
 	check_open_unit(power, "power");
-	za = z_alpha(alpha);
-	zb = gsl_cdf_ugaussian_Pinv(power);
-	sqn = sqrt((double) n);
-
-#define MDE_G(d, out) \
-	do { \
-		double		sd0_, sd1_; \
-		prop_sds(p1, (d), &sd0_, &sd1_); \
-		(out) = (d) * sqn - (za * sd0_ + zb * sd1_); \
-	} while (0)
+	get_design(fcinfo, 4, alpha, &dz);
+	pp.dz = &dz;
+	pp.p1 = p1;
+	pp.zb = gsl_cdf_ugaussian_Pinv(power);
 
 	lo = 0;
 	hi = 1 - p1;
-	{
-		double		glo,
-					ghi;
-
-		MDE_G(lo, glo);
-		MDE_G(hi, ghi);
-		if (glo >= 0 || ghi < 0)
-			PG_RETURN_NULL();
-	}
+	pp.d = lo;
+	if (prop_margin((double) n, &pp) >= 0)
+		PG_RETURN_NULL();
+	pp.d = hi;
+	if (prop_margin((double) n, &pp) < 0)
+		PG_RETURN_NULL();
 	for (i = 0; i < 200; i++)
 	{
 		double		mid = lo + (hi - lo) / 2;
-		double		g;
 
 		if (mid <= lo || mid >= hi)
 			break;
-		MDE_G(mid, g);
-		if (g < 0)
+		pp.d = mid;
+		if (prop_margin((double) n, &pp) < 0)
 			lo = mid;
 		else
 			hi = mid;
 	}
-#undef MDE_G
 	PG_RETURN_FLOAT8(hi);
 }
 
 /*
- * power(n_per_variant, baseline, mde, alpha): the power of a two-proportion
- * test with n units per variant against baseline -> baseline + mde:
- *	Phi( (|mde| sqrt(n) - z_{1-alpha/2} sqrt(2 pbar (1 - pbar))) / sqrt(p1 q1 + p2 q2) )
+ * power(n_per_variant, baseline, mde, alpha, variations, sequential_tuning):
+ * the power of a two-proportion test with n units per variant against
+ * baseline -> baseline + mde:
+ *	fixed:		Phi( (|mde| sqrt(n) - c sqrt(2 pbar qbar)) / sqrt(p1 q1 + p2 q2) )
+ *	sequential:	Phi( |mde| sqrt(n) / sqrt(p1 q1 + p2 q2) - c(n) )
  */
 PG_FUNCTION_INFO_V1(power_prop);
 Datum
 power_prop(PG_FUNCTION_ARGS)
 {
-	int64		n = PG_GETARG_INT64(0);
-	double		p1 = PG_GETARG_FLOAT8(1);
-	double		d = PG_GETARG_FLOAT8(2);
-	double		alpha = PG_GETARG_FLOAT8(3);
-	double		sd0,
+	int64		n;
+	double		p1,
+				d,
+				alpha,
+				sd0,
 				sd1;
+	Design		dz;
 
+	NULL_IF_ANY_NULL(4);
+	n = PG_GETARG_INT64(0);
+	p1 = PG_GETARG_FLOAT8(1);
+	d = PG_GETARG_FLOAT8(2);
+	alpha = PG_GETARG_FLOAT8(3);
 	check_n(n);
 	check_open_unit(p1, "baseline");
 	check_mde(p1, d);
 	check_open_unit(alpha, "alpha");
+	get_design(fcinfo, 4, alpha, &dz);
 	prop_sds(p1, d, &sd0, &sd1);
-	PG_RETURN_FLOAT8(gsl_cdf_ugaussian_P((fabs(d) * sqrt((double) n) - z_alpha(alpha) * sd0) / sd1));
+	if (isnan(dz.tuning))
+		PG_RETURN_FLOAT8(gsl_cdf_ugaussian_P((fabs(d) * sqrt((double) n) - critical(&dz, 0) * sd0) / sd1));
+	PG_RETURN_FLOAT8(gsl_cdf_ugaussian_P(fabs(d) * sqrt((double) n) / sd1 - critical(&dz, (double) n)));
 }

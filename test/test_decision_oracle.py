@@ -408,6 +408,52 @@ g = cur.fetchone()[0]
 ck.check(g[2] == 0 and g[0] < g[1] < 0.05, "gst_alpha after the planned information: %r" % g)
 
 section("gst_alpha")
+
+# ---------------------------------------------------------------- planning: variations, sequential
+def crit(alpha, k, tuning, n):
+    a = alpha / (k - 1)
+    if tuning is None:
+        return stats.norm.isf(a / 2)
+    return halfwidth(1.0, 2 * n, a, tuning, True)
+
+
+rng = np.random.default_rng([SEED, 8])
+for i in range(200):
+    p1 = float(rng.uniform(0.05, 0.8))
+    d = float(rng.uniform(0.005, 0.05)) * (1 if rng.integers(0, 2) else -1)
+    if not 0 < p1 + d < 1:
+        continue
+    alpha, pw, k = float(rng.choice([0.05, 0.1])), float(rng.choice([0.8, 0.9])), int(rng.integers(2, 6))
+    tuning = None if rng.integers(0, 2) else float(rng.choice([5000, 50000]))
+    p2 = p1 + d
+    sd0 = math.sqrt(2 * (p1 + p2) / 2 * (1 - (p1 + p2) / 2))
+    sd1 = math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))
+    zb = stats.norm.ppf(pw)
+    if tuning is None:
+        margin = lambda n: abs(d) * math.sqrt(n) - (crit(alpha, k, None, n) * sd0 + zb * sd1)  # noqa: E731
+    else:
+        margin = lambda n: abs(d) * math.sqrt(n) - (crit(alpha, k, tuning, n) + zb) * sd1  # noqa: E731
+    n_real = optimize.brentq(margin, 2, 1e12, xtol=1e-9, rtol=1e-15)
+    cur.execute("SELECT experiment.required_n(%s, %s, %s, %s, %s, %s)", (p1, d, alpha, pw, k, tuning))
+    got = cur.fetchone()[0]
+    ck.check(got == math.ceil(n_real - 1e-7 * n_real) or got == math.ceil(n_real),
+             "required_n %r %r %r %r k=%d N*=%r: got %r, want ceil(%r)" % (p1, d, alpha, pw, k, tuning, got, n_real))
+    n = int(rng.integers(100, 100000))
+    if tuning is None:
+        want = stats.norm.cdf((abs(d) * math.sqrt(n) - crit(alpha, k, None, n) * sd0) / sd1)
+    else:
+        want = stats.norm.cdf(abs(d) * math.sqrt(n) / sd1 - crit(alpha, k, tuning, n))
+    cur.execute("SELECT experiment.power(%s, %s, %s, %s, %s, %s)", (n, p1, d, alpha, k, tuning))
+    close("power (variations, sequential)", cur.fetchone()[0], want, scale=1e-300)
+    sdv = float(rng.uniform(0.5, 50))
+    dm = float(rng.uniform(0.01, 2))
+    mm = lambda n: dm / (sdv * math.sqrt(2 / n)) - crit(alpha, k, tuning, n) - zb  # noqa: E731
+    n_real = optimize.brentq(mm, 2, 1e14, xtol=1e-9, rtol=1e-15) if mm(2) < 0 else 2
+    cur.execute("SELECT experiment.required_n_mean(%s, %s, %s, %s, %s, %s)", (sdv, dm, alpha, pw, k, tuning))
+    got = cur.fetchone()[0]
+    ck.check(abs(got - math.ceil(n_real)) <= 1 if tuning is None else got in (math.ceil(n_real), math.ceil(n_real - 1e-7 * n_real)),
+             "required_n_mean sd=%r mde=%r k=%d N*=%r: got %r, want ceil(%r)" % (sdv, dm, k, tuning, got, n_real))
+section("planning")
 for key in sorted(maxerr):
     print("  %-40s max rel err %.3g" % (key, maxerr[key]))
 conn.close()

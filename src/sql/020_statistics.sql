@@ -119,25 +119,29 @@ COMMENT ON FUNCTION experiment.srm_chisq(bigint[], float8[]) IS
 -- sample size and power
 
 CREATE FUNCTION experiment.required_n(baseline float8, mde float8, alpha float8 DEFAULT 0.05,
-                                      power float8 DEFAULT 0.8) RETURNS bigint
-  AS 'MODULE_PATHNAME', 'required_n' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-COMMENT ON FUNCTION experiment.required_n(float8, float8, float8, float8) IS
-  'units per variant for a two-proportion test to detect baseline -> baseline + mde (two-sided alpha)';
+                                      power float8 DEFAULT 0.8, variations integer DEFAULT 2,
+                                      sequential_tuning float8 DEFAULT NULL) RETURNS bigint
+  AS 'MODULE_PATHNAME', 'required_n' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.required_n(float8, float8, float8, float8, integer, float8) IS
+  'units per variant for a two-proportion test to detect baseline -> baseline + mde (two-sided alpha, Bonferroni across the variations - 1 treatments; sequential_tuning: for the always-valid test)';
 
 CREATE FUNCTION experiment.required_n_mean(stddev float8, mde float8, alpha float8 DEFAULT 0.05,
-                                           power float8 DEFAULT 0.8) RETURNS bigint
-  AS 'MODULE_PATHNAME', 'required_n_mean' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-COMMENT ON FUNCTION experiment.required_n_mean(float8, float8, float8, float8) IS
-  'units per variant for a test of means to detect a difference mde with standard deviation stddev (two-sided alpha)';
+                                           power float8 DEFAULT 0.8, variations integer DEFAULT 2,
+                                           sequential_tuning float8 DEFAULT NULL) RETURNS bigint
+  AS 'MODULE_PATHNAME', 'required_n_mean' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.required_n_mean(float8, float8, float8, float8, integer, float8) IS
+  'units per variant for a test of means to detect a difference mde with standard deviation stddev (two-sided alpha, Bonferroni across treatments; sequential_tuning: for the always-valid test)';
 
 CREATE FUNCTION experiment.mde(n_per_variant bigint, baseline float8, alpha float8 DEFAULT 0.05,
-                               power float8 DEFAULT 0.8) RETURNS float8
-  AS 'MODULE_PATHNAME', 'mde_prop' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-COMMENT ON FUNCTION experiment.mde(bigint, float8, float8, float8) IS
+                               power float8 DEFAULT 0.8, variations integer DEFAULT 2,
+                               sequential_tuning float8 DEFAULT NULL) RETURNS float8
+  AS 'MODULE_PATHNAME', 'mde_prop' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.mde(bigint, float8, float8, float8, integer, float8) IS
   'smallest absolute rise of a rate from baseline that n_per_variant units per variant detect (inverse of required_n); NULL when none below 1 - baseline does';
 
 CREATE FUNCTION experiment.power(n_per_variant bigint, baseline float8, mde float8,
-                                 alpha float8 DEFAULT 0.05) RETURNS float8
-  AS 'MODULE_PATHNAME', 'power_prop' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-COMMENT ON FUNCTION experiment.power(bigint, float8, float8, float8) IS
+                                 alpha float8 DEFAULT 0.05, variations integer DEFAULT 2,
+                                 sequential_tuning float8 DEFAULT NULL) RETURNS float8
+  AS 'MODULE_PATHNAME', 'power_prop' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.power(bigint, float8, float8, float8, integer, float8) IS
   'power of a two-proportion test with n_per_variant units per variant against baseline -> baseline + mde (inverse of required_n)';
