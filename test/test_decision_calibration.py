@@ -13,6 +13,9 @@ moments after every look:
   - the one-sided sequential test: any-look rate <= alpha.
 Then 500 experiments with a true lift of 0.15 standard deviations: the power
 of the sequential and the fixed tests at the last look and at any look, printed.
+Last, experiment.aa_test() on the demo experiment (1,000 re-splits): every
+metric's false-positive rate within the 99% binomial band around alpha, and
+its Kolmogorov-Smirnov p-value function within 2% of scipy's exact kstwo.
 """
 import os
 import sys
@@ -104,5 +107,34 @@ print("true lift of 0.15 sd, %d experiments: power of the sequential test %.3f a
       " fixed test %.3f at the last look" % (n, last_seq, any_seq, last_fixed))
 ck.check(last_seq > 0.2 and last_seq < last_fixed, "the sequential test has power, less than the fixed test's (%.3f, %.3f)"
          % (last_seq, last_fixed))
+
+# ---------------------------------------------------------------- aa_test on the demo
+import subprocess  # noqa: E402
+from exptest import PROJECT_ROOT  # noqa: E402
+
+demo = fresh_db("decision_calibration_demo", extensions=())
+subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "decision_calibration_demo", "-f",
+                os.path.join(PROJECT_ROOT, "demo", "checkout.sql")], check=True, stdout=subprocess.DEVNULL)
+dcur = demo.cursor()
+dcur.execute("SELECT * FROM experiment.aa_test('checkout-progress-bar', 1000)")
+rows = dcur.fetchall()
+print("aa_test on the demo, 1,000 re-splits:")
+for metric, method, sims, alpha, fp, rate, lo, hi, ks_d, ks_p in rows:
+    print("  %-26s %-10s false positives %.3f (99%% band [%.3f, %.3f]), KS p %.3f" % (metric, method, rate, lo, hi, ks_p))
+    ck.check(lo <= rate <= hi, "aa_test %s: false-positive rate %.3f in the 99%% band [%.3f, %.3f]" % (metric, rate, lo, hi))
+    ck.check(sims == 1000 and fp == round(rate * 1000), "aa_test %s counts" % metric)
+ck.check(len(rows) == 5, "aa_test reports the 5 metrics of the demo")
+# its Kolmogorov-Smirnov p-value against scipy's exact distribution of the statistic
+try:
+    from scipy import stats
+    for n in (100, 1000, 5000):
+        for d in (0.01, 0.02, 0.03, 0.05, 0.08):
+            dcur.execute("SELECT experiment.ks_p_value(%s, %s)", (d, n))
+            got, want = dcur.fetchone()[0], float(stats.kstwo.sf(d, n))
+            ck.check(abs(got - want) <= 0.02 * max(want, 0.01),  # the asymptotic form: within 2% for n >= 100
+                     "ks_p_value(%g, %d) = %r, scipy kstwo %r" % (d, n, got, want))
+except ImportError:
+    ck.check(False, "scipy is needed for the KS check")
+demo.close()
 conn.close()
 ck.report()

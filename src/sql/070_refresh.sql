@@ -147,24 +147,18 @@ END
 $$;
 COMMENT ON FUNCTION experiment.drop_refresh_tables() IS 'internal: drop the temporary tables of experiment.refresh()';
 
-CREATE FUNCTION experiment.refresh(experiment_id text) RETURNS void
+-- the per-unit values of an experiment's metrics, as refresh and aa_test read them: temporary
+-- tables exp_units (the analysed units: first variant and exposure), exp_base (the base
+-- metrics, numbered i) and, when keep or a metric is winsorized, exp_vals (unit_id, variant,
+-- v<i> = the value of base metric i, p<i> = its pre-period value); vals_from is exp_vals or
+-- the query that computes it; caps are the pooled winsorization caps of v<i> and p<i>
+CREATE FUNCTION experiment.prepare_unit_values(e experiment.experiments, keep boolean,
+    OUT vals_from text, OUT caps float8[], OUT pre_caps float8[], OUT nmulti bigint, OUT nunits bigint,
+    OUT nearly bigint, OUT min_t0 timestamptz, OUT max_t0 timestamptz)
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
   SET search_path = pg_catalog, experiment, pg_temp
-  -- per-unit aggregation of a million units fits in memory; JIT compilation costs more than it saves here
-  SET work_mem = '256MB'
-  SET jit = off
 AS $$
 DECLARE
-  e experiment.experiments;
-  started timestamptz := clock_timestamp();
-  ts timestamptz := now();
-  control text;
-  nmulti bigint;
-  nunits bigint;
-  nearly bigint;
-  tuning float8;
-  min_t0 timestamptz;
-  max_t0 timestamptz;
   src regclass;
   ucol text;
   src_no integer := 0;
@@ -176,12 +170,7 @@ DECLARE
   lb timestamptz;
   joins text := '';
   vals_sql text;
-  vals_from text;
-  aggs text := '';
   vals_cols text := '';
-  caps float8[];
-  pre_caps float8[];
-  unpivot text := '';
   cap_v_sql text;
   cap_p_sql text;
   r record;
@@ -194,17 +183,6 @@ DECLARE
   ends boolean[];
   hashagg text;
 BEGIN
-  e := experiment.require_experiment(refresh.experiment_id);
-  -- one refresh of an experiment at a time
-  PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('experiment.refresh:' || e.id));
-
-  PERFORM experiment.validate_experiment_metrics(e.id);
-  SELECT v.name INTO control FROM experiment.variants v WHERE v.experiment_id = e.id AND v.is_control;
-  IF control IS NULL THEN
-    RAISE EXCEPTION 'experiment "%" has no control variant', e.id
-      USING ERRCODE = '22023', HINT = 'Set is_control on one row of experiment.variants.';
-  END IF;
-
   -- units: first exposure defines variant and start; units in several variants are excluded
   PERFORM experiment.drop_refresh_tables();
   -- grouping a million units in a hash table is bound by random memory access; the primary key
@@ -314,9 +292,9 @@ BEGIN
 
   -- per-unit values, zero-filled: one statement, one scan of each source
   IF src_no = 0 THEN
-    vals_sql := 'SELECT u.variant FROM pg_temp.exp_units u';
+    vals_sql := 'SELECT u.unit_id, u.variant FROM pg_temp.exp_units u';
   ELSE
-    vals_sql := format('SELECT x1.variant%s FROM (SELECT coalesce(pg_catalog.array_agg(u.unit_id), ''{}'') AS ids, '
+    vals_sql := format('SELECT x1.unit_id, x1.variant%s FROM (SELECT coalesce(pg_catalog.array_agg(u.unit_id), ''{}'') AS ids, '
                        'coalesce(pg_catalog.array_agg(u.variant), ''{}'') AS variants, '
                        'coalesce(pg_catalog.array_agg(u.t0), ''{}'') AS t0s FROM pg_temp.exp_units u) a%s',
                        vals_cols, joins);
@@ -332,7 +310,7 @@ BEGIN
          bool_or(m2.winsorize IS NOT NULL)
     INTO cap_v_sql, cap_p_sql, need_upper
     FROM exp_base b JOIN experiment.metrics m2 ON m2.name = b.name;
-  IF need_upper THEN
+  IF need_upper OR keep THEN
     EXECUTE 'CREATE TEMP TABLE exp_vals ON COMMIT DROP AS ' || vals_sql;
     EXECUTE format('SELECT ARRAY[%s]::float8[], ARRAY[%s]::float8[] FROM pg_temp.exp_vals', cap_v_sql, cap_p_sql)
       INTO caps, pre_caps;
@@ -340,6 +318,80 @@ BEGIN
   ELSE
     vals_from := '(' || vals_sql || ')';
   END IF;
+
+END
+$$;
+COMMENT ON FUNCTION experiment.prepare_unit_values(experiment.experiments, boolean) IS
+  'internal: the temporary tables of per-unit values that experiment.refresh() and experiment.aa_test() read, and the winsorization caps';
+
+CREATE FUNCTION experiment.refresh(experiment_id text) RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+  -- per-unit aggregation of a million units fits in memory; JIT compilation costs more than it saves here
+  SET work_mem = '256MB'
+  SET jit = off
+AS $$
+DECLARE
+  e experiment.experiments;
+  started timestamptz := clock_timestamp();
+  ts timestamptz := now();
+  control text;
+  nmulti bigint;
+  nunits bigint;
+  nearly bigint;
+  tuning float8;
+  min_t0 timestamptz;
+  max_t0 timestamptz;
+  src regclass;
+  ucol text;
+  src_no integer := 0;
+  m experiment.metrics;
+  tcol text;
+  lower_bound timestamptz;
+  upper_bound timestamptz;
+  need_upper boolean;
+  lb timestamptz;
+  joins text := '';
+  vals_sql text;
+  vals_from text;
+  aggs text := '';
+  vals_cols text := '';
+  caps float8[];
+  pre_caps float8[];
+  unpivot text := '';
+  cap_v_sql text;
+  cap_p_sql text;
+  r record;
+  k integer;
+  tcols text[];
+  vcols text[];
+  aggs_a text[];
+  los interval[];
+  his interval[];
+  ends boolean[];
+  hashagg text;
+  prep record;
+BEGIN
+  e := experiment.require_experiment(refresh.experiment_id);
+  -- one refresh of an experiment at a time
+  PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('experiment.refresh:' || e.id));
+
+  PERFORM experiment.validate_experiment_metrics(e.id);
+  SELECT v.name INTO control FROM experiment.variants v WHERE v.experiment_id = e.id AND v.is_control;
+  IF control IS NULL THEN
+    RAISE EXCEPTION 'experiment "%" has no control variant', e.id
+      USING ERRCODE = '22023', HINT = 'Set is_control on one row of experiment.variants.';
+  END IF;
+
+  SELECT * INTO prep FROM experiment.prepare_unit_values(e, false);
+  vals_from := prep.vals_from;
+  caps := prep.caps;
+  pre_caps := prep.pre_caps;
+  nmulti := prep.nmulti;
+  nunits := prep.nunits;
+  nearly := prep.nearly;
+  min_t0 := prep.min_t0;
+  max_t0 := prep.max_t0;
 
   DELETE FROM experiment.variant_stats vs WHERE vs.experiment_id = e.id;
   DELETE FROM experiment.metric_results mr WHERE mr.experiment_id = e.id;
@@ -468,3 +520,134 @@ $$;
 COMMENT ON FUNCTION experiment.refresh_all() IS
   'load staged exposures, then refresh every running experiment (one failing experiment is recorded in experiment.refreshes and does not stop the others); returns how many were refreshed';
 
+
+-- ===========================================================================
+-- A/A validation
+-- ===========================================================================
+
+CREATE FUNCTION experiment.aa_test(experiment_id text, simulations integer DEFAULT 1000, seed integer DEFAULT 0)
+  RETURNS TABLE (metric text, method text, n_simulations integer, alpha float8, false_positives bigint,
+                 false_positive_rate float8, band_lower float8, band_upper float8,
+                 ks_statistic float8, ks_p_value float8)
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+  SET work_mem = '256MB'
+  SET jit = off
+AS $$
+DECLARE
+  e experiment.experiments;
+  prep record;
+  share float8;
+  aggs text := '';
+  tests text := '';
+  r record;
+  j integer := 0;
+BEGIN
+  e := experiment.require_experiment(aa_test.experiment_id);
+  IF aa_test.simulations IS NULL OR aa_test.simulations < 10 OR aa_test.simulations > 100000 THEN
+    PERFORM experiment.raise_invalid_value('simulations', coalesce(aa_test.simulations::text, 'NULL'),
+                                           'between 10 and 100000');
+  END IF;
+  IF aa_test.seed IS NULL THEN
+    PERFORM experiment.raise_invalid_value('seed', 'NULL', 'an integer');
+  END IF;
+  PERFORM experiment.validate_experiment_metrics(e.id);
+  -- the pseudo-control's share: the control's share of control + the first treatment
+  SELECT c.allocation / nullif(c.allocation + t.allocation, 0) INTO share
+  FROM experiment.variants c, LATERAL (SELECT v.allocation FROM experiment.variants v
+                                       WHERE v.experiment_id = c.experiment_id AND NOT v.is_control
+                                       ORDER BY v.name LIMIT 1) t
+  WHERE c.experiment_id = e.id AND c.is_control;
+  IF share IS NULL OR NOT (share > 0 AND share < 1) THEN
+    RAISE EXCEPTION 'experiment "%" needs a control and a treatment with positive allocations for an A/A test', e.id
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+
+  PERFORM experiment.drop_refresh_tables();
+  SELECT * INTO prep FROM experiment.prepare_unit_values(e, true);
+
+  -- the moments of every metric, per simulation and pseudo-arm, in one pass
+  FOR r IN SELECT m2.name, m2.kind, b.i, b.pre,
+                  (SELECT bn.i FROM pg_temp.exp_base bn WHERE bn.name = m2.numerator) AS ni,
+                  (SELECT bd.i FROM pg_temp.exp_base bd WHERE bd.name = m2.denominator) AS di
+           FROM experiment.experiment_metrics em JOIN experiment.metrics m2 ON m2.name = em.metric
+           LEFT JOIN pg_temp.exp_base b ON b.name = m2.name
+           WHERE em.experiment_id = e.id ORDER BY m2.name LOOP
+    j := j + 1;
+    IF r.kind = 'ratio' THEN
+      aggs := aggs || format(', experiment.moments(%s, %s) AS a%s, NULL::experiment.moments AS c%s',
+                             experiment.capped_sql('v', r.ni, prep.caps[r.ni]), experiment.capped_sql('v', r.di, prep.caps[r.di]), j, j);
+    ELSE
+      aggs := aggs || format(', experiment.moments(%s) AS a%s, %s AS c%s',
+                             experiment.capped_sql('v', r.i, prep.caps[r.i]), j,
+                             CASE WHEN r.pre THEN format('experiment.moments(%s, %s)', experiment.capped_sql('v', r.i, prep.caps[r.i]),
+                                                        experiment.capped_sql('p', r.i, prep.pre_caps[r.i]))
+                                  ELSE 'NULL::experiment.moments' END, j);
+    END IF;
+    tests := tests || format(' UNION ALL SELECT %L AS metric, %L AS kind, c.s, c.a%s AS cm, t.a%s AS tm, c.c%s AS cc, t.c%s AS tc FROM g c JOIN g t ON t.s = c.s AND NOT t.is_c WHERE c.is_c',
+                             r.name, r.kind, j, j, j, j);
+  END LOOP;
+  IF j = 0 THEN
+    RETURN;
+  END IF;
+
+  RETURN QUERY EXECUTE format($q$
+    WITH g AS (
+      SELECT s.s, (((pg_catalog.hashtextextended(v.unit_id, %s::bigint * 1000003 + s.s) %% 10000) + 10000) %% 10000) < %s AS is_c
+             %s
+      FROM %s v CROSS JOIN pg_catalog.generate_series(1, %s) s(s)
+      GROUP BY 1, 2
+    ), pairs AS (%s
+    ), p AS (
+      SELECT x.metric, k.method,
+             (experiment.metric_test(k.method, x.cm, x.tm, x.cc, x.tc, %s, 'two-sided', NULL)).p_value AS p
+      FROM pairs x
+      CROSS JOIN LATERAL (SELECT CASE
+          WHEN x.kind = 'ratio' THEN 'ratio'
+          WHEN x.cc IS NOT NULL AND coalesce(experiment.variance(x.cc OPERATOR(experiment.+) x.tc, 2), 0) > 0 THEN 'cuped'
+          WHEN x.kind = 'proportion' THEN 'prop_ztest'
+          ELSE 'welch' END AS method) k
+    ), ranked AS (
+      SELECT p.*, row_number() OVER (PARTITION BY p.metric ORDER BY p.p) AS i,
+             count(*) OVER (PARTITION BY p.metric) AS n
+      FROM p WHERE p.p IS NOT NULL
+    ), ks AS (
+      SELECT ranked.metric, pg_catalog.max(greatest(ranked.i::float8 / ranked.n - ranked.p,
+                                                    ranked.p - (ranked.i - 1)::float8 / ranked.n)) AS d,
+             pg_catalog.max(ranked.n) AS n
+      FROM ranked GROUP BY ranked.metric
+    )
+    SELECT p.metric, pg_catalog.min(p.method), %s::integer, %s::float8,
+           count(*) FILTER (WHERE p.p < %s),
+           (count(*) FILTER (WHERE p.p < %s))::float8 / nullif(count(p.p), 0)::float8,
+           %s::float8 - 2.5758293035489 * sqrt(%s::float8 * (1 - %s::float8) / nullif(count(p.p), 0)),
+           %s::float8 + 2.5758293035489 * sqrt(%s::float8 * (1 - %s::float8) / nullif(count(p.p), 0)),
+           pg_catalog.min(ks.d),
+           pg_catalog.min(experiment.ks_p_value(ks.d, ks.n))
+    FROM p LEFT JOIN ks ON ks.metric = p.metric
+    GROUP BY p.metric ORDER BY p.metric$q$,
+    aa_test.seed, (share * 10000)::integer, aggs, prep.vals_from, aa_test.simulations, substr(tests, 12),
+    e.alpha, aa_test.simulations, e.alpha, e.alpha, e.alpha, e.alpha, e.alpha, e.alpha, e.alpha, e.alpha, e.alpha);
+  PERFORM experiment.drop_refresh_tables();
+END
+$$;
+COMMENT ON FUNCTION experiment.aa_test(text, integer, integer) IS
+  'A/A validation of an experiment''s metrics: re-splits its analysed units at random (simulations seeded hashes) into the shares of control and the first treatment, re-runs each metric''s fixed-horizon test, and returns the false-positive rate at alpha with its 99% band and the Kolmogorov-Smirnov p-value of the p-values'' uniformity';
+
+-- P(D > d) of the Kolmogorov-Smirnov statistic of n values, asymptotically with Stephens'
+-- small-sample correction: Q(lambda) = 2 sum (-1)^(k-1) exp(-2 k^2 lambda^2),
+-- lambda = (sqrt(n) + 0.12 + 0.11 / sqrt(n)) d
+CREATE FUNCTION experiment.ks_p_value(d float8, n bigint) RETURNS float8
+  LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE WHEN n < 1 THEN NULL
+              WHEN l < 0.2 THEN 1.0
+              ELSE least(1.0, greatest(0.0, 2 * (SELECT coalesce(sum((-1) ^ (k - 1) * exp(-2 * k * k * l * l)), 0)
+                                                 FROM generate_series(1, 100) k
+                                                 WHERE 2 * k * k * l * l < 700)))   -- exp() below 1e-304 adds nothing
+         END
+  FROM (SELECT (sqrt(n::float8) + 0.12 + 0.11 / sqrt(n::float8)) * d AS l) s
+$$;
+COMMENT ON FUNCTION experiment.ks_p_value(float8, bigint) IS
+  'internal: asymptotic Kolmogorov-Smirnov p-value of the statistic d over n values (Stephens'' correction)';
