@@ -16,6 +16,9 @@ On seeded random datasets (raw rows, drawn here):
   adjusted_interval against its formula;
   gst_alpha against boundaries solved here with scipy's multivariate normal
   CDF (K <= 3 looks) and the closed form at the first look.
+GrowthBook's published cases (gbstats packages/stats/tests/frequentist/test_tests.py:
+  the sequential two-sided mean and proportion tests to their 5 printed decimals, the
+  fixed one-sided tests and the sequential one-sided intervals to 1e-9).
 Relative error limits: 1e-9 (1e-12 for p_adjust; gst_alpha: 1e-6, the
 accuracy of scipy's multivariate normal integration, see doc/statistics.md).
 """
@@ -454,6 +457,53 @@ for i in range(200):
     ck.check(abs(got - math.ceil(n_real)) <= 1 if tuning is None else got in (math.ceil(n_real), math.ceil(n_real - 1e-7 * n_real)),
              "required_n_mean sd=%r mde=%r k=%d N*=%r: got %r, want ceil(%r)" % (sdv, dm, k, tuning, got, n_real))
 section("planning")
+# ---------------------------------------------------------------- peers' published cases
+# GrowthBook gbstats, packages/stats/tests/frequentist/test_tests.py (growthbook/growthbook):
+# SampleMeanStatistic(sum=1396.87, sum_squares=52377.9767, n=3000) against
+# (sum=2422.7, sum_squares=134698.29, n=3461), and ProportionStatistic(1396/3000, 2422/3461).
+MEANS = ("experiment.moments_from_sums(3000, 1396.87, 52377.9767)", "experiment.moments_from_sums(3461, 2422.7, 134698.29)")
+
+
+def peer(label, sql, want, decimals=None):
+    cur.execute(sql)
+    got = cur.fetchone()
+    for name, g, w in zip(want.keys(), got, want.values()):
+        if decimals is not None and not (isinstance(w, float) and math.isinf(w)):
+            ck.check(g is not None and round(g, decimals) == round(w, decimals),
+                     "GrowthBook %s %s: got %r, want %r (to %d decimals)" % (label, name, g, w, decimals))
+        else:
+            close("GrowthBook " + label + " " + name, g, w, rel=1e-9)
+
+
+W = "SELECT lift, lift_lower, lift_upper, lift_se, lift_p_value FROM experiment.welch_ttest(%s, %s, 0.05, '%s', %s)"
+WA = "SELECT diff, diff_lower, diff_upper, diff_se, p_value FROM experiment.welch_ttest(%s, %s, 0.05, '%s', %s)"
+peer("test_sequential_test_runs", W % (MEANS + ("two-sided", 1000)),
+     dict(lift=0.50336, lower=-0.55844, upper=1.56516, se=0.33341, p=1.0), decimals=5)
+peer("test_sequential_test_runs_prop",
+     "SELECT lift, lift_lower, lift_upper, lift_se, lift_p_value FROM experiment.prop_ztest(1396, 3000, 2422, 3461, 0.05, 'two-sided', 5000)",
+     dict(lift=0.50386, lower=0.40098, upper=0.60675, se=0.03386, p=0.0), decimals=5)
+peer("TestOneSidedGreaterTTest relative", W % (MEANS + ("greater", "NULL")),
+     dict(lift=0.5033610858562358, lower=-0.045136675850396046, upper=INF, se=0.3334122146400735, p=0.06558262868467746))
+peer("TestOneSidedGreaterTTest absolute", WA % (MEANS + ("greater", "NULL")),
+     dict(diff=0.23437666666666668, lower=0.020791480063255735, upper=INF, se=0.12983081254184736, p=0.03554272489873023))
+peer("TestOneSidedLesserTTest relative", W % (MEANS + ("less", "NULL")),
+     dict(lift=0.5033610858562358, lower=-INF, upper=1.0518588475628676, se=0.3334122146400735, p=0.9344173713153225))
+peer("TestOneSidedLesserTTest absolute", WA % (MEANS + ("less", "NULL")),
+     dict(diff=0.23437666666666668, lower=-INF, upper=0.44796185327007765, se=0.12983081254184736, p=0.9644572751012698))
+# sequential one-sided (GrowthBook's default tuning 5000): the intervals agree; GrowthBook's
+# p-values come from its bisection with rho moving with alpha (0.4999 is its upper limit),
+# ours from the closed form at the test's own rho (doc/statistics.md), so only printed
+for label, alt, sql, want in [
+        ("TestSequentialOneSidedGreaterTTest relative", "greater", W, (-0.42356454602790883, INF)),
+        ("TestSequentialOneSidedGreaterTTest absolute", "greater", WA, (-0.12656844172804982, INF)),
+        ("TestSequentialOneSidedLesserTTest relative", "less", W, (-INF, 1.4302867177403806)),
+        ("TestSequentialOneSidedLesserTTest absolute", "less", WA, (-INF, 0.5953217750613832))]:
+    cur.execute(sql % (MEANS + (alt, 5000)))
+    est, lo, hi, se_, p_ = cur.fetchone()
+    close("GrowthBook %s lower" % label, lo, want[0])
+    close("GrowthBook %s upper" % label, hi, want[1])
+    print("  (info) %s: p-value %.6g here" % (label, p_))
+
 for key in sorted(maxerr):
     print("  %-40s max rel err %.3g" % (key, maxerr[key]))
 conn.close()
