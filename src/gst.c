@@ -28,9 +28,9 @@
 
 /* the score S_k = Z_k sqrt(t_k) is Brownian motion: S_k ~ N(0, t_k) */
 #define GST_TAIL_SD 12.0		/* grids end 12 standard deviations out */
-#define GST_MIN_POINTS 2001		/* points of a grid (odd: Simpson's rule) */
+#define GST_MIN_POINTS 4001		/* points of a grid (odd: Simpson's rule) */
 #define GST_MAX_POINTS 8001
-#define GST_POINTS_PER_SD 40	/* grid points per increment sd */
+#define GST_POINTS_PER_SD 80	/* grid points per increment sd */
 
 typedef struct Grid
 {

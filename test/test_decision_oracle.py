@@ -362,9 +362,9 @@ def stay2(c1, c2, r, sides):
     s_ = math.sqrt(1 - r * r)
     if sides == 2:
         f = lambda z: stats.norm.pdf(z) * (stats.norm.cdf((c2 - r * z) / s_) - stats.norm.cdf((-c2 - r * z) / s_))  # noqa: E731
-        return integrate.quad(f, -c1, c1, epsabs=1e-15, epsrel=1e-13, limit=200)[0]
+        return integrate.quad(f, -c1, c1, epsabs=1e-14, epsrel=1e-12, limit=100)[0]
     f = lambda z: stats.norm.pdf(z) * stats.norm.cdf((c2 - r * z) / s_)  # noqa: E731
-    return integrate.quad(f, -40, c1, epsabs=1e-15, epsrel=1e-13, limit=200)[0]
+    return integrate.quad(f, -40, c1, epsabs=1e-14, epsrel=1e-12, limit=100)[0]
 
 
 def gst_reference(t, alpha, sides, rho_):
@@ -405,6 +405,17 @@ for t, alpha, sides, rho_ in [([1.0], 0.05, 2, 2), ([0.3], 0.05, 1, 3), ([0.5, 1
     for k, (g, w) in enumerate(zip(got, want)):
         close("gst_alpha look %d%s" % (k + 1, "" if k < 2 else " (mvn)"), g, w,
               rel=1e-12 if k == 0 else 1e-9 if k == 1 else 1e-6)
+# 100 random two-look designs (the second look by quadrature, to 1e-9)
+rng = np.random.default_rng([SEED, 9])
+for i in range(100):
+    t1 = float(rng.uniform(0.05, 0.9))
+    t2 = float(rng.uniform(t1 + 0.02, 1.3))
+    alpha, sides, rho_ = float(rng.choice([0.01, 0.05, 0.1])), int(rng.integers(1, 3)), float(rng.uniform(0.5, 4))
+    cur.execute("SELECT experiment.gst_alpha(%s::float8[], %s, %s, %s)", ([t1, t2], alpha, sides, rho_))
+    got = cur.fetchone()[0]
+    want = gst_reference([t1, t2], alpha, sides, rho_)
+    close("gst_alpha look 1", got[0], want[0], rel=1e-12)
+    close("gst_alpha look 2", got[1], want[1], rel=1e-9)
 # the cumulative spend: with 1 look at t = 1 the nominal level is alpha; past t = 1 nothing is left
 cur.execute("SELECT experiment.gst_alpha('{0.5,1,1.3}', 0.05, 2, 2)")
 g = cur.fetchone()[0]
