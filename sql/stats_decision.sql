@@ -44,6 +44,11 @@ SELECT regress_support.err($$SELECT experiment.p_adjust(ARRAY[0.1, 'NaN'], 'holm
 SELECT regress_support.err($$SELECT experiment.p_adjust(p, 'fdr') OVER () FROM (VALUES (0.1)) v(p)$$);
 SELECT regress_support.err($$SELECT experiment.p_adjust(p, NULL) OVER () FROM (VALUES (0.1)) v(p)$$);
 SELECT regress_support.err($$SELECT experiment.adjusted_interval(0.1, 2)$$);
+SELECT regress_support.err($$SELECT experiment.p_adjust(p, m) OVER () FROM (VALUES (0.1, 'holm'), (0.2, 'bh')) v(p, m)$$);
+SELECT regress_support.err($$SELECT experiment.prop_ztest(-1, 10, 2, 10, NULL)$$);
+SELECT regress_support.err($$SELECT experiment.prop_ztest(1, 10, 2, 10, 1.5, NULL)$$);
+SELECT experiment.prop_ztest(1, 10, 2, 10, NULL) IS NULL AS null_alpha_is_null;
+SELECT * FROM experiment.adjusted_interval(0, 0.3);
 SELECT regress_support.err($$SELECT experiment.gst_alpha('{0.5, 0.4, 1}', 0.05)$$);
 SELECT regress_support.err($$SELECT experiment.gst_alpha('{0, 0.5, 1}', 0.05)$$);
 SELECT regress_support.err($$SELECT experiment.gst_alpha('{-0.2, 1}', 0.05)$$);

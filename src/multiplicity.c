@@ -78,7 +78,7 @@ check_p(double p, int pos)
 	if (!(p >= 0 && p <= 1))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("p-value %d must be in [0, 1], got %g", pos + 1, p)));
+				 errmsg("element %d of p must be in [0, 1], got %g", pos + 1, p)));
 }
 
 /*
@@ -232,6 +232,12 @@ exp_p_adjust_window(PG_FUNCTION_ARGS)
 		{
 			CHECK_FOR_INTERRUPTS();
 			part->adjusted[i] = get_float8_nan();
+			d = WinGetFuncArgInPartition(winobj, 1, (int) i, WINDOW_SEEK_HEAD, false, &isnull, &isout);
+			if (isnull || parse_method(DatumGetTextPP(d)) != method)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("method must be the same on every row of a partition"),
+						 errhint("Adjust each family in its own partition (PARTITION BY ...).")));
 			d = WinGetFuncArgInPartition(winobj, 0, (int) i, WINDOW_SEEK_HEAD, false, &isnull, &isout);
 			if (isnull || isout)
 				continue;
@@ -286,6 +292,8 @@ exp_adjusted_interval(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("estimate must be finite, got %g", est)));
 	zp = p > 0 ? gsl_cdf_ugaussian_Qinv(p / 2) : get_float8_infinity();
+	if (est == 0 && p < 1)
+		PG_RETURN_NULL();		/* no standard error is implied by a zero estimate */
 	if (!(zp > 0))
 	{
 		lower = -get_float8_infinity();

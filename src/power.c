@@ -211,7 +211,7 @@ required_n(PG_FUNCTION_ARGS)
 	Design		dz;
 	PropPlan	pp;
 
-	NULL_IF_ANY_NULL(4);
+	NULL_IF_ANY_NULL(5);
 	p1 = PG_GETARG_FLOAT8(0);
 	d = PG_GETARG_FLOAT8(1);
 	alpha = PG_GETARG_FLOAT8(2);
@@ -276,7 +276,7 @@ required_n_mean(PG_FUNCTION_ARGS)
 	Design		dz;
 	MeanPlan	mp;
 
-	NULL_IF_ANY_NULL(4);
+	NULL_IF_ANY_NULL(5);
 	sd = PG_GETARG_FLOAT8(0);
 	d = PG_GETARG_FLOAT8(1);
 	alpha = PG_GETARG_FLOAT8(2);
@@ -330,7 +330,7 @@ mde_prop(PG_FUNCTION_ARGS)
 	PropPlan	pp;
 	int			i;
 
-	NULL_IF_ANY_NULL(4);
+	NULL_IF_ANY_NULL(5);
 	n = PG_GETARG_INT64(0);
 	p1 = PG_GETARG_FLOAT8(1);
 	alpha = PG_GETARG_FLOAT8(2);
@@ -386,7 +386,7 @@ power_prop(PG_FUNCTION_ARGS)
 				sd1;
 	Design		dz;
 
-	NULL_IF_ANY_NULL(4);
+	NULL_IF_ANY_NULL(5);
 	n = PG_GETARG_INT64(0);
 	p1 = PG_GETARG_FLOAT8(1);
 	d = PG_GETARG_FLOAT8(2);

@@ -325,11 +325,15 @@ exp_check_tuning(double tuning)
 static bool
 get_inference(FunctionCallInfo fcinfo, int first, Inference *inf)
 {
-	if (PG_ARGISNULL(first) || PG_ARGISNULL(first + 1))
-		return false;
-	inf->alpha = PG_GETARG_FLOAT8(first);
-	check_alpha(inf->alpha);
-	inf->alternative = exp_parse_alternative(text_to_cstring(PG_GETARG_TEXT_PP(first + 1)));
+	inf->alpha = get_float8_nan();
+	inf->alternative = ALT_TWO_SIDED;
+	if (!PG_ARGISNULL(first))
+	{
+		inf->alpha = PG_GETARG_FLOAT8(first);
+		check_alpha(inf->alpha);
+	}
+	if (!PG_ARGISNULL(first + 1))
+		inf->alternative = exp_parse_alternative(text_to_cstring(PG_GETARG_TEXT_PP(first + 1)));
 	inf->tuning = get_float8_nan();
 	if (PG_NARGS() > first + 2 && !PG_ARGISNULL(first + 2))
 	{
@@ -340,7 +344,7 @@ get_inference(FunctionCallInfo fcinfo, int first, Inference *inf)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("alpha must be below 0.5 for a one-sided sequential test, got %g", inf->alpha)));
 	}
-	return true;
+	return !PG_ARGISNULL(first) && !PG_ARGISNULL(first + 1);
 }
 
 /* ---------- results ---------- */
@@ -893,8 +897,9 @@ prop_ztest(PG_FUNCTION_ARGS)
 	Estimate	e;
 	TestResult	r;
 
-	if (!get_inference(fcinfo, 4, &inf) || PG_ARGISNULL(0) || PG_ARGISNULL(1) ||
-		PG_ARGISNULL(2) || PG_ARGISNULL(3))
+	bool		ok = get_inference(fcinfo, 4, &inf);
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2) || PG_ARGISNULL(3))
 		PG_RETURN_NULL();
 	x_c = PG_GETARG_INT64(0);
 	n_c = PG_GETARG_INT64(1);
@@ -914,6 +919,8 @@ prop_ztest(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("x_treatment (" INT64_FORMAT ") must not exceed n_treatment (" INT64_FORMAT ")", x_t, n_t)));
+	if (!ok)
+		PG_RETURN_NULL();
 	prop_estimate(&e, x_c, n_c, x_t, n_t);
 	infer(&r, &e, &inf);
 	return result_datum(fcinfo, &r);

@@ -327,6 +327,10 @@ BEGIN
     PERFORM experiment.raise_invalid_value(format('alpha of experiment "%s"', NEW.id), NEW.alpha::text,
                                            'in (0, 1), e.g. 0.05');
   END IF;
+  IF NEW.analysis = 'sequential' AND NEW.alpha >= 0.5 THEN
+    PERFORM experiment.raise_invalid_value(format('alpha of sequential experiment "%s"', NEW.id), NEW.alpha::text,
+                                           'below 0.5 (its guardrails use one-sided sequences)');
+  END IF;
   IF NEW.min_runtime < interval '0' THEN
     PERFORM experiment.raise_invalid_value(format('min_runtime of experiment "%s"', NEW.id), NEW.min_runtime::text,
                                            'a non-negative interval');

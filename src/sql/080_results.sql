@@ -61,15 +61,21 @@ SELECT s.experiment_id, s.metric, s.variant, s.control_variant,
        s.refreshed_at,
        s.analysis, s.sequential_tuning, s.correction,
        s.p_value_adjusted,
+       -- the interval consistent with the adjusted lift p-value, never narrower than the test's own
+       -- (a normal approximation alone can be narrower than a confidence sequence)
        CASE WHEN s.lift_p_value_adjusted IS NOT DISTINCT FROM (s.test).lift_p_value THEN (s.test).lift_lower
-            ELSE (experiment.adjusted_interval((s.test).lift, s.lift_p_value_adjusted, s.alpha)).lower END
+            ELSE least((s.test).lift_lower,
+                       (experiment.adjusted_interval((s.test).lift, s.lift_p_value_adjusted, s.alpha)).lower) END
          AS lift_lower_adjusted,
        CASE WHEN s.lift_p_value_adjusted IS NOT DISTINCT FROM (s.test).lift_p_value THEN (s.test).lift_upper
-            ELSE (experiment.adjusted_interval((s.test).lift, s.lift_p_value_adjusted, s.alpha)).upper END
+            ELSE greatest((s.test).lift_upper,
+                          (experiment.adjusted_interval((s.test).lift, s.lift_p_value_adjusted, s.alpha)).upper) END
          AS lift_upper_adjusted,
        (s.bayes).chance_to_win, (s.bayes).risk_control, (s.bayes).risk_treatment,
        s.guardrail_status, s.harm_bound,
-       (s.test).diff_se, (s.test).lift_se
+       (s.test).diff_se, (s.test).lift_se,
+       (s.bayes).estimate AS lift_posterior, (s.bayes).ci_lower AS lift_posterior_lower,
+       (s.bayes).ci_upper AS lift_posterior_upper
 FROM s;
 COMMENT ON VIEW experiment.results IS
   'one row per experiment, metric and treatment variant at the latest refresh: role, test results under the experiment''s analysis, adjusted p-value and lift interval, Bayesian chance to win and risks, significance, guardrail verdict (ok, failed or inconclusive against the non-inferiority margin)';

@@ -75,12 +75,14 @@ AS $$
   SELECT CASE WHEN with_label THEN 'p ' ELSE '' END || CASE
     WHEN p IS NULL THEN CASE WHEN with_label THEN '= ' ELSE '' END || 'n/a'
     WHEN p < 0.001 THEN '< 0.001'
-    WHEN p < 0.1 THEN CASE WHEN with_label THEN '= ' ELSE '' END || to_char(round(p::numeric, 3), 'FM0.000')
+    WHEN p < 0.01 THEN CASE WHEN with_label THEN '= ' ELSE '' END || to_char(round(p::numeric, 3), 'FM0.000')
+    -- three significant digits, so that 0.0496 and 0.0504 do not both print as 0.050
+    WHEN p < 0.1 THEN CASE WHEN with_label THEN '= ' ELSE '' END || to_char(round(p::numeric, 4), 'FM0.0000')
     ELSE CASE WHEN with_label THEN '= ' ELSE '' END || to_char(round(p::numeric, 2), 'FM0.00')
   END
 $$;
 COMMENT ON FUNCTION experiment.format_p(float8, boolean) IS
-  'internal: a p-value as the readout prints it: "p = 0.83", "p = 0.003", "p < 0.001"';
+  'internal: a p-value as the readout prints it: "p = 0.83", "p = 0.0496", "p = 0.003", "p < 0.001"';
 
 -- the difference of a result and its interval, in one unit and to one number of decimals:
 -- percentage points to 2 significant digits for proportions, else 4 significant digits
@@ -158,12 +160,18 @@ CREATE FUNCTION experiment.readout_metric_line(r experiment.results, control_lab
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
-  SELECT format('%s: %s   %s: %s   Lift: %s   %s%% CI [%s, %s]   %s',
+  SELECT format('%s: %s   %s: %s   Lift: %s   %s   %s',
     control_label, experiment.format_number(r.mean_control),
     treatment_label, experiment.format_number(r.mean_treatment),
     experiment.format_effect(r),
-    rtrim(rtrim(to_char(round(((1 - r.alpha) * 100)::numeric, 2), 'FM990.00'), '0'), '.'),
-    d.lower_text, d.upper_text,
+    CASE WHEN r.analysis = 'bayesian' AND r.lift_posterior IS NOT NULL
+         -- the posterior of the lift, which the chance to win describes
+         THEN format('posterior lift %s [%s, %s]', experiment.format_signed(r.lift_posterior, '%', 100, 1),
+                     experiment.format_signed(r.lift_posterior_lower, '%', 100, 1),
+                     experiment.format_signed(r.lift_posterior_upper, '%', 100, 1))
+         ELSE format('%s%% CI [%s, %s]',
+                     rtrim(rtrim(to_char(round(((1 - r.alpha) * 100)::numeric, 2), 'FM990.00'), '0'), '.'),
+                     d.lower_text, d.upper_text) END,
     experiment.format_evidence(r))
   FROM experiment.format_diff(r.kind, r.diff, r.diff_lower, r.diff_upper) d
 $$;
