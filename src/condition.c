@@ -439,6 +439,7 @@ js_number_append(StringInfo out, double d)
 static void
 js_tostring_append(StringInfo out, const CondVal *v)
 {
+	check_stack_depth();		/* nested arrays recurse */
 	switch (v->kind)
 	{
 		case CV_NULL:
@@ -739,6 +740,8 @@ json_equal(const CondVal *a, const CondVal *b)
 {
 	CvKind		ka = a->kind,
 				kb = b->kind;
+
+	check_stack_depth();		/* nested arrays and objects recurse */
 
 	/* JSON.stringify writes non-finite numbers as null */
 	if (ka == CV_NUM && !isfinite(a->num))
