@@ -156,6 +156,11 @@ def compare(name, row, est, alpha, alt, tuning, p_ref=None, stat_ref=None):
 ALTS = ("two-sided", "greater", "less")
 
 
+def welch_se_df(a, b, n_c, n_t):
+    """Welch's standard error and Satterthwaite df from the arms' variances of the mean a, b."""
+    return dict(se=math.sqrt(a + b), df=(a + b) ** 2 / (a * a / (n_c - 1) + b * b / (n_t - 1)))
+
+
 def welch_est(yc, yt, vc_lift=None):
     n_c, n_t = len(yc), len(yt)
     m_c, m_t = yc.mean(), yt.mean()
@@ -163,7 +168,7 @@ def welch_est(yc, yt, vc_lift=None):
     a, b = v_c / n_c, v_t / n_t
     r = m_t / m_c
     lv = (v_t / n_t + (v_c * r * r if vc_lift is None else vc_lift) / n_c) / m_c ** 2
-    return dict(n=n_c + n_t, diff=m_t - m_c, se=math.sqrt(a + b), df=(a + b) ** 2 / (a * a / (n_c - 1) + b * b / (n_t - 1)),
+    return dict(n=n_c + n_t, diff=m_t - m_c, **welch_se_df(a, b, n_c, n_t),
                 lift=(m_t - m_c) / abs(m_c), lift_se=math.sqrt(lv))
 
 
@@ -249,7 +254,7 @@ for i in range(200):
     a, b = ac.var(ddof=1) / n_c, at.var(ddof=1) / n_t
     diff = at.mean() - ac.mean()
     lv = (at.var(ddof=1) / n_t + (r * yc - theta * xc).var(ddof=1) / n_c) / m_c ** 2
-    est = dict(n=n_c + n_t, diff=diff, se=math.sqrt(a + b), df=(a + b) ** 2 / (a * a / (n_c - 1) + b * b / (n_t - 1)),
+    est = dict(n=n_c + n_t, diff=diff, **welch_se_df(a, b, n_c, n_t),
                lift=diff / abs(m_c), lift_se=math.sqrt(lv))
     alpha, tuning = 0.05, float(rng.choice([1000, 10000]))
     mc, mt = bivariate_moments(yc, xc), bivariate_moments(yt, xt)
@@ -272,7 +277,7 @@ for i in range(200):
     vt = (nt - R_t * dt).var(ddof=1) / dt.mean() ** 2
     a, b = vc / n_c, vt / n_t
     r = R_t / R_c
-    est = dict(n=n_c + n_t, diff=R_t - R_c, se=math.sqrt(a + b), df=(a + b) ** 2 / (a * a / (n_c - 1) + b * b / (n_t - 1)),
+    est = dict(n=n_c + n_t, diff=R_t - R_c, **welch_se_df(a, b, n_c, n_t),
                lift=(R_t - R_c) / R_c, lift_se=math.sqrt((vt / n_t + vc * r * r / n_c) / R_c ** 2))
     alpha, tuning = 0.05, float(rng.choice([1000, 10000]))
     mc, mt = bivariate_moments(nc, dc), bivariate_moments(nt, dt)

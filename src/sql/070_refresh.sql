@@ -77,6 +77,37 @@ COMMENT ON COLUMN experiment.metric_results.bound_test IS
 COMMENT ON COLUMN experiment.metric_results.harm_test IS
   'guardrails: the one-sided test of harm (p-value of "treatment is worse")';
 
+-- the method of a metric between two arms: ratio metrics by the delta method, CUPED where
+-- both arms have a pre-period covariate that varies, else the proportion or Welch test
+CREATE FUNCTION experiment.metric_method(kind text, c_cuped experiment.moments, t_cuped experiment.moments)
+  RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE
+    WHEN kind = 'ratio' THEN 'ratio'
+    WHEN c_cuped IS NOT NULL AND t_cuped IS NOT NULL
+         AND coalesce(experiment.variance(c_cuped OPERATOR(experiment.+) t_cuped, 2), 0) > 0 THEN 'cuped'
+    WHEN kind = 'proportion' THEN 'prop_ztest'
+    ELSE 'welch'
+  END
+$$;
+COMMENT ON FUNCTION experiment.metric_method(text, experiment.moments, experiment.moments) IS
+  'internal: the test method of a metric (ratio, cuped, prop_ztest or welch) from its kind and its arms'' CUPED moments';
+
+-- N* of an experiment's sequential analysis: as registered, else the planned sample (target
+-- units per variant times the variants), else 5000 (GrowthBook's default)
+CREATE FUNCTION experiment.sequential_tuning_of(e experiment.experiments) RETURNS float8
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT coalesce(e.sequential_tuning,
+                  e.target_units_per_variant * (SELECT count(*) FROM experiment.variants v WHERE v.experiment_id = e.id),
+                  5000)::float8
+$$;
+COMMENT ON FUNCTION experiment.sequential_tuning_of(experiment.experiments) IS
+  'internal: N* of an experiment''s sequential analysis (registered, else target_units_per_variant times the variants, else 5000)';
+
 -- the test of one metric between two arms: the one place where a metric's method (its
 -- kind and whether it has a CUPED covariate) picks the estimator, and the experiment's
 -- analysis the inference
@@ -420,10 +451,7 @@ BEGIN
   -- tests of each treatment against control
   -- the inference: sequential (N* from the registry or the planned sample), fixed, or Bayesian
   -- (fixed-horizon tests, turned into posteriors by the results view)
-  tuning := CASE WHEN e.analysis = 'sequential' THEN
-    coalesce(e.sequential_tuning,
-             e.target_units_per_variant * (SELECT count(*) FROM experiment.variants v WHERE v.experiment_id = e.id),
-             5000) END;
+  tuning := CASE WHEN e.analysis = 'sequential' THEN experiment.sequential_tuning_of(e) END;
   INSERT INTO experiment.metric_results
     (experiment_id, metric, variant, control_variant, method, alpha, test, refreshed_at,
      analysis, sequential_tuning, bound_test, harm_test)
@@ -444,13 +472,7 @@ BEGIN
     ON c.experiment_id = e.id AND c.metric = m2.name AND c.variant = control
   JOIN experiment.variant_stats t
     ON t.experiment_id = e.id AND t.metric = m2.name AND t.variant <> control
-  CROSS JOIN LATERAL (SELECT CASE
-      WHEN m2.kind = 'ratio' THEN 'ratio'
-      WHEN c.cuped_moments IS NOT NULL AND t.cuped_moments IS NOT NULL
-           AND coalesce(experiment.variance(c.cuped_moments OPERATOR(experiment.+) t.cuped_moments, 2), 0) > 0
-        THEN 'cuped'
-      WHEN m2.kind = 'proportion' THEN 'prop_ztest'
-      ELSE 'welch' END AS method) k
+  CROSS JOIN LATERAL (SELECT experiment.metric_method(m2.kind, c.cuped_moments, t.cuped_moments) AS method) k
   WHERE em.experiment_id = e.id;
 
   INSERT INTO experiment.refreshes AS f
@@ -582,11 +604,7 @@ BEGIN
       SELECT x.metric, k.method,
              (experiment.metric_test(k.method, x.cm, x.tm, x.cc, x.tc, %s, 'two-sided', NULL)).p_value AS p
       FROM pairs x
-      CROSS JOIN LATERAL (SELECT CASE
-          WHEN x.kind = 'ratio' THEN 'ratio'
-          WHEN x.cc IS NOT NULL AND coalesce(experiment.variance(x.cc OPERATOR(experiment.+) x.tc, 2), 0) > 0 THEN 'cuped'
-          WHEN x.kind = 'proportion' THEN 'prop_ztest'
-          ELSE 'welch' END AS method) k
+      CROSS JOIN LATERAL (SELECT experiment.metric_method(x.kind, x.cc, x.tc) AS method) k
     ), ranked AS (
       SELECT p.*, row_number() OVER (PARTITION BY p.metric ORDER BY p.p) AS i,
              count(*) OVER (PARTITION BY p.metric) AS n

@@ -84,6 +84,24 @@ $$;
 COMMENT ON FUNCTION experiment.format_p(float8, boolean) IS
   'internal: a p-value as the readout prints it: "p = 0.83", "p = 0.0496", "p = 0.003", "p < 0.001"';
 
+-- a share as a percentage with one decimal, without sign: 0.0512 -> 5.1
+CREATE FUNCTION experiment.format_percent(x float8) RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT to_char(round((x * 100)::numeric, 1), 'FM990.0')
+$$;
+COMMENT ON FUNCTION experiment.format_percent(float8) IS 'internal: a share as a percentage with one decimal, e.g. 5.1 for 0.0512';
+
+-- the name of a multiple-testing correction
+CREATE FUNCTION experiment.format_correction(correction text, short boolean DEFAULT false) RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE WHEN correction = 'bh' THEN CASE WHEN short THEN 'BH' ELSE 'Benjamini-Hochberg' END ELSE 'Holm' END
+$$;
+COMMENT ON FUNCTION experiment.format_correction(text, boolean) IS 'internal: Holm, Benjamini-Hochberg (short: BH)';
+
 -- the difference of a result and its interval, in one unit and to one number of decimals:
 -- percentage points to 2 significant digits for proportions, else 4 significant digits
 CREATE FUNCTION experiment.format_diff(kind text, diff float8, diff_lower float8, diff_upper float8,
@@ -126,9 +144,9 @@ CREATE FUNCTION experiment.format_evidence(r experiment.results) RETURNS text
 AS $$
   SELECT CASE
     WHEN r.analysis = 'bayesian' THEN
-      'chance to win ' || coalesce(to_char(round((r.chance_to_win * 100)::numeric, 1), 'FM990.0') || '%', 'n/a')
+      'chance to win ' || coalesce(experiment.format_percent(r.chance_to_win) || '%', 'n/a')
     WHEN experiment.format_p(r.p_value_adjusted) IS DISTINCT FROM experiment.format_p(r.p_value) THEN
-      experiment.format_p(r.p_value) || ' (' || CASE r.correction WHEN 'bh' THEN 'BH' ELSE 'Holm' END
+      experiment.format_p(r.p_value) || ' (' || experiment.format_correction(r.correction, true)
       || '-adjusted ' || experiment.format_p(r.p_value_adjusted, false) || ')'
     ELSE experiment.format_p(r.p_value)
   END
@@ -142,10 +160,8 @@ CREATE FUNCTION experiment.format_analysis(ex experiment.experiments) RETURNS te
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
   SELECT CASE ex.analysis
-    WHEN 'sequential' THEN format('sequential (valid at any look, N* = %s)', experiment.format_count(
-      coalesce(ex.sequential_tuning,
-               ex.target_units_per_variant * (SELECT count(*) FROM experiment.variants v WHERE v.experiment_id = ex.id),
-               5000)::bigint))
+    WHEN 'sequential' THEN format('sequential (valid at any look, N* = %s)',
+      experiment.format_count(experiment.sequential_tuning_of(ex)::bigint))
     WHEN 'bayesian' THEN format('Bayesian (%s prior, ship at a chance to win of %s%%)',
       CASE WHEN ex.prior_variance IS NULL THEN 'flat' ELSE format('N(%s, %s)', ex.prior_mean, ex.prior_variance) END,
       round((ex.ship_threshold * 100)::numeric, 1)::float8)
@@ -291,12 +307,12 @@ BEGIN
            pg_catalog.string_agg(format('guardrail %s failed: %s, %s', r.metric, experiment.format_effect(r),
                                         CASE WHEN coalesce(r.non_inferiority_margin, 0) = 0
                                              THEN 'one-sided p(harm) significant'
-                                             ELSE format('harm above the margin of %s%%', to_char(round((r.non_inferiority_margin * 100)::numeric, 1), 'FM990.0')) END),
+                                             ELSE format('harm above the margin of %s%%', experiment.format_percent(r.non_inferiority_margin)) END),
                                  '; ' ORDER BY r.metric)
              FILTER (WHERE r.guardrail_status = 'failed') AS guardrails_failed,
            pg_catalog.string_agg(format('guardrail %s: harm not yet shown below the margin of %s%% (bound %s%%)', r.metric,
-                                        to_char(round((r.non_inferiority_margin * 100)::numeric, 1), 'FM990.0'),
-                                        to_char(round((r.harm_bound * 100)::numeric, 1), 'FM990.0')), '; ' ORDER BY r.metric)
+                                        experiment.format_percent(r.non_inferiority_margin),
+                                        experiment.format_percent(r.harm_bound)), '; ' ORDER BY r.metric)
              FILTER (WHERE r.guardrail_status = 'inconclusive') AS guardrails_open,
            bool_or(r.role = 'primary' AND r.better) AS primary_better,
            bool_or(r.role = 'primary' AND r.worse) AS primary_worse,
@@ -416,14 +432,14 @@ BEGIN
   lines := lines || format('Analysis: %s, alpha = %s%s', experiment.format_analysis(ex), ex.alpha,
     CASE WHEN ex.correction = 'none' OR ex.analysis = 'bayesian' THEN ''
          ELSE format(', %s correction of secondary metrics (family: %s)',
-                     CASE ex.correction WHEN 'bh' THEN 'Benjamini-Hochberg' ELSE 'Holm' END, ex.correction_family) END);
+                     experiment.format_correction(ex.correction), ex.correction_family) END);
   IF ntreat > 1 THEN
     lines := lines || format('Comparisons: each of the %s treatments against %s at alpha = %s, %s',
                              ntreat, control, ex.alpha,
                              CASE WHEN ex.correction = 'none' OR ex.analysis = 'bayesian'
                                   THEN 'not corrected for multiple comparisons'
                                   ELSE format('the primary metric %s-corrected across the arms',
-                                              CASE ex.correction WHEN 'bh' THEN 'Benjamini-Hochberg' ELSE 'Holm' END) END);
+                                              experiment.format_correction(ex.correction)) END);
   END IF;
 
   -- primary, then secondary metrics; a line for every treatment, with or without a result
@@ -472,8 +488,8 @@ BEGIN
                                              WHEN 'failed' = ANY (q.statuses) THEN 'FAILED'
                                              WHEN 'inconclusive' = ANY (q.statuses)
                                                THEN format('inconclusive (harm bound %s%%, margin %s%%)',
-                                                           to_char(round((q.bound * 100)::numeric, 1), 'FM990.0'),
-                                                           to_char(round((q.margin * 100)::numeric, 1), 'FM990.0'))
+                                                           experiment.format_percent(q.bound),
+                                                           experiment.format_percent(q.margin))
                                              WHEN q.undefined THEN 'ok (no variance)' ELSE 'ok' END,
                     '   ' ORDER BY q.metric)
     INTO line
