@@ -56,17 +56,21 @@
 #include "access/htup_details.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
+#include "common/int.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "nodes/params.h"
 #include "pgtime.h"
 #include "tcop/dest.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -155,7 +159,10 @@ typedef struct UvState
 	uint64		mask;
 	char	  **variants;
 	int			nvariants;
-	/* per unit rows: int64 bounds[ncal], float8 acc[nspec], uint8 seen[nspec] */
+	/*
+	 * per unit rows: int64 bounds[ncal], float8 acc[nspec], uint32
+	 * skipped[nspec], uint8 seen[nspec]
+	 */
 	Size		rowsize;
 	char	   *rows;
 	/* batch of events */
@@ -167,12 +174,15 @@ typedef struct UvState
 	bool	   *ev_valnull;
 	StringInfoData keys;
 	bool		val_is_bool[FUNC_MAX_ARGS];
+	const char *val_names[FUNC_MAX_ARGS];
 } UvState;
 
 #define UV_ROW(st, i)		((st)->rows + (Size) (i) * (st)->rowsize)
 #define UV_BOUNDS(st, r)	((int64 *) (r))
 #define UV_ACC(st, r)		((double *) ((r) + sizeof(int64) * (st)->ncal))
-#define UV_SEEN(st, r)		((uint8 *) ((r) + sizeof(int64) * (st)->ncal + sizeof(double) * (st)->nspec))
+#define UV_SKIPPED(st, r)	((uint32 *) ((r) + sizeof(int64) * (st)->ncal + sizeof(double) * (st)->nspec))
+#define UV_SEEN(st, r)		((uint8 *) ((r) + sizeof(int64) * (st)->ncal + \
+										(sizeof(double) + sizeof(uint32)) * (st)->nspec))
 
 /*
  * A large zeroed array, aligned to 2 MB and marked for transparent huge
@@ -195,15 +205,50 @@ huge_alloc0(MemoryContext cxt, Size size)
 	return a;
 }
 
+/* at most 200 bytes of a unit id for a message, cut at a character boundary */
+static char *
+uv_clip(const char *s, uint32 len)
+{
+	int			n = len > 200 ? pg_mbcliplen(s, (int) len, 200) : (int) len;
+
+	return psprintf("%.*s%s", n, s, (uint32) n < len ? "..." : "");
+}
+
 static inline const char *
 unit_key(const UvUnit *u)
 {
 	return u->keylen <= UV_INLINE_KEY ? u->key.inline_key : u->key.ptr;
 }
 
+/*
+ * The scan's columns must be what the query asked for: (text, timestamptz
+ * per time column, float8 or boolean per value column).  The Datums are
+ * read without further checks, so a relation changed between planning and
+ * execution must not reach them.
+ */
 static void
 uv_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
 {
+	UvState    *st = ((UvReceiver *) self)->st;
+	int			c;
+
+	if (typeinfo->natts != 1 + st->ntime + st->nval)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("the scan of the source returned %d columns, expected %d",
+						typeinfo->natts, 1 + st->ntime + st->nval)));
+	for (c = 0; c < typeinfo->natts; c++)
+	{
+		Oid			want = c == 0 ? TEXTOID : c <= st->ntime ? TIMESTAMPTZOID :
+			st->val_is_bool[c - 1 - st->ntime] ? BOOLOID : FLOAT8OID;
+
+		if (TupleDescAttr(typeinfo, c)->atttypid != want)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("column %d of the scan of the source has type %s, expected %s",
+							c + 1, format_type_be(TupleDescAttr(typeinfo, c)->atttypid),
+							format_type_be(want))));
+	}
 }
 
 static void
@@ -216,13 +261,56 @@ uv_destroy(DestReceiver *self)
 {
 }
 
-/* t0 + interval as SQL computes it */
-static int64
-add_interval(int64 t0, Interval *iv)
+/*
+ * t0 + interval as SQL computes it (timestamptz_pl_interval, time zone
+ * aware), except that a result outside the range of timestamptz is -infinity
+ * or infinity instead of an error: a window of '1000000 years' means "no
+ * bound", and one exposure near the end of time must not fail the refresh.
+ * The exact sum is computed only when it is certainly in range (two days of
+ * margin for calendar arithmetic and time zones); near the ends of the range
+ * the bound is clamped, which moves it by at most those two days in the
+ * year 294276.
+ */
+static TimestampTz
+exp_timestamptz_add_clamped(TimestampTz t0, const Interval *iv)
 {
+	double		approx;
+
+	if (TIMESTAMP_NOT_FINITE(t0))
+		return t0;
+	approx = (double) t0 + (double) iv->time + (double) iv->day * USECS_PER_DAY +
+		(double) iv->month * (DAYS_PER_MONTH + 1) * USECS_PER_DAY;
+	if (approx >= (double) END_TIMESTAMP - 2.0 * USECS_PER_DAY ||
+		(double) t0 + (double) iv->time + (double) iv->day * USECS_PER_DAY +
+		(double) iv->month * (DAYS_PER_MONTH - 3) * USECS_PER_DAY >= (double) END_TIMESTAMP - 2.0 * USECS_PER_DAY)
+		return DT_NOEND;
+	if (approx <= (double) MIN_TIMESTAMP + 2.0 * USECS_PER_DAY ||
+		(double) t0 + (double) iv->time + (double) iv->day * USECS_PER_DAY +
+		(double) iv->month * (DAYS_PER_MONTH - 3) * USECS_PER_DAY <= (double) MIN_TIMESTAMP + 2.0 * USECS_PER_DAY)
+		return DT_NOBEGIN;
 	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
 												   TimestampTzGetDatum(t0),
 												   IntervalPGetDatum(iv)));
+}
+
+static int64
+add_interval(int64 t0, Interval *iv)
+{
+	return exp_timestamptz_add_clamped(t0, iv);
+}
+
+/*
+ * timestamptz_add_clamped(t timestamptz, i interval) RETURNS timestamptz
+ *
+ * t + i, or -infinity / infinity when the sum is outside the range of
+ * timestamptz (see exp_timestamptz_add_clamped).
+ */
+PG_FUNCTION_INFO_V1(exp_timestamptz_add_clamped_sql);
+Datum
+exp_timestamptz_add_clamped_sql(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TIMESTAMPTZ(exp_timestamptz_add_clamped(PG_GETARG_TIMESTAMPTZ(0),
+													  PG_GETARG_INTERVAL_P(1)));
 }
 
 static void
@@ -245,8 +333,8 @@ insert_unit(UvState *st, const char *key, uint32 keylen, uint16 variant,
 			memcmp(unit_key(o), key, keylen) == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("unit_ids has \"%.*s\" more than once",
-							(int) keylen, key)));
+					 errmsg("unit_ids has \"%s\" more than once",
+							uv_clip(key, keylen))));
 		pos = (pos + 1) & st->mask;
 	}
 	u = &st->units[st->nunits];
@@ -307,11 +395,16 @@ add_unit(UvState *st, Datum du, bool nu, Datum dv, bool nv, Datum dt, bool nt)
 static inline int64
 spec_bound(const UvBound *b, const UvUnit *u, const int64 *bounds)
 {
+	int64		r;
+
 	if (b->calendar)
 		return bounds[b->cal];
 	if (TIMESTAMP_NOT_FINITE(u->t0))
 		return u->t0;
-	return u->t0 + b->usecs;
+	if (unlikely(pg_add_s64_overflow(u->t0, b->usecs, &r) ||
+				 r >= END_TIMESTAMP || r < MIN_TIMESTAMP))
+		return b->usecs > 0 ? DT_NOEND : DT_NOBEGIN;
+	return r;
 }
 
 /* look the units of the batch up and accumulate their events */
@@ -416,6 +509,15 @@ flush_batch(UvState *st)
 			if (st->ev_valnull[i * st->nval + sp->vcol])
 				continue;
 			x = st->ev_val[i * st->nval + sp->vcol];
+			if (unlikely(!isfinite(x)))
+			{
+				/* NaN and infinities are no measurement: skipped, counted */
+				uint32	   *sk = UV_SKIPPED(st, row);
+
+				if (sk[k] < PG_UINT32_MAX)
+					sk[k]++;
+				continue;
+			}
 			switch (sp->agg)
 			{
 				case AGG_SUM:
@@ -423,10 +525,12 @@ flush_batch(UvState *st)
 						double		r = acc[k] + x;
 
 						/* as float8pl */
-						if (unlikely(isinf(r)) && !isinf(acc[k]) && !isinf(x))
+						if (unlikely(isinf(r)))
 							ereport(ERROR,
 									(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-									 errmsg("value out of range: overflow")));
+									 errmsg("the sum of column \"%s\" over the events of unit \"%s\" is out of range for float8",
+											st->val_names[sp->vcol],
+											uv_clip(unit_key(u), u->keylen))));
 						acc[k] = r;
 						break;
 					}
@@ -438,8 +542,7 @@ flush_batch(UvState *st)
 						acc[k] = 1.0;
 					break;
 				case AGG_MAX:
-					/* as float8larger: NaN is larger than any number */
-					if (!seen[k] || isnan(x) || (!isnan(acc[k]) && x > acc[k]))
+					if (!seen[k] || x > acc[k])
 						acc[k] = x;
 					seen[k] = 1;
 					break;
@@ -576,8 +679,13 @@ plan_bound(UvState *st, UvBound *b, Datum d, bool isnull, bool fixed_zone,
 	/* in a zone without daylight saving a day is always 24 hours */
 	if (iv->month == 0 && (iv->day == 0 || fixed_zone))
 	{
+		int64		dayus;
+
 		b->calendar = false;
-		b->usecs = iv->time + (int64) iv->day * USECS_PER_DAY;
+		/* beyond the range of timestamptz either way: clamped in spec_bound */
+		if (pg_mul_s64_overflow((int64) iv->day, USECS_PER_DAY, &dayus) ||
+			pg_add_s64_overflow(dayus, iv->time, &b->usecs))
+			b->usecs = iv->day > 0 ? PG_INT64_MAX : PG_INT64_MIN;
 		return;
 	}
 	b->calendar = true;
@@ -603,18 +711,29 @@ plan_bound(UvState *st, UvBound *b, Datum d, bool isnull, bool fixed_zone,
  *                    aggregations text[], lo_offsets interval[],
  *                    hi_offsets interval[], use_end boolean[],
  *                    end_at timestamptz, scan_from timestamptz,
- *                    scan_to timestamptz)
- *   RETURNS TABLE (unit_id text, variant text, vals float8[])
+ *                    scan_to timestamptz, reader regrole)
+ *   RETURNS TABLE (unit_id text, variant text, vals float8[],
+ *                  skipped bigint[])
  *
  * One row per unit (the three arrays, element by element; a NULL unit id is
  * skipped), with vals[k] the aggregation k over the unit's events in source
  * inside window k (see the file header).  scan_from/scan_to, when given
  * and every spec reads the same time column, restrict the scan to that
- * column in [scan_from, scan_to); they must cover every window.
+ * column in [scan_from, scan_to); they must cover every window.  Values
+ * that are NaN or infinite are not aggregated; skipped[k] counts them (NULL
+ * when the unit had none).
+ *
+ * The source is read as role reader (NULL: the current user), which the
+ * current user must have the privileges of, inside a security-restricted
+ * operation with search_path pg_catalog, pg_temp: exactly as PostgreSQL
+ * refreshes a materialized view as its owner.  Before that,
+ * experiment.source_trust_problem() must find no object in the source that
+ * a role without the reader's privileges could change to run code as the
+ * reader (doc/security.md).
  */
-PG_FUNCTION_INFO_V1(source_unit_values);
+PG_FUNCTION_INFO_V1(exp_source_unit_values);
 Datum
-source_unit_values(PG_FUNCTION_ARGS)
+exp_source_unit_values(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	ArrayType  *unit_ids;
@@ -654,6 +773,10 @@ source_unit_values(PG_FUNCTION_ARGS)
 	int64		nrows;
 	int			ret;
 	int64		i;
+	Oid			reader;
+	Oid			save_userid;
+	int			save_sec_context;
+	int			save_nestlevel;
 
 	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
 		(rsinfo->allowedModes & SFRM_Materialize) == 0)
@@ -685,6 +808,14 @@ source_unit_values(PG_FUNCTION_ARGS)
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						errmsg("source relation %u does not exist", src_rel)));
 	check_column(src_rel, unit_col, "unit_column");
+	reader = PG_ARGISNULL(14) ? GetUserId() : PG_GETARG_OID(14);
+	if (!has_privs_of_role(GetUserId(), reader))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to read %s as role \"%s\"",
+						get_rel_name(src_rel), GetUserNameFromId(reader, false)),
+				 errdetail("Only roles that have the privileges of role \"%s\" may read as it.",
+						   GetUserNameFromId(reader, false))));
 
 	{
 		ArrayType  *a = array_arg(fcinfo, 7, "aggregations");
@@ -771,6 +902,7 @@ source_unit_values(PG_FUNCTION_ARGS)
 		st->val_is_bool[k] = get_atttype(src_rel, get_attnum(src_rel, c)) == BOOLOID;
 		appendStringInfo(&q, st->val_is_bool[k] ? ", s.%s" : ", (s.%s)::pg_catalog.float8",
 						 quote_identifier(c));
+		st->val_names[k] = c;
 		k++;
 	}
 	appendStringInfo(&q, " FROM %s s",
@@ -796,7 +928,8 @@ source_unit_values(PG_FUNCTION_ARGS)
 
 	/* the units, their hash table and rows */
 	oldcxt = MemoryContextSwitchTo(st->cxt);
-	st->rowsize = sizeof(int64) * st->ncal + sizeof(double) * nspec + MAXALIGN(Max(nspec, 1));
+	st->rowsize = sizeof(int64) * st->ncal + sizeof(double) * nspec +
+		MAXALIGN(sizeof(uint32) * nspec + Max(nspec, 1));
 	st->ev_ts = palloc(sizeof(int64) * UV_BATCH * Max(st->ntime, 1));
 	st->ev_tsnull = palloc(sizeof(bool) * UV_BATCH * Max(st->ntime, 1));
 	st->ev_val = palloc(sizeof(double) * UV_BATCH * Max(st->nval, 1));
@@ -838,7 +971,11 @@ source_unit_values(PG_FUNCTION_ARGS)
 
 		while (array_iterate(iu, &du, &nu) && array_iterate(iv, &dv, &nv) &&
 			   array_iterate(it, &dt, &nt))
+		{
+			if ((st->nunits & 0xFFFF) == 0)
+				CHECK_FOR_INTERRUPTS();
 			add_unit(st, du, nu, dv, nv, dt, nt);
+		}
 		array_free_iterator(iu);
 		array_free_iterator(iv);
 		array_free_iterator(it);
@@ -857,6 +994,37 @@ source_unit_values(PG_FUNCTION_ARGS)
 	/* one scan of the source */
 	if (st->nunits > 0 && nspec > 0)
 	{
+		/* nothing in the source may run code chosen by a less trusted role */
+		{
+			Oid			argtypes[2] = {REGCLASSOID, REGROLEOID};
+			Datum		args[2] = {ObjectIdGetDatum(src_rel), ObjectIdGetDatum(reader)};
+			bool		isnull;
+			Datum		problem;
+
+			ret = SPI_execute_with_args("SELECT experiment.source_trust_problem($1, $2)",
+										2, argtypes, args, NULL, true, 1);
+			if (ret != SPI_OK_SELECT || SPI_processed != 1)
+				elog(ERROR, "checking the source failed: %s", SPI_result_code_string(ret));
+			problem = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+			if (!isnull)
+				ereport(ERROR,
+						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+						 errmsg("refusing to read %s as role \"%s\": %s",
+								get_rel_name(src_rel), GetUserNameFromId(reader, false),
+								TextDatumGetCString(problem)),
+						 errhint("Let a role trusted by \"%s\" own it, or make the metric's owner "
+								 "a role that may run that code (doc/security.md).",
+								 GetUserNameFromId(reader, false))));
+		}
+
+		/* as the reader, in a security-restricted operation */
+		GetUserIdAndSecContext(&save_userid, &save_sec_context);
+		SetUserIdAndSecContext(reader, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+							   SECURITY_RESTRICTED_OPERATION);
+		save_nestlevel = NewGUCNestLevel();
+		(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
+								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+
 		recv.pub.receiveSlot = uv_receive_event;
 		if (params != NULL)
 		{
@@ -875,6 +1043,9 @@ source_unit_values(PG_FUNCTION_ARGS)
 			elog(ERROR, "scanning the source failed: %s", SPI_result_code_string(ret));
 		if (st->nbatch > 0)
 			flush_batch(st);
+
+		AtEOXact_GUC(false, save_nestlevel);
+		SetUserIdAndSecContext(save_userid, save_sec_context);
 	}
 	SPI_finish();
 
@@ -890,6 +1061,7 @@ source_unit_values(PG_FUNCTION_ARGS)
 		MemoryContext tmp = AllocSetContextCreate(st->cxt, "source_unit_values row",
 												  ALLOCSET_SMALL_SIZES);
 		Datum	   *vdat = MemoryContextAlloc(st->cxt, sizeof(Datum) * Max(nspec, 1));
+		Datum	   *sdat = MemoryContextAlloc(st->cxt, sizeof(Datum) * Max(nspec, 1));
 		Datum	   *vnames = MemoryContextAlloc(st->cxt, sizeof(Datum) * Max(st->nvariants, 1));
 
 		for (k = 0; k < st->nvariants; k++)
@@ -898,14 +1070,23 @@ source_unit_values(PG_FUNCTION_ARGS)
 		{
 			UvUnit	   *u = &st->units[i];
 			double	   *acc = UV_ACC(st, UV_ROW(st, i));
-			Datum		values[3];
-			bool		nulls[3] = {false, false, false};
+			uint32	   *sk = UV_SKIPPED(st, UV_ROW(st, i));
+			Datum		values[4];
+			bool		nulls[4] = {false, false, false, true};
 
 			if ((i & 0xFFFF) == 0)
 				CHECK_FOR_INTERRUPTS();
 			MemoryContextSwitchTo(tmp);
 			for (k = 0; k < nspec; k++)
+			{
 				vdat[k] = Float8GetDatum(acc[k]);
+				sdat[k] = Int64GetDatum((int64) sk[k]);
+				if (sk[k] > 0)
+					nulls[3] = false;
+			}
+			if (!nulls[3])
+				values[3] = PointerGetDatum(construct_array(sdat, nspec, INT8OID, sizeof(int64),
+															FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 			values[0] = PointerGetDatum(cstring_to_text_with_len(unit_key(u), (int) u->keylen));
 			values[1] = vnames[u->variant];
 			values[2] = PointerGetDatum(construct_array(vdat, nspec, FLOAT8OID, sizeof(float8),

@@ -7,6 +7,13 @@ running experiment with exposures waiting in the staging table, schedules
 refresh_all() (every 2 seconds with pg_cron >= 1.5, every minute before),
 waits, bounded, until cron.job_run_details shows a successful run and the
 experiment was refreshed by it, then unschedules the job.
+
+The job is scheduled as doc/security.md recommends: by a dedicated login role,
+member of experiment_admin only (no superuser, no SELECT on any source). Among
+the running experiments is one whose metric reads a hostile view of another
+role (it calls a function that tries ALTER ROLE ... SUPERUSER): the job's
+refresh_all() must record that experiment's failure, refresh the other, and
+the view's owner must not become superuser.
 """
 import os
 import sys
@@ -64,6 +71,35 @@ schedule = "2 seconds" if seconds else "* * * * *"
 deadline_s = 60 if seconds else 150
 print("pg_cron %s (default %s): schedule %r" % (installed, version, schedule))
 
+cur.execute("SELECT count(*) FROM experiment.setup_roles()")
+for role, member_of in (("exp_cron_job", "experiment_admin"), ("exp_cron_mallory", "experiment_analyst")):
+    cur.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,))
+    if cur.fetchone()[0] == 0:
+        cur.execute('CREATE ROLE "%s" LOGIN' % role)
+    cur.execute('GRANT "%s" TO "%s"' % (member_of, role))
+cur.execute("GRANT USAGE ON SCHEMA cron TO exp_cron_job")
+cur.execute("DROP SCHEMA IF EXISTS cron_mallory CASCADE")
+cur.execute("CREATE SCHEMA cron_mallory AUTHORIZATION exp_cron_mallory")
+cur.execute("SET ROLE exp_cron_mallory")
+cur.execute("""CREATE FUNCTION cron_mallory.evil() RETURNS integer LANGUAGE plpgsql AS $$
+               BEGIN ALTER ROLE exp_cron_mallory SUPERUSER; RETURN 0; END $$""")
+cur.execute("""CREATE VIEW cron_mallory.hostile AS
+               SELECT 'u' || i AS user_id, now() - interval '1 day' AS ts, cron_mallory.evil()::float8 AS amount
+               FROM generate_series(1, 10) i""")
+cur.execute("""INSERT INTO experiment.experiments (id, name, status, start_at)
+               VALUES ('cron-hostile', 'hostile', 'draft', now() - interval '3 days')""")
+cur.execute("""INSERT INTO experiment.variants (experiment_id, name, allocation, is_control) VALUES
+               ('cron-hostile', 'control', 0.5, true), ('cron-hostile', 'treatment', 0.5, false)""")
+cur.execute("""INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
+               VALUES ('cron_hostile', 'cron_mallory.hostile', 'user_id', 'ts', 'amount')""")
+cur.execute("""INSERT INTO experiment.experiment_metrics (experiment_id, metric, role)
+               VALUES ('cron-hostile', 'cron_hostile', 'primary')""")
+cur.execute("UPDATE experiment.experiments SET status = 'running' WHERE id = 'cron-hostile'")
+cur.execute("RESET ROLE")
+cur.execute("""INSERT INTO experiment.exposures (experiment_id, unit_id, variant, exposed_at)
+               SELECT 'cron-hostile', 'u' || i, CASE WHEN i % 2 = 0 THEN 'control' ELSE 'treatment' END,
+                      now() - interval '2 days' FROM generate_series(1, 10) i""")
+
 cur.execute("CREATE TABLE public.cron_events (user_id text, ts timestamptz, amount float8)")
 cur.execute("""INSERT INTO experiment.experiments (id, name, status, start_at)
                VALUES ('cron-exp', 'scheduled refresh', 'draft', now() - interval '3 days')""")
@@ -85,8 +121,13 @@ cur.execute("""INSERT INTO public.cron_events
 
 cur.execute("SELECT now()")
 scheduled_at = cur.fetchone()[0]
+# scheduled by the job role: the job runs as it
+cur.execute("SET ROLE exp_cron_job")
 cur.execute("SELECT cron.schedule('experiment-refresh-all', %s, 'SELECT experiment.refresh_all()')", (schedule,))
 jobid = cur.fetchone()[0]
+cur.execute("RESET ROLE")
+cur.execute("SELECT username FROM cron.job WHERE jobid = %s", (jobid,))
+ck.check(cur.fetchone()[0] == "exp_cron_job", "the job belongs to the non-superuser job role")
 ck.check(jobid is not None, "cron.schedule returned a job id")
 
 ok = False
@@ -126,6 +167,12 @@ n, when = cur.fetchone()
 ck.check(n == 2 and when is not None and when >= scheduled_at, "variant_stats refreshed by the job: %r %r" % (n, when))
 cur.execute("SELECT p_value IS NOT NULL FROM experiment.results WHERE experiment_id = 'cron-exp'")
 ck.check(cur.fetchone() == (True,), "results available after the scheduled refresh")
+cur.execute("SELECT error FROM experiment.refreshes WHERE experiment_id = 'cron-hostile'")
+row = cur.fetchone()
+ck.check(row is not None and "must be superuser" in (row[0] or ""),
+         "the hostile experiment's refresh failed as its metric's owner and was recorded: %r" % (row,))
+cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = 'exp_cron_mallory'")
+ck.check(cur.fetchone()[0] is False, "the hostile view's owner did not become superuser")
 
 conn.close()
 ck.report()

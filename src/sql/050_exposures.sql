@@ -16,13 +16,17 @@ CREATE TABLE experiment.exposures (
   CONSTRAINT exposures_pkey PRIMARY KEY (experiment_id, unit_id, variant, exposed_at),
   CONSTRAINT exposures_event_id_key UNIQUE (experiment_id, event_id),
   CONSTRAINT exposures_variant_fkey FOREIGN KEY (experiment_id, variant)
-    REFERENCES experiment.variants (experiment_id, name)
+    REFERENCES experiment.variants (experiment_id, name),
+  -- an exposure outside these years is a broken clock or a placeholder, never analysable
+  CONSTRAINT exposures_exposed_at_check
+    CHECK (exposed_at >= '1970-01-01 00:00:00+00' AND exposed_at < '2200-01-01 00:00:00+00')
 );
 COMMENT ON TABLE experiment.exposures IS
   'exposures of units to variants, deduplicated: the same (experiment, unit, variant, time) or the same event_id is stored once';
 COMMENT ON COLUMN experiment.exposures.event_id IS
   'optional id of the delivered event; a redelivery with the same id counts once';
 COMMENT ON COLUMN experiment.exposures.received_at IS 'when the row was stored';
+COMMENT ON COLUMN experiment.exposures.exposed_at IS 'when the unit was exposed: from 1970 up to the year 2200 (exclusive)';
 -- exposures stored after an experiment's latest refresh (experiment.health, experiment.decision)
 CREATE INDEX exposures_received_at_idx ON experiment.exposures (experiment_id, received_at);
 SELECT pg_catalog.pg_extension_config_dump('experiment.exposures', '');
@@ -90,6 +94,11 @@ BEGIN
     RAISE EXCEPTION 'experiment_id, unit_id, variant and exposed_at must not be NULL'
       USING ERRCODE = '22023';
   END IF;
+  IF NOT (log_exposure.exposed_at >= '1970-01-01 00:00:00+00' AND log_exposure.exposed_at < '2200-01-01 00:00:00+00') THEN
+    RAISE EXCEPTION 'exposed_at % is out of range', log_exposure.exposed_at
+      USING ERRCODE = 'datetime_field_overflow',
+            HINT = 'Exposures are stored from 1970-01-01 up to 2200-01-01 (UTC).';
+  END IF;
   PERFORM experiment.require_variant(log_exposure.experiment_id, log_exposure.variant);
   INSERT INTO experiment.exposures AS x
     (experiment_id, unit_id, variant, exposed_at, client, app_version, attributes, event_id)
@@ -141,6 +150,8 @@ BEGIN
              WHEN p.variant IS NULL THEN 'missing variant'
              WHEN p.exposed_at_text IS NULL THEN 'missing exposed_at'
              WHEN p.exposed_at IS NULL THEN 'invalid exposed_at'
+             WHEN NOT (p.exposed_at >= '1970-01-01 00:00:00+00' AND p.exposed_at < '2200-01-01 00:00:00+00')
+               THEN 'exposed_at out of range (1970-01-01 to 2200-01-01)'
              WHEN NOT EXISTS (SELECT 1 FROM experiment.experiments e WHERE e.id = p.experiment_id)
                THEN 'unknown experiment'
              WHEN NOT EXISTS (SELECT 1 FROM experiment.variants v

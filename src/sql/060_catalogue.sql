@@ -21,6 +21,7 @@ CREATE TABLE experiment.metrics (
   higher_is_better boolean NOT NULL DEFAULT true,
   winsorize float8,
   cuped_lookback interval DEFAULT '14 days',
+  owner regrole NOT NULL,
   created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
   CONSTRAINT metrics_delay_check CHECK (delay >= interval '0'),
   CONSTRAINT metrics_window_check CHECK ("window" IS NULL OR "window" > interval '0'),
@@ -38,6 +39,8 @@ COMMENT ON COLUMN experiment.metrics.delay IS 'events count from first exposure 
 COMMENT ON COLUMN experiment.metrics."window" IS 'events count until first exposure + delay + window (NULL: until the end of the experiment)';
 COMMENT ON COLUMN experiment.metrics.winsorize IS 'cap per-unit values at this upper percentile, pooled over all units (e.g. 0.999)';
 COMMENT ON COLUMN experiment.metrics.cuped_lookback IS 'pre-period before first exposure used as CUPED covariate; NULL turns CUPED off';
+COMMENT ON COLUMN experiment.metrics.owner IS
+  'the role the source is read as (default: the role that registers the metric); it must be allowed to SELECT the source''s columns, and only its members may change or delete the metric';
 SELECT pg_catalog.pg_extension_config_dump('experiment.metrics', '');
 
 CREATE TABLE experiment.experiment_metrics (
@@ -84,8 +87,27 @@ CREATE FUNCTION experiment.metrics_check() RETURNS trigger
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
 DECLARE
-  owner text := format('metric "%s"', NEW.name);
+  owner text := format('metric "%s"', CASE WHEN TG_OP = 'DELETE' THEN OLD.name ELSE NEW.name END);
 BEGIN
+  -- ownership: like ALTER ... OWNER TO, only members of a role may act for it
+  IF TG_OP IN ('UPDATE', 'DELETE') AND NOT pg_catalog.pg_has_role(current_user, OLD.owner, 'MEMBER') THEN
+    RAISE EXCEPTION 'permission denied to % metric "%"', lower(TG_OP), OLD.name
+      USING ERRCODE = 'insufficient_privilege',
+            DETAIL = format('Only members of role "%s", the metric''s owner, may change or delete it.', OLD.owner);
+  END IF;
+  IF TG_OP = 'DELETE' THEN
+    RETURN OLD;
+  END IF;
+  IF NEW.owner IS NULL THEN
+    NEW.owner := CASE WHEN TG_OP = 'UPDATE' THEN OLD.owner ELSE current_user::text::regrole END;
+  END IF;
+  IF (TG_OP = 'INSERT' OR NEW.owner IS DISTINCT FROM OLD.owner)
+     AND NOT pg_catalog.pg_has_role(current_user, NEW.owner, 'MEMBER') THEN
+    RAISE EXCEPTION 'permission denied to make role "%" the owner of metric "%"', NEW.owner, NEW.name
+      USING ERRCODE = 'insufficient_privilege',
+            DETAIL = 'A metric''s source is read as its owner: only members of a role may register metrics for it.',
+            HINT = 'Leave owner NULL to own the metric yourself.';
+  END IF;
   IF NEW.name IS NULL OR NEW.name = '' THEN
     PERFORM experiment.raise_invalid_value('name of a metric', quote_nullable(NEW.name), 'a non-empty text');
   END IF;
@@ -116,10 +138,11 @@ $$;
 COMMENT ON FUNCTION experiment.metrics_check() IS
   'internal: trigger that names the column, the value and the allowed values of an invalid metric';
 CREATE TRIGGER metrics_check
-  BEFORE INSERT OR UPDATE ON experiment.metrics
+  BEFORE INSERT OR UPDATE OR DELETE ON experiment.metrics
   FOR EACH ROW EXECUTE FUNCTION experiment.metrics_check();
 COMMENT ON TRIGGER metrics_check ON experiment.metrics IS
-  'an invalid aggregation, kind, delay, window, winsorize or cuped_lookback is refused with a message naming the allowed values';
+  'an invalid aggregation, kind, delay, window, winsorize or cuped_lookback is refused with a message naming the allowed values; '
+  'the owner defaults to the current user, and only members of the owner role may register, change or delete a metric';
 
 CREATE FUNCTION experiment.experiment_metrics_check() RETURNS trigger
   LANGUAGE plpgsql
@@ -175,6 +198,66 @@ AS $$
 $$;
 COMMENT ON FUNCTION experiment.column_type(regclass, text) IS
   'internal: type of column col of relation rel, NULL when there is no such column';
+
+-- what in a source could run code chosen by a role that lacks the reader's privileges
+-- (doc/security.md): views (and the views they read) owned by such a role, functions and
+-- operators a view calls that such a role owns, and row-level security policies of tables
+-- such a role owns, or that call its functions, when the reader is subject to them
+CREATE FUNCTION experiment.source_trust_problem(source regclass, reader regrole) RETURNS text
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  WITH RECURSIVE rel(oid, depth) AS (
+    SELECT source::oid, 0
+    UNION
+    SELECT d.refobjid, rel.depth + 1
+    FROM rel
+    JOIN pg_catalog.pg_class c ON c.oid = rel.oid AND c.relkind = 'v'
+    JOIN pg_catalog.pg_rewrite rw ON rw.ev_class = rel.oid
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = rw.oid
+                               AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> rel.oid
+    WHERE rel.depth < 50
+  ), rels AS (
+    SELECT DISTINCT c.oid, c.relkind, c.relowner, c.relrowsecurity
+    FROM rel JOIN pg_catalog.pg_class c ON c.oid = rel.oid
+  ), subject_to_rls AS (
+    SELECT NOT (r.rolsuper OR r.rolbypassrls) AS yes FROM pg_catalog.pg_roles r WHERE r.oid = reader
+  ), code AS (
+    SELECT d.refclassid, d.refobjid
+    FROM rels JOIN pg_catalog.pg_rewrite rw ON rw.ev_class = rels.oid
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = rw.oid
+    WHERE rels.relkind = 'v'
+    UNION
+    SELECT d.refclassid, d.refobjid
+    FROM rels JOIN pg_catalog.pg_policy p ON p.polrelid = rels.oid
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = p.oid
+    WHERE rels.relrowsecurity AND (SELECT yes FROM subject_to_rls)
+  ), problems AS (
+    SELECT 1 AS rank, format('view %s is owned by role "%s", which could change it to run code as "%s"',
+                             rels.oid::regclass, pg_catalog.pg_get_userbyid(rels.relowner), reader) AS problem
+    FROM rels WHERE rels.relkind = 'v' AND NOT pg_catalog.pg_has_role(rels.relowner, reader::oid, 'USAGE')
+    UNION ALL
+    SELECT 2, format('table %s has row-level security and is owned by role "%s", whose policies could run code as "%s"',
+                     rels.oid::regclass, pg_catalog.pg_get_userbyid(rels.relowner), reader)
+    FROM rels WHERE rels.relrowsecurity AND (SELECT yes FROM subject_to_rls)
+                AND NOT pg_catalog.pg_has_role(rels.relowner, reader::oid, 'USAGE')
+    UNION ALL
+    SELECT 3, format('function %s is owned by role "%s", which could change it to run code as "%s"',
+                     p.oid::regprocedure, pg_catalog.pg_get_userbyid(p.proowner), reader)
+    FROM code JOIN pg_catalog.pg_proc p ON code.refclassid = 'pg_catalog.pg_proc'::regclass AND p.oid = code.refobjid
+    WHERE NOT pg_catalog.pg_has_role(p.proowner, reader::oid, 'USAGE')
+    UNION ALL
+    SELECT 3, format('operator %s calls function %s, which is owned by role "%s" and could run code as "%s"',
+                     o.oid::regoperator, p.oid::regprocedure, pg_catalog.pg_get_userbyid(p.proowner), reader)
+    FROM code JOIN pg_catalog.pg_operator o ON code.refclassid = 'pg_catalog.pg_operator'::regclass AND o.oid = code.refobjid
+    JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode
+    WHERE NOT pg_catalog.pg_has_role(p.proowner, reader::oid, 'USAGE')
+  )
+  SELECT problems.problem FROM problems ORDER BY problems.rank, problems.problem LIMIT 1
+$$;
+COMMENT ON FUNCTION experiment.source_trust_problem(regclass, regrole) IS
+  'internal: why reading source as reader could run code chosen by a role without reader''s privileges '
+  '(a view, function, operator or row-level security policy such a role owns), or NULL';
 
 CREATE FUNCTION experiment.validate_metric(metric text) RETURNS void
   LANGUAGE plpgsql STABLE PARALLEL SAFE
@@ -266,6 +349,24 @@ BEGIN
       RAISE EXCEPTION 'metric "%": value column "%" has type %, expected a number or boolean', m.name, m.value_column, t
         USING ERRCODE = '22023';
     END IF;
+  END IF;
+
+  -- the owner reads the source: it must be allowed to, and nothing in it may run code
+  -- chosen by a less trusted role
+  FOREACH part IN ARRAY ARRAY[m.unit_column, m.time_column, m.value_column] LOOP
+    IF part IS NOT NULL AND NOT pg_catalog.has_column_privilege(m.owner::oid, m.source, part, 'SELECT') THEN
+      RAISE EXCEPTION 'metric "%": its owner "%" may not read column "%" of %', m.name, m.owner, part, m.source
+        USING ERRCODE = 'insufficient_privilege',
+              DETAIL = 'A metric''s source is read as the metric''s owner.',
+              HINT = format('GRANT SELECT ON %s TO %s, or register the metric as a role that may read it.',
+                            m.source, quote_ident(m.owner::text));
+    END IF;
+  END LOOP;
+  part := experiment.source_trust_problem(m.source, m.owner);
+  IF part IS NOT NULL THEN
+    RAISE EXCEPTION 'metric "%": source % cannot be read safely as its owner "%"', m.name, m.source, m.owner
+      USING ERRCODE = 'insufficient_privilege', DETAIL = part || '.',
+            HINT = 'Make that role the metric''s owner (owner = the role), or let a role trusted by the owner own the object (doc/security.md).';
   END IF;
 
   IF m.kind = 'proportion' AND m.winsorize IS NOT NULL THEN

@@ -41,6 +41,7 @@ CREATE TABLE experiment.variant_stats (
   moments experiment.moments,
   cuped_moments experiment.moments,
   cap float8,
+  skipped_values bigint NOT NULL DEFAULT 0,
   refreshed_at timestamptz NOT NULL,
   PRIMARY KEY (experiment_id, metric, variant)
 );
@@ -51,6 +52,8 @@ COMMENT ON COLUMN experiment.variant_stats.moments IS
 COMMENT ON COLUMN experiment.variant_stats.cuped_moments IS
   'bivariate moments of (y, pre-period y) when the metric has a CUPED lookback';
 COMMENT ON COLUMN experiment.variant_stats.cap IS 'winsorization cap applied to y (pooled percentile), if any';
+COMMENT ON COLUMN experiment.variant_stats.skipped_values IS
+  'source values of the variant''s units that were NaN or infinite and were left out of the per-unit values (no measurement)';
 
 CREATE TABLE experiment.metric_results (
   experiment_id text NOT NULL REFERENCES experiment.experiments (id) ON DELETE CASCADE,
@@ -149,17 +152,25 @@ COMMENT ON FUNCTION experiment.capped_sql(text, integer, float8) IS
 CREATE FUNCTION experiment.source_unit_values(
     unit_ids text[], variants text[], t0s timestamptz[], source regclass, unit_column text,
     time_columns text[], value_columns text[], aggregations text[], lo_offsets interval[],
-    hi_offsets interval[], use_end boolean[], end_at timestamptz, scan_from timestamptz, scan_to timestamptz)
-  RETURNS TABLE (unit_id text, variant text, vals float8[])
-  AS 'MODULE_PATHNAME', 'source_unit_values'
+    hi_offsets interval[], use_end boolean[], end_at timestamptz, scan_from timestamptz, scan_to timestamptz,
+    reader regrole DEFAULT NULL)
+  RETURNS TABLE (unit_id text, variant text, vals float8[], skipped bigint[])
+  AS 'MODULE_PATHNAME', 'exp_source_unit_values'
   LANGUAGE C STABLE PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.source_unit_values(text[], text[], timestamptz[], regclass, text, text[], text[], text[],
-    interval[], interval[], boolean[], timestamptz, timestamptz, timestamptz) IS
+    interval[], interval[], boolean[], timestamptz, timestamptz, timestamptz, regrole) IS
   'internal: one row per unit (unit_ids, variants, t0s) with vals[k] = aggregations[k] (sum, count, any, max) of '
   'value_columns[k] (NULL: rows) over the unit''s events in source with time_columns[k] in '
   '[t0 + lo_offsets[k], t0 + hi_offsets[k]) and, when use_end[k], before end_at; 0 without events; '
-  'scan_from/scan_to bound the scan when all specs read one time column; reads source like any query '
-  '(STABLE, parallel safe as reading a table is)';
+  'NaN and infinite values are not aggregated and counted in skipped[k]; '
+  'scan_from/scan_to bound the scan when all specs read one time column; reads source as role reader '
+  '(NULL: the current user, who must have its privileges) in a security-restricted operation';
+
+CREATE FUNCTION experiment.timestamptz_add_clamped(t timestamptz, i interval) RETURNS timestamptz
+  AS 'MODULE_PATHNAME', 'exp_timestamptz_add_clamped_sql'
+  LANGUAGE C STABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.timestamptz_add_clamped(timestamptz, interval) IS
+  'internal: t + i, or -infinity / infinity where the sum leaves the range of timestamptz (windows of any length)';
 
 -- drop the temporary tables of a refresh (they are also dropped at commit)
 CREATE FUNCTION experiment.drop_refresh_tables() RETURNS void
@@ -183,7 +194,7 @@ COMMENT ON FUNCTION experiment.drop_refresh_tables() IS 'internal: drop the temp
 -- metrics, numbered i) and, when keep or a metric is winsorized, exp_vals (unit_id, variant,
 -- v<i> = the value of base metric i, p<i> = its pre-period value); vals_from is exp_vals or
 -- the query that computes it; caps are the pooled winsorization caps of v<i> and p<i>
-CREATE FUNCTION experiment.prepare_unit_values(e experiment.experiments, keep boolean,
+CREATE FUNCTION experiment.prepare_unit_values(e experiment.experiments, keep boolean, as_owner boolean,
     OUT vals_from text, OUT caps float8[], OUT pre_caps float8[], OUT nmulti bigint, OUT nunits bigint,
     OUT nearly bigint, OUT min_t0 timestamptz, OUT max_t0 timestamptz)
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
@@ -192,6 +203,8 @@ AS $$
 DECLARE
   src regclass;
   ucol text;
+  rdr regrole;
+  sk text;
   src_no integer := 0;
   m experiment.metrics;
   tcol text;
@@ -254,8 +267,9 @@ BEGIN
 
   -- one scan per source relation, however many metrics read it: experiment.source_unit_values()
   -- returns every unit (zero-filled) with the values of the metrics of that source in vals
-  FOR src, ucol IN SELECT DISTINCT m2.source, m2.unit_column
-                   FROM exp_base b JOIN experiment.metrics m2 ON m2.name = b.name ORDER BY 1, 2 LOOP
+  -- each source is read as the metric's owner (refresh) or as the current user (aa_test)
+  FOR src, ucol, rdr IN SELECT DISTINCT m2.source, m2.unit_column, CASE WHEN as_owner THEN m2.owner END
+                        FROM exp_base b JOIN experiment.metrics m2 ON m2.name = b.name ORDER BY 1, 2, 3 LOOP
     src_no := src_no + 1;
     lower_bound := NULL;
     upper_bound := NULL;
@@ -269,7 +283,7 @@ BEGIN
     his := '{}';
     ends := '{}';
     FOR r IN SELECT b.i, b.pre, m2 AS m FROM exp_base b JOIN experiment.metrics m2 ON m2.name = b.name
-             WHERE m2.source = src AND m2.unit_column = ucol ORDER BY b.i LOOP
+             WHERE m2.source = src AND m2.unit_column = ucol AND (NOT as_owner OR m2.owner = rdr) ORDER BY b.i LOOP
       m := r.m;
       IF tcol IS NOT NULL AND tcol <> m.time_column THEN
         tcol := '';   -- metrics of this source use different time columns: no pruning
@@ -285,7 +299,8 @@ BEGIN
       his := his || (m.delay + m."window");
       ends := ends || true;
       vals_cols := vals_cols || format(', x%s.vals[%s] AS v%s', src_no, k, r.i);
-      lb := min_t0 + m.delay;
+      sk := format('coalesce(x%s.skipped[%s], 0)', src_no, k);
+      lb := experiment.timestamptz_add_clamped(min_t0, m.delay);
       IF r.pre THEN
         -- the pre-period value: events in [t0 - lookback, t0)
         k := k + 1;
@@ -296,13 +311,17 @@ BEGIN
         his := his || interval '0';
         ends := ends || false;
         vals_cols := vals_cols || format(', x%s.vals[%s] AS p%s', src_no, k, r.i);
-        lb := min_t0 - m.cuped_lookback;
+        sk := sk || format(' + coalesce(x%s.skipped[%s], 0)', src_no, k);
+        lb := experiment.timestamptz_add_clamped(min_t0, - m.cuped_lookback);
       END IF;
+      -- NaN and infinite source values, not aggregated: counted per unit
+      vals_cols := vals_cols || format(', %s AS s%s', sk, r.i);
       lower_bound := least(lower_bound, lb);
       IF e.end_at IS NOT NULL THEN
         upper_bound := greatest(upper_bound, e.end_at);
       ELSIF m."window" IS NOT NULL THEN
-        upper_bound := greatest(upper_bound, max_t0 + m.delay + m."window");
+        upper_bound := greatest(upper_bound,
+                                experiment.timestamptz_add_clamped(experiment.timestamptz_add_clamped(max_t0, m.delay), m."window"));
       ELSE
         need_upper := false;
       END IF;
@@ -315,9 +334,9 @@ BEGIN
     END IF;
     joins := joins || format(
       '%s experiment.source_unit_values(a.ids, a.variants, a.t0s, %L::regclass, %L, %L::text[], %L::text[], %L::text[], '
-      '%L::interval[], %L::interval[], %L::boolean[], %L::timestamptz, %L::timestamptz, %L::timestamptz) x%s%s',
+      '%L::interval[], %L::interval[], %L::boolean[], %L::timestamptz, %L::timestamptz, %L::timestamptz, %L::regrole) x%s%s',
       CASE WHEN src_no = 1 THEN ',' ELSE ' JOIN' END,
-      src, ucol, tcols, vcols, aggs_a, los, his, ends, e.end_at, lower_bound, upper_bound,
+      src, ucol, tcols, vcols, aggs_a, los, his, ends, e.end_at, lower_bound, upper_bound, rdr,
       src_no, CASE WHEN src_no = 1 THEN '' ELSE format(' ON x%s.unit_id = x1.unit_id', src_no) END);
   END LOOP;
 
@@ -352,7 +371,7 @@ BEGIN
 
 END
 $$;
-COMMENT ON FUNCTION experiment.prepare_unit_values(experiment.experiments, boolean) IS
+COMMENT ON FUNCTION experiment.prepare_unit_values(experiment.experiments, boolean, boolean) IS
   'internal: the temporary tables of per-unit values that experiment.refresh() and experiment.aa_test() read, and the winsorization caps';
 
 CREATE FUNCTION experiment.refresh(experiment_id text) RETURNS void
@@ -394,7 +413,7 @@ BEGIN
       USING ERRCODE = '22023', HINT = 'Set is_control on one row of experiment.variants.';
   END IF;
 
-  SELECT * INTO prep FROM experiment.prepare_unit_values(e, false);
+  SELECT * INTO prep FROM experiment.prepare_unit_values(e, false, true);
   vals_from := prep.vals_from;
   caps := prep.caps;
   pre_caps := prep.pre_caps;
@@ -416,28 +435,31 @@ BEGIN
            LEFT JOIN exp_base b ON b.name = m2.name
            WHERE em.experiment_id = e.id ORDER BY m2.name LOOP
     IF r.kind = 'ratio' THEN
-      aggs := aggs || format(', experiment.moments(%s, %s) AS a%s',
-                             experiment.capped_sql('v', r.ni, caps[r.ni]), experiment.capped_sql('v', r.di, caps[r.di]), r.j);
-      unpivot := unpivot || format(', (%L, a.a%s, NULL::experiment.moments, NULL::float8)', r.name, r.j);
+      aggs := aggs || format(', experiment.moments(%s, %s) AS a%s, pg_catalog.sum(v.s%s + v.s%s) AS k%s',
+                             experiment.capped_sql('v', r.ni, caps[r.ni]), experiment.capped_sql('v', r.di, caps[r.di]), r.j,
+                             r.ni, r.di, r.j);
+      unpivot := unpivot || format(', (%L, a.a%s, NULL::experiment.moments, NULL::float8, a.k%s)', r.name, r.j, r.j);
     ELSE
-      aggs := aggs || format(', experiment.moments(%s) AS a%s', experiment.capped_sql('v', r.i, caps[r.i]), r.j);
+      aggs := aggs || format(', experiment.moments(%s) AS a%s, pg_catalog.sum(v.s%s) AS k%s',
+                             experiment.capped_sql('v', r.i, caps[r.i]), r.j, r.i, r.j);
       IF r.pre THEN
         aggs := aggs || format(', experiment.moments(%s, %s) AS c%s', experiment.capped_sql('v', r.i, caps[r.i]),
                                experiment.capped_sql('p', r.i, pre_caps[r.i]), r.j);
       END IF;
-      unpivot := unpivot || format(', (%L, a.a%s, %s, %L::float8)', r.name, r.j,
+      unpivot := unpivot || format(', (%L, a.a%s, %s, %L::float8, a.k%s)', r.name, r.j,
                                    CASE WHEN r.pre THEN format('a.c%s', r.j) ELSE 'NULL::experiment.moments' END,
-                                   caps[r.i]);
+                                   caps[r.i], r.j);
     END IF;
   END LOOP;
 
   -- per-variant moments of every metric in one pass over the per-unit values
   IF unpivot <> '' THEN
     EXECUTE format(
-      'INSERT INTO experiment.variant_stats (experiment_id, metric, variant, units, moments, cuped_moments, cap, refreshed_at) '
-      'SELECT %L, k.metric, a.variant, a.units, k.m, k.c, k.cap, %L '
+      'INSERT INTO experiment.variant_stats (experiment_id, metric, variant, units, moments, cuped_moments, cap, '
+      'skipped_values, refreshed_at) '
+      'SELECT %L, k.metric, a.variant, a.units, k.m, k.c, k.cap, k.skipped, %L '
       'FROM (SELECT v.variant, count(*) AS units%s FROM %s v GROUP BY v.variant) a '
-      'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap)',
+      'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, skipped)',
       e.id, ts, aggs, vals_from, substr(unpivot, 3));
   END IF;
 
@@ -566,7 +588,7 @@ BEGIN
   END IF;
 
   PERFORM experiment.drop_refresh_tables();
-  SELECT * INTO prep FROM experiment.prepare_unit_values(e, true);
+  SELECT * INTO prep FROM experiment.prepare_unit_values(e, true, false);
 
   -- the moments of every metric, per simulation and pseudo-arm, in one pass
   FOR r IN SELECT m2.name, m2.kind, b.i, b.pre,

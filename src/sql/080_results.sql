@@ -2,7 +2,9 @@
 -- What users read: the results, srm and health views (doc/analysis.md, doc/operations.md)
 -- ---------------------------------------------------------------------------
 
-CREATE VIEW experiment.results AS
+-- security_invoker: the caller's privileges and the row-level security of metric_results
+-- apply, so that a role sees the results of the metrics whose sources it may read
+CREATE VIEW experiment.results WITH (security_invoker = true) AS
 WITH r AS (
   SELECT r.*, em.role, em.non_inferiority_margin, m.kind, m.higher_is_better,
          ex.correction, ex.correction_family, ex.prior_mean, ex.prior_variance, ex.ship_threshold,
@@ -125,7 +127,8 @@ SELECT ex.id AS experiment_id, ex.status, f.refreshed_at, f.duration AS refresh_
        f.early_units,
        late.n AS exposures_after_refresh,
        coalesce(late.n > 0 AND (ex.status <> 'running'
-                                OR late.n > 0.01 * (f.enrolled_units + f.multi_variant_units)), false) AS stale
+                                OR late.n > 0.01 * (f.enrolled_units + f.multi_variant_units)), false) AS stale,
+       sk.n AS skipped_source_values
 FROM experiment.experiments ex
 LEFT JOIN experiment.refreshes f ON f.experiment_id = ex.id
 LEFT JOIN LATERAL (SELECT count(*) AS n FROM experiment.exposures xp
@@ -135,7 +138,9 @@ LEFT JOIN (SELECT DISTINCT s0.experiment_id, s0.p_value, s0.ok FROM experiment.s
 LEFT JOIN (SELECT e0.experiment_id, pg_catalog.min(e0.units) AS min_units FROM experiment.enrollment e0
            GROUP BY e0.experiment_id) en ON en.experiment_id = ex.id
 LEFT JOIN (SELECT q.experiment_id, count(*) AS n FROM experiment.exposures_quarantine q
-           GROUP BY q.experiment_id) qu ON qu.experiment_id = ex.id;
+           GROUP BY q.experiment_id) qu ON qu.experiment_id = ex.id
+LEFT JOIN (SELECT vs.experiment_id, pg_catalog.sum(vs.skipped_values)::bigint AS n FROM experiment.variant_stats vs
+           GROUP BY vs.experiment_id) sk ON sk.experiment_id = ex.id;
 COMMENT ON VIEW experiment.health IS
-  'per experiment: latest refresh, units in several variants (flagged above 1%), SRM, days run against the minimum runtime, units against the target, quarantined exposures, new units per day, units exposed before the start, exposures stored since the refresh (stale: more than 1% of the units, or any once the experiment stopped)';
+  'per experiment: latest refresh, units in several variants (flagged above 1%), SRM, days run against the minimum runtime, units against the target, quarantined exposures, new units per day, units exposed before the start, exposures stored since the refresh (stale: more than 1% of the units, or any once the experiment stopped), source values skipped as NaN or infinite';
 

@@ -259,9 +259,18 @@ BEGIN
       format('%s of %s units per variant', experiment.format_count(coalesce(h.min_units_per_variant, 0)),
              experiment.format_count(h.target_units_per_variant));
   END IF;
+  -- the primary metric and the guardrails must be readable by the current user (doc/security.md)
+  FOR r IN SELECT em.metric, em.role FROM experiment.experiment_metrics em
+           WHERE em.experiment_id = ex.id AND em.role IN ('primary', 'guardrail')
+             AND NOT experiment.may_read_metric(em.metric)
+           ORDER BY em.role <> 'primary', em.metric LOOP
+    RETURN QUERY SELECT 'KEEP RUNNING'::text,
+      format('%s metric %s is hidden: role %s may not read its source', r.role, r.metric, current_user);
+  END LOOP;
   -- the primary metric and the guardrails must have been computed by the latest refresh
   FOR r IN SELECT em.metric, em.role FROM experiment.experiment_metrics em
            WHERE em.experiment_id = ex.id AND em.role IN ('primary', 'guardrail')
+             AND experiment.may_read_metric(em.metric)
              AND NOT EXISTS (SELECT 1 FROM experiment.variant_stats vs
                              WHERE vs.experiment_id = em.experiment_id AND vs.metric = em.metric)
            ORDER BY em.role <> 'primary', em.metric LOOP
@@ -474,7 +483,9 @@ BEGIN
           || CASE (r.res).method WHEN 'cuped' THEN '   (CUPED)' WHEN 'ratio' THEN '   (delta method)' ELSE '' END);
       ELSE
         lines := lines || format('%s%s: no result (%s)', indent, upper(left(r.variant, 1)) || substr(r.variant, 2),
-          CASE WHEN NOT r.refreshed THEN 'the metric was added after the latest refresh'
+          CASE WHEN NOT experiment.may_read_metric(g.metric)
+                 THEN format('hidden: role %s may not read its source', current_user)
+               WHEN NOT r.refreshed THEN 'the metric was added after the latest refresh'
                WHEN r.units < 2 THEN format('%s has %s unit%s', r.variant, r.units, CASE WHEN r.units = 1 THEN '' ELSE 's' END)
                WHEN (SELECT en2.units FROM experiment.enrollment en2
                      WHERE en2.experiment_id = ex.id AND en2.variant = control) < 2
@@ -484,7 +495,8 @@ BEGIN
     END LOOP;
   END LOOP;
 
-  SELECT string_agg(q.metric || ' ' || CASE WHEN q.statuses IS NULL THEN 'no result'
+  SELECT string_agg(q.metric || ' ' || CASE WHEN NOT experiment.may_read_metric(q.metric) THEN 'hidden'
+                                             WHEN q.statuses IS NULL THEN 'no result'
                                              WHEN 'failed' = ANY (q.statuses) THEN 'FAILED'
                                              WHEN 'inconclusive' = ANY (q.statuses)
                                                THEN format('inconclusive (harm bound %s%%, margin %s%%)',

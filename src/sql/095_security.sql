@@ -1,0 +1,121 @@
+-- ---------------------------------------------------------------------------
+-- Privileges: who may read which results, who may refresh, the documented roles
+-- (doc/security.md)
+-- ---------------------------------------------------------------------------
+
+-- SELECT on a column of a relation (on the relation, when the column no longer exists)
+CREATE FUNCTION experiment.may_read_column(rel regclass, col text) RETURNS boolean
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE WHEN col IS NULL THEN true
+              WHEN experiment.column_type(rel, col) IS NULL THEN coalesce(pg_catalog.has_table_privilege(rel::oid, 'SELECT'), false)
+              ELSE coalesce(pg_catalog.has_column_privilege(rel::oid, col, 'SELECT'), false) END
+$$;
+COMMENT ON FUNCTION experiment.may_read_column(regclass, text) IS
+  'internal: whether the current user may SELECT column col of rel (NULL col: true; a column that no longer exists: SELECT on rel)';
+
+-- a metric's results are as secret as its source: visible to roles that may read the
+-- columns the metric reads (for a ratio, those of both parts)
+CREATE FUNCTION experiment.may_read_metric(metric text) RETURNS boolean
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT coalesce(bool_and(p.source IS NOT NULL
+                           AND experiment.may_read_column(p.source, p.unit_column)
+                           AND experiment.may_read_column(p.source, p.time_column)
+                           AND experiment.may_read_column(p.source, p.value_column)), false)
+  FROM experiment.metrics m
+  JOIN experiment.metrics p ON p.name IN (m.name, m.numerator, m.denominator) AND p.kind <> 'ratio'
+  WHERE m.name = may_read_metric.metric
+$$;
+COMMENT ON FUNCTION experiment.may_read_metric(text) IS
+  'whether the current user may see the results of a metric: it may SELECT the columns the metric reads from its source (for a ratio, from the sources of both parts)';
+
+-- row-level security: results, per-variant moments and recorded conclusions of metrics the
+-- reader may not read are not visible (superusers and the extension's owner see everything);
+-- only refresh() writes results
+ALTER TABLE experiment.metric_results ENABLE ROW LEVEL SECURITY;
+CREATE POLICY metric_results_readable ON experiment.metric_results FOR SELECT
+  USING (experiment.may_read_metric(metric));
+COMMENT ON POLICY metric_results_readable ON experiment.metric_results IS
+  'a role sees the tests of the metrics whose sources it may read';
+ALTER TABLE experiment.variant_stats ENABLE ROW LEVEL SECURITY;
+CREATE POLICY variant_stats_readable ON experiment.variant_stats FOR SELECT
+  USING (experiment.may_read_metric(metric));
+COMMENT ON POLICY variant_stats_readable ON experiment.variant_stats IS
+  'a role sees the per-variant moments of the metrics whose sources it may read';
+ALTER TABLE experiment.conclusions ENABLE ROW LEVEL SECURITY;
+CREATE POLICY conclusions_readable ON experiment.conclusions FOR SELECT
+  USING (NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_array_elements(results) x
+                     WHERE NOT experiment.may_read_metric(x ->> 'metric')));
+COMMENT ON POLICY conclusions_readable ON experiment.conclusions IS
+  'a role sees a recorded conclusion when it may read every metric in its results snapshot';
+CREATE POLICY conclusions_insert ON experiment.conclusions FOR INSERT WITH CHECK (true);
+COMMENT ON POLICY conclusions_insert ON experiment.conclusions IS
+  'roles granted INSERT (experiment_analyst) record conclusions through experiment.conclude()';
+
+-- refresh reads every source as its metric's owner and writes the results: it runs as the
+-- extension's owner, and only roles granted EXECUTE (experiment_analyst, experiment_admin) call it
+ALTER FUNCTION experiment.refresh(text) SECURITY DEFINER;
+ALTER FUNCTION experiment.refresh_all() SECURITY DEFINER;
+REVOKE EXECUTE ON FUNCTION experiment.refresh(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION experiment.refresh_all() FROM PUBLIC;
+
+CREATE FUNCTION experiment.setup_roles() RETURNS TABLE (role text, created boolean)
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  r text;
+  t text;
+  registry text[] := '{experiments,variants,metrics,experiment_metrics}';
+  results text[] := '{refreshes,enrollment,variant_stats,metric_results,conclusions,results,srm,health}';
+  ingestion text[] := '{exposures,exposures_quarantine,exposures_staging}';
+BEGIN
+  FOREACH r IN ARRAY ARRAY['experiment_reader', 'experiment_ingest', 'experiment_analyst', 'experiment_admin'] LOOP
+    role := r;
+    created := NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles ro WHERE ro.rolname = r);
+    IF created THEN
+      EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+    END IF;
+    RETURN NEXT;
+  END LOOP;
+
+  -- experiment_reader: dashboards; the registry and the results it may read
+  GRANT USAGE ON SCHEMA experiment TO experiment_reader;
+  FOREACH t IN ARRAY registry || results LOOP
+    EXECUTE format('GRANT SELECT ON experiment.%I TO experiment_reader', t);
+  END LOOP;
+
+  -- experiment_ingest: the exposure pipeline
+  GRANT USAGE ON SCHEMA experiment TO experiment_ingest;
+  GRANT SELECT ON experiment.experiments, experiment.variants TO experiment_ingest;
+  FOREACH t IN ARRAY ingestion LOOP
+    EXECUTE format('GRANT SELECT, INSERT ON experiment.%I TO experiment_ingest', t);
+  END LOOP;
+  GRANT DELETE ON experiment.exposures_staging TO experiment_ingest;
+  GRANT USAGE ON SEQUENCE experiment.exposures_quarantine_id_seq TO experiment_ingest;
+
+  -- experiment_analyst: designs experiments, registers metrics it may read, refreshes, concludes
+  GRANT experiment_reader TO experiment_analyst;
+  FOREACH t IN ARRAY registry LOOP
+    EXECUTE format('GRANT INSERT, UPDATE, DELETE ON experiment.%I TO experiment_analyst', t);
+  END LOOP;
+  GRANT SELECT ON experiment.exposures, experiment.exposures_quarantine TO experiment_analyst;
+  GRANT INSERT ON experiment.conclusions TO experiment_analyst;
+  GRANT USAGE ON SEQUENCE experiment.conclusions_id_seq TO experiment_analyst;
+  GRANT EXECUTE ON FUNCTION experiment.refresh(text) TO experiment_analyst;
+
+  -- experiment_admin: all of it, and the scheduled refresh_all()
+  GRANT experiment_analyst, experiment_ingest TO experiment_admin;
+  FOREACH t IN ARRAY registry || ingestion || '{refreshes,enrollment}'::text[] LOOP
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON experiment.%I TO experiment_admin', t);
+  END LOOP;
+  GRANT EXECUTE ON FUNCTION experiment.refresh_all() TO experiment_admin;
+END
+$$;
+COMMENT ON FUNCTION experiment.setup_roles() IS
+  'create (where missing) the roles experiment_reader, experiment_ingest, experiment_analyst and experiment_admin (NOLOGIN) '
+  'and grant them their privileges in this database (doc/security.md); run it as a superuser in each database with the extension';
+REVOKE EXECUTE ON FUNCTION experiment.setup_roles() FROM PUBLIC;

@@ -1,0 +1,268 @@
+"""The privilege model of doc/security.md, attacked as real non-superuser roles.
+
+Roles come from experiment.setup_roles(); login roles of this test are members of
+them. Each attack must fail with 42501 and change nothing:
+  - registering a metric over a table the registering role may not read;
+  - registering a metric for another role (owner = a role one is not a member of);
+  - a hostile view (calling a function that tries ALTER ROLE ... SUPERUSER) as a
+    metric source, refreshed by a superuser and by a non-superuser administrator;
+  - an administrator's metric over a view owned by the attacker, and over the
+    attacker's table to which the attacker later adds a row-level security policy;
+  - changing or deleting another role's metric;
+  - reading a metric's results without SELECT on its source (results view,
+    metric_results, variant_stats, readout, conclusions);
+  - source_unit_values() as a more privileged role.
+And the documented roles can do their jobs: readers read, analysts register and
+refresh, the ingestion role loads exposures, administrators run refresh_all().
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from exptest import Checker, fresh_db  # noqa: E402
+
+import psycopg2  # noqa: E402
+
+DB = "exp_security"
+ck = Checker("test_security")
+su = fresh_db(DB)
+cur = su.cursor()
+cur.execute("SET client_min_messages = error")
+
+cur.execute("SELECT role, created FROM experiment.setup_roles() ORDER BY role")
+roles = [r[0] for r in cur.fetchall()]
+ck.check(roles == ["experiment_admin", "experiment_analyst", "experiment_ingest", "experiment_reader"],
+         "setup_roles() reports the four roles: %r" % roles)
+cur.execute("SELECT bool_or(created) FROM experiment.setup_roles()")
+ck.check(cur.fetchone()[0] is False, "a second setup_roles() creates nothing")
+
+LOGINS = {"sec_alice": "experiment_analyst", "sec_mallory": "experiment_analyst", "sec_bob": "experiment_reader",
+          "sec_ingest": "experiment_ingest", "sec_admin": "experiment_admin"}
+for name, group in LOGINS.items():
+    cur.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (name,))
+    if cur.fetchone()[0] == 0:
+        cur.execute('CREATE ROLE "%s" LOGIN' % name)
+    cur.execute('GRANT "%s" TO "%s"' % (group, name))
+cur.execute("ALTER ROLE sec_mallory NOSUPERUSER")
+
+# data: orders readable by alice, bob and the admin; secret readable by nobody but the superuser
+cur.execute("CREATE TABLE public.orders (user_id text, ts timestamptz, amount float8)")
+cur.execute("CREATE TABLE public.secret (user_id text, ts timestamptz, salary float8)")
+cur.execute("GRANT SELECT ON public.orders TO sec_alice, sec_bob, sec_admin")
+cur.execute("""INSERT INTO public.orders SELECT 'u' || i, now() - interval '1 day', (i % 13)::float8
+               FROM generate_series(1, 300) i""")
+cur.execute("""INSERT INTO public.secret SELECT 'u' || i, now() - interval '1 day', 50000 + i
+               FROM generate_series(1, 300) i""")
+# the attacker's own schema
+cur.execute("CREATE SCHEMA sec_m AUTHORIZATION sec_mallory")
+cur.execute("GRANT USAGE ON SCHEMA sec_m TO PUBLIC")
+
+
+def connect_as(role):
+    c = psycopg2.connect(dbname=DB, user=role)
+    c.autocommit = True
+    k = c.cursor()
+    k.execute("SET client_min_messages = error")
+    return c, k
+
+
+def fails(k, sql, code, what, args=None, contains=None):
+    try:
+        k.execute(sql, args)
+    except psycopg2.Error as e:
+        ok = e.pgcode == code and (contains is None or contains in str(e))
+        return ck.check(ok, "%s: got %s %s" % (what, e.pgcode, str(e).strip().splitlines()[0]))
+    return ck.check(False, "%s: no error" % what)
+
+
+def is_superuser(role):
+    cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (role,))
+    return cur.fetchone()[0]
+
+
+def make_experiment(k, exp_id, n=300):
+    k.execute("""INSERT INTO experiment.experiments (id, name, status, start_at)
+                 VALUES (%s, %s, 'draft', now() - interval '3 days')""", (exp_id, exp_id))
+    k.execute("""INSERT INTO experiment.variants (experiment_id, name, allocation, is_control)
+                 VALUES (%s, 'control', 0.5, true), (%s, 'treatment', 0.5, false)""", (exp_id, exp_id))
+
+
+def expose(exp_id, n=300):
+    ic, ik = connect_as("sec_ingest")
+    ik.execute("""SELECT inserted FROM experiment.ingest_exposures(
+                    (SELECT jsonb_agg(jsonb_build_object('experiment_id', %s, 'unit_id', 'u' || i,
+                             'variant', CASE WHEN i %% 2 = 0 THEN 'control' ELSE 'treatment' END,
+                             'exposed_at', now() - interval '2 days'))
+                     FROM generate_series(1, %s) i))""", (exp_id, n))
+    got = ik.fetchone()[0]
+    ic.close()
+    return got
+
+
+alice_c, alice = connect_as("sec_alice")
+mal_c, mal = connect_as("sec_mallory")
+bob_c, bob = connect_as("sec_bob")
+adm_c, adm = connect_as("sec_admin")
+
+# --- an analyst's ordinary job -------------------------------------------------------
+make_experiment(alice, "sec-exp")
+alice.execute("""INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
+                 VALUES ('order_value', 'public.orders', 'user_id', 'ts', 'amount')""")
+alice.execute("SELECT owner::text FROM experiment.metrics WHERE name = 'order_value'")
+ck.check(alice.fetchone()[0] == "sec_alice", "a metric is owned by the role that registers it")
+alice.execute("""INSERT INTO experiment.experiment_metrics (experiment_id, metric, role)
+                 VALUES ('sec-exp', 'order_value', 'primary')""")
+alice.execute("UPDATE experiment.experiments SET status = 'running' WHERE id = 'sec-exp'")
+ck.check(expose("sec-exp") == 300, "the ingestion role loads exposures")
+
+# --- 1. a metric over a table its owner may not read -----------------------------------
+fails(mal, """INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
+              VALUES ('steal', 'public.secret', 'user_id', 'ts', 'salary')""",
+      "42501", "registering a metric over an unreadable table", contains='may not read column')
+fails(mal, """INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
+              VALUES ('steal', %s::regclass::oid::regclass, 'user_id', 'ts', 'salary')""",
+      "42501", "registering it by OID", args=("public.secret",))
+fails(mal, """INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column, owner)
+              VALUES ('steal', 'public.secret', 'user_id', 'ts', 'salary', 'postgres')""",
+      "42501", "registering a metric for a role one is not a member of", contains="owner of metric")
+cur.execute("SELECT count(*) FROM experiment.metrics WHERE name = 'steal'")
+ck.check(cur.fetchone()[0] == 0, "no such metric was stored")
+
+# the superuser's metric over the secret table, in alice's experiment
+cur.execute("""INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
+               VALUES ('salary', 'public.secret', 'user_id', 'ts', 'salary')""")
+cur.execute("""INSERT INTO experiment.experiment_metrics (experiment_id, metric, role)
+               VALUES ('sec-exp', 'salary', 'secondary')""")
+
+# --- 2. a hostile view as a source ----------------------------------------------------
+mal.execute("""CREATE FUNCTION sec_m.evil() RETURNS integer LANGUAGE plpgsql AS $$
+               BEGIN
+                 ALTER ROLE sec_mallory SUPERUSER;
+                 RETURN 0;
+               END $$""")
+mal.execute("CREATE TABLE sec_m.events (user_id text, ts timestamptz, amount float8)")
+mal.execute("""INSERT INTO sec_m.events SELECT 'u' || i, now() - interval '1 day', 1 FROM generate_series(1, 300) i""")
+mal.execute("CREATE VIEW sec_m.hostile AS SELECT user_id, ts, amount + sec_m.evil() AS amount FROM sec_m.events")
+make_experiment(mal, "mal-exp")
+mal.execute("""INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
+               VALUES ('mal_metric', 'sec_m.hostile', 'user_id', 'ts', 'amount')""")
+mal.execute("""INSERT INTO experiment.experiment_metrics (experiment_id, metric, role)
+               VALUES ('mal-exp', 'mal_metric', 'primary')""")
+mal.execute("UPDATE experiment.experiments SET status = 'running' WHERE id = 'mal-exp'")
+expose("mal-exp")
+
+cur.execute("SELECT experiment.refresh_all()")
+done = cur.fetchone()[0]
+ck.check(done == 1, "a superuser's refresh_all() refreshes the benign experiment and not the hostile one: %r" % done)
+ck.check(is_superuser("sec_mallory") is False, "the hostile view did not make its owner superuser (refresh_all)")
+cur.execute("SELECT error FROM experiment.refreshes WHERE experiment_id = 'mal-exp'")
+err = cur.fetchone()[0] or ""
+ck.check("must be superuser" in err, "the hostile experiment's refresh error is recorded: %r" % err)
+fails(cur, "SELECT experiment.refresh('mal-exp')", "42501", "a superuser's refresh() of the hostile experiment")
+ck.check(is_superuser("sec_mallory") is False, "the hostile view did not make its owner superuser (refresh)")
+adm.execute("SELECT experiment.refresh_all()")
+ck.check(adm.fetchone()[0] == 1, "a non-superuser administrator runs refresh_all()")
+ck.check(is_superuser("sec_mallory") is False, "nor through the administrator's refresh_all()")
+fails(cur, "SELECT count(*) FROM experiment.aa_test('mal-exp', 10)", "42501",
+      "a superuser's aa_test() refuses the hostile view", contains="refusing to read")
+
+# --- 3. an administrator's metric over the attacker's objects -------------------------
+fails(cur, """INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
+              VALUES ('adm_hostile', 'sec_m.hostile', 'user_id', 'ts', 'amount')""",
+      "42501", "a superuser's metric over a view the attacker owns", contains="cannot be read safely")
+mal.execute("GRANT SELECT ON sec_m.events TO sec_admin")
+adm.execute("""INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
+               VALUES ('adm_events', 'sec_m.events', 'user_id', 'ts', 'amount')""")
+make_experiment(adm, "adm-exp")
+adm.execute("""INSERT INTO experiment.experiment_metrics (experiment_id, metric, role)
+               VALUES ('adm-exp', 'adm_events', 'primary')""")
+adm.execute("UPDATE experiment.experiments SET status = 'running' WHERE id = 'adm-exp'")
+expose("adm-exp")
+adm.execute("SELECT experiment.refresh('adm-exp')")
+ck.check(True, "an administrator's metric over another role's plain table refreshes")
+# the attacker now adds a policy that would run code as whoever reads the table
+mal.execute("CREATE TABLE sec_m.loot (n bigint)")
+mal.execute("GRANT INSERT ON sec_m.loot TO PUBLIC")
+mal.execute("""CREATE FUNCTION sec_m.spy() RETURNS boolean LANGUAGE plpgsql AS $$
+               BEGIN
+                 INSERT INTO sec_m.loot SELECT count(*) FROM experiment.exposures;
+                 RETURN true;
+               END $$""")
+mal.execute("ALTER TABLE sec_m.events ENABLE ROW LEVEL SECURITY")
+mal.execute("CREATE POLICY spy ON sec_m.events USING (sec_m.spy())")
+fails(adm, "SELECT experiment.refresh('adm-exp')", "42501",
+      "refresh refuses a source whose owner added a row-level security policy", contains="row-level security")
+cur.execute("SELECT count(*) FROM sec_m.loot")
+ck.check(cur.fetchone()[0] == 0, "the policy's code never ran as the administrator")
+
+# --- 4. another role's metric -------------------------------------------------------
+fails(alice, "UPDATE experiment.metrics SET source = 'sec_m.hostile' WHERE name = 'mal_metric'", "42501",
+      "changing another role's metric")
+fails(mal, "UPDATE experiment.metrics SET source = 'sec_m.hostile' WHERE name = 'order_value'", "42501",
+      "pointing another role's metric at a hostile view")
+fails(mal, "DELETE FROM experiment.metrics WHERE name = 'order_value'", "42501", "deleting another role's metric")
+fails(mal, "UPDATE experiment.metrics SET owner = 'sec_mallory' WHERE name = 'order_value'", "42501",
+      "taking over another role's metric")
+
+# --- 5. who sees which results ------------------------------------------------------
+cur.execute("SELECT experiment.refresh('sec-exp')")
+cur.execute("SELECT metric FROM experiment.results WHERE experiment_id = 'sec-exp' ORDER BY 1")
+ck.check([r[0] for r in cur.fetchall()] == ["order_value", "salary"], "the superuser sees every metric")
+for who, k in (("reader", bob), ("analyst", alice)):
+    k.execute("SELECT metric FROM experiment.results WHERE experiment_id = 'sec-exp' ORDER BY 1")
+    ck.check([r[0] for r in k.fetchall()] == ["order_value"], "the %s sees the results it may read, not salary" % who)
+    k.execute("SELECT count(*) FROM experiment.metric_results WHERE metric = 'salary'")
+    ck.check(k.fetchone()[0] == 0, "the %s sees no row of salary in metric_results" % who)
+    k.execute("SELECT count(*) FROM experiment.variant_stats WHERE metric = 'salary'")
+    ck.check(k.fetchone()[0] == 0, "the %s sees no moments of salary in variant_stats" % who)
+    k.execute("SELECT experiment.readout('sec-exp')")
+    text = k.fetchone()[0]
+    ck.check("Primary metric (order_value)" in text and "salary:\n    Treatment: no result (hidden: role" in text,
+             "the %s's readout shows order_value and hides salary: %s" % (who, text))
+k = mal
+k.execute("SELECT count(*) FROM experiment.results WHERE metric IN ('salary', 'order_value')")
+ck.check(k.fetchone()[0] == 0, "the attacker sees neither salary nor order_value")
+cur.execute("SELECT experiment.conclude('sec-exp', 'SHIP', 'ship it')")
+bob.execute("SELECT count(*) FROM experiment.conclusions WHERE experiment_id = 'sec-exp'")
+ck.check(bob.fetchone()[0] == 0, "a conclusion whose snapshot holds salary is hidden from the reader")
+alice.execute("SELECT (experiment.conclude('sec-exp', 'SHIP', 'ship it')).decision")
+ck.check(alice.fetchone()[0] == "SHIP", "an analyst records a conclusion")
+bob.execute("SELECT count(*) FROM experiment.conclusions WHERE experiment_id = 'sec-exp'")
+ck.check(bob.fetchone()[0] == 1, "the reader sees the conclusion recorded from what the analyst could read")
+
+# --- 6. the roles do their jobs and no more --------------------------------------------
+fails(bob, """INSERT INTO experiment.metrics (name, source, unit_column, time_column)
+              VALUES ('x', 'public.orders', 'user_id', 'ts')""", "42501", "a reader cannot register metrics")
+fails(bob, "SELECT experiment.refresh('sec-exp')", "42501", "a reader cannot refresh")
+fails(bob, "DELETE FROM experiment.metric_results", "42501", "a reader cannot delete results")
+fails(alice, "SELECT experiment.refresh_all()", "42501", "an analyst cannot run refresh_all()")
+fails(alice, "INSERT INTO experiment.metric_results SELECT * FROM experiment.metric_results", "42501",
+      "an analyst cannot write results")
+alice.execute("SELECT experiment.refresh('sec-exp')")
+ck.check(True, "an analyst refreshes")
+ic, ik = connect_as("sec_ingest")
+fails(ik, "SELECT count(*) FROM experiment.results", "42501", "the ingestion role cannot read results")
+fails(ik, "DELETE FROM experiment.metrics", "42501", "the ingestion role cannot change the catalogue")
+ic.close()
+fails(mal, """SELECT count(*) FROM experiment.source_unit_values('{u1}', '{a}', '{2025-01-01}', 'public.secret',
+              'user_id', '{ts}', '{salary}', '{sum}', '{0}', '{NULL}', '{f}', NULL, NULL, NULL, 'postgres')""",
+      "42501", "source_unit_values() as a more privileged role", contains="permission denied to read")
+fails(mal, """SELECT count(*) FROM experiment.source_unit_values('{u1}', '{a}', '{2025-01-01}', 'public.secret',
+              'user_id', '{ts}', '{salary}', '{sum}', '{0}', '{NULL}', '{f}', NULL, NULL, NULL)""",
+      "42501", "source_unit_values() as oneself over an unreadable table")
+
+# --- 7. search_path: every function of the extension puts pg_temp last -------------------
+cur.execute("""SELECT count(*) FROM pg_proc p JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+               JOIN pg_extension x ON x.oid = d.refobjid AND x.extname = 'experiment'
+               WHERE p.prolang IN (SELECT oid FROM pg_language WHERE lanname IN ('sql', 'plpgsql'))
+                 AND NOT coalesce(array_to_string(p.proconfig, ',') LIKE '%search_path=pg_catalog, experiment, pg_temp%', false)""")
+ck.check(cur.fetchone()[0] == 0, "every SQL and plpgsql function sets search_path = pg_catalog, experiment, pg_temp")
+cur.execute("""SELECT count(*) FROM pg_proc p JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+               JOIN pg_extension x ON x.oid = d.refobjid AND x.extname = 'experiment' WHERE p.prosecdef""")
+ck.check(cur.fetchone()[0] == 2, "exactly two functions run as the extension's owner (refresh, refresh_all)")
+
+for c in (alice_c, mal_c, bob_c, adm_c):
+    c.close()
+ck.check(is_superuser("sec_mallory") is False, "in the end the attacker is no superuser")
+su.close()
+ck.report()
