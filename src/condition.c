@@ -2701,9 +2701,9 @@ typedef struct ValidatedCondition
  * GrowthBook SDKs' evalCondition decides; saved_groups maps the group ids
  * that $inGroup and $notInGroup name to arrays of values.
  */
-PG_FUNCTION_INFO_V1(eval_condition);
+PG_FUNCTION_INFO_V1(exp_eval_condition);
 Datum
-eval_condition(PG_FUNCTION_ARGS)
+exp_eval_condition(PG_FUNCTION_ARGS)
 {
 	Jsonb	   *cond = PG_GETARG_JSONB_P(0);
 	Jsonb	   *attrs = PG_GETARG_JSONB_P(1);

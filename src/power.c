@@ -199,9 +199,9 @@ prop_margin(double n, void *arg)
  * units per variant for a two-proportion test to detect baseline ->
  * baseline + mde.
  */
-PG_FUNCTION_INFO_V1(required_n);
+PG_FUNCTION_INFO_V1(exp_required_n);
 Datum
-required_n(PG_FUNCTION_ARGS)
+exp_required_n(PG_FUNCTION_ARGS)
 {
 	double		p1,
 				d,
@@ -264,9 +264,9 @@ mean_margin(double n, void *arg)
  * units per variant for a test of a difference of means with common standard
  * deviation stddev.
  */
-PG_FUNCTION_INFO_V1(required_n_mean);
+PG_FUNCTION_INFO_V1(exp_required_n_mean);
 Datum
-required_n_mean(PG_FUNCTION_ARGS)
+exp_required_n_mean(PG_FUNCTION_ARGS)
 {
 	double		sd,
 				d,
@@ -316,9 +316,9 @@ required_n_mean(PG_FUNCTION_ARGS)
  * bisection to the last bit.  NULL when no rise below 1 - baseline reaches
  * the power.
  */
-PG_FUNCTION_INFO_V1(mde_prop);
+PG_FUNCTION_INFO_V1(exp_mde_prop);
 Datum
-mde_prop(PG_FUNCTION_ARGS)
+exp_mde_prop(PG_FUNCTION_ARGS)
 {
 	int64		n;
 	double		p1,
@@ -374,9 +374,9 @@ mde_prop(PG_FUNCTION_ARGS)
  *	fixed:		Phi( (|mde| sqrt(n) - c sqrt(2 pbar qbar)) / sqrt(p1 q1 + p2 q2) )
  *	sequential:	Phi( |mde| sqrt(n) / sqrt(p1 q1 + p2 q2) - c(n) )
  */
-PG_FUNCTION_INFO_V1(power_prop);
+PG_FUNCTION_INFO_V1(exp_power_prop);
 Datum
-power_prop(PG_FUNCTION_ARGS)
+exp_power_prop(PG_FUNCTION_ARGS)
 {
 	int64		n;
 	double		p1,

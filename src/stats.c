@@ -832,9 +832,9 @@ moments_test(FunctionCallInfo fcinfo, const char *name, int nvars,
  * Welch's unequal-variances t-test of mean(treatment) - mean(control) from
  * univariate moments.
  */
-PG_FUNCTION_INFO_V1(welch_ttest);
+PG_FUNCTION_INFO_V1(exp_welch_ttest);
 Datum
-welch_ttest(PG_FUNCTION_ARGS)
+exp_welch_ttest(PG_FUNCTION_ARGS)
 {
 	return moments_test(fcinfo, "welch_ttest", 1, welch_moments_estimate);
 }
@@ -844,9 +844,9 @@ welch_ttest(PG_FUNCTION_ARGS)
  * float8) aggregate; the state is experiment.moments[] = [control, treatment].
  * Fixed horizon, two-sided, alpha 0.05.
  */
-PG_FUNCTION_INFO_V1(welch_ttest_final);
+PG_FUNCTION_INFO_V1(exp_welch_ttest_final);
 Datum
-welch_ttest_final(PG_FUNCTION_ARGS)
+exp_welch_ttest_final(PG_FUNCTION_ARGS)
 {
 	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(0);
 	Datum	   *elems;
@@ -885,9 +885,9 @@ welch_ttest_final(PG_FUNCTION_ARGS)
  * (Wald) one, the lift the delta method; a sequential test uses the unpooled
  * one throughout.  df is NULL.
  */
-PG_FUNCTION_INFO_V1(prop_ztest);
+PG_FUNCTION_INFO_V1(exp_prop_ztest);
 Datum
-prop_ztest(PG_FUNCTION_ARGS)
+exp_prop_ztest(PG_FUNCTION_ARGS)
 {
 	int64		x_c,
 				n_c,
@@ -931,9 +931,9 @@ prop_ztest(PG_FUNCTION_ARGS)
  * Welch's t-test on the CUPED-adjusted metric y - theta (x - mean x), theta
  * pooled over both arms.  Means are reported unadjusted.
  */
-PG_FUNCTION_INFO_V1(cuped_ttest);
+PG_FUNCTION_INFO_V1(exp_cuped_ttest);
 Datum
-cuped_ttest(PG_FUNCTION_ARGS)
+exp_cuped_ttest(PG_FUNCTION_ARGS)
 {
 	return moments_test(fcinfo, "cuped_ttest", 2, cuped_estimate);
 }
@@ -942,9 +942,9 @@ cuped_ttest(PG_FUNCTION_ARGS)
  * cuped_theta(m): cov(y, x)/var(x) of bivariate moments; NULL when var(x) is
  * zero or n < 2.  For the pooled theta of a test, pass control + treatment.
  */
-PG_FUNCTION_INFO_V1(cuped_theta);
+PG_FUNCTION_INFO_V1(exp_cuped_theta);
 Datum
-cuped_theta(PG_FUNCTION_ARGS)
+exp_cuped_theta(PG_FUNCTION_ARGS)
 {
 	Moments    *m = PG_GETARG_MOMENTS_P(0);
 	double		theta;
@@ -960,9 +960,9 @@ cuped_theta(PG_FUNCTION_ARGS)
  * cuped_adjust(y, x, theta, mean_x): the CUPED-adjusted value
  * y - theta (x - mean_x).
  */
-PG_FUNCTION_INFO_V1(cuped_adjust_value);
+PG_FUNCTION_INFO_V1(exp_cuped_adjust_value);
 Datum
-cuped_adjust_value(PG_FUNCTION_ARGS)
+exp_cuped_adjust_value(PG_FUNCTION_ARGS)
 {
 	double		y = PG_GETARG_FLOAT8(0);
 	double		x = PG_GETARG_FLOAT8(1);
@@ -978,9 +978,9 @@ cuped_adjust_value(PG_FUNCTION_ARGS)
  *	mean = mean_y - theta (mean_x(m) - mean_x)
  *	C = C_yy - 2 theta C_xy + theta^2 C_xx
  */
-PG_FUNCTION_INFO_V1(cuped_adjust_moments);
+PG_FUNCTION_INFO_V1(exp_cuped_adjust_moments);
 Datum
-cuped_adjust_moments(PG_FUNCTION_ARGS)
+exp_cuped_adjust_moments(PG_FUNCTION_ARGS)
 {
 	Moments    *m = PG_GETARG_MOMENTS_P(0);
 	double		theta = PG_GETARG_FLOAT8(1);
@@ -1013,9 +1013,9 @@ cuped_adjust_moments(PG_FUNCTION_ARGS)
  * moments of each unit's (numerator, denominator), with delta-method
  * variances.
  */
-PG_FUNCTION_INFO_V1(ratio_ttest);
+PG_FUNCTION_INFO_V1(exp_ratio_ttest);
 Datum
-ratio_ttest(PG_FUNCTION_ARGS)
+exp_ratio_ttest(PG_FUNCTION_ARGS)
 {
 	return moments_test(fcinfo, "ratio_ttest", 2, ratio_estimate);
 }
@@ -1027,9 +1027,9 @@ ratio_ttest(PG_FUNCTION_ARGS)
  * observed counts against the split given by the weights (NULL: equal).
  * df = k - 1 over the k arms with a positive weight.
  */
-PG_FUNCTION_INFO_V1(srm_chisq);
+PG_FUNCTION_INFO_V1(exp_srm_chisq);
 Datum
-srm_chisq(PG_FUNCTION_ARGS)
+exp_srm_chisq(PG_FUNCTION_ARGS)
 {
 	ArrayType  *obs_arr;
 	Datum	   *obs;

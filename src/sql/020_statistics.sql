@@ -30,7 +30,7 @@ CREATE FUNCTION experiment.welch_ttest(control experiment.moments, treatment exp
                                        alpha float8 DEFAULT 0.05, alternative text DEFAULT 'two-sided',
                                        sequential_tuning float8 DEFAULT NULL)
   RETURNS experiment.test_result
-  AS 'MODULE_PATHNAME', 'welch_ttest' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_welch_ttest' LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.welch_ttest(experiment.moments, experiment.moments, float8, text, float8) IS
   'Welch''s unequal-variances t-test of mean(treatment) - mean(control) from univariate moments, with delta-method lift; alternative two-sided, greater or less; sequential_tuning N* gives an always-valid confidence sequence (NULL: fixed horizon)';
 
@@ -48,7 +48,7 @@ COMMENT ON FUNCTION experiment.moments_pair_combine(experiment.moments[], experi
 
 CREATE FUNCTION experiment.welch_ttest_final(experiment.moments[])
   RETURNS experiment.test_result
-  AS 'MODULE_PATHNAME', 'welch_ttest_final' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_welch_ttest_final' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.welch_ttest_final(experiment.moments[]) IS
   'internal: final function of experiment.welch_ttest(boolean, float8): Welch''s t-test at alpha = 0.05';
 
@@ -69,7 +69,7 @@ CREATE FUNCTION experiment.prop_ztest(x_control bigint, n_control bigint,
                                       alpha float8 DEFAULT 0.05, alternative text DEFAULT 'two-sided',
                                       sequential_tuning float8 DEFAULT NULL)
   RETURNS experiment.test_result
-  AS 'MODULE_PATHNAME', 'prop_ztest' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_prop_ztest' LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.prop_ztest(bigint, bigint, bigint, bigint, float8, text, float8) IS
   'two-proportion z-test: pooled z and p-value, Wald CI of the difference, delta-method lift; df is NULL; alternative and sequential_tuning as in welch_ttest (a sequential test uses the Wald standard error throughout)';
 
@@ -79,23 +79,23 @@ CREATE FUNCTION experiment.cuped_ttest(control experiment.moments, treatment exp
                                        alpha float8 DEFAULT 0.05, alternative text DEFAULT 'two-sided',
                                        sequential_tuning float8 DEFAULT NULL)
   RETURNS experiment.test_result
-  AS 'MODULE_PATHNAME', 'cuped_ttest' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_cuped_ttest' LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.cuped_ttest(experiment.moments, experiment.moments, float8, text, float8) IS
   'Welch''s t-test on the CUPED-adjusted metric from bivariate moments (y, x = pre-period y), theta pooled over both arms; means reported unadjusted';
 
 CREATE FUNCTION experiment.cuped_theta(m experiment.moments) RETURNS float8
-  AS 'MODULE_PATHNAME', 'cuped_theta' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_cuped_theta' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.cuped_theta(experiment.moments) IS
   'CUPED coefficient cov(y, x) / var(x) of bivariate moments (pass control + treatment for the pooled one); NULL when var(x) = 0';
 
 CREATE FUNCTION experiment.cuped_adjust(y float8, x float8, theta float8, mean_x float8) RETURNS float8
-  AS 'MODULE_PATHNAME', 'cuped_adjust_value' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_cuped_adjust_value' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.cuped_adjust(float8, float8, float8, float8) IS
   'CUPED-adjusted value y - theta * (x - mean_x)';
 
 CREATE FUNCTION experiment.cuped_adjust(m experiment.moments, theta float8, mean_x float8)
   RETURNS experiment.moments
-  AS 'MODULE_PATHNAME', 'cuped_adjust_moments' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_cuped_adjust_moments' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.cuped_adjust(experiment.moments, float8, float8) IS
   'univariate moments of y - theta * (x - mean_x), exactly, from bivariate moments of (y, x)';
 
@@ -105,14 +105,14 @@ CREATE FUNCTION experiment.ratio_ttest(control experiment.moments, treatment exp
                                        alpha float8 DEFAULT 0.05, alternative text DEFAULT 'two-sided',
                                        sequential_tuning float8 DEFAULT NULL)
   RETURNS experiment.test_result
-  AS 'MODULE_PATHNAME', 'ratio_ttest' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_ratio_ttest' LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.ratio_ttest(experiment.moments, experiment.moments, float8, text, float8) IS
   'Welch''s t-test of a ratio metric sum(numerator)/sum(denominator) from bivariate moments of each unit''s (numerator, denominator), delta-method variances';
 
 -- sample ratio mismatch
 
 CREATE FUNCTION experiment.srm_chisq(observed bigint[], weights float8[] DEFAULT NULL) RETURNS float8
-  AS 'MODULE_PATHNAME', 'srm_chisq' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_srm_chisq' LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.srm_chisq(bigint[], float8[]) IS
   'sample ratio mismatch: Pearson chi-squared p-value of observed counts against the weights'' split (NULL weights: equal split)';
 
@@ -121,27 +121,27 @@ COMMENT ON FUNCTION experiment.srm_chisq(bigint[], float8[]) IS
 CREATE FUNCTION experiment.required_n(baseline float8, mde float8, alpha float8 DEFAULT 0.05,
                                       power float8 DEFAULT 0.8, variations integer DEFAULT 2,
                                       sequential_tuning float8 DEFAULT NULL) RETURNS bigint
-  AS 'MODULE_PATHNAME', 'required_n' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_required_n' LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.required_n(float8, float8, float8, float8, integer, float8) IS
   'units per variant for a two-proportion test to detect baseline -> baseline + mde (two-sided alpha, Bonferroni across the variations - 1 treatments; sequential_tuning: for the always-valid test)';
 
 CREATE FUNCTION experiment.required_n_mean(stddev float8, mde float8, alpha float8 DEFAULT 0.05,
                                            power float8 DEFAULT 0.8, variations integer DEFAULT 2,
                                            sequential_tuning float8 DEFAULT NULL) RETURNS bigint
-  AS 'MODULE_PATHNAME', 'required_n_mean' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_required_n_mean' LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.required_n_mean(float8, float8, float8, float8, integer, float8) IS
   'units per variant for a test of means to detect a difference mde with standard deviation stddev (two-sided alpha, Bonferroni across treatments; sequential_tuning: for the always-valid test)';
 
 CREATE FUNCTION experiment.mde(n_per_variant bigint, baseline float8, alpha float8 DEFAULT 0.05,
                                power float8 DEFAULT 0.8, variations integer DEFAULT 2,
                                sequential_tuning float8 DEFAULT NULL) RETURNS float8
-  AS 'MODULE_PATHNAME', 'mde_prop' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_mde_prop' LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.mde(bigint, float8, float8, float8, integer, float8) IS
   'smallest absolute rise of a rate from baseline that n_per_variant units per variant detect (inverse of required_n); NULL when none below 1 - baseline does';
 
 CREATE FUNCTION experiment.power(n_per_variant bigint, baseline float8, mde float8,
                                  alpha float8 DEFAULT 0.05, variations integer DEFAULT 2,
                                  sequential_tuning float8 DEFAULT NULL) RETURNS float8
-  AS 'MODULE_PATHNAME', 'power_prop' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_power_prop' LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.power(bigint, float8, float8, float8, integer, float8) IS
   'power of a two-proportion test with n_per_variant units per variant against baseline -> baseline + mde (inverse of required_n)';
