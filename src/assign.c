@@ -119,13 +119,13 @@ cache_fill(VariantCache *vc, int n, char **names, int *namelens, double *alloc)
 			if (namelens[j] == namelens[i] && memcmp(names[j], names[i], namelens[i]) == 0)
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("duplicate variant name \"%.*s\" (variants %d and %d)",
-								namelens[i], names[i], j + 1, i + 1)));
+						 errmsg("duplicate variant name \"%s\" (variants %d and %d)",
+								exp_message_clip(names[i], namelens[i]), j + 1, i + 1)));
 		if (!(alloc[i] >= 0.0 && alloc[i] <= 1.0))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("allocation of variant \"%.*s\" is %g, outside [0, 1]",
-							namelens[i], names[i], alloc[i])));
+					 errmsg("allocation of variant \"%s\" is %g, outside [0, 1]",
+							exp_message_clip(names[i], namelens[i]), alloc[i])));
 	}
 
 	old = MemoryContextSwitchTo(vc->cxt);

@@ -2677,7 +2677,7 @@ require_object(Jsonb *jb, const char *argname)
 				 errmsg("argument %s of experiment.eval_condition must be a JSON object, not %s",
 						argname, jsonb_container_type(jb)),
 				 errdetail("%s = %s", argname,
-						   JsonbToCString(NULL, &jb->root, VARSIZE(jb)))));
+						   exp_message_clip(JsonbToCString(NULL, &jb->root, VARSIZE(jb)), -1))));
 }
 
 /*

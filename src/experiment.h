@@ -81,4 +81,13 @@ extern Alternative exp_parse_alternative(const char *s);
 extern void exp_check_tuning(double tuning);
 extern double exp_seq_halfwidth(double se, double n, double alpha, double tuning, bool two_sided);
 
+/*
+ * message.c: what an error message may echo of an input, at most this many
+ * bytes (cut on a character boundary, "..." appended)
+ */
+#define EXP_MESSAGE_ECHO_MAX 200
+
+extern char *exp_message_clip(const char *s, int len);
+extern char *exp_message_clip_text(const text *t);
+
 #endif							/* EXPERIMENT_H */

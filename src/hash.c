@@ -513,7 +513,7 @@ exp_unit_hash(PG_FUNCTION_ARGS)
 
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("invalid scheme \"%s\"", text_to_cstring(scheme_t)),
+			 errmsg("invalid scheme \"%s\"", exp_message_clip(scheme, schemelen)),
 			 errhint("Use " EXP_VALID_SCHEMES ".")));
 	PG_RETURN_NULL();			/* keep the compiler quiet */
 }

@@ -50,7 +50,7 @@ parse_method(text *t)
 		return PADJ_BY;
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("invalid method \"%.200s\"", s),
+			 errmsg("invalid method \"%s\"", exp_message_clip(s, -1)),
 			 errhint("Use bonferroni, holm, bh (Benjamini-Hochberg) or by (Benjamini-Yekutieli).")));
 	return PADJ_HOLM;			/* keep the compiler quiet */
 }

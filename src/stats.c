@@ -300,7 +300,7 @@ exp_parse_alternative(const char *s)
 		return ALT_LESS;
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("invalid alternative \"%.200s\"", s),
+			 errmsg("invalid alternative \"%s\"", exp_message_clip(s, -1)),
 			 errhint("Use two-sided, greater (treatment above control) or less.")));
 	return ALT_TWO_SIDED;		/* keep the compiler quiet */
 }
