@@ -317,7 +317,10 @@ array_elems(JsonbContainer *cont, int *n)
 
 	walk_init(&w, cont, false);
 	while (walk_next(&w, &jv))
+	{
+		CHECK_FOR_INTERRUPTS();
 		jbv_to_cv(&jv, &out[k++]);
+	}
 	*n = k;
 	return out;
 }
@@ -469,6 +472,7 @@ js_tostring_append(StringInfo out, const CondVal *v)
 				{
 					CondVal		e;
 
+					CHECK_FOR_INTERRUPTS();
 					if (!first)
 						appendStringInfoChar(out, ',');
 					first = false;
@@ -790,6 +794,7 @@ json_equal(const CondVal *a, const CondVal *b)
 					CondVal		ea,
 								eb;
 
+					CHECK_FOR_INTERRUPTS();
 					jbv_to_cv(&va, &ea);
 					jbv_to_cv(&vb, &eb);
 					if (!json_equal(&ea, &eb))
@@ -1343,7 +1348,10 @@ class_literal(RegexXlate *x, int32 c)
 			 cp <= c && cp < Max(x->range_from, 0x80) + 1024; cp++)
 		{
 			pg_wchar	members[8];
-			int			n = case_class(cp, members, 8);
+			int			n;
+
+			CHECK_FOR_INTERRUPTS();
+			n = case_class(cp, members, 8);
 
 			for (int i = 0; n > 1 && i < n; i++)
 			{
@@ -1679,6 +1687,7 @@ js_regex_to_are(const char *p, int len, bool icase, bool utf8, StringInfo out)
 	{
 		unsigned char c = p[i];
 
+		CHECK_FOR_INTERRUPTS();
 		if (c == '\\')
 		{
 			if (i + 1 >= len)
@@ -1817,16 +1826,22 @@ js_regex_to_are(const char *p, int len, bool icase, bool utf8, StringInfo out)
 }
 
 /*
- * Compiled patterns, by JavaScript source and case flag.  Entries are
- * immutable once made; invalid patterns are remembered as such.  PG 15's
- * regex library allocates with malloc; later releases allocate in the
- * current memory context, hence the dedicated context.
+ * Compiled patterns, by JavaScript source and case flag, as core's
+ * RE_compile_and_cache (utils/adt/regexp.c) keeps them: each entry owns a
+ * memory context, created under CurrentMemoryContext while the pattern is
+ * compiled (so that an error on the way frees it with the query's memory),
+ * re-parented to the long-lived regex_context once the entry is complete
+ * and deleted when the entry is evicted.  The context holds the entry's
+ * source and, from PostgreSQL 16 on, the compiled regex itself (PG 15's
+ * regex library allocates with malloc; pg_regfree frees that).  Entries are
+ * immutable once made; invalid patterns are remembered as such.
  */
 #define REGEX_CACHE_SIZE 32
 
 typedef struct RegexEntry
 {
-	char	   *source;			/* NULL: slot unused */
+	MemoryContext cxt;			/* NULL: slot unused */
+	char	   *source;			/* NUL-terminated copy of the pattern */
 	int			len;
 	bool		icase;
 	bool		valid;
@@ -1841,14 +1856,15 @@ static regex_t *
 get_regex(const char *src, int len, bool icase, bool utf8)
 {
 	RegexEntry *e;
+	RegexEntry	fresh;
 	StringInfoData are;
 	MemoryContext old;
-	bool		valid = false;
+	int			rc = REG_BADPAT;
 
 	for (int i = 0; i < REGEX_CACHE_SIZE; i++)
 	{
 		e = &regex_cache[i];
-		if (e->source != NULL && e->len == len && e->icase == icase &&
+		if (e->cxt != NULL && e->len == len && e->icase == icase &&
 			memcmp(e->source, src, len) == 0)
 			return e->valid ? &e->re : NULL;
 	}
@@ -1858,45 +1874,56 @@ get_regex(const char *src, int len, bool icase, bool utf8)
 											  "experiment condition regexes",
 											  ALLOCSET_SMALL_SIZES);
 
-	/* free the slot first, so that an error below leaves it unused */
-	e = &regex_cache[regex_cache_next];
-	regex_cache_next = (regex_cache_next + 1) % REGEX_CACHE_SIZE;
-	if (e->source != NULL)
-	{
-		if (e->valid)
-			pg_regfree(&e->re);
-		pfree(e->source);
-		e->source = NULL;
-	}
-
+	memset(&fresh, 0, sizeof(fresh));
+	fresh.cxt = AllocSetContextCreate(CurrentMemoryContext,
+									  "experiment condition regex",
+									  ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(fresh.cxt);
 	initStringInfo(&are);
 	if (js_regex_to_are(src, len, icase, utf8, &are))
 	{
 		pg_wchar   *wpat = palloc(sizeof(pg_wchar) * (are.len + 1));
 		int			wlen = pg_mb2wchar_with_len(are.data, wpat, are.len);
-		int			rc;
 
-		old = MemoryContextSwitchTo(regex_context);
-		rc = pg_regcomp(&e->re, wpat, wlen,
+		rc = pg_regcomp(&fresh.re, wpat, wlen,
 						REG_ADVANCED | REG_NOSUB | (icase ? REG_ICASE : 0),
 						C_COLLATION_OID);
-		MemoryContextSwitchTo(old);
-		if (rc == REG_CANCEL)
-		{
-			CHECK_FOR_INTERRUPTS();
-			elog(ERROR, "regular expression compilation was cancelled");
-		}
-		valid = (rc == REG_OKAY);
 		pfree(wpat);
 	}
 	pfree(are.data);
+	if (rc == REG_CANCEL)
+	{
+		char		msg[128];
 
-	e->source = MemoryContextAlloc(regex_context, Max(len, 1));
-	memcpy(e->source, src, len);
-	e->len = len;
-	e->icase = icase;
-	e->valid = valid;
-	return valid ? &e->re : NULL;
+		/* a cancel, not an invalid pattern: report the cancel if pending */
+		CHECK_FOR_INTERRUPTS();
+		pg_regerror(rc, &fresh.re, msg, sizeof(msg));
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_REGULAR_EXPRESSION),
+				 errmsg("could not compile the regular expression: %s", msg)));
+	}
+	/* any other failure is an invalid pattern, which matches nothing */
+	fresh.valid = (rc == REG_OKAY);
+	fresh.source = palloc(len + 1);
+	memcpy(fresh.source, src, len);
+	fresh.source[len] = '\0';
+	fresh.len = len;
+	fresh.icase = icase;
+	MemoryContextSwitchTo(old);
+	MemoryContextSetIdentifier(fresh.cxt, fresh.source);
+	MemoryContextSetParent(fresh.cxt, regex_context);
+
+	/* the new entry is complete: evict the oldest and take its slot */
+	e = &regex_cache[regex_cache_next];
+	regex_cache_next = (regex_cache_next + 1) % REGEX_CACHE_SIZE;
+	if (e->cxt != NULL)
+	{
+		if (e->valid)
+			pg_regfree(&e->re);
+		MemoryContextDelete(e->cxt);
+	}
+	*e = fresh;
+	return e->valid ? &e->re : NULL;
 }
 
 static bool
@@ -1911,11 +1938,11 @@ regex_matches(regex_t *re, const char *s, int len)
 		return true;
 	if (rc == REG_NOMATCH)
 		return false;
-	if (rc == REG_CANCEL)
-		CHECK_FOR_INTERRUPTS();
 	{
 		char		msg[128];
 
+		/* a cancel, not a failure of the pattern: report the cancel if pending */
+		CHECK_FOR_INTERRUPTS();
 		pg_regerror(rc, re, msg, sizeof(msg));
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_REGULAR_EXPRESSION),
@@ -2160,6 +2187,7 @@ eval_or(const CondVal *obj, JsonbContainer *list, CondCtx *ctx)
 	walk_init(&w, list, false);
 	while (walk_next(&w, &v))
 	{
+		CHECK_FOR_INTERRUPTS();
 		if (eval_cond(obj, v.val.binary.data, ctx))
 			return true;
 	}
@@ -2175,6 +2203,7 @@ eval_and(const CondVal *obj, JsonbContainer *list, CondCtx *ctx)
 	walk_init(&w, list, false);
 	while (walk_next(&w, &v))
 	{
+		CHECK_FOR_INTERRUPTS();
 		if (!eval_cond(obj, v.val.binary.data, ctx))
 			return false;
 	}
@@ -2201,6 +2230,7 @@ eval_cond(const CondVal *obj, JsonbContainer *cond, CondCtx *ctx)
 	{
 		bool		ok;
 
+		CHECK_FOR_INTERRUPTS();
 		if (key_is(&k, "$or"))
 			ok = eval_or(obj, v.val.binary.data, ctx);
 		else if (key_is(&k, "$nor"))
@@ -2247,10 +2277,14 @@ is_in(const CondVal *actual, JsonbContainer *expected, bool insensitive,
 		CondVal    *lowered = palloc(sizeof(CondVal) * Max(nact, 1));
 
 		for (int i = 0; i < nexp; i++)
+		{
+			CHECK_FOR_INTERRUPTS();
 			if (exp[i].kind == CV_STR)
 				js_lower(&exp[i], &exp[i], ctx);
+		}
 		for (int j = 0; j < nact; j++)
 		{
+			CHECK_FOR_INTERRUPTS();
 			if (act[j].kind == CV_STR)
 				js_lower(&act[j], &lowered[j], ctx);
 			else
@@ -2259,9 +2293,12 @@ is_in(const CondVal *actual, JsonbContainer *expected, bool insensitive,
 		act = lowered;
 	}
 	for (int j = 0; j < nact; j++)
+	{
+		CHECK_FOR_INTERRUPTS();
 		for (int i = 0; i < nexp; i++)
 			if (js_strict_eq(&act[j], &exp[i]))
 				return true;
+	}
 	return false;
 }
 
@@ -2279,6 +2316,7 @@ elem_match(const CondVal *actual, const JsonbValue *expected, CondCtx *ctx)
 	elems = array_elems(actual->cont, &n);
 	for (int i = 0; i < n; i++)
 	{
+		CHECK_FOR_INTERRUPTS();
 		if (elems[i].kind == CV_NULL)
 			continue;
 		if (operators ? eval_value(expected, &elems[i], false, ctx) :
@@ -2307,7 +2345,10 @@ is_in_all(const CondVal *actual, JsonbContainer *expected, bool insensitive,
 		bool		found = false;
 
 		for (int i = 0; i < n && !found; i++)
+		{
+			CHECK_FOR_INTERRUPTS();
 			found = eval_value(&v, &elems[i], insensitive, ctx);
+		}
 		if (!found)
 			return false;
 	}
@@ -2514,6 +2555,7 @@ eval_value(const JsonbValue *cond, const CondVal *value, bool insensitive,
 				walk_init(&wv, c, true);
 				while (walk_next(&wk, &k) && walk_next(&wv, &v))
 				{
+					CHECK_FOR_INTERRUPTS();
 					if (!eval_operator(&k, value, &v, ctx))
 						return false;
 				}
@@ -2619,7 +2661,10 @@ validate_value(const JsonbValue *v, const char *argname)
 
 			walk_init(&we, a.val.binary.data, false);
 			while (walk_next(&we, &e))
+			{
+				CHECK_FOR_INTERRUPTS();
 				validate_value(&e, argname);
+			}
 		}
 	}
 }
@@ -2652,6 +2697,7 @@ validate_cond(JsonbContainer *cond, const char *argname)
 			walk_init(&we, v.val.binary.data, false);
 			while (walk_next(&we, &e))
 			{
+				CHECK_FOR_INTERRUPTS();
 				if (e.type != jbvBinary || !JsonContainerIsObject(e.val.binary.data))
 					invalid_condition(argname, what, &e);
 				validate_cond(e.val.binary.data, argname);
