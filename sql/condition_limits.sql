@@ -52,3 +52,18 @@ SELECT experiment.eval_condition('{"a": {"$regex": "(unclosed"}}', '{"a": "(uncl
 SELECT count(*) FILTER (WHERE ident = '(unclosed') AS invalid_cached
 FROM pg_backend_memory_contexts
 WHERE parent = 'experiment condition regexes';
+
+-- saved condition groups are validated once per call site and saved_groups
+-- value (DEBUG1 says when), not on every evaluation
+CREATE TEMP TABLE sg (i int, groups jsonb);
+INSERT INTO sg VALUES
+  (1, '{"adults": {"type": "condition", "condition": {"$or": [{"age": {"$gte": 18}}, {"guardian": true}]}}}'),
+  (2, '{"adults": {"type": "condition", "condition": {"$or": [{"age": {"$gte": 18}}, {"guardian": true}]}}}'),
+  (3, '{"adults": {"type": "condition", "condition": {"$or": {"age": 18}}}}');
+SET client_min_messages = debug1;
+SELECT i, experiment.eval_condition('{"people": {"$elemMatch": {"$savedGroup": "adults", "age": {"$exists": true}}}}',
+                                    '{"people": [{"age": 12}, {"age": 15}, {"age": 17}, {"age": 30}]}', groups)
+FROM sg WHERE i < 3 ORDER BY i;
+-- other saved groups under the same id are validated afresh
+SELECT i, experiment.eval_condition('{"$savedGroup": "adults"}', '{"age": 20}', groups) FROM sg ORDER BY i;
+RESET client_min_messages;

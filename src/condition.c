@@ -25,8 +25,10 @@
  *
  * jsonb values are read in place (JbWalk) and compared without converting
  * the attributes to another form; the only other state kept between calls
- * is a copy of the last condition found well-formed at a call site, so that
- * a constant condition is validated once per query.
+ * is a copy of the last condition found well-formed at a call site and of
+ * the last saved groups with the ids of their condition groups found
+ * well-formed (CondCache), so that constant arguments are validated once
+ * per query.
  *
  *-------------------------------------------------------------------------
  */
@@ -82,12 +84,37 @@ typedef struct VisitedGroup
 	struct VisitedGroup *next;
 } VisitedGroup;
 
+/*
+ * What one call site (fn_extra) remembers between calls, so that constant
+ * arguments are checked once per query rather than once per row: the last
+ * condition found well-formed, and for the last saved_groups value the ids
+ * of the condition groups found well-formed.  Only a cache: the bytes of an
+ * argument are compared with the copy before anything is relied on.
+ */
+typedef struct CondCache
+{
+	char	   *cond;			/* copy of the condition, or NULL */
+	Size		condlen;
+	char	   *groups;			/* copy of saved_groups, or NULL */
+	Size		groupslen;
+	int			nids;			/* condition groups of groups validated */
+	int			maxids;
+	char	  **ids;
+	int		   *idlens;
+} CondCache;
+
+/* arguments larger than this are validated on every call */
+#define COND_CACHE_MAX_BYTES (1024 * 1024)
+
 /* state of one evaluation */
 typedef struct CondCtx
 {
 	JsonbContainer *groups;		/* saved groups (an object), or NULL */
 	VisitedGroup *visited;		/* to stop cycles of $savedGroup */
 	bool		utf8;			/* database encoding is UTF-8 */
+	CondCache  *cache;			/* the call site's, or NULL */
+	MemoryContext cache_cxt;	/* where the cache lives */
+	bool		groups_cached;	/* cache->groups holds these saved groups */
 } CondCtx;
 
 /* the operators of the language */
@@ -2094,6 +2121,51 @@ group_values(const char *id, int len, CondCtx *ctx, JsonbContainer **values)
 	return false;
 }
 
+/* was condition group id of these saved groups validated at this call site? */
+static bool
+group_validated(CondCtx *ctx, const char *id, int len)
+{
+	CondCache  *c = ctx->cache;
+
+	if (!ctx->groups_cached)
+		return false;
+	for (int i = 0; i < c->nids; i++)
+	{
+		if (c->idlens[i] == len && memcmp(c->ids[i], id, len) == 0)
+			return true;
+	}
+	return false;
+}
+
+static void
+group_mark_validated(CondCtx *ctx, const char *id, int len)
+{
+	CondCache  *c = ctx->cache;
+
+	if (!ctx->groups_cached)
+		return;
+	if (c->nids == c->maxids)
+	{
+		int			newmax = Max(8, 2 * c->maxids);
+
+		if (c->ids == NULL)
+		{
+			c->ids = MemoryContextAlloc(ctx->cache_cxt, sizeof(char *) * newmax);
+			c->idlens = MemoryContextAlloc(ctx->cache_cxt, sizeof(int) * newmax);
+		}
+		else
+		{
+			c->ids = repalloc(c->ids, sizeof(char *) * newmax);
+			c->idlens = repalloc(c->idlens, sizeof(int) * newmax);
+		}
+		c->maxids = newmax;
+	}
+	c->ids[c->nids] = MemoryContextAlloc(ctx->cache_cxt, Max(len, 1));
+	memcpy(c->ids[c->nids], id, len);
+	c->idlens[c->nids] = len;
+	c->nids++;
+}
+
 /*
  * $savedGroup: the reference is a group id, or {"id": ..., "attributeKey":
  * ...}.  The group is {"type": "list", "attributeKey": path, "values": [...]}
@@ -2163,7 +2235,13 @@ eval_saved_group(const CondVal *obj, const JsonbValue *ref, CondCtx *ctx)
 		if (!object_member(entry.cont, "condition", &member) ||
 			member.kind != CV_OBJ)
 			return false;
-		validate_cond(member.cont, "saved_groups");
+		if (!group_validated(ctx, id.str, id.len))
+		{
+			validate_cond(member.cont, "saved_groups");
+			elog(DEBUG1, "experiment.eval_condition: validated saved group \"%s\"",
+				 exp_message_clip(id.str, id.len));
+			group_mark_validated(ctx, id.str, id.len);
+		}
 		node.id = id.str;
 		node.len = id.len;
 		node.next = ctx->visited;
@@ -2690,8 +2768,8 @@ validate_cond(JsonbContainer *cond, const char *argname)
 			char		what[64];
 
 			snprintf(what, sizeof(what),
-					 "\"%s\" takes an array of condition objects",
-					 pnstrdup(k.val.string.val, k.val.string.len));
+					 "\"%.*s\" takes an array of condition objects",
+					 k.val.string.len, k.val.string.val);
 			if (v.type != jbvBinary || !JsonContainerIsArray(v.val.binary.data))
 				invalid_condition(argname, what, &v);
 			walk_init(&we, v.val.binary.data, false);
@@ -2726,18 +2804,37 @@ require_object(Jsonb *jb, const char *argname)
 						   exp_message_clip(JsonbToCString(NULL, &jb->root, VARSIZE(jb)), -1))));
 }
 
-/*
- * The last condition validated through one call site (fn_extra), so that a
- * constant condition is checked once per query rather than once per row.
- * Only a cache: it is compared byte for byte before it is relied on.
- */
-typedef struct ValidatedCondition
+/* the call site's cache, created on first use */
+static CondCache *
+cond_cache(FunctionCallInfo fcinfo)
 {
-	Size		len;
-	char		data[FLEXIBLE_ARRAY_MEMBER];
-} ValidatedCondition;
+	if (fcinfo->flinfo->fn_extra == NULL)
+		fcinfo->flinfo->fn_extra = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt,
+														  sizeof(CondCache));
+	return (CondCache *) fcinfo->flinfo->fn_extra;
+}
 
-#define VALIDATED_CONDITION_MAX 65536
+/* does the cached copy hold these bytes? */
+static bool
+cache_holds(const char *copy, Size copylen, const void *bytes, Size len)
+{
+	return copy != NULL && copylen == len && memcmp(copy, bytes, len) == 0;
+}
+
+/* replace a cached copy by these bytes (none when too large) */
+static void
+cache_store(MemoryContext cxt, char **copy, Size *copylen, const void *bytes, Size len)
+{
+	if (*copy != NULL)
+		pfree(*copy);
+	*copy = NULL;
+	*copylen = 0;
+	if (len > COND_CACHE_MAX_BYTES)
+		return;
+	*copy = MemoryContextAlloc(cxt, len);
+	memcpy(*copy, bytes, len);
+	*copylen = len;
+}
 
 /*
  * experiment.eval_condition(condition jsonb, attributes jsonb,
@@ -2753,6 +2850,7 @@ exp_eval_condition(PG_FUNCTION_ARGS)
 {
 	Jsonb	   *cond = PG_GETARG_JSONB_P(0);
 	Jsonb	   *attrs = PG_GETARG_JSONB_P(1);
+	Jsonb	   *groups = NULL;
 	CondCtx		ctx;
 	CondVal		obj;
 
@@ -2761,31 +2859,34 @@ exp_eval_condition(PG_FUNCTION_ARGS)
 	ctx.groups = NULL;
 	if (PG_NARGS() > 2)
 	{
-		Jsonb	   *groups = PG_GETARG_JSONB_P(2);
-
+		groups = PG_GETARG_JSONB_P(2);
 		require_object(groups, "saved_groups");
 		ctx.groups = &groups->root;
 	}
 	ctx.utf8 = (GetDatabaseEncoding() == PG_UTF8);
 	ctx.visited = NULL;
-	{
-		ValidatedCondition *vc = (ValidatedCondition *) fcinfo->flinfo->fn_extra;
-		Size		len = VARSIZE(cond);
+	ctx.cache = cond_cache(fcinfo);
+	ctx.cache_cxt = fcinfo->flinfo->fn_mcxt;
+	ctx.groups_cached = false;
 
-		if (vc == NULL || vc->len != len || memcmp(vc->data, cond, len) != 0)
+	if (!cache_holds(ctx.cache->cond, ctx.cache->condlen, cond, VARSIZE(cond)))
+	{
+		validate_cond(&cond->root, "condition");
+		cache_store(ctx.cache_cxt, &ctx.cache->cond, &ctx.cache->condlen, cond, VARSIZE(cond));
+	}
+	if (groups != NULL)
+	{
+		CondCache  *c = ctx.cache;
+
+		if (!cache_holds(c->groups, c->groupslen, groups, VARSIZE(groups)))
 		{
-			validate_cond(&cond->root, "condition");
-			if (len <= VALIDATED_CONDITION_MAX)
-			{
-				if (vc != NULL)
-					pfree(vc);
-				vc = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt,
-										offsetof(ValidatedCondition, data) + len);
-				vc->len = len;
-				memcpy(vc->data, cond, len);
-				fcinfo->flinfo->fn_extra = vc;
-			}
+			/* other saved groups: forget which were validated */
+			for (int i = 0; i < c->nids; i++)
+				pfree(c->ids[i]);
+			c->nids = 0;
+			cache_store(ctx.cache_cxt, &c->groups, &c->groupslen, groups, VARSIZE(groups));
 		}
+		ctx.groups_cached = c->groups != NULL;
 	}
 
 	memset(&obj, 0, sizeof(obj));
