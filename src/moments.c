@@ -153,10 +153,12 @@ moments_type_oid(void)
 }
 
 /*
- * Check everything a value read from outside must satisfy.
+ * Check everything a value read from outside must satisfy.  errcode is
+ * ERRCODE_INVALID_TEXT_REPRESENTATION for the text form and
+ * ERRCODE_INVALID_BINARY_REPRESENTATION for the binary one.
  */
 static void
-moments_validate(const Moments *m)
+moments_validate(const Moments *m, int errcode_)
 {
 	int			k = m->nvars;
 	int			i,
@@ -164,31 +166,31 @@ moments_validate(const Moments *m)
 
 	if (m->version != MOMENTS_VERSION)
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				(errcode(errcode_),
 				 errmsg("unsupported experiment.moments version %d", m->version),
 				 errhint("This build reads version %d.", MOMENTS_VERSION)));
 	if (k != 1 && k != 2 && k != 4)
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				(errcode(errcode_),
 				 errmsg("experiment.moments must have 1, 2 or 4 variables, not %d", k)));
 	if (m->flags != 0)
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				(errcode(errcode_),
 				 errmsg("invalid experiment.moments flags %d", m->flags)));
 	if (m->n < 0)
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				(errcode(errcode_),
 				 errmsg("experiment.moments count must not be negative: " INT64_FORMAT, m->n)));
 	for (i = 0; i < MOMENTS_NDATA(k); i++)
 		if (!isfinite(m->data[i]))
 			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+					(errcode(errcode_),
 					 errmsg("experiment.moments values must be finite")));
 	for (i = 0; i < k; i++)
 	{
 		if (MOMENTS_COM(m, i, i) < 0)
 			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+					(errcode(errcode_),
 					 errmsg("experiment.moments co-moment (%d,%d) must not be negative", i + 1, i + 1)));
 		for (j = i + 1; j < k; j++)
 		{
@@ -196,7 +198,7 @@ moments_validate(const Moments *m)
 
 			if (fabs(MOMENTS_COM(m, i, j)) > bound * (1 + MOMENTS_CS_TOLERANCE) + 1e-300)
 				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+						(errcode(errcode_),
 						 errmsg("experiment.moments co-moment (%d,%d) exceeds the Cauchy-Schwarz bound", i + 1, j + 1)));
 		}
 	}
@@ -205,7 +207,7 @@ moments_validate(const Moments *m)
 		for (i = (m->n == 0 ? 0 : k); i < MOMENTS_NDATA(k); i++)
 			if (m->data[i] != 0)
 				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+						(errcode(errcode_),
 						 errmsg("experiment.moments with n = " INT64_FORMAT " must have zero %s",
 								m->n, m->n == 0 ? "means and co-moments" : "co-moments")));
 	}
@@ -213,6 +215,13 @@ moments_validate(const Moments *m)
 
 /* ---------- text input ---------- */
 
+/*
+ * The parser reads exactly the JSON object documented in doc/moments.md:
+ * JSON whitespace only, each of the four keys exactly once (in any order,
+ * written without escapes), strict JSON numbers (no hex, "Infinity", "NaN",
+ * leading "+" or zeros, bare "." or trailing "."), and "version" and "n" as
+ * unsigned JSON integers (digits only: no sign, fraction or exponent).
+ */
 typedef struct MomentsParser
 {
 	const char *start;
@@ -232,7 +241,8 @@ mp_error(MomentsParser *ps, const char *expected)
 static void
 mp_ws(MomentsParser *ps)
 {
-	while (isspace((unsigned char) *ps->p))
+	/* JSON whitespace (RFC 8259), not isspace(): no \v or \f */
+	while (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\n' || *ps->p == '\r')
 		ps->p++;
 }
 
@@ -254,26 +264,120 @@ mp_peek(MomentsParser *ps, char c)
 	return *ps->p == c;
 }
 
+/*
+ * The end of the JSON number that starts at p, or NULL when p does not start
+ * one.  *integer tells whether it had neither a fraction nor an exponent.
+ */
+static const char *
+mp_scan_number(const char *p, bool *integer)
+{
+	*integer = true;
+	if (*p == '-')
+		p++;
+	if (*p == '0')
+		p++;
+	else if (*p >= '1' && *p <= '9')
+		while (isdigit((unsigned char) *p))
+			p++;
+	else
+		return NULL;
+	if (*p == '.')
+	{
+		p++;
+		if (!isdigit((unsigned char) *p))
+			return NULL;
+		while (isdigit((unsigned char) *p))
+			p++;
+		*integer = false;
+	}
+	if (*p == 'e' || *p == 'E')
+	{
+		p++;
+		if (*p == '+' || *p == '-')
+			p++;
+		if (!isdigit((unsigned char) *p))
+			return NULL;
+		while (isdigit((unsigned char) *p))
+			p++;
+		*integer = false;
+	}
+	return p;
+}
+
+/*
+ * A character that cannot follow a JSON number directly: "0x10", "01", "1.e5"
+ * and "1-2" are errors at the number rather than at what follows it.
+ */
+static bool
+mp_number_junk(char c)
+{
+	return isalnum((unsigned char) c) || c == '.' || c == '+' || c == '-';
+}
+
+/* a JSON number, as the nearest double; it must be finite and not underflow to 0 */
 static double
 mp_number(MomentsParser *ps)
 {
-	char	   *end;
+	const char *end;
+	char	   *copy;
+	char	   *cend;
+	bool		integer;
+	bool		nonzero = false;
+	const char *q;
 	double		v;
 
 	mp_ws(ps);
-	if (!(*ps->p == '-' || isdigit((unsigned char) *ps->p)))
-		mp_error(ps, "a number");
+	end = mp_scan_number(ps->p, &integer);
+	if (end == NULL || mp_number_junk(*end))
+		mp_error(ps, "a JSON number");
+	/* strtod on a copy, so that it cannot read past the JSON number (0x10) */
+	copy = pnstrdup(ps->p, end - ps->p);
+	errno = 0;
 	/* strtod rounds correctly, so shortest-form output reads back exactly */
-	v = strtod(ps->p, &end);
-	if (end == ps->p)
-		mp_error(ps, "a number");
+	v = strtod(copy, &cend);
+	if (*cend != '\0')
+		mp_error(ps, "a JSON number");
 	if (!isfinite(v))
 		mp_error(ps, "a finite number");
+	for (q = ps->p; q < end && *q != 'e' && *q != 'E'; q++)
+		if (*q >= '1' && *q <= '9')
+			nonzero = true;
+	if (v == 0 && nonzero)
+		mp_error(ps, "a number within the range of double precision");
+	pfree(copy);
 	ps->p = end;
 	return v;
 }
 
-/* reads ["a","b"...] into out[], returns the count */
+/*
+ * An unsigned JSON integer (digits only) of at most PG_INT64_MAX, read
+ * exactly.  what names the field in errors.
+ */
+static int64
+mp_count(MomentsParser *ps, const char *what)
+{
+	const char *end;
+	bool		integer;
+	uint64		v = 0;
+	const char *q;
+
+	mp_ws(ps);
+	end = mp_scan_number(ps->p, &integer);
+	if (end == NULL || mp_number_junk(*end) || *ps->p == '-' || !integer)
+		mp_error(ps, what);
+	for (q = ps->p; q < end; q++)
+	{
+		int			digit = *q - '0';
+
+		if (v > ((uint64) PG_INT64_MAX - digit) / 10)
+			mp_error(ps, psprintf("%s of at most " INT64_FORMAT, what, PG_INT64_MAX));
+		v = v * 10 + digit;
+	}
+	ps->p = end;
+	return (int64) v;
+}
+
+/* reads [x, y, ...] into out[], returns the count */
 static int
 mp_array(MomentsParser *ps, double *out, int max)
 {
@@ -287,10 +391,11 @@ mp_array(MomentsParser *ps, double *out, int max)
 	}
 	for (;;)
 	{
-		double		v = mp_number(ps);
+		double		v;
 
 		if (n >= max)
 			mp_error(ps, "at most 4 variables");
+		v = mp_number(ps);
 		out[n++] = v;
 		if (mp_peek(ps, ','))
 		{
@@ -302,21 +407,40 @@ mp_array(MomentsParser *ps, double *out, int max)
 	}
 }
 
-static void
-mp_key(MomentsParser *ps, char *buf, int buflen)
+enum
 {
-	int			n = 0;
+	MP_KEY_VERSION,
+	MP_KEY_N,
+	MP_KEY_MEAN,
+	MP_KEY_COMOMENT,
+	MP_NKEYS
+};
+static const char *const mp_keys[MP_NKEYS] = {"version", "n", "mean", "comoment"};
+
+/* reads "key": and returns its MP_KEY_*; an unknown key is an error */
+static int
+mp_key(MomentsParser *ps)
+{
+	const char *key;
+	size_t		len;
+	int			i;
 
 	mp_expect(ps, '"');
-	while (*ps->p && *ps->p != '"')
-	{
-		if (n < buflen - 1)
-			buf[n++] = *ps->p;
+	key = ps->p;
+	while (*ps->p && *ps->p != '"' && *ps->p != '\\')
 		ps->p++;
+	len = ps->p - key;
+	for (i = 0; i < MP_NKEYS; i++)
+		if (strlen(mp_keys[i]) == len && strncmp(key, mp_keys[i], len) == 0)
+			break;
+	if (i == MP_NKEYS || *ps->p != '"')
+	{
+		ps->p = key - 1;
+		mp_error(ps, "one of the keys \"version\", \"n\", \"mean\", \"comoment\"");
 	}
-	buf[n] = 0;
-	mp_expect(ps, '"');
+	ps->p++;
 	mp_expect(ps, ':');
+	return i;
 }
 
 /*
@@ -330,11 +454,12 @@ moments_in(PG_FUNCTION_ARGS)
 	MomentsParser ps = {str, str};
 	double		mean[MOMENTS_MAX_VARS];
 	double		com[MOMENTS_MAX_VARS][MOMENTS_MAX_VARS];
-	int			nmean = -1,
-				nrows = -1;
+	int			nmean = 0,
+				nrows = 0;
 	int			ncols[MOMENTS_MAX_VARS];
-	double		version = -1,
-				n = -1;
+	bool		seen[MP_NKEYS] = {false, false, false, false};
+	int64		version = 0,
+				n = 0;
 	Moments    *m;
 	int			i,
 				j,
@@ -343,43 +468,50 @@ moments_in(PG_FUNCTION_ARGS)
 	mp_expect(&ps, '{');
 	for (;;)
 	{
-		char		key[16];
+		const char *at;
+		int			key;
 
-		mp_key(&ps, key, sizeof(key));
-		if (strcmp(key, "version") == 0 && version < 0)
-			version = mp_number(&ps);
-		else if (strcmp(key, "n") == 0 && n < 0)
+		mp_ws(&ps);
+		at = ps.p;
+		key = mp_key(&ps);
+		if (seen[key])
 		{
-			n = mp_number(&ps);
-			if (n < 0 || n != floor(n) || n > 9.2e18)
-				mp_error(&ps, "a non-negative whole count");
+			ps.p = at;
+			mp_error(&ps, psprintf("each key once, not a second \"%s\"", mp_keys[key]));
 		}
-		else if (strcmp(key, "mean") == 0 && nmean < 0)
-			nmean = mp_array(&ps, mean, MOMENTS_MAX_VARS);
-		else if (strcmp(key, "comoment") == 0 && nrows < 0)
+		seen[key] = true;
+		switch (key)
 		{
-			nrows = 0;
-			mp_expect(&ps, '[');
-			if (!mp_peek(&ps, ']'))
-			{
-				for (;;)
+			case MP_KEY_VERSION:
+				version = mp_count(&ps, "a version number");
+				break;
+			case MP_KEY_N:
+				n = mp_count(&ps, "a non-negative whole count");
+				break;
+			case MP_KEY_MEAN:
+				nmean = mp_array(&ps, mean, MOMENTS_MAX_VARS);
+				break;
+			case MP_KEY_COMOMENT:
+				mp_expect(&ps, '[');
+				if (!mp_peek(&ps, ']'))
 				{
-					if (nrows >= MOMENTS_MAX_VARS)
-						mp_error(&ps, "at most 4 rows");
-					ncols[nrows] = mp_array(&ps, com[nrows], MOMENTS_MAX_VARS);
-					nrows++;
-					if (mp_peek(&ps, ','))
+					for (;;)
 					{
-						ps.p++;
-						continue;
+						if (nrows >= MOMENTS_MAX_VARS)
+							mp_error(&ps, "at most 4 rows");
+						ncols[nrows] = mp_array(&ps, com[nrows], MOMENTS_MAX_VARS);
+						nrows++;
+						if (mp_peek(&ps, ','))
+						{
+							ps.p++;
+							continue;
+						}
+						break;
 					}
-					break;
 				}
-			}
-			mp_expect(&ps, ']');
+				mp_expect(&ps, ']');
+				break;
 		}
-		else
-			mp_error(&ps, "one each of the keys \"version\", \"n\", \"mean\", \"comoment\"");
 		if (mp_peek(&ps, ','))
 		{
 			ps.p++;
@@ -391,12 +523,13 @@ moments_in(PG_FUNCTION_ARGS)
 	mp_ws(&ps);
 	if (*ps.p != '\0')
 		mp_error(&ps, "end of input");
-	if (version < 0 || n < 0 || nmean < 0 || nrows < 0)
-		mp_error(&ps, "all of the keys \"version\", \"n\", \"mean\", \"comoment\"");
+	for (i = 0; i < MP_NKEYS; i++)
+		if (!seen[i])
+			mp_error(&ps, "all of the keys \"version\", \"n\", \"mean\", \"comoment\"");
 	if (version != MOMENTS_VERSION)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
-				 errmsg("unsupported experiment.moments version %g", version),
+				 errmsg("unsupported experiment.moments version " INT64_FORMAT, version),
 				 errhint("This build reads version %d.", MOMENTS_VERSION)));
 	k = nmean;
 	if (k != 1 && k != 2 && k != 4)
@@ -420,24 +553,27 @@ moments_in(PG_FUNCTION_ARGS)
 						 errmsg("experiment.moments comoment matrix must be symmetric")));
 
 	m = moments_new(k);
-	m->n = (int64) n;
+	m->n = n;
 	for (i = 0; i < k; i++)
 	{
 		m->data[i] = mean[i];
 		for (j = i; j < k; j++)
 			m->data[MOMENTS_CIDX(k, i, j)] = com[i][j];
 	}
-	moments_validate(m);
+	moments_validate(m, ERRCODE_INVALID_TEXT_REPRESENTATION);
 	PG_RETURN_MOMENTS_P(m);
 }
 
+/*
+ * Shortest decimal that reads back as exactly v (Ryu, as float8out with
+ * extra_float_digits > 0).  Negative zero keeps its sign ("-0"), so that the
+ * text form round-trips bit for bit.
+ */
 static void
 append_float8(StringInfo buf, double v)
 {
 	char		tmp[DOUBLE_SHORTEST_DECIMAL_LEN];
 
-	if (v == 0)
-		v = 0;					/* no "-0" */
 	double_to_shortest_decimal_buf(v, tmp);
 	appendStringInfoString(buf, tmp);
 }
@@ -480,32 +616,49 @@ moments_out(PG_FUNCTION_ARGS)
 }
 
 /*
- * moments_recv: binary form -> experiment.moments, validated.
- * Layout: version (1 byte), nvars (1 byte), n (int8), then the data doubles.
+ * moments_recv: binary form -> experiment.moments, validated as strictly as
+ * the text form.  Layout: version (1 byte), nvars (1 byte), n (int8), then
+ * the means and the upper triangle of the co-moments (float8 each); nothing
+ * may follow.  Errors are 22P03 (invalid_binary_representation).
  */
 PG_FUNCTION_INFO_V1(moments_recv);
 Datum
 moments_recv(PG_FUNCTION_ARGS)
 {
 	StringInfo	buf = (StringInfo) PG_GETARG_POINTER(0);
-	int			version = pq_getmsgbyte(buf);
-	int			k = pq_getmsgbyte(buf);
+	int			version;
+	int			k;
+	int			have;
 	Moments    *m;
 	int			i;
 
+	if (buf->len - buf->cursor < 2)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+				 errmsg("experiment.moments binary value too short: %d bytes", buf->len - buf->cursor)));
+	version = pq_getmsgbyte(buf);
+	k = pq_getmsgbyte(buf);
 	if (version != MOMENTS_VERSION)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
-				 errmsg("unsupported experiment.moments version %d", version)));
+				 errmsg("unsupported experiment.moments version %d", version),
+				 errhint("This build reads version %d.", MOMENTS_VERSION)));
 	if (k != 1 && k != 2 && k != 4)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
 				 errmsg("experiment.moments must have 1, 2 or 4 variables, not %d", k)));
+	have = buf->len - buf->cursor;
+	if (have != (int) (sizeof(int64) + sizeof(float8) * MOMENTS_NDATA(k)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+				 errmsg("experiment.moments binary value has %d bytes after its header, not the %d that a variable count of %d needs",
+						have, (int) (sizeof(int64) + sizeof(float8) * MOMENTS_NDATA(k)), k)));
 	m = moments_new(k);
 	m->n = pq_getmsgint64(buf);
 	for (i = 0; i < MOMENTS_NDATA(k); i++)
 		m->data[i] = pq_getmsgfloat8(buf);
-	moments_validate(m);
+	pq_getmsgend(buf);
+	moments_validate(m, ERRCODE_INVALID_BINARY_REPRESENTATION);
 	PG_RETURN_MOMENTS_P(m);
 }
 

@@ -36,6 +36,14 @@ nonfinite_error(double v, const char *arg)
 			 errhint("Filter out or replace non-finite values before aggregating.")));
 }
 
+pg_noreturn static void
+count_overflow_error(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+			 errmsg("moments count out of range")));
+}
+
 /*
  * Add one observation x[0..k-1] to m.
  */
@@ -48,10 +56,13 @@ moments_accum_row(Moments *m, const double *x, int k)
 	 * 1/n' costs an order of magnitude of accuracy in the variance of data
 	 * with a large mean (1e-8 instead of 1e-9 relative for 1e9 + N(0,1)).
 	 */
-	double		n1 = (double) (m->n + 1);
+	double		n1;
 	int			i,
 				j;
 
+	if (unlikely(m->n == PG_INT64_MAX))
+		count_overflow_error();
+	n1 = (double) (m->n + 1);
 	for (i = 0; i < k; i++)
 	{
 		d[i] = x[i] - m->data[i];

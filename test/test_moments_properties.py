@@ -144,8 +144,8 @@ hostile = {
     "negative n": (one(1, 1, -5, [1, 1]), "negative"),
     "NaN mean": (one(1, 1, 2, [float("nan"), 1]), "finite"),
     "negative variance": (one(1, 1, 2, [1, -1]), "negative"),
-    "truncated": (one(1, 2, 2, [1, 1, 1]), "insufficient data"),
-    "trailing bytes": (one(1, 1, 2, [1, 1]) + b"\x00", "incorrect binary data format"),
+    "truncated": (one(1, 2, 2, [1, 1, 1]), "has 32 bytes after its header, not the 48"),
+    "trailing bytes": (one(1, 1, 2, [1, 1]) + b"\x00", "has 25 bytes after its header, not the 24"),
     "cauchy-schwarz": (one(1, 2, 3, [0, 0, 1, 5, 1]), "Cauchy-Schwarz"),
 }
 for label, (payload, needle) in hostile.items():
@@ -154,5 +154,6 @@ for label, (payload, needle) in hostile.items():
         ck.check(False, "hostile binary input accepted: %s" % label)
     except psycopg2.Error as e:
         ck.check(needle.lower() in str(e).lower(), "hostile binary %s: error %r lacks %r" % (label, str(e), needle))
+        ck.check(e.pgcode == "22P03", "hostile binary %s: SQLSTATE %s, want 22P03" % (label, e.pgcode))
 
 ck.report()
