@@ -20,15 +20,26 @@ SDK_DIR = os.path.join(PROJECT_ROOT, "test", "sdk")
 N_USERS = 6000
 
 
+def missing(why):
+    """The SDK cannot run here: a skip on a developer's machine, a failure in
+    CI (CI=true), where the SDK must be there."""
+    if os.environ.get("CI") == "true":
+        print("FAIL: %s (CI=true: the GrowthBook SDK check may not be skipped)" % why)
+        sys.exit(1)
+    skip(why)
+
+
 def ensure_sdk():
     node = shutil.which("node")
     npm = shutil.which("npm")
     if not node or not npm:
-        skip("node or npm is not installed")
+        missing("node or npm is not installed")
     if not os.path.isdir(os.path.join(SDK_DIR, "node_modules", "@growthbook", "growthbook")):
         print("installing the GrowthBook SDK: npm ci in test/sdk", flush=True)
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=SDK_DIR, check=True,
-                       stdout=sys.stdout, stderr=sys.stderr)
+        r = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=SDK_DIR,
+                           stdout=sys.stdout, stderr=sys.stderr)
+        if r.returncode != 0 or not os.path.isdir(os.path.join(SDK_DIR, "node_modules", "@growthbook", "growthbook")):
+            missing("npm ci in test/sdk failed (exit %d)" % r.returncode)
     return node
 
 
@@ -111,6 +122,17 @@ def main():
             " FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS u(doc, ord) ORDER BY u.ord",
             (key, json.dumps(users)))
         sql_rows[key] = [r[1] for r in cur.fetchall()]
+
+    # the comparisons below index row by row: first make sure no row is missing
+    # or extra on either side, so that a short answer cannot pass unnoticed
+    ck.check(len(sdk) == len(users), "the SDK answered for %d users, want %d" % (len(sdk), len(users)))
+    bad_rows = [i for i, row in enumerate(sdk) if len(row) != len(feature_keys)]
+    ck.check(not bad_rows, "SDK rows without one answer per experiment: %r" % bad_rows[:5])
+    for key in feature_keys:
+        ck.check(len(sql_rows[key]) == len(users), "%s: SQL answered for %d users, want %d"
+                 % (key, len(sql_rows[key]), len(users)))
+    if len(sdk) != len(users) or bad_rows or any(len(r) != len(users) for r in sql_rows.values()):
+        ck.report()
 
     for j, key in enumerate(feature_keys):
         mismatches = [(users[i]["id"], sdk[i][j], sql_rows[key][i])
