@@ -98,3 +98,5 @@ SELECT regress_support.err($$INSERT INTO experiment.variants (experiment_id, nam
 SELECT regress_support.err($$SELECT experiment.refresh('br-nocontrol')$$);
 DROP TABLE bad_rows.events;
 SELECT regexp_replace(regress_support.err($$SELECT experiment.refresh('br')$$), 'oid [0-9]+', 'oid N');
+-- (stopped, so that later tests' refresh_all() leaves it alone)
+UPDATE experiment.experiments SET status = 'stopped' WHERE id = 'br';

@@ -19,7 +19,7 @@ KNOWN="moments_accum1 moments_accum2 moments_accum4 moments_add moments_check_fi
 moments_combine moments_copy moments_covariance moments_covariance_fn moments_eq
 moments_from_sums1 moments_from_sums2 moments_in moments_mean moments_merge_into moments_n
 moments_ne moments_new moments_out moments_pair_accum moments_pair_combine moments_recv
-moments_send moments_type_oid moments_variance moments_variance_fn source_unit_values"
+moments_send moments_type_oid moments_variance moments_variance_fn"
 
 exported=$(nm -D --defined-only "$so" | awk '{print $NF}' | sort -u)
 n=$(echo "$exported" | grep -c .)

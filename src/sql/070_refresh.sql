@@ -41,8 +41,8 @@ CREATE TABLE experiment.variant_stats (
   moments experiment.moments,
   cuped_moments experiment.moments,
   cap float8,
-  skipped_values bigint NOT NULL DEFAULT 0,
   refreshed_at timestamptz NOT NULL,
+  skipped_values bigint NOT NULL DEFAULT 0,
   PRIMARY KEY (experiment_id, metric, variant)
 );
 COMMENT ON TABLE experiment.variant_stats IS
