@@ -57,6 +57,8 @@ expected_positive_part(double mu, double sd)
 {
 	double		z = mu / sd;
 
+	if (isinf(z))
+		return z > 0 ? mu : 0.0;	/* sd negligible beside |mu| */
 	if (z >= 0)
 		return mu * gsl_cdf_ugaussian_P(z) + sd * gsl_ran_ugaussian_pdf(z);
 	return sd * gsl_cdf_ugaussian_Q(-z) * (gsl_sf_hazard(-z) + z);
@@ -98,10 +100,10 @@ exp_bayesian(PG_FUNCTION_ARGS)
 	prior_mean = PG_GETARG_FLOAT8(1);
 	relative = PG_GETARG_BOOL(3);
 	alpha = PG_GETARG_FLOAT8(4);
-	if (!(alpha >= 1e-300 && alpha < 1))
+	if (!(alpha >= EXP_MIN_PROBABILITY && alpha < 1))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("alpha must be in (0, 1), got %g", alpha),
+				 errmsg("alpha must be in [1e-300, 1), got %g", alpha),
 				 errhint("The credible interval has probability 1 - alpha.")));
 	if (!isfinite(prior_mean))
 		ereport(ERROR,
@@ -136,16 +138,21 @@ exp_bayesian(PG_FUNCTION_ARGS)
 		{
 			double		pm = prior_mean,
 						pv = prior_var,
-						prec;
+						vsum;
 
 			if (!relative)
 			{
 				pm *= fabs(mean_c);
 				pv *= mean_c * mean_c;
 			}
-			prec = 1.0 / lik_var + 1.0 / pv;
-			post_var = 1.0 / prec;
-			post_mean = (est / lik_var + pm / pv) * post_var;
+			/*
+			 * precision-weighted mean, written with the weights pv/(lv+pv)
+			 * and lv/(lv+pv) so that a large mean or a tiny variance does not
+			 * overflow 1/variance
+			 */
+			vsum = lik_var + pv;
+			post_var = (lik_var / vsum) * pv;
+			post_mean = est * (pv / vsum) + pm * (lik_var / vsum);
 			if (!(pv > 0) || !isfinite(pv))
 				post_var = get_float8_nan();	/* mu_c = 0: no absolute prior */
 		}

@@ -77,6 +77,12 @@ typedef enum
 	ALT_LESS
 } Alternative;
 
+/*
+ * The smallest alpha (and power) accepted: below it the normal and t
+ * quantiles are no longer representable; the range is [1e-300, 1).
+ */
+#define EXP_MIN_PROBABILITY 1e-300
+
 extern Alternative exp_parse_alternative(const char *s);
 extern void exp_check_tuning(double tuning);
 extern double exp_seq_halfwidth(double se, double n, double alpha, double tuning, bool two_sided);

@@ -143,10 +143,10 @@ exp_gst_alpha(PG_FUNCTION_ARGS)
 	Datum	   *out;
 	Grid		g = {0, 0, 0, NULL};
 
-	if (!(alpha >= 1e-300 && alpha < 1))
+	if (!(alpha >= EXP_MIN_PROBABILITY && alpha < 1))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("alpha must be in (0, 1), got %g", alpha)));
+				 errmsg("alpha must be in [1e-300, 1), got %g", alpha)));
 	if (sides != 1 && sides != 2)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

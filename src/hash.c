@@ -244,7 +244,8 @@ check_not_nan(double x, const char *name)
 }
 
 /*
- * The elements of a float8 array of at most one dimension, with no NULLs;
+ * The elements of a float8 array of at most one dimension, with no NULLs,
+ * each finite and >= 0 (weights);
  * name is the argument's name for error messages.
  */
 static double *
@@ -270,7 +271,10 @@ float8_array_values(ArrayType *arr, const char *name, int *n)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("%s must not contain NULL (element %d is NULL)", name, i + 1)));
 		out[i] = DatumGetFloat8(elems[i]);
-		check_not_nan(out[i], name);
+		if (!(out[i] >= 0) || !isfinite(out[i]))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s[%d] must be a finite number >= 0, got %g", name, i + 1, out[i])));
 	}
 	return out;
 }

@@ -279,10 +279,10 @@ exp_adjusted_interval(PG_FUNCTION_ARGS)
 	Datum		values[2];
 	bool		nulls[2] = {false, false};
 
-	if (!(alpha >= 1e-300 && alpha < 1))
+	if (!(alpha >= EXP_MIN_PROBABILITY && alpha < 1))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("alpha must be in (0, 1), got %g", alpha)));
+				 errmsg("alpha must be in [1e-300, 1), got %g", alpha)));
 	if (!(p >= 0 && p <= 1))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -301,7 +301,8 @@ exp_adjusted_interval(PG_FUNCTION_ARGS)
 	}
 	else
 	{
-		double		half = gsl_cdf_ugaussian_Qinv(alpha / 2) * fabs(est) / zp;
+		/* the ratio of the quantiles first: |est| near DBL_MAX must not overflow */
+		double		half = fabs(est) * (gsl_cdf_ugaussian_Qinv(alpha / 2) / zp);
 
 		lower = est - half;
 		upper = est + half;

@@ -30,6 +30,21 @@
 
 #include "experiment.h"
 
+/*
+ * alpha and power: in [EXP_MIN_PROBABILITY, 1), as alpha everywhere else
+ * (a smaller value has no representable normal quantile worth planning for)
+ */
+static void
+check_probability(double v, const char *argname)
+{
+	if (!(v >= EXP_MIN_PROBABILITY && v < 1))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be in [1e-300, 1), got %g", argname, v),
+				 v >= 1 && v <= 100 ?
+				 errhint("%s is a proportion: write 0.80 for 80%%.", argname) : 0));
+}
+
 static void
 check_open_unit(double v, const char *argname)
 {
@@ -80,6 +95,8 @@ ceil_to_int64(double v)
 {
 	double		c = ceil(v);
 
+	if (isnan(v))
+		elog(ERROR, "the required sample size is undefined");
 	if (!(c < 9.2e18))
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
@@ -218,8 +235,8 @@ exp_required_n(PG_FUNCTION_ARGS)
 	power = PG_GETARG_FLOAT8(3);
 	check_open_unit(p1, "baseline");
 	check_mde(p1, d);
-	check_open_unit(alpha, "alpha");
-	check_open_unit(power, "power");
+	check_probability(alpha, "alpha");
+	check_probability(power, "power");
 	get_design(fcinfo, 4, alpha, &dz);
 	pp.dz = &dz;
 	pp.p1 = p1;
@@ -233,7 +250,10 @@ exp_required_n(PG_FUNCTION_ARGS)
 
 		prop_sds(p1, d, &sd0, &sd1);
 		s = critical(&dz, 0) * sd0 + pp.zb * sd1;
-		PG_RETURN_INT64(ceil_to_int64(s * s / (d * d)));
+		/* s <= 0: a power below alpha/2 that any sample reaches */
+		if (s <= 0)
+			PG_RETURN_INT64(1);
+		PG_RETURN_INT64(Max(1, ceil_to_int64(s * s / (d * d))));
 	}
 	n = solve_n(prop_margin, &pp);
 	if (n < 0)
@@ -289,17 +309,23 @@ exp_required_n_mean(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("mde must be a non-zero finite number, got %g", d)));
-	check_open_unit(alpha, "alpha");
-	check_open_unit(power, "power");
+	check_probability(alpha, "alpha");
+	check_probability(power, "power");
 	get_design(fcinfo, 4, alpha, &dz);
 	mp.dz = &dz;
 	mp.ratio = fabs(d) / sd;
 	mp.zb = gsl_cdf_ugaussian_Pinv(power);
 	if (isnan(dz.tuning))
 	{
-		double		s = (critical(&dz, 0) + mp.zb) * (sd / d);
+		double		s = critical(&dz, 0) + mp.zb,
+					n_fixed;
 
-		PG_RETURN_INT64(ceil_to_int64(2 * s * s));
+		/* s <= 0: a power below alpha/2 that any sample reaches */
+		if (s <= 0)
+			PG_RETURN_INT64(1);
+		/* 2 (s / ratio)^2; ratio may be Infinity (1) or 0 (out of range) */
+		n_fixed = 2 * (s / mp.ratio) * (s / mp.ratio);
+		PG_RETURN_INT64(Max(1, ceil_to_int64(n_fixed)));
 	}
 	n = solve_n(mean_margin, &mp);
 	if (n < 0 || !(mp.ratio > 0))
@@ -337,8 +363,8 @@ exp_mde_prop(PG_FUNCTION_ARGS)
 	power = PG_GETARG_FLOAT8(3);
 	check_n(n);
 	check_open_unit(p1, "baseline");
-	check_open_unit(alpha, "alpha");
-	check_open_unit(power, "power");
+	check_probability(alpha, "alpha");
+	check_probability(power, "power");
 	get_design(fcinfo, 4, alpha, &dz);
 	pp.dz = &dz;
 	pp.p1 = p1;
@@ -394,7 +420,7 @@ exp_power_prop(PG_FUNCTION_ARGS)
 	check_n(n);
 	check_open_unit(p1, "baseline");
 	check_mde(p1, d);
-	check_open_unit(alpha, "alpha");
+	check_probability(alpha, "alpha");
 	get_design(fcinfo, 4, alpha, &dz);
 	prop_sds(p1, d, &sd0, &sd1);
 	if (isnan(dz.tuning))

@@ -264,10 +264,10 @@ ref_isf(double p, double df)
 static void
 check_alpha(double alpha)
 {
-	if (!(alpha >= 1e-300 && alpha < 1))
+	if (!(alpha >= EXP_MIN_PROBABILITY && alpha < 1))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("alpha must be in (0, 1), got %g", alpha),
+				 errmsg("alpha must be in [1e-300, 1), got %g", alpha),
 				 errhint("alpha is the significance level, e.g. 0.05 for a 95%% confidence interval.")));
 }
 
@@ -305,14 +305,18 @@ exp_parse_alternative(const char *s)
 	return ALT_TWO_SIDED;		/* keep the compiler quiet */
 }
 
-/* sequential_tuning: the expected total sample size N*, positive and finite */
+/*
+ * sequential_tuning: the expected total sample size N*, in [1, 1e15] (the
+ * planning functions' range of sample sizes; far outside it the sequence's
+ * rho overflows or underflows)
+ */
 void
 exp_check_tuning(double tuning)
 {
-	if (!(tuning > 0 && isfinite(tuning)))
+	if (!(tuning >= 1 && tuning <= 1e15))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("sequential_tuning must be a positive number, got %g", tuning),
+				 errmsg("sequential_tuning must be in [1, 1e15], got %g", tuning),
 				 errhint("It is the expected total sample size N* of the experiment, e.g. 20000; NULL is the fixed-horizon test.")));
 }
 
@@ -956,9 +960,20 @@ exp_cuped_theta(PG_FUNCTION_ARGS)
 	PG_RETURN_FLOAT8(theta);
 }
 
+/* a finite float8 argument of cuped_adjust */
+static void
+check_finite_arg(double v, const char *argname)
+{
+	if (!isfinite(v))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be finite, got %g", argname, v)));
+}
+
 /*
  * cuped_adjust(y, x, theta, mean_x): the CUPED-adjusted value
- * y - theta (x - mean_x).
+ * y - theta (x - mean_x).  Every argument must be finite; a result beyond
+ * the range of float8 is an error, as in float8 arithmetic.
  */
 PG_FUNCTION_INFO_V1(exp_cuped_adjust_value);
 Datum
@@ -968,8 +983,19 @@ exp_cuped_adjust_value(PG_FUNCTION_ARGS)
 	double		x = PG_GETARG_FLOAT8(1);
 	double		theta = PG_GETARG_FLOAT8(2);
 	double		mean_x = PG_GETARG_FLOAT8(3);
+	double		r;
 
-	PG_RETURN_FLOAT8(y - theta * (x - mean_x));
+	check_finite_arg(y, "y");
+	check_finite_arg(x, "x");
+	check_finite_arg(theta, "theta");
+	check_finite_arg(mean_x, "mean_x");
+	r = y - theta * (x - mean_x);
+	if (!isfinite(r))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("cuped_adjust: the adjusted value %g - %g * (%g - %g) is out of the range of float8",
+						y, theta, x, mean_x)));
+	PG_RETURN_FLOAT8(r);
 }
 
 /*
