@@ -52,18 +52,22 @@ CREATE FUNCTION experiment.format_signed(x float8, suffix text DEFAULT '', scale
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
+  -- x * scale in numeric: in float8 it overflows (1e307 * 100) or underflows
   SELECT CASE
     WHEN x IS NULL AND suffix = '%' THEN NULL   -- an undefined lift is left out
     WHEN x IS NULL THEN 'n/a'
     WHEN x = 'NaN'::float8 THEN 'n/a'
-    WHEN abs(x * scale) = 'Infinity'::float8 THEN CASE WHEN x > 0 THEN '+' ELSE '-' END || 'Infinity' || suffix
-    WHEN abs(x * scale) >= 1e15 THEN CASE WHEN x > 0 THEN '+' ELSE '' END || btrim(to_char(x * scale, '9.99EEEE')) || suffix
-    WHEN decimals IS NULL THEN CASE WHEN x * scale >= 0 THEN '+' ELSE '' END || experiment.format_number(x * scale) || suffix
-    ELSE CASE WHEN round((x * scale)::numeric, decimals) >= 0 THEN '+' ELSE '' END
-         || to_char(round((x * scale)::numeric, decimals),
+    WHEN abs(x) = 'Infinity'::float8 THEN CASE WHEN x > 0 THEN '+' ELSE '-' END || 'Infinity' || suffix
+    -- rounded to 3 significant digits first: numeric to_char would print 9.999e16 as 10.00e+16
+    WHEN abs(v) >= 1e15 THEN CASE WHEN v > 0 THEN '+' ELSE '' END
+                             || btrim(to_char(round(v, 2 - floor(log(abs(v)))::integer), '9.99EEEE')) || suffix
+    WHEN decimals IS NULL THEN CASE WHEN v >= 0 THEN '+' ELSE '' END || experiment.format_number(v::float8) || suffix
+    ELSE CASE WHEN round(v, decimals) >= 0 THEN '+' ELSE '' END
+         || to_char(round(v, decimals),
                     'FM999,999,999,999,990' || CASE WHEN decimals > 0 THEN '.' || repeat('0', decimals) ELSE '' END)
          || suffix
   END
+  FROM (SELECT CASE WHEN abs(x) < 'Infinity'::float8 THEN x::numeric * scale::numeric END AS v) s
 $$;
 COMMENT ON FUNCTION experiment.format_signed(float8, text, float8, integer) IS
   'internal: x * scale with an explicit sign and a suffix (''%'', ''pp''), to a fixed number of decimals when given';
@@ -89,7 +93,9 @@ CREATE FUNCTION experiment.format_percent(x float8) RETURNS text
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
-  SELECT to_char(round((x * 100)::numeric, 1), 'FM990.0')
+  SELECT CASE WHEN abs(v) >= 1e15 THEN btrim(to_char(round(v, 2 - floor(log(abs(v)))::integer), '9.99EEEE'))
+              ELSE to_char(round(v, 1), 'FM999,999,999,999,990.0') END
+  FROM (SELECT CASE WHEN abs(x) < 'Infinity'::float8 THEN x::numeric * 100 END AS v) s
 $$;
 COMMENT ON FUNCTION experiment.format_percent(float8) IS 'internal: a share as a percentage with one decimal, e.g. 5.1 for 0.0512';
 
@@ -114,7 +120,9 @@ DECLARE
   scale float8 := CASE WHEN pp THEN 100 ELSE 1 END;
   suffix text := CASE WHEN pp THEN 'pp' ELSE '' END;
   dec integer := CASE WHEN pp
-    THEN greatest(1, experiment.format_decimals(ARRAY[diff * 100, diff_lower * 100, diff_upper * 100], 2))
+    -- beyond 1e300 the values print in scientific notation, and * 100 could overflow
+    THEN greatest(1, experiment.format_decimals(
+           ARRAY(SELECT v * 100 FROM unnest(ARRAY[diff, diff_lower, diff_upper]) v WHERE abs(v) < 1e300), 2))
     ELSE experiment.format_decimals(ARRAY[diff, diff_lower, diff_upper], 4) END;
 BEGIN
   diff_text := experiment.format_signed(diff, suffix, scale, dec);
