@@ -33,6 +33,8 @@ SELECT experiment.variant_ranges('statsig', ARRAY[1.0 / 3, 1.0 / 3, 1.0 / 3]::fl
        experiment.variant_ranges('sha256', '{}') AS no_variants;
 SELECT pg_temp.try($$SELECT experiment.variant_ranges('crc32', ARRAY[0.5, 0.5])$$);
 SELECT pg_temp.try($$SELECT experiment.variant_ranges('sha256', ARRAY[0.5, 0.5], 1.5)$$);
+SELECT pg_temp.try($$SELECT experiment.variant_ranges('sha256', ARRAY[0.5, 0.5], 5e-324)$$);
+SELECT experiment.variant_ranges('sha256', ARRAY[0.5, 0.5], 1e-6);
 SELECT pg_temp.try($$SELECT experiment.variant_ranges('sha256', ARRAY[0.5, -0.5])$$);
 SELECT experiment.create_experiment('ra-decimal',
   '[{"name": "a", "allocation": 0.1, "is_control": true}, {"name": "b", "allocation": 0.2}, {"name": "c", "allocation": 0.7}]',

@@ -22,6 +22,7 @@ SELECT pg_temp.try($$INSERT INTO experiment.experiments (id, status) VALUES ('rt
 SELECT pg_temp.try($$INSERT INTO experiment.experiments (id, traffic) VALUES ('rt-x', 1.5)$$);
 SELECT pg_temp.try($$INSERT INTO experiment.experiments (id, traffic) VALUES ('rt-x', -0.1)$$);
 SELECT pg_temp.try($$INSERT INTO experiment.experiments (id, traffic) VALUES ('rt-x', 'NaN')$$);
+SELECT pg_temp.try($$INSERT INTO experiment.experiments (id, traffic) VALUES ('rt-x', 5e-324)$$);
 SELECT pg_temp.try($$INSERT INTO experiment.experiments (id, layer) VALUES ('rt-x', 'L')$$);
 SELECT pg_temp.try($$INSERT INTO experiment.experiments (id, layer, layer_start) VALUES ('rt-x', 'L', 0)$$);
 SELECT pg_temp.try($$INSERT INTO experiment.experiments (id, layer_start, layer_end) VALUES ('rt-x', 0, 0.5)$$);

@@ -285,9 +285,10 @@ BEGIN
                                             ARRAY(SELECT h.scheme FROM experiment.hash_schemes() h),
                                             format('experiment "%s"', NEW.id));
   END IF;
-  IF NEW.traffic IS NULL OR NOT (NEW.traffic >= 0 AND NEW.traffic <= 1) THEN
+  -- below one unit in a million a traffic share is no ramp but an underflow
+  IF NEW.traffic IS NULL OR NOT (NEW.traffic = 0 OR (NEW.traffic >= 1e-6 AND NEW.traffic <= 1)) THEN
     PERFORM experiment.raise_invalid_value(format('traffic of experiment "%s"', NEW.id), NEW.traffic::text,
-                                           'in [0, 1]');
+                                           '0 or in [1e-6, 1]');
   END IF;
   IF NEW.id IS NULL OR NEW.id = '' THEN
     PERFORM experiment.raise_invalid_value('id of an experiment', quote_nullable(NEW.id), 'a non-empty text');
@@ -711,8 +712,8 @@ BEGIN
     PERFORM experiment.raise_invalid_choice('hash_scheme', hash_scheme,
                                             ARRAY(SELECT h.scheme FROM experiment.hash_schemes() h));
   END IF;
-  IF NOT (traffic >= 0 AND traffic <= 1) THEN
-    RAISE EXCEPTION 'traffic must be in [0, 1], got %', traffic USING ERRCODE = 'invalid_parameter_value';
+  IF NOT (traffic = 0 OR (traffic >= 1e-6 AND traffic <= 1)) THEN
+    RAISE EXCEPTION 'traffic must be 0 or in [1e-6, 1], got %', traffic USING ERRCODE = 'invalid_parameter_value';
   END IF;
   FOR i IN 1 .. n LOOP
     IF NOT (allocations[i] >= 0 AND allocations[i] <= 1) THEN
