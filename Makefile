@@ -1,7 +1,8 @@
 # Makefile for the experiment extension (PGXS).
 #
 #   make && make install          build and install into the server of $(PG_CONFIG)
-#   make installcheck             run the pg_regress suite (sql/ -> expected/)
+#   make installcheck             run the pg_regress suite (sql/ -> expected/) and the
+#                                 isolation specs (specs/ -> expected/)
 #   bash scripts/test.sh          the whole suite on a throwaway cluster
 
 EXTENSION = experiment
@@ -18,13 +19,17 @@ DATA = $(wildcard src/upgrade/$(EXTENSION)--*--*.sql)
 
 REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
 REGRESS_OPTS = --inputdir=. --load-extension=experiment
+# isolation specs (pg_isolation_regress): specs/*.spec -> expected/*.out; each
+# spec creates and drops the extension in its own setup and teardown
+ISOLATION = $(patsubst specs/%.spec,%,$(sort $(wildcard specs/*.spec)))
+ISOLATION_OPTS = --inputdir=.
 
 GSL_CONFIG ?= gsl-config
 PG_CPPFLAGS = -I$(srcdir)/src $(shell $(GSL_CONFIG) --cflags)
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
 SHLIB_LINK = $(shell $(GSL_CONFIG) --libs)
 
-EXTRA_CLEAN = $(EXTENSION)--$(EXTVERSION).sql
+EXTRA_CLEAN = $(EXTENSION)--$(EXTVERSION).sql output_iso
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
