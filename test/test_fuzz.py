@@ -27,6 +27,7 @@ counted by SQLSTATE in the summary.
   FUZZ_SEED     seed of the random choices (printed; default: from the clock)
   FUZZ_SECONDS  time budget of the calls (default 40)
   FUZZ_CALLS    call budget (default 40000)
+  FUZZ_TIMEOUT_MS  statement_timeout of each call (default 1500; raise it under valgrind)
 See doc/testing.md for longer runs and sqlsmith.
 """
 import collections
@@ -46,7 +47,7 @@ SEED = int(os.environ.get("FUZZ_SEED") or int(time.time() * 1000) % 2**31)
 SECONDS = float(os.environ.get("FUZZ_SECONDS", "40"))
 MAX_CALLS = int(os.environ.get("FUZZ_CALLS", "40000"))
 BATCH = 200                 # calls per connection (one rolled-back transaction)
-TIMEOUT_MS = 1500           # statement_timeout of each call
+TIMEOUT_MS = int(os.environ.get("FUZZ_TIMEOUT_MS", "1500"))  # statement_timeout of each call
 
 # Known failures in code other engineers are fixing (files this test's author
 # may not edit), keyed by function name: reported, with their reproducer, but
