@@ -104,9 +104,12 @@ CREATE FUNCTION experiment.sequential_tuning_of(e experiment.experiments) RETURN
   LANGUAGE sql STABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
-  SELECT coalesce(e.sequential_tuning,
-                  e.target_units_per_variant * (SELECT count(*) FROM experiment.variants v WHERE v.experiment_id = e.id),
-                  5000)::float8
+  -- (NULL rather than NaN or infinity for a row that the registry's checks would refuse)
+  SELECT CASE WHEN s.n > 0 AND s.n < 'Infinity'::float8 THEN s.n END
+  FROM (SELECT coalesce(e.sequential_tuning,
+                        e.target_units_per_variant * (SELECT count(*) FROM experiment.variants v
+                                                      WHERE v.experiment_id = e.id),
+                        5000)::float8 AS n) s
 $$;
 COMMENT ON FUNCTION experiment.sequential_tuning_of(experiment.experiments) IS
   'internal: N* of an experiment''s sequential analysis (registered, else target_units_per_variant times the variants, else 5000)';
@@ -142,7 +145,8 @@ CREATE FUNCTION experiment.capped_sql(prefix text, i integer, cap float8) RETURN
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
-  SELECT CASE WHEN cap IS NULL THEN format('v.%s%s', prefix, i)
+  -- a NaN or infinite cap caps nothing (least(v, 'NaN') is v as well)
+  SELECT CASE WHEN cap IS NULL OR cap IN ('NaN'::float8, 'Infinity'::float8) THEN format('v.%s%s', prefix, i)
               ELSE format('least(v.%s%s, %L::float8)', prefix, i, cap) END
 $$;
 COMMENT ON FUNCTION experiment.capped_sql(text, integer, float8) IS

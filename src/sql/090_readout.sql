@@ -77,7 +77,7 @@ CREATE FUNCTION experiment.format_p(p float8, with_label boolean DEFAULT true) R
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
   SELECT CASE WHEN with_label THEN 'p ' ELSE '' END || CASE
-    WHEN p IS NULL THEN CASE WHEN with_label THEN '= ' ELSE '' END || 'n/a'
+    WHEN p IS NULL OR p = 'NaN'::float8 THEN CASE WHEN with_label THEN '= ' ELSE '' END || 'n/a'
     WHEN p < 0.001 THEN '< 0.001'
     WHEN p < 0.01 THEN CASE WHEN with_label THEN '= ' ELSE '' END || to_char(round(p::numeric, 3), 'FM0.000')
     -- three significant digits, so that 0.0496 and 0.0504 do not both print as 0.050
@@ -193,8 +193,10 @@ AS $$
          THEN format('posterior lift %s [%s, %s]', experiment.format_signed(r.lift_posterior, '%', 100, 1),
                      experiment.format_signed(r.lift_posterior_lower, '%', 100, 1),
                      experiment.format_signed(r.lift_posterior_upper, '%', 100, 1))
-         ELSE format('%s%% CI [%s, %s]',
-                     rtrim(rtrim(to_char(round(((1 - r.alpha) * 100)::numeric, 2), 'FM990.00'), '0'), '.'),
+         ELSE format('%s CI [%s, %s]',
+                     CASE WHEN r.alpha > 0 AND r.alpha < 1   -- (NaN is above every number)
+                          THEN rtrim(rtrim(to_char(round(((1 - r.alpha) * 100)::numeric, 2), 'FM990.00'), '0'), '.') || '%'
+                          ELSE 'n/a' END,
                      d.lower_text, d.upper_text) END,
     experiment.format_evidence(r))
   FROM experiment.format_diff(r.kind, r.diff, r.diff_lower, r.diff_upper) d
