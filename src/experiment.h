@@ -61,13 +61,13 @@ typedef struct Moments
 #define PG_RETURN_MOMENTS_P(x)	PG_RETURN_POINTER(x)
 
 /* moments.c */
-extern Moments *moments_new(int nvars);
-extern Moments *moments_copy(const Moments *m);
-extern void moments_merge_into(Moments *a, const Moments *b);
-extern void moments_check_finite(const Moments *m, const char *what);
-extern double moments_variance(const Moments *m, int i);	/* sample variance, NaN if n < 2 */
-extern double moments_covariance(const Moments *m, int i, int j);
-extern Oid	moments_type_oid(void);
+extern Moments *exp_moments_new(int nvars);
+extern Moments *exp_moments_copy(const Moments *m);
+extern void exp_moments_merge_into(Moments *a, const Moments *b);
+extern void exp_moments_check_finite(const Moments *m, const char *what);
+extern double exp_moments_variance(const Moments *m, int i);	/* sample variance, NaN if n < 2 */
+extern double exp_moments_covariance(const Moments *m, int i, int j);
+extern Oid	exp_moments_type_oid(void);
 
 /* stats.c: the inference shared by every test (doc/statistics.md, "Inference") */
 typedef enum

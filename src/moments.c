@@ -35,7 +35,7 @@
 #define MOMENTS_CS_TOLERANCE 1e-9
 
 Moments *
-moments_new(int nvars)
+exp_moments_new(int nvars)
 {
 	Moments    *m = (Moments *) palloc0(MOMENTS_SIZE(nvars));
 
@@ -46,7 +46,7 @@ moments_new(int nvars)
 }
 
 Moments *
-moments_copy(const Moments *m)
+exp_moments_copy(const Moments *m)
 {
 	Moments    *c = (Moments *) palloc(VARSIZE(m));
 
@@ -58,7 +58,7 @@ moments_copy(const Moments *m)
  * Raise an error when a computed value overflowed.
  */
 void
-moments_check_finite(const Moments *m, const char *what)
+exp_moments_check_finite(const Moments *m, const char *what)
 {
 	int			i;
 
@@ -77,7 +77,7 @@ moments_check_finite(const Moments *m, const char *what)
  *	C_ij = C_a,ij + C_b,ij + delta_i * delta_j * na * nb / n
  */
 void
-moments_merge_into(Moments *a, const Moments *b)
+exp_moments_merge_into(Moments *a, const Moments *b)
 {
 	int			k = a->nvars;
 	int			i,
@@ -119,11 +119,11 @@ moments_merge_into(Moments *a, const Moments *b)
 	for (i = 0; i < k; i++)
 		a->data[i] += delta[i] * (nb / n);
 	a->n += b->n;
-	moments_check_finite(a, "merge");
+	exp_moments_check_finite(a, "merge");
 }
 
 double
-moments_covariance(const Moments *m, int i, int j)
+exp_moments_covariance(const Moments *m, int i, int j)
 {
 	if (m->n < 2)
 		return get_float8_nan();
@@ -131,16 +131,16 @@ moments_covariance(const Moments *m, int i, int j)
 }
 
 double
-moments_variance(const Moments *m, int i)
+exp_moments_variance(const Moments *m, int i)
 {
-	return moments_covariance(m, i, i);
+	return exp_moments_covariance(m, i, i);
 }
 
 /*
  * OID of experiment.moments, for building arrays of it.
  */
 Oid
-moments_type_oid(void)
+exp_moments_type_oid(void)
 {
 	Oid			nsp = get_namespace_oid("experiment", false);
 	Oid			typ = GetSysCacheOid2(TYPENAMENSP, Anum_pg_type_oid,
@@ -444,11 +444,11 @@ mp_key(MomentsParser *ps)
 }
 
 /*
- * moments_in: text form -> experiment.moments, validated.
+ * exp_moments_in: text form -> experiment.moments, validated.
  */
-PG_FUNCTION_INFO_V1(moments_in);
+PG_FUNCTION_INFO_V1(exp_moments_in);
 Datum
-moments_in(PG_FUNCTION_ARGS)
+exp_moments_in(PG_FUNCTION_ARGS)
 {
 	char	   *str = PG_GETARG_CSTRING(0);
 	MomentsParser ps = {str, str};
@@ -552,7 +552,7 @@ moments_in(PG_FUNCTION_ARGS)
 						(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
 						 errmsg("experiment.moments comoment matrix must be symmetric")));
 
-	m = moments_new(k);
+	m = exp_moments_new(k);
 	m->n = n;
 	for (i = 0; i < k; i++)
 	{
@@ -579,11 +579,11 @@ append_float8(StringInfo buf, double v)
 }
 
 /*
- * moments_out: experiment.moments -> its JSON text form.
+ * exp_moments_out: experiment.moments -> its JSON text form.
  */
-PG_FUNCTION_INFO_V1(moments_out);
+PG_FUNCTION_INFO_V1(exp_moments_out);
 Datum
-moments_out(PG_FUNCTION_ARGS)
+exp_moments_out(PG_FUNCTION_ARGS)
 {
 	Moments    *m = PG_GETARG_MOMENTS_P(0);
 	int			k = m->nvars;
@@ -616,14 +616,14 @@ moments_out(PG_FUNCTION_ARGS)
 }
 
 /*
- * moments_recv: binary form -> experiment.moments, validated as strictly as
+ * exp_moments_recv: binary form -> experiment.moments, validated as strictly as
  * the text form.  Layout: version (1 byte), nvars (1 byte), n (int8), then
  * the means and the upper triangle of the co-moments (float8 each); nothing
  * may follow.  Errors are 22P03 (invalid_binary_representation).
  */
-PG_FUNCTION_INFO_V1(moments_recv);
+PG_FUNCTION_INFO_V1(exp_moments_recv);
 Datum
-moments_recv(PG_FUNCTION_ARGS)
+exp_moments_recv(PG_FUNCTION_ARGS)
 {
 	StringInfo	buf = (StringInfo) PG_GETARG_POINTER(0);
 	int			version;
@@ -653,7 +653,7 @@ moments_recv(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
 				 errmsg("experiment.moments binary value has %d bytes after its header, not the %d that a variable count of %d needs",
 						have, (int) (sizeof(int64) + sizeof(float8) * MOMENTS_NDATA(k)), k)));
-	m = moments_new(k);
+	m = exp_moments_new(k);
 	m->n = pq_getmsgint64(buf);
 	for (i = 0; i < MOMENTS_NDATA(k); i++)
 		m->data[i] = pq_getmsgfloat8(buf);
@@ -663,11 +663,11 @@ moments_recv(PG_FUNCTION_ARGS)
 }
 
 /*
- * moments_send: experiment.moments -> binary form.
+ * exp_moments_send: experiment.moments -> binary form.
  */
-PG_FUNCTION_INFO_V1(moments_send);
+PG_FUNCTION_INFO_V1(exp_moments_send);
 Datum
-moments_send(PG_FUNCTION_ARGS)
+exp_moments_send(PG_FUNCTION_ARGS)
 {
 	Moments    *m = PG_GETARG_MOMENTS_P(0);
 	StringInfoData buf;
@@ -696,36 +696,36 @@ moments_equal(const Moments *a, const Moments *b)
 }
 
 /*
- * moments_eq: the same count, means and co-moments, exactly.
+ * exp_moments_eq: the same count, means and co-moments, exactly.
  */
-PG_FUNCTION_INFO_V1(moments_eq);
+PG_FUNCTION_INFO_V1(exp_moments_eq);
 Datum
-moments_eq(PG_FUNCTION_ARGS)
+exp_moments_eq(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_BOOL(moments_equal(PG_GETARG_MOMENTS_P(0), PG_GETARG_MOMENTS_P(1)));
 }
 
 /*
- * moments_ne: negation of moments_eq.
+ * exp_moments_ne: negation of exp_moments_eq.
  */
-PG_FUNCTION_INFO_V1(moments_ne);
+PG_FUNCTION_INFO_V1(exp_moments_ne);
 Datum
-moments_ne(PG_FUNCTION_ARGS)
+exp_moments_ne(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_BOOL(!moments_equal(PG_GETARG_MOMENTS_P(0), PG_GETARG_MOMENTS_P(1)));
 }
 
 /*
- * moments_add: a + b, the moments of the union of both samples.
+ * exp_moments_add: a + b, the moments of the union of both samples.
  */
-PG_FUNCTION_INFO_V1(moments_add);
+PG_FUNCTION_INFO_V1(exp_moments_add);
 Datum
-moments_add(PG_FUNCTION_ARGS)
+exp_moments_add(PG_FUNCTION_ARGS)
 {
 	Moments    *a = PG_GETARG_MOMENTS_P_COPY(0);
 	Moments    *b = PG_GETARG_MOMENTS_P(1);
 
-	moments_merge_into(a, b);
+	exp_moments_merge_into(a, b);
 	PG_RETURN_MOMENTS_P(a);
 }
 
@@ -747,21 +747,21 @@ moments_var_arg(const Moments *m, int32 i, const char *argname)
 }
 
 /*
- * moments_n: the number of observations.
+ * exp_moments_n: the number of observations.
  */
-PG_FUNCTION_INFO_V1(moments_n);
+PG_FUNCTION_INFO_V1(exp_moments_n);
 Datum
-moments_n(PG_FUNCTION_ARGS)
+exp_moments_n(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_INT64(PG_GETARG_MOMENTS_P(0)->n);
 }
 
 /*
- * moments_mean: mean of variable i (1-based); NULL when n = 0.
+ * exp_moments_mean: mean of variable i (1-based); NULL when n = 0.
  */
-PG_FUNCTION_INFO_V1(moments_mean);
+PG_FUNCTION_INFO_V1(exp_moments_mean);
 Datum
-moments_mean(PG_FUNCTION_ARGS)
+exp_moments_mean(PG_FUNCTION_ARGS)
 {
 	Moments    *m = PG_GETARG_MOMENTS_P(0);
 	int			i = moments_var_arg(m, PG_GETARG_INT32(1), "i");
@@ -772,28 +772,28 @@ moments_mean(PG_FUNCTION_ARGS)
 }
 
 /*
- * moments_variance_fn: sample variance (n - 1 denominator) of variable i;
+ * exp_moments_variance_fn: sample variance (n - 1 denominator) of variable i;
  * NULL when n < 2.
  */
-PG_FUNCTION_INFO_V1(moments_variance_fn);
+PG_FUNCTION_INFO_V1(exp_moments_variance_fn);
 Datum
-moments_variance_fn(PG_FUNCTION_ARGS)
+exp_moments_variance_fn(PG_FUNCTION_ARGS)
 {
 	Moments    *m = PG_GETARG_MOMENTS_P(0);
 	int			i = moments_var_arg(m, PG_GETARG_INT32(1), "i");
 
 	if (m->n < 2)
 		PG_RETURN_NULL();
-	PG_RETURN_FLOAT8(moments_variance(m, i));
+	PG_RETURN_FLOAT8(exp_moments_variance(m, i));
 }
 
 /*
- * moments_covariance_fn: sample covariance of variables i and j; NULL when
+ * exp_moments_covariance_fn: sample covariance of variables i and j; NULL when
  * n < 2.
  */
-PG_FUNCTION_INFO_V1(moments_covariance_fn);
+PG_FUNCTION_INFO_V1(exp_moments_covariance_fn);
 Datum
-moments_covariance_fn(PG_FUNCTION_ARGS)
+exp_moments_covariance_fn(PG_FUNCTION_ARGS)
 {
 	Moments    *m = PG_GETARG_MOMENTS_P(0);
 	int			i = moments_var_arg(m, PG_GETARG_INT32(1), "i");
@@ -801,7 +801,7 @@ moments_covariance_fn(PG_FUNCTION_ARGS)
 
 	if (m->n < 2)
 		PG_RETURN_NULL();
-	PG_RETURN_FLOAT8(moments_covariance(m, i, j));
+	PG_RETURN_FLOAT8(exp_moments_covariance(m, i, j));
 }
 
 /*
@@ -845,12 +845,12 @@ check_sums_args(int64 n, int nargs, const double *v, const char *const *names)
 }
 
 /*
- * moments_from_sums1(n, sum, sum_squares): univariate moments from sums, as
+ * exp_moments_from_sums1(n, sum, sum_squares): univariate moments from sums, as
  * other systems reduce data.  NULL for n = 0.
  */
-PG_FUNCTION_INFO_V1(moments_from_sums1);
+PG_FUNCTION_INFO_V1(exp_moments_from_sums1);
 Datum
-moments_from_sums1(PG_FUNCTION_ARGS)
+exp_moments_from_sums1(PG_FUNCTION_ARGS)
 {
 	int64		n = PG_GETARG_INT64(0);
 	double		v[2] = {PG_GETARG_FLOAT8(1), PG_GETARG_FLOAT8(2)};
@@ -860,21 +860,21 @@ moments_from_sums1(PG_FUNCTION_ARGS)
 	check_sums_args(n, 2, v, names);
 	if (n == 0)
 		PG_RETURN_NULL();
-	m = moments_new(1);
+	m = exp_moments_new(1);
 	m->n = n;
 	m->data[0] = v[0] / (double) n;
 	m->data[1] = n == 1 ? 0 : comoment_from_sums(n, v[0], v[0], v[1], true, "sum_squares");
-	moments_check_finite(m, "moments_from_sums");
+	exp_moments_check_finite(m, "moments_from_sums");
 	PG_RETURN_MOMENTS_P(m);
 }
 
 /*
- * moments_from_sums2(n, sum_y, sum_y2, sum_x, sum_x2, sum_xy): bivariate
+ * exp_moments_from_sums2(n, sum_y, sum_y2, sum_x, sum_x2, sum_xy): bivariate
  * moments of (y, x) from sums.  NULL for n = 0.
  */
-PG_FUNCTION_INFO_V1(moments_from_sums2);
+PG_FUNCTION_INFO_V1(exp_moments_from_sums2);
 Datum
-moments_from_sums2(PG_FUNCTION_ARGS)
+exp_moments_from_sums2(PG_FUNCTION_ARGS)
 {
 	int64		n = PG_GETARG_INT64(0);
 	double		v[5] = {PG_GETARG_FLOAT8(1), PG_GETARG_FLOAT8(2), PG_GETARG_FLOAT8(3),
@@ -885,7 +885,7 @@ moments_from_sums2(PG_FUNCTION_ARGS)
 	check_sums_args(n, 5, v, names);
 	if (n == 0)
 		PG_RETURN_NULL();
-	m = moments_new(2);
+	m = exp_moments_new(2);
 	m->n = n;
 	m->data[0] = v[0] / (double) n;
 	m->data[1] = v[2] / (double) n;
@@ -908,6 +908,6 @@ moments_from_sums2(PG_FUNCTION_ARGS)
 		m->data[MOMENTS_CIDX(2, 0, 1)] = cxy;
 		m->data[MOMENTS_CIDX(2, 1, 1)] = cxx;
 	}
-	moments_check_finite(m, "moments_from_sums");
+	exp_moments_check_finite(m, "moments_from_sums");
 	PG_RETURN_MOMENTS_P(m);
 }

@@ -8,7 +8,7 @@
  * Each row is added with the Youngs-Cramer update in mean form (Welford):
  *	n' = n + 1, d_i = x_i - mean_i, mean_i' = mean_i + d_i / n'
  *	C_ij' = C_ij + d_i * (x_j - mean_j')
- * States merge with moments_merge_into (Chan et al.).  Transition and combine
+ * States merge with exp_moments_merge_into (Chan et al.).  Transition and combine
  * functions update their first argument in place when called as aggregates,
  * never modify the second, and keep nothing in fn_extra.
  *
@@ -83,7 +83,7 @@ moments_accum_row(Moments *m, const double *x, int k)
 	 */
 	for (i = 0; i < k; i++)
 		if (unlikely(!isfinite(m->data[MOMENTS_CIDX(k, i, i)])))
-			moments_check_finite(m, "experiment.moments");
+			exp_moments_check_finite(m, "experiment.moments");
 }
 
 /*
@@ -125,7 +125,7 @@ moments_accum_common(FunctionCallInfo fcinfo, int k)
 	}
 
 	if (PG_ARGISNULL(0))
-		m = moments_new(k);
+		m = exp_moments_new(k);
 	else if (AggCheckCallContext(fcinfo, NULL))
 		m = state_in_place(fcinfo);
 	else
@@ -140,43 +140,43 @@ moments_accum_common(FunctionCallInfo fcinfo, int k)
 }
 
 /*
- * moments_accum1(state, y): transition of experiment.moments(y).
+ * exp_moments_accum1(state, y): transition of experiment.moments(y).
  */
-PG_FUNCTION_INFO_V1(moments_accum1);
+PG_FUNCTION_INFO_V1(exp_moments_accum1);
 Datum
-moments_accum1(PG_FUNCTION_ARGS)
+exp_moments_accum1(PG_FUNCTION_ARGS)
 {
 	return moments_accum_common(fcinfo, 1);
 }
 
 /*
- * moments_accum2(state, y, x): transition of experiment.moments(y, x).
+ * exp_moments_accum2(state, y, x): transition of experiment.moments(y, x).
  */
-PG_FUNCTION_INFO_V1(moments_accum2);
+PG_FUNCTION_INFO_V1(exp_moments_accum2);
 Datum
-moments_accum2(PG_FUNCTION_ARGS)
+exp_moments_accum2(PG_FUNCTION_ARGS)
 {
 	return moments_accum_common(fcinfo, 2);
 }
 
 /*
- * moments_accum4(state, y, d, x, e): transition of experiment.moments(y, d, x, e).
+ * exp_moments_accum4(state, y, d, x, e): transition of experiment.moments(y, d, x, e).
  */
-PG_FUNCTION_INFO_V1(moments_accum4);
+PG_FUNCTION_INFO_V1(exp_moments_accum4);
 Datum
-moments_accum4(PG_FUNCTION_ARGS)
+exp_moments_accum4(PG_FUNCTION_ARGS)
 {
 	return moments_accum_common(fcinfo, 4);
 }
 
 /*
- * moments_combine(a, b): combine function of the moments aggregates and
+ * exp_moments_combine(a, b): combine function of the moments aggregates and
  * transition function of experiment.merge.  Strict: the executor handles NULL
  * states.
  */
-PG_FUNCTION_INFO_V1(moments_combine);
+PG_FUNCTION_INFO_V1(exp_moments_combine);
 Datum
-moments_combine(PG_FUNCTION_ARGS)
+exp_moments_combine(PG_FUNCTION_ARGS)
 {
 	Moments    *a;
 	Moments    *b = PG_GETARG_MOMENTS_P(1);
@@ -185,7 +185,7 @@ moments_combine(PG_FUNCTION_ARGS)
 		a = PG_GETARG_MOMENTS_P(0);
 	else
 		a = PG_GETARG_MOMENTS_P_COPY(0);
-	moments_merge_into(a, b);
+	exp_moments_merge_into(a, b);
 	PG_RETURN_MOMENTS_P(a);
 }
 
@@ -199,9 +199,9 @@ pair_new(void)
 {
 	Datum		elems[2];
 
-	elems[0] = MomentsPGetDatum(moments_new(1));
-	elems[1] = MomentsPGetDatum(moments_new(1));
-	return construct_array(elems, 2, moments_type_oid(), -1, false, TYPALIGN_DOUBLE);
+	elems[0] = MomentsPGetDatum(exp_moments_new(1));
+	elems[1] = MomentsPGetDatum(exp_moments_new(1));
+	return construct_array(elems, 2, exp_moments_type_oid(), -1, false, TYPALIGN_DOUBLE);
 }
 
 /*
@@ -231,13 +231,13 @@ pair_elements(ArrayType *arr, Moments **control, Moments **treatment)
 }
 
 /*
- * moments_pair_accum(state, is_treatment, y): transition of the
+ * exp_moments_pair_accum(state, is_treatment, y): transition of the
  * welch_ttest(boolean, float8) aggregate.  Rows with a NULL group or value
  * are skipped.
  */
-PG_FUNCTION_INFO_V1(moments_pair_accum);
+PG_FUNCTION_INFO_V1(exp_moments_pair_accum);
 Datum
-moments_pair_accum(PG_FUNCTION_ARGS)
+exp_moments_pair_accum(PG_FUNCTION_ARGS)
 {
 	ArrayType  *arr;
 	Moments    *g[2];
@@ -265,11 +265,11 @@ moments_pair_accum(PG_FUNCTION_ARGS)
 }
 
 /*
- * moments_pair_combine(a, b): combine function of the two-group state.
+ * exp_moments_pair_combine(a, b): combine function of the two-group state.
  */
-PG_FUNCTION_INFO_V1(moments_pair_combine);
+PG_FUNCTION_INFO_V1(exp_moments_pair_combine);
 Datum
-moments_pair_combine(PG_FUNCTION_ARGS)
+exp_moments_pair_combine(PG_FUNCTION_ARGS)
 {
 	ArrayType  *a;
 	ArrayType  *b = PG_GETARG_ARRAYTYPE_P(1);
@@ -282,7 +282,7 @@ moments_pair_combine(PG_FUNCTION_ARGS)
 		a = PG_GETARG_ARRAYTYPE_P_COPY(0);
 	pair_elements(a, &ga[0], &ga[1]);
 	pair_elements(b, &gb[0], &gb[1]);
-	moments_merge_into(ga[0], gb[0]);
-	moments_merge_into(ga[1], gb[1]);
+	exp_moments_merge_into(ga[0], gb[0]);
+	exp_moments_merge_into(ga[1], gb[1]);
 	PG_RETURN_ARRAYTYPE_P(a);
 }

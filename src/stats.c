@@ -657,8 +657,8 @@ welch_moments_estimate(Estimate *e, const Moments *c, const Moments *t)
 	e->diff = e->mean_t - e->mean_c;
 	/* v_t/(mu_c^2 n_t) + v_c mu_t^2/(mu_c^4 n_c) */
 	ratio = e->mean_t / e->mean_c;
-	welch_estimate(e, moments_variance(c, 0), moments_variance(t, 0),
-				   moments_variance(c, 0) * ratio * ratio);
+	welch_estimate(e, exp_moments_variance(c, 0), exp_moments_variance(t, 0),
+				   exp_moments_variance(c, 0) * ratio * ratio);
 }
 
 /*
@@ -747,11 +747,11 @@ combo_variance(const Moments *m, double a, double b)
 static void
 cuped_estimate(Estimate *e, const Moments *c, const Moments *t)
 {
-	Moments    *pooled = moments_copy(c);
+	Moments    *pooled = exp_moments_copy(c);
 	double		theta,
 				ratio;
 
-	moments_merge_into(pooled, t);
+	exp_moments_merge_into(pooled, t);
 	theta = cuped_theta_of(pooled);
 	if (isnan(theta))
 		theta = 0;				/* var_x = 0: the plain Welch test */
@@ -1022,14 +1022,14 @@ exp_cuped_adjust_moments(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("mean_x must be finite, got %g", mean_x)));
-	res = moments_new(1);
+	res = exp_moments_new(1);
 	res->n = m->n;
 	if (m->n > 0)
 	{
 		res->data[0] = MOMENTS_MEAN(m, 0) - theta * (MOMENTS_MEAN(m, 1) - mean_x);
 		res->data[1] = m->n > 1 ? combo_comoment(m, 1, -theta) : 0;
 	}
-	moments_check_finite(res, "cuped_adjust");
+	exp_moments_check_finite(res, "cuped_adjust");
 	PG_RETURN_MOMENTS_P(res);
 }
 

@@ -5,13 +5,13 @@
 CREATE TYPE experiment.moments;
 
 CREATE FUNCTION experiment.moments_in(cstring) RETURNS experiment.moments
-  AS 'MODULE_PATHNAME', 'moments_in' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_moments_in' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 CREATE FUNCTION experiment.moments_out(experiment.moments) RETURNS cstring
-  AS 'MODULE_PATHNAME', 'moments_out' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_moments_out' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 CREATE FUNCTION experiment.moments_recv(internal) RETURNS experiment.moments
-  AS 'MODULE_PATHNAME', 'moments_recv' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_moments_recv' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 CREATE FUNCTION experiment.moments_send(experiment.moments) RETURNS bytea
-  AS 'MODULE_PATHNAME', 'moments_send' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_moments_send' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
 CREATE TYPE experiment.moments (
   INPUT = experiment.moments_in,
@@ -33,15 +33,15 @@ COMMENT ON FUNCTION experiment.moments_send(experiment.moments) IS 'internal: bi
 -- equality and merge
 
 CREATE FUNCTION experiment.moments_eq(experiment.moments, experiment.moments) RETURNS boolean
-  AS 'MODULE_PATHNAME', 'moments_eq' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_moments_eq' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.moments_eq(experiment.moments, experiment.moments) IS
   'internal: true when both hold the same count, means and co-moments exactly';
 CREATE FUNCTION experiment.moments_ne(experiment.moments, experiment.moments) RETURNS boolean
-  AS 'MODULE_PATHNAME', 'moments_ne' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_moments_ne' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.moments_ne(experiment.moments, experiment.moments) IS
   'internal: negation of moments_eq';
 CREATE FUNCTION experiment.moments_add(experiment.moments, experiment.moments) RETURNS experiment.moments
-  AS 'MODULE_PATHNAME', 'moments_add' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_moments_add' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.moments_add(experiment.moments, experiment.moments) IS
   'internal: moments of the union of two samples (Chan et al. merge)';
 
@@ -68,50 +68,50 @@ COMMENT ON OPERATOR experiment.+ (experiment.moments, experiment.moments) IS 'me
 -- accessors
 
 CREATE FUNCTION experiment.n(m experiment.moments) RETURNS bigint
-  AS 'MODULE_PATHNAME', 'moments_n' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_moments_n' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.n(experiment.moments) IS 'number of observations';
 CREATE FUNCTION experiment.mean(m experiment.moments, i integer DEFAULT 1) RETURNS float8
-  AS 'MODULE_PATHNAME', 'moments_mean' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_moments_mean' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.mean(experiment.moments, integer) IS 'mean of variable i (1-based)';
 CREATE FUNCTION experiment.variance(m experiment.moments, i integer DEFAULT 1) RETURNS float8
-  AS 'MODULE_PATHNAME', 'moments_variance_fn' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_moments_variance_fn' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.variance(experiment.moments, integer) IS
   'sample variance (n - 1 denominator) of variable i; NULL when n < 2';
 CREATE FUNCTION experiment.covariance(m experiment.moments, i integer, j integer) RETURNS float8
-  AS 'MODULE_PATHNAME', 'moments_covariance_fn' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_moments_covariance_fn' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.covariance(experiment.moments, integer, integer) IS
   'sample covariance (n - 1 denominator) of variables i and j; NULL when n < 2';
 
 CREATE FUNCTION experiment.moments_from_sums(n bigint, sum float8, sum_squares float8)
   RETURNS experiment.moments
-  AS 'MODULE_PATHNAME', 'moments_from_sums1' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_moments_from_sums1' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.moments_from_sums(bigint, float8, float8) IS
   'univariate moments from count, sum and sum of squares (NULL for n = 0)';
 CREATE FUNCTION experiment.moments_from_sums(n bigint, sum_y float8, sum_y2 float8,
                                              sum_x float8, sum_x2 float8, sum_xy float8)
   RETURNS experiment.moments
-  AS 'MODULE_PATHNAME', 'moments_from_sums2' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_moments_from_sums2' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.moments_from_sums(bigint, float8, float8, float8, float8, float8) IS
   'bivariate moments of (y, x) from count and sums (NULL for n = 0)';
 
 -- aggregates
 
 CREATE FUNCTION experiment.moments_accum(experiment.moments, float8) RETURNS experiment.moments
-  AS 'MODULE_PATHNAME', 'moments_accum1' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_moments_accum1' LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.moments_accum(experiment.moments, float8) IS
   'internal: transition function of experiment.moments(y)';
 CREATE FUNCTION experiment.moments_accum(experiment.moments, float8, float8) RETURNS experiment.moments
-  AS 'MODULE_PATHNAME', 'moments_accum2' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_moments_accum2' LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.moments_accum(experiment.moments, float8, float8) IS
   'internal: transition function of experiment.moments(y, x)';
 CREATE FUNCTION experiment.moments_accum(experiment.moments, float8, float8, float8, float8)
   RETURNS experiment.moments
-  AS 'MODULE_PATHNAME', 'moments_accum4' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_moments_accum4' LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.moments_accum(experiment.moments, float8, float8, float8, float8) IS
   'internal: transition function of experiment.moments(y, d, x, e)';
 CREATE FUNCTION experiment.moments_combine(experiment.moments, experiment.moments)
   RETURNS experiment.moments
-  AS 'MODULE_PATHNAME', 'moments_combine' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_moments_combine' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.moments_combine(experiment.moments, experiment.moments) IS
   'internal: combine function of the moments aggregates (updates its first argument in place)';
 

@@ -36,13 +36,13 @@ COMMENT ON FUNCTION experiment.welch_ttest(experiment.moments, experiment.moment
 
 CREATE FUNCTION experiment.moments_pair_accum(experiment.moments[], boolean, float8)
   RETURNS experiment.moments[]
-  AS 'MODULE_PATHNAME', 'moments_pair_accum' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_moments_pair_accum' LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.moments_pair_accum(experiment.moments[], boolean, float8) IS
   'internal: transition function of experiment.welch_ttest(boolean, float8): state [control, treatment]';
 
 CREATE FUNCTION experiment.moments_pair_combine(experiment.moments[], experiment.moments[])
   RETURNS experiment.moments[]
-  AS 'MODULE_PATHNAME', 'moments_pair_combine' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+  AS 'MODULE_PATHNAME', 'exp_moments_pair_combine' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION experiment.moments_pair_combine(experiment.moments[], experiment.moments[]) IS
   'internal: combine function of experiment.welch_ttest(boolean, float8): merges both groups';
 
