@@ -1058,94 +1058,103 @@ BEGIN
   min_t0 := prep.min_t0;
   max_t0 := prep.max_t0;
 
-  DELETE FROM experiment.variant_stats vs WHERE vs.experiment_id = e.id;
-  DELETE FROM experiment.metric_results mr WHERE mr.experiment_id = e.id;
-  DELETE FROM experiment.enrollment en WHERE en.experiment_id = e.id;
+  -- the stored state is replaced as a whole; in a REPEATABLE READ or SERIALIZABLE transaction
+  -- whose snapshot predates another refresh's commit the rows to replace are invisible, and
+  -- the conflict surfaces as a unique violation: reported as the serialization failure it is
+  BEGIN
+    DELETE FROM experiment.variant_stats vs WHERE vs.experiment_id = e.id;
+    DELETE FROM experiment.metric_results mr WHERE mr.experiment_id = e.id;
+    DELETE FROM experiment.enrollment en WHERE en.experiment_id = e.id;
 
-  FOR r IN SELECT m2.name, m2.kind, b.i, b.pre,
-                  (SELECT bn.i FROM exp_base bn WHERE bn.name = m2.numerator) AS ni,
-                  (SELECT bd.i FROM exp_base bd WHERE bd.name = m2.denominator) AS di,
-                  row_number() OVER (ORDER BY m2.name) AS j
-           FROM experiment.experiment_metrics em JOIN experiment.metrics m2 ON m2.name = em.metric
-           LEFT JOIN exp_base b ON b.name = m2.name
-           WHERE em.experiment_id = e.id ORDER BY m2.name LOOP
-    IF r.kind = 'ratio' THEN
-      aggs := aggs || format(', experiment.moments(%s, %s) AS a%s, pg_catalog.sum(v.s%s + v.s%s) AS k%s',
-                             experiment.capped_sql('v', r.ni, caps[r.ni]), experiment.capped_sql('v', r.di, caps[r.di]), r.j,
-                             r.ni, r.di, r.j);
-      unpivot := unpivot || format(', (%L, a.a%s, NULL::experiment.moments, NULL::float8, a.k%s)', r.name, r.j, r.j);
-    ELSE
-      aggs := aggs || format(', experiment.moments(%s) AS a%s, pg_catalog.sum(v.s%s) AS k%s',
-                             experiment.capped_sql('v', r.i, caps[r.i]), r.j, r.i, r.j);
-      IF r.pre THEN
-        aggs := aggs || format(', experiment.moments(%s, %s) AS c%s', experiment.capped_sql('v', r.i, caps[r.i]),
-                               experiment.capped_sql('p', r.i, pre_caps[r.i]), r.j);
+    FOR r IN SELECT m2.name, m2.kind, b.i, b.pre,
+                    (SELECT bn.i FROM exp_base bn WHERE bn.name = m2.numerator) AS ni,
+                    (SELECT bd.i FROM exp_base bd WHERE bd.name = m2.denominator) AS di,
+                    row_number() OVER (ORDER BY m2.name) AS j
+             FROM experiment.experiment_metrics em JOIN experiment.metrics m2 ON m2.name = em.metric
+             LEFT JOIN exp_base b ON b.name = m2.name
+             WHERE em.experiment_id = e.id ORDER BY m2.name LOOP
+      IF r.kind = 'ratio' THEN
+        aggs := aggs || format(', experiment.moments(%s, %s) AS a%s, pg_catalog.sum(v.s%s + v.s%s) AS k%s',
+                               experiment.capped_sql('v', r.ni, caps[r.ni]), experiment.capped_sql('v', r.di, caps[r.di]), r.j,
+                               r.ni, r.di, r.j);
+        unpivot := unpivot || format(', (%L, a.a%s, NULL::experiment.moments, NULL::float8, a.k%s)', r.name, r.j, r.j);
+      ELSE
+        aggs := aggs || format(', experiment.moments(%s) AS a%s, pg_catalog.sum(v.s%s) AS k%s',
+                               experiment.capped_sql('v', r.i, caps[r.i]), r.j, r.i, r.j);
+        IF r.pre THEN
+          aggs := aggs || format(', experiment.moments(%s, %s) AS c%s', experiment.capped_sql('v', r.i, caps[r.i]),
+                                 experiment.capped_sql('p', r.i, pre_caps[r.i]), r.j);
+        END IF;
+        unpivot := unpivot || format(', (%L, a.a%s, %s, %L::float8, a.k%s)', r.name, r.j,
+                                     CASE WHEN r.pre THEN format('a.c%s', r.j) ELSE 'NULL::experiment.moments' END,
+                                     caps[r.i], r.j);
       END IF;
-      unpivot := unpivot || format(', (%L, a.a%s, %s, %L::float8, a.k%s)', r.name, r.j,
-                                   CASE WHEN r.pre THEN format('a.c%s', r.j) ELSE 'NULL::experiment.moments' END,
-                                   caps[r.i], r.j);
+    END LOOP;
+
+    -- per-variant moments of every metric in one pass over the per-unit values
+    IF unpivot <> '' THEN
+      EXECUTE format(
+        'INSERT INTO experiment.variant_stats (experiment_id, metric, variant, units, moments, cuped_moments, cap, '
+        'skipped_values, refreshed_at) '
+        'SELECT %L, k.metric, a.variant, a.units, k.m, k.c, k.cap, k.skipped, %L '
+        'FROM (SELECT v.variant, count(*) AS units%s FROM %s v GROUP BY v.variant) a '
+        'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, skipped)',
+        e.id, ts, aggs, vals_from, substr(unpivot, 3));
     END IF;
-  END LOOP;
 
-  -- per-variant moments of every metric in one pass over the per-unit values
-  IF unpivot <> '' THEN
-    EXECUTE format(
-      'INSERT INTO experiment.variant_stats (experiment_id, metric, variant, units, moments, cuped_moments, cap, '
-      'skipped_values, refreshed_at) '
-      'SELECT %L, k.metric, a.variant, a.units, k.m, k.c, k.cap, k.skipped, %L '
-      'FROM (SELECT v.variant, count(*) AS units%s FROM %s v GROUP BY v.variant) a '
-      'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, skipped)',
-      e.id, ts, aggs, vals_from, substr(unpivot, 3));
-  END IF;
+    INSERT INTO experiment.enrollment (experiment_id, variant, units, refreshed_at)
+    SELECT e.id, v.name, coalesce(c.units, 0), ts
+    FROM experiment.variants v
+    LEFT JOIN (SELECT u.variant, count(*) AS units FROM pg_temp.exp_units u GROUP BY u.variant) c
+      ON c.variant = v.name
+    WHERE v.experiment_id = e.id;
 
-  INSERT INTO experiment.enrollment (experiment_id, variant, units, refreshed_at)
-  SELECT e.id, v.name, coalesce(c.units, 0), ts
-  FROM experiment.variants v
-  LEFT JOIN (SELECT u.variant, count(*) AS units FROM pg_temp.exp_units u GROUP BY u.variant) c
-    ON c.variant = v.name
-  WHERE v.experiment_id = e.id;
+    -- tests of each treatment against control
+    -- the inference: sequential (N* from the registry or the planned sample), fixed, or Bayesian
+    -- (fixed-horizon tests, turned into posteriors by the results view)
+    tuning := CASE WHEN e.analysis = 'sequential' THEN experiment.sequential_tuning_of(e) END;
+    INSERT INTO experiment.metric_results
+      (experiment_id, metric, variant, control_variant, method, alpha, test, refreshed_at,
+       analysis, sequential_tuning, bound_test, harm_test)
+    SELECT e.id, m2.name, t.variant, c.variant, k.method, e.alpha,
+           experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments,
+                                  e.alpha, 'two-sided', tuning),
+           ts, e.analysis, tuning,
+           -- guardrails: one-sided tests in each direction, under the same inference
+           CASE WHEN em.role = 'guardrail' THEN
+             experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments, e.alpha,
+                                    CASE WHEN m2.higher_is_better THEN 'greater' ELSE 'less' END, tuning) END,
+           CASE WHEN em.role = 'guardrail' THEN
+             experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments, e.alpha,
+                                    CASE WHEN m2.higher_is_better THEN 'less' ELSE 'greater' END, tuning) END
+    FROM experiment.experiment_metrics em
+    JOIN experiment.metrics m2 ON m2.name = em.metric
+    JOIN experiment.variant_stats c
+      ON c.experiment_id = e.id AND c.metric = m2.name AND c.variant = control
+    JOIN experiment.variant_stats t
+      ON t.experiment_id = e.id AND t.metric = m2.name AND t.variant <> control
+    CROSS JOIN LATERAL (SELECT experiment.metric_method(m2.kind, c.cuped_moments, t.cuped_moments) AS method) k
+    WHERE em.experiment_id = e.id;
 
-  -- tests of each treatment against control
-  -- the inference: sequential (N* from the registry or the planned sample), fixed, or Bayesian
-  -- (fixed-horizon tests, turned into posteriors by the results view)
-  tuning := CASE WHEN e.analysis = 'sequential' THEN experiment.sequential_tuning_of(e) END;
-  INSERT INTO experiment.metric_results
-    (experiment_id, metric, variant, control_variant, method, alpha, test, refreshed_at,
-     analysis, sequential_tuning, bound_test, harm_test)
-  SELECT e.id, m2.name, t.variant, c.variant, k.method, e.alpha,
-         experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments,
-                                e.alpha, 'two-sided', tuning),
-         ts, e.analysis, tuning,
-         -- guardrails: one-sided tests in each direction, under the same inference
-         CASE WHEN em.role = 'guardrail' THEN
-           experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments, e.alpha,
-                                  CASE WHEN m2.higher_is_better THEN 'greater' ELSE 'less' END, tuning) END,
-         CASE WHEN em.role = 'guardrail' THEN
-           experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments, e.alpha,
-                                  CASE WHEN m2.higher_is_better THEN 'less' ELSE 'greater' END, tuning) END
-  FROM experiment.experiment_metrics em
-  JOIN experiment.metrics m2 ON m2.name = em.metric
-  JOIN experiment.variant_stats c
-    ON c.experiment_id = e.id AND c.metric = m2.name AND c.variant = control
-  JOIN experiment.variant_stats t
-    ON t.experiment_id = e.id AND t.metric = m2.name AND t.variant <> control
-  CROSS JOIN LATERAL (SELECT experiment.metric_method(m2.kind, c.cuped_moments, t.cuped_moments) AS method) k
-  WHERE em.experiment_id = e.id;
-
-  INSERT INTO experiment.refreshes AS f
-    (experiment_id, refreshed_at, duration, enrolled_units, multi_variant_units, early_units,
-     first_exposure, last_exposure, exposures_by_day, error, error_at)
-  SELECT e.id, ts, clock_timestamp() - started, nunits, nmulti, nearly, min_t0, max_t0,
-         (SELECT coalesce(jsonb_agg(jsonb_build_object('day', d.day, 'units', d.units) ORDER BY d.day), '[]')
-          FROM (SELECT (u.t0 AT TIME ZONE 'UTC')::date AS day, count(*) AS units
-                FROM pg_temp.exp_units u GROUP BY 1) d),
-         NULL, NULL
-  ON CONFLICT ON CONSTRAINT refreshes_pkey DO UPDATE SET
-    refreshed_at = excluded.refreshed_at, duration = excluded.duration,
-    enrolled_units = excluded.enrolled_units, multi_variant_units = excluded.multi_variant_units,
-    early_units = excluded.early_units,
-    first_exposure = excluded.first_exposure, last_exposure = excluded.last_exposure,
-    exposures_by_day = excluded.exposures_by_day, error = NULL, error_at = NULL;
+    INSERT INTO experiment.refreshes AS f
+      (experiment_id, refreshed_at, duration, enrolled_units, multi_variant_units, early_units,
+       first_exposure, last_exposure, exposures_by_day, error, error_at)
+    SELECT e.id, ts, clock_timestamp() - started, nunits, nmulti, nearly, min_t0, max_t0,
+           (SELECT coalesce(jsonb_agg(jsonb_build_object('day', d.day, 'units', d.units) ORDER BY d.day), '[]')
+            FROM (SELECT (u.t0 AT TIME ZONE 'UTC')::date AS day, count(*) AS units
+                  FROM pg_temp.exp_units u GROUP BY 1) d),
+           NULL, NULL
+    ON CONFLICT ON CONSTRAINT refreshes_pkey DO UPDATE SET
+      refreshed_at = excluded.refreshed_at, duration = excluded.duration,
+      enrolled_units = excluded.enrolled_units, multi_variant_units = excluded.multi_variant_units,
+      early_units = excluded.early_units,
+      first_exposure = excluded.first_exposure, last_exposure = excluded.last_exposure,
+      exposures_by_day = excluded.exposures_by_day, error = NULL, error_at = NULL;
+  EXCEPTION WHEN unique_violation THEN
+    RAISE EXCEPTION 'could not refresh experiment "%": another refresh committed after this transaction''s snapshot', e.id
+      USING ERRCODE = 'serialization_failure', DETAIL = SQLERRM,
+            HINT = 'Retry the transaction, or refresh in a READ COMMITTED transaction.';
+  END;
 
   PERFORM experiment.drop_refresh_tables();
 END
