@@ -205,7 +205,12 @@ fails(mal, "UPDATE experiment.metrics SET owner = 'sec_mallory' WHERE name = 'or
       "taking over another role's metric")
 
 # --- 5. who sees which results ------------------------------------------------------
+cur.execute("INSERT INTO public.secret VALUES ('u1', now() - interval '1 day', 'NaN')")
 cur.execute("SELECT experiment.refresh('sec-exp')")
+cur.execute("SELECT skipped_source_values FROM experiment.health WHERE experiment_id = 'sec-exp'")
+ck.check(cur.fetchone()[0] == 1, "the superuser's health counts the skipped NaN of salary")
+bob.execute("SELECT coalesce(skipped_source_values, 0) FROM experiment.health WHERE experiment_id = 'sec-exp'")
+ck.check(bob.fetchone()[0] == 0, "the reader's health does not count values of a source it may not read")
 cur.execute("SELECT metric FROM experiment.results WHERE experiment_id = 'sec-exp' ORDER BY 1")
 ck.check([r[0] for r in cur.fetchall()] == ["order_value", "salary"], "the superuser sees every metric")
 for who, k in (("reader", bob), ("analyst", alice)):
@@ -227,6 +232,9 @@ bob.execute("SELECT count(*) FROM experiment.conclusions WHERE experiment_id = '
 ck.check(bob.fetchone()[0] == 0, "a conclusion whose snapshot holds salary is hidden from the reader")
 alice.execute("SELECT (experiment.conclude('sec-exp', 'SHIP', 'ship it')).decision")
 ck.check(alice.fetchone()[0] == "SHIP", "an analyst records a conclusion")
+fails(alice, """INSERT INTO experiment.conclusions (experiment_id, decision, results, srm, concluded_by)
+                VALUES ('sec-exp', 'SHIP', '[]', '[]', 'postgres')""", "42501",
+      "an analyst cannot record a conclusion in another role's name")
 bob.execute("SELECT count(*) FROM experiment.conclusions WHERE experiment_id = 'sec-exp'")
 ck.check(bob.fetchone()[0] == 1, "the reader sees the conclusion recorded from what the analyst could read")
 

@@ -443,3 +443,31 @@ CREATE TRIGGER experiments_validate_metrics_on_start
 COMMENT ON TRIGGER experiments_validate_metrics_on_start ON experiment.experiments IS
   'an experiment starts only with valid metrics and exactly one primary (when it has metrics)';
 
+-- SELECT on a column of a relation (on the relation, when the column no longer exists)
+CREATE FUNCTION experiment.may_read_column(rel regclass, col text) RETURNS boolean
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE WHEN col IS NULL THEN true
+              WHEN experiment.column_type(rel, col) IS NULL THEN coalesce(pg_catalog.has_table_privilege(rel::oid, 'SELECT'), false)
+              ELSE coalesce(pg_catalog.has_column_privilege(rel::oid, col, 'SELECT'), false) END
+$$;
+COMMENT ON FUNCTION experiment.may_read_column(regclass, text) IS
+  'internal: whether the current user may SELECT column col of rel (NULL col: true; a column that no longer exists: SELECT on rel)';
+
+-- a metric's results are as secret as its source: visible to roles that may read the
+-- columns the metric reads (for a ratio, those of both parts)
+CREATE FUNCTION experiment.may_read_metric(metric text) RETURNS boolean
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT coalesce(bool_and(p.source IS NOT NULL
+                           AND experiment.may_read_column(p.source, p.unit_column)
+                           AND experiment.may_read_column(p.source, p.time_column)
+                           AND experiment.may_read_column(p.source, p.value_column)), false)
+  FROM experiment.metrics m
+  JOIN experiment.metrics p ON p.name IN (m.name, m.numerator, m.denominator) AND p.kind <> 'ratio'
+  WHERE m.name = may_read_metric.metric
+$$;
+COMMENT ON FUNCTION experiment.may_read_metric(text) IS
+  'whether the current user may see the results of a metric: it may SELECT the columns the metric reads from its source (for a ratio, from the sources of both parts)';

@@ -139,7 +139,9 @@ LEFT JOIN (SELECT e0.experiment_id, pg_catalog.min(e0.units) AS min_units FROM e
            GROUP BY e0.experiment_id) en ON en.experiment_id = ex.id
 LEFT JOIN (SELECT q.experiment_id, count(*) AS n FROM experiment.exposures_quarantine q
            GROUP BY q.experiment_id) qu ON qu.experiment_id = ex.id
+-- (of the metrics the reader may read: the view reads variant_stats with its owner's rights)
 LEFT JOIN (SELECT vs.experiment_id, pg_catalog.sum(vs.skipped_values)::bigint AS n FROM experiment.variant_stats vs
+           WHERE experiment.may_read_metric(vs.metric)
            GROUP BY vs.experiment_id) sk ON sk.experiment_id = ex.id;
 COMMENT ON VIEW experiment.health IS
   'per experiment: latest refresh, units in several variants (flagged above 1%), SRM, days run against the minimum runtime, units against the target, quarantined exposures, new units per day, units exposed before the start, exposures stored since the refresh (stale: more than 1% of the units, or any once the experiment stopped), source values skipped as NaN or infinite';

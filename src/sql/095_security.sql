@@ -3,35 +3,6 @@
 -- (doc/security.md)
 -- ---------------------------------------------------------------------------
 
--- SELECT on a column of a relation (on the relation, when the column no longer exists)
-CREATE FUNCTION experiment.may_read_column(rel regclass, col text) RETURNS boolean
-  LANGUAGE sql STABLE PARALLEL SAFE
-  SET search_path = pg_catalog, experiment, pg_temp
-AS $$
-  SELECT CASE WHEN col IS NULL THEN true
-              WHEN experiment.column_type(rel, col) IS NULL THEN coalesce(pg_catalog.has_table_privilege(rel::oid, 'SELECT'), false)
-              ELSE coalesce(pg_catalog.has_column_privilege(rel::oid, col, 'SELECT'), false) END
-$$;
-COMMENT ON FUNCTION experiment.may_read_column(regclass, text) IS
-  'internal: whether the current user may SELECT column col of rel (NULL col: true; a column that no longer exists: SELECT on rel)';
-
--- a metric's results are as secret as its source: visible to roles that may read the
--- columns the metric reads (for a ratio, those of both parts)
-CREATE FUNCTION experiment.may_read_metric(metric text) RETURNS boolean
-  LANGUAGE sql STABLE PARALLEL SAFE
-  SET search_path = pg_catalog, experiment, pg_temp
-AS $$
-  SELECT coalesce(bool_and(p.source IS NOT NULL
-                           AND experiment.may_read_column(p.source, p.unit_column)
-                           AND experiment.may_read_column(p.source, p.time_column)
-                           AND experiment.may_read_column(p.source, p.value_column)), false)
-  FROM experiment.metrics m
-  JOIN experiment.metrics p ON p.name IN (m.name, m.numerator, m.denominator) AND p.kind <> 'ratio'
-  WHERE m.name = may_read_metric.metric
-$$;
-COMMENT ON FUNCTION experiment.may_read_metric(text) IS
-  'whether the current user may see the results of a metric: it may SELECT the columns the metric reads from its source (for a ratio, from the sources of both parts)';
-
 -- row-level security: results, per-variant moments and recorded conclusions of metrics the
 -- reader may not read are not visible (superusers and the extension's owner see everything);
 -- only refresh() writes results
@@ -51,9 +22,10 @@ CREATE POLICY conclusions_readable ON experiment.conclusions FOR SELECT
                      WHERE NOT experiment.may_read_metric(x ->> 'metric')));
 COMMENT ON POLICY conclusions_readable ON experiment.conclusions IS
   'a role sees a recorded conclusion when it may read every metric in its results snapshot';
-CREATE POLICY conclusions_insert ON experiment.conclusions FOR INSERT WITH CHECK (true);
+CREATE POLICY conclusions_insert ON experiment.conclusions FOR INSERT
+  WITH CHECK (concluded_by = current_user);
 COMMENT ON POLICY conclusions_insert ON experiment.conclusions IS
-  'roles granted INSERT (experiment_analyst) record conclusions through experiment.conclude()';
+  'roles granted INSERT (experiment_analyst) record conclusions in their own name, as experiment.conclude() does';
 
 -- refresh reads every source as its metric's owner and writes the results: it runs as the
 -- extension's owner, and only roles granted EXECUTE (experiment_analyst, experiment_admin) call it
