@@ -39,3 +39,16 @@ SELECT * FROM pg_temp.echo($$SELECT experiment.unit_hash('x' || (SELECT u FROM b
 SELECT * FROM pg_temp.echo($$SELECT experiment.unit_hash('md6', 'salt', 'u1')$$);
 SELECT experiment.unit_hash('x' || repeat('é', 100), 'salt', 'u1');
 SELECT * FROM pg_temp.echo($$SELECT experiment.unit_hash('x' || repeat('é', 99), 'salt', 'u1')$$);
+
+-- text input of experiment.moments and the registry's SQL functions
+SELECT * FROM pg_temp.echo($$SELECT (SELECT s FROM big)::experiment.moments$$);
+SELECT * FROM pg_temp.echo($$SELECT ('{"version":1,"n":' || (SELECT s FROM big) || '}')::experiment.moments$$);
+SELECT * FROM pg_temp.echo($$SELECT (SELECT u FROM big)::experiment.moments$$);
+SELECT * FROM pg_temp.echo($$SELECT experiment.log_exposure((SELECT s FROM big), 'u', 'v')$$);
+SELECT * FROM pg_temp.echo($$SELECT experiment.refresh((SELECT s FROM big))$$);
+SELECT * FROM pg_temp.echo($$SELECT experiment.assign('u', (SELECT s FROM big))$$);
+SELECT * FROM pg_temp.echo($$SELECT experiment.validate_metric((SELECT s FROM big))$$);
+SELECT * FROM pg_temp.echo($$SELECT experiment.source_unit_values('{u}', '{a}', '{2025-01-01}', 'pg_class', (SELECT s FROM big),
+  '{}', '{}', '{}', '{}', '{}', '{}', NULL, NULL, NULL)$$);
+SELECT * FROM pg_temp.echo($$SELECT * FROM experiment.source_unit_values(ARRAY[(SELECT s FROM big), (SELECT s FROM big)],
+  '{a,a}', '{2025-01-01,2025-01-01}', 'pg_class', 'relname', '{}', '{}', '{}', '{}', '{}', '{}', NULL, NULL, NULL)$$);

@@ -233,7 +233,8 @@ mp_error(MomentsParser *ps, const char *expected)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
-			 errmsg("invalid input syntax for type experiment.moments: \"%s\"", ps->start),
+			 errmsg("invalid input syntax for type experiment.moments: \"%s\"",
+					exp_message_clip(ps->start, (int) strlen(ps->start))),
 			 errdetail("Expected %s at character %d.", expected, (int) (ps->p - ps->start) + 1),
 			 errhint("The form is {\"version\":1,\"n\":N,\"mean\":[...],\"comoment\":[[...],...]}.")));
 }

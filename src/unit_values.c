@@ -61,7 +61,6 @@
 #include "executor/tuptable.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
-#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "nodes/params.h"
 #include "pgtime.h"
@@ -205,15 +204,6 @@ huge_alloc0(MemoryContext cxt, Size size)
 	return a;
 }
 
-/* at most 200 bytes of a unit id for a message, cut at a character boundary */
-static char *
-uv_clip(const char *s, uint32 len)
-{
-	int			n = len > 200 ? pg_mbcliplen(s, (int) len, 200) : (int) len;
-
-	return psprintf("%.*s%s", n, s, (uint32) n < len ? "..." : "");
-}
-
 static inline const char *
 unit_key(const UvUnit *u)
 {
@@ -334,7 +324,7 @@ insert_unit(UvState *st, const char *key, uint32 keylen, uint16 variant,
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("unit_ids has \"%s\" more than once",
-							uv_clip(key, keylen))));
+							exp_message_clip(key, (int) keylen))));
 		pos = (pos + 1) & st->mask;
 	}
 	u = &st->units[st->nunits];
@@ -530,7 +520,7 @@ flush_batch(UvState *st)
 									(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 									 errmsg("the sum of column \"%s\" over the events of unit \"%s\" is out of range for float8",
 											st->val_names[sp->vcol],
-											uv_clip(unit_key(u), u->keylen))));
+											exp_message_clip(unit_key(u), (int) u->keylen))));
 						acc[k] = r;
 						break;
 					}
@@ -661,7 +651,8 @@ check_column(Oid rel, const char *col, const char *what)
 	if (get_attnum(rel, col) == InvalidAttrNumber)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s \"%s\" is not a column of %s", what, col, get_rel_name(rel))));
+				 errmsg("%s \"%s\" is not a column of %s", what,
+						exp_message_clip(col, (int) strlen(col)), get_rel_name(rel))));
 }
 
 static void
@@ -856,7 +847,7 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 		else
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid aggregation \"%s\"", agg),
+					 errmsg("invalid aggregation \"%s\"", exp_message_clip(agg, (int) strlen(agg))),
 					 errhint("use sum, count, any or max")));
 		sp->tcol = column_index(&time_names, TextDatumGetCString(tcols[k]));
 		sp->vcol = vcols_n[k] ? -1 : column_index(&val_names, TextDatumGetCString(vcols[k]));
