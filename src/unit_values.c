@@ -65,6 +65,8 @@
 #include "nodes/params.h"
 #include "pgtime.h"
 #include "tcop/dest.h"
+#include "access/relation.h"
+#include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -985,6 +987,80 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 	/* one scan of the source */
 	if (st->nunits > 0 && nspec > 0)
 	{
+		/*
+		 * Lock the source and every relation its views read, then check:
+		 * DDL that could turn one into code (CREATE RULE on an empty table,
+		 * CREATE OR REPLACE VIEW, row-level security) takes a stronger lock,
+		 * so what the check sees is what the scan reads.  A view changed
+		 * before the lock may read new relations: lock until nothing is new.
+		 */
+		{
+			List	   *locked = NIL;
+			Oid			argtype = REGCLASSOID;
+			Datum		arg = ObjectIdGetDatum(src_rel);
+			bool		more = true;
+
+			while (more)
+			{
+				uint64		r;
+
+				more = false;
+				ret = SPI_execute_with_args("SELECT experiment.source_relations($1)",
+											1, &argtype, &arg, NULL, true, 0);
+				if (ret != SPI_OK_SELECT)
+					elog(ERROR, "listing the relations of the source failed: %s",
+						 SPI_result_code_string(ret));
+				for (r = 0; r < SPI_processed; r++)
+				{
+					bool		isnull;
+					Oid			rel = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[r],
+																	 SPI_tuptable->tupdesc, 1, &isnull));
+
+					if (isnull || list_member_oid(locked, rel))
+						continue;
+					LockRelationOid(rel, AccessShareLock);
+					locked = lappend_oid(locked, rel);
+					more = true;
+				}
+			}
+
+			/*
+			 * The check below reads the catalogs through the query's snapshot,
+			 * the scan through the relation cache, which the locks brought up
+			 * to date.  They must agree on what could run code: in a
+			 * REPEATABLE READ transaction the snapshot may predate a change.
+			 */
+			ret = SPI_execute_with_args("SELECT c.oid, c.relkind, c.relowner, c.relrowsecurity "
+										"FROM experiment.source_relations($1) r "
+										"JOIN pg_catalog.pg_class c ON c.oid = r",
+										1, &argtype, &arg, NULL, false, 0);
+			if (ret != SPI_OK_SELECT)
+				elog(ERROR, "listing the relations of the source failed: %s",
+					 SPI_result_code_string(ret));
+			for (uint64 r = 0; r < SPI_processed; r++)
+			{
+				HeapTuple	t = SPI_tuptable->vals[r];
+				TupleDesc	d = SPI_tuptable->tupdesc;
+				bool		isnull;
+				Oid			relid = DatumGetObjectId(SPI_getbinval(t, d, 1, &isnull));
+				char		kind = DatumGetChar(SPI_getbinval(t, d, 2, &isnull));
+				Oid			owner = DatumGetObjectId(SPI_getbinval(t, d, 3, &isnull));
+				bool		rls = DatumGetBool(SPI_getbinval(t, d, 4, &isnull));
+				Relation	rel = try_relation_open(relid, NoLock);
+
+				if (rel == NULL)
+					continue;
+				if (rel->rd_rel->relkind != kind || rel->rd_rel->relowner != owner ||
+					rel->rd_rel->relrowsecurity != rls)
+					ereport(ERROR,
+							(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+							 errmsg("relation %s changed while its source was being checked",
+									RelationGetRelationName(rel)),
+							 errhint("Retry the refresh.")));
+				relation_close(rel, NoLock);
+			}
+		}
+
 		/* nothing in the source may run code chosen by a less trusted role */
 		{
 			Oid			argtypes[2] = {REGCLASSOID, REGROLEOID};
@@ -992,8 +1068,9 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 			bool		isnull;
 			Datum		problem;
 
+			/* (not read-only: a fresh snapshot, taken after the locks) */
 			ret = SPI_execute_with_args("SELECT experiment.source_trust_problem($1, $2)",
-										2, argtypes, args, NULL, true, 1);
+										2, argtypes, args, NULL, false, 1);
 			if (ret != SPI_OK_SELECT || SPI_processed != 1)
 				elog(ERROR, "checking the source failed: %s", SPI_result_code_string(ret));
 			problem = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);

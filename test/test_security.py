@@ -17,6 +17,8 @@ refresh, the ingestion role loads exposures, administrators run refresh_all().
 """
 import os
 import sys
+import threading
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
 from exptest import Checker, fresh_db  # noqa: E402
@@ -195,6 +197,77 @@ fails(adm, "SELECT experiment.refresh('adm-exp')", "42501",
 cur.execute("SELECT count(*) FROM sec_m.loot")
 ck.check(cur.fetchone()[0] == 0, "the policy's code never ran as the administrator")
 
+# a trusted function that forgets pg_temp in its search_path, and the attacker's temporary
+# objects in the session that calls the SECURITY DEFINER refresh()
+cur.execute("CREATE SCHEMA sec_vip")
+cur.execute("CREATE TABLE sec_vip.vip (user_id text PRIMARY KEY)")
+cur.execute("""CREATE FUNCTION sec_vip.is_vip(u text) RETURNS boolean LANGUAGE sql STABLE SET search_path = sec_vip
+               AS $$ SELECT EXISTS (SELECT 1 FROM vip WHERE vip.user_id = u) $$""")
+cur.execute("""CREATE VIEW sec_vip.vip_orders AS SELECT user_id, ts, amount FROM public.orders o
+               WHERE sec_vip.is_vip(o.user_id)""")
+cur.execute("""INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
+               VALUES ('vip_revenue', 'sec_vip.vip_orders', 'user_id', 'ts', 'amount')""")
+cur.execute("INSERT INTO experiment.experiment_metrics VALUES ('sec-exp', 'vip_revenue', 'secondary')")
+mal.execute("""CREATE FUNCTION pg_temp.pwn() RETURNS text LANGUAGE plpgsql AS $$
+               BEGIN ALTER ROLE sec_mallory SUPERUSER; RETURN 'nobody'; END $$""")
+mal.execute("CREATE TEMP VIEW vip AS SELECT pg_temp.pwn() AS user_id")
+fails(mal, "SELECT experiment.refresh('sec-exp')", "42501",
+      "refresh() refuses to read as another role while the caller has temporary objects",
+      contains="temporary")
+ck.check(is_superuser("sec_mallory") is False, "the temporary view did not run as the metric's owner")
+mal.execute("DISCARD TEMP")
+cur.execute("DELETE FROM experiment.experiment_metrics WHERE metric = 'vip_revenue'")
+
+# check, then read: the attacker turns its empty table into a view between the two (a rule
+# "_RETURN", PostgreSQL 15); the refresh must see the view, not the table it checked
+mal.execute("CREATE TABLE sec_m.ev (user_id text, ts timestamptz, amount float8)")
+cur.execute("""INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
+               VALUES ('race_metric', 'sec_m.ev', 'user_id', 'ts', 'amount')""")
+make_experiment(cur, "race-exp")
+cur.execute("INSERT INTO experiment.experiment_metrics VALUES ('race-exp', 'race_metric', 'primary')")
+cur.execute("UPDATE experiment.experiments SET status = 'running' WHERE id = 'race-exp'")
+expose("race-exp", 10)
+mal_c.autocommit = False
+converted = True
+try:
+    mal.execute("""CREATE RULE "_RETURN" AS ON SELECT TO sec_m.ev DO INSTEAD
+                   SELECT 'u1'::text AS user_id, now() AS ts, sec_m.evil()::float8 AS amount""")
+except psycopg2.Error as e:
+    converted = False
+    print("CREATE RULE on a table is not available here (%s): race check skipped" % e.pgcode)
+    mal_c.rollback()
+if converted:
+    outcome = {}
+
+    def refresh_race():
+        c, k = connect_as("postgres")
+        try:
+            k.execute("SELECT experiment.refresh('race-exp')")
+            outcome["error"] = None
+        except psycopg2.Error as e:
+            outcome["error"] = (e.pgcode, str(e))
+        c.close()
+
+    t = threading.Thread(target=refresh_race)
+    t.start()
+    waited = False
+    for _ in range(100):
+        cur.execute("""SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+                       AND query LIKE '%refresh(''race-exp'')%'""")
+        if cur.fetchone()[0] > 0:
+            waited = True
+            break
+        time.sleep(0.1)
+    ck.check(waited, "the refresh waits for the attacker's open transaction on the source")
+    mal_c.commit()
+    t.join(60)
+    err = outcome.get("error")
+    ck.check(err is not None and err[0] == "42501" and "view sec_m.ev" in err[1],
+             "the refresh checks the source after locking it and refuses the new view: %r" % (err,))
+    ck.check(is_superuser("sec_mallory") is False, "the view that appeared between check and read did not run")
+mal_c.autocommit = True
+cur.execute("UPDATE experiment.experiments SET status = 'stopped' WHERE id = 'race-exp'")
+
 # --- 4. another role's metric -------------------------------------------------------
 fails(alice, "UPDATE experiment.metrics SET source = 'sec_m.hostile' WHERE name = 'mal_metric'", "42501",
       "changing another role's metric")
@@ -206,15 +279,31 @@ fails(mal, "UPDATE experiment.metrics SET owner = 'sec_mallory' WHERE name = 'or
 
 # --- 5. who sees which results ------------------------------------------------------
 cur.execute("INSERT INTO public.secret VALUES ('u1', now() - interval '1 day', 'NaN')")
+cur.execute("""CREATE TABLE public.orders2 AS SELECT 'u' || i AS user_id, now() - interval '1 day' AS ts,
+               ((i % 2) * 0.6 + (i % 7))::float8 AS amount FROM generate_series(1, 300) i""")
+cur.execute("GRANT SELECT ON public.orders2 TO sec_alice, sec_bob")
+alice.execute("""INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
+                 VALUES ('order_amount2', 'public.orders2', 'user_id', 'ts', 'amount')""")
+alice.execute("INSERT INTO experiment.experiment_metrics VALUES ('sec-exp', 'order_amount2', 'secondary')")
 cur.execute("SELECT experiment.refresh('sec-exp')")
+q_adj = "SELECT p_value_adjusted FROM experiment.results WHERE experiment_id = 'sec-exp' AND metric = 'order_amount2'"
+cur.execute(q_adj)
+adj_su = cur.fetchone()[0]
+bob.execute(q_adj)
+adj_bob = bob.fetchone()[0]
+cur.execute("SELECT (test).p_value FROM experiment.metric_results WHERE experiment_id = 'sec-exp' AND metric = 'order_amount2'")
+raw = cur.fetchone()[0]
+ck.check(adj_su == adj_bob and adj_su is not None and adj_su != raw,
+         "the Holm-adjusted p-value counts the hidden metric for every role: %r %r (raw %r)" % (adj_su, adj_bob, raw))
+alice.execute("DELETE FROM experiment.experiment_metrics WHERE metric = 'order_amount2'")
 cur.execute("SELECT skipped_source_values FROM experiment.health WHERE experiment_id = 'sec-exp'")
 ck.check(cur.fetchone()[0] == 1, "the superuser's health counts the skipped NaN of salary")
 bob.execute("SELECT coalesce(skipped_source_values, 0) FROM experiment.health WHERE experiment_id = 'sec-exp'")
 ck.check(bob.fetchone()[0] == 0, "the reader's health does not count values of a source it may not read")
-cur.execute("SELECT metric FROM experiment.results WHERE experiment_id = 'sec-exp' ORDER BY 1")
+cur.execute("SELECT metric FROM experiment.results WHERE experiment_id = 'sec-exp' AND metric <> 'order_amount2' ORDER BY 1")
 ck.check([r[0] for r in cur.fetchall()] == ["order_value", "salary"], "the superuser sees every metric")
 for who, k in (("reader", bob), ("analyst", alice)):
-    k.execute("SELECT metric FROM experiment.results WHERE experiment_id = 'sec-exp' ORDER BY 1")
+    k.execute("SELECT metric FROM experiment.results WHERE experiment_id = 'sec-exp' AND metric <> 'order_amount2' ORDER BY 1")
     ck.check([r[0] for r in k.fetchall()] == ["order_value"], "the %s sees the results it may read, not salary" % who)
     k.execute("SELECT count(*) FROM experiment.metric_results WHERE metric = 'salary'")
     ck.check(k.fetchone()[0] == 0, "the %s sees no row of salary in metric_results" % who)
@@ -235,6 +324,24 @@ ck.check(alice.fetchone()[0] == "SHIP", "an analyst records a conclusion")
 fails(alice, """INSERT INTO experiment.conclusions (experiment_id, decision, results, srm, concluded_by)
                 VALUES ('sec-exp', 'SHIP', '[]', '[]', 'postgres')""", "42501",
       "an analyst cannot record a conclusion in another role's name")
+fails(alice, """INSERT INTO experiment.conclusions (experiment_id, decision, results, srm, concluded_at)
+                VALUES ('sec-exp', 'SHIP', '[]', '[]', '2025-01-01')""", "42501",
+      "an analyst cannot backdate a conclusion")
+
+# a metric name reused after the metric is gone shows nothing of the old metric's results
+cur.execute("DELETE FROM experiment.experiment_metrics WHERE metric = 'salary'")
+cur.execute("DELETE FROM experiment.metrics WHERE name = 'salary'")
+cur.execute("SELECT count(*) FROM experiment.variant_stats WHERE metric = 'salary'")
+ck.check(cur.fetchone()[0] == 0, "deleting a metric deletes its stored moments")
+mal.execute("CREATE TABLE sec_m.fake (user_id text, ts timestamptz, salary float8)")
+mal.execute("""INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
+               VALUES ('salary', 'sec_m.fake', 'user_id', 'ts', 'salary')""")
+mal.execute("SELECT count(*) FROM experiment.variant_stats WHERE metric = 'salary'")
+ck.check(mal.fetchone()[0] == 0, "a metric registered under a reused name shows no old moments")
+mal.execute("SELECT count(*) FROM experiment.conclusions WHERE results::text LIKE '%salary%'")
+ck.check(mal.fetchone()[0] == 0, "nor the conclusions recorded while the old metric existed")
+fails(adm, "TRUNCATE experiment.experiment_metrics, experiment.metrics", "42501",
+      "an administrator cannot truncate the catalogue past the owners' checks")
 bob.execute("SELECT count(*) FROM experiment.conclusions WHERE experiment_id = 'sec-exp'")
 ck.check(bob.fetchone()[0] == 1, "the reader sees the conclusion recorded from what the analyst could read")
 
@@ -267,7 +374,11 @@ cur.execute("""SELECT count(*) FROM pg_proc p JOIN pg_depend d ON d.classid = 'p
 ck.check(cur.fetchone()[0] == 0, "every SQL and plpgsql function sets search_path = pg_catalog, experiment, pg_temp")
 cur.execute("""SELECT count(*) FROM pg_proc p JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid
                JOIN pg_extension x ON x.oid = d.refobjid AND x.extname = 'experiment' WHERE p.prosecdef""")
-ck.check(cur.fetchone()[0] == 2, "exactly two functions run as the extension's owner (refresh, refresh_all)")
+cur.execute("""SELECT string_agg(p.proname, ',' ORDER BY p.proname) FROM pg_proc p
+               JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+               JOIN pg_extension x ON x.oid = d.refobjid AND x.extname = 'experiment' WHERE p.prosecdef""")
+ck.check(cur.fetchone()[0] == "metrics_forget_results,refresh,refresh_all",
+         "only refresh, refresh_all and the results-forgetting trigger run as the extension's owner")
 
 for c in (alice_c, mal_c, bob_c, adm_c):
     c.close()

@@ -199,11 +199,8 @@ $$;
 COMMENT ON FUNCTION experiment.column_type(regclass, text) IS
   'internal: type of column col of relation rel, NULL when there is no such column';
 
--- what in a source could run code chosen by a role that lacks the reader's privileges
--- (doc/security.md): views (and the views they read) owned by such a role, functions and
--- operators a view calls that such a role owns, and row-level security policies of tables
--- such a role owns, or that call its functions, when the reader is subject to them
-CREATE FUNCTION experiment.source_trust_problem(source regclass, reader regrole) RETURNS text
+-- the relations a read of source reads: source and, through views, what they read
+CREATE FUNCTION experiment.source_relations(source regclass) RETURNS SETOF regclass
   LANGUAGE sql STABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
@@ -217,9 +214,43 @@ AS $$
     JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = rw.oid
                                AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> rel.oid
     WHERE rel.depth < 50
-  ), rels AS (
+  )
+  SELECT DISTINCT rel.oid::regclass FROM rel
+$$;
+COMMENT ON FUNCTION experiment.source_relations(regclass) IS
+  'internal: source and the relations its views read, recursively (what source_unit_values() locks before checking a source)';
+
+-- what in a source could run code chosen by a role that lacks the reader's privileges
+-- (doc/security.md): views (and the views they read) owned by such a role, functions and
+-- operators a view calls that such a role owns, row-level security policies of tables
+-- such a role owns, or that call its functions, when the reader is subject to them, and
+-- temporary objects of the session owned by such a role (a function of the source that
+-- does not put pg_temp last would find them first)
+CREATE FUNCTION experiment.source_trust_problem(source regclass, reader regrole) RETURNS text
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  WITH rels AS (
     SELECT DISTINCT c.oid, c.relkind, c.relowner, c.relrowsecurity
-    FROM rel JOIN pg_catalog.pg_class c ON c.oid = rel.oid
+    FROM experiment.source_relations(source) r JOIN pg_catalog.pg_class c ON c.oid = r
+  ), temp_objects AS (
+    SELECT 'relation' AS kind, c.oid::regclass::text AS name, c.relowner AS owner FROM pg_catalog.pg_class c
+    WHERE c.relnamespace = pg_catalog.pg_my_temp_schema()
+    UNION ALL
+    SELECT 'function', p.oid::regprocedure::text, p.proowner FROM pg_catalog.pg_proc p
+    WHERE p.pronamespace = pg_catalog.pg_my_temp_schema()
+    UNION ALL
+    SELECT 'type', t.oid::regtype::text, t.typowner FROM pg_catalog.pg_type t
+    WHERE t.typnamespace = pg_catalog.pg_my_temp_schema()
+    UNION ALL
+    SELECT 'operator', o.oid::regoperator::text, o.oprowner FROM pg_catalog.pg_operator o
+    WHERE o.oprnamespace = pg_catalog.pg_my_temp_schema()
+    UNION ALL
+    SELECT 'collation', co.oid::regcollation::text, co.collowner FROM pg_catalog.pg_collation co
+    WHERE co.collnamespace = pg_catalog.pg_my_temp_schema()
+    UNION ALL
+    SELECT 'conversion', cv.conname::text, cv.conowner FROM pg_catalog.pg_conversion cv
+    WHERE cv.connamespace = pg_catalog.pg_my_temp_schema()
   ), subject_to_rls AS (
     SELECT NOT (r.rolsuper OR r.rolbypassrls) AS yes FROM pg_catalog.pg_roles r WHERE r.oid = reader
   ), code AS (
@@ -233,6 +264,10 @@ AS $$
     JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = p.oid
     WHERE rels.relrowsecurity AND (SELECT yes FROM subject_to_rls)
   ), problems AS (
+    SELECT 0 AS rank, format('this session has a temporary %s %s owned by role "%s", which code in the source could find and run as "%s"',
+                             t.kind, t.name, pg_catalog.pg_get_userbyid(t.owner), reader) AS problem
+    FROM temp_objects t WHERE NOT pg_catalog.pg_has_role(t.owner, reader::oid, 'USAGE')
+    UNION ALL
     SELECT 1 AS rank, format('view %s is owned by role "%s", which could change it to run code as "%s"',
                              rels.oid::regclass, pg_catalog.pg_get_userbyid(rels.relowner), reader) AS problem
     FROM rels WHERE rels.relkind = 'v' AND NOT pg_catalog.pg_has_role(rels.relowner, reader::oid, 'USAGE')

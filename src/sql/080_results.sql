@@ -2,10 +2,12 @@
 -- What users read: the results, srm and health views (doc/analysis.md, doc/operations.md)
 -- ---------------------------------------------------------------------------
 
--- security_invoker: the caller's privileges and the row-level security of metric_results
--- apply, so that a role sees the results of the metrics whose sources it may read
-CREATE VIEW experiment.results WITH (security_invoker = true) AS
-WITH r AS (
+-- a role sees the results of the metrics whose sources it may read (the last line); the
+-- multiple-testing corrections are computed over every metric of the family first, so that
+-- every role sees the same adjusted p-values (MATERIALIZED: the filter never runs below
+-- the window functions)
+CREATE VIEW experiment.results AS
+WITH r AS MATERIALIZED (
   SELECT r.*, em.role, em.non_inferiority_margin, m.kind, m.higher_is_better,
          ex.correction, ex.correction_family, ex.prior_mean, ex.prior_variance, ex.ship_threshold,
          -- the family of the multiple-testing correction: the primary metric across its arms;
@@ -19,7 +21,7 @@ WITH r AS (
   JOIN experiment.experiment_metrics em ON em.experiment_id = r.experiment_id AND em.metric = r.metric
   JOIN experiment.metrics m ON m.name = r.metric
   JOIN experiment.experiments ex ON ex.id = r.experiment_id
-), a AS (
+), a AS MATERIALIZED (
   SELECT r.*,
          -- (the window function runs on every row, so it gets a valid method even where unused)
          CASE WHEN r.correction = 'none' THEN (r.test).p_value
@@ -78,7 +80,8 @@ SELECT s.experiment_id, s.metric, s.variant, s.control_variant,
        (s.test).diff_se, (s.test).lift_se,
        (s.bayes).estimate AS lift_posterior, (s.bayes).ci_lower AS lift_posterior_lower,
        (s.bayes).ci_upper AS lift_posterior_upper
-FROM s;
+FROM s
+WHERE experiment.may_read_metric(s.metric);
 COMMENT ON VIEW experiment.results IS
   'one row per experiment, metric and treatment variant at the latest refresh: role, test results under the experiment''s analysis, adjusted p-value and lift interval, Bayesian chance to win and risks, significance, guardrail verdict (ok, failed or inconclusive against the non-inferiority margin)';
 

@@ -544,10 +544,13 @@ CREATE TABLE experiment.conclusions (
   health jsonb,
   refreshed_at timestamptz,
   concluded_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
-  concluded_by text NOT NULL DEFAULT CURRENT_USER
+  concluded_by text NOT NULL DEFAULT CURRENT_USER,
+  sources jsonb NOT NULL DEFAULT '[]'
 );
 COMMENT ON TABLE experiment.conclusions IS
   'recorded decisions with a write-up and a snapshot of the results, SRM and health as they stood';
+COMMENT ON COLUMN experiment.conclusions.sources IS
+  'the source relations (oid) and columns the experiment''s metrics read when it was concluded: who may read them may see the conclusion';
 SELECT pg_catalog.pg_extension_config_dump('experiment.conclusions', '');
 SELECT pg_catalog.pg_extension_config_dump('experiment.conclusions_id_seq', '');
 COMMENT ON SEQUENCE experiment.conclusions_id_seq IS 'ids of recorded conclusions';
@@ -570,7 +573,7 @@ BEGIN
     PERFORM experiment.refresh(conclude.experiment_id);
   END IF;
   INSERT INTO experiment.conclusions AS k (experiment_id, decision, notes, recommended_decision, readout,
-                                           results, srm, health, refreshed_at)
+                                           results, srm, health, refreshed_at, sources)
   SELECT conclude.experiment_id, d, conclude.notes,
          (SELECT dd.decision FROM experiment.decision(conclude.experiment_id) dd),
          experiment.readout(conclude.experiment_id),
@@ -579,7 +582,15 @@ BEGIN
          (SELECT coalesce(jsonb_agg(to_jsonb(s) ORDER BY s.variant), '[]')
             FROM experiment.srm s WHERE s.experiment_id = conclude.experiment_id),
          (SELECT to_jsonb(h) FROM experiment.health h WHERE h.experiment_id = conclude.experiment_id),
-         (SELECT f.refreshed_at FROM experiment.refreshes f WHERE f.experiment_id = conclude.experiment_id)
+         (SELECT f.refreshed_at FROM experiment.refreshes f WHERE f.experiment_id = conclude.experiment_id),
+         (SELECT coalesce(jsonb_agg(DISTINCT jsonb_build_object(
+                            'source', p.source::oid,
+                            'columns', to_jsonb(array_remove(ARRAY[p.unit_column, p.time_column, p.value_column], NULL)))),
+                          '[]')
+            FROM experiment.experiment_metrics em
+            JOIN experiment.metrics m ON m.name = em.metric
+            JOIN experiment.metrics p ON p.name IN (m.name, m.numerator, m.denominator) AND p.kind <> 'ratio'
+           WHERE em.experiment_id = conclude.experiment_id AND experiment.may_read_metric(m.name))
   RETURNING * INTO c;
   UPDATE experiment.experiments e1 SET status = 'concluded'
    WHERE e1.id = conclude.experiment_id AND e1.status IS DISTINCT FROM 'concluded';

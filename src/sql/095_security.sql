@@ -18,14 +18,55 @@ COMMENT ON POLICY variant_stats_readable ON experiment.variant_stats IS
   'a role sees the per-variant moments of the metrics whose sources it may read';
 ALTER TABLE experiment.conclusions ENABLE ROW LEVEL SECURITY;
 CREATE POLICY conclusions_readable ON experiment.conclusions FOR SELECT
-  USING (NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_array_elements(results) x
-                     WHERE NOT experiment.may_read_metric(x ->> 'metric')));
+  USING (NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_array_elements(sources) s,
+                                   pg_catalog.jsonb_array_elements_text(s -> 'columns') c
+                     WHERE NOT experiment.may_read_column((s ->> 'source')::oid::regclass, c)));
 COMMENT ON POLICY conclusions_readable ON experiment.conclusions IS
-  'a role sees a recorded conclusion when it may read every metric in its results snapshot';
+  'a role sees a recorded conclusion when it may read every source column its metrics read when it was recorded';
 CREATE POLICY conclusions_insert ON experiment.conclusions FOR INSERT
-  WITH CHECK (concluded_by = current_user);
+  WITH CHECK (concluded_by = current_user AND concluded_at = pg_catalog.now());
 COMMENT ON POLICY conclusions_insert ON experiment.conclusions IS
-  'roles granted INSERT (experiment_analyst) record conclusions in their own name, as experiment.conclude() does';
+  'roles granted INSERT (experiment_analyst) record conclusions in their own name and at the time they record them, as experiment.conclude() does';
+
+-- results are as old as the metric definition they were computed from: when a metric is
+-- deleted or reads something else, its stored results (and those of ratios of it) go, so
+-- that a metric registered later under the same name cannot show them
+CREATE FUNCTION experiment.metrics_forget_results() RETURNS trigger
+  LANGUAGE plpgsql SECURITY DEFINER
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  IF TG_OP = 'TRUNCATE' THEN
+    DELETE FROM experiment.metric_results;
+    DELETE FROM experiment.variant_stats;
+    RETURN NULL;
+  END IF;
+  IF TG_OP = 'UPDATE' AND (NEW.source, NEW.unit_column, NEW.time_column, NEW.value_column, NEW.owner,
+                           NEW.numerator, NEW.denominator)
+                          IS NOT DISTINCT FROM (OLD.source, OLD.unit_column, OLD.time_column,
+                                                OLD.value_column, OLD.owner, OLD.numerator, OLD.denominator) THEN
+    RETURN NULL;
+  END IF;
+  DELETE FROM experiment.metric_results r
+   WHERE r.metric = OLD.name
+      OR r.metric IN (SELECT m.name FROM experiment.metrics m WHERE OLD.name IN (m.numerator, m.denominator));
+  DELETE FROM experiment.variant_stats v
+   WHERE v.metric = OLD.name
+      OR v.metric IN (SELECT m.name FROM experiment.metrics m WHERE OLD.name IN (m.numerator, m.denominator));
+  RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION experiment.metrics_forget_results() IS
+  'internal: trigger: deletes the stored results of a metric (and of ratios of it) that is deleted or changes what it reads';
+REVOKE EXECUTE ON FUNCTION experiment.metrics_forget_results() FROM PUBLIC;
+CREATE TRIGGER metrics_forget_results AFTER UPDATE OR DELETE ON experiment.metrics
+  FOR EACH ROW EXECUTE FUNCTION experiment.metrics_forget_results();
+COMMENT ON TRIGGER metrics_forget_results ON experiment.metrics IS
+  'a deleted metric, or one that reads another source, columns or owner, loses its stored results';
+CREATE TRIGGER metrics_forget_results_truncate AFTER TRUNCATE ON experiment.metrics
+  FOR EACH STATEMENT EXECUTE FUNCTION experiment.metrics_forget_results();
+COMMENT ON TRIGGER metrics_forget_results_truncate ON experiment.metrics IS
+  'truncating the catalogue deletes every stored result';
 
 -- refresh reads every source as its metric's owner and writes the results: it runs as the
 -- extension's owner, and only roles granted EXECUTE (experiment_analyst, experiment_admin) call it
@@ -79,10 +120,14 @@ BEGIN
   GRANT USAGE ON SEQUENCE experiment.conclusions_id_seq TO experiment_analyst;
   GRANT EXECUTE ON FUNCTION experiment.refresh(text) TO experiment_analyst;
 
-  -- experiment_admin: all of it, and the scheduled refresh_all()
+  -- experiment_admin: all of it, and the scheduled refresh_all(); TRUNCATE only where no
+  -- row trigger guards the rows (truncating the catalogue would skip the owners' checks)
   GRANT experiment_analyst, experiment_ingest TO experiment_admin;
   FOREACH t IN ARRAY registry || ingestion || '{refreshes,enrollment}'::text[] LOOP
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON experiment.%I TO experiment_admin', t);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON experiment.%I TO experiment_admin', t);
+  END LOOP;
+  FOREACH t IN ARRAY ingestion LOOP
+    EXECUTE format('GRANT TRUNCATE ON experiment.%I TO experiment_admin', t);
   END LOOP;
   GRANT EXECUTE ON FUNCTION experiment.refresh_all() TO experiment_admin;
 END

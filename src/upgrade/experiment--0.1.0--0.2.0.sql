@@ -586,11 +586,8 @@ COMMENT ON TRIGGER metrics_check ON experiment.metrics IS
   'an invalid aggregation, kind, delay, window, winsorize or cuped_lookback is refused with a message naming the allowed values; '
   'the owner defaults to the current user, and only members of the owner role may register, change or delete a metric';
 
--- what in a source could run code chosen by a role that lacks the reader's privileges
--- (doc/security.md): views (and the views they read) owned by such a role, functions and
--- operators a view calls that such a role owns, and row-level security policies of tables
--- such a role owns, or that call its functions, when the reader is subject to them
-CREATE OR REPLACE FUNCTION experiment.source_trust_problem(source regclass, reader regrole) RETURNS text
+-- the relations a read of source reads: source and, through views, what they read
+CREATE OR REPLACE FUNCTION experiment.source_relations(source regclass) RETURNS SETOF regclass
   LANGUAGE sql STABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
@@ -604,9 +601,44 @@ AS $$
     JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = rw.oid
                                AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> rel.oid
     WHERE rel.depth < 50
-  ), rels AS (
+  )
+  SELECT DISTINCT rel.oid::regclass FROM rel
+$$;
+
+COMMENT ON FUNCTION experiment.source_relations(regclass) IS
+  'internal: source and the relations its views read, recursively (what source_unit_values() locks before checking a source)';
+
+-- what in a source could run code chosen by a role that lacks the reader's privileges
+-- (doc/security.md): views (and the views they read) owned by such a role, functions and
+-- operators a view calls that such a role owns, row-level security policies of tables
+-- such a role owns, or that call its functions, when the reader is subject to them, and
+-- temporary objects of the session owned by such a role (a function of the source that
+-- does not put pg_temp last would find them first)
+CREATE OR REPLACE FUNCTION experiment.source_trust_problem(source regclass, reader regrole) RETURNS text
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  WITH rels AS (
     SELECT DISTINCT c.oid, c.relkind, c.relowner, c.relrowsecurity
-    FROM rel JOIN pg_catalog.pg_class c ON c.oid = rel.oid
+    FROM experiment.source_relations(source) r JOIN pg_catalog.pg_class c ON c.oid = r
+  ), temp_objects AS (
+    SELECT 'relation' AS kind, c.oid::regclass::text AS name, c.relowner AS owner FROM pg_catalog.pg_class c
+    WHERE c.relnamespace = pg_catalog.pg_my_temp_schema()
+    UNION ALL
+    SELECT 'function', p.oid::regprocedure::text, p.proowner FROM pg_catalog.pg_proc p
+    WHERE p.pronamespace = pg_catalog.pg_my_temp_schema()
+    UNION ALL
+    SELECT 'type', t.oid::regtype::text, t.typowner FROM pg_catalog.pg_type t
+    WHERE t.typnamespace = pg_catalog.pg_my_temp_schema()
+    UNION ALL
+    SELECT 'operator', o.oid::regoperator::text, o.oprowner FROM pg_catalog.pg_operator o
+    WHERE o.oprnamespace = pg_catalog.pg_my_temp_schema()
+    UNION ALL
+    SELECT 'collation', co.oid::regcollation::text, co.collowner FROM pg_catalog.pg_collation co
+    WHERE co.collnamespace = pg_catalog.pg_my_temp_schema()
+    UNION ALL
+    SELECT 'conversion', cv.conname::text, cv.conowner FROM pg_catalog.pg_conversion cv
+    WHERE cv.connamespace = pg_catalog.pg_my_temp_schema()
   ), subject_to_rls AS (
     SELECT NOT (r.rolsuper OR r.rolbypassrls) AS yes FROM pg_catalog.pg_roles r WHERE r.oid = reader
   ), code AS (
@@ -620,6 +652,10 @@ AS $$
     JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = p.oid
     WHERE rels.relrowsecurity AND (SELECT yes FROM subject_to_rls)
   ), problems AS (
+    SELECT 0 AS rank, format('this session has a temporary %s %s owned by role "%s", which code in the source could find and run as "%s"',
+                             t.kind, t.name, pg_catalog.pg_get_userbyid(t.owner), reader) AS problem
+    FROM temp_objects t WHERE NOT pg_catalog.pg_has_role(t.owner, reader::oid, 'USAGE')
+    UNION ALL
     SELECT 1 AS rank, format('view %s is owned by role "%s", which could change it to run code as "%s"',
                              rels.oid::regclass, pg_catalog.pg_get_userbyid(rels.relowner), reader) AS problem
     FROM rels WHERE rels.relkind = 'v' AND NOT pg_catalog.pg_has_role(rels.relowner, reader::oid, 'USAGE')
@@ -1298,10 +1334,12 @@ BEGIN
 END
 $$;
 
--- security_invoker: the caller's privileges and the row-level security of metric_results
--- apply, so that a role sees the results of the metrics whose sources it may read
-CREATE OR REPLACE VIEW experiment.results WITH (security_invoker = true) AS
-WITH r AS (
+-- a role sees the results of the metrics whose sources it may read (the last line); the
+-- multiple-testing corrections are computed over every metric of the family first, so that
+-- every role sees the same adjusted p-values (MATERIALIZED: the filter never runs below
+-- the window functions)
+CREATE OR REPLACE VIEW experiment.results AS
+WITH r AS MATERIALIZED (
   SELECT r.*, em.role, em.non_inferiority_margin, m.kind, m.higher_is_better,
          ex.correction, ex.correction_family, ex.prior_mean, ex.prior_variance, ex.ship_threshold,
          -- the family of the multiple-testing correction: the primary metric across its arms;
@@ -1315,7 +1353,7 @@ WITH r AS (
   JOIN experiment.experiment_metrics em ON em.experiment_id = r.experiment_id AND em.metric = r.metric
   JOIN experiment.metrics m ON m.name = r.metric
   JOIN experiment.experiments ex ON ex.id = r.experiment_id
-), a AS (
+), a AS MATERIALIZED (
   SELECT r.*,
          -- (the window function runs on every row, so it gets a valid method even where unused)
          CASE WHEN r.correction = 'none' THEN (r.test).p_value
@@ -1374,7 +1412,8 @@ SELECT s.experiment_id, s.metric, s.variant, s.control_variant,
        (s.test).diff_se, (s.test).lift_se,
        (s.bayes).estimate AS lift_posterior, (s.bayes).ci_lower AS lift_posterior_lower,
        (s.bayes).ci_upper AS lift_posterior_upper
-FROM s;
+FROM s
+WHERE experiment.may_read_metric(s.metric);
 
 CREATE OR REPLACE VIEW experiment.health AS
 SELECT ex.id AS experiment_id, ex.status, f.refreshed_at, f.duration AS refresh_duration,
@@ -1731,6 +1770,64 @@ BEGIN
 END
 $$;
 
+-- conclusions record the sources their metrics read (from the current definitions for the
+-- conclusions recorded before: the best that is known)
+ALTER TABLE experiment.conclusions ADD COLUMN sources jsonb NOT NULL DEFAULT '[]';
+UPDATE experiment.conclusions k
+   SET sources = (SELECT coalesce(jsonb_agg(DISTINCT jsonb_build_object(
+                            'source', p.source::oid,
+                            'columns', to_jsonb(array_remove(ARRAY[p.unit_column, p.time_column, p.value_column], NULL)))),
+                          '[]')
+                    FROM pg_catalog.jsonb_array_elements(k.results) x
+                    JOIN experiment.metrics m ON m.name = x ->> 'metric'
+                    JOIN experiment.metrics p ON p.name IN (m.name, m.numerator, m.denominator) AND p.kind <> 'ratio');
+
+COMMENT ON COLUMN experiment.conclusions.sources IS
+  'the source relations (oid) and columns the experiment''s metrics read when it was concluded: who may read them may see the conclusion';
+
+CREATE OR REPLACE FUNCTION experiment.conclude(experiment_id text, decision text, notes text DEFAULT NULL)
+  RETURNS experiment.conclusions
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  d text := upper(btrim(decision));
+  c experiment.conclusions;
+BEGIN
+  PERFORM experiment.require_experiment(conclude.experiment_id);
+  IF d IS NULL OR d NOT IN ('SHIP', 'DON''T SHIP', 'NO SIGNIFICANT EFFECT', 'INVALID') THEN
+    PERFORM experiment.raise_invalid_choice('decision', decision, '{SHIP,DON''T SHIP,NO SIGNIFICANT EFFECT,INVALID}');
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM experiment.refreshes f WHERE f.experiment_id = conclude.experiment_id
+                 AND f.refreshed_at IS NOT NULL) THEN
+    PERFORM experiment.refresh(conclude.experiment_id);
+  END IF;
+  INSERT INTO experiment.conclusions AS k (experiment_id, decision, notes, recommended_decision, readout,
+                                           results, srm, health, refreshed_at, sources)
+  SELECT conclude.experiment_id, d, conclude.notes,
+         (SELECT dd.decision FROM experiment.decision(conclude.experiment_id) dd),
+         experiment.readout(conclude.experiment_id),
+         (SELECT coalesce(jsonb_agg(to_jsonb(rr) ORDER BY rr.metric, rr.variant), '[]')
+            FROM experiment.results rr WHERE rr.experiment_id = conclude.experiment_id),
+         (SELECT coalesce(jsonb_agg(to_jsonb(s) ORDER BY s.variant), '[]')
+            FROM experiment.srm s WHERE s.experiment_id = conclude.experiment_id),
+         (SELECT to_jsonb(h) FROM experiment.health h WHERE h.experiment_id = conclude.experiment_id),
+         (SELECT f.refreshed_at FROM experiment.refreshes f WHERE f.experiment_id = conclude.experiment_id),
+         (SELECT coalesce(jsonb_agg(DISTINCT jsonb_build_object(
+                            'source', p.source::oid,
+                            'columns', to_jsonb(array_remove(ARRAY[p.unit_column, p.time_column, p.value_column], NULL)))),
+                          '[]')
+            FROM experiment.experiment_metrics em
+            JOIN experiment.metrics m ON m.name = em.metric
+            JOIN experiment.metrics p ON p.name IN (m.name, m.numerator, m.denominator) AND p.kind <> 'ratio'
+           WHERE em.experiment_id = conclude.experiment_id AND experiment.may_read_metric(m.name))
+  RETURNING * INTO c;
+  UPDATE experiment.experiments e1 SET status = 'concluded'
+   WHERE e1.id = conclude.experiment_id AND e1.status IS DISTINCT FROM 'concluded';
+  RETURN c;
+END
+$$;
+
 -- row-level security: results, per-variant moments and recorded conclusions of metrics the
 -- reader may not read are not visible (superusers and the extension's owner see everything);
 -- only refresh() writes results
@@ -1753,17 +1850,64 @@ COMMENT ON POLICY variant_stats_readable ON experiment.variant_stats IS
 ALTER TABLE experiment.conclusions ENABLE ROW LEVEL SECURITY;
 
 CREATE POLICY conclusions_readable ON experiment.conclusions FOR SELECT
-  USING (NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_array_elements(results) x
-                     WHERE NOT experiment.may_read_metric(x ->> 'metric')));
+  USING (NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_array_elements(sources) s,
+                                   pg_catalog.jsonb_array_elements_text(s -> 'columns') c
+                     WHERE NOT experiment.may_read_column((s ->> 'source')::oid::regclass, c)));
 
 COMMENT ON POLICY conclusions_readable ON experiment.conclusions IS
-  'a role sees a recorded conclusion when it may read every metric in its results snapshot';
+  'a role sees a recorded conclusion when it may read every source column its metrics read when it was recorded';
 
 CREATE POLICY conclusions_insert ON experiment.conclusions FOR INSERT
-  WITH CHECK (concluded_by = current_user);
+  WITH CHECK (concluded_by = current_user AND concluded_at = pg_catalog.now());
 
 COMMENT ON POLICY conclusions_insert ON experiment.conclusions IS
-  'roles granted INSERT (experiment_analyst) record conclusions in their own name, as experiment.conclude() does';
+  'roles granted INSERT (experiment_analyst) record conclusions in their own name and at the time they record them, as experiment.conclude() does';
+
+-- results are as old as the metric definition they were computed from: when a metric is
+-- deleted or reads something else, its stored results (and those of ratios of it) go, so
+-- that a metric registered later under the same name cannot show them
+CREATE OR REPLACE FUNCTION experiment.metrics_forget_results() RETURNS trigger
+  LANGUAGE plpgsql SECURITY DEFINER
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  IF TG_OP = 'TRUNCATE' THEN
+    DELETE FROM experiment.metric_results;
+    DELETE FROM experiment.variant_stats;
+    RETURN NULL;
+  END IF;
+  IF TG_OP = 'UPDATE' AND (NEW.source, NEW.unit_column, NEW.time_column, NEW.value_column, NEW.owner,
+                           NEW.numerator, NEW.denominator)
+                          IS NOT DISTINCT FROM (OLD.source, OLD.unit_column, OLD.time_column,
+                                                OLD.value_column, OLD.owner, OLD.numerator, OLD.denominator) THEN
+    RETURN NULL;
+  END IF;
+  DELETE FROM experiment.metric_results r
+   WHERE r.metric = OLD.name
+      OR r.metric IN (SELECT m.name FROM experiment.metrics m WHERE OLD.name IN (m.numerator, m.denominator));
+  DELETE FROM experiment.variant_stats v
+   WHERE v.metric = OLD.name
+      OR v.metric IN (SELECT m.name FROM experiment.metrics m WHERE OLD.name IN (m.numerator, m.denominator));
+  RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.metrics_forget_results() IS
+  'internal: trigger: deletes the stored results of a metric (and of ratios of it) that is deleted or changes what it reads';
+
+REVOKE EXECUTE ON FUNCTION experiment.metrics_forget_results() FROM PUBLIC;
+
+CREATE OR REPLACE TRIGGER metrics_forget_results AFTER UPDATE OR DELETE ON experiment.metrics
+  FOR EACH ROW EXECUTE FUNCTION experiment.metrics_forget_results();
+
+COMMENT ON TRIGGER metrics_forget_results ON experiment.metrics IS
+  'a deleted metric, or one that reads another source, columns or owner, loses its stored results';
+
+CREATE OR REPLACE TRIGGER metrics_forget_results_truncate AFTER TRUNCATE ON experiment.metrics
+  FOR EACH STATEMENT EXECUTE FUNCTION experiment.metrics_forget_results();
+
+COMMENT ON TRIGGER metrics_forget_results_truncate ON experiment.metrics IS
+  'truncating the catalogue deletes every stored result';
 
 -- refresh reads every source as its metric's owner and writes the results: it runs as the
 -- extension's owner, and only roles granted EXECUTE (experiment_analyst, experiment_admin) call it
@@ -1820,10 +1964,14 @@ BEGIN
   GRANT USAGE ON SEQUENCE experiment.conclusions_id_seq TO experiment_analyst;
   GRANT EXECUTE ON FUNCTION experiment.refresh(text) TO experiment_analyst;
 
-  -- experiment_admin: all of it, and the scheduled refresh_all()
+  -- experiment_admin: all of it, and the scheduled refresh_all(); TRUNCATE only where no
+  -- row trigger guards the rows (truncating the catalogue would skip the owners' checks)
   GRANT experiment_analyst, experiment_ingest TO experiment_admin;
   FOREACH t IN ARRAY registry || ingestion || '{refreshes,enrollment}'::text[] LOOP
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON experiment.%I TO experiment_admin', t);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON experiment.%I TO experiment_admin', t);
+  END LOOP;
+  FOREACH t IN ARRAY ingestion LOOP
+    EXECUTE format('GRANT TRUNCATE ON experiment.%I TO experiment_admin', t);
   END LOOP;
   GRANT EXECUTE ON FUNCTION experiment.refresh_all() TO experiment_admin;
 END
