@@ -1080,8 +1080,9 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 						 errmsg("refusing to read %s as role \"%s\": %s",
 								get_rel_name(src_rel), GetUserNameFromId(reader, false),
 								TextDatumGetCString(problem)),
-						 errhint("Let a role trusted by \"%s\" own it, or make the metric's owner "
-								 "a role that may run that code (doc/security.md).",
+						 errhint("Have the role named there (or a member of it) own the metric, so that the "
+								 "source is read as it, or let a role trusted by \"%s\" own the object "
+								 "(doc/security.md).",
 								 GetUserNameFromId(reader, false))));
 		}
 

@@ -35,8 +35,12 @@ cur.execute("SELECT role, created FROM experiment.setup_roles() ORDER BY role")
 roles = [r[0] for r in cur.fetchall()]
 ck.check(roles == ["experiment_admin", "experiment_analyst", "experiment_ingest", "experiment_reader"],
          "setup_roles() reports the four roles: %r" % roles)
+su.notices.clear()
+cur.execute("SET client_min_messages = notice")
 cur.execute("SELECT bool_or(created) FROM experiment.setup_roles()")
 ck.check(cur.fetchone()[0] is False, "a second setup_roles() creates nothing")
+ck.check(su.notices == [], "and says nothing: %r" % su.notices)
+cur.execute("SET client_min_messages = error")
 
 LOGINS = {"sec_alice": "experiment_analyst", "sec_mallory": "experiment_analyst", "sec_bob": "experiment_reader",
           "sec_ingest": "experiment_ingest", "sec_admin": "experiment_admin"}
@@ -196,6 +200,11 @@ fails(adm, "SELECT experiment.refresh('adm-exp')", "42501",
       "refresh refuses a source whose owner added a row-level security policy", contains="row-level security")
 cur.execute("SELECT count(*) FROM sec_m.loot")
 ck.check(cur.fetchone()[0] == 0, "the policy's code never ran as the administrator")
+adm.execute("SELECT experiment.refresh_all()")
+cur.execute("SELECT error FROM experiment.refreshes WHERE experiment_id = 'adm-exp'")
+err = cur.fetchone()[0] or ""
+ck.check("cannot be read safely" in err and "row-level security" in err,
+         "refresh_all() records the error with the detail that says why: %r" % err)
 
 # a trusted function that forgets pg_temp in its search_path, and the attacker's temporary
 # objects in the session that calls the SECURITY DEFINER refresh()
@@ -316,6 +325,10 @@ for who, k in (("reader", bob), ("analyst", alice)):
 k = mal
 k.execute("SELECT count(*) FROM experiment.results WHERE metric IN ('salary', 'order_value')")
 ck.check(k.fetchone()[0] == 0, "the attacker sees neither salary nor order_value")
+fails(alice, "SELECT count(*) FROM experiment.aa_test('sec-exp', 10)", "42501",
+      "aa_test() names the metric its caller may not read", contains="may not read the source of metric salary")
+fails(alice, "SELECT experiment.refresh(NULL)", "22004", "refresh(NULL) says that the id is NULL",
+      contains="experiment_id must not be NULL")
 cur.execute("SELECT experiment.conclude('sec-exp', 'SHIP', 'ship it')")
 bob.execute("SELECT count(*) FROM experiment.conclusions WHERE experiment_id = 'sec-exp'")
 ck.check(bob.fetchone()[0] == 0, "a conclusion whose snapshot holds salary is hidden from the reader")

@@ -131,6 +131,12 @@ AS $$
 DECLARE
   e experiment.experiments;
 BEGIN
+  IF experiment_id IS NULL THEN
+    RAISE EXCEPTION 'experiment_id must not be NULL'
+      USING ERRCODE = 'null_value_not_allowed',
+            HINT = experiment.hint_list(ARRAY(SELECT x.id FROM experiment.experiments x ORDER BY x.id),
+                                        'experiments', 'experiment.experiments');
+  END IF;
   SELECT * INTO e FROM experiment.experiments x WHERE x.id = require_experiment.experiment_id;
   IF NOT FOUND THEN
     RAISE EXCEPTION 'experiment "%" does not exist', coalesce(left(experiment_id, 200), 'NULL')

@@ -401,7 +401,7 @@ BEGIN
   IF part IS NOT NULL THEN
     RAISE EXCEPTION 'metric "%": source % cannot be read safely as its owner "%"', m.name, m.source, m.owner
       USING ERRCODE = 'insufficient_privilege', DETAIL = part || '.',
-            HINT = 'Make that role the metric''s owner (owner = the role), or let a role trusted by the owner own the object (doc/security.md).';
+            HINT = 'Have that role (or a member of it) register the metric, so that the source is read as it, or let a role trusted by the owner own the object (doc/security.md).';
   END IF;
 
   IF m.kind = 'proportion' AND m.winsorize IS NOT NULL THEN

@@ -538,6 +538,8 @@ AS $$
 DECLARE
   id text;
   done integer := 0;
+  msg text;
+  detail text;
 BEGIN
   PERFORM experiment.process_exposures_staging();
   FOR id IN SELECT ex.id FROM experiment.experiments ex WHERE ex.status = 'running' ORDER BY ex.id LOOP
@@ -545,9 +547,12 @@ BEGIN
       PERFORM experiment.refresh(id);
       done := done + 1;
     EXCEPTION WHEN OTHERS THEN
-      RAISE WARNING 'refresh of experiment "%" failed: %', id, SQLERRM;
+      -- the message and, where there is one, the detail that says why
+      GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+      msg := SQLERRM || coalesce(nullif(' (' || detail || ')', ' ()'), '');
+      RAISE WARNING 'refresh of experiment "%" failed: %', id, msg;
       INSERT INTO experiment.refreshes AS f (experiment_id, error, error_at)
-      VALUES (id, SQLERRM, clock_timestamp())
+      VALUES (id, msg, clock_timestamp())
       ON CONFLICT ON CONSTRAINT refreshes_pkey DO UPDATE SET error = excluded.error, error_at = excluded.error_at;
     END;
   END LOOP;
@@ -575,6 +580,7 @@ DECLARE
   e experiment.experiments;
   prep record;
   share float8;
+  share_text text;
   aggs text := '';
   tests text := '';
   r record;
@@ -589,6 +595,15 @@ BEGIN
     PERFORM experiment.raise_invalid_value('seed', 'NULL', 'an integer');
   END IF;
   PERFORM experiment.validate_experiment_metrics(e.id);
+  -- it reads the sources as its caller: say which metric it may not read, up front
+  SELECT string_agg(em.metric, ', ' ORDER BY em.metric) INTO share_text
+  FROM experiment.experiment_metrics em
+  WHERE em.experiment_id = e.id AND NOT experiment.may_read_metric(em.metric);
+  IF share_text IS NOT NULL THEN
+    RAISE EXCEPTION 'aa_test of experiment "%": role % may not read the source of metric %', e.id, current_user, share_text
+      USING ERRCODE = 'insufficient_privilege',
+            HINT = 'aa_test() reads the sources as its caller; run it as a role that may SELECT them.';
+  END IF;
   -- the pseudo-control's share: the control's share of control + the first treatment
   SELECT c.allocation / nullif(c.allocation + t.allocation, 0) INTO share
   FROM experiment.variants c, LATERAL (SELECT v.allocation FROM experiment.variants v

@@ -75,6 +75,21 @@ ALTER FUNCTION experiment.refresh_all() SECURITY DEFINER;
 REVOKE EXECUTE ON FUNCTION experiment.refresh(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION experiment.refresh_all() FROM PUBLIC;
 
+-- GRANT role TO member, quietly when it is granted already
+CREATE FUNCTION experiment.grant_role_once(role text, member text) RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members a
+                 WHERE a.roleid = grant_role_once.role::regrole AND a.member = grant_role_once.member::regrole) THEN
+    EXECUTE format('GRANT %I TO %I', grant_role_once.role, grant_role_once.member);
+  END IF;
+END
+$$;
+COMMENT ON FUNCTION experiment.grant_role_once(text, text) IS 'internal: GRANT role TO member unless it is granted already';
+REVOKE EXECUTE ON FUNCTION experiment.grant_role_once(text, text) FROM PUBLIC;
+
 CREATE FUNCTION experiment.setup_roles() RETURNS TABLE (role text, created boolean)
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
   SET search_path = pg_catalog, experiment, pg_temp
@@ -111,7 +126,7 @@ BEGIN
   GRANT USAGE ON SEQUENCE experiment.exposures_quarantine_id_seq TO experiment_ingest;
 
   -- experiment_analyst: designs experiments, registers metrics it may read, refreshes, concludes
-  GRANT experiment_reader TO experiment_analyst;
+  PERFORM experiment.grant_role_once('experiment_reader', 'experiment_analyst');
   FOREACH t IN ARRAY registry LOOP
     EXECUTE format('GRANT INSERT, UPDATE, DELETE ON experiment.%I TO experiment_analyst', t);
   END LOOP;
@@ -122,7 +137,8 @@ BEGIN
 
   -- experiment_admin: all of it, and the scheduled refresh_all(); TRUNCATE only where no
   -- row trigger guards the rows (truncating the catalogue would skip the owners' checks)
-  GRANT experiment_analyst, experiment_ingest TO experiment_admin;
+  PERFORM experiment.grant_role_once('experiment_analyst', 'experiment_admin');
+  PERFORM experiment.grant_role_once('experiment_ingest', 'experiment_admin');
   FOREACH t IN ARRAY registry || ingestion || '{refreshes,enrollment}'::text[] LOOP
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON experiment.%I TO experiment_admin', t);
   END LOOP;

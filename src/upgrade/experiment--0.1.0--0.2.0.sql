@@ -163,6 +163,30 @@ CREATE OR REPLACE FUNCTION experiment.eval_condition(
   AS 'MODULE_PATHNAME', 'exp_eval_condition'
   LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
+CREATE OR REPLACE FUNCTION experiment.require_experiment(experiment_id text) RETURNS experiment.experiments
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  e experiment.experiments;
+BEGIN
+  IF experiment_id IS NULL THEN
+    RAISE EXCEPTION 'experiment_id must not be NULL'
+      USING ERRCODE = 'null_value_not_allowed',
+            HINT = experiment.hint_list(ARRAY(SELECT x.id FROM experiment.experiments x ORDER BY x.id),
+                                        'experiments', 'experiment.experiments');
+  END IF;
+  SELECT * INTO e FROM experiment.experiments x WHERE x.id = require_experiment.experiment_id;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'experiment "%" does not exist', coalesce(left(experiment_id, 200), 'NULL')
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = experiment.hint_list(ARRAY(SELECT x.id FROM experiment.experiments x ORDER BY x.id),
+                                        'experiments', 'experiment.experiments');
+  END IF;
+  RETURN e;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION experiment.experiments_check() RETURNS trigger
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
   SET search_path = pg_catalog, experiment, pg_temp
@@ -790,7 +814,7 @@ BEGIN
   IF part IS NOT NULL THEN
     RAISE EXCEPTION 'metric "%": source % cannot be read safely as its owner "%"', m.name, m.source, m.owner
       USING ERRCODE = 'insufficient_privilege', DETAIL = part || '.',
-            HINT = 'Make that role the metric''s owner (owner = the role), or let a role trusted by the owner own the object (doc/security.md).';
+            HINT = 'Have that role (or a member of it) register the metric, so that the source is read as it, or let a role trusted by the owner own the object (doc/security.md).';
   END IF;
 
   IF m.kind = 'proportion' AND m.winsorize IS NOT NULL THEN
@@ -1227,6 +1251,35 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION experiment.refresh_all() RETURNS integer
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  id text;
+  done integer := 0;
+  msg text;
+  detail text;
+BEGIN
+  PERFORM experiment.process_exposures_staging();
+  FOR id IN SELECT ex.id FROM experiment.experiments ex WHERE ex.status = 'running' ORDER BY ex.id LOOP
+    BEGIN
+      PERFORM experiment.refresh(id);
+      done := done + 1;
+    EXCEPTION WHEN OTHERS THEN
+      -- the message and, where there is one, the detail that says why
+      GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+      msg := SQLERRM || coalesce(nullif(' (' || detail || ')', ' ()'), '');
+      RAISE WARNING 'refresh of experiment "%" failed: %', id, msg;
+      INSERT INTO experiment.refreshes AS f (experiment_id, error, error_at)
+      VALUES (id, msg, clock_timestamp())
+      ON CONFLICT ON CONSTRAINT refreshes_pkey DO UPDATE SET error = excluded.error, error_at = excluded.error_at;
+    END;
+  END LOOP;
+  RETURN done;
+END
+$$;
+
 -- ===========================================================================
 -- A/A validation
 -- ===========================================================================
@@ -1244,6 +1297,7 @@ DECLARE
   e experiment.experiments;
   prep record;
   share float8;
+  share_text text;
   aggs text := '';
   tests text := '';
   r record;
@@ -1258,6 +1312,15 @@ BEGIN
     PERFORM experiment.raise_invalid_value('seed', 'NULL', 'an integer');
   END IF;
   PERFORM experiment.validate_experiment_metrics(e.id);
+  -- it reads the sources as its caller: say which metric it may not read, up front
+  SELECT string_agg(em.metric, ', ' ORDER BY em.metric) INTO share_text
+  FROM experiment.experiment_metrics em
+  WHERE em.experiment_id = e.id AND NOT experiment.may_read_metric(em.metric);
+  IF share_text IS NOT NULL THEN
+    RAISE EXCEPTION 'aa_test of experiment "%": role % may not read the source of metric %', e.id, current_user, share_text
+      USING ERRCODE = 'insufficient_privilege',
+            HINT = 'aa_test() reads the sources as its caller; run it as a role that may SELECT them.';
+  END IF;
   -- the pseudo-control's share: the control's share of control + the first treatment
   SELECT c.allocation / nullif(c.allocation + t.allocation, 0) INTO share
   FROM experiment.variants c, LATERAL (SELECT v.allocation FROM experiment.variants v
@@ -1919,6 +1982,23 @@ REVOKE EXECUTE ON FUNCTION experiment.refresh(text) FROM PUBLIC;
 
 REVOKE EXECUTE ON FUNCTION experiment.refresh_all() FROM PUBLIC;
 
+-- GRANT role TO member, quietly when it is granted already
+CREATE OR REPLACE FUNCTION experiment.grant_role_once(role text, member text) RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members a
+                 WHERE a.roleid = grant_role_once.role::regrole AND a.member = grant_role_once.member::regrole) THEN
+    EXECUTE format('GRANT %I TO %I', grant_role_once.role, grant_role_once.member);
+  END IF;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.grant_role_once(text, text) IS 'internal: GRANT role TO member unless it is granted already';
+
+REVOKE EXECUTE ON FUNCTION experiment.grant_role_once(text, text) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION experiment.setup_roles() RETURNS TABLE (role text, created boolean)
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
   SET search_path = pg_catalog, experiment, pg_temp
@@ -1955,7 +2035,7 @@ BEGIN
   GRANT USAGE ON SEQUENCE experiment.exposures_quarantine_id_seq TO experiment_ingest;
 
   -- experiment_analyst: designs experiments, registers metrics it may read, refreshes, concludes
-  GRANT experiment_reader TO experiment_analyst;
+  PERFORM experiment.grant_role_once('experiment_reader', 'experiment_analyst');
   FOREACH t IN ARRAY registry LOOP
     EXECUTE format('GRANT INSERT, UPDATE, DELETE ON experiment.%I TO experiment_analyst', t);
   END LOOP;
@@ -1966,7 +2046,8 @@ BEGIN
 
   -- experiment_admin: all of it, and the scheduled refresh_all(); TRUNCATE only where no
   -- row trigger guards the rows (truncating the catalogue would skip the owners' checks)
-  GRANT experiment_analyst, experiment_ingest TO experiment_admin;
+  PERFORM experiment.grant_role_once('experiment_analyst', 'experiment_admin');
+  PERFORM experiment.grant_role_once('experiment_ingest', 'experiment_admin');
   FOREACH t IN ARRAY registry || ingestion || '{refreshes,enrollment}'::text[] LOOP
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON experiment.%I TO experiment_admin', t);
   END LOOP;
