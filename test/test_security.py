@@ -286,6 +286,23 @@ fails(mal, "DELETE FROM experiment.metrics WHERE name = 'order_value'", "42501",
 fails(mal, "UPDATE experiment.metrics SET owner = 'sec_mallory' WHERE name = 'order_value'", "42501",
       "taking over another role's metric")
 
+# another role's experiment: its metrics, variants and status belong to its owner role
+alice.execute("SELECT owner_role::text FROM experiment.experiments WHERE id = 'sec-exp'")
+ck.check(alice.fetchone()[0] == "sec_alice", "an experiment is owned by the role that creates it")
+fails(mal, "DELETE FROM experiment.experiment_metrics WHERE experiment_id = 'sec-exp'", "42501",
+      "removing the metrics of another role's experiment")
+fails(mal, "UPDATE experiment.experiment_metrics SET role = 'secondary' WHERE experiment_id = 'sec-exp'", "42501",
+      "demoting a metric of another role's experiment")
+fails(mal, "INSERT INTO experiment.experiment_metrics VALUES ('sec-exp', 'mal_metric', 'secondary')", "42501",
+      "adding a metric to another role's experiment")
+fails(mal, "UPDATE experiment.variants SET config = '{}' WHERE experiment_id = 'sec-exp'", "42501",
+      "changing the variants of another role's experiment")
+fails(mal, "SELECT experiment.stop('sec-exp')", "42501", "stopping another role's experiment")
+fails(mal, "UPDATE experiment.experiments SET owner_role = 'sec_mallory' WHERE id = 'sec-exp'", "42501",
+      "taking over another role's experiment")
+fails(mal, """INSERT INTO experiment.experiments (id, owner_role) VALUES ('mal-owned', 'sec_alice')""", "42501",
+      "creating an experiment for another role")
+
 # --- 5. who sees which results ------------------------------------------------------
 cur.execute("INSERT INTO public.secret VALUES ('u1', now() - interval '1 day', 'NaN')")
 cur.execute("""CREATE TABLE public.orders2 AS SELECT 'u' || i AS user_id, now() - interval '1 day' AS ts,

@@ -49,6 +49,7 @@ CREATE TABLE experiment.experiments (
     CONSTRAINT experiments_ship_threshold_valid CHECK (ship_threshold > 0.5 AND ship_threshold < 1),
   created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
   updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+  owner_role regrole NOT NULL,
   CONSTRAINT experiments_layer_range_valid CHECK (
     (layer IS NULL AND layer_start IS NULL AND layer_end IS NULL)
     OR (layer IS NOT NULL AND layer_start IS NOT NULL AND layer_end IS NOT NULL
@@ -57,6 +58,8 @@ CREATE TABLE experiment.experiments (
 );
 COMMENT ON TABLE experiment.experiments IS
   'The experiment registry: one row per experiment (status, salt, hash scheme, traffic, layer range, targeting, analysis settings)';
+COMMENT ON COLUMN experiment.experiments.owner_role IS
+  'the role whose members may change the experiment, its variants and its metrics (default: the role that creates it; doc/security.md)';
 COMMENT ON COLUMN experiment.experiments.status IS
   'draft -> running <-> stopped -> concluded; only running experiments assign units';
 COMMENT ON COLUMN experiment.experiments.salt IS
@@ -149,6 +152,25 @@ END
 $$;
 COMMENT ON FUNCTION experiment.require_experiment(text) IS
   'internal: the registry row of an experiment, or the error ''experiment "x" does not exist'' (22023) with the known ids as HINT';
+
+-- only members of an experiment's owner role change it, its variants and its metrics
+CREATE FUNCTION experiment.require_experiment_owner(experiment_id text, action text) RETURNS void
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  o regrole;
+BEGIN
+  SELECT x.owner_role INTO o FROM experiment.experiments x WHERE x.id = require_experiment_owner.experiment_id;
+  IF o IS NOT NULL AND NOT pg_catalog.pg_has_role(current_user, o, 'MEMBER') THEN
+    RAISE EXCEPTION 'permission denied to % of experiment "%"', action, left(experiment_id, 200)
+      USING ERRCODE = 'insufficient_privilege',
+            DETAIL = format('Only members of role "%s", the experiment''s owner role, may change it.', o);
+  END IF;
+END
+$$;
+COMMENT ON FUNCTION experiment.require_experiment_owner(text, text) IS
+  'internal: the error 42501 unless the current user is a member of the experiment''s owner_role';
 
 CREATE FUNCTION experiment.require_variant(experiment_id text, variant text) RETURNS void
   LANGUAGE plpgsql STABLE PARALLEL SAFE
@@ -280,6 +302,19 @@ DECLARE
   other record;
   frozen boolean := TG_OP = 'UPDATE' AND OLD.status <> 'draft';
 BEGIN
+  -- ownership, as for metrics: only members of a role act for it
+  IF TG_OP = 'UPDATE' THEN
+    PERFORM experiment.require_experiment_owner(OLD.id, 'change');
+  END IF;
+  IF NEW.owner_role IS NULL THEN
+    NEW.owner_role := CASE WHEN TG_OP = 'UPDATE' THEN OLD.owner_role ELSE current_user::text::regrole END;
+  END IF;
+  IF (TG_OP = 'INSERT' OR NEW.owner_role IS DISTINCT FROM OLD.owner_role)
+     AND NOT pg_catalog.pg_has_role(current_user, NEW.owner_role, 'MEMBER') THEN
+    RAISE EXCEPTION 'permission denied to make role "%" the owner role of experiment "%"', NEW.owner_role, left(NEW.id, 200)
+      USING ERRCODE = 'insufficient_privilege',
+            HINT = 'Leave owner_role NULL to own the experiment yourself.';
+  END IF;
   NEW.salt := coalesce(NEW.salt, NEW.id);
   IF NEW.status IS NULL OR NEW.status NOT IN ('draft', 'running', 'stopped', 'concluded') THEN
     PERFORM experiment.raise_invalid_choice('status', NEW.status, '{draft,running,stopped,concluded}',
@@ -466,6 +501,7 @@ BEGIN
     END IF;
     RETURN NULL;
   END IF;
+  PERFORM experiment.require_experiment_owner(OLD.id, 'delete');
   IF OLD.status = 'running' THEN
     RAISE EXCEPTION 'cannot delete experiment "%": it is running', OLD.id
       USING ERRCODE = 'invalid_parameter_value',
@@ -505,7 +541,11 @@ BEGIN
     END IF;
     RETURN NULL;
   END IF;
+  IF TG_OP IN ('UPDATE', 'DELETE') THEN
+    PERFORM experiment.require_experiment_owner(OLD.experiment_id, 'change the variants');
+  END IF;
   IF TG_OP IN ('INSERT', 'UPDATE') THEN
+    PERFORM experiment.require_experiment_owner(NEW.experiment_id, 'change the variants');
     IF NEW.name IS NULL OR NEW.name = '' THEN
       RAISE EXCEPTION 'variant name of experiment "%" must not be empty', NEW.experiment_id
         USING ERRCODE = 'invalid_parameter_value';

@@ -151,7 +151,14 @@ AS $$
 DECLARE
   other text;
 BEGIN
+  IF TG_OP IN ('UPDATE', 'DELETE') THEN
+    PERFORM experiment.require_experiment_owner(OLD.experiment_id, 'change the metrics');
+  END IF;
+  IF TG_OP = 'DELETE' THEN
+    RETURN OLD;
+  END IF;
   PERFORM experiment.require_experiment(NEW.experiment_id);
+  PERFORM experiment.require_experiment_owner(NEW.experiment_id, 'change the metrics');
   PERFORM experiment.require_metric(NEW.metric);
   IF NEW.role IS NULL OR NEW.role NOT IN ('primary', 'secondary', 'guardrail') THEN
     PERFORM experiment.raise_invalid_choice('role', NEW.role, '{primary,secondary,guardrail}',
@@ -183,10 +190,11 @@ $$;
 COMMENT ON FUNCTION experiment.experiment_metrics_check() IS
   'internal: trigger that names the experiment, metric, role or margin that is invalid';
 CREATE TRIGGER experiment_metrics_check
-  BEFORE INSERT OR UPDATE ON experiment.experiment_metrics
+  BEFORE INSERT OR UPDATE OR DELETE ON experiment.experiment_metrics
   FOR EACH ROW EXECUTE FUNCTION experiment.experiment_metrics_check();
 COMMENT ON TRIGGER experiment_metrics_check ON experiment.experiment_metrics IS
-  'an unknown experiment or metric, an invalid role or margin, or a second primary metric is refused with a clear message';
+  'an unknown experiment or metric, an invalid role or margin, or a second primary metric is refused with a clear message; '
+  'only members of the experiment''s owner_role add, change or remove its metrics';
 
 -- type checks of source columns, from pg_type
 CREATE FUNCTION experiment.column_type(rel regclass, col text) RETURNS regtype

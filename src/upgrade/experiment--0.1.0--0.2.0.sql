@@ -163,6 +163,17 @@ CREATE OR REPLACE FUNCTION experiment.eval_condition(
   AS 'MODULE_PATHNAME', 'exp_eval_condition'
   LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
+-- experiments have owner roles: the existing ones are owned by the role running the update
+ALTER TABLE experiment.experiments ADD COLUMN owner_role regrole;
+ALTER TABLE experiment.experiments DISABLE TRIGGER USER;
+UPDATE experiment.experiments
+   SET owner_role = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)::regrole;
+ALTER TABLE experiment.experiments ENABLE TRIGGER USER;
+ALTER TABLE experiment.experiments ALTER COLUMN owner_role SET NOT NULL;
+
+COMMENT ON COLUMN experiment.experiments.owner_role IS
+  'the role whose members may change the experiment, its variants and its metrics (default: the role that creates it; doc/security.md)';
+
 CREATE OR REPLACE FUNCTION experiment.require_experiment(experiment_id text) RETURNS experiment.experiments
   LANGUAGE plpgsql STABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
@@ -187,6 +198,26 @@ BEGIN
 END
 $$;
 
+-- only members of an experiment's owner role change it, its variants and its metrics
+CREATE OR REPLACE FUNCTION experiment.require_experiment_owner(experiment_id text, action text) RETURNS void
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  o regrole;
+BEGIN
+  SELECT x.owner_role INTO o FROM experiment.experiments x WHERE x.id = require_experiment_owner.experiment_id;
+  IF o IS NOT NULL AND NOT pg_catalog.pg_has_role(current_user, o, 'MEMBER') THEN
+    RAISE EXCEPTION 'permission denied to % of experiment "%"', action, left(experiment_id, 200)
+      USING ERRCODE = 'insufficient_privilege',
+            DETAIL = format('Only members of role "%s", the experiment''s owner role, may change it.', o);
+  END IF;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.require_experiment_owner(text, text) IS
+  'internal: the error 42501 unless the current user is a member of the experiment''s owner_role';
+
 CREATE OR REPLACE FUNCTION experiment.experiments_check() RETURNS trigger
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
   SET search_path = pg_catalog, experiment, pg_temp
@@ -195,6 +226,19 @@ DECLARE
   other record;
   frozen boolean := TG_OP = 'UPDATE' AND OLD.status <> 'draft';
 BEGIN
+  -- ownership, as for metrics: only members of a role act for it
+  IF TG_OP = 'UPDATE' THEN
+    PERFORM experiment.require_experiment_owner(OLD.id, 'change');
+  END IF;
+  IF NEW.owner_role IS NULL THEN
+    NEW.owner_role := CASE WHEN TG_OP = 'UPDATE' THEN OLD.owner_role ELSE current_user::text::regrole END;
+  END IF;
+  IF (TG_OP = 'INSERT' OR NEW.owner_role IS DISTINCT FROM OLD.owner_role)
+     AND NOT pg_catalog.pg_has_role(current_user, NEW.owner_role, 'MEMBER') THEN
+    RAISE EXCEPTION 'permission denied to make role "%" the owner role of experiment "%"', NEW.owner_role, left(NEW.id, 200)
+      USING ERRCODE = 'insufficient_privilege',
+            HINT = 'Leave owner_role NULL to own the experiment yourself.';
+  END IF;
   NEW.salt := coalesce(NEW.salt, NEW.id);
   IF NEW.status IS NULL OR NEW.status NOT IN ('draft', 'running', 'stopped', 'concluded') THEN
     PERFORM experiment.raise_invalid_choice('status', NEW.status, '{draft,running,stopped,concluded}',
@@ -358,6 +402,93 @@ BEGIN
         USING ERRCODE = 'exclusion_violation',
               HINT = 'Experiments of one layer own disjoint ranges; conclude the other experiment or pick a free range.';
     END IF;
+  END IF;
+  RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION experiment.experiments_delete_check() RETURNS trigger
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  IF TG_LEVEL = 'STATEMENT' THEN
+    IF EXISTS (SELECT FROM experiment.experiments WHERE status = 'running') THEN
+      RAISE EXCEPTION 'cannot truncate experiment.experiments while experiments are running'
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN NULL;
+  END IF;
+  PERFORM experiment.require_experiment_owner(OLD.id, 'delete');
+  IF OLD.status = 'running' THEN
+    RAISE EXCEPTION 'cannot delete experiment "%": it is running', OLD.id
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Stop it first (experiment.stop).';
+  END IF;
+  RETURN OLD;
+END
+$$;
+
+-- Variants. Drafts are edited freely (row by row); the split is checked when
+-- the experiment starts. Once an experiment has left draft its split (the set
+-- of variants, their allocations and which one is the control) is frozen,
+-- with one exception that keeps dumps restorable: one INSERT statement may
+-- give a non-draft experiment that has no variants all of its variants, and
+-- they are checked at the end of that statement.
+CREATE OR REPLACE FUNCTION experiment.variants_check() RETURNS trigger
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  st text;
+BEGIN
+  IF TG_LEVEL = 'STATEMENT' THEN
+    IF EXISTS (SELECT FROM experiment.variants v JOIN experiment.experiments x ON x.id = v.experiment_id
+                WHERE x.status <> 'draft') THEN
+      RAISE EXCEPTION 'cannot truncate experiment.variants: it holds the frozen split of experiments that left draft'
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN NULL;
+  END IF;
+  IF TG_OP IN ('UPDATE', 'DELETE') THEN
+    PERFORM experiment.require_experiment_owner(OLD.experiment_id, 'change the variants');
+  END IF;
+  IF TG_OP IN ('INSERT', 'UPDATE') THEN
+    PERFORM experiment.require_experiment_owner(NEW.experiment_id, 'change the variants');
+    IF NEW.name IS NULL OR NEW.name = '' THEN
+      RAISE EXCEPTION 'variant name of experiment "%" must not be empty', NEW.experiment_id
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NEW.allocation IS NULL OR NOT (NEW.allocation >= 0 AND NEW.allocation <= 1) THEN
+      RAISE EXCEPTION 'allocation of variant "%" of experiment "%" must be in [0, 1], got %',
+        NEW.name, NEW.experiment_id, NEW.allocation
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+  END IF;
+  -- Lock the experiment row against a concurrent status change: starting an
+  -- experiment checks its split, which must not change until that commits.
+  IF TG_OP = 'INSERT' THEN
+    PERFORM FROM experiment.experiments x WHERE x.id = NEW.experiment_id FOR SHARE;
+  END IF;
+  IF TG_OP IN ('UPDATE', 'DELETE') THEN
+    SELECT x.status INTO st FROM experiment.experiments x WHERE x.id = OLD.experiment_id FOR SHARE;
+    IF st <> 'draft' AND (TG_OP = 'DELETE'
+         OR NEW.experiment_id <> OLD.experiment_id OR NEW.name <> OLD.name
+         OR NEW.allocation <> OLD.allocation OR NEW.is_control <> OLD.is_control) THEN
+      RAISE EXCEPTION 'cannot change the variants of experiment "%": it is %', OLD.experiment_id, st
+        USING ERRCODE = 'invalid_parameter_value',
+              HINT = 'The split of an experiment is frozen once it leaves draft; a new split is a new experiment. Only config may change.';
+    END IF;
+  END IF;
+  IF TG_OP = 'UPDATE' AND NEW.experiment_id <> OLD.experiment_id THEN
+    SELECT x.status INTO st FROM experiment.experiments x WHERE x.id = NEW.experiment_id FOR SHARE;
+    IF st <> 'draft' THEN
+      RAISE EXCEPTION 'cannot change the variants of experiment "%": it is %', NEW.experiment_id, st
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+  END IF;
+  IF TG_OP = 'DELETE' THEN
+    RETURN OLD;
   END IF;
   RETURN NEW;
 END
@@ -609,6 +740,58 @@ CREATE OR REPLACE TRIGGER metrics_check
 COMMENT ON TRIGGER metrics_check ON experiment.metrics IS
   'an invalid aggregation, kind, delay, window, winsorize or cuped_lookback is refused with a message naming the allowed values; '
   'the owner defaults to the current user, and only members of the owner role may register, change or delete a metric';
+
+CREATE OR REPLACE FUNCTION experiment.experiment_metrics_check() RETURNS trigger
+  LANGUAGE plpgsql
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  other text;
+BEGIN
+  IF TG_OP IN ('UPDATE', 'DELETE') THEN
+    PERFORM experiment.require_experiment_owner(OLD.experiment_id, 'change the metrics');
+  END IF;
+  IF TG_OP = 'DELETE' THEN
+    RETURN OLD;
+  END IF;
+  PERFORM experiment.require_experiment(NEW.experiment_id);
+  PERFORM experiment.require_experiment_owner(NEW.experiment_id, 'change the metrics');
+  PERFORM experiment.require_metric(NEW.metric);
+  IF NEW.role IS NULL OR NEW.role NOT IN ('primary', 'secondary', 'guardrail') THEN
+    PERFORM experiment.raise_invalid_choice('role', NEW.role, '{primary,secondary,guardrail}',
+                                            format('metric "%s" of experiment "%s"', NEW.metric, NEW.experiment_id));
+  END IF;
+  IF NEW.non_inferiority_margin IS NOT NULL AND NEW.role <> 'guardrail' THEN
+    RAISE EXCEPTION 'non_inferiority_margin of metric "%" of experiment "%" applies to guardrails only, the role is %',
+      NEW.metric, NEW.experiment_id, NEW.role
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Set role to ''guardrail'', or the margin to NULL.';
+  END IF;
+  IF NOT (NEW.non_inferiority_margin >= 0) THEN
+    PERFORM experiment.raise_invalid_value(format('non_inferiority_margin of metric "%s" of experiment "%s"',
+                                                  NEW.metric, NEW.experiment_id),
+                                           NEW.non_inferiority_margin::text,
+                                           'a non-negative relative harm, e.g. 0.02 for 2% (NULL or 0: any significant harm fails)');
+  END IF;
+  IF NEW.role = 'primary' THEN
+    SELECT em.metric INTO other FROM experiment.experiment_metrics em
+     WHERE em.experiment_id = NEW.experiment_id AND em.role = 'primary' AND em.metric <> NEW.metric;
+    IF FOUND THEN
+      RAISE EXCEPTION 'experiment "%" already has a primary metric ("%")', NEW.experiment_id, other
+        USING ERRCODE = 'invalid_parameter_value',
+              HINT = format('An experiment has one primary metric: make "%s" secondary first, or this one secondary.', other);
+    END IF;
+  END IF;
+  RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER experiment_metrics_check
+  BEFORE INSERT OR UPDATE OR DELETE ON experiment.experiment_metrics
+  FOR EACH ROW EXECUTE FUNCTION experiment.experiment_metrics_check();
+
+COMMENT ON TRIGGER experiment_metrics_check ON experiment.experiment_metrics IS
+  'an unknown experiment or metric, an invalid role or margin, or a second primary metric is refused with a clear message; '
+  'only members of the experiment''s owner_role add, change or remove its metrics';
 
 -- the relations a read of source reads: source and, through views, what they read
 CREATE OR REPLACE FUNCTION experiment.source_relations(source regclass) RETURNS SETOF regclass
