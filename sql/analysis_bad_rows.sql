@@ -45,6 +45,32 @@ FROM experiment.variant_stats v WHERE v.experiment_id = 'br' ORDER BY 1, 2;
 SELECT metric, variant, cap FROM experiment.variant_stats WHERE experiment_id = 'br' AND cap IS NOT NULL ORDER BY 1, 2;
 SELECT skipped_source_values FROM experiment.health WHERE experiment_id = 'br';
 
+-- the results do not depend on the session of whoever refreshes: a date column and a
+-- window in days are read in UTC
+CREATE VIEW bad_rows.daily AS SELECT user_id, ts::date AS d, amount FROM bad_rows.events;
+CREATE TABLE bad_rows.seen (tz text, metric text, variant text, m text);
+INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column, cuped_lookback, "window") VALUES
+  ('br_daily', 'bad_rows.daily', 'user_id', 'd', 'amount', NULL, '1 day');
+INSERT INTO experiment.experiments (id, status, start_at) VALUES ('br-tz', 'draft', '2025-01-01 00:00+00');
+INSERT INTO experiment.variants (experiment_id, name, allocation, is_control)
+VALUES ('br-tz', 'control', 0.5, true), ('br-tz', 'treatment', 0.5, false);
+INSERT INTO experiment.experiment_metrics (experiment_id, metric, role) VALUES ('br-tz', 'br_daily', 'primary');
+UPDATE experiment.experiments SET status = 'running' WHERE id = 'br-tz';
+SELECT count(experiment.log_exposure('br-tz', 'u' || i, CASE WHEN i % 2 = 0 THEN 'control' ELSE 'treatment' END,
+                                     '2025-01-03 05:00+00'))
+FROM generate_series(1, 40) i;
+SET TimeZone = 'UTC';
+SELECT experiment.refresh('br-tz');
+INSERT INTO bad_rows.seen SELECT 'UTC', metric, variant, moments::text FROM experiment.variant_stats WHERE experiment_id = 'br-tz';
+SET TimeZone = 'America/Los_Angeles';
+SELECT experiment.refresh('br-tz');
+INSERT INTO bad_rows.seen SELECT 'Los_Angeles', metric, variant, moments::text FROM experiment.variant_stats WHERE experiment_id = 'br-tz';
+RESET TimeZone;
+SELECT a.variant, a.m = b.m AS same, experiment.n(a.m::experiment.moments) AS n, experiment.mean(a.m::experiment.moments) AS mean
+FROM bad_rows.seen a JOIN bad_rows.seen b ON b.variant = a.variant AND b.tz = 'Los_Angeles'
+WHERE a.tz = 'UTC' ORDER BY 1;
+UPDATE experiment.experiments SET status = 'stopped' WHERE id = 'br-tz';
+
 -- exposures outside 1970 .. 2200 are refused (log_exposure), quarantined (ingest_exposures)
 -- or rejected by the table's constraint
 SELECT regress_support.err($$SELECT experiment.log_exposure('br', 'late', 'control', '294276-01-01 00:00+00')$$);

@@ -384,6 +384,11 @@ CREATE FUNCTION experiment.refresh(experiment_id text) RETURNS void
   -- per-unit aggregation of a million units fits in memory; JIT compilation costs more than it saves here
   SET work_mem = '256MB'
   SET jit = off
+  -- the results do not depend on who refreshes: timestamp and date columns and calendar
+  -- windows are read in UTC, whatever the caller's session says
+  SET TimeZone = 'UTC'
+  SET DateStyle = 'ISO, MDY'
+  SET IntervalStyle = 'postgres'
 AS $$
 DECLARE
   e experiment.experiments;
@@ -575,6 +580,9 @@ CREATE FUNCTION experiment.aa_test(experiment_id text, simulations integer DEFAU
   SET search_path = pg_catalog, experiment, pg_temp
   SET work_mem = '256MB'
   SET jit = off
+  SET TimeZone = 'UTC'
+  SET DateStyle = 'ISO, MDY'
+  SET IntervalStyle = 'postgres'
 AS $$
 DECLARE
   e experiment.experiments;
