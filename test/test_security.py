@@ -111,15 +111,21 @@ bob_c, bob = connect_as("sec_bob")
 adm_c, adm = connect_as("sec_admin")
 
 # --- an analyst's ordinary job -------------------------------------------------------
-make_experiment(alice, "sec-exp")
+make_experiment(alice, "alice-exp")
 alice.execute("""INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
                  VALUES ('order_value', 'public.orders', 'user_id', 'ts', 'amount')""")
 alice.execute("SELECT owner::text FROM experiment.metrics WHERE name = 'order_value'")
 ck.check(alice.fetchone()[0] == "sec_alice", "a metric is owned by the role that registers it")
 alice.execute("""INSERT INTO experiment.experiment_metrics (experiment_id, metric, role)
-                 VALUES ('sec-exp', 'order_value', 'primary')""")
-alice.execute("UPDATE experiment.experiments SET status = 'running' WHERE id = 'sec-exp'")
-ck.check(expose("sec-exp") == 300, "the ingestion role loads exposures")
+                 VALUES ('alice-exp', 'order_value', 'primary')""")
+alice.execute("UPDATE experiment.experiments SET status = 'running' WHERE id = 'alice-exp'")
+ck.check(expose("alice-exp") == 300, "the ingestion role loads exposures")
+# the superuser's experiment, with alice's metric and (below) one over a secret table
+make_experiment(cur, "sec-exp")
+cur.execute("""INSERT INTO experiment.experiment_metrics (experiment_id, metric, role)
+               VALUES ('sec-exp', 'order_value', 'primary')""")
+cur.execute("UPDATE experiment.experiments SET status = 'running' WHERE id = 'sec-exp'")
+expose("sec-exp")
 
 # --- 1. a metric over a table its owner may not read -----------------------------------
 fails(mal, """INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
@@ -159,7 +165,7 @@ expose("mal-exp")
 
 cur.execute("SELECT experiment.refresh_all()")
 done = cur.fetchone()[0]
-ck.check(done == 1, "a superuser's refresh_all() refreshes the benign experiment and not the hostile one: %r" % done)
+ck.check(done == 2, "a superuser's refresh_all() refreshes the benign experiments and not the hostile one: %r" % done)
 ck.check(is_superuser("sec_mallory") is False, "the hostile view did not make its owner superuser (refresh_all)")
 cur.execute("SELECT error FROM experiment.refreshes WHERE experiment_id = 'mal-exp'")
 err = cur.fetchone()[0] or ""
@@ -167,7 +173,7 @@ ck.check("must be superuser" in err, "the hostile experiment's refresh error is 
 fails(cur, "SELECT experiment.refresh('mal-exp')", "42501", "a superuser's refresh() of the hostile experiment")
 ck.check(is_superuser("sec_mallory") is False, "the hostile view did not make its owner superuser (refresh)")
 adm.execute("SELECT experiment.refresh_all()")
-ck.check(adm.fetchone()[0] == 1, "a non-superuser administrator runs refresh_all()")
+ck.check(adm.fetchone()[0] == 2, "a non-superuser administrator runs refresh_all()")
 ck.check(is_superuser("sec_mallory") is False, "nor through the administrator's refresh_all()")
 fails(cur, "SELECT count(*) FROM experiment.aa_test('mal-exp', 10)", "42501",
       "a superuser's aa_test() refuses the hostile view", contains="refusing to read")
@@ -277,6 +283,41 @@ if converted:
 mal_c.autocommit = True
 cur.execute("UPDATE experiment.experiments SET status = 'stopped' WHERE id = 'race-exp'")
 
+# a domain the attacker owns, cast to by a trusted view: its CHECK constraints would run
+# as the reader
+mal.execute("CREATE DOMAIN sec_m.amt AS float8")
+mal.execute("GRANT USAGE ON DOMAIN sec_m.amt TO PUBLIC")
+cur.execute("CREATE VIEW sec_vip.dom_v AS SELECT user_id, ts, amount::sec_m.amt AS amount FROM public.orders")
+fails(cur, """INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
+              VALUES ('dom_metric', 'sec_vip.dom_v', 'user_id', 'ts', 'amount')""", "42501",
+      "a trusted view that casts to the attacker's domain is refused", contains="domain sec_m.amt")
+
+# a table whose row-level security policy reads the attacker's table, which the attacker
+# later gives a policy of its own
+mal.execute("CREATE TABLE sec_m.depts (dept text)")
+mal.execute("INSERT INTO sec_m.depts VALUES ('eng')")
+mal.execute("GRANT SELECT ON sec_m.depts TO PUBLIC")
+cur.execute("CREATE TABLE sec_vip.ev2 (user_id text, ts timestamptz, dept text, amount float8)")
+cur.execute("INSERT INTO sec_vip.ev2 SELECT 'u' || i, now() - interval '1 day', 'eng', 1 FROM generate_series(1, 20) i")
+cur.execute("ALTER TABLE sec_vip.ev2 ENABLE ROW LEVEL SECURITY")
+cur.execute("CREATE POLICY p ON sec_vip.ev2 USING (dept IN (SELECT d.dept FROM sec_m.depts d))")
+cur.execute("GRANT USAGE ON SCHEMA sec_vip TO sec_admin")
+cur.execute("GRANT SELECT ON sec_vip.ev2 TO sec_admin")
+adm.execute("""INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
+               VALUES ('ev2_amount', 'sec_vip.ev2', 'user_id', 'ts', 'amount')""")
+adm.execute("DELETE FROM experiment.experiment_metrics WHERE metric = 'adm_events'")
+adm.execute("INSERT INTO experiment.experiment_metrics VALUES ('adm-exp', 'ev2_amount', 'primary')")
+adm.execute("SELECT experiment.refresh('adm-exp')")
+ck.check(True, "a metric over a table whose policy reads another role's plain table refreshes")
+mal.execute("ALTER TABLE sec_m.depts ENABLE ROW LEVEL SECURITY")
+mal.execute("ALTER TABLE sec_m.depts FORCE ROW LEVEL SECURITY")
+mal.execute("CREATE POLICY x ON sec_m.depts USING (sec_m.spy())")
+fails(adm, "SELECT experiment.refresh('adm-exp')", "42501",
+      "refresh refuses a table that a source's policy reads once its owner gave it a policy",
+      contains="sec_m.depts has row-level security")
+cur.execute("SELECT count(*) FROM sec_m.loot")
+ck.check(cur.fetchone()[0] == 0, "the policy of the table a policy reads never ran as the administrator")
+
 # --- 4. another role's metric -------------------------------------------------------
 fails(alice, "UPDATE experiment.metrics SET source = 'sec_m.hostile' WHERE name = 'mal_metric'", "42501",
       "changing another role's metric")
@@ -287,7 +328,7 @@ fails(mal, "UPDATE experiment.metrics SET owner = 'sec_mallory' WHERE name = 'or
       "taking over another role's metric")
 
 # another role's experiment: its metrics, variants and status belong to its owner role
-alice.execute("SELECT owner_role::text FROM experiment.experiments WHERE id = 'sec-exp'")
+alice.execute("SELECT owner_role::text FROM experiment.experiments WHERE id = 'alice-exp'")
 ck.check(alice.fetchone()[0] == "sec_alice", "an experiment is owned by the role that creates it")
 fails(mal, "DELETE FROM experiment.experiment_metrics WHERE experiment_id = 'sec-exp'", "42501",
       "removing the metrics of another role's experiment")
@@ -310,7 +351,7 @@ cur.execute("""CREATE TABLE public.orders2 AS SELECT 'u' || i AS user_id, now() 
 cur.execute("GRANT SELECT ON public.orders2 TO sec_alice, sec_bob")
 alice.execute("""INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
                  VALUES ('order_amount2', 'public.orders2', 'user_id', 'ts', 'amount')""")
-alice.execute("INSERT INTO experiment.experiment_metrics VALUES ('sec-exp', 'order_amount2', 'secondary')")
+cur.execute("INSERT INTO experiment.experiment_metrics VALUES ('sec-exp', 'order_amount2', 'secondary')")
 cur.execute("SELECT experiment.refresh('sec-exp')")
 q_adj = "SELECT p_value_adjusted FROM experiment.results WHERE experiment_id = 'sec-exp' AND metric = 'order_amount2'"
 cur.execute(q_adj)
@@ -321,7 +362,29 @@ cur.execute("SELECT (test).p_value FROM experiment.metric_results WHERE experime
 raw = cur.fetchone()[0]
 ck.check(adj_su == adj_bob and adj_su is not None and adj_su != raw,
          "the Holm-adjusted p-value counts the hidden metric for every role: %r %r (raw %r)" % (adj_su, adj_bob, raw))
-alice.execute("DELETE FROM experiment.experiment_metrics WHERE metric = 'order_amount2'")
+cur.execute("DELETE FROM experiment.experiment_metrics WHERE metric = 'order_amount2'")
+cur.execute("SELECT count(*) FROM experiment.variant_stats WHERE experiment_id = 'sec-exp' AND metric = 'order_amount2'")
+ck.check(cur.fetchone()[0] == 0, "a metric taken out of an experiment takes its stored results with it")
+
+# another role's session settings cannot change what a refresh stores
+alice.execute("""INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column, winsorize)
+                 VALUES ('capped_orders', 'public.orders2', 'user_id', 'ts', 'amount', 0.99)""")
+cur.execute("INSERT INTO experiment.experiment_metrics VALUES ('sec-exp', 'capped_orders', 'secondary')")
+snapshot = "SELECT string_agg(metric || variant || moments::text || coalesce(cap::text, ''), ';' ORDER BY metric, variant) " \
+           "FROM experiment.variant_stats WHERE experiment_id = 'sec-exp'"
+cur.execute("SELECT experiment.refresh('sec-exp')")
+cur.execute(snapshot)
+before = cur.fetchone()[0]
+mal.execute("SET extra_float_digits = -14")
+mal.execute("SET DateStyle = 'SQL, DMY'")
+mal.execute("SET TimeZone = 'Asia/Shanghai'")
+mal.execute("SET IntervalStyle = 'sql_standard'")
+mal.execute("SELECT experiment.refresh('sec-exp')")
+mal.execute("RESET ALL")
+mal.execute("SET client_min_messages = error")
+cur.execute(snapshot)
+ck.check(cur.fetchone()[0] == before, "a refresh under another role's odd settings stores the same results")
+cur.execute("DELETE FROM experiment.experiment_metrics WHERE metric = 'capped_orders'")
 cur.execute("SELECT skipped_source_values FROM experiment.health WHERE experiment_id = 'sec-exp'")
 ck.check(cur.fetchone()[0] == 1, "the superuser's health counts the skipped NaN of salary")
 bob.execute("SELECT coalesce(skipped_source_values, 0) FROM experiment.health WHERE experiment_id = 'sec-exp'")
@@ -339,6 +402,16 @@ for who, k in (("reader", bob), ("analyst", alice)):
     text = k.fetchone()[0]
     ck.check("Primary metric (order_value)" in text and "salary:\n    Treatment: no result (hidden: role" in text,
              "the %s's readout shows order_value and hides salary: %s" % (who, text))
+# a cheap function of the reader's own in the WHERE clause sees only the rows it may see
+bob_c.notices.clear()
+bob.execute("SET client_min_messages = notice")
+bob.execute("""CREATE FUNCTION pg_temp.leak(text) RETURNS boolean LANGUAGE plpgsql COST 0.0000001
+               AS $$ BEGIN RAISE NOTICE 'leak: %', $1; RETURN false; END $$""")
+bob.execute("SELECT 1 FROM experiment.results WHERE pg_temp.leak(metric || ' ' || mean_control::text)")
+leaked = [n for n in bob_c.notices if "salary" in n]
+ck.check(leaked == [] and len(bob_c.notices) > 0,
+         "the results view is a security barrier: %d notices, %r" % (len(bob_c.notices), leaked[:1]))
+bob.execute("SET client_min_messages = error")
 k = mal
 k.execute("SELECT count(*) FROM experiment.results WHERE metric IN ('salary', 'order_value')")
 ck.check(k.fetchone()[0] == 0, "the attacker sees neither salary nor order_value")
@@ -349,8 +422,21 @@ fails(alice, "SELECT experiment.refresh(NULL)", "22004", "refresh(NULL) says tha
 cur.execute("SELECT experiment.conclude('sec-exp', 'SHIP', 'ship it')")
 bob.execute("SELECT count(*) FROM experiment.conclusions WHERE experiment_id = 'sec-exp'")
 ck.check(bob.fetchone()[0] == 0, "a conclusion whose snapshot holds salary is hidden from the reader")
-alice.execute("SELECT (experiment.conclude('sec-exp', 'SHIP', 'ship it')).decision")
-ck.check(alice.fetchone()[0] == "SHIP", "an analyst records a conclusion")
+fails(alice, "SELECT experiment.conclude('sec-exp', 'SHIP', 'mine now')", "42501",
+      "an analyst cannot conclude another role's experiment")
+alice.execute("SELECT (experiment.conclude('alice-exp', 'SHIP', 'ship it')).decision")
+ck.check(alice.fetchone()[0] == "SHIP", "an analyst concludes its own experiment")
+fails(mal, """INSERT INTO experiment.conclusions (experiment_id, decision, results, srm)
+              VALUES ('alice-exp', 'DON''T SHIP', '[]', '[]')""", "42501",
+      "an analyst cannot record a conclusion of another role's experiment")
+fails(alice, """INSERT INTO experiment.conclusions (experiment_id, decision, results, srm, sources)
+                VALUES ('alice-exp', 'SHIP', '[]', '[]', '[{"source": "x", "columns": ["a"]}]')""", "23514",
+      "a conclusion's sources must have the documented form")
+alice.execute("SELECT count(*) FROM experiment.conclusions")
+ck.check(alice.fetchone()[0] >= 1, "conclusions stay readable")
+fails(mal, "INSERT INTO experiment.experiment_metrics VALUES ('mal-exp', 'order_value', 'secondary')", "42501",
+      "an experiment's owner cannot add a metric it may not read (one unit per variant would show its values)",
+      contains="may not read the metric's source")
 fails(alice, """INSERT INTO experiment.conclusions (experiment_id, decision, results, srm, concluded_by)
                 VALUES ('sec-exp', 'SHIP', '[]', '[]', 'postgres')""", "42501",
       "an analyst cannot record a conclusion in another role's name")
@@ -372,7 +458,7 @@ mal.execute("SELECT count(*) FROM experiment.conclusions WHERE results::text LIK
 ck.check(mal.fetchone()[0] == 0, "nor the conclusions recorded while the old metric existed")
 fails(adm, "TRUNCATE experiment.experiment_metrics, experiment.metrics", "42501",
       "an administrator cannot truncate the catalogue past the owners' checks")
-bob.execute("SELECT count(*) FROM experiment.conclusions WHERE experiment_id = 'sec-exp'")
+bob.execute("SELECT count(*) FROM experiment.conclusions WHERE experiment_id = 'alice-exp'")
 ck.check(bob.fetchone()[0] == 1, "the reader sees the conclusion recorded from what the analyst could read")
 
 # --- 6. the roles do their jobs and no more --------------------------------------------
@@ -407,8 +493,8 @@ cur.execute("""SELECT count(*) FROM pg_proc p JOIN pg_depend d ON d.classid = 'p
 cur.execute("""SELECT string_agg(p.proname, ',' ORDER BY p.proname) FROM pg_proc p
                JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid
                JOIN pg_extension x ON x.oid = d.refobjid AND x.extname = 'experiment' WHERE p.prosecdef""")
-ck.check(cur.fetchone()[0] == "metrics_forget_results,refresh,refresh_all",
-         "only refresh, refresh_all and the results-forgetting trigger run as the extension's owner")
+ck.check(cur.fetchone()[0] == "experiment_metrics_forget_results,metrics_forget_results,refresh,refresh_all",
+         "only refresh, refresh_all and the results-forgetting triggers run as the extension's owner")
 
 for c in (alice_c, mal_c, bob_c, adm_c):
     c.close()

@@ -150,6 +150,7 @@ CREATE FUNCTION experiment.experiment_metrics_check() RETURNS trigger
 AS $$
 DECLARE
   other text;
+  owner_role regrole;
 BEGIN
   IF TG_OP IN ('UPDATE', 'DELETE') THEN
     PERFORM experiment.require_experiment_owner(OLD.experiment_id, 'change the metrics');
@@ -160,6 +161,16 @@ BEGIN
   PERFORM experiment.require_experiment(NEW.experiment_id);
   PERFORM experiment.require_experiment_owner(NEW.experiment_id, 'change the metrics');
   PERFORM experiment.require_metric(NEW.metric);
+  -- an experiment's owners see all of its results: they must be allowed to read its metrics
+  -- (else an experiment of one's own, with one unit in a variant, would expose another
+  -- role's per-unit values, and its family correction another's p-values)
+  SELECT x.owner_role INTO owner_role FROM experiment.experiments x WHERE x.id = NEW.experiment_id;
+  IF NOT experiment.role_may_read_metric(owner_role, NEW.metric) THEN
+    RAISE EXCEPTION 'metric "%" cannot be added to experiment "%": its owner role "%" may not read the metric''s source',
+      NEW.metric, NEW.experiment_id, owner_role
+      USING ERRCODE = 'insufficient_privilege',
+            HINT = 'An experiment''s owners see all of its results; grant them SELECT on the source first.';
+  END IF;
   IF NEW.role IS NULL OR NEW.role NOT IN ('primary', 'secondary', 'guardrail') THEN
     PERFORM experiment.raise_invalid_choice('role', NEW.role, '{primary,secondary,guardrail}',
                                             format('metric "%s" of experiment "%s"', NEW.metric, NEW.experiment_id));
@@ -207,7 +218,8 @@ $$;
 COMMENT ON FUNCTION experiment.column_type(regclass, text) IS
   'internal: type of column col of relation rel, NULL when there is no such column';
 
--- the relations a read of source reads: source and, through views, what they read
+-- the relations a read of source may read: source and, recursively, what its views read and
+-- what the row-level security policies of the tables among them read
 CREATE FUNCTION experiment.source_relations(source regclass) RETURNS SETOF regclass
   LANGUAGE sql STABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
@@ -217,16 +229,20 @@ AS $$
     UNION
     SELECT d.refobjid, rel.depth + 1
     FROM rel
-    JOIN pg_catalog.pg_class c ON c.oid = rel.oid AND c.relkind = 'v'
-    JOIN pg_catalog.pg_rewrite rw ON rw.ev_class = rel.oid
-    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = rw.oid
+    JOIN pg_catalog.pg_class c ON c.oid = rel.oid
+    JOIN LATERAL (SELECT 'pg_catalog.pg_rewrite'::regclass AS classid, rw.oid AS objid
+                  FROM pg_catalog.pg_rewrite rw WHERE rw.ev_class = c.oid AND c.relkind = 'v'
+                  UNION ALL
+                  SELECT 'pg_catalog.pg_policy'::regclass, p.oid
+                  FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid AND c.relrowsecurity) o ON true
+    JOIN pg_catalog.pg_depend d ON d.classid = o.classid AND d.objid = o.objid
                                AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> rel.oid
     WHERE rel.depth < 50
   )
   SELECT DISTINCT rel.oid::regclass FROM rel
 $$;
 COMMENT ON FUNCTION experiment.source_relations(regclass) IS
-  'internal: source and the relations its views read, recursively (what source_unit_values() locks before checking a source)';
+  'internal: source and the relations its views and row-level security policies read, recursively (what source_unit_values() locks before checking a source)';
 
 -- what in a source could run code chosen by a role that lacks the reader's privileges
 -- (doc/security.md): views (and the views they read) owned by such a role, functions and
@@ -238,7 +254,7 @@ CREATE FUNCTION experiment.source_trust_problem(source regclass, reader regrole)
   LANGUAGE sql STABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
-  WITH rels AS (
+  WITH RECURSIVE rels AS (
     SELECT DISTINCT c.oid, c.relkind, c.relowner, c.relrowsecurity
     FROM experiment.source_relations(source) r JOIN pg_catalog.pg_class c ON c.oid = r
   ), temp_objects AS (
@@ -261,7 +277,7 @@ AS $$
     WHERE cv.connamespace = pg_catalog.pg_my_temp_schema()
   ), subject_to_rls AS (
     SELECT NOT (r.rolsuper OR r.rolbypassrls) AS yes FROM pg_catalog.pg_roles r WHERE r.oid = reader
-  ), code AS (
+  ), direct_code AS (
     SELECT d.refclassid, d.refobjid
     FROM rels JOIN pg_catalog.pg_rewrite rw ON rw.ev_class = rels.oid
     JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = rw.oid
@@ -271,6 +287,21 @@ AS $$
     FROM rels JOIN pg_catalog.pg_policy p ON p.polrelid = rels.oid
     JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = p.oid
     WHERE rels.relrowsecurity AND (SELECT yes FROM subject_to_rls)
+  ), domains(oid, depth) AS (
+    -- domains (and the domains they are based on) that views and policies cast to: their
+    -- CHECK constraints run when the source is read
+    SELECT t.oid, 0 FROM direct_code dc JOIN pg_catalog.pg_type t ON dc.refclassid = 'pg_catalog.pg_type'::regclass
+                                                                   AND t.oid = dc.refobjid AND t.typtype = 'd'
+    UNION
+    SELECT b.oid, domains.depth + 1 FROM domains JOIN pg_catalog.pg_type t ON t.oid = domains.oid
+    JOIN pg_catalog.pg_type b ON b.oid = t.typbasetype AND b.typtype = 'd'
+    WHERE domains.depth < 50
+  ), code AS (
+    SELECT dc.refclassid, dc.refobjid FROM direct_code dc
+    UNION
+    SELECT d.refclassid, d.refobjid
+    FROM domains JOIN pg_catalog.pg_constraint co ON co.contypid = domains.oid
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = co.oid
   ), problems AS (
     SELECT 0 AS rank, format('this session has a temporary %s %s owned by role "%s", which code in the source could find and run as "%s"',
                              t.kind, t.name, pg_catalog.pg_get_userbyid(t.owner), reader) AS problem
@@ -284,6 +315,11 @@ AS $$
                      rels.oid::regclass, pg_catalog.pg_get_userbyid(rels.relowner), reader)
     FROM rels WHERE rels.relrowsecurity AND (SELECT yes FROM subject_to_rls)
                 AND NOT pg_catalog.pg_has_role(rels.relowner, reader::oid, 'USAGE')
+    UNION ALL
+    SELECT 2, format('domain %s is owned by role "%s", whose constraints could run code as "%s"',
+                     t.oid::regtype, pg_catalog.pg_get_userbyid(t.typowner), reader)
+    FROM (SELECT DISTINCT oid FROM domains) dm JOIN pg_catalog.pg_type t ON t.oid = dm.oid
+    WHERE NOT pg_catalog.pg_has_role(t.typowner, reader::oid, 'USAGE')
     UNION ALL
     SELECT 3, format('function %s is owned by role "%s", which could change it to run code as "%s"',
                      p.oid::regprocedure, pg_catalog.pg_get_userbyid(p.proowner), reader)
@@ -514,3 +550,20 @@ AS $$
 $$;
 COMMENT ON FUNCTION experiment.may_read_metric(text) IS
   'whether the current user may see the results of a metric: it may SELECT the columns the metric reads from its source (for a ratio, from the sources of both parts)';
+
+-- the same for a given role (an experiment's owner role may add only metrics it may read)
+CREATE FUNCTION experiment.role_may_read_metric(r regrole, metric text) RETURNS boolean
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT coalesce(bool_and(p.source IS NOT NULL AND (
+           SELECT bool_and(CASE WHEN experiment.column_type(p.source, c) IS NULL
+                                THEN coalesce(pg_catalog.has_table_privilege(r::oid, p.source::oid, 'SELECT'), false)
+                                ELSE coalesce(pg_catalog.has_column_privilege(r::oid, p.source::oid, c, 'SELECT'), false) END)
+           FROM unnest(ARRAY[p.unit_column, p.time_column, p.value_column]) c WHERE c IS NOT NULL)), false)
+  FROM experiment.metrics m
+  JOIN experiment.metrics p ON p.name IN (m.name, m.numerator, m.denominator) AND p.kind <> 'ratio'
+  WHERE m.name = role_may_read_metric.metric
+$$;
+COMMENT ON FUNCTION experiment.role_may_read_metric(regrole, text) IS
+  'internal: whether role r may SELECT the columns a metric reads from its source (for a ratio, from both parts)';

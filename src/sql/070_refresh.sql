@@ -385,10 +385,15 @@ CREATE FUNCTION experiment.refresh(experiment_id text) RETURNS void
   SET work_mem = '256MB'
   SET jit = off
   -- the results do not depend on who refreshes: timestamp and date columns and calendar
-  -- windows are read in UTC, whatever the caller's session says
+  -- windows are read in UTC, and the generated SQL prints and reads back numbers, times and
+  -- arrays the same, whatever the caller's session says
   SET TimeZone = 'UTC'
   SET DateStyle = 'ISO, MDY'
   SET IntervalStyle = 'postgres'
+  SET extra_float_digits = 1
+  SET array_nulls = on
+  SET transform_null_equals = off
+  SET row_security = on
 AS $$
 DECLARE
   e experiment.experiments;
@@ -583,6 +588,10 @@ CREATE FUNCTION experiment.aa_test(experiment_id text, simulations integer DEFAU
   SET TimeZone = 'UTC'
   SET DateStyle = 'ISO, MDY'
   SET IntervalStyle = 'postgres'
+  SET extra_float_digits = 1
+  SET array_nulls = on
+  SET transform_null_equals = off
+  SET row_security = on
 AS $$
 DECLARE
   e experiment.experiments;

@@ -6,7 +6,9 @@
 -- multiple-testing corrections are computed over every metric of the family first, so that
 -- every role sees the same adjusted p-values (MATERIALIZED: the filter never runs below
 -- the window functions)
-CREATE VIEW experiment.results AS
+-- security_barrier: a caller's own conditions (a cheap function that prints its argument)
+-- run only on the rows the view shows
+CREATE VIEW experiment.results WITH (security_barrier = true) AS
 WITH r AS MATERIALIZED (
   SELECT r.*, em.role, em.non_inferiority_margin, m.kind, m.higher_is_better,
          ex.correction, ex.correction_family, ex.prior_mean, ex.prior_variance, ex.ship_threshold,

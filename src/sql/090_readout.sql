@@ -532,6 +532,24 @@ $$;
 COMMENT ON FUNCTION experiment.readout(text) IS
   'the decision summary of an experiment as text: duration, sample and SRM, why a decision is held back, primary and secondary metrics, guardrails, decision and its reason';
 
+-- a conclusion's sources: [{"source": relation oid, "columns": [column name, ...]}, ...]
+CREATE FUNCTION experiment.sources_valid(sources jsonb) RETURNS boolean
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT jsonb_typeof(sources) = 'array'
+     AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(sources) s
+                     WHERE NOT (jsonb_typeof(s) = 'object'
+                                AND jsonb_typeof(s -> 'source') = 'number'
+                                AND (s ->> 'source') ~ '^[0-9]{1,10}$'
+                                AND (s ->> 'source')::bigint <= 4294967295
+                                AND jsonb_typeof(s -> 'columns') = 'array'
+                                AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(s -> 'columns') c
+                                                WHERE jsonb_typeof(c) <> 'string')))
+$$;
+COMMENT ON FUNCTION experiment.sources_valid(jsonb) IS
+  'internal: whether a conclusion''s sources has the form [{"source": oid, "columns": [name, ...]}, ...]';
+
 CREATE TABLE experiment.conclusions (
   id bigserial PRIMARY KEY,
   experiment_id text NOT NULL REFERENCES experiment.experiments (id) ON DELETE CASCADE,
@@ -545,7 +563,8 @@ CREATE TABLE experiment.conclusions (
   refreshed_at timestamptz,
   concluded_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
   concluded_by text NOT NULL DEFAULT CURRENT_USER,
-  sources jsonb NOT NULL DEFAULT '[]'
+  sources jsonb NOT NULL DEFAULT '[]',
+  CONSTRAINT conclusions_sources_valid CHECK (experiment.sources_valid(sources))
 );
 COMMENT ON TABLE experiment.conclusions IS
   'recorded decisions with a write-up and a snapshot of the results, SRM and health as they stood';
@@ -565,6 +584,7 @@ DECLARE
   c experiment.conclusions;
 BEGIN
   PERFORM experiment.require_experiment(conclude.experiment_id);
+  PERFORM experiment.require_experiment_owner(conclude.experiment_id, 'conclude');
   IF d IS NULL OR d NOT IN ('SHIP', 'DON''T SHIP', 'NO SIGNIFICANT EFFECT', 'INVALID') THEN
     PERFORM experiment.raise_invalid_choice('decision', decision, '{SHIP,DON''T SHIP,NO SIGNIFICANT EFFECT,INVALID}');
   END IF;
@@ -584,7 +604,7 @@ BEGIN
          (SELECT to_jsonb(h) FROM experiment.health h WHERE h.experiment_id = conclude.experiment_id),
          (SELECT f.refreshed_at FROM experiment.refreshes f WHERE f.experiment_id = conclude.experiment_id),
          (SELECT coalesce(jsonb_agg(DISTINCT jsonb_build_object(
-                            'source', p.source::oid,
+                            'source', p.source::oid::bigint,
                             'columns', to_jsonb(array_remove(ARRAY[p.unit_column, p.time_column, p.value_column], NULL)))),
                           '[]')
             FROM experiment.experiment_metrics em

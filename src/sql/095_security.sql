@@ -17,16 +17,28 @@ CREATE POLICY variant_stats_readable ON experiment.variant_stats FOR SELECT
 COMMENT ON POLICY variant_stats_readable ON experiment.variant_stats IS
   'a role sees the per-variant moments of the metrics whose sources it may read';
 ALTER TABLE experiment.conclusions ENABLE ROW LEVEL SECURITY;
-CREATE POLICY conclusions_readable ON experiment.conclusions FOR SELECT
-  USING (NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_array_elements(sources) s,
+-- sources is [{"source": oid, "columns": [name, ...]}, ...] (a check constraint keeps it so)
+CREATE FUNCTION experiment.may_read_sources(sources jsonb) RETURNS boolean
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_array_elements(sources) s,
                                    pg_catalog.jsonb_array_elements_text(s -> 'columns') c
-                     WHERE NOT experiment.may_read_column((s ->> 'source')::oid::regclass, c)));
+                     WHERE NOT experiment.may_read_column((s ->> 'source')::oid::regclass, c))
+$$;
+COMMENT ON FUNCTION experiment.may_read_sources(jsonb) IS
+  'internal: whether the current user may SELECT every column of a conclusion''s sources';
+CREATE POLICY conclusions_readable ON experiment.conclusions FOR SELECT
+  USING (experiment.may_read_sources(sources));
 COMMENT ON POLICY conclusions_readable ON experiment.conclusions IS
   'a role sees a recorded conclusion when it may read every source column its metrics read when it was recorded';
 CREATE POLICY conclusions_insert ON experiment.conclusions FOR INSERT
-  WITH CHECK (concluded_by = current_user AND concluded_at = pg_catalog.now());
+  WITH CHECK (concluded_by = current_user AND concluded_at = pg_catalog.now()
+              AND pg_catalog.pg_has_role(current_user,
+                                         (SELECT x.owner_role FROM experiment.experiments x WHERE x.id = experiment_id),
+                                         'MEMBER'));
 COMMENT ON POLICY conclusions_insert ON experiment.conclusions IS
-  'roles granted INSERT (experiment_analyst) record conclusions in their own name and at the time they record them, as experiment.conclude() does';
+  'roles granted INSERT (experiment_analyst) record conclusions of their own experiments, in their own name and at the time they record them, as experiment.conclude() does';
 
 -- results are as old as the metric definition they were computed from: when a metric is
 -- deleted or reads something else, its stored results (and those of ratios of it) go, so
@@ -41,9 +53,9 @@ BEGIN
     DELETE FROM experiment.variant_stats;
     RETURN NULL;
   END IF;
-  IF TG_OP = 'UPDATE' AND (NEW.source, NEW.unit_column, NEW.time_column, NEW.value_column, NEW.owner,
+  IF TG_OP = 'UPDATE' AND (NEW.name, NEW.source, NEW.unit_column, NEW.time_column, NEW.value_column, NEW.owner,
                            NEW.numerator, NEW.denominator)
-                          IS NOT DISTINCT FROM (OLD.source, OLD.unit_column, OLD.time_column,
+                          IS NOT DISTINCT FROM (OLD.name, OLD.source, OLD.unit_column, OLD.time_column,
                                                 OLD.value_column, OLD.owner, OLD.numerator, OLD.denominator) THEN
     RETURN NULL;
   END IF;
@@ -57,12 +69,34 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION experiment.metrics_forget_results() IS
-  'internal: trigger: deletes the stored results of a metric (and of ratios of it) that is deleted or changes what it reads';
+  'internal: trigger: deletes the stored results of a metric (and of ratios of it) that is deleted, renamed or changes what it reads';
 REVOKE EXECUTE ON FUNCTION experiment.metrics_forget_results() FROM PUBLIC;
 CREATE TRIGGER metrics_forget_results AFTER UPDATE OR DELETE ON experiment.metrics
   FOR EACH ROW EXECUTE FUNCTION experiment.metrics_forget_results();
 COMMENT ON TRIGGER metrics_forget_results ON experiment.metrics IS
-  'a deleted metric, or one that reads another source, columns or owner, loses its stored results';
+  'a deleted or renamed metric, or one that reads another source, columns or owner, loses its stored results';
+-- and a metric taken out of an experiment takes its results of that experiment with it
+CREATE FUNCTION experiment.experiment_metrics_forget_results() RETURNS trigger
+  LANGUAGE plpgsql SECURITY DEFINER
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  IF TG_OP = 'UPDATE' AND (NEW.experiment_id, NEW.metric) IS NOT DISTINCT FROM (OLD.experiment_id, OLD.metric) THEN
+    RETURN NULL;
+  END IF;
+  DELETE FROM experiment.metric_results r WHERE r.experiment_id = OLD.experiment_id AND r.metric = OLD.metric;
+  DELETE FROM experiment.variant_stats v WHERE v.experiment_id = OLD.experiment_id AND v.metric = OLD.metric;
+  RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION experiment.experiment_metrics_forget_results() IS
+  'internal: trigger: deletes the stored results of a metric in an experiment when it is taken out of it';
+REVOKE EXECUTE ON FUNCTION experiment.experiment_metrics_forget_results() FROM PUBLIC;
+CREATE TRIGGER experiment_metrics_forget_results AFTER UPDATE OR DELETE ON experiment.experiment_metrics
+  FOR EACH ROW EXECUTE FUNCTION experiment.experiment_metrics_forget_results();
+COMMENT ON TRIGGER experiment_metrics_forget_results ON experiment.experiment_metrics IS
+  'a metric taken out of an experiment loses its stored results there';
+
 CREATE TRIGGER metrics_forget_results_truncate AFTER TRUNCATE ON experiment.metrics
   FOR EACH STATEMENT EXECUTE FUNCTION experiment.metrics_forget_results();
 COMMENT ON TRIGGER metrics_forget_results_truncate ON experiment.metrics IS

@@ -747,6 +747,7 @@ CREATE OR REPLACE FUNCTION experiment.experiment_metrics_check() RETURNS trigger
 AS $$
 DECLARE
   other text;
+  owner_role regrole;
 BEGIN
   IF TG_OP IN ('UPDATE', 'DELETE') THEN
     PERFORM experiment.require_experiment_owner(OLD.experiment_id, 'change the metrics');
@@ -757,6 +758,16 @@ BEGIN
   PERFORM experiment.require_experiment(NEW.experiment_id);
   PERFORM experiment.require_experiment_owner(NEW.experiment_id, 'change the metrics');
   PERFORM experiment.require_metric(NEW.metric);
+  -- an experiment's owners see all of its results: they must be allowed to read its metrics
+  -- (else an experiment of one's own, with one unit in a variant, would expose another
+  -- role's per-unit values, and its family correction another's p-values)
+  SELECT x.owner_role INTO owner_role FROM experiment.experiments x WHERE x.id = NEW.experiment_id;
+  IF NOT experiment.role_may_read_metric(owner_role, NEW.metric) THEN
+    RAISE EXCEPTION 'metric "%" cannot be added to experiment "%": its owner role "%" may not read the metric''s source',
+      NEW.metric, NEW.experiment_id, owner_role
+      USING ERRCODE = 'insufficient_privilege',
+            HINT = 'An experiment''s owners see all of its results; grant them SELECT on the source first.';
+  END IF;
   IF NEW.role IS NULL OR NEW.role NOT IN ('primary', 'secondary', 'guardrail') THEN
     PERFORM experiment.raise_invalid_choice('role', NEW.role, '{primary,secondary,guardrail}',
                                             format('metric "%s" of experiment "%s"', NEW.metric, NEW.experiment_id));
@@ -793,7 +804,8 @@ COMMENT ON TRIGGER experiment_metrics_check ON experiment.experiment_metrics IS
   'an unknown experiment or metric, an invalid role or margin, or a second primary metric is refused with a clear message; '
   'only members of the experiment''s owner_role add, change or remove its metrics';
 
--- the relations a read of source reads: source and, through views, what they read
+-- the relations a read of source may read: source and, recursively, what its views read and
+-- what the row-level security policies of the tables among them read
 CREATE OR REPLACE FUNCTION experiment.source_relations(source regclass) RETURNS SETOF regclass
   LANGUAGE sql STABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
@@ -803,9 +815,13 @@ AS $$
     UNION
     SELECT d.refobjid, rel.depth + 1
     FROM rel
-    JOIN pg_catalog.pg_class c ON c.oid = rel.oid AND c.relkind = 'v'
-    JOIN pg_catalog.pg_rewrite rw ON rw.ev_class = rel.oid
-    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = rw.oid
+    JOIN pg_catalog.pg_class c ON c.oid = rel.oid
+    JOIN LATERAL (SELECT 'pg_catalog.pg_rewrite'::regclass AS classid, rw.oid AS objid
+                  FROM pg_catalog.pg_rewrite rw WHERE rw.ev_class = c.oid AND c.relkind = 'v'
+                  UNION ALL
+                  SELECT 'pg_catalog.pg_policy'::regclass, p.oid
+                  FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid AND c.relrowsecurity) o ON true
+    JOIN pg_catalog.pg_depend d ON d.classid = o.classid AND d.objid = o.objid
                                AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> rel.oid
     WHERE rel.depth < 50
   )
@@ -813,7 +829,7 @@ AS $$
 $$;
 
 COMMENT ON FUNCTION experiment.source_relations(regclass) IS
-  'internal: source and the relations its views read, recursively (what source_unit_values() locks before checking a source)';
+  'internal: source and the relations its views and row-level security policies read, recursively (what source_unit_values() locks before checking a source)';
 
 -- what in a source could run code chosen by a role that lacks the reader's privileges
 -- (doc/security.md): views (and the views they read) owned by such a role, functions and
@@ -825,7 +841,7 @@ CREATE OR REPLACE FUNCTION experiment.source_trust_problem(source regclass, read
   LANGUAGE sql STABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
-  WITH rels AS (
+  WITH RECURSIVE rels AS (
     SELECT DISTINCT c.oid, c.relkind, c.relowner, c.relrowsecurity
     FROM experiment.source_relations(source) r JOIN pg_catalog.pg_class c ON c.oid = r
   ), temp_objects AS (
@@ -848,7 +864,7 @@ AS $$
     WHERE cv.connamespace = pg_catalog.pg_my_temp_schema()
   ), subject_to_rls AS (
     SELECT NOT (r.rolsuper OR r.rolbypassrls) AS yes FROM pg_catalog.pg_roles r WHERE r.oid = reader
-  ), code AS (
+  ), direct_code AS (
     SELECT d.refclassid, d.refobjid
     FROM rels JOIN pg_catalog.pg_rewrite rw ON rw.ev_class = rels.oid
     JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = rw.oid
@@ -858,6 +874,21 @@ AS $$
     FROM rels JOIN pg_catalog.pg_policy p ON p.polrelid = rels.oid
     JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = p.oid
     WHERE rels.relrowsecurity AND (SELECT yes FROM subject_to_rls)
+  ), domains(oid, depth) AS (
+    -- domains (and the domains they are based on) that views and policies cast to: their
+    -- CHECK constraints run when the source is read
+    SELECT t.oid, 0 FROM direct_code dc JOIN pg_catalog.pg_type t ON dc.refclassid = 'pg_catalog.pg_type'::regclass
+                                                                   AND t.oid = dc.refobjid AND t.typtype = 'd'
+    UNION
+    SELECT b.oid, domains.depth + 1 FROM domains JOIN pg_catalog.pg_type t ON t.oid = domains.oid
+    JOIN pg_catalog.pg_type b ON b.oid = t.typbasetype AND b.typtype = 'd'
+    WHERE domains.depth < 50
+  ), code AS (
+    SELECT dc.refclassid, dc.refobjid FROM direct_code dc
+    UNION
+    SELECT d.refclassid, d.refobjid
+    FROM domains JOIN pg_catalog.pg_constraint co ON co.contypid = domains.oid
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = co.oid
   ), problems AS (
     SELECT 0 AS rank, format('this session has a temporary %s %s owned by role "%s", which code in the source could find and run as "%s"',
                              t.kind, t.name, pg_catalog.pg_get_userbyid(t.owner), reader) AS problem
@@ -871,6 +902,11 @@ AS $$
                      rels.oid::regclass, pg_catalog.pg_get_userbyid(rels.relowner), reader)
     FROM rels WHERE rels.relrowsecurity AND (SELECT yes FROM subject_to_rls)
                 AND NOT pg_catalog.pg_has_role(rels.relowner, reader::oid, 'USAGE')
+    UNION ALL
+    SELECT 2, format('domain %s is owned by role "%s", whose constraints could run code as "%s"',
+                     t.oid::regtype, pg_catalog.pg_get_userbyid(t.typowner), reader)
+    FROM (SELECT DISTINCT oid FROM domains) dm JOIN pg_catalog.pg_type t ON t.oid = dm.oid
+    WHERE NOT pg_catalog.pg_has_role(t.typowner, reader::oid, 'USAGE')
     UNION ALL
     SELECT 3, format('function %s is owned by role "%s", which could change it to run code as "%s"',
                      p.oid::regprocedure, pg_catalog.pg_get_userbyid(p.proowner), reader)
@@ -1041,6 +1077,24 @@ $$;
 
 COMMENT ON FUNCTION experiment.may_read_metric(text) IS
   'whether the current user may see the results of a metric: it may SELECT the columns the metric reads from its source (for a ratio, from the sources of both parts)';
+
+-- the same for a given role (an experiment's owner role may add only metrics it may read)
+CREATE OR REPLACE FUNCTION experiment.role_may_read_metric(r regrole, metric text) RETURNS boolean
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT coalesce(bool_and(p.source IS NOT NULL AND (
+           SELECT bool_and(CASE WHEN experiment.column_type(p.source, c) IS NULL
+                                THEN coalesce(pg_catalog.has_table_privilege(r::oid, p.source::oid, 'SELECT'), false)
+                                ELSE coalesce(pg_catalog.has_column_privilege(r::oid, p.source::oid, c, 'SELECT'), false) END)
+           FROM unnest(ARRAY[p.unit_column, p.time_column, p.value_column]) c WHERE c IS NOT NULL)), false)
+  FROM experiment.metrics m
+  JOIN experiment.metrics p ON p.name IN (m.name, m.numerator, m.denominator) AND p.kind <> 'ratio'
+  WHERE m.name = role_may_read_metric.metric
+$$;
+
+COMMENT ON FUNCTION experiment.role_may_read_metric(regrole, text) IS
+  'internal: whether role r may SELECT the columns a metric reads from its source (for a ratio, from both parts)';
 
 ALTER TABLE experiment.variant_stats ADD COLUMN skipped_values bigint NOT NULL DEFAULT 0;
 
@@ -1290,10 +1344,15 @@ CREATE OR REPLACE FUNCTION experiment.refresh(experiment_id text) RETURNS void
   SET work_mem = '256MB'
   SET jit = off
   -- the results do not depend on who refreshes: timestamp and date columns and calendar
-  -- windows are read in UTC, whatever the caller's session says
+  -- windows are read in UTC, and the generated SQL prints and reads back numbers, times and
+  -- arrays the same, whatever the caller's session says
   SET TimeZone = 'UTC'
   SET DateStyle = 'ISO, MDY'
   SET IntervalStyle = 'postgres'
+  SET extra_float_digits = 1
+  SET array_nulls = on
+  SET transform_null_equals = off
+  SET row_security = on
 AS $$
 DECLARE
   e experiment.experiments;
@@ -1483,6 +1542,10 @@ CREATE OR REPLACE FUNCTION experiment.aa_test(experiment_id text, simulations in
   SET TimeZone = 'UTC'
   SET DateStyle = 'ISO, MDY'
   SET IntervalStyle = 'postgres'
+  SET extra_float_digits = 1
+  SET array_nulls = on
+  SET transform_null_equals = off
+  SET row_security = on
 AS $$
 DECLARE
   e experiment.experiments;
@@ -1592,7 +1655,9 @@ $$;
 -- multiple-testing corrections are computed over every metric of the family first, so that
 -- every role sees the same adjusted p-values (MATERIALIZED: the filter never runs below
 -- the window functions)
-CREATE OR REPLACE VIEW experiment.results AS
+-- security_barrier: a caller's own conditions (a cheap function that prints its argument)
+-- run only on the rows the view shows
+CREATE OR REPLACE VIEW experiment.results WITH (security_barrier = true) AS
 WITH r AS MATERIALIZED (
   SELECT r.*, em.role, em.non_inferiority_margin, m.kind, m.higher_is_better,
          ex.correction, ex.correction_family, ex.prior_mean, ex.prior_variance, ex.ship_threshold,
@@ -2024,17 +2089,37 @@ BEGIN
 END
 $$;
 
+-- a conclusion's sources: [{"source": relation oid, "columns": [column name, ...]}, ...]
+CREATE OR REPLACE FUNCTION experiment.sources_valid(sources jsonb) RETURNS boolean
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT jsonb_typeof(sources) = 'array'
+     AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(sources) s
+                     WHERE NOT (jsonb_typeof(s) = 'object'
+                                AND jsonb_typeof(s -> 'source') = 'number'
+                                AND (s ->> 'source') ~ '^[0-9]{1,10}$'
+                                AND (s ->> 'source')::bigint <= 4294967295
+                                AND jsonb_typeof(s -> 'columns') = 'array'
+                                AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(s -> 'columns') c
+                                                WHERE jsonb_typeof(c) <> 'string')))
+$$;
+
+COMMENT ON FUNCTION experiment.sources_valid(jsonb) IS
+  'internal: whether a conclusion''s sources has the form [{"source": oid, "columns": [name, ...]}, ...]';
+
 -- conclusions record the sources their metrics read (from the current definitions for the
 -- conclusions recorded before: the best that is known)
 ALTER TABLE experiment.conclusions ADD COLUMN sources jsonb NOT NULL DEFAULT '[]';
 UPDATE experiment.conclusions k
    SET sources = (SELECT coalesce(jsonb_agg(DISTINCT jsonb_build_object(
-                            'source', p.source::oid,
+                            'source', p.source::oid::bigint,
                             'columns', to_jsonb(array_remove(ARRAY[p.unit_column, p.time_column, p.value_column], NULL)))),
                           '[]')
                     FROM pg_catalog.jsonb_array_elements(k.results) x
                     JOIN experiment.metrics m ON m.name = x ->> 'metric'
                     JOIN experiment.metrics p ON p.name IN (m.name, m.numerator, m.denominator) AND p.kind <> 'ratio');
+ALTER TABLE experiment.conclusions ADD CONSTRAINT conclusions_sources_valid CHECK (experiment.sources_valid(sources));
 
 COMMENT ON COLUMN experiment.conclusions.sources IS
   'the source relations (oid) and columns the experiment''s metrics read when it was concluded: who may read them may see the conclusion';
@@ -2049,6 +2134,7 @@ DECLARE
   c experiment.conclusions;
 BEGIN
   PERFORM experiment.require_experiment(conclude.experiment_id);
+  PERFORM experiment.require_experiment_owner(conclude.experiment_id, 'conclude');
   IF d IS NULL OR d NOT IN ('SHIP', 'DON''T SHIP', 'NO SIGNIFICANT EFFECT', 'INVALID') THEN
     PERFORM experiment.raise_invalid_choice('decision', decision, '{SHIP,DON''T SHIP,NO SIGNIFICANT EFFECT,INVALID}');
   END IF;
@@ -2068,7 +2154,7 @@ BEGIN
          (SELECT to_jsonb(h) FROM experiment.health h WHERE h.experiment_id = conclude.experiment_id),
          (SELECT f.refreshed_at FROM experiment.refreshes f WHERE f.experiment_id = conclude.experiment_id),
          (SELECT coalesce(jsonb_agg(DISTINCT jsonb_build_object(
-                            'source', p.source::oid,
+                            'source', p.source::oid::bigint,
                             'columns', to_jsonb(array_remove(ARRAY[p.unit_column, p.time_column, p.value_column], NULL)))),
                           '[]')
             FROM experiment.experiment_metrics em
@@ -2103,19 +2189,32 @@ COMMENT ON POLICY variant_stats_readable ON experiment.variant_stats IS
 
 ALTER TABLE experiment.conclusions ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY conclusions_readable ON experiment.conclusions FOR SELECT
-  USING (NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_array_elements(sources) s,
+CREATE OR REPLACE FUNCTION experiment.may_read_sources(sources jsonb) RETURNS boolean
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.jsonb_array_elements(sources) s,
                                    pg_catalog.jsonb_array_elements_text(s -> 'columns') c
-                     WHERE NOT experiment.may_read_column((s ->> 'source')::oid::regclass, c)));
+                     WHERE NOT experiment.may_read_column((s ->> 'source')::oid::regclass, c))
+$$;
+
+COMMENT ON FUNCTION experiment.may_read_sources(jsonb) IS
+  'internal: whether the current user may SELECT every column of a conclusion''s sources';
+
+CREATE POLICY conclusions_readable ON experiment.conclusions FOR SELECT
+  USING (experiment.may_read_sources(sources));
 
 COMMENT ON POLICY conclusions_readable ON experiment.conclusions IS
   'a role sees a recorded conclusion when it may read every source column its metrics read when it was recorded';
 
 CREATE POLICY conclusions_insert ON experiment.conclusions FOR INSERT
-  WITH CHECK (concluded_by = current_user AND concluded_at = pg_catalog.now());
+  WITH CHECK (concluded_by = current_user AND concluded_at = pg_catalog.now()
+              AND pg_catalog.pg_has_role(current_user,
+                                         (SELECT x.owner_role FROM experiment.experiments x WHERE x.id = experiment_id),
+                                         'MEMBER'));
 
 COMMENT ON POLICY conclusions_insert ON experiment.conclusions IS
-  'roles granted INSERT (experiment_analyst) record conclusions in their own name and at the time they record them, as experiment.conclude() does';
+  'roles granted INSERT (experiment_analyst) record conclusions of their own experiments, in their own name and at the time they record them, as experiment.conclude() does';
 
 -- results are as old as the metric definition they were computed from: when a metric is
 -- deleted or reads something else, its stored results (and those of ratios of it) go, so
@@ -2130,9 +2229,9 @@ BEGIN
     DELETE FROM experiment.variant_stats;
     RETURN NULL;
   END IF;
-  IF TG_OP = 'UPDATE' AND (NEW.source, NEW.unit_column, NEW.time_column, NEW.value_column, NEW.owner,
+  IF TG_OP = 'UPDATE' AND (NEW.name, NEW.source, NEW.unit_column, NEW.time_column, NEW.value_column, NEW.owner,
                            NEW.numerator, NEW.denominator)
-                          IS NOT DISTINCT FROM (OLD.source, OLD.unit_column, OLD.time_column,
+                          IS NOT DISTINCT FROM (OLD.name, OLD.source, OLD.unit_column, OLD.time_column,
                                                 OLD.value_column, OLD.owner, OLD.numerator, OLD.denominator) THEN
     RETURN NULL;
   END IF;
@@ -2147,7 +2246,7 @@ END
 $$;
 
 COMMENT ON FUNCTION experiment.metrics_forget_results() IS
-  'internal: trigger: deletes the stored results of a metric (and of ratios of it) that is deleted or changes what it reads';
+  'internal: trigger: deletes the stored results of a metric (and of ratios of it) that is deleted, renamed or changes what it reads';
 
 REVOKE EXECUTE ON FUNCTION experiment.metrics_forget_results() FROM PUBLIC;
 
@@ -2155,7 +2254,32 @@ CREATE OR REPLACE TRIGGER metrics_forget_results AFTER UPDATE OR DELETE ON exper
   FOR EACH ROW EXECUTE FUNCTION experiment.metrics_forget_results();
 
 COMMENT ON TRIGGER metrics_forget_results ON experiment.metrics IS
-  'a deleted metric, or one that reads another source, columns or owner, loses its stored results';
+  'a deleted or renamed metric, or one that reads another source, columns or owner, loses its stored results';
+
+CREATE OR REPLACE FUNCTION experiment.experiment_metrics_forget_results() RETURNS trigger
+  LANGUAGE plpgsql SECURITY DEFINER
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  IF TG_OP = 'UPDATE' AND (NEW.experiment_id, NEW.metric) IS NOT DISTINCT FROM (OLD.experiment_id, OLD.metric) THEN
+    RETURN NULL;
+  END IF;
+  DELETE FROM experiment.metric_results r WHERE r.experiment_id = OLD.experiment_id AND r.metric = OLD.metric;
+  DELETE FROM experiment.variant_stats v WHERE v.experiment_id = OLD.experiment_id AND v.metric = OLD.metric;
+  RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.experiment_metrics_forget_results() IS
+  'internal: trigger: deletes the stored results of a metric in an experiment when it is taken out of it';
+
+REVOKE EXECUTE ON FUNCTION experiment.experiment_metrics_forget_results() FROM PUBLIC;
+
+CREATE OR REPLACE TRIGGER experiment_metrics_forget_results AFTER UPDATE OR DELETE ON experiment.experiment_metrics
+  FOR EACH ROW EXECUTE FUNCTION experiment.experiment_metrics_forget_results();
+
+COMMENT ON TRIGGER experiment_metrics_forget_results ON experiment.experiment_metrics IS
+  'a metric taken out of an experiment loses its stored results there';
 
 CREATE OR REPLACE TRIGGER metrics_forget_results_truncate AFTER TRUNCATE ON experiment.metrics
   FOR EACH STATEMENT EXECUTE FUNCTION experiment.metrics_forget_results();
