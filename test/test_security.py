@@ -292,6 +292,17 @@ fails(cur, """INSERT INTO experiment.metrics (name, source, unit_column, time_co
               VALUES ('dom_metric', 'sec_vip.dom_v', 'user_id', 'ts', 'amount')""", "42501",
       "a trusted view that casts to the attacker's domain is refused", contains="domain sec_m.amt")
 
+# a trusted aggregate whose transition function the attacker owns (and can replace)
+mal.execute("""CREATE FUNCTION sec_m.acc(float8, float8) RETURNS float8 LANGUAGE sql IMMUTABLE
+               AS $$ SELECT coalesce($1, 0) + coalesce($2, 0) $$""")
+mal.execute("GRANT EXECUTE ON FUNCTION sec_m.acc(float8, float8) TO PUBLIC")
+cur.execute("CREATE AGGREGATE sec_vip.total(float8) (SFUNC = sec_m.acc, STYPE = float8)")
+cur.execute("""CREATE VIEW sec_vip.agg_v AS SELECT user_id, max(ts) AS ts, sec_vip.total(amount) AS amount
+               FROM public.orders GROUP BY user_id""")
+fails(cur, """INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
+              VALUES ('agg_metric', 'sec_vip.agg_v', 'user_id', 'ts', 'amount')""", "42501",
+      "a trusted aggregate with the attacker's transition function is refused", contains="aggregate sec_vip.total")
+
 # a table whose row-level security policy reads the attacker's table, which the attacker
 # later gives a policy of its own
 mal.execute("CREATE TABLE sec_m.depts (dept text)")

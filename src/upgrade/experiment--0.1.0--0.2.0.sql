@@ -913,6 +913,15 @@ AS $$
     FROM code JOIN pg_catalog.pg_proc p ON code.refclassid = 'pg_catalog.pg_proc'::regclass AND p.oid = code.refobjid
     WHERE NOT pg_catalog.pg_has_role(p.proowner, reader::oid, 'USAGE')
     UNION ALL
+    -- an aggregate runs its support functions, which their owners can replace
+    SELECT 3, format('aggregate %s calls function %s, which is owned by role "%s" and could run code as "%s"',
+                     a.aggfnoid::regprocedure, p.oid::regprocedure, pg_catalog.pg_get_userbyid(p.proowner), reader)
+    FROM code JOIN pg_catalog.pg_aggregate a ON code.refclassid = 'pg_catalog.pg_proc'::regclass AND a.aggfnoid = code.refobjid
+    CROSS JOIN LATERAL unnest(ARRAY[a.aggtransfn, a.aggfinalfn, a.aggcombinefn, a.aggserialfn, a.aggdeserialfn,
+                                    a.aggmtransfn, a.aggminvtransfn, a.aggmfinalfn]::oid[]) f(oid)
+    JOIN pg_catalog.pg_proc p ON p.oid = f.oid
+    WHERE NOT pg_catalog.pg_has_role(p.proowner, reader::oid, 'USAGE')
+    UNION ALL
     SELECT 3, format('operator %s calls function %s, which is owned by role "%s" and could run code as "%s"',
                      o.oid::regoperator, p.oid::regprocedure, pg_catalog.pg_get_userbyid(p.proowner), reader)
     FROM code JOIN pg_catalog.pg_operator o ON code.refclassid = 'pg_catalog.pg_operator'::regclass AND o.oid = code.refobjid
