@@ -182,17 +182,41 @@ fails(cur, "SELECT count(*) FROM experiment.aa_test('mal-exp', 10)", "42501",
 fails(cur, """INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
               VALUES ('adm_hostile', 'sec_m.hostile', 'user_id', 'ts', 'amount')""",
       "42501", "a superuser's metric over a view the attacker owns", contains="cannot be read safely")
+# even a plain table: its owner can make the planner run its code as the reader (an index
+# or statistics expression, a partial-index predicate, a child's CHECK constraint), or
+# add row-level security, at any time
 mal.execute("GRANT SELECT ON sec_m.events TO sec_admin")
+fails(adm, """INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
+              VALUES ('adm_events', 'sec_m.events', 'user_id', 'ts', 'amount')""", "42501",
+      "an administrator's metric over the attacker's plain table is refused", contains="could make reading it run code")
+mal.execute("""CREATE FUNCTION sec_m.evil_imm(integer) RETURNS float8 LANGUAGE plpgsql IMMUTABLE AS $$
+               BEGIN IF current_user <> 'sec_mallory' THEN EXECUTE 'ALTER ROLE sec_mallory SUPERUSER'; END IF;
+                     RETURN 0; END $$""")
+mal.execute("CREATE INDEX ON sec_m.events ((amount + sec_m.evil_imm(1)))")
+fails(cur, """INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
+              VALUES ('su_events', 'sec_m.events', 'user_id', 'ts', 'amount')""", "42501",
+      "a superuser's metric over the attacker's table with an index expression is refused")
+ck.check(is_superuser("sec_mallory") is False, "the index expression did not run as the superuser")
+mal.execute("""INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
+               VALUES ('mal_events', 'sec_m.events', 'user_id', 'ts', 'amount')""")
+ck.check(True, "the table's owner registers a metric over it (read as the owner: its code runs as itself)")
+
+# a table the administrator may read, owned by a trusted role, later given to the attacker,
+# who then adds a row-level security policy
+cur.execute("CREATE SCHEMA sec_vip")
+cur.execute("GRANT USAGE ON SCHEMA sec_vip TO sec_admin, sec_mallory")
+cur.execute("CREATE TABLE sec_vip.ev1 AS SELECT 'u' || i AS user_id, now() - interval '1 day' AS ts, 1.0::float8 AS amount FROM generate_series(1, 40) i")
+cur.execute("GRANT SELECT ON sec_vip.ev1 TO sec_admin")
 adm.execute("""INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
-               VALUES ('adm_events', 'sec_m.events', 'user_id', 'ts', 'amount')""")
+               VALUES ('adm_ev1', 'sec_vip.ev1', 'user_id', 'ts', 'amount')""")
 make_experiment(adm, "adm-exp")
 adm.execute("""INSERT INTO experiment.experiment_metrics (experiment_id, metric, role)
-               VALUES ('adm-exp', 'adm_events', 'primary')""")
+               VALUES ('adm-exp', 'adm_ev1', 'primary')""")
 adm.execute("UPDATE experiment.experiments SET status = 'running' WHERE id = 'adm-exp'")
 expose("adm-exp")
 adm.execute("SELECT experiment.refresh('adm-exp')")
-ck.check(True, "an administrator's metric over another role's plain table refreshes")
-# the attacker now adds a policy that would run code as whoever reads the table
+ck.check(True, "an administrator's metric over a superuser's table refreshes")
+cur.execute("ALTER TABLE sec_vip.ev1 OWNER TO sec_mallory")
 mal.execute("CREATE TABLE sec_m.loot (n bigint)")
 mal.execute("GRANT INSERT ON sec_m.loot TO PUBLIC")
 mal.execute("""CREATE FUNCTION sec_m.spy() RETURNS boolean LANGUAGE plpgsql AS $$
@@ -200,21 +224,20 @@ mal.execute("""CREATE FUNCTION sec_m.spy() RETURNS boolean LANGUAGE plpgsql AS $
                  INSERT INTO sec_m.loot SELECT count(*) FROM experiment.exposures;
                  RETURN true;
                END $$""")
-mal.execute("ALTER TABLE sec_m.events ENABLE ROW LEVEL SECURITY")
-mal.execute("CREATE POLICY spy ON sec_m.events USING (sec_m.spy())")
+mal.execute("ALTER TABLE sec_vip.ev1 ENABLE ROW LEVEL SECURITY")
+mal.execute("CREATE POLICY spy ON sec_vip.ev1 USING (sec_m.spy())")
 fails(adm, "SELECT experiment.refresh('adm-exp')", "42501",
-      "refresh refuses a source whose owner added a row-level security policy", contains="row-level security")
+      "refresh refuses a source that now belongs to the attacker", contains="is owned by role \"sec_mallory\"")
 cur.execute("SELECT count(*) FROM sec_m.loot")
 ck.check(cur.fetchone()[0] == 0, "the policy's code never ran as the administrator")
 adm.execute("SELECT experiment.refresh_all()")
 cur.execute("SELECT error FROM experiment.refreshes WHERE experiment_id = 'adm-exp'")
 err = cur.fetchone()[0] or ""
-ck.check("cannot be read safely" in err and "row-level security" in err,
+ck.check("cannot be read safely" in err and "sec_vip.ev1" in err,
          "refresh_all() records the error with the detail that says why: %r" % err)
 
 # a trusted function that forgets pg_temp in its search_path, and the attacker's temporary
 # objects in the session that calls the SECURITY DEFINER refresh()
-cur.execute("CREATE SCHEMA sec_vip")
 cur.execute("CREATE TABLE sec_vip.vip (user_id text PRIMARY KEY)")
 cur.execute("""CREATE FUNCTION sec_vip.is_vip(u text) RETURNS boolean LANGUAGE sql STABLE SET search_path = sec_vip
                AS $$ SELECT EXISTS (SELECT 1 FROM vip WHERE vip.user_id = u) $$""")
@@ -233,24 +256,27 @@ ck.check(is_superuser("sec_mallory") is False, "the temporary view did not run a
 mal.execute("DISCARD TEMP")
 cur.execute("DELETE FROM experiment.experiment_metrics WHERE metric = 'vip_revenue'")
 
-# check, then read: the attacker turns its empty table into a view between the two (a rule
-# "_RETURN", PostgreSQL 15); the refresh must see the view, not the table it checked
-mal.execute("CREATE TABLE sec_m.ev (user_id text, ts timestamptz, amount float8)")
+# check, then read: between the two, a trusted empty table is given to the attacker and
+# turned into the attacker's view (a rule "_RETURN", PostgreSQL 15) in one transaction; the
+# refresh must wait for it and see the view, not the table it would have checked
+cur.execute("CREATE TABLE sec_vip.ev_race (user_id text, ts timestamptz, amount float8)")
 cur.execute("""INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
-               VALUES ('race_metric', 'sec_m.ev', 'user_id', 'ts', 'amount')""")
+               VALUES ('race_metric', 'sec_vip.ev_race', 'user_id', 'ts', 'amount')""")
 make_experiment(cur, "race-exp")
 cur.execute("INSERT INTO experiment.experiment_metrics VALUES ('race-exp', 'race_metric', 'primary')")
 cur.execute("UPDATE experiment.experiments SET status = 'running' WHERE id = 'race-exp'")
 expose("race-exp", 10)
-mal_c.autocommit = False
+ddl_c = psycopg2.connect(dbname=DB)
+ddl = ddl_c.cursor()
 converted = True
 try:
-    mal.execute("""CREATE RULE "_RETURN" AS ON SELECT TO sec_m.ev DO INSTEAD
+    ddl.execute("ALTER TABLE sec_vip.ev_race OWNER TO sec_mallory")
+    ddl.execute("""CREATE RULE "_RETURN" AS ON SELECT TO sec_vip.ev_race DO INSTEAD
                    SELECT 'u1'::text AS user_id, now() AS ts, sec_m.evil()::float8 AS amount""")
 except psycopg2.Error as e:
     converted = False
     print("CREATE RULE on a table is not available here (%s): race check skipped" % e.pgcode)
-    mal_c.rollback()
+    ddl_c.rollback()
 if converted:
     outcome = {}
 
@@ -274,13 +300,13 @@ if converted:
             break
         time.sleep(0.1)
     ck.check(waited, "the refresh waits for the attacker's open transaction on the source")
-    mal_c.commit()
+    ddl_c.commit()
     t.join(60)
     err = outcome.get("error")
-    ck.check(err is not None and err[0] == "42501" and "view sec_m.ev" in err[1],
+    ck.check(err is not None and err[0] == "42501" and "view sec_vip.ev_race" in err[1],
              "the refresh checks the source after locking it and refuses the new view: %r" % (err,))
     ck.check(is_superuser("sec_mallory") is False, "the view that appeared between check and read did not run")
-mal_c.autocommit = True
+ddl_c.close()
 cur.execute("UPDATE experiment.experiments SET status = 'stopped' WHERE id = 'race-exp'")
 
 # a domain the attacker owns, cast to by a trusted view: its CHECK constraints would run
@@ -303,31 +329,18 @@ fails(cur, """INSERT INTO experiment.metrics (name, source, unit_column, time_co
               VALUES ('agg_metric', 'sec_vip.agg_v', 'user_id', 'ts', 'amount')""", "42501",
       "a trusted aggregate with the attacker's transition function is refused", contains="aggregate sec_vip.total")
 
-# a table whose row-level security policy reads the attacker's table, which the attacker
-# later gives a policy of its own
+# a trusted table whose row-level security policy reads the attacker's table: the attacker
+# could give that table a policy of its own (or an index expression) at any time
 mal.execute("CREATE TABLE sec_m.depts (dept text)")
 mal.execute("INSERT INTO sec_m.depts VALUES ('eng')")
 mal.execute("GRANT SELECT ON sec_m.depts TO PUBLIC")
 cur.execute("CREATE TABLE sec_vip.ev2 (user_id text, ts timestamptz, dept text, amount float8)")
-cur.execute("INSERT INTO sec_vip.ev2 SELECT 'u' || i, now() - interval '1 day', 'eng', 1 FROM generate_series(1, 20) i")
 cur.execute("ALTER TABLE sec_vip.ev2 ENABLE ROW LEVEL SECURITY")
 cur.execute("CREATE POLICY p ON sec_vip.ev2 USING (dept IN (SELECT d.dept FROM sec_m.depts d))")
-cur.execute("GRANT USAGE ON SCHEMA sec_vip TO sec_admin")
 cur.execute("GRANT SELECT ON sec_vip.ev2 TO sec_admin")
-adm.execute("""INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
-               VALUES ('ev2_amount', 'sec_vip.ev2', 'user_id', 'ts', 'amount')""")
-adm.execute("DELETE FROM experiment.experiment_metrics WHERE metric = 'adm_events'")
-adm.execute("INSERT INTO experiment.experiment_metrics VALUES ('adm-exp', 'ev2_amount', 'primary')")
-adm.execute("SELECT experiment.refresh('adm-exp')")
-ck.check(True, "a metric over a table whose policy reads another role's plain table refreshes")
-mal.execute("ALTER TABLE sec_m.depts ENABLE ROW LEVEL SECURITY")
-mal.execute("ALTER TABLE sec_m.depts FORCE ROW LEVEL SECURITY")
-mal.execute("CREATE POLICY x ON sec_m.depts USING (sec_m.spy())")
-fails(adm, "SELECT experiment.refresh('adm-exp')", "42501",
-      "refresh refuses a table that a source's policy reads once its owner gave it a policy",
-      contains="sec_m.depts has row-level security")
-cur.execute("SELECT count(*) FROM sec_m.loot")
-ck.check(cur.fetchone()[0] == 0, "the policy of the table a policy reads never ran as the administrator")
+fails(adm, """INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
+              VALUES ('ev2_amount', 'sec_vip.ev2', 'user_id', 'ts', 'amount')""", "42501",
+      "a table whose policy reads the attacker's table is refused", contains="table sec_m.depts is owned")
 
 # --- 4. another role's metric -------------------------------------------------------
 fails(alice, "UPDATE experiment.metrics SET source = 'sec_m.hostile' WHERE name = 'mal_metric'", "42501",

@@ -218,8 +218,9 @@ $$;
 COMMENT ON FUNCTION experiment.column_type(regclass, text) IS
   'internal: type of column col of relation rel, NULL when there is no such column';
 
--- the relations a read of source may read: source and, recursively, what its views read and
--- what the row-level security policies of the tables among them read
+-- the relations a read of source may read: source and, recursively, what its views read,
+-- what the row-level security policies of the tables among them read, and their
+-- inheritance children and partitions
 CREATE FUNCTION experiment.source_relations(source regclass) RETURNS SETOF regclass
   LANGUAGE sql STABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
@@ -227,22 +228,27 @@ AS $$
   WITH RECURSIVE rel(oid, depth) AS (
     SELECT source::oid, 0
     UNION
-    SELECT d.refobjid, rel.depth + 1
+    SELECT n.oid, rel.depth + 1
     FROM rel
     JOIN pg_catalog.pg_class c ON c.oid = rel.oid
-    JOIN LATERAL (SELECT 'pg_catalog.pg_rewrite'::regclass AS classid, rw.oid AS objid
-                  FROM pg_catalog.pg_rewrite rw WHERE rw.ev_class = c.oid AND c.relkind = 'v'
-                  UNION ALL
-                  SELECT 'pg_catalog.pg_policy'::regclass, p.oid
-                  FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid AND c.relrowsecurity) o ON true
-    JOIN pg_catalog.pg_depend d ON d.classid = o.classid AND d.objid = o.objid
-                               AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> rel.oid
+    CROSS JOIN LATERAL (
+      SELECT d.refobjid AS oid
+      FROM (SELECT 'pg_catalog.pg_rewrite'::regclass AS classid, rw.oid AS objid
+            FROM pg_catalog.pg_rewrite rw WHERE rw.ev_class = c.oid AND c.relkind = 'v'
+            UNION ALL
+            SELECT 'pg_catalog.pg_policy'::regclass, p.oid
+            FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid AND c.relrowsecurity) o
+      JOIN pg_catalog.pg_depend d ON d.classid = o.classid AND d.objid = o.objid
+                                 AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> c.oid
+      UNION ALL
+      -- a scan of a table reads its inheritance children and partitions
+      SELECT i.inhrelid FROM pg_catalog.pg_inherits i WHERE i.inhparent = c.oid) n
     WHERE rel.depth < 50
   )
   SELECT DISTINCT rel.oid::regclass FROM rel
 $$;
 COMMENT ON FUNCTION experiment.source_relations(regclass) IS
-  'internal: source and the relations its views and row-level security policies read, recursively (what source_unit_values() locks before checking a source)';
+  'internal: source and the relations its views and row-level security policies read, and their inheritance children and partitions, recursively (what source_unit_values() locks before checking a source)';
 
 -- what in a source could run code chosen by a role that lacks the reader's privileges
 -- (doc/security.md): views (and the views they read) owned by such a role, functions and
@@ -275,8 +281,6 @@ AS $$
     UNION ALL
     SELECT 'conversion', cv.conname::text, cv.conowner FROM pg_catalog.pg_conversion cv
     WHERE cv.connamespace = pg_catalog.pg_my_temp_schema()
-  ), subject_to_rls AS (
-    SELECT NOT (r.rolsuper OR r.rolbypassrls) AS yes FROM pg_catalog.pg_roles r WHERE r.oid = reader
   ), direct_code AS (
     SELECT d.refclassid, d.refobjid
     FROM rels JOIN pg_catalog.pg_rewrite rw ON rw.ev_class = rels.oid
@@ -286,7 +290,9 @@ AS $$
     SELECT d.refclassid, d.refobjid
     FROM rels JOIN pg_catalog.pg_policy p ON p.polrelid = rels.oid
     JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = p.oid
-    WHERE rels.relrowsecurity AND (SELECT yes FROM subject_to_rls)
+    -- (whether a policy applies depends on the role that checks the table, which for a view
+    -- is the view's owner: every policy counts)
+    WHERE rels.relrowsecurity
   ), domains(oid, depth) AS (
     -- domains (and the domains they are based on) that views and policies cast to: their
     -- CHECK constraints run when the source is read
@@ -307,14 +313,14 @@ AS $$
                              t.kind, t.name, pg_catalog.pg_get_userbyid(t.owner), reader) AS problem
     FROM temp_objects t WHERE NOT pg_catalog.pg_has_role(t.owner, reader::oid, 'USAGE')
     UNION ALL
-    SELECT 1 AS rank, format('view %s is owned by role "%s", which could change it to run code as "%s"',
+    -- any relation: its owner can make reading it run code (a view's query, a rule that turns
+    -- a table into a view, row-level security, and expressions the planner evaluates: those
+    -- of indexes, partial-index predicates, statistics objects, children's CHECK constraints)
+    SELECT 1 AS rank, format('%s %s is owned by role "%s", which could make reading it run code as "%s"',
+                             CASE rels.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view'
+                                               WHEN 'f' THEN 'foreign table' ELSE 'table' END,
                              rels.oid::regclass, pg_catalog.pg_get_userbyid(rels.relowner), reader) AS problem
-    FROM rels WHERE rels.relkind = 'v' AND NOT pg_catalog.pg_has_role(rels.relowner, reader::oid, 'USAGE')
-    UNION ALL
-    SELECT 2, format('table %s has row-level security and is owned by role "%s", whose policies could run code as "%s"',
-                     rels.oid::regclass, pg_catalog.pg_get_userbyid(rels.relowner), reader)
-    FROM rels WHERE rels.relrowsecurity AND (SELECT yes FROM subject_to_rls)
-                AND NOT pg_catalog.pg_has_role(rels.relowner, reader::oid, 'USAGE')
+    FROM rels WHERE NOT pg_catalog.pg_has_role(rels.relowner, reader::oid, 'USAGE')
     UNION ALL
     SELECT 2, format('domain %s is owned by role "%s", whose constraints could run code as "%s"',
                      t.oid::regtype, pg_catalog.pg_get_userbyid(t.typowner), reader)
