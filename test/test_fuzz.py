@@ -147,6 +147,8 @@ POOLS = {
     "interval": ["(%s)::interval" % v for v in IV],
     "regclass": ["'fz.orders'::regclass", "NULL::regclass", "'pg_class'::regclass", "'experiment.results'::regclass",
                  "0::oid::regclass"],
+    "regrole": ["NULL::regrole", "current_user::text::regrole", "'pg_read_all_data'::regrole",
+                "'pg_database_owner'::regrole", "0::oid::regrole", "4294967295::oid::regrole"],
     "experiment.moments": ["%s::experiment.moments" % q(v) for v in [M1, M2, M4, M1B, M2B] + MOMENTS_EDGE]
     + ["NULL::experiment.moments"] + ["(%s)::text::experiment.moments" % q(v) for v in MOMENTS_BAD[:4]],
     "double precision[]": arr([["0.5", "0.5"], ["0.1", "0.2", "0.7"], ["'NaN'", "1"], ["'Infinity'"], ["1e308", "1e308"],
