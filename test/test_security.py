@@ -329,6 +329,21 @@ fails(cur, """INSERT INTO experiment.metrics (name, source, unit_column, time_co
               VALUES ('agg_metric', 'sec_vip.agg_v', 'user_id', 'ts', 'amount')""", "42501",
       "a trusted aggregate with the attacker's transition function is refused", contains="aggregate sec_vip.total")
 
+# a trusted table with an index over the attacker's function (which the attacker can
+# replace): the planner would evaluate it as the reader
+mal.execute("CREATE FUNCTION sec_m.norm(t text) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT lower(t) $$")
+mal.execute("GRANT EXECUTE ON FUNCTION sec_m.norm(text) TO PUBLIC")
+cur.execute("CREATE TABLE sec_vip.idx_t AS SELECT * FROM public.orders")
+cur.execute("CREATE INDEX ON sec_vip.idx_t (sec_m.norm(user_id))")
+fails(cur, """INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
+              VALUES ('idx_metric', 'sec_vip.idx_t', 'user_id', 'ts', 'amount')""", "42501",
+      "a trusted table indexed over the attacker's function is refused", contains="function sec_m.norm")
+cur.execute("CREATE TABLE sec_vip.stx_t AS SELECT * FROM public.orders")
+cur.execute("CREATE STATISTICS sec_vip.stx ON (sec_m.norm(user_id)), amount FROM sec_vip.stx_t")
+fails(cur, """INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
+              VALUES ('stx_metric', 'sec_vip.stx_t', 'user_id', 'ts', 'amount')""", "42501",
+      "a trusted table with statistics over the attacker's function is refused", contains="function sec_m.norm")
+
 # a trusted table whose row-level security policy reads the attacker's table: the attacker
 # could give that table a policy of its own (or an index expression) at any time
 mal.execute("CREATE TABLE sec_m.depts (dept text)")
@@ -482,6 +497,17 @@ mal.execute("SELECT count(*) FROM experiment.conclusions WHERE results::text LIK
 ck.check(mal.fetchone()[0] == 0, "nor the conclusions recorded while the old metric existed")
 fails(adm, "TRUNCATE experiment.experiment_metrics, experiment.metrics", "42501",
       "an administrator cannot truncate the catalogue past the owners' checks")
+fails(adm, "UPDATE experiment.enrollment SET units = units * 3", "42501",
+      "an administrator cannot rewrite the enrollment that SRM and the decision read")
+fails(adm, "UPDATE experiment.refreshes SET error = 'forged'", "42501",
+      "an administrator cannot rewrite the refresh record")
+fails(bob, "SELECT error FROM experiment.refreshes", "42501",
+      "a reader cannot read refresh errors directly (a source's error may quote its data)")
+bob.execute("SELECT refresh_error FROM experiment.health WHERE experiment_id = 'mal-exp'")
+ck.check((bob.fetchone()[0] or "").startswith("the latest refresh failed (the message is shown"),
+         "health shows a refresh error only to roles that may read every metric of the experiment")
+cur.execute("SELECT refresh_error FROM experiment.health WHERE experiment_id = 'mal-exp'")
+ck.check("must be superuser" in (cur.fetchone()[0] or ""), "and the whole message to those that may")
 bob.execute("SELECT count(*) FROM experiment.conclusions WHERE experiment_id = 'alice-exp'")
 ck.check(bob.fetchone()[0] == 1, "the reader sees the conclusion recorded from what the analyst could read")
 

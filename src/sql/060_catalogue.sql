@@ -282,6 +282,21 @@ AS $$
     SELECT 'conversion', cv.conname::text, cv.conowner FROM pg_catalog.pg_conversion cv
     WHERE cv.connamespace = pg_catalog.pg_my_temp_schema()
   ), direct_code AS (
+    -- what the planner evaluates while it plans a scan of a table: its index expressions
+    -- and predicates, statistics expressions and CHECK constraints (a child's)
+    SELECT d.refclassid, d.refobjid
+    FROM rels JOIN pg_catalog.pg_index i ON i.indrelid = rels.oid
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = i.indexrelid
+                               AND d.refclassid <> 'pg_catalog.pg_class'::regclass
+    UNION
+    SELECT d.refclassid, d.refobjid
+    FROM rels JOIN pg_catalog.pg_statistic_ext s ON s.stxrelid = rels.oid
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_statistic_ext'::regclass AND d.objid = s.oid
+    UNION
+    SELECT d.refclassid, d.refobjid
+    FROM rels JOIN pg_catalog.pg_constraint co ON co.conrelid = rels.oid
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = co.oid
+    UNION
     SELECT d.refclassid, d.refobjid
     FROM rels JOIN pg_catalog.pg_rewrite rw ON rw.ev_class = rels.oid
     JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = rw.oid

@@ -113,7 +113,14 @@ COMMENT ON VIEW experiment.srm IS
 
 CREATE VIEW experiment.health AS
 SELECT ex.id AS experiment_id, ex.status, f.refreshed_at, f.duration AS refresh_duration,
-       f.error AS refresh_error, f.error_at AS refresh_error_at,
+       -- a source's error may quote its data: the message to roles that may read every metric
+       CASE WHEN f.error IS NULL THEN NULL
+            WHEN NOT EXISTS (SELECT 1 FROM experiment.experiment_metrics em
+                             WHERE em.experiment_id = ex.id AND NOT experiment.may_read_metric(em.metric))
+              THEN f.error
+            ELSE 'the latest refresh failed (the message is shown to roles that may read every metric of the experiment)'
+       END AS refresh_error,
+       f.error_at AS refresh_error_at,
        f.enrolled_units, f.multi_variant_units,
        f.multi_variant_units::float8 / nullif(f.enrolled_units + f.multi_variant_units, 0) AS multi_variant_share,
        coalesce(f.multi_variant_units::float8 / nullif(f.enrolled_units + f.multi_variant_units, 0) <= 0.01, true)

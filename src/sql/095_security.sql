@@ -132,7 +132,9 @@ DECLARE
   r text;
   t text;
   registry text[] := '{experiments,variants,metrics,experiment_metrics}';
-  results text[] := '{refreshes,enrollment,variant_stats,metric_results,conclusions,results,srm,health}';
+  -- (refreshes without its error column: a source's error may quote its data; health shows
+  -- the error to roles that may read every metric of the experiment)
+  results text[] := '{enrollment,variant_stats,metric_results,conclusions,results,srm,health}';
   ingestion text[] := '{exposures,exposures_quarantine,exposures_staging}';
 BEGIN
   FOREACH r IN ARRAY ARRAY['experiment_reader', 'experiment_ingest', 'experiment_analyst', 'experiment_admin'] LOOP
@@ -149,6 +151,9 @@ BEGIN
   FOREACH t IN ARRAY registry || results LOOP
     EXECUTE format('GRANT SELECT ON experiment.%I TO experiment_reader', t);
   END LOOP;
+  GRANT SELECT (experiment_id, refreshed_at, duration, enrolled_units, multi_variant_units, early_units,
+                first_exposure, last_exposure, exposures_by_day, error_at)
+    ON experiment.refreshes TO experiment_reader;
 
   -- experiment_ingest: the exposure pipeline
   GRANT USAGE ON SCHEMA experiment TO experiment_ingest;
@@ -173,7 +178,7 @@ BEGIN
   -- row trigger guards the rows (truncating the catalogue would skip the owners' checks)
   PERFORM experiment.grant_role_once('experiment_analyst', 'experiment_admin');
   PERFORM experiment.grant_role_once('experiment_ingest', 'experiment_admin');
-  FOREACH t IN ARRAY registry || ingestion || '{refreshes,enrollment}'::text[] LOOP
+  FOREACH t IN ARRAY registry || ingestion LOOP
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON experiment.%I TO experiment_admin', t);
   END LOOP;
   FOREACH t IN ARRAY ingestion LOOP

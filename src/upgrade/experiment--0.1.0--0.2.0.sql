@@ -869,6 +869,21 @@ AS $$
     SELECT 'conversion', cv.conname::text, cv.conowner FROM pg_catalog.pg_conversion cv
     WHERE cv.connamespace = pg_catalog.pg_my_temp_schema()
   ), direct_code AS (
+    -- what the planner evaluates while it plans a scan of a table: its index expressions
+    -- and predicates, statistics expressions and CHECK constraints (a child's)
+    SELECT d.refclassid, d.refobjid
+    FROM rels JOIN pg_catalog.pg_index i ON i.indrelid = rels.oid
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = i.indexrelid
+                               AND d.refclassid <> 'pg_catalog.pg_class'::regclass
+    UNION
+    SELECT d.refclassid, d.refobjid
+    FROM rels JOIN pg_catalog.pg_statistic_ext s ON s.stxrelid = rels.oid
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_statistic_ext'::regclass AND d.objid = s.oid
+    UNION
+    SELECT d.refclassid, d.refobjid
+    FROM rels JOIN pg_catalog.pg_constraint co ON co.conrelid = rels.oid
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = co.oid
+    UNION
     SELECT d.refclassid, d.refobjid
     FROM rels JOIN pg_catalog.pg_rewrite rw ON rw.ev_class = rels.oid
     JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = rw.oid
@@ -1751,7 +1766,14 @@ WHERE experiment.may_read_metric(s.metric);
 
 CREATE OR REPLACE VIEW experiment.health AS
 SELECT ex.id AS experiment_id, ex.status, f.refreshed_at, f.duration AS refresh_duration,
-       f.error AS refresh_error, f.error_at AS refresh_error_at,
+       -- a source's error may quote its data: the message to roles that may read every metric
+       CASE WHEN f.error IS NULL THEN NULL
+            WHEN NOT EXISTS (SELECT 1 FROM experiment.experiment_metrics em
+                             WHERE em.experiment_id = ex.id AND NOT experiment.may_read_metric(em.metric))
+              THEN f.error
+            ELSE 'the latest refresh failed (the message is shown to roles that may read every metric of the experiment)'
+       END AS refresh_error,
+       f.error_at AS refresh_error_at,
        f.enrolled_units, f.multi_variant_units,
        f.multi_variant_units::float8 / nullif(f.enrolled_units + f.multi_variant_units, 0) AS multi_variant_share,
        coalesce(f.multi_variant_units::float8 / nullif(f.enrolled_units + f.multi_variant_units, 0) <= 0.01, true)
@@ -2337,7 +2359,9 @@ DECLARE
   r text;
   t text;
   registry text[] := '{experiments,variants,metrics,experiment_metrics}';
-  results text[] := '{refreshes,enrollment,variant_stats,metric_results,conclusions,results,srm,health}';
+  -- (refreshes without its error column: a source's error may quote its data; health shows
+  -- the error to roles that may read every metric of the experiment)
+  results text[] := '{enrollment,variant_stats,metric_results,conclusions,results,srm,health}';
   ingestion text[] := '{exposures,exposures_quarantine,exposures_staging}';
 BEGIN
   FOREACH r IN ARRAY ARRAY['experiment_reader', 'experiment_ingest', 'experiment_analyst', 'experiment_admin'] LOOP
@@ -2354,6 +2378,9 @@ BEGIN
   FOREACH t IN ARRAY registry || results LOOP
     EXECUTE format('GRANT SELECT ON experiment.%I TO experiment_reader', t);
   END LOOP;
+  GRANT SELECT (experiment_id, refreshed_at, duration, enrolled_units, multi_variant_units, early_units,
+                first_exposure, last_exposure, exposures_by_day, error_at)
+    ON experiment.refreshes TO experiment_reader;
 
   -- experiment_ingest: the exposure pipeline
   GRANT USAGE ON SCHEMA experiment TO experiment_ingest;
@@ -2378,7 +2405,7 @@ BEGIN
   -- row trigger guards the rows (truncating the catalogue would skip the owners' checks)
   PERFORM experiment.grant_role_once('experiment_analyst', 'experiment_admin');
   PERFORM experiment.grant_role_once('experiment_ingest', 'experiment_admin');
-  FOREACH t IN ARRAY registry || ingestion || '{refreshes,enrollment}'::text[] LOOP
+  FOREACH t IN ARRAY registry || ingestion LOOP
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON experiment.%I TO experiment_admin', t);
   END LOOP;
   FOREACH t IN ARRAY ingestion LOOP
