@@ -48,6 +48,8 @@ typedef struct VariantCache
 	int			n;
 	double	   *bounds;			/* B_1 .. B_k as above */
 	text	  **names;
+	bool		stable_known;	/* whether the variants arguments are known to be */
+	bool		stable;			/* ... constant during the scan (a Const or Param) */
 } VariantCache;
 
 /*
@@ -295,8 +297,16 @@ choose(FunctionCallInfo fcinfo, VariantCache *vc, int bucket)
 		if (bucket < vc->bounds[i])
 		{
 			text	   *name = vc->names[i];
-			text	   *res = (text *) palloc(VARSIZE(name));
+			text	   *res;
 
+			/*
+			 * With constant variants the cache lives, unchanged, as long as
+			 * the call site: its name can be returned as it is (results are
+			 * read-only).  Otherwise the next row may refill the cache.
+			 */
+			if (vc->stable)
+				PG_RETURN_TEXT_P(name);
+			res = (text *) palloc(VARSIZE(name));
 			memcpy(res, name, VARSIZE(name));
 			PG_RETURN_TEXT_P(res);
 		}
@@ -321,7 +331,13 @@ exp_assign_variant_jsonb(PG_FUNCTION_ARGS)
 	Jsonb	   *jb = PG_GETARG_JSONB_P(2);
 	VariantCache *vc = variant_cache(fcinfo);
 
-	if (!cache_matches(vc, jb, VARSIZE(jb), NULL, 0))
+	/* a constant variants argument is parsed once, and not compared on every row */
+	if (!vc->stable_known)
+	{
+		vc->stable = get_fn_expr_arg_stable(fcinfo->flinfo, 2);
+		vc->stable_known = true;
+	}
+	if (!(vc->stable && vc->key1 != NULL) && !cache_matches(vc, jb, VARSIZE(jb), NULL, 0))
 	{
 		cache_reset(vc);
 		cache_fill_jsonb(vc, jb);
@@ -347,7 +363,14 @@ exp_assign_variant_arrays(PG_FUNCTION_ARGS)
 	ArrayType  *weights_a = PG_GETARG_ARRAYTYPE_P(3);
 	VariantCache *vc = variant_cache(fcinfo);
 
-	if (!cache_matches(vc, names_a, VARSIZE(names_a), weights_a, VARSIZE(weights_a)))
+	if (!vc->stable_known)
+	{
+		vc->stable = get_fn_expr_arg_stable(fcinfo->flinfo, 2) &&
+			get_fn_expr_arg_stable(fcinfo->flinfo, 3);
+		vc->stable_known = true;
+	}
+	if (!(vc->stable && vc->key1 != NULL) &&
+		!cache_matches(vc, names_a, VARSIZE(names_a), weights_a, VARSIZE(weights_a)))
 	{
 		cache_reset(vc);
 		cache_fill_arrays(vc, names_a, weights_a);
