@@ -16,17 +16,21 @@ import psycopg2
 ap = argparse.ArgumentParser()
 ap.add_argument("--rows", type=int, default=20_000_000)
 ap.add_argument("--runs", type=int, default=5)
+ap.add_argument("--reuse", action="store_true",
+                help="keep an existing bench_obs of the same size and seed instead of regenerating it")
 args = ap.parse_args()
 
 conn = psycopg2.connect(dbname="postgres")
 conn.autocommit = True
 cur = conn.cursor()
 cur.execute("CREATE EXTENSION IF NOT EXISTS experiment")
-cur.execute("SELECT count(*) FROM pg_class WHERE relname = 'bench_obs'")
-have = cur.fetchone()[0]
-if have:
-    cur.execute("SELECT count(*) FROM bench_obs")
-    have = cur.fetchone()[0] == args.rows
+# the table is regenerated unless --reuse and a table of this size and seed exists (its
+# comment records them): a table of the right row count from another run is not enough
+have = False
+if args.reuse:
+    cur.execute("SELECT obj_description('bench_obs'::regclass, 'pg_class') FROM pg_class WHERE relname = 'bench_obs'")
+    row = cur.fetchone()
+    have = row is not None and row[0] == "moments_bench rows=%d seed=0.5" % args.rows
 if not have:
     print("generating %d rows ..." % args.rows, flush=True)
     cur.execute("DROP TABLE IF EXISTS bench_obs")
@@ -34,6 +38,7 @@ if not have:
     cur.execute("SELECT setseed(0.5)")
     cur.execute("INSERT INTO bench_obs SELECT g %% 2, 100 + 20 * random() + (g %% 2), 100 + 20 * random() "
                 "FROM generate_series(1, %s) g", (args.rows,))
+    cur.execute("COMMENT ON TABLE bench_obs IS %s", ("moments_bench rows=%d seed=0.5" % args.rows,))
     cur.execute("VACUUM ANALYZE bench_obs")
 cur.execute("SET jit = off")
 # warm the cache
@@ -77,7 +82,13 @@ compare("moments(y,x) vs the six built-ins",
         "SELECT grp, experiment.moments(y, x) FROM bench_obs GROUP BY grp",
         "SELECT grp, regr_count(y, x), avg(y), avg(x), var_samp(y), var_samp(x), covar_samp(y, x) "
         "FROM bench_obs GROUP BY grp", 0.8)
-compare("welch_ttest(bool, y) vs count,sum,sum(y*y)",
+# like with like: one ungrouped pass over the rows, both arms' sums from FILTER clauses
+compare("welch_ttest(bool, y) vs the same sums, ungrouped",
+        "SELECT experiment.welch_ttest(grp = 1, y) FROM bench_obs",
+        "SELECT count(y) FILTER (WHERE grp = 1), sum(y) FILTER (WHERE grp = 1), sum(y * y) FILTER (WHERE grp = 1), "
+        "count(y) FILTER (WHERE grp <> 1), sum(y) FILTER (WHERE grp <> 1), sum(y * y) FILTER (WHERE grp <> 1) "
+        "FROM bench_obs", 1.0)
+compare("welch_ttest(bool, y) vs count,sum,sum(y*y) GROUP BY",
         "SELECT experiment.welch_ttest(grp = 1, y) FROM bench_obs",
         "SELECT grp, count(y), sum(y), sum(y * y) FROM bench_obs GROUP BY grp", 1.0)
 q = "SELECT grp, experiment.moments(y) FROM bench_obs GROUP BY grp"
