@@ -266,19 +266,20 @@ uv_destroy(DestReceiver *self)
 static TimestampTz
 exp_timestamptz_add_clamped(TimestampTz t0, const Interval *iv)
 {
-	double		approx;
+	double		base,
+				months_long,
+				months_short,
+				margin = 2.0 * USECS_PER_DAY;
 
 	if (TIMESTAMP_NOT_FINITE(t0))
 		return t0;
-	approx = (double) t0 + (double) iv->time + (double) iv->day * USECS_PER_DAY +
-		(double) iv->month * (DAYS_PER_MONTH + 1) * USECS_PER_DAY;
-	if (approx >= (double) END_TIMESTAMP - 2.0 * USECS_PER_DAY ||
-		(double) t0 + (double) iv->time + (double) iv->day * USECS_PER_DAY +
-		(double) iv->month * (DAYS_PER_MONTH - 3) * USECS_PER_DAY >= (double) END_TIMESTAMP - 2.0 * USECS_PER_DAY)
+	/* the sum with months of 31 and of 27 days brackets the calendar sum */
+	base = (double) t0 + (double) iv->time + (double) iv->day * USECS_PER_DAY;
+	months_long = base + (double) iv->month * (DAYS_PER_MONTH + 1) * USECS_PER_DAY;
+	months_short = base + (double) iv->month * (DAYS_PER_MONTH - 3) * USECS_PER_DAY;
+	if (Max(months_long, months_short) >= (double) END_TIMESTAMP - margin)
 		return DT_NOEND;
-	if (approx <= (double) MIN_TIMESTAMP + 2.0 * USECS_PER_DAY ||
-		(double) t0 + (double) iv->time + (double) iv->day * USECS_PER_DAY +
-		(double) iv->month * (DAYS_PER_MONTH - 3) * USECS_PER_DAY <= (double) MIN_TIMESTAMP + 2.0 * USECS_PER_DAY)
+	if (Min(months_long, months_short) <= (double) MIN_TIMESTAMP + margin)
 		return DT_NOBEGIN;
 	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
 												   TimestampTzGetDatum(t0),
@@ -698,6 +699,94 @@ plan_bound(UvState *st, UvBound *b, Datum d, bool isnull, bool fixed_zone,
 }
 
 /*
+ * Lock the source and every relation it reads (experiment.source_relations:
+ * through views and row-level security policies, and inheritance children),
+ * then check it with experiment.source_trust_problem().  DDL that could turn
+ * one of them into code (a new owner, a rule on an empty table, CREATE OR
+ * REPLACE VIEW, row-level security, an index) takes a stronger lock, so what
+ * the check sees is what the scan reads.  A relation changed before its lock
+ * may read new relations: the list is read again, with a fresh snapshot,
+ * until it holds nothing new.  That last list is read through the query's
+ * snapshot and the scan goes through the relation cache, which the locks
+ * brought up to date: they must agree on what could run code (in a
+ * REPEATABLE READ transaction the snapshot may predate a change).  Runs
+ * inside SPI, as the caller.
+ */
+static void
+lock_and_check_source(Oid src_rel, Oid reader)
+{
+	List	   *locked = NIL;
+	Oid			argtypes[2] = {REGCLASSOID, REGROLEOID};
+	Datum		args[2] = {ObjectIdGetDatum(src_rel), ObjectIdGetDatum(reader)};
+	bool		more = true;
+	bool		isnull;
+	uint64		r;
+	int			ret;
+	Datum		problem;
+
+	while (more)
+	{
+		more = false;
+		/* (not read-only: a fresh snapshot, taken after the locks) */
+		ret = SPI_execute_with_args("SELECT c.oid, c.relkind, c.relowner, c.relrowsecurity "
+									"FROM experiment.source_relations($1) r "
+									"JOIN pg_catalog.pg_class c ON c.oid = r",
+									1, argtypes, args, NULL, false, 0);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "listing the relations of the source failed: %s",
+				 SPI_result_code_string(ret));
+		for (r = 0; r < SPI_processed; r++)
+		{
+			Oid			rel = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[r],
+															 SPI_tuptable->tupdesc, 1, &isnull));
+
+			if (!list_member_oid(locked, rel))
+			{
+				LockRelationOid(rel, AccessShareLock);
+				locked = lappend_oid(locked, rel);
+				more = true;
+			}
+		}
+	}
+	for (r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	t = SPI_tuptable->vals[r];
+		TupleDesc	d = SPI_tuptable->tupdesc;
+		Relation	rel = try_relation_open(DatumGetObjectId(SPI_getbinval(t, d, 1, &isnull)),
+											NoLock);
+
+		if (rel == NULL)
+			continue;
+		if (rel->rd_rel->relkind != DatumGetChar(SPI_getbinval(t, d, 2, &isnull)) ||
+			rel->rd_rel->relowner != DatumGetObjectId(SPI_getbinval(t, d, 3, &isnull)) ||
+			rel->rd_rel->relrowsecurity != DatumGetBool(SPI_getbinval(t, d, 4, &isnull)))
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("relation %s changed while its source was being checked",
+							RelationGetRelationName(rel)),
+					 errhint("Retry the refresh.")));
+		relation_close(rel, NoLock);
+	}
+
+	/* nothing in the source may run code chosen by a less trusted role */
+	ret = SPI_execute_with_args("SELECT experiment.source_trust_problem($1, $2)",
+								2, argtypes, args, NULL, false, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "checking the source failed: %s", SPI_result_code_string(ret));
+	problem = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("refusing to read %s as role \"%s\": %s",
+						get_rel_name(src_rel), GetUserNameFromId(reader, false),
+						TextDatumGetCString(problem)),
+				 errhint("Have the role named there (or a member of it) own the metric, so that the "
+						 "source is read as it, or let a role trusted by \"%s\" own the object "
+						 "(doc/security.md).",
+						 GetUserNameFromId(reader, false))));
+}
+
+/*
  * source_unit_values(unit_ids text[], variants text[], t0s timestamptz[],
  *                    source regclass, unit_column text,
  *                    time_columns text[], value_columns text[],
@@ -987,104 +1076,7 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 	/* one scan of the source */
 	if (st->nunits > 0 && nspec > 0)
 	{
-		/*
-		 * Lock the source and every relation its views read, then check:
-		 * DDL that could turn one into code (CREATE RULE on an empty table,
-		 * CREATE OR REPLACE VIEW, row-level security) takes a stronger lock,
-		 * so what the check sees is what the scan reads.  A view changed
-		 * before the lock may read new relations: lock until nothing is new.
-		 */
-		{
-			List	   *locked = NIL;
-			Oid			argtype = REGCLASSOID;
-			Datum		arg = ObjectIdGetDatum(src_rel);
-			bool		more = true;
-
-			while (more)
-			{
-				uint64		r;
-
-				more = false;
-				ret = SPI_execute_with_args("SELECT experiment.source_relations($1)",
-											1, &argtype, &arg, NULL, true, 0);
-				if (ret != SPI_OK_SELECT)
-					elog(ERROR, "listing the relations of the source failed: %s",
-						 SPI_result_code_string(ret));
-				for (r = 0; r < SPI_processed; r++)
-				{
-					bool		isnull;
-					Oid			rel = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[r],
-																	 SPI_tuptable->tupdesc, 1, &isnull));
-
-					if (isnull || list_member_oid(locked, rel))
-						continue;
-					LockRelationOid(rel, AccessShareLock);
-					locked = lappend_oid(locked, rel);
-					more = true;
-				}
-			}
-
-			/*
-			 * The check below reads the catalogs through the query's snapshot,
-			 * the scan through the relation cache, which the locks brought up
-			 * to date.  They must agree on what could run code: in a
-			 * REPEATABLE READ transaction the snapshot may predate a change.
-			 */
-			ret = SPI_execute_with_args("SELECT c.oid, c.relkind, c.relowner, c.relrowsecurity "
-										"FROM experiment.source_relations($1) r "
-										"JOIN pg_catalog.pg_class c ON c.oid = r",
-										1, &argtype, &arg, NULL, false, 0);
-			if (ret != SPI_OK_SELECT)
-				elog(ERROR, "listing the relations of the source failed: %s",
-					 SPI_result_code_string(ret));
-			for (uint64 r = 0; r < SPI_processed; r++)
-			{
-				HeapTuple	t = SPI_tuptable->vals[r];
-				TupleDesc	d = SPI_tuptable->tupdesc;
-				bool		isnull;
-				Oid			relid = DatumGetObjectId(SPI_getbinval(t, d, 1, &isnull));
-				char		kind = DatumGetChar(SPI_getbinval(t, d, 2, &isnull));
-				Oid			owner = DatumGetObjectId(SPI_getbinval(t, d, 3, &isnull));
-				bool		rls = DatumGetBool(SPI_getbinval(t, d, 4, &isnull));
-				Relation	rel = try_relation_open(relid, NoLock);
-
-				if (rel == NULL)
-					continue;
-				if (rel->rd_rel->relkind != kind || rel->rd_rel->relowner != owner ||
-					rel->rd_rel->relrowsecurity != rls)
-					ereport(ERROR,
-							(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-							 errmsg("relation %s changed while its source was being checked",
-									RelationGetRelationName(rel)),
-							 errhint("Retry the refresh.")));
-				relation_close(rel, NoLock);
-			}
-		}
-
-		/* nothing in the source may run code chosen by a less trusted role */
-		{
-			Oid			argtypes[2] = {REGCLASSOID, REGROLEOID};
-			Datum		args[2] = {ObjectIdGetDatum(src_rel), ObjectIdGetDatum(reader)};
-			bool		isnull;
-			Datum		problem;
-
-			/* (not read-only: a fresh snapshot, taken after the locks) */
-			ret = SPI_execute_with_args("SELECT experiment.source_trust_problem($1, $2)",
-										2, argtypes, args, NULL, false, 1);
-			if (ret != SPI_OK_SELECT || SPI_processed != 1)
-				elog(ERROR, "checking the source failed: %s", SPI_result_code_string(ret));
-			problem = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-			if (!isnull)
-				ereport(ERROR,
-						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-						 errmsg("refusing to read %s as role \"%s\": %s",
-								get_rel_name(src_rel), GetUserNameFromId(reader, false),
-								TextDatumGetCString(problem)),
-						 errhint("Have the role named there (or a member of it) own the metric, so that the "
-								 "source is read as it, or let a role trusted by \"%s\" own the object "
-								 "(doc/security.md).",
-								 GetUserNameFromId(reader, false))));
-		}
+		lock_and_check_source(src_rel, reader);
 
 		/* as the reader, in a security-restricted operation */
 		GetUserIdAndSecContext(&save_userid, &save_sec_context);

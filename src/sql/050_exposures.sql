@@ -3,6 +3,16 @@
 -- (doc/analysis.md)
 -- ---------------------------------------------------------------------------
 
+-- an exposure outside these years is a broken clock or a placeholder, never analysable
+CREATE FUNCTION experiment.exposed_at_valid(t timestamptz) RETURNS boolean
+  LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT t >= '1970-01-01 00:00:00+00'::timestamptz AND t < '2200-01-01 00:00:00+00'::timestamptz
+$$;
+COMMENT ON FUNCTION experiment.exposed_at_valid(timestamptz) IS
+  'internal: whether an exposure time is storable: from 1970-01-01 up to 2200-01-01 (UTC)';
+
 CREATE TABLE experiment.exposures (
   experiment_id text NOT NULL,
   unit_id text NOT NULL,
@@ -17,9 +27,7 @@ CREATE TABLE experiment.exposures (
   CONSTRAINT exposures_event_id_key UNIQUE (experiment_id, event_id),
   CONSTRAINT exposures_variant_fkey FOREIGN KEY (experiment_id, variant)
     REFERENCES experiment.variants (experiment_id, name),
-  -- an exposure outside these years is a broken clock or a placeholder, never analysable
-  CONSTRAINT exposures_exposed_at_check
-    CHECK (exposed_at >= '1970-01-01 00:00:00+00' AND exposed_at < '2200-01-01 00:00:00+00')
+  CONSTRAINT exposures_exposed_at_check CHECK (experiment.exposed_at_valid(exposed_at))
 );
 COMMENT ON TABLE experiment.exposures IS
   'exposures of units to variants, deduplicated: the same (experiment, unit, variant, time) or the same event_id is stored once';
@@ -94,7 +102,7 @@ BEGIN
     RAISE EXCEPTION 'experiment_id, unit_id, variant and exposed_at must not be NULL'
       USING ERRCODE = '22023';
   END IF;
-  IF NOT (log_exposure.exposed_at >= '1970-01-01 00:00:00+00' AND log_exposure.exposed_at < '2200-01-01 00:00:00+00') THEN
+  IF NOT experiment.exposed_at_valid(log_exposure.exposed_at) THEN
     RAISE EXCEPTION 'exposed_at % is out of range', log_exposure.exposed_at
       USING ERRCODE = 'datetime_field_overflow',
             HINT = 'Exposures are stored from 1970-01-01 up to 2200-01-01 (UTC).';
@@ -150,7 +158,7 @@ BEGIN
              WHEN p.variant IS NULL THEN 'missing variant'
              WHEN p.exposed_at_text IS NULL THEN 'missing exposed_at'
              WHEN p.exposed_at IS NULL THEN 'invalid exposed_at'
-             WHEN NOT (p.exposed_at >= '1970-01-01 00:00:00+00' AND p.exposed_at < '2200-01-01 00:00:00+00')
+             WHEN NOT experiment.exposed_at_valid(p.exposed_at)
                THEN 'exposed_at out of range (1970-01-01 to 2200-01-01)'
              WHEN NOT EXISTS (SELECT 1 FROM experiment.experiments e WHERE e.id = p.experiment_id)
                THEN 'unknown experiment'

@@ -463,7 +463,7 @@ BEGIN
   -- the owner reads the source: it must be allowed to, and nothing in it may run code
   -- chosen by a less trusted role
   FOREACH part IN ARRAY ARRAY[m.unit_column, m.time_column, m.value_column] LOOP
-    IF part IS NOT NULL AND NOT pg_catalog.has_column_privilege(m.owner::oid, m.source, part, 'SELECT') THEN
+    IF NOT experiment.role_may_read_column(m.owner, m.source, part) THEN
       RAISE EXCEPTION 'metric "%": its owner "%" may not read column "%" of %', m.name, m.owner, part, m.source
         USING ERRCODE = 'insufficient_privilege',
               DETAIL = 'A metric''s source is read as the metric''s owner.',
@@ -552,48 +552,61 @@ CREATE TRIGGER experiments_validate_metrics_on_start
 COMMENT ON TRIGGER experiments_validate_metrics_on_start ON experiment.experiments IS
   'an experiment starts only with valid metrics and exactly one primary (when it has metrics)';
 
--- SELECT on a column of a relation (on the relation, when the column no longer exists)
-CREATE FUNCTION experiment.may_read_column(rel regclass, col text) RETURNS boolean
+-- the current user as a regrole (current_user is a name, which text input would case-fold)
+CREATE FUNCTION experiment.current_regrole() RETURNS regrole
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT r.oid::regrole FROM pg_catalog.pg_roles r WHERE r.rolname = current_user
+$$;
+COMMENT ON FUNCTION experiment.current_regrole() IS 'internal: the current user as a regrole';
+
+-- SELECT on a column of a relation for role r (on the relation, when the column no longer
+-- exists)
+CREATE FUNCTION experiment.role_may_read_column(r regrole, rel regclass, col text) RETURNS boolean
   LANGUAGE sql STABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
   SELECT CASE WHEN col IS NULL THEN true
-              WHEN experiment.column_type(rel, col) IS NULL THEN coalesce(pg_catalog.has_table_privilege(rel::oid, 'SELECT'), false)
-              ELSE coalesce(pg_catalog.has_column_privilege(rel::oid, col, 'SELECT'), false) END
+              WHEN experiment.column_type(rel, col) IS NULL
+                THEN coalesce(pg_catalog.has_table_privilege(r::oid, rel::oid, 'SELECT'), false)
+              ELSE coalesce(pg_catalog.has_column_privilege(r::oid, rel::oid, col, 'SELECT'), false) END
+$$;
+COMMENT ON FUNCTION experiment.role_may_read_column(regrole, regclass, text) IS
+  'internal: whether role r may SELECT column col of rel (NULL col: true; a column that no longer exists: SELECT on rel)';
+
+CREATE FUNCTION experiment.may_read_column(rel regclass, col text) RETURNS boolean
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT experiment.role_may_read_column(experiment.current_regrole(), rel, col)
 $$;
 COMMENT ON FUNCTION experiment.may_read_column(regclass, text) IS
   'internal: whether the current user may SELECT column col of rel (NULL col: true; a column that no longer exists: SELECT on rel)';
 
--- a metric's results are as secret as its source: visible to roles that may read the
--- columns the metric reads (for a ratio, those of both parts)
-CREATE FUNCTION experiment.may_read_metric(metric text) RETURNS boolean
-  LANGUAGE sql STABLE PARALLEL SAFE
-  SET search_path = pg_catalog, experiment, pg_temp
-AS $$
-  SELECT coalesce(bool_and(p.source IS NOT NULL
-                           AND experiment.may_read_column(p.source, p.unit_column)
-                           AND experiment.may_read_column(p.source, p.time_column)
-                           AND experiment.may_read_column(p.source, p.value_column)), false)
-  FROM experiment.metrics m
-  JOIN experiment.metrics p ON p.name IN (m.name, m.numerator, m.denominator) AND p.kind <> 'ratio'
-  WHERE m.name = may_read_metric.metric
-$$;
-COMMENT ON FUNCTION experiment.may_read_metric(text) IS
-  'whether the current user may see the results of a metric: it may SELECT the columns the metric reads from its source (for a ratio, from the sources of both parts)';
-
--- the same for a given role (an experiment's owner role may add only metrics it may read)
+-- whether role r may read the columns a metric reads (for a ratio, those of both parts)
 CREATE FUNCTION experiment.role_may_read_metric(r regrole, metric text) RETURNS boolean
   LANGUAGE sql STABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
-  SELECT coalesce(bool_and(p.source IS NOT NULL AND (
-           SELECT bool_and(CASE WHEN experiment.column_type(p.source, c) IS NULL
-                                THEN coalesce(pg_catalog.has_table_privilege(r::oid, p.source::oid, 'SELECT'), false)
-                                ELSE coalesce(pg_catalog.has_column_privilege(r::oid, p.source::oid, c, 'SELECT'), false) END)
-           FROM unnest(ARRAY[p.unit_column, p.time_column, p.value_column]) c WHERE c IS NOT NULL)), false)
+  SELECT coalesce(bool_and(p.source IS NOT NULL
+                           AND experiment.role_may_read_column(r, p.source, p.unit_column)
+                           AND experiment.role_may_read_column(r, p.source, p.time_column)
+                           AND experiment.role_may_read_column(r, p.source, p.value_column)), false)
   FROM experiment.metrics m
   JOIN experiment.metrics p ON p.name IN (m.name, m.numerator, m.denominator) AND p.kind <> 'ratio'
   WHERE m.name = role_may_read_metric.metric
 $$;
 COMMENT ON FUNCTION experiment.role_may_read_metric(regrole, text) IS
   'internal: whether role r may SELECT the columns a metric reads from its source (for a ratio, from both parts)';
+
+-- a metric's results are as secret as its source: visible to roles that may read the
+-- columns the metric reads (an experiment's owner role may add only metrics it may read)
+CREATE FUNCTION experiment.may_read_metric(metric text) RETURNS boolean
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT experiment.role_may_read_metric(experiment.current_regrole(), metric)
+$$;
+COMMENT ON FUNCTION experiment.may_read_metric(text) IS
+  'whether the current user may see the results of a metric: it may SELECT the columns the metric reads from its source (for a ratio, from the sources of both parts)';

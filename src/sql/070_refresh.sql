@@ -597,7 +597,7 @@ DECLARE
   e experiment.experiments;
   prep record;
   share float8;
-  share_text text;
+  hidden text;
   aggs text := '';
   tests text := '';
   r record;
@@ -613,11 +613,11 @@ BEGIN
   END IF;
   PERFORM experiment.validate_experiment_metrics(e.id);
   -- it reads the sources as its caller: say which metric it may not read, up front
-  SELECT string_agg(em.metric, ', ' ORDER BY em.metric) INTO share_text
+  SELECT string_agg(em.metric, ', ' ORDER BY em.metric) INTO hidden
   FROM experiment.experiment_metrics em
   WHERE em.experiment_id = e.id AND NOT experiment.may_read_metric(em.metric);
-  IF share_text IS NOT NULL THEN
-    RAISE EXCEPTION 'aa_test of experiment "%": role % may not read the source of metric %', e.id, current_user, share_text
+  IF hidden IS NOT NULL THEN
+    RAISE EXCEPTION 'aa_test of experiment "%": role % may not read the source of metric %', e.id, current_user, hidden
       USING ERRCODE = 'insufficient_privilege',
             HINT = 'aa_test() reads the sources as its caller; run it as a role that may SELECT them.';
   END IF;

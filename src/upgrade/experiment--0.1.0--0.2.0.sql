@@ -548,16 +548,27 @@ BEGIN
 END
 $$;
 
+-- an exposure outside these years is a broken clock or a placeholder, never analysable
+CREATE OR REPLACE FUNCTION experiment.exposed_at_valid(t timestamptz) RETURNS boolean
+  LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT t >= '1970-01-01 00:00:00+00'::timestamptz AND t < '2200-01-01 00:00:00+00'::timestamptz
+$$;
+
+COMMENT ON FUNCTION experiment.exposed_at_valid(timestamptz) IS
+  'internal: whether an exposure time is storable: from 1970-01-01 up to 2200-01-01 (UTC)';
+
 -- exposures outside 1970 .. 2200 go to the quarantine (nothing is lost), then the check
 INSERT INTO experiment.exposures_quarantine (received_at, reason, experiment_id, unit_id, variant, event_id, payload)
 SELECT x.received_at, 'exposed_at out of range (1970-01-01 to 2200-01-01)', x.experiment_id, x.unit_id,
        x.variant, x.event_id, pg_catalog.to_jsonb(x)
 FROM experiment.exposures x
-WHERE NOT (x.exposed_at >= '1970-01-01 00:00:00+00' AND x.exposed_at < '2200-01-01 00:00:00+00');
+WHERE NOT experiment.exposed_at_valid(x.exposed_at);
 DELETE FROM experiment.exposures x
-WHERE NOT (x.exposed_at >= '1970-01-01 00:00:00+00' AND x.exposed_at < '2200-01-01 00:00:00+00');
+WHERE NOT experiment.exposed_at_valid(x.exposed_at);
 ALTER TABLE experiment.exposures ADD CONSTRAINT exposures_exposed_at_check
-  CHECK (exposed_at >= '1970-01-01 00:00:00+00' AND exposed_at < '2200-01-01 00:00:00+00');
+  CHECK (experiment.exposed_at_valid(exposed_at));
 
 COMMENT ON COLUMN experiment.exposures.exposed_at IS 'when the unit was exposed: from 1970 up to the year 2200 (exclusive)';
 
@@ -578,7 +589,7 @@ BEGIN
     RAISE EXCEPTION 'experiment_id, unit_id, variant and exposed_at must not be NULL'
       USING ERRCODE = '22023';
   END IF;
-  IF NOT (log_exposure.exposed_at >= '1970-01-01 00:00:00+00' AND log_exposure.exposed_at < '2200-01-01 00:00:00+00') THEN
+  IF NOT experiment.exposed_at_valid(log_exposure.exposed_at) THEN
     RAISE EXCEPTION 'exposed_at % is out of range', log_exposure.exposed_at
       USING ERRCODE = 'datetime_field_overflow',
             HINT = 'Exposures are stored from 1970-01-01 up to 2200-01-01 (UTC).';
@@ -632,7 +643,7 @@ BEGIN
              WHEN p.variant IS NULL THEN 'missing variant'
              WHEN p.exposed_at_text IS NULL THEN 'missing exposed_at'
              WHEN p.exposed_at IS NULL THEN 'invalid exposed_at'
-             WHEN NOT (p.exposed_at >= '1970-01-01 00:00:00+00' AND p.exposed_at < '2200-01-01 00:00:00+00')
+             WHEN NOT experiment.exposed_at_valid(p.exposed_at)
                THEN 'exposed_at out of range (1970-01-01 to 2200-01-01)'
              WHEN NOT EXISTS (SELECT 1 FROM experiment.experiments e WHERE e.id = p.experiment_id)
                THEN 'unknown experiment'
@@ -1051,7 +1062,7 @@ BEGIN
   -- the owner reads the source: it must be allowed to, and nothing in it may run code
   -- chosen by a less trusted role
   FOREACH part IN ARRAY ARRAY[m.unit_column, m.time_column, m.value_column] LOOP
-    IF part IS NOT NULL AND NOT pg_catalog.has_column_privilege(m.owner::oid, m.source, part, 'SELECT') THEN
+    IF NOT experiment.role_may_read_column(m.owner, m.source, part) THEN
       RAISE EXCEPTION 'metric "%": its owner "%" may not read column "%" of %', m.name, m.owner, part, m.source
         USING ERRCODE = 'insufficient_privilege',
               DETAIL = 'A metric''s source is read as the metric''s owner.',
@@ -1077,47 +1088,50 @@ BEGIN
 END
 $$;
 
--- SELECT on a column of a relation (on the relation, when the column no longer exists)
-CREATE OR REPLACE FUNCTION experiment.may_read_column(rel regclass, col text) RETURNS boolean
+-- the current user as a regrole (current_user is a name, which text input would case-fold)
+CREATE OR REPLACE FUNCTION experiment.current_regrole() RETURNS regrole
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT r.oid::regrole FROM pg_catalog.pg_roles r WHERE r.rolname = current_user
+$$;
+
+COMMENT ON FUNCTION experiment.current_regrole() IS 'internal: the current user as a regrole';
+
+-- SELECT on a column of a relation for role r (on the relation, when the column no longer
+-- exists)
+CREATE OR REPLACE FUNCTION experiment.role_may_read_column(r regrole, rel regclass, col text) RETURNS boolean
   LANGUAGE sql STABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
   SELECT CASE WHEN col IS NULL THEN true
-              WHEN experiment.column_type(rel, col) IS NULL THEN coalesce(pg_catalog.has_table_privilege(rel::oid, 'SELECT'), false)
-              ELSE coalesce(pg_catalog.has_column_privilege(rel::oid, col, 'SELECT'), false) END
+              WHEN experiment.column_type(rel, col) IS NULL
+                THEN coalesce(pg_catalog.has_table_privilege(r::oid, rel::oid, 'SELECT'), false)
+              ELSE coalesce(pg_catalog.has_column_privilege(r::oid, rel::oid, col, 'SELECT'), false) END
+$$;
+
+COMMENT ON FUNCTION experiment.role_may_read_column(regrole, regclass, text) IS
+  'internal: whether role r may SELECT column col of rel (NULL col: true; a column that no longer exists: SELECT on rel)';
+
+CREATE OR REPLACE FUNCTION experiment.may_read_column(rel regclass, col text) RETURNS boolean
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT experiment.role_may_read_column(experiment.current_regrole(), rel, col)
 $$;
 
 COMMENT ON FUNCTION experiment.may_read_column(regclass, text) IS
   'internal: whether the current user may SELECT column col of rel (NULL col: true; a column that no longer exists: SELECT on rel)';
 
--- a metric's results are as secret as its source: visible to roles that may read the
--- columns the metric reads (for a ratio, those of both parts)
-CREATE OR REPLACE FUNCTION experiment.may_read_metric(metric text) RETURNS boolean
-  LANGUAGE sql STABLE PARALLEL SAFE
-  SET search_path = pg_catalog, experiment, pg_temp
-AS $$
-  SELECT coalesce(bool_and(p.source IS NOT NULL
-                           AND experiment.may_read_column(p.source, p.unit_column)
-                           AND experiment.may_read_column(p.source, p.time_column)
-                           AND experiment.may_read_column(p.source, p.value_column)), false)
-  FROM experiment.metrics m
-  JOIN experiment.metrics p ON p.name IN (m.name, m.numerator, m.denominator) AND p.kind <> 'ratio'
-  WHERE m.name = may_read_metric.metric
-$$;
-
-COMMENT ON FUNCTION experiment.may_read_metric(text) IS
-  'whether the current user may see the results of a metric: it may SELECT the columns the metric reads from its source (for a ratio, from the sources of both parts)';
-
--- the same for a given role (an experiment's owner role may add only metrics it may read)
+-- whether role r may read the columns a metric reads (for a ratio, those of both parts)
 CREATE OR REPLACE FUNCTION experiment.role_may_read_metric(r regrole, metric text) RETURNS boolean
   LANGUAGE sql STABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
-  SELECT coalesce(bool_and(p.source IS NOT NULL AND (
-           SELECT bool_and(CASE WHEN experiment.column_type(p.source, c) IS NULL
-                                THEN coalesce(pg_catalog.has_table_privilege(r::oid, p.source::oid, 'SELECT'), false)
-                                ELSE coalesce(pg_catalog.has_column_privilege(r::oid, p.source::oid, c, 'SELECT'), false) END)
-           FROM unnest(ARRAY[p.unit_column, p.time_column, p.value_column]) c WHERE c IS NOT NULL)), false)
+  SELECT coalesce(bool_and(p.source IS NOT NULL
+                           AND experiment.role_may_read_column(r, p.source, p.unit_column)
+                           AND experiment.role_may_read_column(r, p.source, p.time_column)
+                           AND experiment.role_may_read_column(r, p.source, p.value_column)), false)
   FROM experiment.metrics m
   JOIN experiment.metrics p ON p.name IN (m.name, m.numerator, m.denominator) AND p.kind <> 'ratio'
   WHERE m.name = role_may_read_metric.metric
@@ -1125,6 +1139,18 @@ $$;
 
 COMMENT ON FUNCTION experiment.role_may_read_metric(regrole, text) IS
   'internal: whether role r may SELECT the columns a metric reads from its source (for a ratio, from both parts)';
+
+-- a metric's results are as secret as its source: visible to roles that may read the
+-- columns the metric reads (an experiment's owner role may add only metrics it may read)
+CREATE OR REPLACE FUNCTION experiment.may_read_metric(metric text) RETURNS boolean
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT experiment.role_may_read_metric(experiment.current_regrole(), metric)
+$$;
+
+COMMENT ON FUNCTION experiment.may_read_metric(text) IS
+  'whether the current user may see the results of a metric: it may SELECT the columns the metric reads from its source (for a ratio, from the sources of both parts)';
 
 ALTER TABLE experiment.variant_stats ADD COLUMN skipped_values bigint NOT NULL DEFAULT 0;
 
@@ -1581,7 +1607,7 @@ DECLARE
   e experiment.experiments;
   prep record;
   share float8;
-  share_text text;
+  hidden text;
   aggs text := '';
   tests text := '';
   r record;
@@ -1597,11 +1623,11 @@ BEGIN
   END IF;
   PERFORM experiment.validate_experiment_metrics(e.id);
   -- it reads the sources as its caller: say which metric it may not read, up front
-  SELECT string_agg(em.metric, ', ' ORDER BY em.metric) INTO share_text
+  SELECT string_agg(em.metric, ', ' ORDER BY em.metric) INTO hidden
   FROM experiment.experiment_metrics em
   WHERE em.experiment_id = e.id AND NOT experiment.may_read_metric(em.metric);
-  IF share_text IS NOT NULL THEN
-    RAISE EXCEPTION 'aa_test of experiment "%": role % may not read the source of metric %', e.id, current_user, share_text
+  IF hidden IS NOT NULL THEN
+    RAISE EXCEPTION 'aa_test of experiment "%": role % may not read the source of metric %', e.id, current_user, hidden
       USING ERRCODE = 'insufficient_privilege',
             HINT = 'aa_test() reads the sources as its caller; run it as a role that may SELECT them.';
   END IF;
