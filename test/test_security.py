@@ -511,6 +511,22 @@ ck.check("must be superuser" in (cur.fetchone()[0] or ""), "and the whole messag
 bob.execute("SELECT count(*) FROM experiment.conclusions WHERE experiment_id = 'alice-exp'")
 ck.check(bob.fetchone()[0] == 1, "the reader sees the conclusion recorded from what the analyst could read")
 
+# a role whose name needs quoting owns what it registers
+cur.execute("""SELECT count(*) FROM pg_roles WHERE rolname = 'Sec Carol'""")
+if cur.fetchone()[0] == 0:
+    cur.execute('CREATE ROLE "Sec Carol" LOGIN')
+cur.execute('GRANT experiment_analyst TO "Sec Carol"')
+cur.execute('GRANT SELECT ON public.orders TO "Sec Carol"')
+carol_c, carol = connect_as("Sec Carol")
+carol.execute("""INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column)
+                 VALUES ('carol_value', 'public.orders', 'user_id', 'ts', 'amount')""")
+carol.execute("INSERT INTO experiment.experiments (id) VALUES ('carol-exp')")
+carol.execute("""SELECT (SELECT owner::text FROM experiment.metrics WHERE name = 'carol_value'),
+                        (SELECT owner_role::text FROM experiment.experiments WHERE id = 'carol-exp')""")
+ck.check(carol.fetchone() == ('"Sec Carol"', '"Sec Carol"'),
+         "a role whose name needs quoting owns its metric and experiment")
+carol_c.close()
+
 # --- 6. the roles do their jobs and no more --------------------------------------------
 fails(bob, """INSERT INTO experiment.metrics (name, source, unit_column, time_column)
               VALUES ('x', 'public.orders', 'user_id', 'ts')""", "42501", "a reader cannot register metrics")

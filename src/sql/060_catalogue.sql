@@ -99,7 +99,7 @@ BEGIN
     RETURN OLD;
   END IF;
   IF NEW.owner IS NULL THEN
-    NEW.owner := CASE WHEN TG_OP = 'UPDATE' THEN OLD.owner ELSE current_user::text::regrole END;
+    NEW.owner := CASE WHEN TG_OP = 'UPDATE' THEN OLD.owner ELSE experiment.current_regrole() END;
   END IF;
   IF (TG_OP = 'INSERT' OR NEW.owner IS DISTINCT FROM OLD.owner)
      AND NOT pg_catalog.pg_has_role(current_user, NEW.owner, 'MEMBER') THEN

@@ -231,7 +231,7 @@ BEGIN
     PERFORM experiment.require_experiment_owner(OLD.id, 'change');
   END IF;
   IF NEW.owner_role IS NULL THEN
-    NEW.owner_role := CASE WHEN TG_OP = 'UPDATE' THEN OLD.owner_role ELSE current_user::text::regrole END;
+    NEW.owner_role := CASE WHEN TG_OP = 'UPDATE' THEN OLD.owner_role ELSE experiment.current_regrole() END;
   END IF;
   IF (TG_OP = 'INSERT' OR NEW.owner_role IS DISTINCT FROM OLD.owner_role)
      AND NOT pg_catalog.pg_has_role(current_user, NEW.owner_role, 'MEMBER') THEN
@@ -707,7 +707,7 @@ BEGIN
     RETURN OLD;
   END IF;
   IF NEW.owner IS NULL THEN
-    NEW.owner := CASE WHEN TG_OP = 'UPDATE' THEN OLD.owner ELSE current_user::text::regrole END;
+    NEW.owner := CASE WHEN TG_OP = 'UPDATE' THEN OLD.owner ELSE experiment.current_regrole() END;
   END IF;
   IF (TG_OP = 'INSERT' OR NEW.owner IS DISTINCT FROM OLD.owner)
      AND NOT pg_catalog.pg_has_role(current_user, NEW.owner, 'MEMBER') THEN
