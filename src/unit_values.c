@@ -12,7 +12,7 @@
  * once per event, and that random memory access dominates the refresh.
  *
  * Here the units (passed as arrays, so that the function reads no table but
- * the source and is as parallel safe as any query of it) are loaded once
+ * the source) are loaded once
  * into a compact open-addressing hash table (keyed by hash_bytes() of the
  * unit id text, exact comparison of the key), together with one row per unit holding the window bounds that need
  * calendar arithmetic and the accumulators.  The source is scanned through
@@ -37,6 +37,17 @@
  * column), 'max' of the non-NULL values (1 for any counted event when there
  * is no value column).  Boolean value columns count as 0/1, other columns
  * are cast to float8.  Units without counted events get 0.
+ *
+ * Incremental refresh (doc/scaling.md) calls it in split mode: each unit may
+ * have a time "since" before which its events are not read (its values up to
+ * there are stored), and the events are accumulated apart before and from a
+ * split time (the source's watermark), so that the part before the split can
+ * be stored and the rest read again next time.  The split is either given or
+ * found first, as the latest time in the source (max() of the time column,
+ * which an index answers) capped at now(), less the lateness allowance.
+ *
+ * The function locks and checks the source through SPI, and SPI commands
+ * cannot run in a parallel query: it is PARALLEL UNSAFE.
  *
  * Memory: everything lives in a dedicated memory context that is deleted
  * before returning: 8 bytes per hash slot (two to four slots per unit),
@@ -94,6 +105,7 @@ typedef enum
 typedef struct
 {
 	int64		t0;
+	int64		since;			/* events before this time are not read */
 	uint32		keylen;
 	uint16		variant;
 	uint8		t0null;
@@ -152,6 +164,13 @@ typedef struct UvState
 	Interval   *cal_offsets;
 	bool		has_end;
 	int64		end_at;
+	/* split mode: accumulators k (events before split) and nspec + k (after) */
+	bool		has_split;
+	int64		split;
+	int			nacc;
+	/* the latest time of any row read (split mode) */
+	bool		has_latest;
+	int64		latest;
 	/* units */
 	int64		nunits;
 	int64		maxunits;
@@ -161,8 +180,8 @@ typedef struct UvState
 	char	  **variants;
 	int			nvariants;
 	/*
-	 * per unit rows: int64 bounds[ncal], float8 acc[nspec], uint32
-	 * skipped[nspec], uint8 seen[nspec]
+	 * per unit rows: int64 bounds[ncal], float8 acc[nacc], uint32
+	 * skipped[nacc], uint8 seen[nacc]
 	 */
 	Size		rowsize;
 	char	   *rows;
@@ -181,9 +200,9 @@ typedef struct UvState
 #define UV_ROW(st, i)		((st)->rows + (Size) (i) * (st)->rowsize)
 #define UV_BOUNDS(st, r)	((int64 *) (r))
 #define UV_ACC(st, r)		((double *) ((r) + sizeof(int64) * (st)->ncal))
-#define UV_SKIPPED(st, r)	((uint32 *) ((r) + sizeof(int64) * (st)->ncal + sizeof(double) * (st)->nspec))
+#define UV_SKIPPED(st, r)	((uint32 *) ((r) + sizeof(int64) * (st)->ncal + sizeof(double) * (st)->nacc))
 #define UV_SEEN(st, r)		((uint8 *) ((r) + sizeof(int64) * (st)->ncal + \
-										(sizeof(double) + sizeof(uint32)) * (st)->nspec))
+										(sizeof(double) + sizeof(uint32)) * (st)->nacc))
 
 /*
  * A large zeroed array, aligned to 2 MB and marked for transparent huge
@@ -308,7 +327,7 @@ exp_timestamptz_add_clamped_sql(PG_FUNCTION_ARGS)
 
 static void
 insert_unit(UvState *st, const char *key, uint32 keylen, uint16 variant,
-			bool t0null, int64 t0)
+			bool t0null, int64 t0, int64 since)
 {
 	uint32		h = hash_bytes((const unsigned char *) key, (int) keylen);
 	uint64		pos = h & st->mask;
@@ -332,6 +351,7 @@ insert_unit(UvState *st, const char *key, uint32 keylen, uint16 variant,
 	}
 	u = &st->units[st->nunits];
 	u->t0 = t0;
+	u->since = since;
 	u->t0null = t0null;
 	u->variant = variant;
 	u->keylen = keylen;
@@ -352,9 +372,10 @@ insert_unit(UvState *st, const char *key, uint32 keylen, uint16 variant,
 	st->nunits++;
 }
 
-/* adds one unit (unit_id, variant, t0) from the argument arrays */
+/* adds one unit (unit_id, variant, t0, since) from the argument arrays */
 static void
-add_unit(UvState *st, Datum du, bool nu, Datum dv, bool nv, Datum dt, bool nt)
+add_unit(UvState *st, Datum du, bool nu, Datum dv, bool nv, Datum dt, bool nt,
+		 Datum ds, bool ns)
 {
 	text	   *k;
 	text	   *vn;
@@ -382,7 +403,7 @@ add_unit(UvState *st, Datum du, bool nu, Datum dv, bool nv, Datum dt, bool nt)
 		st->nvariants++;
 	}
 	insert_unit(st, VARDATA_ANY(k), VARSIZE_ANY_EXHDR(k), (uint16) v, nt,
-				nt ? 0 : DatumGetTimestampTz(dt));
+				nt ? 0 : DatumGetTimestampTz(dt), ns ? DT_NOBEGIN : DatumGetTimestampTz(ds));
 }
 
 static inline int64
@@ -476,27 +497,32 @@ flush_batch(UvState *st)
 		bounds = UV_BOUNDS(st, row);
 		acc = UV_ACC(st, row);
 		seen = UV_SEEN(st, row);
-		for (k = 0; k < st->nspec; k++)
+		for (int s = 0; s < st->nspec; s++)
 		{
-			UvSpec	   *sp = &st->specs[k];
+			UvSpec	   *sp = &st->specs[s];
 			int64		ts;
 			double		x;
 
 			if (st->ev_tsnull[i * st->ntime + sp->tcol])
 				continue;
 			ts = st->ev_ts[i * st->ntime + sp->tcol];
+			if (ts < u->since)
+				continue;
 			if (ts < spec_bound(&sp->lo, u, bounds))
 				continue;
 			if (sp->hi.present && ts >= spec_bound(&sp->hi, u, bounds))
 				continue;
 			if (sp->use_end && st->has_end && ts >= st->end_at)
 				continue;
+			/* in split mode, events from the split on accumulate apart */
+			k = (st->has_split && ts >= st->split) ? st->nspec + s : s;
 			if (sp->vcol < 0)
 			{
 				if (sp->agg == AGG_SUM || sp->agg == AGG_COUNT)
 					acc[k] += 1.0;
 				else
 					acc[k] = 1.0;
+				seen[k] = 1;
 				continue;
 			}
 			if (st->ev_valnull[i * st->nval + sp->vcol])
@@ -511,6 +537,8 @@ flush_batch(UvState *st)
 					sk[k]++;
 				continue;
 			}
+			if (sp->agg != AGG_MAX)
+				seen[k] = 1;
 			switch (sp->agg)
 			{
 				case AGG_SUM:
@@ -570,8 +598,15 @@ uv_receive_event(TupleTableSlot *slot, DestReceiver *self)
 		st->ev_tsnull[i * st->ntime + c] = isnull;
 		if (!isnull)
 		{
-			st->ev_ts[i * st->ntime + c] = DatumGetTimestampTz(slot->tts_values[1 + c]);
+			int64		ts = DatumGetTimestampTz(slot->tts_values[1 + c]);
+
+			st->ev_ts[i * st->ntime + c] = ts;
 			any_time = true;
+			if (!st->has_latest || ts > st->latest)
+			{
+				st->latest = ts;
+				st->has_latest = true;
+			}
 		}
 	}
 	if (!any_time)
@@ -859,6 +894,11 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 	Oid			save_userid;
 	int			save_sec_context;
 	int			save_nestlevel;
+	ArrayType  *unit_since = NULL;
+	bool		probe;
+	bool		partial;
+	bool		has_probe_max = false;
+	int64		probe_max = 0;
 
 	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
 		(rsinfo->allowedModes & SFRM_Materialize) == 0)
@@ -878,12 +918,17 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 	unit_ids = PG_GETARG_ARRAYTYPE_P(0);
 	unit_variants = PG_GETARG_ARRAYTYPE_P(1);
 	unit_t0s = PG_GETARG_ARRAYTYPE_P(2);
+	if (!PG_ARGISNULL(15))
+		unit_since = PG_GETARG_ARRAYTYPE_P(15);
 	nrows = ArrayGetNItems(ARR_NDIM(unit_ids), ARR_DIMS(unit_ids));
 	if (ArrayGetNItems(ARR_NDIM(unit_variants), ARR_DIMS(unit_variants)) != nrows ||
-		ArrayGetNItems(ARR_NDIM(unit_t0s), ARR_DIMS(unit_t0s)) != nrows)
+		ArrayGetNItems(ARR_NDIM(unit_t0s), ARR_DIMS(unit_t0s)) != nrows ||
+		(unit_since != NULL &&
+		 ArrayGetNItems(ARR_NDIM(unit_since), ARR_DIMS(unit_since)) != nrows))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("unit_ids, variants and t0s must have the same number of elements")));
+				 errmsg("unit_ids, variants, t0s and since must have the same number of elements")));
+	partial = !PG_ARGISNULL(18) && PG_GETARG_BOOL(18);
 	src_rel = PG_GETARG_OID(3);
 	unit_col = text_to_cstring(PG_GETARG_TEXT_PP(4));
 	if (get_rel_name(src_rel) == NULL)
@@ -959,6 +1004,23 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 		st->cal_offsets[k++] = *(Interval *) lfirst(lc);
 	st->has_end = !PG_ARGISNULL(11);
 	st->end_at = st->has_end ? PG_GETARG_TIMESTAMPTZ(11) : 0;
+	/* split mode: at split_at, or at the latest time in the source less split_lateness */
+	st->has_split = !PG_ARGISNULL(16) || !PG_ARGISNULL(17);
+	st->split = PG_ARGISNULL(16) ? 0 : PG_GETARG_TIMESTAMPTZ(16);
+	probe = PG_ARGISNULL(16) && !PG_ARGISNULL(17);
+	if (probe && st->ntime != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("split_lateness needs one time column, the specs read %d", st->ntime)));
+	if (!PG_ARGISNULL(17) && !PG_ARGISNULL(16))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("split_at and split_lateness must not both be given")));
+	if (partial && !st->has_split)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("partial needs split_at or split_lateness")));
+	st->nacc = st->has_split ? 2 * nspec : nspec;
 
 	/* the source query: unit, time columns, value columns */
 	initStringInfo(&q);
@@ -1010,8 +1072,8 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 
 	/* the units, their hash table and rows */
 	oldcxt = MemoryContextSwitchTo(st->cxt);
-	st->rowsize = sizeof(int64) * st->ncal + sizeof(double) * nspec +
-		MAXALIGN(sizeof(uint32) * nspec + Max(nspec, 1));
+	st->rowsize = sizeof(int64) * st->ncal + sizeof(double) * st->nacc +
+		MAXALIGN(sizeof(uint32) * st->nacc + Max(st->nacc, 1));
 	st->ev_ts = palloc(sizeof(int64) * UV_BATCH * Max(st->ntime, 1));
 	st->ev_tsnull = palloc(sizeof(bool) * UV_BATCH * Max(st->ntime, 1));
 	st->ev_val = palloc(sizeof(double) * UV_BATCH * Max(st->nval, 1));
@@ -1044,23 +1106,28 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 		ArrayIterator iu = array_create_iterator(unit_ids, 0, NULL);
 		ArrayIterator iv = array_create_iterator(unit_variants, 0, NULL);
 		ArrayIterator it = array_create_iterator(unit_t0s, 0, NULL);
+		ArrayIterator is = unit_since ? array_create_iterator(unit_since, 0, NULL) : NULL;
 		Datum		du,
 					dv,
-					dt;
+					dt,
+					ds = (Datum) 0;
 		bool		nu,
 					nv,
-					nt;
+					nt,
+					ns = true;
 
 		while (array_iterate(iu, &du, &nu) && array_iterate(iv, &dv, &nv) &&
-			   array_iterate(it, &dt, &nt))
+			   array_iterate(it, &dt, &nt) && (is == NULL || array_iterate(is, &ds, &ns)))
 		{
 			if ((st->nunits & 0xFFFF) == 0)
 				CHECK_FOR_INTERRUPTS();
-			add_unit(st, du, nu, dv, nv, dt, nt);
+			add_unit(st, du, nu, dv, nv, dt, nt, ds, ns);
 		}
 		array_free_iterator(iu);
 		array_free_iterator(iv);
 		array_free_iterator(it);
+		if (is)
+			array_free_iterator(is);
 	}
 
 	memset(&recv, 0, sizeof(recv));
@@ -1073,8 +1140,8 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 	opts.read_only = true;
 	opts.dest = &recv.pub;
 
-	/* one scan of the source */
-	if (st->nunits > 0 && nspec > 0)
+	/* one scan of the source (and, to find the split, a look at its latest time) */
+	if ((st->nunits > 0 || probe) && nspec > 0)
 	{
 		lock_and_check_source(src_rel, reader);
 
@@ -1086,8 +1153,53 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 		(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
 								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 
+		if (probe)
+		{
+			/* max() of the time column: an index on it answers this without a scan */
+			const char *tc = quote_identifier((char *) linitial(time_names));
+			StringInfoData pq;
+			Oid			argtypes[1] = {TIMESTAMPTZOID};
+			Datum		pargs[1] = {PG_ARGISNULL(12) ? (Datum) 0 : PG_GETARG_DATUM(12)};
+			char		pnulls[1] = {PG_ARGISNULL(12) ? 'n' : ' '};
+			bool		isnull;
+
+			initStringInfo(&pq);
+			appendStringInfo(&pq, "SELECT pg_catalog.max((s.%s)::pg_catalog.timestamptz) FROM %s s"
+							 " WHERE ($1 IS NULL OR (s.%s)::pg_catalog.timestamptz OPERATOR(pg_catalog.>=) $1)",
+							 tc,
+							 quote_qualified_identifier(get_namespace_name(get_rel_namespace(src_rel)),
+														get_rel_name(src_rel)),
+							 tc);
+			ret = SPI_execute_with_args(pq.data, 1, argtypes, pargs, pnulls, true, 1);
+			if (ret != SPI_OK_SELECT || SPI_processed != 1)
+				elog(ERROR, "reading the latest time of the source failed: %s",
+					 SPI_result_code_string(ret));
+			probe_max = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
+														  SPI_tuptable->tupdesc, 1, &isnull));
+			has_probe_max = !isnull;
+			if (isnull)
+				st->split = DT_NOBEGIN;		/* no events yet: every later one is new */
+			else
+			{
+				Interval   *lateness = PG_GETARG_INTERVAL_P(17);
+				Interval	neg;
+				int64		upto = Min(probe_max, GetCurrentTransactionStartTimestamp());
+
+				neg.month = -lateness->month;
+				neg.day = -lateness->day;
+				neg.time = -lateness->time;
+				if (lateness->month == PG_INT32_MIN || lateness->day == PG_INT32_MIN ||
+					lateness->time == PG_INT64_MIN)
+					st->split = DT_NOBEGIN;
+				else
+					st->split = exp_timestamptz_add_clamped(upto, &neg);
+			}
+		}
+
 		recv.pub.receiveSlot = uv_receive_event;
-		if (params != NULL)
+		if (st->nunits == 0)
+			ret = SPI_OK_SELECT;
+		else if (params != NULL)
 		{
 			Oid			argtypes[2] = {TIMESTAMPTZOID, TIMESTAMPTZOID};
 			SPIPlanPtr	plan = SPI_prepare(q.data, 2, argtypes);
@@ -1104,6 +1216,11 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 			elog(ERROR, "scanning the source failed: %s", SPI_result_code_string(ret));
 		if (st->nbatch > 0)
 			flush_batch(st);
+		if (has_probe_max && (!st->has_latest || probe_max > st->latest))
+		{
+			st->latest = probe_max;
+			st->has_latest = true;
+		}
 
 		AtEOXact_GUC(false, save_nestlevel);
 		SetUserIdAndSecContext(save_userid, save_sec_context);
@@ -1121,8 +1238,12 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 	{
 		MemoryContext tmp = AllocSetContextCreate(st->cxt, "source_unit_values row",
 												  ALLOCSET_SMALL_SIZES);
-		Datum	   *vdat = MemoryContextAlloc(st->cxt, sizeof(Datum) * Max(nspec, 1));
-		Datum	   *sdat = MemoryContextAlloc(st->cxt, sizeof(Datum) * Max(nspec, 1));
+		int			nacc = st->nacc;
+		Datum	   *vdat = MemoryContextAlloc(st->cxt, sizeof(Datum) * Max(nacc, 1));
+		bool	   *vnul = MemoryContextAlloc(st->cxt, sizeof(bool) * Max(nacc, 1));
+		Datum	   *sdat = MemoryContextAlloc(st->cxt, sizeof(Datum) * Max(nacc, 1));
+		int			dims[1] = {nacc};
+		int			lbs[1] = {1};
 		Datum	   *vnames = MemoryContextAlloc(st->cxt, sizeof(Datum) * Max(st->nvariants, 1));
 
 		for (k = 0; k < st->nvariants; k++)
@@ -1132,29 +1253,51 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 			UvUnit	   *u = &st->units[i];
 			double	   *acc = UV_ACC(st, UV_ROW(st, i));
 			uint32	   *sk = UV_SKIPPED(st, UV_ROW(st, i));
-			Datum		values[4];
-			bool		nulls[4] = {false, false, false, true};
+			uint8	   *seen = UV_SEEN(st, UV_ROW(st, i));
+			Datum		values[7];
+			bool		nulls[7] = {false, false, false, false, true, true, true};
+			bool		touched = false;
 
 			if ((i & 0xFFFF) == 0)
 				CHECK_FOR_INTERRUPTS();
+			for (k = 0; k < nacc; k++)
+				if (seen[k] || sk[k] > 0)
+					touched = true;
+			if (partial && !touched)
+				continue;
 			MemoryContextSwitchTo(tmp);
-			for (k = 0; k < nspec; k++)
+			for (k = 0; k < nacc; k++)
 			{
 				vdat[k] = Float8GetDatum(acc[k]);
+				/* in split mode the maximum of no event is NULL, so that the parts merge */
+				vnul[k] = st->has_split && st->specs[k % nspec].agg == AGG_MAX && !seen[k];
 				sdat[k] = Int64GetDatum((int64) sk[k]);
 				if (sk[k] > 0)
-					nulls[3] = false;
+					nulls[4] = false;
 			}
-			if (!nulls[3])
-				values[3] = PointerGetDatum(construct_array(sdat, nspec, INT8OID, sizeof(int64),
+			if (!nulls[4])
+				values[4] = PointerGetDatum(construct_array(sdat, nacc, INT8OID, sizeof(int64),
 															FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 			values[0] = PointerGetDatum(cstring_to_text_with_len(unit_key(u), (int) u->keylen));
 			values[1] = vnames[u->variant];
-			values[2] = PointerGetDatum(construct_array(vdat, nspec, FLOAT8OID, sizeof(float8),
-														FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+			values[2] = TimestampTzGetDatum(u->t0);
+			nulls[2] = u->t0null;
+			values[3] = PointerGetDatum(construct_md_array(vdat, vnul, 1, dims, lbs, FLOAT8OID,
+														   sizeof(float8), FLOAT8PASSBYVAL,
+														   TYPALIGN_DOUBLE));
 			tuplestore_putvalues(tupstore, tupdesc, values, nulls);
 			MemoryContextSwitchTo(oldcxt);
 			MemoryContextReset(tmp);
+		}
+		/* split mode: a last row without a unit, with the latest time read and the split */
+		if (st->has_split)
+		{
+			Datum		values[7] = {0};
+			bool		nulls[7] = {true, true, true, true, true, !st->has_latest, false};
+
+			values[5] = TimestampTzGetDatum(st->latest);
+			values[6] = TimestampTzGetDatum(st->split);
+			tuplestore_putvalues(tupstore, tupdesc, values, nulls);
 		}
 	}
 	MemoryContextDelete(st->cxt);

@@ -2,7 +2,7 @@
 
 On a private copy of the PostgreSQL installation (so the system's extension
 files are not touched) and a throwaway cluster:
-  1. the previous release (git tag v0.1.0, else its commit) is built from this
+  1. the release 0.1.0 (git tag v0.1.0, else its commit) is built from this
      repository's history and installed; databases get CREATE EXTENSION
      experiment VERSION '0.1.0', and one of them data in every user table
      (registry, exposures, quarantine, staging, metrics, results, conclusions)

@@ -23,10 +23,12 @@ CREATE TABLE experiment.metrics (
   cuped_lookback interval DEFAULT '14 days',
   created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
   owner regrole NOT NULL,
+  late_events interval NOT NULL DEFAULT '1 day',
   CONSTRAINT metrics_delay_check CHECK (delay >= interval '0'),
   CONSTRAINT metrics_window_check CHECK ("window" IS NULL OR "window" > interval '0'),
   CONSTRAINT metrics_winsorize_check CHECK (winsorize IS NULL OR (winsorize > 0 AND winsorize < 1)),
-  CONSTRAINT metrics_cuped_lookback_check CHECK (cuped_lookback IS NULL OR cuped_lookback > interval '0')
+  CONSTRAINT metrics_cuped_lookback_check CHECK (cuped_lookback IS NULL OR cuped_lookback > interval '0'),
+  CONSTRAINT metrics_late_events_check CHECK (late_events >= interval '0')
 );
 COMMENT ON TABLE experiment.metrics IS
   'the metric catalogue: each metric reads its events from one relation (by regclass and column names), or is a ratio of two metrics';
@@ -39,6 +41,8 @@ COMMENT ON COLUMN experiment.metrics.delay IS 'events count from first exposure 
 COMMENT ON COLUMN experiment.metrics."window" IS 'events count until first exposure + delay + window (NULL: until the end of the experiment)';
 COMMENT ON COLUMN experiment.metrics.winsorize IS 'cap per-unit values at this upper percentile, pooled over all units (e.g. 0.999)';
 COMMENT ON COLUMN experiment.metrics.cuped_lookback IS 'pre-period before first exposure used as CUPED covariate; NULL turns CUPED off';
+COMMENT ON COLUMN experiment.metrics.late_events IS
+  'lateness allowance of an incremental refresh: an event is counted when it is stored no later than this after the newest event time of its source (doc/scaling.md)';
 COMMENT ON COLUMN experiment.metrics.owner IS
   'the role the source is read as (default: the role that registers the metric); it must be allowed to SELECT the source''s columns, and only its members may change or delete the metric';
 SELECT pg_catalog.pg_extension_config_dump('experiment.metrics', '');
@@ -132,6 +136,10 @@ BEGIN
     PERFORM experiment.raise_invalid_value('cuped_lookback of ' || owner, NEW.cuped_lookback::text,
                                            'a positive interval (NULL: no CUPED)');
   END IF;
+  IF NEW.late_events IS NULL OR NEW.late_events < interval '0' THEN
+    PERFORM experiment.raise_invalid_value('late_events of ' || owner, coalesce(NEW.late_events::text, 'NULL'),
+                                           'a non-negative interval, e.g. ''1 day''');
+  END IF;
   RETURN NEW;
 END
 $$;
@@ -141,7 +149,7 @@ CREATE TRIGGER metrics_check
   BEFORE INSERT OR UPDATE OR DELETE ON experiment.metrics
   FOR EACH ROW EXECUTE FUNCTION experiment.metrics_check();
 COMMENT ON TRIGGER metrics_check ON experiment.metrics IS
-  'an invalid aggregation, kind, delay, window, winsorize or cuped_lookback is refused with a message naming the allowed values; '
+  'an invalid aggregation, kind, delay, window, winsorize, cuped_lookback or late_events is refused with a message naming the allowed values; '
   'the owner defaults to the current user, and only members of the owner role may register, change or delete a metric';
 
 CREATE FUNCTION experiment.experiment_metrics_check() RETURNS trigger

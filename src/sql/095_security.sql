@@ -104,9 +104,9 @@ COMMENT ON TRIGGER metrics_forget_results_truncate ON experiment.metrics IS
 
 -- refresh reads every source as its metric's owner and writes the results: it runs as the
 -- extension's owner, and only roles granted EXECUTE (experiment_analyst, experiment_admin) call it
-ALTER FUNCTION experiment.refresh(text) SECURITY DEFINER;
+ALTER FUNCTION experiment.refresh(text, boolean) SECURITY DEFINER;
 ALTER FUNCTION experiment.refresh_all() SECURITY DEFINER;
-REVOKE EXECUTE ON FUNCTION experiment.refresh(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION experiment.refresh(text, boolean) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION experiment.refresh_all() FROM PUBLIC;
 
 -- GRANT role TO member, quietly when it is granted already
@@ -152,7 +152,7 @@ BEGIN
     EXECUTE format('GRANT SELECT ON experiment.%I TO experiment_reader', t);
   END LOOP;
   GRANT SELECT (experiment_id, refreshed_at, duration, enrolled_units, multi_variant_units, early_units,
-                first_exposure, last_exposure, exposures_by_day, error_at)
+                first_exposure, last_exposure, exposures_by_day, error_at, mode, full_reason)
     ON experiment.refreshes TO experiment_reader;
 
   -- experiment_ingest: the exposure pipeline
@@ -172,7 +172,7 @@ BEGIN
   GRANT SELECT ON experiment.exposures, experiment.exposures_quarantine TO experiment_analyst;
   GRANT INSERT ON experiment.conclusions TO experiment_analyst;
   GRANT USAGE ON SEQUENCE experiment.conclusions_id_seq TO experiment_analyst;
-  GRANT EXECUTE ON FUNCTION experiment.refresh(text) TO experiment_analyst;
+  GRANT EXECUTE ON FUNCTION experiment.refresh(text, boolean) TO experiment_analyst;
 
   -- experiment_admin: all of it, and the scheduled refresh_all(); TRUNCATE only where no
   -- row trigger guards the rows (truncating the catalogue would skip the owners' checks)
@@ -185,6 +185,7 @@ BEGIN
     EXECUTE format('GRANT TRUNCATE ON experiment.%I TO experiment_admin', t);
   END LOOP;
   GRANT EXECUTE ON FUNCTION experiment.refresh_all() TO experiment_admin;
+  GRANT SELECT ON experiment.source_watermarks TO experiment_admin;
 END
 $$;
 COMMENT ON FUNCTION experiment.setup_roles() IS

@@ -1,0 +1,1128 @@
+-- experiment 0.2.0 -> 0.3.0 (ALTER EXTENSION experiment UPDATE; doc/operations.md#upgrading)
+--
+-- Incremental refresh (doc/scaling.md): stored per-unit values, watermarks per source,
+-- metrics.late_events, refresh(id, full), refreshes.mode and full_reason; source_unit_values()
+-- gets a split mode and becomes PARALLEL UNSAFE. test/test_upgrade.py checks that the result
+-- equals a fresh 0.3.0 install.
+\echo Use "ALTER EXTENSION experiment UPDATE TO '0.3.0'" to load this file. \quit
+
+-- who may run refresh(text) may run refresh(text, boolean): its grants, kept across the drop
+-- (in a setting of this transaction: a table made here would become a member of the extension)
+SELECT pg_catalog.set_config('experiment.upgrade_refresh_grants',
+         coalesce((SELECT pg_catalog.string_agg(a.grantee::regrole::text, ',')
+                   FROM pg_catalog.pg_proc p, LATERAL pg_catalog.aclexplode(p.proacl) a
+                   WHERE p.oid = 'experiment.refresh(text)'::regprocedure AND a.privilege_type = 'EXECUTE'
+                     AND a.grantee <> 0 AND a.grantee <> p.proowner), ''), true);
+
+-- functions whose signature changed are dropped and created anew below
+DROP FUNCTION experiment.source_unit_values(text[], text[], timestamptz[], regclass, text, text[], text[], text[], interval[], interval[], boolean[], timestamptz, timestamptz, timestamptz, regrole);
+
+DROP FUNCTION experiment.refresh(text);
+
+ALTER TABLE experiment.metrics
+  ADD COLUMN late_events interval NOT NULL DEFAULT '1 day',
+  ADD CONSTRAINT metrics_late_events_check CHECK (late_events >= interval '0');
+
+COMMENT ON COLUMN experiment.metrics.late_events IS
+  'lateness allowance of an incremental refresh: an event is counted when it is stored no later than this after the newest event time of its source (doc/scaling.md)';
+
+-- the values a catalogue row may hold, checked before the table's constraints so that a
+-- mistake gets a message naming the column, the value and what is allowed
+CREATE OR REPLACE FUNCTION experiment.metrics_check() RETURNS trigger
+  LANGUAGE plpgsql
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  owner text := format('metric "%s"', CASE WHEN TG_OP = 'DELETE' THEN OLD.name ELSE NEW.name END);
+BEGIN
+  -- ownership: like ALTER ... OWNER TO, only members of a role may act for it
+  IF TG_OP IN ('UPDATE', 'DELETE') AND NOT pg_catalog.pg_has_role(current_user, OLD.owner, 'MEMBER') THEN
+    RAISE EXCEPTION 'permission denied to % metric "%"', lower(TG_OP), OLD.name
+      USING ERRCODE = 'insufficient_privilege',
+            DETAIL = format('Only members of role "%s", the metric''s owner, may change or delete it.', OLD.owner);
+  END IF;
+  IF TG_OP = 'DELETE' THEN
+    RETURN OLD;
+  END IF;
+  IF NEW.owner IS NULL THEN
+    NEW.owner := CASE WHEN TG_OP = 'UPDATE' THEN OLD.owner ELSE experiment.current_regrole() END;
+  END IF;
+  IF (TG_OP = 'INSERT' OR NEW.owner IS DISTINCT FROM OLD.owner)
+     AND NOT pg_catalog.pg_has_role(current_user, NEW.owner, 'MEMBER') THEN
+    RAISE EXCEPTION 'permission denied to make role "%" the owner of metric "%"', NEW.owner, NEW.name
+      USING ERRCODE = 'insufficient_privilege',
+            DETAIL = 'A metric''s source is read as its owner: only members of a role may register metrics for it.',
+            HINT = 'Leave owner NULL to own the metric yourself.';
+  END IF;
+  IF NEW.name IS NULL OR NEW.name = '' THEN
+    PERFORM experiment.raise_invalid_value('name of a metric', quote_nullable(NEW.name), 'a non-empty text');
+  END IF;
+  IF NEW.aggregation IS NULL OR NEW.aggregation NOT IN ('sum', 'count', 'any', 'max') THEN
+    PERFORM experiment.raise_invalid_choice('aggregation', NEW.aggregation, '{sum,count,any,max}', owner);
+  END IF;
+  IF NEW.kind IS NULL OR NEW.kind NOT IN ('mean', 'proportion', 'ratio') THEN
+    PERFORM experiment.raise_invalid_choice('kind', NEW.kind, '{mean,proportion,ratio}', owner);
+  END IF;
+  IF NEW.delay IS NULL OR NEW.delay < interval '0' THEN
+    PERFORM experiment.raise_invalid_value('delay of ' || owner, NEW.delay::text, 'a non-negative interval');
+  END IF;
+  IF NEW."window" <= interval '0' THEN
+    PERFORM experiment.raise_invalid_value('window of ' || owner, NEW."window"::text,
+                                           'a positive interval (NULL: until the end of the experiment)');
+  END IF;
+  IF NOT (NEW.winsorize > 0 AND NEW.winsorize < 1) THEN
+    PERFORM experiment.raise_invalid_value('winsorize of ' || owner, NEW.winsorize::text,
+                                           'a percentile in (0, 1), e.g. 0.999 (NULL: no cap)');
+  END IF;
+  IF NEW.cuped_lookback <= interval '0' THEN
+    PERFORM experiment.raise_invalid_value('cuped_lookback of ' || owner, NEW.cuped_lookback::text,
+                                           'a positive interval (NULL: no CUPED)');
+  END IF;
+  IF NEW.late_events IS NULL OR NEW.late_events < interval '0' THEN
+    PERFORM experiment.raise_invalid_value('late_events of ' || owner, coalesce(NEW.late_events::text, 'NULL'),
+                                           'a non-negative interval, e.g. ''1 day''');
+  END IF;
+  RETURN NEW;
+END
+$$;
+
+COMMENT ON TRIGGER metrics_check ON experiment.metrics IS
+  'an invalid aggregation, kind, delay, window, winsorize, cuped_lookback or late_events is refused with a message naming the allowed values; '
+  'the owner defaults to the current user, and only members of the owner role may register, change or delete a metric';
+
+ALTER TABLE experiment.refreshes
+  ADD COLUMN mode text CHECK (mode IN ('full', 'incremental')),
+  ADD COLUMN full_reason text;
+
+COMMENT ON COLUMN experiment.refreshes.mode IS
+  'full (every source read in full) or incremental (new exposures, and events from each source''s watermark on)';
+
+COMMENT ON COLUMN experiment.refreshes.full_reason IS 'why the refresh was full (NULL: incremental)';
+
+-- per-unit values of the metrics reading one source, in one scan (src/unit_values.c)
+CREATE OR REPLACE FUNCTION experiment.source_unit_values(
+    unit_ids text[], variants text[], t0s timestamptz[], source regclass, unit_column text,
+    time_columns text[], value_columns text[], aggregations text[], lo_offsets interval[],
+    hi_offsets interval[], use_end boolean[], end_at timestamptz, scan_from timestamptz, scan_to timestamptz,
+    reader regrole DEFAULT NULL, since timestamptz[] DEFAULT NULL, split_at timestamptz DEFAULT NULL,
+    split_lateness interval DEFAULT NULL, partial boolean DEFAULT false)
+  RETURNS TABLE (unit_id text, variant text, t0 timestamptz, vals float8[], skipped bigint[], latest timestamptz,
+                 split timestamptz)
+  AS 'MODULE_PATHNAME', 'exp_source_unit_values'
+  -- (it locks and checks the source through SPI before reading it as another role: never in a
+  -- parallel query)
+  LANGUAGE C STABLE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION experiment.source_unit_values(text[], text[], timestamptz[], regclass, text, text[], text[], text[],
+    interval[], interval[], boolean[], timestamptz, timestamptz, timestamptz, regrole, timestamptz[], timestamptz,
+    interval, boolean) IS
+  'internal: one row per unit (unit_ids, variants, t0s) with vals[k] = aggregations[k] (sum, count, any, max) of '
+  'value_columns[k] (NULL: rows) over the unit''s events in source with time_columns[k] in '
+  '[t0 + lo_offsets[k], t0 + hi_offsets[k]), from the unit''s since on, and, when use_end[k], before end_at; '
+  '0 without events; NaN and infinite values are not aggregated and counted in skipped[k]; '
+  'scan_from/scan_to bound the scan when all specs read one time column; reads source as role reader '
+  '(NULL: the current user, who must have its privileges) in a security-restricted operation; '
+  'in split mode (split_at, or split_lateness: the latest time in the source, at most now(), less it) '
+  'vals and skipped have 2n elements, the events before the split and from it on, the maximum of no event is NULL, '
+  'and a last row without a unit carries the latest time read and the split; partial returns only the units '
+  'with events';
+
+-- drop the temporary tables of a refresh (they are also dropped at commit)
+CREATE OR REPLACE FUNCTION experiment.drop_refresh_tables() RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  t text;
+BEGIN
+  FOR t IN SELECT c.relname FROM pg_catalog.pg_class c
+           WHERE c.relnamespace = pg_catalog.pg_my_temp_schema()
+             AND c.relname IN ('exp_units', 'exp_vals', 'exp_base', 'exp_newx', 'exp_touch', 'exp_marks',
+                               'exp_groups') LOOP
+    EXECUTE format('DROP TABLE pg_temp.%I', t);
+  END LOOP;
+END
+$$;
+
+-- the scans of an experiment's base metrics (pg_temp.exp_base), one per source relation,
+-- unit column and reader, however many metrics read it: the specs that
+-- experiment.source_unit_values() takes, what each spec fills (targets: v<i> for base metric
+-- i, p<i> for its pre-period value), and bounds on the time column that cover every window of
+-- units first exposed in [min_t0, max_t0] (NULL when the metrics read several time columns,
+-- then time_column is NULL too); late_events: the largest allowance of the source's metrics
+CREATE TYPE experiment.source_scan AS (
+  src_no integer, source regclass, unit_column text, reader regrole, time_column text,
+  late_events interval, tcols text[], vcols text[], aggs text[], los interval[], his interval[],
+  ends boolean[], targets text[], lower_bound timestamptz, upper_bound timestamptz
+);
+
+COMMENT ON TYPE experiment.source_scan IS
+  'internal: one scan of experiment.source_specs(): a source, its specs for experiment.source_unit_values() and bounds';
+
+CREATE OR REPLACE FUNCTION experiment.source_specs(e experiment.experiments, min_t0 timestamptz, max_t0 timestamptz,
+    as_owner boolean)
+  RETURNS SETOF experiment.source_scan
+  LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  s experiment.source_scan;
+  src regclass;
+  ucol text;
+  rdr regrole;
+  r record;
+  m experiment.metrics;
+  tcol text;
+  need_upper boolean;
+  lb timestamptz;
+BEGIN
+  s.src_no := 0;
+  FOR src, ucol, rdr IN
+      SELECT DISTINCT m2.source, m2.unit_column, CASE WHEN as_owner THEN m2.owner END
+      FROM pg_temp.exp_base b JOIN experiment.metrics m2 ON m2.name = b.name ORDER BY 1, 2, 3 LOOP
+    s.src_no := s.src_no + 1;
+    s.source := src;
+    s.unit_column := ucol;
+    s.reader := rdr;
+    s.lower_bound := NULL;
+    s.upper_bound := NULL;
+    s.late_events := NULL;
+    need_upper := true;
+    tcol := NULL;
+    s.tcols := '{}';
+    s.vcols := '{}';
+    s.aggs := '{}';
+    s.los := '{}';
+    s.his := '{}';
+    s.ends := '{}';
+    s.targets := '{}';
+    FOR r IN SELECT b.i, b.pre, m2 AS m FROM pg_temp.exp_base b JOIN experiment.metrics m2 ON m2.name = b.name
+             WHERE m2.source = s.source AND m2.unit_column = s.unit_column
+               AND (NOT as_owner OR m2.owner = s.reader) ORDER BY b.i LOOP
+      m := r.m;
+      IF tcol IS NOT NULL AND tcol <> m.time_column THEN
+        tcol := '';   -- metrics of this source use different time columns: no pruning
+      ELSIF tcol IS NULL THEN
+        tcol := m.time_column;
+      END IF;
+      s.late_events := greatest(s.late_events, m.late_events);
+      -- the value: events in [t0 + delay, t0 + delay + window) before the end of the experiment
+      s.tcols := s.tcols || m.time_column;
+      s.vcols := s.vcols || m.value_column;
+      s.aggs := s.aggs || m.aggregation;
+      s.los := s.los || m.delay;
+      s.his := s.his || (m.delay + m."window");
+      s.ends := s.ends || true;
+      s.targets := s.targets || ('v' || r.i);
+      lb := experiment.timestamptz_add_clamped(min_t0, m.delay);
+      IF r.pre THEN
+        -- the pre-period value: events in [t0 - lookback, t0)
+        s.tcols := s.tcols || m.time_column;
+        s.vcols := s.vcols || m.value_column;
+        s.aggs := s.aggs || m.aggregation;
+        s.los := s.los || (- m.cuped_lookback);
+        s.his := s.his || interval '0';
+        s.ends := s.ends || false;
+        s.targets := s.targets || ('p' || r.i);
+        lb := experiment.timestamptz_add_clamped(min_t0, - m.cuped_lookback);
+      END IF;
+      s.lower_bound := least(s.lower_bound, lb);
+      IF e.end_at IS NOT NULL THEN
+        s.upper_bound := greatest(s.upper_bound, e.end_at);
+      ELSIF m."window" IS NOT NULL THEN
+        s.upper_bound := greatest(s.upper_bound,
+                                experiment.timestamptz_add_clamped(experiment.timestamptz_add_clamped(max_t0, m.delay), m."window"));
+      ELSE
+        need_upper := false;
+      END IF;
+    END LOOP;
+    IF tcol = '' OR NOT need_upper THEN
+      s.upper_bound := NULL;
+    END IF;
+    IF tcol = '' THEN
+      s.lower_bound := NULL;
+    END IF;
+    s.time_column := nullif(tcol, '');
+    RETURN NEXT s;
+  END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.source_specs(experiment.experiments, timestamptz, timestamptz, boolean) IS
+  'internal: the scans of an experiment''s base metrics, one per source, unit column and reader: the specs of '
+  'experiment.source_unit_values(), the columns they fill, the bounds of the scan and the lateness allowance';
+
+-- SQL of the call of experiment.source_unit_values() for one row of experiment.source_specs();
+-- units from the arrays a.ids, a.variants, a.t0s (and a.since when incremental)
+CREATE OR REPLACE FUNCTION experiment.source_call_sql(s experiment.source_scan, end_at timestamptz, scan_from timestamptz,
+                                           scan_to timestamptz, incremental boolean, split_at timestamptz,
+                                           split_lateness interval, partial boolean)
+  RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT format(
+    'experiment.source_unit_values(a.ids, a.variants, a.t0s, %L::regclass, %L, %L::text[], %L::text[], %L::text[], '
+    '%L::interval[], %L::interval[], %L::boolean[], %L::timestamptz, %L::timestamptz, %L::timestamptz, %L::regrole, '
+    '%s, %L::timestamptz, %L::interval, %L::boolean)',
+    s.source, s.unit_column, s.tcols, s.vcols, s.aggs, s.los, s.his, s.ends, end_at, scan_from, scan_to,
+    s.reader, CASE WHEN incremental THEN 'a.since' ELSE 'NULL' END, split_at, split_lateness, partial)
+$$;
+
+COMMENT ON FUNCTION experiment.source_call_sql(experiment.source_scan, timestamptz, timestamptz, timestamptz, boolean, timestamptz,
+                                               interval, boolean) IS
+  'internal: SQL of the experiment.source_unit_values() call of one scan of experiment.source_specs()';
+
+-- the SELECT list of the per-unit values of one scan (x: its alias): v<i>, p<i> and s<i> (the
+-- NaN and infinite values skipped) of each base metric it reads; split: the scan ran in split mode
+-- (vals[k] before the split, vals[n + k] from it on), and the settled values (before the split)
+-- c<i>, q<i> and cs<i> are listed too
+CREATE OR REPLACE FUNCTION experiment.unit_value_columns(s experiment.source_scan, x text, split boolean)
+  RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  WITH spec AS (
+    SELECT t.k, t.target, substr(t.target, 1, 1) AS part, substr(t.target, 2) AS i, s.aggs[t.k] AS agg,
+           pg_catalog.array_length(s.targets, 1) AS n
+    FROM pg_catalog.unnest(s.targets) WITH ORDINALITY AS t(target, k)
+  ), cols AS (
+    SELECT sp.k, CASE WHEN NOT split THEN format(', %s.vals[%s] AS %s', x, sp.k, sp.target)
+                      ELSE format(', %s AS %s, %s.vals[%s] AS %s', experiment.merged_sql(sp.agg, format('%s.vals[%s]', x, sp.k),
+                                                                  format('%s.vals[%s]', x, sp.n + sp.k), true),
+                                  sp.target, x, sp.k, CASE sp.part WHEN 'v' THEN 'c' ELSE 'q' END || sp.i) END AS sql
+    FROM spec sp
+    UNION ALL
+    SELECT pg_catalog.max(sp.k), format(', %s AS s%s', pg_catalog.string_agg(
+             CASE WHEN split THEN format('coalesce(%s.skipped[%s], 0) + coalesce(%s.skipped[%s], 0)', x, sp.k, x, sp.n + sp.k)
+                  ELSE format('coalesce(%s.skipped[%s], 0)', x, sp.k) END, ' + ' ORDER BY sp.k), sp.i)
+           || CASE WHEN split THEN format(', %s AS cs%s', pg_catalog.string_agg(format('coalesce(%s.skipped[%s], 0)', x, sp.k),
+                                                                                ' + ' ORDER BY sp.k), sp.i) ELSE '' END
+    FROM spec sp GROUP BY sp.i
+  )
+  SELECT coalesce(pg_catalog.string_agg(c.sql, '' ORDER BY c.k, c.sql), '') FROM cols c
+$$;
+
+COMMENT ON FUNCTION experiment.unit_value_columns(experiment.source_scan, text, boolean) IS
+  'internal: the SELECT list of the per-unit values of one scan of experiment.source_unit_values()';
+
+-- SQL of two partial per-unit aggregates merged: sums and counts add, any and max take the
+-- larger (NULL: no event); zero_fill: no event at all is 0
+CREATE OR REPLACE FUNCTION experiment.merged_sql(agg text, a text, b text, zero_fill boolean) RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT format(CASE WHEN zero_fill THEN 'coalesce(%s, 0)' ELSE '%s' END,
+                CASE WHEN agg IN ('sum', 'count') THEN format('(%s + %s)', a, b)
+                     ELSE format('greatest(%s, %s)', a, b) END)
+$$;
+
+COMMENT ON FUNCTION experiment.merged_sql(text, text, text, boolean) IS
+  'internal: SQL that merges two partial per-unit aggregates (sum and count add, any and max take the larger)';
+
+CREATE TABLE experiment.unit_value_tables (
+  experiment_id text PRIMARY KEY REFERENCES experiment.experiments (id) ON DELETE CASCADE,
+  relation name NOT NULL UNIQUE,
+  definition text NOT NULL,
+  exposures_since timestamptz NOT NULL,
+  refreshed_at timestamptz NOT NULL
+);
+
+COMMENT ON TABLE experiment.unit_value_tables IS
+  'internal: the table of stored per-unit values of each experiment, the definition it was computed for, and the exposures watermark';
+
+CREATE SEQUENCE experiment.unit_value_tables_seq;
+
+COMMENT ON SEQUENCE experiment.unit_value_tables_seq IS 'internal: numbers the tables of stored per-unit values';
+
+CREATE TABLE experiment.source_watermarks (
+  experiment_id text NOT NULL REFERENCES experiment.unit_value_tables (experiment_id) ON DELETE CASCADE,
+  source regclass NOT NULL,
+  unit_column text NOT NULL,
+  owner regrole NOT NULL,
+  time_column text,
+  late_events interval,
+  settled_before timestamptz,
+  latest_event timestamptz,
+  PRIMARY KEY (experiment_id, source, unit_column, owner)
+);
+
+COMMENT ON TABLE experiment.source_watermarks IS
+  'per experiment and source: the watermark of incremental refresh (events before settled_before are stored, '
+  'later ones are read again at every refresh) and the latest event time seen';
+
+COMMENT ON COLUMN experiment.source_watermarks.settled_before IS
+  'least(latest_event, refresh time) less late_events: an event stored later with an earlier time is not counted until a full refresh';
+
+COMMENT ON COLUMN experiment.source_watermarks.time_column IS
+  'the time column the watermark is on (NULL: the metrics read several, and every refresh of the experiment is full)';
+
+-- a dropped experiment (or stored state) takes its table of per-unit values with it
+CREATE OR REPLACE FUNCTION experiment.unit_value_tables_drop() RETURNS trigger
+  LANGUAGE plpgsql SECURITY DEFINER
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  t name;
+BEGIN
+  FOR t IN SELECT CASE WHEN TG_OP = 'TRUNCATE' THEN u.relation END FROM experiment.unit_value_tables u
+           WHERE TG_OP = 'TRUNCATE'
+           UNION ALL SELECT OLD.relation WHERE TG_OP <> 'TRUNCATE' LOOP
+    PERFORM experiment.drop_unit_value_table(t);
+  END LOOP;
+  RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.unit_value_tables_drop() IS
+  'internal: trigger: drops the table of per-unit values of a deleted (or truncated) row of experiment.unit_value_tables';
+
+REVOKE EXECUTE ON FUNCTION experiment.unit_value_tables_drop() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION experiment.drop_unit_value_table(t name) RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  -- (only the tables refresh() made: their names, and members of the extension)
+  IF t LIKE 'unit\_values\_%' AND pg_catalog.to_regclass(format('experiment.%I', t)) IS NOT NULL THEN
+    EXECUTE format('ALTER EXTENSION experiment DROP TABLE experiment.%I', t);
+    EXECUTE format('DROP TABLE experiment.%I', t);
+  END IF;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.drop_unit_value_table(name) IS 'internal: drops a table of stored per-unit values';
+
+REVOKE EXECUTE ON FUNCTION experiment.drop_unit_value_table(name) FROM PUBLIC;
+
+CREATE OR REPLACE TRIGGER unit_value_tables_drop AFTER DELETE ON experiment.unit_value_tables
+  FOR EACH ROW EXECUTE FUNCTION experiment.unit_value_tables_drop();
+
+COMMENT ON TRIGGER unit_value_tables_drop ON experiment.unit_value_tables IS
+  'a deleted row drops its table of per-unit values';
+
+CREATE OR REPLACE TRIGGER unit_value_tables_truncate BEFORE TRUNCATE ON experiment.unit_value_tables
+  FOR EACH STATEMENT EXECUTE FUNCTION experiment.unit_value_tables_drop();
+
+COMMENT ON TRIGGER unit_value_tables_truncate ON experiment.unit_value_tables IS
+  'truncating drops every table of per-unit values';
+
+-- the base metrics (non-ratio) an experiment needs, numbered: pg_temp.exp_base (name, pre, i);
+-- pre-period values only for metrics analysed directly with a CUPED lookback
+CREATE OR REPLACE FUNCTION experiment.create_base_table(e experiment.experiments) RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  CREATE TEMP TABLE exp_base ON COMMIT DROP AS
+    WITH direct AS (
+      SELECT mm.* FROM experiment.experiment_metrics em JOIN experiment.metrics mm ON mm.name = em.metric
+      WHERE em.experiment_id = e.id
+    ), needed AS (
+      SELECT d.name, d.kind <> 'ratio' AND d.cuped_lookback IS NOT NULL AS pre
+      FROM direct d WHERE d.kind <> 'ratio'
+      UNION ALL
+      SELECT p.part, false FROM direct d, LATERAL (VALUES (d.numerator), (d.denominator)) p(part)
+      WHERE d.kind = 'ratio'
+    )
+    SELECT n.name, bool_or(n.pre) AS pre, row_number() OVER (ORDER BY n.name)::integer AS i
+    FROM needed n GROUP BY n.name;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.create_base_table(experiment.experiments) IS
+  'internal: the temporary table exp_base of the base metrics an experiment needs, numbered';
+
+-- what the stored per-unit values of an experiment depend on: when it changes, the next
+-- refresh is full (the tests, caps and CUPED covariates are recomputed at every refresh)
+-- (PL/pgSQL, not SQL: a SQL function's plan would outlive the temporary table it reads when
+-- one transaction refreshes several experiments)
+CREATE OR REPLACE FUNCTION experiment.unit_values_definition(e experiment.experiments) RETURNS text
+  LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  RETURN pg_catalog.md5(pg_catalog.concat_ws('|', 'layout 1', e.end_at::text,
+           (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(',', b.i, quote_literal(b.name), b.pre, m.source::oid,
+                                                  quote_literal(m.unit_column), quote_literal(m.time_column),
+                                                  quote_nullable(m.value_column), m.aggregation, m.delay,
+                                                  m."window", CASE WHEN b.pre THEN m.cuped_lookback END,
+                                                  m.owner::oid),
+                                 ';' ORDER BY b.i)
+            FROM pg_temp.exp_base b JOIN experiment.metrics m ON m.name = b.name)));
+END
+$$;
+
+COMMENT ON FUNCTION experiment.unit_values_definition(experiment.experiments) IS
+  'internal: digest of what an experiment''s stored per-unit values depend on (its end, its base metrics'' sources, columns, windows and owners)';
+
+-- the columns of the stored per-unit values that one scan fills, with the value of a unit that
+-- has no event (sums and counts 0; the settled maximum of no event NULL, so that it merges)
+CREATE OR REPLACE FUNCTION experiment.unit_value_layout(s experiment.source_scan)
+  RETURNS TABLE (col text, empty text, merge_sql text)
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  WITH spec AS (
+    SELECT t.k, t.target, substr(t.target, 2) AS i, s.aggs[t.k] AS agg,
+           CASE substr(t.target, 1, 1) WHEN 'v' THEN 'c' ELSE 'q' END || substr(t.target, 2) AS settled,
+           pg_catalog.array_length(s.targets, 1) AS n
+    FROM pg_catalog.unnest(s.targets) WITH ORDINALITY AS t(target, k)
+  )
+  SELECT x.col, x.empty, x.merge_sql FROM (
+    SELECT sp.k, 1 AS o, sp.target AS col, '0' AS empty,
+           experiment.merged_sql(sp.agg, experiment.merged_sql(sp.agg, 'u.' || sp.settled, format('x.vals[%s]', sp.k), false),
+                                 format('x.vals[%s]', sp.n + sp.k), true) AS merge_sql
+    FROM spec sp
+    UNION ALL
+    SELECT sp.k, 2, sp.settled, CASE WHEN sp.agg = 'max' THEN 'NULL' ELSE '0' END,
+           experiment.merged_sql(sp.agg, 'u.' || sp.settled, format('x.vals[%s]', sp.k), false)
+    FROM spec sp
+    UNION ALL
+    SELECT pg_catalog.max(sp.k), 3, 's' || sp.i, '0',
+           format('u.cs%s + %s', sp.i, pg_catalog.string_agg(format('coalesce(x.skipped[%s], 0) + coalesce(x.skipped[%s], 0)',
+                                                                     sp.k, sp.n + sp.k), ' + ' ORDER BY sp.k))
+    FROM spec sp GROUP BY sp.i
+    UNION ALL
+    SELECT pg_catalog.max(sp.k), 4, 'cs' || sp.i, '0',
+           format('u.cs%s + %s', sp.i, pg_catalog.string_agg(format('coalesce(x.skipped[%s], 0)', sp.k), ' + ' ORDER BY sp.k))
+    FROM spec sp GROUP BY sp.i
+  ) x ORDER BY x.k, x.o
+$$;
+
+COMMENT ON FUNCTION experiment.unit_value_layout(experiment.source_scan) IS
+  'internal: the stored per-unit value columns one scan fills, their value without events and the SQL that merges a partial scan into them';
+
+-- whether a table of stored per-unit values has no row
+CREATE OR REPLACE FUNCTION experiment.unit_value_table_empty(t name) RETURNS boolean
+  LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  any_row boolean;
+BEGIN
+  EXECUTE format('SELECT EXISTS (SELECT FROM experiment.%I)', t) INTO any_row;
+  RETURN NOT any_row;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.unit_value_table_empty(name) IS 'internal: whether a table of stored per-unit values is empty';
+
+REVOKE EXECUTE ON FUNCTION experiment.unit_value_table_empty(name) FROM PUBLIC;
+
+-- where incremental refresh may start reading exposures next time: no transaction that is
+-- still open can store an exposure received earlier (received_at is its start); with prepared
+-- transactions, or without the privilege to see every session, the watermark stays
+CREATE OR REPLACE FUNCTION experiment.exposures_watermark(previous timestamptz) RETURNS timestamptz
+  LANGUAGE sql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE
+    WHEN NOT (pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')
+              OR (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user))
+         OR EXISTS (SELECT FROM pg_catalog.pg_prepared_xacts)
+      THEN coalesce(previous, '-infinity')
+    ELSE least(pg_catalog.now(), (SELECT pg_catalog.min(a.xact_start) FROM pg_catalog.pg_stat_activity a
+                                  WHERE a.xact_start IS NOT NULL))
+  END
+$$;
+
+COMMENT ON FUNCTION experiment.exposures_watermark(timestamptz) IS
+  'internal: the earliest received_at an exposure not yet visible can have (the start of the oldest open transaction)';
+
+REVOKE EXECUTE ON FUNCTION experiment.exposures_watermark(timestamptz) FROM PUBLIC;
+
+-- the stored per-unit values of an experiment brought up to date, incrementally when it can:
+-- the table's name, whether the refresh was full or incremental and why it was full
+CREATE OR REPLACE FUNCTION experiment.refresh_unit_values(e experiment.experiments, force_full boolean,
+    OUT relation name, OUT mode text, OUT reason text)
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  st experiment.unit_value_tables;
+  wm experiment.source_watermarks;
+  sc experiment.source_scan;
+  fp text;
+  xsince timestamptz;
+  several text;
+  min_t0 timestamptz;
+  max_t0 timestamptz;
+  latest timestamptz;
+  split timestamptz;
+  scan_from timestamptz;
+  vals_cols text := '';
+  joins text := '';
+  empty_cols text;
+  empty_vals text;
+  reset_set text;
+  merge_set text;
+  changed text;
+  hashagg text;
+  probe_from text := 'SELECT ''{}''::text[] AS ids, ''{}''::text[] AS variants, ''{}''::timestamptz[] AS t0s, '
+                     '''{}''::timestamptz[] AS since';
+BEGIN
+  PERFORM experiment.drop_refresh_tables();
+  PERFORM experiment.create_base_table(e);
+  fp := experiment.unit_values_definition(e);
+  SELECT * INTO st FROM experiment.unit_value_tables u WHERE u.experiment_id = e.id FOR UPDATE;
+  -- (before the exposures are read: the sessions that could still store earlier ones)
+  xsince := experiment.exposures_watermark(st.exposures_since);
+  SELECT pg_catalog.string_agg(s.source::text, ', ' ORDER BY s.src_no) INTO several
+  FROM experiment.source_specs(e, NULL, NULL, true) s WHERE s.time_column IS NULL;
+  reason := CASE
+    WHEN force_full THEN 'requested (full => true)'
+    WHEN st.experiment_id IS NULL THEN 'no stored per-unit values yet'
+    WHEN pg_catalog.to_regclass(format('experiment.%I', st.relation)) IS NULL THEN 'the stored per-unit values are missing'
+    -- (an unlogged table: empty after a crash)
+    WHEN experiment.unit_value_table_empty(st.relation) THEN 'no stored per-unit values (none yet, or lost in a crash)'
+    WHEN st.definition IS DISTINCT FROM fp THEN 'the experiment''s end or its metrics changed'
+    WHEN several IS NOT NULL THEN format('the metrics of %s read several time columns: no watermark', several)
+  END;
+
+  IF reason IS NOT NULL THEN
+    mode := 'full';
+    -- units: first exposure defines variant and start; units in several variants are kept, marked
+    -- (grouping a million units in a hash table is bound by random memory access; the primary
+    -- key of experiment.exposures delivers the rows in unit order, so a streaming
+    -- GroupAggregate over it is about twice as fast)
+    hashagg := pg_catalog.current_setting('enable_hashagg');
+    PERFORM pg_catalog.set_config('enable_hashagg', 'off', true);
+    CREATE TEMP TABLE exp_units ON COMMIT DROP AS
+      SELECT xp.unit_id, pg_catalog.min(xp.variant) AS variant, pg_catalog.min(xp.exposed_at) AS t0,
+             pg_catalog.min(xp.variant) <> pg_catalog.max(xp.variant) AS multi
+      FROM experiment.exposures xp
+      WHERE xp.experiment_id = e.id AND (e.end_at IS NULL OR xp.exposed_at < e.end_at)
+      GROUP BY xp.unit_id;
+    PERFORM pg_catalog.set_config('enable_hashagg', hashagg, true);
+    SELECT pg_catalog.min(u.t0), pg_catalog.max(u.t0) INTO min_t0, max_t0 FROM pg_temp.exp_units u WHERE NOT u.multi;
+
+    CREATE TEMP TABLE exp_marks (LIKE experiment.source_watermarks) ON COMMIT DROP;
+    FOR sc IN SELECT * FROM experiment.source_specs(e, min_t0, max_t0, true) LOOP
+      SELECT * INTO wm FROM experiment.source_watermarks w
+      WHERE w.experiment_id = e.id AND w.source = sc.source AND w.unit_column = sc.unit_column
+        AND w.owner = sc.reader AND w.time_column = sc.time_column;
+      IF sc.time_column IS NULL THEN
+        split := 'infinity';   -- no watermark: everything is settled, and the next refresh is full again
+        latest := NULL;
+      ELSIF wm.latest_event IS NOT NULL THEN
+        -- the latest event time seen before: a split no later than the one it would find
+        latest := wm.latest_event;
+        split := experiment.timestamptz_add_clamped(least(latest, pg_catalog.now()), - sc.late_events);
+      ELSE
+        -- the latest event time now (an index on the time column answers this without a scan)
+        EXECUTE format('SELECT x.latest, x.split FROM (%s) a, %s x', probe_from,
+                       experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, false, NULL,
+                                                  sc.late_events, false))
+          INTO latest, split;
+      END IF;
+      INSERT INTO pg_temp.exp_marks VALUES (e.id, sc.source, sc.unit_column, sc.reader, sc.time_column, sc.late_events,
+                                            split, latest);
+      vals_cols := vals_cols || experiment.unit_value_columns(sc, format('x%s', sc.src_no), true);
+      joins := joins || format('%s %s x%s%s', CASE WHEN sc.src_no = 1 THEN ',' ELSE ' JOIN' END,
+        experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, false, split, NULL, false),
+        sc.src_no, CASE WHEN sc.src_no = 1 THEN '' ELSE format(' ON x%s.unit_id = x1.unit_id', sc.src_no) END);
+    END LOOP;
+
+    -- unlogged (derived data, rebuilt in full when a crash empties it) and with room on each
+    -- page for the updates of incremental refreshes (HOT: no index to maintain)
+    relation := 'unit_values_' || pg_catalog.nextval('experiment.unit_value_tables_seq');
+    IF joins = '' THEN
+      EXECUTE format('CREATE UNLOGGED TABLE experiment.%I WITH (fillfactor = 80) AS '
+                     'SELECT u.unit_id, u.variant, u.t0, false AS multi, false AS reset '
+                     'FROM pg_temp.exp_units u WHERE NOT u.multi', relation);
+    ELSE
+      EXECUTE format('CREATE UNLOGGED TABLE experiment.%I WITH (fillfactor = 80) AS '
+                     'SELECT x1.unit_id, x1.variant, x1.t0, false AS multi, false AS reset%s '
+                     'FROM (SELECT coalesce(pg_catalog.array_agg(u.unit_id), ''{}'') AS ids, '
+                     'coalesce(pg_catalog.array_agg(u.variant), ''{}'') AS variants, '
+                     'coalesce(pg_catalog.array_agg(u.t0), ''{}'') AS t0s FROM pg_temp.exp_units u WHERE NOT u.multi) a%s '
+                     'WHERE x1.unit_id IS NOT NULL', relation, vals_cols, joins);
+    END IF;
+    EXECUTE format('INSERT INTO experiment.%I (unit_id, variant, t0, multi, reset) '
+                   'SELECT u.unit_id, u.variant, u.t0, true, false FROM pg_temp.exp_units u WHERE u.multi', relation);
+    -- (the index finds the units of new exposures; it is on a column no update changes, so
+    -- updates stay HOT)
+    EXECUTE format('ALTER TABLE experiment.%I ALTER unit_id SET NOT NULL, ADD UNIQUE (unit_id)', relation);
+    EXECUTE format('ALTER EXTENSION experiment ADD TABLE experiment.%I', relation);
+    EXECUTE format('COMMENT ON TABLE experiment.%I IS %L', relation,
+                   format('stored per-unit values of experiment %s (experiment.refresh(), doc/scaling.md)', e.id));
+    IF st.experiment_id IS NOT NULL THEN
+      PERFORM experiment.drop_unit_value_table(st.relation);
+      UPDATE experiment.unit_value_tables u
+        SET relation = refresh_unit_values.relation, definition = fp, exposures_since = xsince, refreshed_at = pg_catalog.now()
+        WHERE u.experiment_id = e.id;
+      DELETE FROM experiment.source_watermarks w WHERE w.experiment_id = e.id;
+    ELSE
+      INSERT INTO experiment.unit_value_tables (experiment_id, relation, definition, exposures_since, refreshed_at)
+      VALUES (e.id, relation, fp, xsince, pg_catalog.now());
+    END IF;
+    INSERT INTO experiment.source_watermarks SELECT * FROM pg_temp.exp_marks;
+    RETURN;
+  END IF;
+
+  -- incremental: the exposures received since the watermark change units or add them
+  mode := 'incremental';
+  relation := st.relation;
+  CREATE TEMP TABLE exp_newx ON COMMIT DROP AS
+    SELECT xp.unit_id, pg_catalog.min(xp.variant) AS minv, pg_catalog.max(xp.variant) AS maxv,
+           pg_catalog.min(xp.exposed_at) AS t0
+    FROM experiment.exposures xp
+    WHERE xp.experiment_id = e.id AND xp.received_at >= st.exposures_since
+      AND (e.end_at IS NULL OR xp.exposed_at < e.end_at)
+    GROUP BY xp.unit_id;
+  ANALYZE pg_temp.exp_newx;
+  SELECT coalesce(pg_catalog.string_agg(l.col, ', ' ORDER BY s.src_no, l.ord), ''),
+         coalesce(pg_catalog.string_agg(l.empty, ', ' ORDER BY s.src_no, l.ord), ''),
+         coalesce(pg_catalog.string_agg(format('%s = CASE WHEN n.t0 < u.t0 THEN %s ELSE u.%s END', l.col, l.empty, l.col),
+                                        ', ' ORDER BY s.src_no, l.ord), '')
+    INTO empty_cols, empty_vals, reset_set
+  FROM experiment.source_specs(e, NULL, NULL, true) s,
+       LATERAL (SELECT y.*, row_number() OVER () AS ord FROM experiment.unit_value_layout(s) y) l;
+  -- a unit exposed to another variant leaves the analysis; one exposed earlier is read again in full
+  EXECUTE format('UPDATE experiment.%I u SET multi = u.multi OR n.minv <> n.maxv OR n.minv <> u.variant, '
+                 'variant = least(u.variant, n.minv), t0 = least(u.t0, n.t0), reset = u.reset OR n.t0 < u.t0%s '
+                 'FROM pg_temp.exp_newx n WHERE n.unit_id = u.unit_id AND NOT u.multi '
+                 'AND (n.minv <> u.variant OR n.maxv <> u.variant OR n.t0 < u.t0)',
+                 relation, CASE WHEN reset_set = '' THEN '' ELSE ', ' || reset_set END);
+  EXECUTE format('INSERT INTO experiment.%I (unit_id, variant, t0, multi, reset%s) '
+                 'SELECT n.unit_id, n.minv, n.t0, n.minv <> n.maxv, true%s FROM pg_temp.exp_newx n '
+                 'WHERE NOT EXISTS (SELECT FROM experiment.%I u WHERE u.unit_id = n.unit_id)',
+                 relation, CASE WHEN empty_cols = '' THEN '' ELSE ', ' || empty_cols END,
+                 CASE WHEN empty_vals = '' THEN '' ELSE ', ' || empty_vals END, relation);
+
+  -- each source: events from its watermark on for every unit, all events of new and reset units
+  -- (new and reset units are among those of the new exposures; the latest first exposure is at
+  -- most the later of the previous refresh's and the new exposures')
+  EXECUTE format('SELECT pg_catalog.min(u.t0) FILTER (WHERE u.reset) FROM pg_temp.exp_newx n '
+                 'JOIN experiment.%I u ON u.unit_id = n.unit_id WHERE NOT u.multi', relation) INTO min_t0;
+  SELECT greatest((SELECT f.last_exposure FROM experiment.refreshes f WHERE f.experiment_id = e.id),
+                  (SELECT pg_catalog.max(n.t0) FROM pg_temp.exp_newx n))
+    INTO max_t0;
+  FOR sc IN SELECT * FROM experiment.source_specs(e, min_t0, max_t0, true) LOOP
+    SELECT * INTO wm FROM experiment.source_watermarks w
+    WHERE w.experiment_id = e.id AND w.source = sc.source AND w.unit_column = sc.unit_column AND w.owner = sc.reader;
+    IF wm.experiment_id IS NULL THEN
+      RAISE EXCEPTION 'no watermark of source % for experiment "%"', sc.source, e.id
+        USING HINT = format('Run SELECT experiment.refresh(%L, full => true).', e.id);
+    END IF;
+    -- the split: from the latest event time the previous scan saw (this scan's is stored for
+    -- the next), never earlier than the watermark
+    split := greatest(wm.settled_before,
+                      experiment.timestamptz_add_clamped(least(wm.latest_event, pg_catalog.now()), - sc.late_events));
+    SELECT coalesce(pg_catalog.string_agg(format('%s = %s', l.col, l.merge_sql), ', '), ''),
+           format('(%s) IS DISTINCT FROM (%s)', pg_catalog.string_agg('u.' || l.col, ', '),
+                  pg_catalog.string_agg(l.merge_sql, ', '))
+      INTO merge_set, changed
+    FROM experiment.unit_value_layout(sc) l;
+    -- the units read before: their events from the watermark on (the scan's lower bound); the
+    -- new and reset units apart, all their events, with a hash table of their own that is small
+    EXECUTE format('CREATE TEMP TABLE exp_touch ON COMMIT DROP AS SELECT x.unit_id, x.vals, x.skipped, x.latest '
+                   'FROM (SELECT coalesce(pg_catalog.array_agg(u.unit_id), ''{}'') AS ids, '
+                   'coalesce(pg_catalog.array_agg(u.variant), ''{}'') AS variants, '
+                   'coalesce(pg_catalog.array_agg(u.t0), ''{}'') AS t0s '
+                   'FROM experiment.%I u WHERE NOT u.multi AND NOT u.reset) a, %s x',
+                   relation, experiment.source_call_sql(sc, e.end_at, wm.settled_before, sc.upper_bound, false, split,
+                                                        NULL, true));
+    IF min_t0 IS NOT NULL THEN
+      EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.vals, x.skipped, NULL '
+                     'FROM (SELECT coalesce(pg_catalog.array_agg(u.unit_id), ''{}'') AS ids, '
+                     'coalesce(pg_catalog.array_agg(u.variant), ''{}'') AS variants, '
+                     'coalesce(pg_catalog.array_agg(u.t0), ''{}'') AS t0s '
+                     'FROM experiment.%I u WHERE NOT u.multi AND u.reset) a, %s x WHERE x.unit_id IS NOT NULL',
+                     relation, experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, false, split,
+                                                          NULL, true));
+    END IF;
+    ANALYZE pg_temp.exp_touch;
+    -- (a unit whose events are all read again unchanged is not written)
+    EXECUTE format('UPDATE experiment.%I u SET %s FROM pg_temp.exp_touch x WHERE x.unit_id = u.unit_id AND %s',
+                   relation, merge_set, changed);
+    SELECT x.latest INTO latest FROM pg_temp.exp_touch x WHERE x.unit_id IS NULL;
+    DROP TABLE pg_temp.exp_touch;
+    UPDATE experiment.source_watermarks w
+      SET settled_before = split, latest_event = greatest(w.latest_event, latest), late_events = sc.late_events
+      WHERE w.experiment_id = e.id AND w.source = sc.source AND w.unit_column = sc.unit_column AND w.owner = sc.reader;
+  END LOOP;
+  EXECUTE format('UPDATE experiment.%I u SET reset = false FROM pg_temp.exp_newx n '
+                 'WHERE u.unit_id = n.unit_id AND u.reset', relation);
+  UPDATE experiment.unit_value_tables u SET exposures_since = xsince, refreshed_at = pg_catalog.now()
+    WHERE u.experiment_id = e.id;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.refresh_unit_values(experiment.experiments, boolean) IS
+  'internal: brings an experiment''s stored per-unit values up to date: in full, or incrementally from the watermarks of its exposures and sources';
+
+REVOKE EXECUTE ON FUNCTION experiment.refresh_unit_values(experiment.experiments, boolean) FROM PUBLIC;
+
+-- winsorization caps: the pooled upper percentiles of each winsorized base metric's values
+-- v<i> and pre-period values p<i> over the units of vals_from (NULL: not winsorized)
+CREATE OR REPLACE FUNCTION experiment.winsorization_caps(vals_from text, OUT caps float8[], OUT pre_caps float8[])
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  cap_v_sql text;
+  cap_p_sql text;
+  any_cap boolean;
+BEGIN
+  SELECT coalesce(string_agg(CASE WHEN m2.winsorize IS NULL THEN 'NULL::float8'
+                                  ELSE format('percentile_cont(%s) WITHIN GROUP (ORDER BY v%s)', m2.winsorize, b.i) END,
+                             ', ' ORDER BY b.i), ''),
+         coalesce(string_agg(CASE WHEN m2.winsorize IS NULL OR NOT b.pre THEN 'NULL::float8'
+                                  ELSE format('percentile_cont(%s) WITHIN GROUP (ORDER BY p%s)', m2.winsorize, b.i) END,
+                             ', ' ORDER BY b.i), ''),
+         coalesce(bool_or(m2.winsorize IS NOT NULL), false)
+    INTO cap_v_sql, cap_p_sql, any_cap
+    FROM pg_temp.exp_base b JOIN experiment.metrics m2 ON m2.name = b.name;
+  IF any_cap THEN
+    EXECUTE format('SELECT ARRAY[%s]::float8[], ARRAY[%s]::float8[] FROM %s v', cap_v_sql, cap_p_sql, vals_from)
+      INTO caps, pre_caps;
+  ELSE
+    caps := '{}';
+    pre_caps := '{}';
+  END IF;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.winsorization_caps(text) IS
+  'internal: the pooled winsorization caps of an experiment''s base metrics over a relation of per-unit values';
+
+-- the per-unit values of an experiment's metrics, as refresh and aa_test read them: temporary
+-- tables exp_units (the analysed units: first variant and exposure), exp_base (the base
+-- metrics, numbered i) and, when keep or a metric is winsorized, exp_vals (unit_id, variant,
+-- v<i> = the value of base metric i, p<i> = its pre-period value); vals_from is exp_vals or
+-- the query that computes it; caps are the pooled winsorization caps of v<i> and p<i>
+CREATE OR REPLACE FUNCTION experiment.prepare_unit_values(e experiment.experiments, keep boolean, as_owner boolean,
+    OUT vals_from text, OUT caps float8[], OUT pre_caps float8[], OUT nmulti bigint, OUT nunits bigint,
+    OUT nearly bigint, OUT min_t0 timestamptz, OUT max_t0 timestamptz)
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  sc experiment.source_scan;
+  src_no integer := 0;
+  joins text := '';
+  vals_sql text;
+  vals_cols text := '';
+  hashagg text;
+BEGIN
+  -- units: first exposure defines variant and start; units in several variants are excluded
+  PERFORM experiment.drop_refresh_tables();
+  -- grouping a million units in a hash table is bound by random memory access; the primary key
+  -- of experiment.exposures delivers the rows in unit order, so a streaming GroupAggregate over
+  -- it is about twice as fast
+  hashagg := pg_catalog.current_setting('enable_hashagg');
+  PERFORM pg_catalog.set_config('enable_hashagg', 'off', true);
+  CREATE TEMP TABLE exp_units ON COMMIT DROP AS
+    SELECT xp.unit_id, pg_catalog.min(xp.variant) AS variant, pg_catalog.min(xp.exposed_at) AS t0,
+           pg_catalog.min(xp.variant) <> pg_catalog.max(xp.variant) AS multi
+    FROM experiment.exposures xp
+    WHERE xp.experiment_id = e.id AND (e.end_at IS NULL OR xp.exposed_at < e.end_at)
+    GROUP BY xp.unit_id;
+  PERFORM pg_catalog.set_config('enable_hashagg', hashagg, true);
+  SELECT count(*) FILTER (WHERE u.multi), count(*) FILTER (WHERE NOT u.multi),
+         count(*) FILTER (WHERE NOT u.multi AND u.t0 < e.start_at),
+         pg_catalog.min(u.t0) FILTER (WHERE NOT u.multi), pg_catalog.max(u.t0) FILTER (WHERE NOT u.multi)
+    INTO nmulti, nunits, nearly, min_t0, max_t0
+    FROM exp_units u;
+  DELETE FROM exp_units WHERE multi;
+  ANALYZE exp_units;
+
+  PERFORM experiment.create_base_table(e);
+
+  -- one scan per source relation, however many metrics read it: experiment.source_unit_values()
+  -- returns every unit (zero-filled) with the values of the metrics of that source in vals
+  -- each source is read as the metric's owner (refresh) or as the current user (aa_test)
+  FOR sc IN SELECT * FROM experiment.source_specs(e, min_t0, max_t0, as_owner) LOOP
+    src_no := sc.src_no;
+    vals_cols := vals_cols || experiment.unit_value_columns(sc, format('x%s', src_no), false);
+    joins := joins || format('%s %s x%s%s', CASE WHEN src_no = 1 THEN ',' ELSE ' JOIN' END,
+      experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, false, NULL, NULL, false),
+      src_no, CASE WHEN src_no = 1 THEN '' ELSE format(' ON x%s.unit_id = x1.unit_id', src_no) END);
+  END LOOP;
+
+  -- per-unit values, zero-filled: one statement, one scan of each source
+  IF src_no = 0 THEN
+    vals_sql := 'SELECT u.unit_id, u.variant FROM pg_temp.exp_units u';
+  ELSE
+    vals_sql := format('SELECT x1.unit_id, x1.variant%s FROM (SELECT coalesce(pg_catalog.array_agg(u.unit_id), ''{}'') AS ids, '
+                       'coalesce(pg_catalog.array_agg(u.variant), ''{}'') AS variants, '
+                       'coalesce(pg_catalog.array_agg(u.t0), ''{}'') AS t0s FROM pg_temp.exp_units u) a%s',
+                       vals_cols, joins);
+  END IF;
+
+  -- winsorization caps: pooled upper percentiles over all analysed units
+  IF keep OR EXISTS (SELECT FROM pg_temp.exp_base b JOIN experiment.metrics m2 ON m2.name = b.name
+                     WHERE m2.winsorize IS NOT NULL) THEN
+    EXECUTE 'CREATE TEMP TABLE exp_vals ON COMMIT DROP AS ' || vals_sql;
+    vals_from := 'pg_temp.exp_vals';
+    SELECT * INTO caps, pre_caps FROM experiment.winsorization_caps(vals_from);
+  ELSE
+    vals_from := '(' || vals_sql || ')';
+  END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION experiment.refresh(experiment_id text, full boolean DEFAULT false) RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+  -- per-unit aggregation of a million units fits in memory; JIT compilation costs more than it saves here
+  SET work_mem = '256MB'
+  SET jit = off
+  -- the results do not depend on who refreshes: timestamp and date columns and calendar
+  -- windows are read in UTC, and the generated SQL prints and reads back numbers, times and
+  -- arrays the same, whatever the caller's session says
+  SET TimeZone = 'UTC'
+  SET DateStyle = 'ISO, MDY'
+  SET IntervalStyle = 'postgres'
+  SET extra_float_digits = 1
+  SET array_nulls = on
+  SET transform_null_equals = off
+  SET row_security = on
+AS $$
+DECLARE
+  e experiment.experiments;
+  started timestamptz := clock_timestamp();
+  ts timestamptz := now();
+  control text;
+  nmulti bigint;
+  nunits bigint;
+  nearly bigint;
+  tuning float8;
+  min_t0 timestamptz;
+  max_t0 timestamptz;
+  m experiment.metrics;
+  vals_from text;
+  aggs text := '';
+  caps float8[];
+  pre_caps float8[];
+  unpivot text := '';
+  r record;
+  uv record;
+  by_day jsonb;
+BEGIN
+  e := experiment.require_experiment(refresh.experiment_id);
+  -- one refresh of an experiment at a time
+  PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('experiment.refresh:' || e.id));
+
+  PERFORM experiment.validate_experiment_metrics(e.id);
+  SELECT v.name INTO control FROM experiment.variants v WHERE v.experiment_id = e.id AND v.is_control;
+  IF control IS NULL THEN
+    RAISE EXCEPTION 'experiment "%" has no control variant', e.id
+      USING ERRCODE = '22023', HINT = 'Set is_control on one row of experiment.variants.';
+  END IF;
+
+  -- the stored state is replaced as a whole; in a REPEATABLE READ or SERIALIZABLE transaction
+  -- whose snapshot predates another refresh's commit the rows to replace are invisible, and
+  -- the conflict surfaces as a unique violation: reported as the serialization failure it is
+  BEGIN
+  -- the stored per-unit values, brought up to date (incrementally when they can be)
+  SELECT * INTO uv FROM experiment.refresh_unit_values(e, coalesce(refresh.full, false));
+  vals_from := format('(SELECT * FROM experiment.%I v WHERE NOT v.multi)', uv.relation);
+  -- the units by variant and day of first exposure, in one pass: counts, enrollment, days
+  EXECUTE format('CREATE TEMP TABLE exp_groups ON COMMIT DROP AS '
+                 'SELECT u.multi, CASE WHEN NOT u.multi THEN u.variant END AS variant, '
+                 'CASE WHEN NOT u.multi THEN (u.t0 AT TIME ZONE ''UTC'')::date END AS day, '
+                 'NOT u.multi AND u.t0 < %L::timestamptz AS early, count(*) AS units, '
+                 'pg_catalog.min(u.t0) AS min_t0, pg_catalog.max(u.t0) AS max_t0 '
+                 'FROM experiment.%I u GROUP BY 1, 2, 3, 4', e.start_at, uv.relation);
+  SELECT coalesce(sum(g.units) FILTER (WHERE g.multi), 0), coalesce(sum(g.units) FILTER (WHERE NOT g.multi), 0),
+         coalesce(sum(g.units) FILTER (WHERE g.early), 0),
+         pg_catalog.min(g.min_t0) FILTER (WHERE NOT g.multi), pg_catalog.max(g.max_t0) FILTER (WHERE NOT g.multi)
+    INTO nmulti, nunits, nearly, min_t0, max_t0
+    FROM pg_temp.exp_groups g;
+  -- caps, CUPED covariates and tests: from the stored values, no source is read again
+  SELECT * INTO caps, pre_caps FROM experiment.winsorization_caps(vals_from);
+
+    DELETE FROM experiment.variant_stats vs WHERE vs.experiment_id = e.id;
+    DELETE FROM experiment.metric_results mr WHERE mr.experiment_id = e.id;
+    DELETE FROM experiment.enrollment en WHERE en.experiment_id = e.id;
+
+    FOR r IN SELECT m2.name, m2.kind, b.i, b.pre,
+                    (SELECT bn.i FROM exp_base bn WHERE bn.name = m2.numerator) AS ni,
+                    (SELECT bd.i FROM exp_base bd WHERE bd.name = m2.denominator) AS di,
+                    row_number() OVER (ORDER BY m2.name) AS j
+             FROM experiment.experiment_metrics em JOIN experiment.metrics m2 ON m2.name = em.metric
+             LEFT JOIN exp_base b ON b.name = m2.name
+             -- (a metric added while this refresh ran has no stored values: it waits for the next one)
+             WHERE em.experiment_id = e.id
+               AND CASE WHEN m2.kind = 'ratio'
+                        THEN EXISTS (SELECT FROM exp_base bn WHERE bn.name = m2.numerator)
+                             AND EXISTS (SELECT FROM exp_base bd WHERE bd.name = m2.denominator)
+                        ELSE b.i IS NOT NULL END
+             ORDER BY m2.name LOOP
+      IF r.kind = 'ratio' THEN
+        aggs := aggs || format(', experiment.moments(%s, %s) AS a%s, pg_catalog.sum(v.s%s + v.s%s) AS k%s',
+                               experiment.capped_sql('v', r.ni, caps[r.ni]), experiment.capped_sql('v', r.di, caps[r.di]), r.j,
+                               r.ni, r.di, r.j);
+        unpivot := unpivot || format(', (%L, a.a%s, NULL::experiment.moments, NULL::float8, a.k%s)', r.name, r.j, r.j);
+      ELSE
+        aggs := aggs || format(', experiment.moments(%s) AS a%s, pg_catalog.sum(v.s%s) AS k%s',
+                               experiment.capped_sql('v', r.i, caps[r.i]), r.j, r.i, r.j);
+        IF r.pre THEN
+          aggs := aggs || format(', experiment.moments(%s, %s) AS c%s', experiment.capped_sql('v', r.i, caps[r.i]),
+                                 experiment.capped_sql('p', r.i, pre_caps[r.i]), r.j);
+        END IF;
+        unpivot := unpivot || format(', (%L, a.a%s, %s, %L::float8, a.k%s)', r.name, r.j,
+                                     CASE WHEN r.pre THEN format('a.c%s', r.j) ELSE 'NULL::experiment.moments' END,
+                                     caps[r.i], r.j);
+      END IF;
+    END LOOP;
+
+    -- per-variant moments of every metric in one pass over the per-unit values
+    IF unpivot <> '' THEN
+      EXECUTE format(
+        'INSERT INTO experiment.variant_stats (experiment_id, metric, variant, units, moments, cuped_moments, cap, '
+        'skipped_values, refreshed_at) '
+        'SELECT %L, k.metric, a.variant, a.units, k.m, k.c, k.cap, k.skipped, %L '
+        'FROM (SELECT v.variant, count(*) AS units%s FROM %s v GROUP BY v.variant) a '
+        'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, skipped)',
+        e.id, ts, aggs, vals_from, substr(unpivot, 3));
+    END IF;
+
+    INSERT INTO experiment.enrollment (experiment_id, variant, units, refreshed_at)
+    SELECT e.id, v.name, coalesce(c.units, 0), ts
+    FROM experiment.variants v
+    LEFT JOIN (SELECT g.variant, sum(g.units)::bigint AS units FROM pg_temp.exp_groups g WHERE NOT g.multi
+               GROUP BY g.variant) c ON c.variant = v.name
+    WHERE v.experiment_id = e.id;
+
+    -- tests of each treatment against control
+    -- the inference: sequential (N* from the registry or the planned sample), fixed, or Bayesian
+    -- (fixed-horizon tests, turned into posteriors by the results view)
+    tuning := CASE WHEN e.analysis = 'sequential' THEN experiment.sequential_tuning_of(e) END;
+    INSERT INTO experiment.metric_results
+      (experiment_id, metric, variant, control_variant, method, alpha, test, refreshed_at,
+       analysis, sequential_tuning, bound_test, harm_test)
+    SELECT e.id, m2.name, t.variant, c.variant, k.method, e.alpha,
+           experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments,
+                                  e.alpha, 'two-sided', tuning),
+           ts, e.analysis, tuning,
+           -- guardrails: one-sided tests in each direction, under the same inference
+           CASE WHEN em.role = 'guardrail' THEN
+             experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments, e.alpha,
+                                    CASE WHEN m2.higher_is_better THEN 'greater' ELSE 'less' END, tuning) END,
+           CASE WHEN em.role = 'guardrail' THEN
+             experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments, e.alpha,
+                                    CASE WHEN m2.higher_is_better THEN 'less' ELSE 'greater' END, tuning) END
+    FROM experiment.experiment_metrics em
+    JOIN experiment.metrics m2 ON m2.name = em.metric
+    JOIN experiment.variant_stats c
+      ON c.experiment_id = e.id AND c.metric = m2.name AND c.variant = control
+    JOIN experiment.variant_stats t
+      ON t.experiment_id = e.id AND t.metric = m2.name AND t.variant <> control
+    CROSS JOIN LATERAL (SELECT experiment.metric_method(m2.kind, c.cuped_moments, t.cuped_moments) AS method) k
+    WHERE em.experiment_id = e.id;
+
+    SELECT coalesce(jsonb_agg(jsonb_build_object('day', d.day, 'units', d.units) ORDER BY d.day), '[]')
+      INTO by_day
+      FROM (SELECT g.day, sum(g.units)::bigint AS units FROM pg_temp.exp_groups g WHERE NOT g.multi GROUP BY g.day) d;
+    INSERT INTO experiment.refreshes AS f
+      (experiment_id, refreshed_at, duration, enrolled_units, multi_variant_units, early_units,
+       first_exposure, last_exposure, exposures_by_day, error, error_at, mode, full_reason)
+    SELECT e.id, ts, clock_timestamp() - started, nunits, nmulti, nearly, min_t0, max_t0, by_day,
+           NULL, NULL, uv.mode, uv.reason
+    ON CONFLICT ON CONSTRAINT refreshes_pkey DO UPDATE SET
+      refreshed_at = excluded.refreshed_at, duration = excluded.duration,
+      enrolled_units = excluded.enrolled_units, multi_variant_units = excluded.multi_variant_units,
+      early_units = excluded.early_units,
+      first_exposure = excluded.first_exposure, last_exposure = excluded.last_exposure,
+      exposures_by_day = excluded.exposures_by_day, error = NULL, error_at = NULL,
+      mode = excluded.mode, full_reason = excluded.full_reason;
+  EXCEPTION WHEN unique_violation THEN
+    RAISE EXCEPTION 'could not refresh experiment "%": another refresh committed after this transaction''s snapshot', e.id
+      USING ERRCODE = 'serialization_failure', DETAIL = SQLERRM,
+            HINT = 'Retry the transaction, or refresh in a READ COMMITTED transaction.';
+  END;
+
+  PERFORM experiment.drop_refresh_tables();
+END
+$$;
+
+COMMENT ON FUNCTION experiment.refresh(text, boolean) IS
+  'bring an experiment''s enrolled units and stored per-unit metric values (windowed, zero-filled, CUPED pre-period) up to date, '
+  'incrementally unless full or its definition changed, then recompute winsorization caps, per-variant moments and tests';
+
+-- refresh reads every source as its metric's owner and writes the results: it runs as the
+-- extension's owner, and only roles granted EXECUTE (experiment_analyst, experiment_admin) call it
+ALTER FUNCTION experiment.refresh(text, boolean) SECURITY DEFINER;
+
+REVOKE EXECUTE ON FUNCTION experiment.refresh(text, boolean) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION experiment.setup_roles() RETURNS TABLE (role text, created boolean)
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  r text;
+  t text;
+  registry text[] := '{experiments,variants,metrics,experiment_metrics}';
+  -- (refreshes without its error column: a source's error may quote its data; health shows
+  -- the error to roles that may read every metric of the experiment)
+  results text[] := '{enrollment,variant_stats,metric_results,conclusions,results,srm,health}';
+  ingestion text[] := '{exposures,exposures_quarantine,exposures_staging}';
+BEGIN
+  FOREACH r IN ARRAY ARRAY['experiment_reader', 'experiment_ingest', 'experiment_analyst', 'experiment_admin'] LOOP
+    role := r;
+    created := NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles ro WHERE ro.rolname = r);
+    IF created THEN
+      EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+    END IF;
+    RETURN NEXT;
+  END LOOP;
+
+  -- experiment_reader: dashboards; the registry and the results it may read
+  GRANT USAGE ON SCHEMA experiment TO experiment_reader;
+  FOREACH t IN ARRAY registry || results LOOP
+    EXECUTE format('GRANT SELECT ON experiment.%I TO experiment_reader', t);
+  END LOOP;
+  GRANT SELECT (experiment_id, refreshed_at, duration, enrolled_units, multi_variant_units, early_units,
+                first_exposure, last_exposure, exposures_by_day, error_at, mode, full_reason)
+    ON experiment.refreshes TO experiment_reader;
+
+  -- experiment_ingest: the exposure pipeline
+  GRANT USAGE ON SCHEMA experiment TO experiment_ingest;
+  GRANT SELECT ON experiment.experiments, experiment.variants TO experiment_ingest;
+  FOREACH t IN ARRAY ingestion LOOP
+    EXECUTE format('GRANT SELECT, INSERT ON experiment.%I TO experiment_ingest', t);
+  END LOOP;
+  GRANT DELETE ON experiment.exposures_staging TO experiment_ingest;
+  GRANT USAGE ON SEQUENCE experiment.exposures_quarantine_id_seq TO experiment_ingest;
+
+  -- experiment_analyst: designs experiments, registers metrics it may read, refreshes, concludes
+  PERFORM experiment.grant_role_once('experiment_reader', 'experiment_analyst');
+  FOREACH t IN ARRAY registry LOOP
+    EXECUTE format('GRANT INSERT, UPDATE, DELETE ON experiment.%I TO experiment_analyst', t);
+  END LOOP;
+  GRANT SELECT ON experiment.exposures, experiment.exposures_quarantine TO experiment_analyst;
+  GRANT INSERT ON experiment.conclusions TO experiment_analyst;
+  GRANT USAGE ON SEQUENCE experiment.conclusions_id_seq TO experiment_analyst;
+  GRANT EXECUTE ON FUNCTION experiment.refresh(text, boolean) TO experiment_analyst;
+
+  -- experiment_admin: all of it, and the scheduled refresh_all(); TRUNCATE only where no
+  -- row trigger guards the rows (truncating the catalogue would skip the owners' checks)
+  PERFORM experiment.grant_role_once('experiment_analyst', 'experiment_admin');
+  PERFORM experiment.grant_role_once('experiment_ingest', 'experiment_admin');
+  FOREACH t IN ARRAY registry || ingestion LOOP
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON experiment.%I TO experiment_admin', t);
+  END LOOP;
+  FOREACH t IN ARRAY ingestion LOOP
+    EXECUTE format('GRANT TRUNCATE ON experiment.%I TO experiment_admin', t);
+  END LOOP;
+  GRANT EXECUTE ON FUNCTION experiment.refresh_all() TO experiment_admin;
+  GRANT SELECT ON experiment.source_watermarks TO experiment_admin;
+END
+$$;
+
+DO $$
+DECLARE
+  g text;
+BEGIN
+  FOR g IN SELECT x FROM pg_catalog.regexp_split_to_table(
+               pg_catalog.current_setting('experiment.upgrade_refresh_grants'), ',') x WHERE x <> '' LOOP
+    EXECUTE format('GRANT EXECUTE ON FUNCTION experiment.refresh(text, boolean) TO %s', g);
+  END LOOP;
+END
+$$;
