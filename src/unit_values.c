@@ -1193,6 +1193,9 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 					st->split = DT_NOBEGIN;
 				else
 					st->split = exp_timestamptz_add_clamped(upto, &neg);
+				/* never after the latest event, whatever the signs of the parts */
+				if (st->split > upto)
+					st->split = upto;
 			}
 		}
 

@@ -30,6 +30,8 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
 from exptest import Checker, fresh_db  # noqa: E402
 
+import psycopg2  # noqa: E402
+
 ck = Checker("test_analysis_incremental")
 conn = fresh_db("exp_analysis_incremental")
 cur = conn.cursor()
@@ -283,6 +285,86 @@ ck.check(q("SELECT to_regclass('experiment.' || quote_ident(%s)) IS NULL", (rel,
          "deleting an experiment drops its stored per-unit values")
 n = q("SELECT count(*) FROM experiment.unit_value_tables")[0][0]
 ck.check(n == len(exps) - 1, "the other experiments keep theirs (%d)" % n)
+# --- edge cases of the watermarks (each a small experiment of its own) ---------------------
+def mini(name, late="1 day"):
+    q("CREATE TABLE %s (uid text, ts timestamptz, amount float8)" % name)
+    q("""INSERT INTO experiment.experiments (id, name, status, start_at)
+         VALUES (%s, %s, 'draft', '2025-03-01')""", (name, name))
+    q("""INSERT INTO experiment.variants (experiment_id, name, allocation, is_control)
+         VALUES (%s, 'c', 0.5, true), (%s, 't', 0.5, false)""", (name, name))
+    q("""INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column, aggregation,
+                                         cuped_lookback, late_events)
+         VALUES (%s, %s, 'uid', 'ts', 'amount', 'sum', NULL, %s)""", (name + "_m", name, late))
+    q("INSERT INTO experiment.experiment_metrics (experiment_id, metric, role) VALUES (%s, %s, 'primary')",
+      (name, name + "_m"))
+    q("UPDATE experiment.experiments SET status = 'running' WHERE id = %s", (name,))
+    q("""INSERT INTO experiment.exposures (experiment_id, unit_id, variant, exposed_at)
+         SELECT %s, 'u' || i, CASE WHEN i %% 2 = 0 THEN 'c' ELSE 't' END, '2025-03-01' FROM generate_series(1, 20) i""",
+      (name,))
+
+
+# a source without events at the first refresh: the watermark must not jump to now()
+mini("w_empty")
+q("SELECT experiment.refresh('w_empty')")
+q("INSERT INTO w_empty SELECT 'u' || i, '2025-03-02 10:00+00', i FROM generate_series(1, 20) i")
+q("SELECT experiment.refresh('w_empty')")
+q("INSERT INTO w_empty VALUES ('u1', '2025-03-02 09:00+00', 1000)")
+q("SELECT experiment.refresh('w_empty')")
+ck.check(mode("w_empty")[0] == "incremental", "w_empty: incremental")
+compare_with_full("w_empty", "a source that had no event at the first refresh")
+
+# a future-dated event deleted, then refresh(full => true): the watermark starts afresh
+mini("w_future")
+q("INSERT INTO w_future SELECT 'u' || i, '2025-03-02 10:00+00', i FROM generate_series(1, 20) i")
+q("INSERT INTO w_future VALUES ('u2', '2031-01-01', 5)")
+q("SELECT experiment.refresh('w_future')")
+q("DELETE FROM w_future WHERE ts > '2030-01-01'")
+q("SELECT experiment.refresh('w_future', full => true)")
+q("INSERT INTO w_future VALUES ('u1', '2025-03-02 11:00+00', 1000)")
+q("SELECT experiment.refresh('w_future')")
+compare_with_full("w_future", "a full refresh after a future-dated event was deleted")
+
+# an allowance with parts of both signs never settles events that may still come
+mini("w_signs", "1 mon -30 days")
+q("INSERT INTO w_signs SELECT 'u' || i, '2025-03-02 10:00+00', i FROM generate_series(1, 20) i")
+q("SELECT experiment.refresh('w_signs')")
+q("SELECT experiment.refresh('w_signs')")
+q("INSERT INTO w_signs VALUES ('u1', '2025-03-03 10:00+00', 1000)")
+q("SELECT experiment.refresh('w_signs')")
+compare_with_full("w_signs", "late_events '1 mon -30 days'")
+
+# a refresh in a REPEATABLE READ transaction whose snapshot predates an exposure's commit
+mini("w_rr")
+q("SELECT experiment.refresh('w_rr')")
+b = psycopg2.connect(dbname="exp_analysis_incremental")
+bc = b.cursor()
+bc.execute("""INSERT INTO experiment.exposures (experiment_id, unit_id, variant, exposed_at)
+              VALUES ('w_rr', 'u21', 't', '2025-03-01 12:00')""")
+a = psycopg2.connect(dbname="exp_analysis_incremental")
+ac = a.cursor()
+ac.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+ac.execute("SELECT 1")
+b.commit()
+ac.execute("SELECT experiment.refresh('w_rr')")
+a.commit()
+a.close()
+b.close()
+q("SELECT experiment.refresh('w_rr')")
+n_rr = q("SELECT enrolled_units FROM experiment.refreshes WHERE experiment_id = 'w_rr'")[0][0]
+ck.check(n_rr == 21, "an exposure committed after a REPEATABLE READ refresh's snapshot is read later (%d units)" % n_rr)
+compare_with_full("w_rr", "after a REPEATABLE READ refresh")
+
+# default privileges do not reach the stored per-unit values
+q("CREATE ROLE exp_inc_reader NOLOGIN")
+q("ALTER DEFAULT PRIVILEGES IN SCHEMA experiment GRANT SELECT ON TABLES TO exp_inc_reader, PUBLIC")
+q("SELECT experiment.refresh('w_rr', full => true)")
+acl = q("""SELECT c.relacl::text FROM experiment.unit_value_tables u
+           JOIN pg_class c ON c.oid = ('experiment.' || quote_ident(u.relation))::regclass
+           WHERE u.experiment_id = 'w_rr'""")[0][0]
+ck.check(acl is None or all(e.startswith(q("SELECT current_user")[0][0] + "=") for e in acl.strip("{}").split(",")),
+         "default privileges do not grant the stored per-unit values to anyone: %s" % acl)
+q("ALTER DEFAULT PRIVILEGES IN SCHEMA experiment REVOKE SELECT ON TABLES FROM exp_inc_reader, PUBLIC")
+
 # source_unit_values(): per-unit since, split and partial, against plain SQL
 ids = ["u%d" % i for i in range(1, 41)]
 since = [None if i % 3 == 0 else "%s::timestamptz + interval '%d hours'" % ("'" + BASE + "'", 6 * i) for i in range(40)]
@@ -304,6 +386,7 @@ ck.check(all([float(v) if v is not None else None for v in want[u]] == got[u] fo
          "since, split and partial: the counts and maxima before and from the split equal plain SQL")
 
 q("DROP EXTENSION experiment CASCADE")
+q("DROP ROLE exp_inc_reader")
 left = q("SELECT count(*) FROM pg_class WHERE relname LIKE 'unit_values%%'")[0][0]
 ck.check(left == 0, "DROP EXTENSION drops every table of stored per-unit values (%d left)" % left)
 ck.report()

@@ -564,7 +564,9 @@ REVOKE EXECUTE ON FUNCTION experiment.unit_value_table_empty(name) FROM PUBLIC;
 
 -- where incremental refresh may start reading exposures next time: no transaction that is
 -- still open can store an exposure received earlier (received_at is its start); with prepared
--- transactions, or without the privilege to see every session, the watermark stays
+-- transactions, without the privilege to see every session, or in a REPEATABLE READ or
+-- SERIALIZABLE transaction (whose snapshot may predate a commit of a transaction that has
+-- left pg_stat_activity by now), the watermark stays
 CREATE FUNCTION experiment.exposures_watermark(previous timestamptz) RETURNS timestamptz
   LANGUAGE sql VOLATILE PARALLEL UNSAFE
   SET search_path = pg_catalog, experiment, pg_temp
@@ -573,6 +575,7 @@ AS $$
     WHEN NOT (pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')
               OR (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user))
          OR EXISTS (SELECT FROM pg_catalog.pg_prepared_xacts)
+         OR pg_catalog.current_setting('transaction_isolation') IN ('repeatable read', 'serializable')
       THEN coalesce(previous, '-infinity')
     ELSE least(pg_catalog.now(), (SELECT pg_catalog.min(a.xact_start) FROM pg_catalog.pg_stat_activity a
                                   WHERE a.xact_start IS NOT NULL))
@@ -608,6 +611,7 @@ DECLARE
   reset_set text;
   merge_set text;
   changed text;
+  grantee text;
   hashagg text;
   probe_from text := 'SELECT ''{}''::text[] AS ids, ''{}''::text[] AS variants, ''{}''::timestamptz[] AS t0s, '
                      '''{}''::timestamptz[] AS since';
@@ -649,18 +653,13 @@ BEGIN
 
     CREATE TEMP TABLE exp_marks (LIKE experiment.source_watermarks) ON COMMIT DROP;
     FOR sc IN SELECT * FROM experiment.source_specs(e, min_t0, max_t0, true) LOOP
-      SELECT * INTO wm FROM experiment.source_watermarks w
-      WHERE w.experiment_id = e.id AND w.source = sc.source AND w.unit_column = sc.unit_column
-        AND w.owner = sc.reader AND w.time_column = sc.time_column;
       IF sc.time_column IS NULL THEN
         split := 'infinity';   -- no watermark: everything is settled, and the next refresh is full again
         latest := NULL;
-      ELSIF wm.latest_event IS NOT NULL THEN
-        -- the latest event time seen before: a split no later than the one it would find
-        latest := wm.latest_event;
-        split := experiment.timestamptz_add_clamped(least(latest, pg_catalog.now()), - sc.late_events);
       ELSE
-        -- the latest event time now (an index on the time column answers this without a scan)
+        -- the latest event time now, not the one remembered (a full refresh after a
+        -- future-dated event was deleted starts afresh; an index on the time column
+        -- answers this without a scan)
         EXECUTE format('SELECT x.latest, x.split FROM (%s) a, %s x', probe_from,
                        experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, false, NULL,
                                                   sc.late_events, false))
@@ -695,6 +694,12 @@ BEGIN
     -- updates stay HOT)
     EXECUTE format('ALTER TABLE experiment.%I ALTER unit_id SET NOT NULL, ADD UNIQUE (unit_id)', relation);
     EXECUTE format('ALTER EXTENSION experiment ADD TABLE experiment.%I', relation);
+    -- per-unit values are for the owner alone, whatever default privileges say
+    FOR grantee IN SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
+                   FROM pg_catalog.pg_class c, LATERAL pg_catalog.aclexplode(c.relacl) a
+                   WHERE c.oid = format('experiment.%I', relation)::regclass AND a.grantee <> c.relowner LOOP
+      EXECUTE format('REVOKE ALL ON experiment.%I FROM %s', relation, grantee);
+    END LOOP;
     EXECUTE format('COMMENT ON TABLE experiment.%I IS %L', relation,
                    format('stored per-unit values of experiment %s (experiment.refresh(), doc/scaling.md)', e.id));
     IF st.experiment_id IS NOT NULL THEN
@@ -758,8 +763,13 @@ BEGIN
     END IF;
     -- the split: from the latest event time the previous scan saw (this scan's is stored for
     -- the next), never earlier than the watermark
-    split := greatest(wm.settled_before,
-                      experiment.timestamptz_add_clamped(least(wm.latest_event, pg_catalog.now()), - sc.late_events));
+    -- (no event seen yet: the watermark stays; never after the latest event, whatever the
+    -- allowance's parts)
+    split := CASE WHEN wm.latest_event IS NULL THEN wm.settled_before
+                  ELSE greatest(wm.settled_before,
+                                least(wm.latest_event,
+                                      experiment.timestamptz_add_clamped(least(wm.latest_event, pg_catalog.now()),
+                                                                         - sc.late_events))) END;
     SELECT coalesce(pg_catalog.string_agg(format('%s = %s', l.col, l.merge_sql), ', '), ''),
            format('(%s) IS DISTINCT FROM (%s)', pg_catalog.string_agg('u.' || l.col, ', '),
                   pg_catalog.string_agg(l.merge_sql, ', '))
