@@ -907,6 +907,11 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 				 errmsg("source_unit_values must be called in a context that accepts a set")));
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
+	if (tupdesc->natts != 7 || PG_NARGS() != 19)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the SQL declaration of source_unit_values() is of another version of the extension"),
+				 errhint("Run ALTER EXTENSION experiment UPDATE.")));
 
 	for (k = 0; k < 5; k++)
 		if (PG_ARGISNULL(k))
