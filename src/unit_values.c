@@ -38,13 +38,12 @@
  * is no value column).  Boolean value columns count as 0/1, other columns
  * are cast to float8.  Units without counted events get 0.
  *
- * Incremental refresh (doc/scaling.md) calls it in split mode: each unit may
- * have a time "since" before which its events are not read (its values up to
- * there are stored), and the events are accumulated apart before and from a
- * split time (the source's watermark), so that the part before the split can
- * be stored and the rest read again next time.  The split is either given or
- * found first, as the latest time in the source (max() of the time column,
- * which an index answers) capped at now(), less the lateness allowance.
+ * Incremental refresh (doc/scaling.md) calls it in split mode: the events
+ * are accumulated apart before and from a split time (the source's
+ * watermark), so that the part before the split can be stored and the rest
+ * read again next time.  With probe, it first reads the latest time in the
+ * source (max() of the time column, which an index answers), from which the
+ * caller derives the split.
  *
  * The function locks and checks the source through SPI, and SPI commands
  * cannot run in a parallel query: it is PARALLEL UNSAFE.
@@ -105,7 +104,6 @@ typedef enum
 typedef struct
 {
 	int64		t0;
-	int64		since;			/* events before this time are not read */
 	uint32		keylen;
 	uint16		variant;
 	uint8		t0null;
@@ -168,7 +166,7 @@ typedef struct UvState
 	bool		has_split;
 	int64		split;
 	int			nacc;
-	/* the latest time of any row read (split mode) */
+	/* the latest time of any row read (split mode and probe) */
 	bool		has_latest;
 	int64		latest;
 	/* units */
@@ -327,7 +325,7 @@ exp_timestamptz_add_clamped_sql(PG_FUNCTION_ARGS)
 
 static void
 insert_unit(UvState *st, const char *key, uint32 keylen, uint16 variant,
-			bool t0null, int64 t0, int64 since)
+			bool t0null, int64 t0)
 {
 	uint32		h = hash_bytes((const unsigned char *) key, (int) keylen);
 	uint64		pos = h & st->mask;
@@ -351,7 +349,6 @@ insert_unit(UvState *st, const char *key, uint32 keylen, uint16 variant,
 	}
 	u = &st->units[st->nunits];
 	u->t0 = t0;
-	u->since = since;
 	u->t0null = t0null;
 	u->variant = variant;
 	u->keylen = keylen;
@@ -372,10 +369,9 @@ insert_unit(UvState *st, const char *key, uint32 keylen, uint16 variant,
 	st->nunits++;
 }
 
-/* adds one unit (unit_id, variant, t0, since) from the argument arrays */
+/* adds one unit (unit_id, variant, t0) from the argument arrays */
 static void
-add_unit(UvState *st, Datum du, bool nu, Datum dv, bool nv, Datum dt, bool nt,
-		 Datum ds, bool ns)
+add_unit(UvState *st, Datum du, bool nu, Datum dv, bool nv, Datum dt, bool nt)
 {
 	text	   *k;
 	text	   *vn;
@@ -403,7 +399,7 @@ add_unit(UvState *st, Datum du, bool nu, Datum dv, bool nv, Datum dt, bool nt,
 		st->nvariants++;
 	}
 	insert_unit(st, VARDATA_ANY(k), VARSIZE_ANY_EXHDR(k), (uint16) v, nt,
-				nt ? 0 : DatumGetTimestampTz(dt), ns ? DT_NOBEGIN : DatumGetTimestampTz(ds));
+				nt ? 0 : DatumGetTimestampTz(dt));
 }
 
 static inline int64
@@ -506,8 +502,6 @@ flush_batch(UvState *st)
 			if (st->ev_tsnull[i * st->ntime + sp->tcol])
 				continue;
 			ts = st->ev_ts[i * st->ntime + sp->tcol];
-			if (ts < u->since)
-				continue;
 			if (ts < spec_bound(&sp->lo, u, bounds))
 				continue;
 			if (sp->hi.present && ts >= spec_bound(&sp->hi, u, bounds))
@@ -828,9 +822,11 @@ lock_and_check_source(Oid src_rel, Oid reader)
  *                    aggregations text[], lo_offsets interval[],
  *                    hi_offsets interval[], use_end boolean[],
  *                    end_at timestamptz, scan_from timestamptz,
- *                    scan_to timestamptz, reader regrole)
- *   RETURNS TABLE (unit_id text, variant text, vals float8[],
- *                  skipped bigint[])
+ *                    scan_to timestamptz, reader regrole,
+ *                    split_at timestamptz, probe boolean, partial boolean)
+ *   RETURNS TABLE (unit_id text, variant text, t0 timestamptz,
+ *                  vals float8[], skipped bigint[], latest timestamptz,
+ *                  split timestamptz)
  *
  * One row per unit (the three arrays, element by element; a NULL unit id is
  * skipped), with vals[k] the aggregation k over the unit's events in source
@@ -839,6 +835,13 @@ lock_and_check_source(Oid src_rel, Oid reader)
  * column in [scan_from, scan_to); they must cover every window.  Values
  * that are NaN or infinite are not aggregated; skipped[k] counts them (NULL
  * when the unit had none).
+ *
+ * With split_at, vals and skipped have 2n elements: k for the events before
+ * split_at, n + k for those from it on; the maximum of no event is NULL (so
+ * that parts merge); partial returns only the units with counted or skipped
+ * events.  With probe, the latest time of the (single) time column from
+ * scan_from on is read first.  In either mode a last row without a unit
+ * carries latest (the latest time read) and split.
  *
  * The source is read as role reader (NULL: the current user), which the
  * current user must have the privileges of, inside a security-restricted
@@ -894,7 +897,6 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 	Oid			save_userid;
 	int			save_sec_context;
 	int			save_nestlevel;
-	ArrayType  *unit_since = NULL;
 	bool		probe;
 	bool		partial;
 	bool		has_probe_max = false;
@@ -907,7 +909,7 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 				 errmsg("source_unit_values must be called in a context that accepts a set")));
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
-	if (tupdesc->natts != 7 || PG_NARGS() != 19)
+	if (tupdesc->natts != 7 || PG_NARGS() != 18)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the SQL declaration of source_unit_values() is of another version of the extension"),
@@ -923,17 +925,14 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 	unit_ids = PG_GETARG_ARRAYTYPE_P(0);
 	unit_variants = PG_GETARG_ARRAYTYPE_P(1);
 	unit_t0s = PG_GETARG_ARRAYTYPE_P(2);
-	if (!PG_ARGISNULL(15))
-		unit_since = PG_GETARG_ARRAYTYPE_P(15);
 	nrows = ArrayGetNItems(ARR_NDIM(unit_ids), ARR_DIMS(unit_ids));
 	if (ArrayGetNItems(ARR_NDIM(unit_variants), ARR_DIMS(unit_variants)) != nrows ||
-		ArrayGetNItems(ARR_NDIM(unit_t0s), ARR_DIMS(unit_t0s)) != nrows ||
-		(unit_since != NULL &&
-		 ArrayGetNItems(ARR_NDIM(unit_since), ARR_DIMS(unit_since)) != nrows))
+		ArrayGetNItems(ARR_NDIM(unit_t0s), ARR_DIMS(unit_t0s)) != nrows)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("unit_ids, variants, t0s and since must have the same number of elements")));
-	partial = !PG_ARGISNULL(18) && PG_GETARG_BOOL(18);
+				 errmsg("unit_ids, variants and t0s must have the same number of elements")));
+	probe = !PG_ARGISNULL(16) && PG_GETARG_BOOL(16);
+	partial = !PG_ARGISNULL(17) && PG_GETARG_BOOL(17);
 	src_rel = PG_GETARG_OID(3);
 	unit_col = text_to_cstring(PG_GETARG_TEXT_PP(4));
 	if (get_rel_name(src_rel) == NULL)
@@ -1009,22 +1008,17 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 		st->cal_offsets[k++] = *(Interval *) lfirst(lc);
 	st->has_end = !PG_ARGISNULL(11);
 	st->end_at = st->has_end ? PG_GETARG_TIMESTAMPTZ(11) : 0;
-	/* split mode: at split_at, or at the latest time in the source less split_lateness */
-	st->has_split = !PG_ARGISNULL(16) || !PG_ARGISNULL(17);
-	st->split = PG_ARGISNULL(16) ? 0 : PG_GETARG_TIMESTAMPTZ(16);
-	probe = PG_ARGISNULL(16) && !PG_ARGISNULL(17);
+	/* split mode: the events before split_at and from it on apart */
+	st->has_split = !PG_ARGISNULL(15);
+	st->split = st->has_split ? PG_GETARG_TIMESTAMPTZ(15) : 0;
 	if (probe && st->ntime != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("split_lateness needs one time column, the specs read %d", st->ntime)));
-	if (!PG_ARGISNULL(17) && !PG_ARGISNULL(16))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("split_at and split_lateness must not both be given")));
+				 errmsg("probe needs one time column, the specs read %d", st->ntime)));
 	if (partial && !st->has_split)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("partial needs split_at or split_lateness")));
+				 errmsg("partial needs split_at")));
 	st->nacc = st->has_split ? 2 * nspec : nspec;
 
 	/* the source query: unit, time columns, value columns */
@@ -1111,28 +1105,23 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 		ArrayIterator iu = array_create_iterator(unit_ids, 0, NULL);
 		ArrayIterator iv = array_create_iterator(unit_variants, 0, NULL);
 		ArrayIterator it = array_create_iterator(unit_t0s, 0, NULL);
-		ArrayIterator is = unit_since ? array_create_iterator(unit_since, 0, NULL) : NULL;
 		Datum		du,
 					dv,
-					dt,
-					ds = (Datum) 0;
+					dt;
 		bool		nu,
 					nv,
-					nt,
-					ns = true;
+					nt;
 
 		while (array_iterate(iu, &du, &nu) && array_iterate(iv, &dv, &nv) &&
-			   array_iterate(it, &dt, &nt) && (is == NULL || array_iterate(is, &ds, &ns)))
+			   array_iterate(it, &dt, &nt))
 		{
 			if ((st->nunits & 0xFFFF) == 0)
 				CHECK_FOR_INTERRUPTS();
-			add_unit(st, du, nu, dv, nv, dt, nt, ds, ns);
+			add_unit(st, du, nu, dv, nv, dt, nt);
 		}
 		array_free_iterator(iu);
 		array_free_iterator(iv);
 		array_free_iterator(it);
-		if (is)
-			array_free_iterator(is);
 	}
 
 	memset(&recv, 0, sizeof(recv));
@@ -1145,7 +1134,7 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 	opts.read_only = true;
 	opts.dest = &recv.pub;
 
-	/* one scan of the source (and, to find the split, a look at its latest time) */
+	/* one scan of the source (and, with probe, a look at its latest time first) */
 	if ((st->nunits > 0 || probe) && nspec > 0)
 	{
 		lock_and_check_source(src_rel, reader);
@@ -1182,26 +1171,6 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 			probe_max = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
 														  SPI_tuptable->tupdesc, 1, &isnull));
 			has_probe_max = !isnull;
-			if (isnull)
-				st->split = DT_NOBEGIN;		/* no events yet: every later one is new */
-			else
-			{
-				Interval   *lateness = PG_GETARG_INTERVAL_P(17);
-				Interval	neg;
-				int64		upto = Min(probe_max, GetCurrentTransactionStartTimestamp());
-
-				neg.month = -lateness->month;
-				neg.day = -lateness->day;
-				neg.time = -lateness->time;
-				if (lateness->month == PG_INT32_MIN || lateness->day == PG_INT32_MIN ||
-					lateness->time == PG_INT64_MIN)
-					st->split = DT_NOBEGIN;
-				else
-					st->split = exp_timestamptz_add_clamped(upto, &neg);
-				/* never after the latest event, whatever the signs of the parts */
-				if (st->split > upto)
-					st->split = upto;
-			}
 		}
 
 		recv.pub.receiveSlot = uv_receive_event;
@@ -1297,11 +1266,11 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 			MemoryContextSwitchTo(oldcxt);
 			MemoryContextReset(tmp);
 		}
-		/* split mode: a last row without a unit, with the latest time read and the split */
-		if (st->has_split)
+		/* split mode or probe: a last row without a unit, with the latest time read and the split */
+		if (st->has_split || probe)
 		{
 			Datum		values[7] = {0};
-			bool		nulls[7] = {true, true, true, true, true, !st->has_latest, false};
+			bool		nulls[7] = {true, true, true, true, true, !st->has_latest, !st->has_split};
 
 			values[5] = TimestampTzGetDatum(st->latest);
 			values[6] = TimestampTzGetDatum(st->split);

@@ -162,8 +162,8 @@ CREATE FUNCTION experiment.source_unit_values(
     unit_ids text[], variants text[], t0s timestamptz[], source regclass, unit_column text,
     time_columns text[], value_columns text[], aggregations text[], lo_offsets interval[],
     hi_offsets interval[], use_end boolean[], end_at timestamptz, scan_from timestamptz, scan_to timestamptz,
-    reader regrole DEFAULT NULL, since timestamptz[] DEFAULT NULL, split_at timestamptz DEFAULT NULL,
-    split_lateness interval DEFAULT NULL, partial boolean DEFAULT false)
+    reader regrole DEFAULT NULL, split_at timestamptz DEFAULT NULL, probe boolean DEFAULT false,
+    partial boolean DEFAULT false)
   RETURNS TABLE (unit_id text, variant text, t0 timestamptz, vals float8[], skipped bigint[], latest timestamptz,
                  split timestamptz)
   AS 'MODULE_PATHNAME', 'exp_source_unit_values'
@@ -171,18 +171,16 @@ CREATE FUNCTION experiment.source_unit_values(
   -- parallel query)
   LANGUAGE C STABLE PARALLEL UNSAFE;
 COMMENT ON FUNCTION experiment.source_unit_values(text[], text[], timestamptz[], regclass, text, text[], text[], text[],
-    interval[], interval[], boolean[], timestamptz, timestamptz, timestamptz, regrole, timestamptz[], timestamptz,
-    interval, boolean) IS
+    interval[], interval[], boolean[], timestamptz, timestamptz, timestamptz, regrole, timestamptz, boolean, boolean) IS
   'internal: one row per unit (unit_ids, variants, t0s) with vals[k] = aggregations[k] (sum, count, any, max) of '
   'value_columns[k] (NULL: rows) over the unit''s events in source with time_columns[k] in '
-  '[t0 + lo_offsets[k], t0 + hi_offsets[k]), from the unit''s since on, and, when use_end[k], before end_at; '
+  '[t0 + lo_offsets[k], t0 + hi_offsets[k]) and, when use_end[k], before end_at; '
   '0 without events; NaN and infinite values are not aggregated and counted in skipped[k]; '
   'scan_from/scan_to bound the scan when all specs read one time column; reads source as role reader '
   '(NULL: the current user, who must have its privileges) in a security-restricted operation; '
-  'in split mode (split_at, or split_lateness: the latest time in the source, at most now(), less it) '
-  'vals and skipped have 2n elements, the events before the split and from it on, the maximum of no event is NULL, '
-  'and a last row without a unit carries the latest time read and the split; partial returns only the units '
-  'with events';
+  'with split_at, vals and skipped have 2n elements, the events before split_at and from it on, and the maximum '
+  'of no event is NULL; partial returns only the units with events; probe first reads the latest time of the '
+  'time column; with split_at or probe a last row without a unit carries the latest time read and the split';
 
 CREATE FUNCTION experiment.timestamptz_add_clamped(t timestamptz, i interval) RETURNS timestamptz
   AS 'MODULE_PATHNAME', 'exp_timestamptz_add_clamped_sql'
@@ -315,10 +313,10 @@ COMMENT ON FUNCTION experiment.source_specs(experiment.experiments, timestamptz,
   'experiment.source_unit_values(), the columns they fill, the bounds of the scan and the lateness allowance';
 
 -- SQL of the call of experiment.source_unit_values() for one row of experiment.source_specs();
--- units from the arrays a.ids, a.variants, a.t0s (and a.since when incremental)
+-- units from the arrays a.ids, a.variants, a.t0s (experiment.unit_arrays_sql())
 CREATE FUNCTION experiment.source_call_sql(s experiment.source_scan, end_at timestamptz, scan_from timestamptz,
-                                           scan_to timestamptz, incremental boolean, split_at timestamptz,
-                                           split_lateness interval, partial boolean)
+                                           scan_to timestamptz, split_at timestamptz, probe boolean,
+                                           partial boolean)
   RETURNS text
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
@@ -326,44 +324,47 @@ AS $$
   SELECT format(
     'experiment.source_unit_values(a.ids, a.variants, a.t0s, %L::regclass, %L, %L::text[], %L::text[], %L::text[], '
     '%L::interval[], %L::interval[], %L::boolean[], %L::timestamptz, %L::timestamptz, %L::timestamptz, %L::regrole, '
-    '%s, %L::timestamptz, %L::interval, %L::boolean)',
+    '%L::timestamptz, %L::boolean, %L::boolean)',
     s.source, s.unit_column, s.tcols, s.vcols, s.aggs, s.los, s.his, s.ends, end_at, scan_from, scan_to,
-    s.reader, CASE WHEN incremental THEN 'a.since' ELSE 'NULL' END, split_at, split_lateness, partial)
+    s.reader, split_at, probe, partial)
 $$;
-COMMENT ON FUNCTION experiment.source_call_sql(experiment.source_scan, timestamptz, timestamptz, timestamptz, boolean, timestamptz,
-                                               interval, boolean) IS
+COMMENT ON FUNCTION experiment.source_call_sql(experiment.source_scan, timestamptz, timestamptz, timestamptz, timestamptz,
+                                               boolean, boolean) IS
   'internal: SQL of the experiment.source_unit_values() call of one scan of experiment.source_specs()';
 
+-- SQL of the units of a relation as the arrays a.ids, a.variants, a.t0s that
+-- experiment.source_call_sql() passes (units_from: "relation u [WHERE ...]")
+CREATE FUNCTION experiment.unit_arrays_sql(units_from text) RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT format('(SELECT coalesce(pg_catalog.array_agg(u.unit_id), ''{}'') AS ids, '
+                'coalesce(pg_catalog.array_agg(u.variant), ''{}'') AS variants, '
+                'coalesce(pg_catalog.array_agg(u.t0), ''{}'') AS t0s FROM %s) a', units_from)
+$$;
+COMMENT ON FUNCTION experiment.unit_arrays_sql(text) IS
+  'internal: SQL of the unit arrays a.ids, a.variants, a.t0s of a relation of units, for experiment.source_call_sql()';
+
 -- the SELECT list of the per-unit values of one scan (x: its alias): v<i>, p<i> and s<i> (the
--- NaN and infinite values skipped) of each base metric it reads; split: the scan ran in split mode
--- (vals[k] before the split, vals[n + k] from it on), and the settled values (before the split)
--- c<i>, q<i> and cs<i> are listed too
-CREATE FUNCTION experiment.unit_value_columns(s experiment.source_scan, x text, split boolean)
+-- NaN and infinite values skipped) of each base metric it reads
+CREATE FUNCTION experiment.unit_value_columns(s experiment.source_scan, x text)
   RETURNS text
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
   WITH spec AS (
-    SELECT t.k, t.target, substr(t.target, 1, 1) AS part, substr(t.target, 2) AS i, s.aggs[t.k] AS agg,
-           pg_catalog.array_length(s.targets, 1) AS n
+    SELECT t.k, t.target, substr(t.target, 2) AS i
     FROM pg_catalog.unnest(s.targets) WITH ORDINALITY AS t(target, k)
   ), cols AS (
-    SELECT sp.k, CASE WHEN NOT split THEN format(', %s.vals[%s] AS %s', x, sp.k, sp.target)
-                      ELSE format(', %s AS %s, %s.vals[%s] AS %s', experiment.merged_sql(sp.agg, format('%s.vals[%s]', x, sp.k),
-                                                                  format('%s.vals[%s]', x, sp.n + sp.k), true),
-                                  sp.target, x, sp.k, CASE sp.part WHEN 'v' THEN 'c' ELSE 'q' END || sp.i) END AS sql
-    FROM spec sp
+    SELECT sp.k, format(', %s.vals[%s] AS %s', x, sp.k, sp.target) AS sql FROM spec sp
     UNION ALL
-    SELECT pg_catalog.max(sp.k), format(', %s AS s%s', pg_catalog.string_agg(
-             CASE WHEN split THEN format('coalesce(%s.skipped[%s], 0) + coalesce(%s.skipped[%s], 0)', x, sp.k, x, sp.n + sp.k)
-                  ELSE format('coalesce(%s.skipped[%s], 0)', x, sp.k) END, ' + ' ORDER BY sp.k), sp.i)
-           || CASE WHEN split THEN format(', %s AS cs%s', pg_catalog.string_agg(format('coalesce(%s.skipped[%s], 0)', x, sp.k),
-                                                                                ' + ' ORDER BY sp.k), sp.i) ELSE '' END
+    SELECT pg_catalog.max(sp.k), format(', %s AS s%s', pg_catalog.string_agg(format('coalesce(%s.skipped[%s], 0)', x, sp.k),
+                                                                           ' + ' ORDER BY sp.k), sp.i)
     FROM spec sp GROUP BY sp.i
   )
   SELECT coalesce(pg_catalog.string_agg(c.sql, '' ORDER BY c.k, c.sql), '') FROM cols c
 $$;
-COMMENT ON FUNCTION experiment.unit_value_columns(experiment.source_scan, text, boolean) IS
+COMMENT ON FUNCTION experiment.unit_value_columns(experiment.source_scan, text) IS
   'internal: the SELECT list of the per-unit values of one scan of experiment.source_unit_values()';
 
 -- SQL of two partial per-unit aggregates merged: sums and counts add, any and max take the
@@ -464,6 +465,28 @@ CREATE TRIGGER unit_value_tables_truncate BEFORE TRUNCATE ON experiment.unit_val
 COMMENT ON TRIGGER unit_value_tables_truncate ON experiment.unit_value_tables IS
   'truncating drops every table of per-unit values';
 
+-- an experiment's units: pg_temp.exp_units (unit_id, variant, t0, multi); the first exposure
+-- before end_at defines variant and start, multi marks units exposed to several variants
+CREATE FUNCTION experiment.create_units_table(e experiment.experiments) RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+  -- grouping a million units in a hash table is bound by random memory access; the primary key
+  -- of experiment.exposures delivers the rows in unit order, so a streaming GroupAggregate over
+  -- it is about twice as fast
+  SET enable_hashagg = off
+AS $$
+BEGIN
+  CREATE TEMP TABLE exp_units ON COMMIT DROP AS
+    SELECT xp.unit_id, pg_catalog.min(xp.variant) AS variant, pg_catalog.min(xp.exposed_at) AS t0,
+           pg_catalog.min(xp.variant) <> pg_catalog.max(xp.variant) AS multi
+    FROM experiment.exposures xp
+    WHERE xp.experiment_id = e.id AND (e.end_at IS NULL OR xp.exposed_at < e.end_at)
+    GROUP BY xp.unit_id;
+END
+$$;
+COMMENT ON FUNCTION experiment.create_units_table(experiment.experiments) IS
+  'internal: the temporary table exp_units of an experiment''s units (first variant and exposure, multi-variant mark)';
+
 -- the base metrics (non-ratio) an experiment needs, numbered: pg_temp.exp_base (name, pre, i);
 -- pre-period values only for metrics analysed directly with a CUPED lookback
 CREATE FUNCTION experiment.create_base_table(e experiment.experiments) RETURNS void
@@ -511,41 +534,61 @@ $$;
 COMMENT ON FUNCTION experiment.unit_values_definition(experiment.experiments) IS
   'internal: digest of what an experiment''s stored per-unit values depend on (its end, its base metrics'' sources, columns, windows and owners)';
 
--- the columns of the stored per-unit values that one scan fills, with the value of a unit that
--- has no event (sums and counts 0; the settled maximum of no event NULL, so that it merges)
-CREATE FUNCTION experiment.unit_value_layout(s experiment.source_scan)
-  RETURNS TABLE (col text, empty text, merge_sql text)
+-- the columns of the stored per-unit values that one scan fills: their value for a unit that
+-- has no event (sums and counts 0; the settled maximum of no event NULL, so that it merges),
+-- and the SQL of their new value from a scan in split mode (alias x) merged into the stored one
+-- (alias old; NULL: nothing stored, the scan read everything)
+CREATE FUNCTION experiment.unit_value_layout(s experiment.source_scan, x text, old text)
+  RETURNS TABLE (col text, empty text, value_sql text)
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
   WITH spec AS (
     SELECT t.k, t.target, substr(t.target, 2) AS i, s.aggs[t.k] AS agg,
            CASE substr(t.target, 1, 1) WHEN 'v' THEN 'c' ELSE 'q' END || substr(t.target, 2) AS settled,
-           pg_catalog.array_length(s.targets, 1) AS n
+           format('%s.vals[%s]', x, t.k) AS before_split,
+           format('%s.vals[%s]', x, pg_catalog.array_length(s.targets, 1) + t.k) AS from_split,
+           format('coalesce(%s.skipped[%s], 0)', x, t.k) AS skipped_before,
+           format('coalesce(%s.skipped[%s], 0)', x, pg_catalog.array_length(s.targets, 1) + t.k) AS skipped_from
     FROM pg_catalog.unnest(s.targets) WITH ORDINALITY AS t(target, k)
+  ), settled AS (
+    SELECT sp.*, CASE WHEN old IS NULL THEN sp.before_split
+                      ELSE experiment.merged_sql(sp.agg, old || '.' || sp.settled, sp.before_split, false) END AS settled_sql
+    FROM spec sp
   )
-  SELECT x.col, x.empty, x.merge_sql FROM (
-    SELECT sp.k, 1 AS o, sp.target AS col, '0' AS empty,
-           experiment.merged_sql(sp.agg, experiment.merged_sql(sp.agg, 'u.' || sp.settled, format('x.vals[%s]', sp.k), false),
-                                 format('x.vals[%s]', sp.n + sp.k), true) AS merge_sql
-    FROM spec sp
+  SELECT y.col, y.empty, y.value_sql FROM (
+    SELECT st.k, 1 AS o, st.target AS col, '0' AS empty,
+           experiment.merged_sql(st.agg, st.settled_sql, st.from_split, true) AS value_sql
+    FROM settled st
     UNION ALL
-    SELECT sp.k, 2, sp.settled, CASE WHEN sp.agg = 'max' THEN 'NULL' ELSE '0' END,
-           experiment.merged_sql(sp.agg, 'u.' || sp.settled, format('x.vals[%s]', sp.k), false)
-    FROM spec sp
+    SELECT st.k, 2, st.settled, CASE WHEN st.agg = 'max' THEN 'NULL' ELSE '0' END, st.settled_sql
+    FROM settled st
     UNION ALL
-    SELECT pg_catalog.max(sp.k), 3, 's' || sp.i, '0',
-           format('u.cs%s + %s', sp.i, pg_catalog.string_agg(format('coalesce(x.skipped[%s], 0) + coalesce(x.skipped[%s], 0)',
-                                                                     sp.k, sp.n + sp.k), ' + ' ORDER BY sp.k))
-    FROM spec sp GROUP BY sp.i
+    SELECT pg_catalog.max(st.k), 3, 's' || st.i, '0',
+           concat(old || '.cs' || st.i || ' + ',
+                  pg_catalog.string_agg(st.skipped_before || ' + ' || st.skipped_from, ' + ' ORDER BY st.k))
+    FROM settled st GROUP BY st.i
     UNION ALL
-    SELECT pg_catalog.max(sp.k), 4, 'cs' || sp.i, '0',
-           format('u.cs%s + %s', sp.i, pg_catalog.string_agg(format('coalesce(x.skipped[%s], 0)', sp.k), ' + ' ORDER BY sp.k))
-    FROM spec sp GROUP BY sp.i
-  ) x ORDER BY x.k, x.o
+    SELECT pg_catalog.max(st.k), 4, 'cs' || st.i, '0',
+           concat(old || '.cs' || st.i || ' + ', pg_catalog.string_agg(st.skipped_before, ' + ' ORDER BY st.k))
+    FROM settled st GROUP BY st.i
+  ) y ORDER BY y.k, y.o
 $$;
-COMMENT ON FUNCTION experiment.unit_value_layout(experiment.source_scan) IS
-  'internal: the stored per-unit value columns one scan fills, their value without events and the SQL that merges a partial scan into them';
+COMMENT ON FUNCTION experiment.unit_value_layout(experiment.source_scan, text, text) IS
+  'internal: the stored per-unit value columns one scan fills, their value without events and the SQL of their value '
+  'from a scan in split mode merged into the stored one';
+
+-- the split of a source's events for a latest event time: least(latest, now()) less the
+-- allowance, never after latest (an allowance may have parts of both signs); NULL without events
+CREATE FUNCTION experiment.watermark_split(latest timestamptz, late_events interval) RETURNS timestamptz
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE WHEN latest IS NOT NULL
+              THEN least(latest, experiment.timestamptz_add_clamped(least(latest, pg_catalog.now()), - late_events)) END
+$$;
+COMMENT ON FUNCTION experiment.watermark_split(timestamptz, interval) IS
+  'internal: the split of a source''s events for its latest event time and lateness allowance';
 
 -- whether a table of stored per-unit values has no row
 CREATE FUNCTION experiment.unit_value_table_empty(t name) RETURNS boolean
@@ -612,9 +655,8 @@ DECLARE
   merge_set text;
   changed text;
   grantee text;
-  hashagg text;
-  probe_from text := 'SELECT ''{}''::text[] AS ids, ''{}''::text[] AS variants, ''{}''::timestamptz[] AS t0s, '
-                     '''{}''::timestamptz[] AS since';
+  no_units text := experiment.unit_arrays_sql(
+    '(SELECT NULL::text AS unit_id, NULL::text AS variant, NULL::timestamptz AS t0 WHERE false) u');
 BEGIN
   PERFORM experiment.drop_refresh_tables();
   PERFORM experiment.create_base_table(e);
@@ -636,19 +678,8 @@ BEGIN
 
   IF reason IS NOT NULL THEN
     mode := 'full';
-    -- units: first exposure defines variant and start; units in several variants are kept, marked
-    -- (grouping a million units in a hash table is bound by random memory access; the primary
-    -- key of experiment.exposures delivers the rows in unit order, so a streaming
-    -- GroupAggregate over it is about twice as fast)
-    hashagg := pg_catalog.current_setting('enable_hashagg');
-    PERFORM pg_catalog.set_config('enable_hashagg', 'off', true);
-    CREATE TEMP TABLE exp_units ON COMMIT DROP AS
-      SELECT xp.unit_id, pg_catalog.min(xp.variant) AS variant, pg_catalog.min(xp.exposed_at) AS t0,
-             pg_catalog.min(xp.variant) <> pg_catalog.max(xp.variant) AS multi
-      FROM experiment.exposures xp
-      WHERE xp.experiment_id = e.id AND (e.end_at IS NULL OR xp.exposed_at < e.end_at)
-      GROUP BY xp.unit_id;
-    PERFORM pg_catalog.set_config('enable_hashagg', hashagg, true);
+    -- units (those in several variants kept, marked)
+    PERFORM experiment.create_units_table(e);
     SELECT pg_catalog.min(u.t0), pg_catalog.max(u.t0) INTO min_t0, max_t0 FROM pg_temp.exp_units u WHERE NOT u.multi;
 
     CREATE TEMP TABLE exp_marks (LIKE experiment.source_watermarks) ON COMMIT DROP;
@@ -660,21 +691,22 @@ BEGIN
         -- the latest event time now, not the one remembered (a full refresh after a
         -- future-dated event was deleted starts afresh; an index on the time column
         -- answers this without a scan)
-        EXECUTE format('SELECT x.latest, x.split FROM (%s) a, %s x', probe_from,
-                       experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, false, NULL,
-                                                  sc.late_events, false))
-          INTO latest, split;
+        EXECUTE format('SELECT x.latest FROM %s, %s x', no_units,
+                       experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, NULL, true, false))
+          INTO latest;
+        split := coalesce(experiment.watermark_split(latest, sc.late_events), '-infinity');
       END IF;
       INSERT INTO pg_temp.exp_marks VALUES (e.id, sc.source, sc.unit_column, sc.reader, sc.time_column, sc.late_events,
                                             split, latest);
-      vals_cols := vals_cols || experiment.unit_value_columns(sc, format('x%s', sc.src_no), true);
+      SELECT vals_cols || pg_catalog.string_agg(format(', %s AS %s', l.value_sql, l.col), '')
+        INTO vals_cols FROM experiment.unit_value_layout(sc, format('x%s', sc.src_no), NULL) l;
       joins := joins || format('%s %s x%s%s', CASE WHEN sc.src_no = 1 THEN ',' ELSE ' JOIN' END,
-        experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, false, split, NULL, false),
+        experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, split, false, false),
         sc.src_no, CASE WHEN sc.src_no = 1 THEN '' ELSE format(' ON x%s.unit_id = x1.unit_id', sc.src_no) END);
     END LOOP;
 
     -- unlogged (derived data, rebuilt in full when a crash empties it) and with room on each
-    -- page for the updates of incremental refreshes (HOT: no index to maintain)
+    -- page for the updates of incremental refreshes
     relation := 'unit_values_' || pg_catalog.nextval('experiment.unit_value_tables_seq');
     IF joins = '' THEN
       EXECUTE format('CREATE UNLOGGED TABLE experiment.%I WITH (fillfactor = 80) AS '
@@ -682,11 +714,9 @@ BEGIN
                      'FROM pg_temp.exp_units u WHERE NOT u.multi', relation);
     ELSE
       EXECUTE format('CREATE UNLOGGED TABLE experiment.%I WITH (fillfactor = 80) AS '
-                     'SELECT x1.unit_id, x1.variant, x1.t0, false AS multi, false AS reset%s '
-                     'FROM (SELECT coalesce(pg_catalog.array_agg(u.unit_id), ''{}'') AS ids, '
-                     'coalesce(pg_catalog.array_agg(u.variant), ''{}'') AS variants, '
-                     'coalesce(pg_catalog.array_agg(u.t0), ''{}'') AS t0s FROM pg_temp.exp_units u WHERE NOT u.multi) a%s '
-                     'WHERE x1.unit_id IS NOT NULL', relation, vals_cols, joins);
+                     'SELECT x1.unit_id, x1.variant, x1.t0, false AS multi, false AS reset%s FROM %s%s '
+                     'WHERE x1.unit_id IS NOT NULL', relation, vals_cols,
+                     experiment.unit_arrays_sql('pg_temp.exp_units u WHERE NOT u.multi'), joins);
     END IF;
     EXECUTE format('INSERT INTO experiment.%I (unit_id, variant, t0, multi, reset) '
                    'SELECT u.unit_id, u.variant, u.t0, true, false FROM pg_temp.exp_units u WHERE u.multi', relation);
@@ -733,7 +763,7 @@ BEGIN
                                         ', ' ORDER BY s.src_no, l.ord), '')
     INTO empty_cols, empty_vals, reset_set
   FROM experiment.source_specs(e, NULL, NULL, true) s,
-       LATERAL (SELECT y.*, row_number() OVER () AS ord FROM experiment.unit_value_layout(s) y) l;
+       LATERAL (SELECT y.*, row_number() OVER () AS ord FROM experiment.unit_value_layout(s, 'x', 'u') y) l;
   -- a unit exposed to another variant leaves the analysis; one exposed earlier is read again in full
   EXECUTE format('UPDATE experiment.%I u SET multi = u.multi OR n.minv <> n.maxv OR n.minv <> u.variant, '
                  'variant = least(u.variant, n.minv), t0 = least(u.t0, n.t0), reset = u.reset OR n.t0 < u.t0%s '
@@ -762,36 +792,24 @@ BEGIN
         USING HINT = format('Run SELECT experiment.refresh(%L, full => true).', e.id);
     END IF;
     -- the split: from the latest event time the previous scan saw (this scan's is stored for
-    -- the next), never earlier than the watermark
-    -- (no event seen yet: the watermark stays; never after the latest event, whatever the
-    -- allowance's parts)
-    split := CASE WHEN wm.latest_event IS NULL THEN wm.settled_before
-                  ELSE greatest(wm.settled_before,
-                                least(wm.latest_event,
-                                      experiment.timestamptz_add_clamped(least(wm.latest_event, pg_catalog.now()),
-                                                                         - sc.late_events))) END;
-    SELECT coalesce(pg_catalog.string_agg(format('%s = %s', l.col, l.merge_sql), ', '), ''),
+    -- the next), never earlier than the watermark (which stays while no event was seen)
+    split := greatest(wm.settled_before, experiment.watermark_split(wm.latest_event, sc.late_events));
+    SELECT coalesce(pg_catalog.string_agg(format('%s = %s', l.col, l.value_sql), ', '), ''),
            format('(%s) IS DISTINCT FROM (%s)', pg_catalog.string_agg('u.' || l.col, ', '),
-                  pg_catalog.string_agg(l.merge_sql, ', '))
+                  pg_catalog.string_agg(l.value_sql, ', '))
       INTO merge_set, changed
-    FROM experiment.unit_value_layout(sc) l;
+    FROM experiment.unit_value_layout(sc, 'x', 'u') l;
     -- the units read before: their events from the watermark on (the scan's lower bound); the
     -- new and reset units apart, all their events, with a hash table of their own that is small
     EXECUTE format('CREATE TEMP TABLE exp_touch ON COMMIT DROP AS SELECT x.unit_id, x.vals, x.skipped, x.latest '
-                   'FROM (SELECT coalesce(pg_catalog.array_agg(u.unit_id), ''{}'') AS ids, '
-                   'coalesce(pg_catalog.array_agg(u.variant), ''{}'') AS variants, '
-                   'coalesce(pg_catalog.array_agg(u.t0), ''{}'') AS t0s '
-                   'FROM experiment.%I u WHERE NOT u.multi AND NOT u.reset) a, %s x',
-                   relation, experiment.source_call_sql(sc, e.end_at, wm.settled_before, sc.upper_bound, false, split,
-                                                        NULL, true));
+                   'FROM %s, %s x',
+                   experiment.unit_arrays_sql(format('experiment.%I u WHERE NOT u.multi AND NOT u.reset', relation)),
+                   experiment.source_call_sql(sc, e.end_at, wm.settled_before, sc.upper_bound, split, false, true));
     IF min_t0 IS NOT NULL THEN
       EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.vals, x.skipped, NULL '
-                     'FROM (SELECT coalesce(pg_catalog.array_agg(u.unit_id), ''{}'') AS ids, '
-                     'coalesce(pg_catalog.array_agg(u.variant), ''{}'') AS variants, '
-                     'coalesce(pg_catalog.array_agg(u.t0), ''{}'') AS t0s '
-                     'FROM experiment.%I u WHERE NOT u.multi AND u.reset) a, %s x WHERE x.unit_id IS NOT NULL',
-                     relation, experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, false, split,
-                                                          NULL, true));
+                     'FROM %s, %s x WHERE x.unit_id IS NOT NULL',
+                     experiment.unit_arrays_sql(format('experiment.%I u WHERE NOT u.multi AND u.reset', relation)),
+                     experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, split, false, true));
     END IF;
     ANALYZE pg_temp.exp_touch;
     -- (a unit whose events are all read again unchanged is not written)
@@ -862,22 +880,10 @@ DECLARE
   joins text := '';
   vals_sql text;
   vals_cols text := '';
-  hashagg text;
 BEGIN
   -- units: first exposure defines variant and start; units in several variants are excluded
   PERFORM experiment.drop_refresh_tables();
-  -- grouping a million units in a hash table is bound by random memory access; the primary key
-  -- of experiment.exposures delivers the rows in unit order, so a streaming GroupAggregate over
-  -- it is about twice as fast
-  hashagg := pg_catalog.current_setting('enable_hashagg');
-  PERFORM pg_catalog.set_config('enable_hashagg', 'off', true);
-  CREATE TEMP TABLE exp_units ON COMMIT DROP AS
-    SELECT xp.unit_id, pg_catalog.min(xp.variant) AS variant, pg_catalog.min(xp.exposed_at) AS t0,
-           pg_catalog.min(xp.variant) <> pg_catalog.max(xp.variant) AS multi
-    FROM experiment.exposures xp
-    WHERE xp.experiment_id = e.id AND (e.end_at IS NULL OR xp.exposed_at < e.end_at)
-    GROUP BY xp.unit_id;
-  PERFORM pg_catalog.set_config('enable_hashagg', hashagg, true);
+  PERFORM experiment.create_units_table(e);
   SELECT count(*) FILTER (WHERE u.multi), count(*) FILTER (WHERE NOT u.multi),
          count(*) FILTER (WHERE NOT u.multi AND u.t0 < e.start_at),
          pg_catalog.min(u.t0) FILTER (WHERE NOT u.multi), pg_catalog.max(u.t0) FILTER (WHERE NOT u.multi)
@@ -893,9 +899,9 @@ BEGIN
   -- each source is read as the metric's owner (refresh) or as the current user (aa_test)
   FOR sc IN SELECT * FROM experiment.source_specs(e, min_t0, max_t0, as_owner) LOOP
     src_no := sc.src_no;
-    vals_cols := vals_cols || experiment.unit_value_columns(sc, format('x%s', src_no), false);
+    vals_cols := vals_cols || experiment.unit_value_columns(sc, format('x%s', src_no));
     joins := joins || format('%s %s x%s%s', CASE WHEN src_no = 1 THEN ',' ELSE ' JOIN' END,
-      experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, false, NULL, NULL, false),
+      experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, NULL, false, false),
       src_no, CASE WHEN src_no = 1 THEN '' ELSE format(' ON x%s.unit_id = x1.unit_id', src_no) END);
   END LOOP;
 
@@ -903,10 +909,8 @@ BEGIN
   IF src_no = 0 THEN
     vals_sql := 'SELECT u.unit_id, u.variant FROM pg_temp.exp_units u';
   ELSE
-    vals_sql := format('SELECT x1.unit_id, x1.variant%s FROM (SELECT coalesce(pg_catalog.array_agg(u.unit_id), ''{}'') AS ids, '
-                       'coalesce(pg_catalog.array_agg(u.variant), ''{}'') AS variants, '
-                       'coalesce(pg_catalog.array_agg(u.t0), ''{}'') AS t0s FROM pg_temp.exp_units u) a%s',
-                       vals_cols, joins);
+    vals_sql := format('SELECT x1.unit_id, x1.variant%s FROM %s%s',
+                       vals_cols, experiment.unit_arrays_sql('pg_temp.exp_units u'), joins);
   END IF;
 
   -- winsorization caps: pooled upper percentiles over all analysed units
