@@ -365,6 +365,26 @@ ck.check(acl is None or all(e.startswith(q("SELECT current_user")[0][0] + "=") f
          "default privileges do not grant the stored per-unit values to anyone: %s" % acl)
 q("ALTER DEFAULT PRIVILEGES IN SCHEMA experiment REVOKE SELECT ON TABLES FROM exp_inc_reader, PUBLIC")
 
+# a larger allowance, or a watermark deleted by hand, makes the next refresh full; a smaller
+# one does not
+q("UPDATE experiment.metrics SET late_events = '2 days' WHERE name = 'w_empty_m'")
+q("SELECT experiment.refresh('w_empty')")
+ck.check(mode("w_empty") == ("full", "no watermark of public.w_empty, or its lateness allowance grew"),
+         "a larger late_events: %r" % (mode("w_empty"),))
+q("UPDATE experiment.metrics SET late_events = '1 hour' WHERE name = 'w_empty_m'")
+q("SELECT experiment.refresh('w_empty')")
+ck.check(mode("w_empty")[0] == "incremental", "a smaller late_events stays incremental: %r" % (mode("w_empty"),))
+compare_with_full("w_empty", "after a smaller late_events")
+q("DELETE FROM experiment.source_watermarks WHERE experiment_id = 'w_empty'")
+q("SELECT experiment.refresh('w_empty')")
+ck.check(mode("w_empty") == ("full", "no watermark of public.w_empty, or its lateness allowance grew"),
+         "a deleted watermark: %r" % (mode("w_empty"),))
+try:
+    q("SELECT experiment.refresh('w_empty', full => NULL)")
+    ck.check(False, "refresh(full => NULL) is refused")
+except psycopg2.Error as err:
+    ck.check(err.pgcode == "22023" and "full" in str(err), "refresh(full => NULL): %s %s" % (err.pgcode, err))
+
 # source_unit_values(): split and partial, against plain SQL
 ids = ["u%d" % i for i in range(1, 41)]
 got = {r[0]: r[1] for r in q("""

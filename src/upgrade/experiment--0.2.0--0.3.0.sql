@@ -596,6 +596,7 @@ DECLARE
   fp text;
   xsince timestamptz;
   several text;
+  unmarked text;
   min_t0 timestamptz;
   max_t0 timestamptz;
   latest timestamptz;
@@ -618,8 +619,17 @@ BEGIN
   SELECT * INTO st FROM experiment.unit_value_tables u WHERE u.experiment_id = e.id FOR UPDATE;
   -- (before the exposures are read: the sessions that could still store earlier ones)
   xsince := experiment.exposures_watermark(st.exposures_since);
-  SELECT pg_catalog.string_agg(s.source::text, ', ' ORDER BY s.src_no) INTO several
-  FROM experiment.source_specs(e, NULL, NULL, true) s WHERE s.time_column IS NULL;
+  SELECT pg_catalog.string_agg(s.source::text, ', ' ORDER BY s.src_no) FILTER (WHERE s.time_column IS NULL),
+         -- a watermark that is missing, or whose allowance grew (the events it now allows
+         -- again were settled: only a full refresh reads them)
+         pg_catalog.string_agg(s.source::text, ', ' ORDER BY s.src_no)
+           FILTER (WHERE s.time_column IS NOT NULL AND NOT EXISTS (
+                     SELECT FROM experiment.source_watermarks w
+                     WHERE w.experiment_id = e.id AND w.source = s.source AND w.unit_column = s.unit_column
+                       AND w.owner = s.reader AND w.time_column = s.time_column
+                       AND w.late_events >= s.late_events))
+    INTO several, unmarked
+  FROM experiment.source_specs(e, NULL, NULL, true) s;
   reason := CASE
     WHEN force_full THEN 'requested (full => true)'
     WHEN st.experiment_id IS NULL THEN 'no stored per-unit values yet'
@@ -628,6 +638,7 @@ BEGIN
     WHEN experiment.unit_value_table_empty(st.relation) THEN 'no stored per-unit values (none yet, or lost in a crash)'
     WHEN st.definition IS DISTINCT FROM fp THEN 'the experiment''s end or its metrics changed'
     WHEN several IS NOT NULL THEN format('the metrics of %s read several time columns: no watermark', several)
+    WHEN unmarked IS NOT NULL THEN format('no watermark of %s, or its lateness allowance grew', unmarked)
   END;
 
   IF reason IS NOT NULL THEN
@@ -741,10 +752,6 @@ BEGIN
   FOR sc IN SELECT * FROM experiment.source_specs(e, min_t0, max_t0, true) LOOP
     SELECT * INTO wm FROM experiment.source_watermarks w
     WHERE w.experiment_id = e.id AND w.source = sc.source AND w.unit_column = sc.unit_column AND w.owner = sc.reader;
-    IF wm.experiment_id IS NULL THEN
-      RAISE EXCEPTION 'no watermark of source % for experiment "%"', sc.source, e.id
-        USING HINT = format('Run SELECT experiment.refresh(%L, full => true).', e.id);
-    END IF;
     -- the split: from the latest event time the previous scan saw (this scan's is stored for
     -- the next), never earlier than the watermark (which stays while no event was seen)
     split := greatest(wm.settled_before, experiment.watermark_split(wm.latest_event, sc.late_events));
@@ -921,6 +928,9 @@ DECLARE
   by_day jsonb;
 BEGIN
   e := experiment.require_experiment(refresh.experiment_id);
+  IF refresh.full IS NULL THEN
+    PERFORM experiment.raise_invalid_value('full', 'NULL', 'true (read every source in full) or false (incremental where it can)');
+  END IF;
   -- one refresh of an experiment at a time
   PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('experiment.refresh:' || e.id));
 
@@ -936,7 +946,7 @@ BEGIN
   -- the conflict surfaces as a unique violation: reported as the serialization failure it is
   BEGIN
   -- the stored per-unit values, brought up to date (incrementally when they can be)
-  SELECT * INTO uv FROM experiment.refresh_unit_values(e, coalesce(refresh.full, false));
+  SELECT * INTO uv FROM experiment.refresh_unit_values(e, refresh.full);
   vals_from := format('(SELECT * FROM experiment.%I v WHERE NOT v.multi)', uv.relation);
   -- the units by variant and day of first exposure, in one pass: counts, enrollment, days
   EXECUTE format('CREATE TEMP TABLE exp_groups ON COMMIT DROP AS '
