@@ -37,3 +37,21 @@ include $(PGXS)
 
 $(EXTENSION)--$(EXTVERSION).sql: $(SQL_PARTS) $(EXTENSION).control
 	cat $(SQL_PARTS) > $@
+
+# experiment-kafka-sink (doc/kafka.md): an optional program, not needed by the extension.
+# Needs Debian's librdkafka-dev (>= 2.0) and libpq-dev.
+#   make kafka-sink && make install-kafka-sink
+KAFKA_SINK = sink/experiment-kafka-sink
+SINK_CFLAGS = -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter
+
+.PHONY: kafka-sink install-kafka-sink
+kafka-sink: $(KAFKA_SINK)
+
+$(KAFKA_SINK): sink/experiment-kafka-sink.c
+	$(CC) $(SINK_CFLAGS) -I$(includedir) -o $@ $< -L$(libdir) -lpq -lrdkafka
+
+install-kafka-sink: $(KAFKA_SINK)
+	$(MKDIR_P) '$(DESTDIR)$(bindir)'
+	$(INSTALL_PROGRAM) $(KAFKA_SINK) '$(DESTDIR)$(bindir)/experiment-kafka-sink'
+
+EXTRA_CLEAN += $(KAFKA_SINK)

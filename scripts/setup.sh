@@ -25,6 +25,7 @@ exp_packages=(
 	make gcc libc6-dev
 	postgresql-15 postgresql-server-dev-15 postgresql-15-cron
 	libgsl-dev
+	librdkafka-dev libpq-dev kcat
 	python3 python3-numpy python3-scipy python3-statsmodels python3-psycopg2
 	nodejs npm
 )
@@ -53,6 +54,10 @@ exp_build() {
 	exp_log "building and installing the extension"
 	make -C "$EXP_ROOT" -s PG_CONFIG="$PG_BINDIR/pg_config" >/dev/null
 	make -C "$EXP_ROOT" -s PG_CONFIG="$PG_BINDIR/pg_config" install >/dev/null
+	# experiment-kafka-sink (doc/kafka.md), where librdkafka is installed
+	if [ -f /usr/include/librdkafka/rdkafka.h ]; then
+		make -C "$EXP_ROOT" -s PG_CONFIG="$PG_BINDIR/pg_config" kafka-sink install-kafka-sink >/dev/null
+	fi
 }
 
 exp_stop_cluster() {

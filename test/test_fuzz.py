@@ -160,6 +160,7 @@ POOLS = {
     "text[]": arr([["'control'", "'treatment'"], ["''"], ["'a'", "'a'"], [BIG_TEXT], ["'fz_rev'"],
                    ["'amount'"], ["'sum'"], ["'user_id'"]], "text"),
     "boolean[]": arr([["true"], ["false", "true"], ["NULL"]], "boolean"),
+    "integer[]": arr([["0"], ["0", "1"], ["-1"], ["2147483647", "0"], ["NULL", "1"]], "int4"),
     "interval[]": arr([["'1 day'"], ["'-1 day'", "'0'"], ["'178000000 years'"]], "interval"),
     "timestamp with time zone[]": arr([["'2024-01-05 00:00:00+00'"], ["'infinity'", "'-infinity'"]], "timestamptz"),
     "experiment.moments[]": ["ARRAY[%s, %s]::experiment.moments[]" % (q(M1), q(M1B)), "NULL::experiment.moments[]",

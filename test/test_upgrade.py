@@ -258,9 +258,15 @@ try:
     ck.check(cur.fetchone()[0] == "postgres", "a metric registered before the upgrade is owned by the extension's owner")
     cur.execute("SELECT enrolled_units FROM experiment.refreshes WHERE experiment_id = 'upg'")
     ck.check(cur.fetchone()[0] == 401, "the refresh after the upgrade counts the staged exposure")
+    # the Kafka tables of 0.4.0 take rows on the upgraded database
+    cur.execute("SELECT experiment.kafka_advance_offsets('upg-group', '{upg}', '{0}', '{NULL}', '{3}')")
+    cur.execute("""SELECT dead_lettered FROM experiment.ingest_event_messages('public.orders', '{user_id}', '{user}',
+                   '{upg}', '{1}', '{7}', '{"not json"}')""")
+    ck.check(cur.fetchone()[0] == 1, "a malformed metric event is dead-lettered after the upgrade")
     tables = ["experiment.experiments", "experiment.variants", "experiment.metrics", "experiment.experiment_metrics",
               "experiment.exposures", "experiment.exposures_quarantine", "experiment.exposures_staging",
-              "experiment.conclusions", "public.orders", "public.rollup"]
+              "experiment.conclusions", "experiment.kafka_offsets", "experiment.kafka_dead_letters",
+              "public.orders", "public.rollup"]
 
     def fingerprint(k, t):
         k.execute("SELECT count(*), md5(coalesce(string_agg(x::text, E'\\n' ORDER BY x::text), '')) FROM %s x" % t)

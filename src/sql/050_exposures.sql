@@ -47,10 +47,17 @@ CREATE TABLE experiment.exposures_quarantine (
   unit_id text,
   variant text,
   event_id text,
-  payload jsonb NOT NULL
+  payload jsonb NOT NULL,
+  kafka_topic text,
+  kafka_partition integer,
+  kafka_offset bigint
 );
 COMMENT ON TABLE experiment.exposures_quarantine IS
   'bulk-loaded exposures that could not be stored (unknown experiment or variant, missing or invalid fields), with the reason';
+COMMENT ON COLUMN experiment.exposures_quarantine.payload IS
+  'the exposure as delivered; a message that was not JSON is kept as a JSON string of its text';
+COMMENT ON COLUMN experiment.exposures_quarantine.kafka_offset IS
+  'where a Kafka message came from (experiment-kafka-sink, doc/kafka.md): topic, partition and offset; NULL for other loads';
 SELECT pg_catalog.pg_extension_config_dump('experiment.exposures_quarantine', '');
 SELECT pg_catalog.pg_extension_config_dump('experiment.exposures_quarantine_id_seq', '');
 COMMENT ON SEQUENCE experiment.exposures_quarantine_id_seq IS 'ids of quarantined exposures';
@@ -84,6 +91,20 @@ END
 $$;
 COMMENT ON FUNCTION experiment.try_timestamptz(text) IS
   'internal: the text as timestamptz, or NULL when it is not a valid timestamp (used by bulk ingestion to quarantine bad rows)';
+
+-- text to jsonb, NULL when the text is not JSON that jsonb can store
+CREATE FUNCTION experiment.try_jsonb(value text) RETURNS jsonb
+  LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  RETURN value::jsonb;
+EXCEPTION WHEN data_exception OR program_limit_exceeded OR statement_too_complex THEN
+  RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION experiment.try_jsonb(text) IS
+  'internal: the text as jsonb, or NULL when it is not JSON that jsonb stores (used by the Kafka ingestion to quarantine bad messages)';
 
 CREATE FUNCTION experiment.log_exposure(
   experiment_id text, unit_id text, variant text,
@@ -121,23 +142,23 @@ $$;
 COMMENT ON FUNCTION experiment.log_exposure(text, text, text, timestamptz, text, text, jsonb, text) IS
   'store one exposure (idempotent: true when stored, false when it was a duplicate); unknown experiment or variant is an error';
 
-CREATE FUNCTION experiment.ingest_exposures(rows jsonb,
+-- The ingestion of exposures, shared by ingest_exposures() and ingest_exposure_messages():
+-- items[i] is the parsed exposure, or NULL when texts[i] was not JSON; topics, partitions and
+-- offsets (NULL, or as long as items) say where Kafka messages came from.
+CREATE FUNCTION experiment.store_exposures(items jsonb[], texts text[],
+  topics text[], partitions integer[], offsets bigint[],
   OUT inserted bigint, OUT duplicates bigint, OUT quarantined bigint)
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
 BEGIN
-  IF rows IS NULL OR jsonb_typeof(rows) <> 'array' THEN
-    RAISE EXCEPTION 'rows must be a JSON array of exposure objects, got %',
-      coalesce(jsonb_typeof(rows), 'NULL') USING ERRCODE = '22023';
-  END IF;
-
   WITH raw AS (
-    SELECT r.value AS payload, r.ordinality AS ord,
-           CASE WHEN jsonb_typeof(r.value) = 'object' THEN r.value END AS o
-    FROM jsonb_array_elements(rows) WITH ORDINALITY AS r
+    SELECT coalesce(r.item, pg_catalog.to_jsonb(r.text)) AS payload, r.ord,
+           CASE WHEN jsonb_typeof(r.item) = 'object' THEN r.item END AS o,
+           r.item IS NULL AS not_json, r.topic, r.part, r.off
+    FROM unnest(items, texts, topics, partitions, offsets) WITH ORDINALITY AS r(item, text, topic, part, off, ord)
   ), parsed AS (
-    SELECT payload, ord,
+    SELECT payload, ord, not_json, topic, part, off,
            o ->> 'experiment_id' AS experiment_id,
            o ->> 'unit_id' AS unit_id,
            o ->> 'variant' AS variant,
@@ -152,6 +173,7 @@ BEGIN
   ), checked AS (
     SELECT p.*,
            CASE
+             WHEN p.not_json THEN 'not JSON'
              WHEN p.not_object THEN 'not a JSON object'
              WHEN p.experiment_id IS NULL THEN 'missing experiment_id'
              WHEN p.unit_id IS NULL THEN 'missing unit_id'
@@ -168,8 +190,9 @@ BEGIN
            END AS reason
     FROM parsed p
   ), quarantine AS (
-    INSERT INTO experiment.exposures_quarantine (reason, experiment_id, unit_id, variant, event_id, payload)
-    SELECT reason, experiment_id, unit_id, variant, event_id, payload
+    INSERT INTO experiment.exposures_quarantine
+      (reason, experiment_id, unit_id, variant, event_id, payload, kafka_topic, kafka_partition, kafka_offset)
+    SELECT reason, experiment_id, unit_id, variant, event_id, payload, topic, part, off
     FROM checked WHERE reason IS NOT NULL
     ORDER BY ord
     RETURNING 1
@@ -187,6 +210,25 @@ BEGIN
          (SELECT count(*) FROM checked WHERE reason IS NULL) - (SELECT count(*) FROM stored),
          (SELECT count(*) FROM quarantine)
   INTO inserted, duplicates, quarantined;
+END
+$$;
+COMMENT ON FUNCTION experiment.store_exposures(jsonb[], text[], text[], integer[], bigint[]) IS
+  'internal: store parsed exposures idempotently and quarantine the rest with a reason (and, for Kafka messages, where they came from)';
+
+CREATE FUNCTION experiment.ingest_exposures(rows jsonb,
+  OUT inserted bigint, OUT duplicates bigint, OUT quarantined bigint)
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  IF rows IS NULL OR jsonb_typeof(rows) <> 'array' THEN
+    RAISE EXCEPTION 'rows must be a JSON array of exposure objects, got %',
+      coalesce(jsonb_typeof(rows), 'NULL') USING ERRCODE = '22023';
+  END IF;
+  SELECT s.inserted, s.duplicates, s.quarantined INTO inserted, duplicates, quarantined
+  FROM experiment.store_exposures(
+         ARRAY(SELECT r.value FROM jsonb_array_elements(rows) WITH ORDINALITY AS r ORDER BY r.ordinality),
+         NULL, NULL, NULL, NULL) AS s;
 END
 $$;
 COMMENT ON FUNCTION experiment.ingest_exposures(jsonb) IS

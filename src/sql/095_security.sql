@@ -135,7 +135,7 @@ DECLARE
   -- (refreshes without its error column: a source's error may quote its data; health shows
   -- the error to roles that may read every metric of the experiment)
   results text[] := '{enrollment,variant_stats,metric_results,conclusions,results,srm,health}';
-  ingestion text[] := '{exposures,exposures_quarantine,exposures_staging}';
+  ingestion text[] := '{exposures,exposures_quarantine,exposures_staging,kafka_offsets,kafka_dead_letters}';
 BEGIN
   FOREACH r IN ARRAY ARRAY['experiment_reader', 'experiment_ingest', 'experiment_analyst', 'experiment_admin'] LOOP
     role := r;
@@ -162,7 +162,9 @@ BEGIN
     EXECUTE format('GRANT SELECT, INSERT ON experiment.%I TO experiment_ingest', t);
   END LOOP;
   GRANT DELETE ON experiment.exposures_staging TO experiment_ingest;
-  GRANT USAGE ON SEQUENCE experiment.exposures_quarantine_id_seq TO experiment_ingest;
+  GRANT UPDATE ON experiment.kafka_offsets TO experiment_ingest;
+  GRANT USAGE ON SEQUENCE experiment.exposures_quarantine_id_seq, experiment.kafka_dead_letters_id_seq
+    TO experiment_ingest;
 
   -- experiment_analyst: designs experiments, registers metrics it may read, refreshes, concludes
   PERFORM experiment.grant_role_once('experiment_reader', 'experiment_analyst');
