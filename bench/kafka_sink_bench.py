@@ -137,8 +137,8 @@ def run_staging():
                                  o["event_id"]]) + "\n")
         buf.seek(0)
         cur.execute("BEGIN")
-        cur.copy_from(buf, "experiment.exposures_staging",
-                      columns=("experiment_id", "unit_id", "variant", "exposed_at", "client", "event_id"))
+        cur.copy_expert("COPY experiment.exposures_staging (experiment_id, unit_id, variant, exposed_at, client, "
+                        "event_id) FROM STDIN", buf)
         cur.execute("SELECT * FROM experiment.process_exposures_staging()")
         cur.execute("COMMIT")
     dt = time.time() - t
