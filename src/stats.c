@@ -278,11 +278,13 @@ check_nvars(const Moments *m, int want, const char *argname, const char *test)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s of %s must be %s experiment.moments, got %d variable%s",
-						argname, test, want == 1 ? "univariate" : "bivariate", m->nvars,
-						m->nvars == 1 ? "" : "s"),
+						argname, test, want == 1 ? "univariate" : want == 2 ? "bivariate" : "4-variable",
+						m->nvars, m->nvars == 1 ? "" : "s"),
 				 want == 1 ?
 				 errhint("Build them with experiment.moments(y).") :
-				 errhint("Build them with experiment.moments(y, x).")));
+				 want == 2 ?
+				 errhint("Build them with experiment.moments(y, x).") :
+				 errhint("Build them with experiment.moments(numerator, denominator, pre_numerator, pre_denominator).")));
 }
 
 /*
@@ -803,6 +805,122 @@ ratio_estimate(Estimate *e, const Moments *c, const Moments *t)
 	welch_estimate(e, var_c, var_t, var_c * ratio * ratio);
 }
 
+/* ---------- CUPED for ratio metrics ---------- */
+
+/*
+ * a' C b / (n - 1): the sample covariance of the linear combinations a'z and
+ * b'z of the moments' variables z; NaN when n < 2
+ */
+static double
+moments_bilinear(const Moments *m, const double *a, const double *b)
+{
+	double		s = 0;
+
+	if (m->n < 2)
+		return get_float8_nan();
+	for (int i = 0; i < m->nvars; i++)
+		for (int j = 0; j < m->nvars; j++)
+			s += a[i] * b[j] * MOMENTS_COM(m, i, j);
+	return s / (double) (m->n - 1);
+}
+
+/*
+ * One arm of a ratio metric with its pre-period: 4-variable moments of
+ * (numerator, denominator, pre-numerator, pre-denominator) per unit.  The
+ * arm's ratios R = mean(num)/mean(den) and Rp (pre-period), and the
+ * gradients of R and Rp in the four means, which linearise them per unit
+ * (delta method): R ~ R + g'(z - mean z).
+ */
+typedef struct
+{
+	double		r,
+				rp;
+	double		g[4],
+				gp[4];
+} RatioArm;
+
+static void
+ratio_arm_pre(const Moments *m, RatioArm *a)
+{
+	double		mu[4];
+
+	for (int i = 0; i < 4; i++)
+		mu[i] = m->n > 0 ? MOMENTS_MEAN(m, i) : get_float8_nan();
+	a->r = mu[1] != 0 ? mu[0] / mu[1] : get_float8_nan();
+	a->rp = mu[3] != 0 ? mu[2] / mu[3] : get_float8_nan();
+	memset(a->g, 0, sizeof a->g);
+	memset(a->gp, 0, sizeof a->gp);
+	a->g[0] = 1 / mu[1];
+	a->g[1] = -mu[0] / (mu[1] * mu[1]);
+	a->gp[2] = 1 / mu[3];
+	a->gp[3] = -mu[2] / (mu[3] * mu[3]);
+}
+
+/*
+ * theta of CUPED for ratio metrics: the covariance of the linearised ratio
+ * and pre-period ratio over the variance of the latter, each summed over the
+ * two arms (GrowthBook's RegressionAdjustedRatioStatistic, doc/statistics.md);
+ * 0 where it is undefined (no variance of the pre-period ratio, n < 2).
+ */
+static double
+cuped_ratio_theta_of(const Moments *c, const Moments *t)
+{
+	RatioArm	ac,
+				at;
+	double		num,
+				den;
+
+	ratio_arm_pre(c, &ac);
+	ratio_arm_pre(t, &at);
+	num = moments_bilinear(c, ac.g, ac.gp) + moments_bilinear(t, at.g, at.gp);
+	den = moments_bilinear(c, ac.gp, ac.gp) + moments_bilinear(t, at.gp, at.gp);
+	if (!isfinite(num) || !isfinite(den) || !(den > 0))
+		return 0;
+	return num / den;
+}
+
+/*
+ * CUPED for ratio metrics: Welch on R - theta Rp per arm, with per-unit
+ * variances of the linearisation (g - theta gp)' z.  The lift D/|R_c| of the
+ * adjusted difference D enters the control through D and R_c: its exact
+ * gradient gives the control part ((1 + D/R_c) g - theta gp)' z (as
+ * GrowthBook's frequentist_variance_relative_cuped_ratio; cuped_estimate
+ * scales by R_t/R_c instead, as GrowthBook's CUPED of means).  Means are
+ * reported unadjusted (R_c, R_t).
+ */
+static void
+cuped_ratio_estimate(Estimate *e, const Moments *c, const Moments *t)
+{
+	RatioArm	ac,
+				at;
+	double		theta = cuped_ratio_theta_of(c, t),
+				ratio,
+				lc[4],
+				lt[4],
+				llift[4];
+
+	estimate_init(e, c->n, t->n);
+	ratio_arm_pre(c, &ac);
+	ratio_arm_pre(t, &at);
+	e->mean_c = ac.r;
+	e->mean_t = at.r;
+	e->diff = (at.r - ac.r) - theta * (at.rp - ac.rp);
+	ratio = 1 + e->diff / ac.r;
+	for (int i = 0; i < 4; i++)
+	{
+		lc[i] = ac.g[i] - theta * ac.gp[i];
+		lt[i] = at.g[i] - theta * at.gp[i];
+		llift[i] = ratio * ac.g[i] - theta * ac.gp[i];
+	}
+	if (!isfinite(e->diff))
+	{
+		e->diff = get_float8_nan();
+		return;
+	}
+	welch_estimate(e, moments_bilinear(c, lc, lc), moments_bilinear(t, lt, lt),
+				   moments_bilinear(c, llift, llift));
+}
+
 /* ---------- the SQL test functions ---------- */
 
 /*
@@ -940,6 +1058,35 @@ Datum
 exp_cuped_ttest(PG_FUNCTION_ARGS)
 {
 	return moments_test(fcinfo, "cuped_ttest", 2, cuped_estimate);
+}
+
+/*
+ * cuped_ratio_ttest(control, treatment, alpha, alternative,
+ * sequential_tuning): Welch's t-test of a ratio metric adjusted by its
+ * pre-period ratio (CUPED for ratio metrics), from 4-variable moments of
+ * (numerator, denominator, pre-numerator, pre-denominator).
+ */
+PG_FUNCTION_INFO_V1(exp_cuped_ratio_ttest);
+Datum
+exp_cuped_ratio_ttest(PG_FUNCTION_ARGS)
+{
+	return moments_test(fcinfo, "cuped_ratio_ttest", 4, cuped_ratio_estimate);
+}
+
+/*
+ * cuped_ratio_theta(control, treatment): the theta cuped_ratio_ttest uses
+ * (0 where it is undefined).
+ */
+PG_FUNCTION_INFO_V1(exp_cuped_ratio_theta);
+Datum
+exp_cuped_ratio_theta(PG_FUNCTION_ARGS)
+{
+	Moments    *c = PG_GETARG_MOMENTS_P(0);
+	Moments    *t = PG_GETARG_MOMENTS_P(1);
+
+	check_nvars(c, 4, "control", "cuped_ratio_theta");
+	check_nvars(t, 4, "treatment", "cuped_ratio_theta");
+	PG_RETURN_FLOAT8(cuped_ratio_theta_of(c, t));
 }
 
 /*

@@ -109,6 +109,22 @@ CREATE FUNCTION experiment.ratio_ttest(control experiment.moments, treatment exp
 COMMENT ON FUNCTION experiment.ratio_ttest(experiment.moments, experiment.moments, float8, text, float8) IS
   'Welch''s t-test of a ratio metric sum(numerator)/sum(denominator) from bivariate moments of each unit''s (numerator, denominator), delta-method variances';
 
+CREATE FUNCTION experiment.cuped_ratio_ttest(control experiment.moments, treatment experiment.moments,
+                                             alpha float8 DEFAULT 0.05, alternative text DEFAULT 'two-sided',
+                                             sequential_tuning float8 DEFAULT NULL)
+  RETURNS experiment.test_result
+  AS 'MODULE_PATHNAME', 'exp_cuped_ratio_ttest' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.cuped_ratio_ttest(experiment.moments, experiment.moments, float8, text, float8) IS
+  'Welch''s t-test of a ratio metric adjusted by its pre-period ratio (CUPED for ratio metrics, theta from the delta-method '
+  'linearisation over both arms) from 4-variable moments of (numerator, denominator, pre-numerator, pre-denominator); '
+  'means reported unadjusted';
+
+CREATE FUNCTION experiment.cuped_ratio_theta(control experiment.moments, treatment experiment.moments) RETURNS float8
+  AS 'MODULE_PATHNAME', 'exp_cuped_ratio_theta' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.cuped_ratio_theta(experiment.moments, experiment.moments) IS
+  'the theta of cuped_ratio_ttest: covariance of the linearised ratio and pre-period ratio over the variance of the latter, '
+  'summed over both arms; 0 where undefined';
+
 -- sample ratio mismatch
 
 CREATE FUNCTION experiment.srm_chisq(observed bigint[], weights float8[] DEFAULT NULL) RETURNS float8

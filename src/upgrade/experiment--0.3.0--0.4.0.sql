@@ -7,6 +7,24 @@
 -- test/test_upgrade.py checks that the result equals a fresh 0.4.0 install.
 \echo Use "ALTER EXTENSION experiment UPDATE TO '0.4.0'" to load this file. \quit
 
+CREATE OR REPLACE FUNCTION experiment.cuped_ratio_ttest(control experiment.moments, treatment experiment.moments,
+                                             alpha float8 DEFAULT 0.05, alternative text DEFAULT 'two-sided',
+                                             sequential_tuning float8 DEFAULT NULL)
+  RETURNS experiment.test_result
+  AS 'MODULE_PATHNAME', 'exp_cuped_ratio_ttest' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION experiment.cuped_ratio_ttest(experiment.moments, experiment.moments, float8, text, float8) IS
+  'Welch''s t-test of a ratio metric adjusted by its pre-period ratio (CUPED for ratio metrics, theta from the delta-method '
+  'linearisation over both arms) from 4-variable moments of (numerator, denominator, pre-numerator, pre-denominator); '
+  'means reported unadjusted';
+
+CREATE OR REPLACE FUNCTION experiment.cuped_ratio_theta(control experiment.moments, treatment experiment.moments) RETURNS float8
+  AS 'MODULE_PATHNAME', 'exp_cuped_ratio_theta' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION experiment.cuped_ratio_theta(experiment.moments, experiment.moments) IS
+  'the theta of cuped_ratio_ttest: covariance of the linearised ratio and pre-period ratio over the variance of the latter, '
+  'summed over both arms; 0 where undefined';
+
 ALTER TABLE experiment.exposures_quarantine
   ADD COLUMN kafka_topic text,
   ADD COLUMN kafka_partition integer,
@@ -73,13 +91,13 @@ BEGIN
              WHEN p.exposed_at IS NULL THEN 'invalid exposed_at'
              WHEN NOT experiment.exposed_at_valid(p.exposed_at)
                THEN 'exposed_at out of range (1970-01-01 to 2200-01-01)'
-             WHEN NOT EXISTS (SELECT 1 FROM experiment.experiments e WHERE e.id = p.experiment_id)
-               THEN 'unknown experiment'
-             WHEN NOT EXISTS (SELECT 1 FROM experiment.variants v
-                              WHERE v.experiment_id = p.experiment_id AND v.name = p.variant)
-               THEN 'unknown variant'
+             WHEN e.id IS NULL THEN 'unknown experiment'
+             WHEN v.name IS NULL THEN 'unknown variant'
            END AS reason
+    -- joins (one row each: the keys are unique), not a subquery per row
     FROM parsed p
+    LEFT JOIN experiment.experiments e ON e.id = p.experiment_id
+    LEFT JOIN experiment.variants v ON v.experiment_id = p.experiment_id AND v.name = p.variant
   ), quarantine AS (
     INSERT INTO experiment.exposures_quarantine
       (reason, experiment_id, unit_id, variant, event_id, payload, kafka_topic, kafka_partition, kafka_offset)
