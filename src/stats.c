@@ -904,6 +904,13 @@ cuped_ratio_estimate(Estimate *e, const Moments *c, const Moments *t)
 	ratio_arm_pre(t, &at);
 	e->mean_c = ac.r;
 	e->mean_t = at.r;
+	if (theta == 0)
+	{
+		/* no adjustment: the plain ratio test, whatever the pre-period (even undefined) */
+		memset(ac.gp, 0, sizeof ac.gp);
+		memset(at.gp, 0, sizeof at.gp);
+		ac.rp = at.rp = 0;
+	}
 	e->diff = (at.r - ac.r) - theta * (at.rp - ac.rp);
 	ratio = 1 + e->diff / ac.r;
 	for (int i = 0; i < 4; i++)

@@ -55,7 +55,7 @@ COMMENT ON TABLE experiment.variant_stats IS
 COMMENT ON COLUMN experiment.variant_stats.moments IS
   'moments of the per-unit value y; for ratio metrics bivariate moments of (numerator, denominator)';
 COMMENT ON COLUMN experiment.variant_stats.cuped_moments IS
-  'bivariate moments of (y, pre-period y) when the metric has a CUPED lookback';
+  'bivariate moments of (y, pre-period y) when the metric has a CUPED lookback; for ratio metrics 4-variable moments of (numerator, denominator, pre-period numerator, pre-period denominator)';
 COMMENT ON COLUMN experiment.variant_stats.cap IS 'winsorization cap applied to y (pooled percentile), if any';
 COMMENT ON COLUMN experiment.variant_stats.skipped_values IS
   'source values of the variant''s units that were NaN or infinite and were left out of the per-unit values (no measurement)';
@@ -65,7 +65,7 @@ CREATE TABLE experiment.metric_results (
   metric text NOT NULL,
   variant text NOT NULL,
   control_variant text NOT NULL,
-  method text NOT NULL CHECK (method IN ('welch', 'prop_ztest', 'cuped', 'ratio')),
+  method text NOT NULL CHECK (method IN ('welch', 'prop_ztest', 'cuped', 'ratio', 'cuped_ratio')),
   alpha float8 NOT NULL,
   test experiment.test_result,
   refreshed_at timestamptz NOT NULL,
@@ -85,15 +85,22 @@ COMMENT ON COLUMN experiment.metric_results.bound_test IS
 COMMENT ON COLUMN experiment.metric_results.harm_test IS
   'guardrails: the one-sided test of harm (p-value of "treatment is worse")';
 
--- the method of a metric between two arms: ratio metrics by the delta method, CUPED where
--- both arms have a pre-period covariate that varies, else the proportion or Welch test
+-- the method of a metric between two arms: ratio metrics by the delta method (adjusted by the
+-- pre-period ratio where both arms have one: pre-period denominators and a pre-period that
+-- varies), CUPED where both arms have a pre-period covariate that varies, else the proportion
+-- or Welch test
 CREATE FUNCTION experiment.metric_method(kind text, c_cuped experiment.moments, t_cuped experiment.moments)
   RETURNS text
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
   SELECT CASE
-    WHEN kind = 'ratio' THEN 'ratio'
+    WHEN kind = 'ratio' THEN
+      CASE WHEN c_cuped IS NOT NULL AND t_cuped IS NOT NULL
+                AND coalesce(experiment.mean(c_cuped, 4), 0) <> 0 AND coalesce(experiment.mean(t_cuped, 4), 0) <> 0
+                AND (coalesce(experiment.variance(c_cuped OPERATOR(experiment.+) t_cuped, 3), 0) > 0
+                     OR coalesce(experiment.variance(c_cuped OPERATOR(experiment.+) t_cuped, 4), 0) > 0)
+           THEN 'cuped_ratio' ELSE 'ratio' END
     WHEN c_cuped IS NOT NULL AND t_cuped IS NOT NULL
          AND coalesce(experiment.variance(c_cuped OPERATOR(experiment.+) t_cuped, 2), 0) > 0 THEN 'cuped'
     WHEN kind = 'proportion' THEN 'prop_ztest'
@@ -101,7 +108,7 @@ AS $$
   END
 $$;
 COMMENT ON FUNCTION experiment.metric_method(text, experiment.moments, experiment.moments) IS
-  'internal: the test method of a metric (ratio, cuped, prop_ztest or welch) from its kind and its arms'' CUPED moments';
+  'internal: the test method of a metric (ratio, cuped_ratio, cuped, prop_ztest or welch) from its kind and its arms'' CUPED moments';
 
 -- N* of an experiment's sequential analysis: as registered, else the planned sample (target
 -- units per variant times the variants), else 5000 (GrowthBook's default)
@@ -131,6 +138,7 @@ CREATE FUNCTION experiment.metric_test(method text, c experiment.moments, t expe
 AS $$
   SELECT CASE method
     WHEN 'ratio' THEN experiment.ratio_ttest(c, t, alpha, alternative, sequential_tuning)
+    WHEN 'cuped_ratio' THEN experiment.cuped_ratio_ttest(c_cuped, t_cuped, alpha, alternative, sequential_tuning)
     WHEN 'cuped' THEN experiment.cuped_ttest(c_cuped, t_cuped, alpha, alternative, sequential_tuning)
     WHEN 'prop_ztest' THEN experiment.prop_ztest(
       pg_catalog.round(experiment.mean(c) * experiment.n(c))::bigint, experiment.n(c),
@@ -141,9 +149,9 @@ AS $$
 $$;
 COMMENT ON FUNCTION experiment.metric_test(text, experiment.moments, experiment.moments, experiment.moments,
                                            experiment.moments, float8, text, float8) IS
-  'internal: the test of a metric (method ratio, cuped, prop_ztest or welch) between two arms under an inference';
+  'internal: the test of a metric (method ratio, cuped_ratio, cuped, prop_ztest or welch) between two arms under an inference';
 COMMENT ON COLUMN experiment.metric_results.method IS
-  'ratio_ttest for ratio metrics, cuped_ttest when a pre-period covariate exists, else prop_ztest (proportions) or welch_ttest';
+  'ratio_ttest for ratio metrics (cuped_ratio_ttest when they have a pre-period), cuped_ttest when a pre-period covariate exists, else prop_ztest (proportions) or welch_ttest';
 
 -- SQL of a per-unit value column (v<i> or p<i> of exp_vals), capped when a cap is given
 CREATE FUNCTION experiment.capped_sql(prefix text, i integer, cap float8) RETURNS text
@@ -488,7 +496,8 @@ COMMENT ON FUNCTION experiment.create_units_table(experiment.experiments) IS
   'internal: the temporary table exp_units of an experiment''s units (first variant and exposure, multi-variant mark)';
 
 -- the base metrics (non-ratio) an experiment needs, numbered: pg_temp.exp_base (name, pre, i);
--- pre-period values only for metrics analysed directly with a CUPED lookback
+-- pre-period values for metrics analysed directly with a CUPED lookback, and for the parts of
+-- a ratio metric with a CUPED lookback (each over its own lookback) when both parts have one
 CREATE FUNCTION experiment.create_base_table(e experiment.experiments) RETURNS void
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
   SET search_path = pg_catalog, experiment, pg_temp
@@ -502,7 +511,11 @@ BEGIN
       SELECT d.name, d.kind <> 'ratio' AND d.cuped_lookback IS NOT NULL AS pre
       FROM direct d WHERE d.kind <> 'ratio'
       UNION ALL
-      SELECT p.part, false FROM direct d, LATERAL (VALUES (d.numerator), (d.denominator)) p(part)
+      SELECT p.part, d.cuped_lookback IS NOT NULL
+                     AND (SELECT pn.cuped_lookback IS NOT NULL AND pd.cuped_lookback IS NOT NULL
+                          FROM experiment.metrics pn, experiment.metrics pd
+                          WHERE pn.name = d.numerator AND pd.name = d.denominator)
+      FROM direct d, LATERAL (VALUES (d.numerator), (d.denominator)) p(part)
       WHERE d.kind = 'ratio'
     )
     SELECT n.name, bool_or(n.pre) AS pre, row_number() OVER (ORDER BY n.name)::integer AS i
@@ -1015,6 +1028,10 @@ BEGIN
     FOR r IN SELECT m2.name, m2.kind, b.i, b.pre,
                     (SELECT bn.i FROM exp_base bn WHERE bn.name = m2.numerator) AS ni,
                     (SELECT bd.i FROM exp_base bd WHERE bd.name = m2.denominator) AS di,
+                    -- a ratio metric with a pre-period: both parts' pre-period values
+                    m2.cuped_lookback IS NOT NULL
+                      AND coalesce((SELECT bn.pre FROM exp_base bn WHERE bn.name = m2.numerator), false)
+                      AND coalesce((SELECT bd.pre FROM exp_base bd WHERE bd.name = m2.denominator), false) AS rpre,
                     row_number() OVER (ORDER BY m2.name) AS j
              FROM experiment.experiment_metrics em JOIN experiment.metrics m2 ON m2.name = em.metric
              LEFT JOIN exp_base b ON b.name = m2.name
@@ -1029,7 +1046,14 @@ BEGIN
         aggs := aggs || format(', experiment.moments(%s, %s) AS a%s, pg_catalog.sum(v.s%s + v.s%s) AS k%s',
                                experiment.capped_sql('v', r.ni, caps[r.ni]), experiment.capped_sql('v', r.di, caps[r.di]), r.j,
                                r.ni, r.di, r.j);
-        unpivot := unpivot || format(', (%L, a.a%s, NULL::experiment.moments, NULL::float8, a.k%s)', r.name, r.j, r.j);
+        IF r.rpre THEN
+          aggs := aggs || format(', experiment.moments(%s, %s, %s, %s) AS c%s',
+                                 experiment.capped_sql('v', r.ni, caps[r.ni]), experiment.capped_sql('v', r.di, caps[r.di]),
+                                 experiment.capped_sql('p', r.ni, pre_caps[r.ni]), experiment.capped_sql('p', r.di, pre_caps[r.di]),
+                                 r.j);
+        END IF;
+        unpivot := unpivot || format(', (%L, a.a%s, %s, NULL::float8, a.k%s)', r.name, r.j,
+                                     CASE WHEN r.rpre THEN format('a.c%s', r.j) ELSE 'NULL::experiment.moments' END, r.j);
       ELSE
         aggs := aggs || format(', experiment.moments(%s) AS a%s, pg_catalog.sum(v.s%s) AS k%s',
                                experiment.capped_sql('v', r.i, caps[r.i]), r.j, r.i, r.j);
@@ -1213,14 +1237,23 @@ BEGIN
   -- the moments of every metric, per simulation and pseudo-arm, in one pass
   FOR r IN SELECT m2.name, m2.kind, b.i, b.pre,
                   (SELECT bn.i FROM pg_temp.exp_base bn WHERE bn.name = m2.numerator) AS ni,
-                  (SELECT bd.i FROM pg_temp.exp_base bd WHERE bd.name = m2.denominator) AS di
+                  (SELECT bd.i FROM pg_temp.exp_base bd WHERE bd.name = m2.denominator) AS di,
+                  m2.cuped_lookback IS NOT NULL
+                    AND coalesce((SELECT bn.pre FROM pg_temp.exp_base bn WHERE bn.name = m2.numerator), false)
+                    AND coalesce((SELECT bd.pre FROM pg_temp.exp_base bd WHERE bd.name = m2.denominator), false) AS rpre
            FROM experiment.experiment_metrics em JOIN experiment.metrics m2 ON m2.name = em.metric
            LEFT JOIN pg_temp.exp_base b ON b.name = m2.name
            WHERE em.experiment_id = e.id ORDER BY m2.name LOOP
     j := j + 1;
     IF r.kind = 'ratio' THEN
-      aggs := aggs || format(', experiment.moments(%s, %s) AS a%s, NULL::experiment.moments AS c%s',
-                             experiment.capped_sql('v', r.ni, prep.caps[r.ni]), experiment.capped_sql('v', r.di, prep.caps[r.di]), j, j);
+      aggs := aggs || format(', experiment.moments(%s, %s) AS a%s, %s AS c%s',
+                             experiment.capped_sql('v', r.ni, prep.caps[r.ni]), experiment.capped_sql('v', r.di, prep.caps[r.di]), j,
+                             CASE WHEN r.rpre THEN format('experiment.moments(%s, %s, %s, %s)',
+                                                          experiment.capped_sql('v', r.ni, prep.caps[r.ni]),
+                                                          experiment.capped_sql('v', r.di, prep.caps[r.di]),
+                                                          experiment.capped_sql('p', r.ni, prep.pre_caps[r.ni]),
+                                                          experiment.capped_sql('p', r.di, prep.pre_caps[r.di]))
+                                  ELSE 'NULL::experiment.moments' END, j);
     ELSE
       aggs := aggs || format(', experiment.moments(%s) AS a%s, %s AS c%s',
                              experiment.capped_sql('v', r.i, prep.caps[r.i]), j,

@@ -490,7 +490,8 @@ BEGIN
         lines := lines || (indent
           || experiment.readout_metric_line(r.res, upper(left(control, 1)) || substr(control, 2),
                                             upper(left(r.variant, 1)) || substr(r.variant, 2))
-          || CASE (r.res).method WHEN 'cuped' THEN '   (CUPED)' WHEN 'ratio' THEN '   (delta method)' ELSE '' END);
+          || CASE (r.res).method WHEN 'cuped' THEN '   (CUPED)' WHEN 'ratio' THEN '   (delta method)'
+                                 WHEN 'cuped_ratio' THEN '   (CUPED, delta method)' ELSE '' END);
       ELSE
         lines := lines || format('%s%s: no result (%s)', indent, upper(left(r.variant, 1)) || substr(r.variant, 2),
           CASE WHEN NOT experiment.may_read_metric(g.metric)

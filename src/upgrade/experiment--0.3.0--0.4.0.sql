@@ -4,6 +4,8 @@
 -- the quarantine's kafka_topic, kafka_partition and kafka_offset columns,
 -- ingest_exposure_messages(), ingest_event_messages() and kafka_advance_offsets();
 -- setup_roles() grants experiment_ingest the new tables (run it again after the update).
+-- CUPED for ratio metrics: cuped_ratio_ttest(), cuped_ratio_theta(), method 'cuped_ratio'
+-- of metric_results (ratio metrics with a cuped_lookback whose parts have one).
 -- test/test_upgrade.py checks that the result equals a fresh 0.4.0 install.
 \echo Use "ALTER EXTENSION experiment UPDATE TO '0.4.0'" to load this file. \quit
 
@@ -139,6 +141,555 @@ BEGIN
   FROM experiment.store_exposures(
          ARRAY(SELECT r.value FROM jsonb_array_elements(rows) WITH ORDINALITY AS r ORDER BY r.ordinality),
          NULL, NULL, NULL, NULL) AS s;
+END
+$$;
+
+COMMENT ON COLUMN experiment.variant_stats.cuped_moments IS
+  'bivariate moments of (y, pre-period y) when the metric has a CUPED lookback; for ratio metrics 4-variable moments of (numerator, denominator, pre-period numerator, pre-period denominator)';
+
+ALTER TABLE experiment.metric_results
+  DROP CONSTRAINT metric_results_method_check,
+  ADD CONSTRAINT metric_results_method_check
+    CHECK (method IN ('welch', 'prop_ztest', 'cuped', 'ratio', 'cuped_ratio'));
+
+-- the method of a metric between two arms: ratio metrics by the delta method (adjusted by the
+-- pre-period ratio where both arms have one: pre-period denominators and a pre-period that
+-- varies), CUPED where both arms have a pre-period covariate that varies, else the proportion
+-- or Welch test
+CREATE OR REPLACE FUNCTION experiment.metric_method(kind text, c_cuped experiment.moments, t_cuped experiment.moments)
+  RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE
+    WHEN kind = 'ratio' THEN
+      CASE WHEN c_cuped IS NOT NULL AND t_cuped IS NOT NULL
+                AND coalesce(experiment.mean(c_cuped, 4), 0) <> 0 AND coalesce(experiment.mean(t_cuped, 4), 0) <> 0
+                AND (coalesce(experiment.variance(c_cuped OPERATOR(experiment.+) t_cuped, 3), 0) > 0
+                     OR coalesce(experiment.variance(c_cuped OPERATOR(experiment.+) t_cuped, 4), 0) > 0)
+           THEN 'cuped_ratio' ELSE 'ratio' END
+    WHEN c_cuped IS NOT NULL AND t_cuped IS NOT NULL
+         AND coalesce(experiment.variance(c_cuped OPERATOR(experiment.+) t_cuped, 2), 0) > 0 THEN 'cuped'
+    WHEN kind = 'proportion' THEN 'prop_ztest'
+    ELSE 'welch'
+  END
+$$;
+
+COMMENT ON FUNCTION experiment.metric_method(text, experiment.moments, experiment.moments) IS
+  'internal: the test method of a metric (ratio, cuped_ratio, cuped, prop_ztest or welch) from its kind and its arms'' CUPED moments';
+
+-- the test of one metric between two arms: the one place where a metric's method (its
+-- kind and whether it has a CUPED covariate) picks the estimator, and the experiment's
+-- analysis the inference
+CREATE OR REPLACE FUNCTION experiment.metric_test(method text, c experiment.moments, t experiment.moments,
+                                       c_cuped experiment.moments, t_cuped experiment.moments,
+                                       alpha float8, alternative text, sequential_tuning float8)
+  RETURNS experiment.test_result
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE method
+    WHEN 'ratio' THEN experiment.ratio_ttest(c, t, alpha, alternative, sequential_tuning)
+    WHEN 'cuped_ratio' THEN experiment.cuped_ratio_ttest(c_cuped, t_cuped, alpha, alternative, sequential_tuning)
+    WHEN 'cuped' THEN experiment.cuped_ttest(c_cuped, t_cuped, alpha, alternative, sequential_tuning)
+    WHEN 'prop_ztest' THEN experiment.prop_ztest(
+      pg_catalog.round(experiment.mean(c) * experiment.n(c))::bigint, experiment.n(c),
+      pg_catalog.round(experiment.mean(t) * experiment.n(t))::bigint, experiment.n(t),
+      alpha, alternative, sequential_tuning)
+    ELSE experiment.welch_ttest(c, t, alpha, alternative, sequential_tuning)
+  END
+$$;
+
+COMMENT ON FUNCTION experiment.metric_test(text, experiment.moments, experiment.moments, experiment.moments,
+                                           experiment.moments, float8, text, float8) IS
+  'internal: the test of a metric (method ratio, cuped_ratio, cuped, prop_ztest or welch) between two arms under an inference';
+
+COMMENT ON COLUMN experiment.metric_results.method IS
+  'ratio_ttest for ratio metrics (cuped_ratio_ttest when they have a pre-period), cuped_ttest when a pre-period covariate exists, else prop_ztest (proportions) or welch_ttest';
+
+-- the base metrics (non-ratio) an experiment needs, numbered: pg_temp.exp_base (name, pre, i);
+-- pre-period values for metrics analysed directly with a CUPED lookback, and for the parts of
+-- a ratio metric with a CUPED lookback (each over its own lookback) when both parts have one
+CREATE OR REPLACE FUNCTION experiment.create_base_table(e experiment.experiments) RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  CREATE TEMP TABLE exp_base ON COMMIT DROP AS
+    WITH direct AS (
+      SELECT mm.* FROM experiment.experiment_metrics em JOIN experiment.metrics mm ON mm.name = em.metric
+      WHERE em.experiment_id = e.id
+    ), needed AS (
+      SELECT d.name, d.kind <> 'ratio' AND d.cuped_lookback IS NOT NULL AS pre
+      FROM direct d WHERE d.kind <> 'ratio'
+      UNION ALL
+      SELECT p.part, d.cuped_lookback IS NOT NULL
+                     AND (SELECT pn.cuped_lookback IS NOT NULL AND pd.cuped_lookback IS NOT NULL
+                          FROM experiment.metrics pn, experiment.metrics pd
+                          WHERE pn.name = d.numerator AND pd.name = d.denominator)
+      FROM direct d, LATERAL (VALUES (d.numerator), (d.denominator)) p(part)
+      WHERE d.kind = 'ratio'
+    )
+    SELECT n.name, bool_or(n.pre) AS pre, row_number() OVER (ORDER BY n.name)::integer AS i
+    FROM needed n GROUP BY n.name;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION experiment.refresh(experiment_id text, full boolean DEFAULT false) RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+  -- per-unit aggregation of a million units fits in memory; JIT compilation costs more than it saves here
+  SET work_mem = '256MB'
+  SET jit = off
+  -- the results do not depend on who refreshes: timestamp and date columns and calendar
+  -- windows are read in UTC, and the generated SQL prints and reads back numbers, times and
+  -- arrays the same, whatever the caller's session says
+  SET TimeZone = 'UTC'
+  SET DateStyle = 'ISO, MDY'
+  SET IntervalStyle = 'postgres'
+  SET extra_float_digits = 1
+  SET array_nulls = on
+  SET transform_null_equals = off
+  SET row_security = on
+AS $$
+DECLARE
+  e experiment.experiments;
+  started timestamptz := clock_timestamp();
+  ts timestamptz := now();
+  control text;
+  nmulti bigint;
+  nunits bigint;
+  nearly bigint;
+  tuning float8;
+  min_t0 timestamptz;
+  max_t0 timestamptz;
+  m experiment.metrics;
+  vals_from text;
+  aggs text := '';
+  caps float8[];
+  pre_caps float8[];
+  unpivot text := '';
+  r record;
+  uv record;
+  by_day jsonb;
+BEGIN
+  e := experiment.require_experiment(refresh.experiment_id);
+  IF refresh.full IS NULL THEN
+    PERFORM experiment.raise_invalid_value('full', 'NULL', 'true (read every source in full) or false (incremental where it can)');
+  END IF;
+  -- one refresh of an experiment at a time
+  PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('experiment.refresh:' || e.id));
+
+  PERFORM experiment.validate_experiment_metrics(e.id);
+  SELECT v.name INTO control FROM experiment.variants v WHERE v.experiment_id = e.id AND v.is_control;
+  IF control IS NULL THEN
+    RAISE EXCEPTION 'experiment "%" has no control variant', e.id
+      USING ERRCODE = '22023', HINT = 'Set is_control on one row of experiment.variants.';
+  END IF;
+
+  -- the stored state is replaced as a whole; in a REPEATABLE READ or SERIALIZABLE transaction
+  -- whose snapshot predates another refresh's commit the rows to replace are invisible, and
+  -- the conflict surfaces as a unique violation: reported as the serialization failure it is
+  BEGIN
+  -- the stored per-unit values, brought up to date (incrementally when they can be)
+  SELECT * INTO uv FROM experiment.refresh_unit_values(e, refresh.full);
+  vals_from := format('(SELECT * FROM experiment.%I v WHERE NOT v.multi)', uv.relation);
+  -- the units by variant and day of first exposure, in one pass: counts, enrollment, days
+  EXECUTE format('CREATE TEMP TABLE exp_groups ON COMMIT DROP AS '
+                 'SELECT u.multi, CASE WHEN NOT u.multi THEN u.variant END AS variant, '
+                 'CASE WHEN NOT u.multi THEN (u.t0 AT TIME ZONE ''UTC'')::date END AS day, '
+                 'NOT u.multi AND u.t0 < %L::timestamptz AS early, count(*) AS units, '
+                 'pg_catalog.min(u.t0) AS min_t0, pg_catalog.max(u.t0) AS max_t0 '
+                 'FROM experiment.%I u GROUP BY 1, 2, 3, 4', e.start_at, uv.relation);
+  SELECT coalesce(sum(g.units) FILTER (WHERE g.multi), 0), coalesce(sum(g.units) FILTER (WHERE NOT g.multi), 0),
+         coalesce(sum(g.units) FILTER (WHERE g.early), 0),
+         pg_catalog.min(g.min_t0) FILTER (WHERE NOT g.multi), pg_catalog.max(g.max_t0) FILTER (WHERE NOT g.multi)
+    INTO nmulti, nunits, nearly, min_t0, max_t0
+    FROM pg_temp.exp_groups g;
+  -- caps, CUPED covariates and tests: from the stored values, no source is read again
+  SELECT * INTO caps, pre_caps FROM experiment.winsorization_caps(vals_from);
+
+    DELETE FROM experiment.variant_stats vs WHERE vs.experiment_id = e.id;
+    DELETE FROM experiment.metric_results mr WHERE mr.experiment_id = e.id;
+    DELETE FROM experiment.enrollment en WHERE en.experiment_id = e.id;
+
+    FOR r IN SELECT m2.name, m2.kind, b.i, b.pre,
+                    (SELECT bn.i FROM exp_base bn WHERE bn.name = m2.numerator) AS ni,
+                    (SELECT bd.i FROM exp_base bd WHERE bd.name = m2.denominator) AS di,
+                    -- a ratio metric with a pre-period: both parts' pre-period values
+                    m2.cuped_lookback IS NOT NULL
+                      AND coalesce((SELECT bn.pre FROM exp_base bn WHERE bn.name = m2.numerator), false)
+                      AND coalesce((SELECT bd.pre FROM exp_base bd WHERE bd.name = m2.denominator), false) AS rpre,
+                    row_number() OVER (ORDER BY m2.name) AS j
+             FROM experiment.experiment_metrics em JOIN experiment.metrics m2 ON m2.name = em.metric
+             LEFT JOIN exp_base b ON b.name = m2.name
+             -- (a metric added while this refresh ran has no stored values: it waits for the next one)
+             WHERE em.experiment_id = e.id
+               AND CASE WHEN m2.kind = 'ratio'
+                        THEN EXISTS (SELECT FROM exp_base bn WHERE bn.name = m2.numerator)
+                             AND EXISTS (SELECT FROM exp_base bd WHERE bd.name = m2.denominator)
+                        ELSE b.i IS NOT NULL END
+             ORDER BY m2.name LOOP
+      IF r.kind = 'ratio' THEN
+        aggs := aggs || format(', experiment.moments(%s, %s) AS a%s, pg_catalog.sum(v.s%s + v.s%s) AS k%s',
+                               experiment.capped_sql('v', r.ni, caps[r.ni]), experiment.capped_sql('v', r.di, caps[r.di]), r.j,
+                               r.ni, r.di, r.j);
+        IF r.rpre THEN
+          aggs := aggs || format(', experiment.moments(%s, %s, %s, %s) AS c%s',
+                                 experiment.capped_sql('v', r.ni, caps[r.ni]), experiment.capped_sql('v', r.di, caps[r.di]),
+                                 experiment.capped_sql('p', r.ni, pre_caps[r.ni]), experiment.capped_sql('p', r.di, pre_caps[r.di]),
+                                 r.j);
+        END IF;
+        unpivot := unpivot || format(', (%L, a.a%s, %s, NULL::float8, a.k%s)', r.name, r.j,
+                                     CASE WHEN r.rpre THEN format('a.c%s', r.j) ELSE 'NULL::experiment.moments' END, r.j);
+      ELSE
+        aggs := aggs || format(', experiment.moments(%s) AS a%s, pg_catalog.sum(v.s%s) AS k%s',
+                               experiment.capped_sql('v', r.i, caps[r.i]), r.j, r.i, r.j);
+        IF r.pre THEN
+          aggs := aggs || format(', experiment.moments(%s, %s) AS c%s', experiment.capped_sql('v', r.i, caps[r.i]),
+                                 experiment.capped_sql('p', r.i, pre_caps[r.i]), r.j);
+        END IF;
+        unpivot := unpivot || format(', (%L, a.a%s, %s, %L::float8, a.k%s)', r.name, r.j,
+                                     CASE WHEN r.pre THEN format('a.c%s', r.j) ELSE 'NULL::experiment.moments' END,
+                                     caps[r.i], r.j);
+      END IF;
+    END LOOP;
+
+    -- per-variant moments of every metric in one pass over the per-unit values
+    IF unpivot <> '' THEN
+      EXECUTE format(
+        'INSERT INTO experiment.variant_stats (experiment_id, metric, variant, units, moments, cuped_moments, cap, '
+        'skipped_values, refreshed_at) '
+        'SELECT %L, k.metric, a.variant, a.units, k.m, k.c, k.cap, k.skipped, %L '
+        'FROM (SELECT v.variant, count(*) AS units%s FROM %s v GROUP BY v.variant) a '
+        'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, skipped)',
+        e.id, ts, aggs, vals_from, substr(unpivot, 3));
+    END IF;
+
+    INSERT INTO experiment.enrollment (experiment_id, variant, units, refreshed_at)
+    SELECT e.id, v.name, coalesce(c.units, 0), ts
+    FROM experiment.variants v
+    LEFT JOIN (SELECT g.variant, sum(g.units)::bigint AS units FROM pg_temp.exp_groups g WHERE NOT g.multi
+               GROUP BY g.variant) c ON c.variant = v.name
+    WHERE v.experiment_id = e.id;
+
+    -- tests of each treatment against control
+    -- the inference: sequential (N* from the registry or the planned sample), fixed, or Bayesian
+    -- (fixed-horizon tests, turned into posteriors by the results view)
+    tuning := CASE WHEN e.analysis = 'sequential' THEN experiment.sequential_tuning_of(e) END;
+    INSERT INTO experiment.metric_results
+      (experiment_id, metric, variant, control_variant, method, alpha, test, refreshed_at,
+       analysis, sequential_tuning, bound_test, harm_test)
+    SELECT e.id, m2.name, t.variant, c.variant, k.method, e.alpha,
+           experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments,
+                                  e.alpha, 'two-sided', tuning),
+           ts, e.analysis, tuning,
+           -- guardrails: one-sided tests in each direction, under the same inference
+           CASE WHEN em.role = 'guardrail' THEN
+             experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments, e.alpha,
+                                    CASE WHEN m2.higher_is_better THEN 'greater' ELSE 'less' END, tuning) END,
+           CASE WHEN em.role = 'guardrail' THEN
+             experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments, e.alpha,
+                                    CASE WHEN m2.higher_is_better THEN 'less' ELSE 'greater' END, tuning) END
+    FROM experiment.experiment_metrics em
+    JOIN experiment.metrics m2 ON m2.name = em.metric
+    JOIN experiment.variant_stats c
+      ON c.experiment_id = e.id AND c.metric = m2.name AND c.variant = control
+    JOIN experiment.variant_stats t
+      ON t.experiment_id = e.id AND t.metric = m2.name AND t.variant <> control
+    CROSS JOIN LATERAL (SELECT experiment.metric_method(m2.kind, c.cuped_moments, t.cuped_moments) AS method) k
+    WHERE em.experiment_id = e.id;
+
+    SELECT coalesce(jsonb_agg(jsonb_build_object('day', d.day, 'units', d.units) ORDER BY d.day), '[]')
+      INTO by_day
+      FROM (SELECT g.day, sum(g.units)::bigint AS units FROM pg_temp.exp_groups g WHERE NOT g.multi GROUP BY g.day) d;
+    INSERT INTO experiment.refreshes AS f
+      (experiment_id, refreshed_at, duration, enrolled_units, multi_variant_units, early_units,
+       first_exposure, last_exposure, exposures_by_day, error, error_at, mode, full_reason)
+    SELECT e.id, ts, clock_timestamp() - started, nunits, nmulti, nearly, min_t0, max_t0, by_day,
+           NULL, NULL, uv.mode, uv.reason
+    ON CONFLICT ON CONSTRAINT refreshes_pkey DO UPDATE SET
+      refreshed_at = excluded.refreshed_at, duration = excluded.duration,
+      enrolled_units = excluded.enrolled_units, multi_variant_units = excluded.multi_variant_units,
+      early_units = excluded.early_units,
+      first_exposure = excluded.first_exposure, last_exposure = excluded.last_exposure,
+      exposures_by_day = excluded.exposures_by_day, error = NULL, error_at = NULL,
+      mode = excluded.mode, full_reason = excluded.full_reason;
+  EXCEPTION WHEN unique_violation THEN
+    RAISE EXCEPTION 'could not refresh experiment "%": another refresh committed after this transaction''s snapshot', e.id
+      USING ERRCODE = 'serialization_failure', DETAIL = SQLERRM,
+            HINT = 'Retry the transaction, or refresh in a READ COMMITTED transaction.';
+  END;
+
+  PERFORM experiment.drop_refresh_tables();
+END
+$$;
+
+-- ===========================================================================
+-- A/A validation
+-- ===========================================================================
+
+CREATE OR REPLACE FUNCTION experiment.aa_test(experiment_id text, simulations integer DEFAULT 1000, seed integer DEFAULT 0)
+  RETURNS TABLE (metric text, method text, n_simulations integer, alpha float8, false_positives bigint,
+                 false_positive_rate float8, band_lower float8, band_upper float8,
+                 ks_statistic float8, ks_p_value float8)
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+  SET work_mem = '256MB'
+  SET jit = off
+  SET TimeZone = 'UTC'
+  SET DateStyle = 'ISO, MDY'
+  SET IntervalStyle = 'postgres'
+  SET extra_float_digits = 1
+  SET array_nulls = on
+  SET transform_null_equals = off
+  SET row_security = on
+AS $$
+DECLARE
+  e experiment.experiments;
+  prep record;
+  share float8;
+  hidden text;
+  aggs text := '';
+  tests text := '';
+  r record;
+  j integer := 0;
+BEGIN
+  e := experiment.require_experiment(aa_test.experiment_id);
+  IF aa_test.simulations IS NULL OR aa_test.simulations < 10 OR aa_test.simulations > 100000 THEN
+    PERFORM experiment.raise_invalid_value('simulations', coalesce(aa_test.simulations::text, 'NULL'),
+                                           'between 10 and 100000');
+  END IF;
+  IF aa_test.seed IS NULL THEN
+    PERFORM experiment.raise_invalid_value('seed', 'NULL', 'an integer');
+  END IF;
+  PERFORM experiment.validate_experiment_metrics(e.id);
+  -- it reads the sources as its caller: say which metric it may not read, up front
+  SELECT string_agg(em.metric, ', ' ORDER BY em.metric) INTO hidden
+  FROM experiment.experiment_metrics em
+  WHERE em.experiment_id = e.id AND NOT experiment.may_read_metric(em.metric);
+  IF hidden IS NOT NULL THEN
+    RAISE EXCEPTION 'aa_test of experiment "%": role % may not read the source of metric %', e.id, current_user, hidden
+      USING ERRCODE = 'insufficient_privilege',
+            HINT = 'aa_test() reads the sources as its caller; run it as a role that may SELECT them.';
+  END IF;
+  -- the pseudo-control's share: the control's share of control + the first treatment
+  SELECT c.allocation / nullif(c.allocation + t.allocation, 0) INTO share
+  FROM experiment.variants c, LATERAL (SELECT v.allocation FROM experiment.variants v
+                                       WHERE v.experiment_id = c.experiment_id AND NOT v.is_control
+                                       ORDER BY v.name LIMIT 1) t
+  WHERE c.experiment_id = e.id AND c.is_control;
+  IF share IS NULL OR NOT (share > 0 AND share < 1) THEN
+    RAISE EXCEPTION 'experiment "%" needs a control and a treatment with positive allocations for an A/A test', e.id
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+
+  PERFORM experiment.drop_refresh_tables();
+  SELECT * INTO prep FROM experiment.prepare_unit_values(e, true, false);
+
+  -- the moments of every metric, per simulation and pseudo-arm, in one pass
+  FOR r IN SELECT m2.name, m2.kind, b.i, b.pre,
+                  (SELECT bn.i FROM pg_temp.exp_base bn WHERE bn.name = m2.numerator) AS ni,
+                  (SELECT bd.i FROM pg_temp.exp_base bd WHERE bd.name = m2.denominator) AS di,
+                  m2.cuped_lookback IS NOT NULL
+                    AND coalesce((SELECT bn.pre FROM pg_temp.exp_base bn WHERE bn.name = m2.numerator), false)
+                    AND coalesce((SELECT bd.pre FROM pg_temp.exp_base bd WHERE bd.name = m2.denominator), false) AS rpre
+           FROM experiment.experiment_metrics em JOIN experiment.metrics m2 ON m2.name = em.metric
+           LEFT JOIN pg_temp.exp_base b ON b.name = m2.name
+           WHERE em.experiment_id = e.id ORDER BY m2.name LOOP
+    j := j + 1;
+    IF r.kind = 'ratio' THEN
+      aggs := aggs || format(', experiment.moments(%s, %s) AS a%s, %s AS c%s',
+                             experiment.capped_sql('v', r.ni, prep.caps[r.ni]), experiment.capped_sql('v', r.di, prep.caps[r.di]), j,
+                             CASE WHEN r.rpre THEN format('experiment.moments(%s, %s, %s, %s)',
+                                                          experiment.capped_sql('v', r.ni, prep.caps[r.ni]),
+                                                          experiment.capped_sql('v', r.di, prep.caps[r.di]),
+                                                          experiment.capped_sql('p', r.ni, prep.pre_caps[r.ni]),
+                                                          experiment.capped_sql('p', r.di, prep.pre_caps[r.di]))
+                                  ELSE 'NULL::experiment.moments' END, j);
+    ELSE
+      aggs := aggs || format(', experiment.moments(%s) AS a%s, %s AS c%s',
+                             experiment.capped_sql('v', r.i, prep.caps[r.i]), j,
+                             CASE WHEN r.pre THEN format('experiment.moments(%s, %s)', experiment.capped_sql('v', r.i, prep.caps[r.i]),
+                                                        experiment.capped_sql('p', r.i, prep.pre_caps[r.i]))
+                                  ELSE 'NULL::experiment.moments' END, j);
+    END IF;
+    tests := tests || format(' UNION ALL SELECT %L AS metric, %L AS kind, c.s, c.a%s AS cm, t.a%s AS tm, c.c%s AS cc, t.c%s AS tc FROM g c JOIN g t ON t.s = c.s AND NOT t.is_c WHERE c.is_c',
+                             r.name, r.kind, j, j, j, j);
+  END LOOP;
+  IF j = 0 THEN
+    RETURN;
+  END IF;
+
+  RETURN QUERY EXECUTE format($q$
+    WITH g AS (
+      SELECT s.s, (((pg_catalog.hashtextextended(v.unit_id, %s::bigint * 1000003 + s.s) %% 10000) + 10000) %% 10000) < %s AS is_c
+             %s
+      FROM %s v CROSS JOIN pg_catalog.generate_series(1, %s) s(s)
+      GROUP BY 1, 2
+    ), pairs AS (%s
+    ), p AS (
+      SELECT x.metric, k.method,
+             (experiment.metric_test(k.method, x.cm, x.tm, x.cc, x.tc, %s, 'two-sided', NULL)).p_value AS p
+      FROM pairs x
+      CROSS JOIN LATERAL (SELECT experiment.metric_method(x.kind, x.cc, x.tc) AS method) k
+    ), ranked AS (
+      SELECT p.*, row_number() OVER (PARTITION BY p.metric ORDER BY p.p) AS i,
+             count(*) OVER (PARTITION BY p.metric) AS n
+      FROM p WHERE p.p IS NOT NULL
+    ), ks AS (
+      SELECT ranked.metric, pg_catalog.max(greatest(ranked.i::float8 / ranked.n - ranked.p,
+                                                    ranked.p - (ranked.i - 1)::float8 / ranked.n)) AS d,
+             pg_catalog.max(ranked.n) AS n
+      FROM ranked GROUP BY ranked.metric
+    )
+    SELECT p.metric, pg_catalog.min(p.method), %s::integer, %s::float8,
+           count(*) FILTER (WHERE p.p < %s),
+           (count(*) FILTER (WHERE p.p < %s))::float8 / nullif(count(p.p), 0)::float8,
+           %s::float8 - 2.5758293035489 * sqrt(%s::float8 * (1 - %s::float8) / nullif(count(p.p), 0)),
+           %s::float8 + 2.5758293035489 * sqrt(%s::float8 * (1 - %s::float8) / nullif(count(p.p), 0)),
+           pg_catalog.min(ks.d),
+           pg_catalog.min(experiment.ks_p_value(ks.d, ks.n))
+    FROM p LEFT JOIN ks ON ks.metric = p.metric
+    GROUP BY p.metric ORDER BY p.metric$q$,
+    aa_test.seed, (share * 10000)::integer, aggs, prep.vals_from, aa_test.simulations, substr(tests, 12),
+    e.alpha, aa_test.simulations, e.alpha, e.alpha, e.alpha, e.alpha, e.alpha, e.alpha, e.alpha, e.alpha, e.alpha);
+  PERFORM experiment.drop_refresh_tables();
+END
+$$;
+
+-- ===========================================================================
+-- The readout
+-- ===========================================================================
+
+CREATE OR REPLACE FUNCTION experiment.readout(experiment_id text) RETURNS text
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  ex experiment.experiments;
+  h experiment.health;
+  dec record;
+  b record;
+  control text;
+  ntreat integer;
+  lines text[] := '{}';
+  line text;
+  r record;
+  days float8;
+  g record;
+  sec_seen boolean := false;
+  indent text;
+BEGIN
+  ex := experiment.require_experiment(readout.experiment_id);
+  SELECT * INTO h FROM experiment.health h0 WHERE h0.experiment_id = ex.id;
+  IF h.refreshed_at IS NULL THEN
+    RAISE EXCEPTION 'experiment "%" has not been refreshed', ex.id
+      USING ERRCODE = 'invalid_parameter_value', HINT = format('Run SELECT experiment.refresh(%L) first.', ex.id);
+  END IF;
+  SELECT v.name INTO control FROM experiment.variants v WHERE v.experiment_id = ex.id AND v.is_control;
+  SELECT count(*) INTO ntreat FROM experiment.variants v WHERE v.experiment_id = ex.id AND NOT v.is_control;
+
+  days := h.days_run;
+  lines := lines || format('Experiment: %s   Duration: %s', ex.id,
+    CASE WHEN days IS NULL THEN 'n/a'
+         WHEN floor(days) = 1 THEN '1 day'
+         ELSE floor(days)::bigint || ' days' END);
+
+  SELECT string_agg(experiment.format_count(en.units) || ' ' || en.variant, ' / '
+                    ORDER BY en.variant IS DISTINCT FROM control, en.variant)
+    INTO line FROM experiment.enrollment en WHERE en.experiment_id = ex.id;
+  lines := lines || format('Sample: %s   SRM %s %s (threshold 0.001)', line, experiment.format_p(h.srm_p_value),
+                           CASE WHEN h.srm_ok THEN 'ok' WHEN h.srm_ok IS NULL THEN 'not computed' ELSE 'FAILED' END);
+  IF NOT h.multi_variant_ok THEN
+    lines := lines || format('Warning: %s%% of the units (%s) were exposed to several variants and are excluded',
+                             round((h.multi_variant_share * 100)::numeric, 1),
+                             experiment.format_count(h.multi_variant_units));
+  END IF;
+  -- every reason the decision is held back or invalid, each on its line
+  FOR b IN SELECT * FROM experiment.decision_blockers(ex.id) LOOP
+    lines := lines || format('%s: %s', CASE b.decision WHEN 'INVALID' THEN 'Invalid' ELSE 'Keep running' END, b.reason);
+  END LOOP;
+  lines := lines || format('Analysis: %s, alpha = %s%s', experiment.format_analysis(ex), ex.alpha,
+    CASE WHEN ex.correction = 'none' OR ex.analysis = 'bayesian' THEN ''
+         ELSE format(', %s correction of secondary metrics (family: %s)',
+                     experiment.format_correction(ex.correction), ex.correction_family) END);
+  IF ntreat > 1 THEN
+    lines := lines || format('Comparisons: each of the %s treatments against %s at alpha = %s, %s',
+                             ntreat, control, ex.alpha,
+                             CASE WHEN ex.correction = 'none' OR ex.analysis = 'bayesian'
+                                  THEN 'not corrected for multiple comparisons'
+                                  ELSE format('the primary metric %s-corrected across the arms',
+                                              experiment.format_correction(ex.correction)) END);
+  END IF;
+
+  -- primary, then secondary metrics; a line for every treatment, with or without a result
+  FOR g IN SELECT em.metric, em.role FROM experiment.experiment_metrics em
+           WHERE em.experiment_id = ex.id AND em.role IN ('primary', 'secondary')
+           ORDER BY em.role = 'secondary', em.metric LOOP
+    IF g.role = 'primary' THEN
+      lines := lines || format('Primary metric (%s):', g.metric);
+      indent := '  ';
+    ELSE
+      IF NOT sec_seen THEN
+        lines := lines || 'Secondary metrics:'::text;
+        sec_seen := true;
+      END IF;
+      lines := lines || format('  %s:', g.metric);
+      indent := '    ';
+    END IF;
+    FOR r IN SELECT v.name AS variant, rr AS res, rr.p_value IS NOT NULL AS has_result,
+                    EXISTS (SELECT 1 FROM experiment.variant_stats vs
+                            WHERE vs.experiment_id = ex.id AND vs.metric = g.metric) AS refreshed,
+                    coalesce(en.units, 0) AS units
+             FROM experiment.variants v
+             LEFT JOIN experiment.enrollment en ON en.experiment_id = v.experiment_id AND en.variant = v.name
+             LEFT JOIN experiment.results rr ON rr.experiment_id = v.experiment_id AND rr.metric = g.metric
+                                            AND rr.variant = v.name
+             WHERE v.experiment_id = ex.id AND NOT v.is_control
+             ORDER BY v.name LOOP
+      IF r.has_result THEN
+        lines := lines || (indent
+          || experiment.readout_metric_line(r.res, upper(left(control, 1)) || substr(control, 2),
+                                            upper(left(r.variant, 1)) || substr(r.variant, 2))
+          || CASE (r.res).method WHEN 'cuped' THEN '   (CUPED)' WHEN 'ratio' THEN '   (delta method)'
+                                 WHEN 'cuped_ratio' THEN '   (CUPED, delta method)' ELSE '' END);
+      ELSE
+        lines := lines || format('%s%s: no result (%s)', indent, upper(left(r.variant, 1)) || substr(r.variant, 2),
+          CASE WHEN NOT experiment.may_read_metric(g.metric)
+                 THEN format('hidden: role %s may not read its source', current_user)
+               WHEN NOT r.refreshed THEN 'the metric was added after the latest refresh'
+               WHEN r.units < 2 THEN format('%s has %s unit%s', r.variant, r.units, CASE WHEN r.units = 1 THEN '' ELSE 's' END)
+               WHEN (SELECT en2.units FROM experiment.enrollment en2
+                     WHERE en2.experiment_id = ex.id AND en2.variant = control) < 2
+                 THEN format('%s has fewer than 2 units', control)
+               ELSE 'the test is undefined: no variance in either variant' END);
+      END IF;
+    END LOOP;
+  END LOOP;
+
+  SELECT string_agg(q.metric || ' ' || CASE WHEN NOT experiment.may_read_metric(q.metric) THEN 'hidden'
+                                             WHEN q.statuses IS NULL THEN 'no result'
+                                             WHEN 'failed' = ANY (q.statuses) THEN 'FAILED'
+                                             WHEN 'inconclusive' = ANY (q.statuses)
+                                               THEN format('inconclusive (harm bound %s%%, margin %s%%)',
+                                                           experiment.format_percent(q.bound),
+                                                           experiment.format_percent(q.margin))
+                                             WHEN q.undefined THEN 'ok (no variance)' ELSE 'ok' END,
+                    '   ' ORDER BY q.metric)
+    INTO line
+    FROM (SELECT em.metric, array_agg(rr.guardrail_status) FILTER (WHERE rr.guardrail_status IS NOT NULL) AS statuses,
+                 pg_catalog.max(rr.harm_bound) AS bound, pg_catalog.max(em.non_inferiority_margin) AS margin,
+                 bool_and(rr.p_value IS NULL) AS undefined
+          FROM experiment.experiment_metrics em
+          LEFT JOIN experiment.results rr ON rr.experiment_id = em.experiment_id AND rr.metric = em.metric
+          WHERE em.experiment_id = ex.id AND em.role = 'guardrail'
+          GROUP BY em.metric) q;
+  lines := lines || ('Guardrails:  ' || coalesce(line, 'none'));
+
+  SELECT * INTO dec FROM experiment.decision(ex.id);
+  lines := lines || ('Decision: ' || dec.decision || ' (' || dec.reason || ')');
+  RETURN array_to_string(lines, E'\n');
 END
 $$;
 
@@ -482,3 +1033,5 @@ $$;
 COMMENT ON FUNCTION experiment.kafka_advance_offsets(text, text[], integer[], bigint[], bigint[], bigint[]) IS
   'move the stored next offsets of a consumer group from expected (NULL: none stored yet) to next_offsets, '
   'or fail with 40001 when another consumer moved them first; called in the transaction that stores the messages';
+
+ALTER FUNCTION experiment.refresh(text, boolean) SECURITY DEFINER;
