@@ -309,6 +309,34 @@ for name in ("e2e_orders", "e2e_max_order", "e2e_sessions", "e2e_late_sessions")
     ck.close(r["statistic"], float(res.statistic), "%s t vs scipy welch" % name, rel=1e-6)
     ck.close(r["diff"], float(y[t].mean() - y[c].mean()), "%s diff" % name, rel=1e-9, abs_tol=1e-12)
 
+# results over time: each day of first exposure, the Welch test of the units enrolled up to
+# the end of that day (UTC), with their values at the refresh
+uday = (ut0 // DAY).astype(np.int64)
+daily = {r[0]: r[1:] for r in q("""SELECT day, units_control, units_treatment, diff, p_value, lift, method
+                                   FROM experiment.results_daily WHERE experiment_id = 'e2e' AND metric = 'e2e_orders'
+                                   AND variant = 'treatment' ORDER BY day""")}
+want_days = sorted({(START + dt.timedelta(days=int(d))).date() for d in uday})
+ck.check(sorted(daily) == want_days, "results_daily has a row per day of first exposure: %d rows, %d days"
+         % (len(daily), len(want_days)))
+y = values["e2e_orders"]
+for k, day in enumerate(want_days):
+    if day not in daily:
+        continue
+    upto = uday <= (day - START.date()).days
+    cd, td = c & upto, t & upto
+    nc_, nt_, diff_, p_, lift_, method_ = daily[day]
+    ck.check((nc_, nt_, method_) == (int(cd.sum()), int(td.sum()), "welch"),
+             "results_daily %s: units %r/%r, method %r" % (day, nc_, nt_, method_))
+    if cd.sum() >= 2 and td.sum() >= 2:
+        res = stats.ttest_ind(y[td], y[cd], equal_var=False)
+        ck.close(p_, float(res.pvalue), "results_daily %s p-value vs scipy on the units enrolled by then" % day, rel=1e-6)
+        ck.close(diff_, float(y[td].mean() - y[cd].mean()), "results_daily %s diff" % day, rel=1e-9, abs_tol=1e-12)
+final = results_of("e2e_orders")
+last = daily[want_days[-1]]
+# (from merged per-day moments: equal to rounding)
+ck.close(last[2], final["diff"], "the last day of results_daily is the result", rel=1e-12, abs_tol=1e-15)
+ck.close(last[3], final["p_value"], "the last day's p-value is the result's", rel=1e-9)
+
 # CUPED, the documented estimator (doc/statistics.md, cuped_ttest): Welch on
 # y - theta (x - mean x) with theta = cov(x, y) / var(x) over all units of both
 # arms together (not the within-arm pooled estimate); the statistic, diff,

@@ -85,6 +85,34 @@ COMMENT ON COLUMN experiment.metric_results.bound_test IS
 COMMENT ON COLUMN experiment.metric_results.harm_test IS
   'guardrails: the one-sided test of harm (p-value of "treatment is worse")';
 
+CREATE TABLE experiment.results_daily (
+  experiment_id text NOT NULL REFERENCES experiment.experiments (id) ON DELETE CASCADE,
+  metric text NOT NULL,
+  variant text NOT NULL,
+  day date NOT NULL,
+  control_variant text NOT NULL,
+  method text NOT NULL,
+  units_control bigint NOT NULL,
+  units_treatment bigint NOT NULL,
+  mean_control float8,
+  mean_treatment float8,
+  diff float8,
+  diff_lower float8,
+  diff_upper float8,
+  lift float8,
+  lift_lower float8,
+  lift_upper float8,
+  p_value float8,
+  refreshed_at timestamptz NOT NULL,
+  PRIMARY KEY (experiment_id, metric, variant, day)
+);
+COMMENT ON TABLE experiment.results_daily IS
+  'results over time: for each day (UTC) of first exposure, the test of the units enrolled up to the end of that day, '
+  'with their values at the latest refresh (cumulative; from per-day moments merged, doc/analysis.md)';
+COMMENT ON COLUMN experiment.results_daily.method IS 'the method of the metric''s result at the latest refresh (metric_results.method)';
+COMMENT ON COLUMN experiment.results_daily.p_value IS
+  'under the experiment''s analysis: with a sequential analysis, always-valid, so reading every day is not peeking';
+
 -- the method of a metric between two arms: ratio metrics by the delta method (adjusted by the
 -- pre-period ratio where both arms have one: pre-period denominators and a pre-period that
 -- varies), CUPED where both arms have a pre-period covariate that varies, else the proportion
@@ -207,7 +235,7 @@ BEGIN
   FOR t IN SELECT c.relname FROM pg_catalog.pg_class c
            WHERE c.relnamespace = pg_catalog.pg_my_temp_schema()
              AND c.relname IN ('exp_units', 'exp_vals', 'exp_base', 'exp_newx', 'exp_touch', 'exp_marks',
-                               'exp_groups') LOOP
+                               'exp_groups', 'exp_daily') LOOP
     EXECUTE format('DROP TABLE pg_temp.%I', t);
   END LOOP;
 END
@@ -1111,6 +1139,43 @@ BEGIN
       ON t.experiment_id = e.id AND t.metric = m2.name AND t.variant <> control
     CROSS JOIN LATERAL (SELECT experiment.metric_method(m2.kind, c.cuped_moments, t.cuped_moments) AS method) k
     WHERE em.experiment_id = e.id;
+
+    -- results over time: moments per day of first exposure, merged cumulatively, tested per day
+    DELETE FROM experiment.results_daily rd WHERE rd.experiment_id = e.id;
+    IF unpivot <> '' THEN
+      EXECUTE format(
+        'CREATE TEMP TABLE exp_daily ON COMMIT DROP AS '
+        'SELECT k.metric, a.variant, a.day, a.units, k.m, k.c '
+        'FROM (SELECT v.variant, (v.t0 AT TIME ZONE ''UTC'')::date AS day, count(*) AS units%s '
+        '      FROM %s v GROUP BY 1, 2) a '
+        'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, skipped)',
+        aggs, vals_from, substr(unpivot, 3));
+      INSERT INTO experiment.results_daily
+        (experiment_id, metric, variant, day, control_variant, method, units_control, units_treatment,
+         mean_control, mean_treatment, diff, diff_lower, diff_upper, lift, lift_lower, lift_upper, p_value,
+         refreshed_at)
+      WITH cum AS (
+        SELECT d.metric, d.variant, d.day, sum(d.units) OVER w AS units,
+               experiment.merge(d.m) OVER w AS m, experiment.merge(d.c) OVER w AS c
+        FROM pg_temp.exp_daily d
+        WINDOW w AS (PARTITION BY d.metric, d.variant ORDER BY d.day)
+      ), days AS (
+        SELECT DISTINCT d.metric, d.day FROM pg_temp.exp_daily d
+      )
+      SELECT e.id, mr.metric, mr.variant, dy.day, mr.control_variant, mr.method, cc.units, ct.units,
+             (x.t).mean_control, (x.t).mean_treatment, (x.t).diff, (x.t).diff_lower, (x.t).diff_upper,
+             (x.t).lift, (x.t).lift_lower, (x.t).lift_upper, (x.t).p_value, ts
+      FROM experiment.metric_results mr
+      JOIN days dy ON dy.metric = mr.metric
+      -- each arm as of the end of the day: its latest cumulative state (a day without units carries over)
+      CROSS JOIN LATERAL (SELECT * FROM cum WHERE cum.metric = mr.metric AND cum.variant = mr.control_variant
+                          AND cum.day <= dy.day ORDER BY cum.day DESC LIMIT 1) cc
+      CROSS JOIN LATERAL (SELECT * FROM cum WHERE cum.metric = mr.metric AND cum.variant = mr.variant
+                          AND cum.day <= dy.day ORDER BY cum.day DESC LIMIT 1) ct
+      CROSS JOIN LATERAL (SELECT experiment.metric_test(mr.method, cc.m, ct.m, cc.c, ct.c, e.alpha, 'two-sided',
+                                                        tuning) AS t) x
+      WHERE mr.experiment_id = e.id;
+    END IF;
 
     SELECT coalesce(jsonb_agg(jsonb_build_object('day', d.day, 'units', d.units) ORDER BY d.day), '[]')
       INTO by_day

@@ -99,6 +99,22 @@ AS $$
 $$;
 COMMENT ON FUNCTION experiment.format_percent(float8) IS 'internal: a share as a percentage with one decimal, e.g. 5.1 for 0.0512';
 
+-- a one-line chart of a series: each value as one of eight block heights between the
+-- series' least and greatest value (NULL: a space; a flat series: the middle height)
+CREATE FUNCTION experiment.sparkline(vals float8[]) RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT string_agg(CASE WHEN v IS NULL OR NOT (abs(v) < 'Infinity'::float8) THEN ' '
+                         WHEN hi = lo THEN '▄'
+                         ELSE substr('▁▂▃▄▅▆▇█', 1 + least(7, floor((v - lo) / (hi - lo) * 8)::integer), 1) END,
+                    '' ORDER BY k)
+  FROM unnest(vals) WITH ORDINALITY AS u(v, k),
+       (SELECT min(x) AS lo, max(x) AS hi FROM unnest(vals) x WHERE abs(x) < 'Infinity'::float8) b
+$$;
+COMMENT ON FUNCTION experiment.sparkline(float8[]) IS
+  'a series as a one-line text chart of block characters ▁ to █, scaled between its least and greatest value';
+
 -- the name of a multiple-testing correction
 CREATE FUNCTION experiment.format_correction(correction text, short boolean DEFAULT false) RETURNS text
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -416,6 +432,7 @@ DECLARE
   r record;
   days float8;
   g record;
+  s record;
   sec_seen boolean := false;
   indent text;
 BEGIN
@@ -504,6 +521,25 @@ BEGIN
                ELSE 'the test is undefined: no variance in either variant' END);
       END IF;
     END LOOP;
+    -- the primary metric's cumulative lift by day of first exposure (experiment.results_daily)
+    IF g.role = 'primary' THEN
+      FOR s IN SELECT rd.variant, array_agg(rd.lift ORDER BY rd.day) AS lifts, count(*) AS ndays,
+                      (array_agg(rd.lift ORDER BY rd.day DESC))[1] AS lift,
+                      (array_agg(rd.lift_lower ORDER BY rd.day DESC))[1] AS lo,
+                      (array_agg(rd.lift_upper ORDER BY rd.day DESC))[1] AS hi
+               FROM experiment.results_daily rd
+               WHERE rd.experiment_id = ex.id AND rd.metric = g.metric
+               GROUP BY rd.variant ORDER BY rd.variant LOOP
+        CONTINUE WHEN s.ndays < 2 OR s.lift IS NULL;
+        lines := lines || format('  Lift by day%s: %s  %s%% [%s%%, %s%%] (cumulative, %s days of first exposure)',
+                                 CASE WHEN ntreat > 1 THEN ' (' || s.variant || ')' ELSE '' END,
+                                 experiment.sparkline(s.lifts),
+                                 CASE WHEN s.lift >= 0 THEN '+' ELSE '' END || experiment.format_percent(s.lift),
+                                 CASE WHEN s.lo >= 0 THEN '+' ELSE '' END || experiment.format_percent(s.lo),
+                                 CASE WHEN s.hi >= 0 THEN '+' ELSE '' END || experiment.format_percent(s.hi),
+                                 s.ndays);
+      END LOOP;
+    END IF;
   END LOOP;
 
   SELECT string_agg(q.metric || ' ' || CASE WHEN NOT experiment.may_read_metric(q.metric) THEN 'hidden'

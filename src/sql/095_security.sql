@@ -16,6 +16,11 @@ CREATE POLICY variant_stats_readable ON experiment.variant_stats FOR SELECT
   USING (experiment.may_read_metric(metric));
 COMMENT ON POLICY variant_stats_readable ON experiment.variant_stats IS
   'a role sees the per-variant moments of the metrics whose sources it may read';
+ALTER TABLE experiment.results_daily ENABLE ROW LEVEL SECURITY;
+CREATE POLICY results_daily_readable ON experiment.results_daily FOR SELECT
+  USING (experiment.may_read_metric(metric));
+COMMENT ON POLICY results_daily_readable ON experiment.results_daily IS
+  'a role sees the results over time of the metrics whose sources it may read';
 ALTER TABLE experiment.conclusions ENABLE ROW LEVEL SECURITY;
 -- sources is [{"source": oid, "columns": [name, ...]}, ...] (a check constraint keeps it so)
 CREATE FUNCTION experiment.may_read_sources(sources jsonb) RETURNS boolean
@@ -51,6 +56,7 @@ BEGIN
   IF TG_OP = 'TRUNCATE' THEN
     DELETE FROM experiment.metric_results;
     DELETE FROM experiment.variant_stats;
+    DELETE FROM experiment.results_daily;
     RETURN NULL;
   END IF;
   IF TG_OP = 'UPDATE' AND (NEW.name, NEW.source, NEW.unit_column, NEW.time_column, NEW.value_column, NEW.owner,
@@ -65,6 +71,9 @@ BEGIN
   DELETE FROM experiment.variant_stats v
    WHERE v.metric = OLD.name
       OR v.metric IN (SELECT m.name FROM experiment.metrics m WHERE OLD.name IN (m.numerator, m.denominator));
+  DELETE FROM experiment.results_daily d
+   WHERE d.metric = OLD.name
+      OR d.metric IN (SELECT m.name FROM experiment.metrics m WHERE OLD.name IN (m.numerator, m.denominator));
   RETURN NULL;
 END
 $$;
@@ -86,6 +95,7 @@ BEGIN
   END IF;
   DELETE FROM experiment.metric_results r WHERE r.experiment_id = OLD.experiment_id AND r.metric = OLD.metric;
   DELETE FROM experiment.variant_stats v WHERE v.experiment_id = OLD.experiment_id AND v.metric = OLD.metric;
+  DELETE FROM experiment.results_daily d WHERE d.experiment_id = OLD.experiment_id AND d.metric = OLD.metric;
   RETURN NULL;
 END
 $$;
@@ -134,7 +144,7 @@ DECLARE
   registry text[] := '{experiments,variants,metrics,experiment_metrics}';
   -- (refreshes without its error column: a source's error may quote its data; health shows
   -- the error to roles that may read every metric of the experiment)
-  results text[] := '{enrollment,variant_stats,metric_results,conclusions,results,srm,health}';
+  results text[] := '{enrollment,variant_stats,metric_results,results_daily,conclusions,results,srm,health}';
   ingestion text[] := '{exposures,exposures_quarantine,exposures_staging,kafka_offsets,kafka_dead_letters}';
 BEGIN
   FOREACH r IN ARRAY ARRAY['experiment_reader', 'experiment_ingest', 'experiment_analyst', 'experiment_admin'] LOOP

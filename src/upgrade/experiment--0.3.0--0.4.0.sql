@@ -6,6 +6,8 @@
 -- setup_roles() grants experiment_ingest the new tables (run it again after the update).
 -- CUPED for ratio metrics: cuped_ratio_ttest(), cuped_ratio_theta(), method 'cuped_ratio'
 -- of metric_results (ratio metrics with a cuped_lookback whose parts have one).
+-- Results over time: experiment.results_daily (with row-level security as metric_results),
+-- experiment.sparkline(), the lift by day in readout().
 -- test/test_upgrade.py checks that the result equals a fresh 0.4.0 install.
 \echo Use "ALTER EXTENSION experiment UPDATE TO '0.4.0'" to load this file. \quit
 
@@ -152,6 +154,37 @@ ALTER TABLE experiment.metric_results
   ADD CONSTRAINT metric_results_method_check
     CHECK (method IN ('welch', 'prop_ztest', 'cuped', 'ratio', 'cuped_ratio'));
 
+CREATE TABLE experiment.results_daily (
+  experiment_id text NOT NULL REFERENCES experiment.experiments (id) ON DELETE CASCADE,
+  metric text NOT NULL,
+  variant text NOT NULL,
+  day date NOT NULL,
+  control_variant text NOT NULL,
+  method text NOT NULL,
+  units_control bigint NOT NULL,
+  units_treatment bigint NOT NULL,
+  mean_control float8,
+  mean_treatment float8,
+  diff float8,
+  diff_lower float8,
+  diff_upper float8,
+  lift float8,
+  lift_lower float8,
+  lift_upper float8,
+  p_value float8,
+  refreshed_at timestamptz NOT NULL,
+  PRIMARY KEY (experiment_id, metric, variant, day)
+);
+
+COMMENT ON TABLE experiment.results_daily IS
+  'results over time: for each day (UTC) of first exposure, the test of the units enrolled up to the end of that day, '
+  'with their values at the latest refresh (cumulative; from per-day moments merged, doc/analysis.md)';
+
+COMMENT ON COLUMN experiment.results_daily.method IS 'the method of the metric''s result at the latest refresh (metric_results.method)';
+
+COMMENT ON COLUMN experiment.results_daily.p_value IS
+  'under the experiment''s analysis: with a sequential analysis, always-valid, so reading every day is not peeking';
+
 -- the method of a metric between two arms: ratio metrics by the delta method (adjusted by the
 -- pre-period ratio where both arms have one: pre-period denominators and a pre-period that
 -- varies), CUPED where both arms have a pre-period covariate that varies, else the proportion
@@ -206,6 +239,23 @@ COMMENT ON FUNCTION experiment.metric_test(text, experiment.moments, experiment.
 
 COMMENT ON COLUMN experiment.metric_results.method IS
   'ratio_ttest for ratio metrics (cuped_ratio_ttest when they have a pre-period), cuped_ttest when a pre-period covariate exists, else prop_ztest (proportions) or welch_ttest';
+
+-- drop the temporary tables of a refresh (they are also dropped at commit)
+CREATE OR REPLACE FUNCTION experiment.drop_refresh_tables() RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  t text;
+BEGIN
+  FOR t IN SELECT c.relname FROM pg_catalog.pg_class c
+           WHERE c.relnamespace = pg_catalog.pg_my_temp_schema()
+             AND c.relname IN ('exp_units', 'exp_vals', 'exp_base', 'exp_newx', 'exp_touch', 'exp_marks',
+                               'exp_groups', 'exp_daily') LOOP
+    EXECUTE format('DROP TABLE pg_temp.%I', t);
+  END LOOP;
+END
+$$;
 
 -- the base metrics (non-ratio) an experiment needs, numbered: pg_temp.exp_base (name, pre, i);
 -- pre-period values for metrics analysed directly with a CUPED lookback, and for the parts of
@@ -400,6 +450,43 @@ BEGIN
     CROSS JOIN LATERAL (SELECT experiment.metric_method(m2.kind, c.cuped_moments, t.cuped_moments) AS method) k
     WHERE em.experiment_id = e.id;
 
+    -- results over time: moments per day of first exposure, merged cumulatively, tested per day
+    DELETE FROM experiment.results_daily rd WHERE rd.experiment_id = e.id;
+    IF unpivot <> '' THEN
+      EXECUTE format(
+        'CREATE TEMP TABLE exp_daily ON COMMIT DROP AS '
+        'SELECT k.metric, a.variant, a.day, a.units, k.m, k.c '
+        'FROM (SELECT v.variant, (v.t0 AT TIME ZONE ''UTC'')::date AS day, count(*) AS units%s '
+        '      FROM %s v GROUP BY 1, 2) a '
+        'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, skipped)',
+        aggs, vals_from, substr(unpivot, 3));
+      INSERT INTO experiment.results_daily
+        (experiment_id, metric, variant, day, control_variant, method, units_control, units_treatment,
+         mean_control, mean_treatment, diff, diff_lower, diff_upper, lift, lift_lower, lift_upper, p_value,
+         refreshed_at)
+      WITH cum AS (
+        SELECT d.metric, d.variant, d.day, sum(d.units) OVER w AS units,
+               experiment.merge(d.m) OVER w AS m, experiment.merge(d.c) OVER w AS c
+        FROM pg_temp.exp_daily d
+        WINDOW w AS (PARTITION BY d.metric, d.variant ORDER BY d.day)
+      ), days AS (
+        SELECT DISTINCT d.metric, d.day FROM pg_temp.exp_daily d
+      )
+      SELECT e.id, mr.metric, mr.variant, dy.day, mr.control_variant, mr.method, cc.units, ct.units,
+             (x.t).mean_control, (x.t).mean_treatment, (x.t).diff, (x.t).diff_lower, (x.t).diff_upper,
+             (x.t).lift, (x.t).lift_lower, (x.t).lift_upper, (x.t).p_value, ts
+      FROM experiment.metric_results mr
+      JOIN days dy ON dy.metric = mr.metric
+      -- each arm as of the end of the day: its latest cumulative state (a day without units carries over)
+      CROSS JOIN LATERAL (SELECT * FROM cum WHERE cum.metric = mr.metric AND cum.variant = mr.control_variant
+                          AND cum.day <= dy.day ORDER BY cum.day DESC LIMIT 1) cc
+      CROSS JOIN LATERAL (SELECT * FROM cum WHERE cum.metric = mr.metric AND cum.variant = mr.variant
+                          AND cum.day <= dy.day ORDER BY cum.day DESC LIMIT 1) ct
+      CROSS JOIN LATERAL (SELECT experiment.metric_test(mr.method, cc.m, ct.m, cc.c, ct.c, e.alpha, 'two-sided',
+                                                        tuning) AS t) x
+      WHERE mr.experiment_id = e.id;
+    END IF;
+
     SELECT coalesce(jsonb_agg(jsonb_build_object('day', d.day, 'units', d.units) ORDER BY d.day), '[]')
       INTO by_day
       FROM (SELECT g.day, sum(g.units)::bigint AS units FROM pg_temp.exp_groups g WHERE NOT g.multi GROUP BY g.day) d;
@@ -558,6 +645,23 @@ BEGIN
 END
 $$;
 
+-- a one-line chart of a series: each value as one of eight block heights between the
+-- series' least and greatest value (NULL: a space; a flat series: the middle height)
+CREATE OR REPLACE FUNCTION experiment.sparkline(vals float8[]) RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT string_agg(CASE WHEN v IS NULL OR NOT (abs(v) < 'Infinity'::float8) THEN ' '
+                         WHEN hi = lo THEN '▄'
+                         ELSE substr('▁▂▃▄▅▆▇█', 1 + least(7, floor((v - lo) / (hi - lo) * 8)::integer), 1) END,
+                    '' ORDER BY k)
+  FROM unnest(vals) WITH ORDINALITY AS u(v, k),
+       (SELECT min(x) AS lo, max(x) AS hi FROM unnest(vals) x WHERE abs(x) < 'Infinity'::float8) b
+$$;
+
+COMMENT ON FUNCTION experiment.sparkline(float8[]) IS
+  'a series as a one-line text chart of block characters ▁ to █, scaled between its least and greatest value';
+
 -- ===========================================================================
 -- The readout
 -- ===========================================================================
@@ -578,6 +682,7 @@ DECLARE
   r record;
   days float8;
   g record;
+  s record;
   sec_seen boolean := false;
   indent text;
 BEGIN
@@ -666,6 +771,25 @@ BEGIN
                ELSE 'the test is undefined: no variance in either variant' END);
       END IF;
     END LOOP;
+    -- the primary metric's cumulative lift by day of first exposure (experiment.results_daily)
+    IF g.role = 'primary' THEN
+      FOR s IN SELECT rd.variant, array_agg(rd.lift ORDER BY rd.day) AS lifts, count(*) AS ndays,
+                      (array_agg(rd.lift ORDER BY rd.day DESC))[1] AS lift,
+                      (array_agg(rd.lift_lower ORDER BY rd.day DESC))[1] AS lo,
+                      (array_agg(rd.lift_upper ORDER BY rd.day DESC))[1] AS hi
+               FROM experiment.results_daily rd
+               WHERE rd.experiment_id = ex.id AND rd.metric = g.metric
+               GROUP BY rd.variant ORDER BY rd.variant LOOP
+        CONTINUE WHEN s.ndays < 2 OR s.lift IS NULL;
+        lines := lines || format('  Lift by day%s: %s  %s%% [%s%%, %s%%] (cumulative, %s days of first exposure)',
+                                 CASE WHEN ntreat > 1 THEN ' (' || s.variant || ')' ELSE '' END,
+                                 experiment.sparkline(s.lifts),
+                                 CASE WHEN s.lift >= 0 THEN '+' ELSE '' END || experiment.format_percent(s.lift),
+                                 CASE WHEN s.lo >= 0 THEN '+' ELSE '' END || experiment.format_percent(s.lo),
+                                 CASE WHEN s.hi >= 0 THEN '+' ELSE '' END || experiment.format_percent(s.hi),
+                                 s.ndays);
+      END LOOP;
+    END IF;
   END LOOP;
 
   SELECT string_agg(q.metric || ' ' || CASE WHEN NOT experiment.may_read_metric(q.metric) THEN 'hidden'
@@ -693,6 +817,62 @@ BEGIN
 END
 $$;
 
+ALTER TABLE experiment.results_daily ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY results_daily_readable ON experiment.results_daily FOR SELECT
+  USING (experiment.may_read_metric(metric));
+
+COMMENT ON POLICY results_daily_readable ON experiment.results_daily IS
+  'a role sees the results over time of the metrics whose sources it may read';
+
+-- results are as old as the metric definition they were computed from: when a metric is
+-- deleted or reads something else, its stored results (and those of ratios of it) go, so
+-- that a metric registered later under the same name cannot show them
+CREATE OR REPLACE FUNCTION experiment.metrics_forget_results() RETURNS trigger
+  LANGUAGE plpgsql SECURITY DEFINER
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  IF TG_OP = 'TRUNCATE' THEN
+    DELETE FROM experiment.metric_results;
+    DELETE FROM experiment.variant_stats;
+    DELETE FROM experiment.results_daily;
+    RETURN NULL;
+  END IF;
+  IF TG_OP = 'UPDATE' AND (NEW.name, NEW.source, NEW.unit_column, NEW.time_column, NEW.value_column, NEW.owner,
+                           NEW.numerator, NEW.denominator)
+                          IS NOT DISTINCT FROM (OLD.name, OLD.source, OLD.unit_column, OLD.time_column,
+                                                OLD.value_column, OLD.owner, OLD.numerator, OLD.denominator) THEN
+    RETURN NULL;
+  END IF;
+  DELETE FROM experiment.metric_results r
+   WHERE r.metric = OLD.name
+      OR r.metric IN (SELECT m.name FROM experiment.metrics m WHERE OLD.name IN (m.numerator, m.denominator));
+  DELETE FROM experiment.variant_stats v
+   WHERE v.metric = OLD.name
+      OR v.metric IN (SELECT m.name FROM experiment.metrics m WHERE OLD.name IN (m.numerator, m.denominator));
+  DELETE FROM experiment.results_daily d
+   WHERE d.metric = OLD.name
+      OR d.metric IN (SELECT m.name FROM experiment.metrics m WHERE OLD.name IN (m.numerator, m.denominator));
+  RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION experiment.experiment_metrics_forget_results() RETURNS trigger
+  LANGUAGE plpgsql SECURITY DEFINER
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  IF TG_OP = 'UPDATE' AND (NEW.experiment_id, NEW.metric) IS NOT DISTINCT FROM (OLD.experiment_id, OLD.metric) THEN
+    RETURN NULL;
+  END IF;
+  DELETE FROM experiment.metric_results r WHERE r.experiment_id = OLD.experiment_id AND r.metric = OLD.metric;
+  DELETE FROM experiment.variant_stats v WHERE v.experiment_id = OLD.experiment_id AND v.metric = OLD.metric;
+  DELETE FROM experiment.results_daily d WHERE d.experiment_id = OLD.experiment_id AND d.metric = OLD.metric;
+  RETURN NULL;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION experiment.setup_roles() RETURNS TABLE (role text, created boolean)
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
   SET search_path = pg_catalog, experiment, pg_temp
@@ -703,7 +883,7 @@ DECLARE
   registry text[] := '{experiments,variants,metrics,experiment_metrics}';
   -- (refreshes without its error column: a source's error may quote its data; health shows
   -- the error to roles that may read every metric of the experiment)
-  results text[] := '{enrollment,variant_stats,metric_results,conclusions,results,srm,health}';
+  results text[] := '{enrollment,variant_stats,metric_results,results_daily,conclusions,results,srm,health}';
   ingestion text[] := '{exposures,exposures_quarantine,exposures_staging,kafka_offsets,kafka_dead_letters}';
 BEGIN
   FOREACH r IN ARRAY ARRAY['experiment_reader', 'experiment_ingest', 'experiment_analyst', 'experiment_admin'] LOOP
