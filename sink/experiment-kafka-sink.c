@@ -180,7 +180,7 @@ typedef struct
 
 typedef struct
 {
-	char *name, *value;
+	char *name, *value, *where;
 } kv;
 
 static struct
@@ -294,19 +294,36 @@ parse_columns(topic_map *t, const char *value, const char *where)
 }
 
 static void
-set_kafka(const char *name, const char *value)
+set_kafka(const char *name, const char *value, const char *where)
 {
 	for (int i = 0; i < cfg.nkafka; i++)
 		if (strcmp(cfg.kafka[i].name, name) == 0)
 		{
 			free(cfg.kafka[i].value);
+			free(cfg.kafka[i].where);
 			cfg.kafka[i].value = xstrdup(value);
+			cfg.kafka[i].where = xstrdup(where);
 			return;
 		}
 	cfg.kafka = xrealloc(cfg.kafka, sizeof(kv) * (cfg.nkafka + 1));
 	cfg.kafka[cfg.nkafka].name = xstrdup(name);
 	cfg.kafka[cfg.nkafka].value = xstrdup(value);
+	cfg.kafka[cfg.nkafka].where = xstrdup(where);
 	cfg.nkafka++;
+}
+
+/* the exposure topics, replaced by a new list (the environment overrides the file) */
+static void
+clear_exposure_topics(void)
+{
+	int			k = 0;
+
+	for (int i = 0; i < cfg.ntopics; i++)
+		if (cfg.topics[i].exposures)
+			free(cfg.topics[i].topic);
+		else
+			cfg.topics[k++] = cfg.topics[i];
+	cfg.ntopics = k;
 }
 
 /* one setting, from the file (where = "FILE:LINE") or the environment */
@@ -352,6 +369,7 @@ set_option(const char *key, const char *value, const char *where)
 	{
 		char *copy = xstrdup(value), *save = NULL, *item;
 
+		clear_exposure_topics();
 		for (item = strtok_r(copy, ",", &save); item != NULL; item = strtok_r(NULL, ",", &save))
 			if (*trim(item) != '\0')
 				topic_add(trim(item), true, where);
@@ -375,7 +393,7 @@ set_option(const char *key, const char *value, const char *where)
 		free(topic);
 	}
 	else if (strncmp(key, "kafka.", 6) == 0 && key[6] != '\0')
-		set_kafka(key + 6, value);
+		set_kafka(key + 6, value, where);
 	else
 	{
 		logmsg(L_ERROR, "%s: unknown setting \"%s\"; settings: database, group.id, bootstrap.servers, "
@@ -392,6 +410,9 @@ read_config_file(const char *path)
 	char *line = NULL;
 	size_t cap = 0;
 	int lineno = 0;
+	char **seen = NULL;
+	int *seen_line = NULL;
+	int nseen = 0;
 
 	if (f == NULL)
 	{
@@ -413,8 +434,23 @@ read_config_file(const char *path)
 			exit(EXIT_USAGE);
 		}
 		*eq = '\0';
-		set_option(trim(s), trim(eq + 1), where);
+		s = trim(s);
+		for (int i = 0; i < nseen; i++)
+			if (strcmp(seen[i], s) == 0)
+			{
+				logmsg(L_ERROR, "%s: \"%s\" is set twice (first on line %d)", where, s, seen_line[i]);
+				exit(EXIT_USAGE);
+			}
+		seen = xrealloc(seen, sizeof(char *) * (nseen + 1));
+		seen_line = xrealloc(seen_line, sizeof(int) * (nseen + 1));
+		seen[nseen] = xstrdup(s);
+		seen_line[nseen++] = lineno;
+		set_option(s, trim(eq + 1), where);
 	}
+	for (int i = 0; i < nseen; i++)
+		free(seen[i]);
+	free(seen);
+	free(seen_line);
 	free(line);
 	fclose(f);
 }
@@ -446,17 +482,40 @@ read_environment(void)
 	}
 	for (char **e = environ; *e != NULL; e++)
 	{
-		const char *prefix = "EXPERIMENT_SINK_KAFKA_", *eq;
-		char key[256];
+		const char *prefix = "EXPERIMENT_SINK_KAFKA_", *eq = strchr(*e, '=');
+		char key[256], name[256];
 		size_t n = 0;
+		bool known = false;
 
-		if (strncmp(*e, prefix, strlen(prefix)) != 0 || (eq = strchr(*e, '=')) == NULL)
+		if (strncmp(*e, "EXPERIMENT_SINK_", 16) != 0 || eq == NULL)
 			continue;
-		for (const char *k = *e + strlen(prefix); k < eq && n < sizeof key - 1; k++)
-			key[n++] = *k == '_' ? '.' : (char) tolower((unsigned char) *k);
-		key[n] = '\0';
-		if (n > 0)
-			set_kafka(key, eq + 1);
+		snprintf(name, sizeof name, "%.*s", (int) (eq - *e), *e);
+		if (strncmp(*e, prefix, strlen(prefix)) == 0)
+		{
+			for (const char *k = *e + strlen(prefix); k < eq && n < sizeof key - 1; k++)
+				key[n++] = *k == '_' ? '.' : (char) tolower((unsigned char) *k);
+			key[n] = '\0';
+			if (n > 0)
+				set_kafka(key, eq + 1, name);
+			continue;
+		}
+		known = strcmp(name, "EXPERIMENT_SINK_CONFIG") == 0;
+		for (int i = 0; keys[i] != NULL && !known; i++)
+		{
+			char want[128] = "EXPERIMENT_SINK_";
+			size_t m = strlen(want);
+
+			for (const char *k = keys[i]; *k && m < sizeof want - 1; k++)
+				want[m++] = *k == '.' ? '_' : (char) toupper((unsigned char) *k);
+			want[m] = '\0';
+			known = strcmp(name, want) == 0;
+		}
+		if (!known)
+		{
+			logmsg(L_ERROR, "%s: unknown setting in the environment (events.TOPIC.* can only be set in the "
+				   "configuration file; see --help)", name);
+			exit(EXIT_USAGE);
+		}
 	}
 }
 
@@ -466,6 +525,11 @@ check_config(void)
 	if (cfg.bootstrap == NULL || *cfg.bootstrap == '\0')
 	{
 		logmsg(L_ERROR, "bootstrap.servers is not set (in the configuration file or EXPERIMENT_SINK_BOOTSTRAP_SERVERS)");
+		exit(EXIT_USAGE);
+	}
+	if (cfg.group == NULL || *cfg.group == '\0')
+	{
+		logmsg(L_ERROR, "group.id must not be empty");
 		exit(EXIT_USAGE);
 	}
 	if (cfg.ntopics == 0)
@@ -489,9 +553,10 @@ check_config(void)
 		const char *n = cfg.kafka[i].name;
 
 		if (strcmp(n, "enable.auto.commit") == 0 || strcmp(n, "enable.auto.offset.store") == 0 ||
-			strcmp(n, "group.id") == 0 || strcmp(n, "bootstrap.servers") == 0)
+			strcmp(n, "group.id") == 0 || strcmp(n, "bootstrap.servers") == 0 ||
+			strcmp(n, "auto.offset.reset") == 0)
 		{
-			logmsg(L_ERROR, "kafka.%s cannot be set: %s", n,
+			logmsg(L_ERROR, "%s: kafka.%s cannot be set: %s", cfg.kafka[i].where, n,
 				   strncmp(n, "enable.", 7) == 0 ? "the sink stores offsets in the database and keeps it false"
 				   : "use the setting without the kafka. prefix");
 			exit(EXIT_USAGE);
@@ -511,6 +576,28 @@ static const char *const sql_setup =
 	"  seq integer NOT NULL, topic text NOT NULL, partition integer NOT NULL,"
 	"  \"offset\" bigint NOT NULL, payload text NOT NULL) ON COMMIT DELETE ROWS";
 
+/* a libpq message on one line: its lines joined with " | " */
+static const char *
+one_line(const char *msg)
+{
+	static char out[2048];
+	size_t		n = 0;
+
+	for (const char *c = msg; *c && n < sizeof out - 4; c++)
+		if (*c == '\n')
+		{
+			if (c[1] != '\0' && c[1] != '\n' && n > 0)
+			{
+				memcpy(out + n, " | ", 3);
+				n += 3;
+			}
+		}
+		else
+			out[n++] = *c;
+	out[n] = '\0';
+	return out;
+}
+
 static bool
 db_ok(PGresult *r, const char *what)
 {
@@ -518,7 +605,7 @@ db_ok(PGresult *r, const char *what)
 
 	if (s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK || s == PGRES_COPY_IN)
 		return true;
-	logmsg(L_WARNING, "%s failed: %s", what, PQerrorMessage(db));
+	logmsg(L_WARNING, "%s failed: %s", what, one_line(PQerrorMessage(db)));
 	return false;
 }
 
@@ -540,7 +627,7 @@ db_connect_once(void)
 	db = PQconnectdb(cfg.database ? cfg.database : "");
 	if (PQstatus(db) != CONNECTION_OK)
 	{
-		logmsg(L_WARNING, "could not connect to the database: %s", PQerrorMessage(db));
+		logmsg(L_WARNING, "could not connect to the database: %s", one_line(PQerrorMessage(db)));
 		return false;
 	}
 	r = PQexec(db, sql_setup);
@@ -604,6 +691,9 @@ typedef struct
 	int64_t stored;				/* next offset stored in the database, -1: none yet */
 	int64_t first, next;		/* offsets in the current batch: [first, next) */
 	bool in_batch;
+	bool paused;				/* its topic's batch failed: paused until retry_at (-1: until restarted) */
+	double retry_at;
+	double backoff;
 } part_t;
 
 /* the assigned partitions; messages of the batch point at them */
@@ -825,8 +915,9 @@ reseek(part_t **ps, int n)
 
 enum flush_result { FLUSH_OK, FLUSH_FENCED, FLUSH_FAILED };
 
+/* one transaction: the messages of one topic in the batch, and their offsets */
 static enum flush_result
-flush_once(void)
+flush_once(const char *only)
 {
 	buf_t copy = {0}, tp = {0}, pp = {0}, ep = {0}, np = {0}, hp = {0};
 	char **topics = xmalloc(sizeof(char *) * (nparts ? nparts : 1));
@@ -848,7 +939,7 @@ flush_once(void)
 		part_t *p = parts[i];
 		int64_t lo = -1, hi = -1;
 
-		if (!p->in_batch)
+		if (!p->in_batch || strcmp(p->topic, only) != 0)
 			continue;
 		rd_kafka_get_watermark_offsets(rk, p->topic, p->partition, &lo, &hi);
 		topics[nt] = p->topic;
@@ -901,24 +992,31 @@ flush_once(void)
 	{
 		msg_t *m = &batch.msgs[i];
 
+		if (strcmp(m->part->topic, only) != 0)
+			continue;
 		buf_printf(&copy, "%d\t", i);
 		copy_payload(&copy, m->part->topic, strlen(m->part->topic));
 		buf_printf(&copy, "\t%d\t%" PRId64 "\t", (int) m->part->partition, m->offset);
 		copy_payload(&copy, m->payload, m->len);
 		buf_str(&copy, "\n");
-		if (copy.len > 1 << 20 || i == batch.n - 1)
+		if (copy.len > 1 << 20)
 		{
 			if (PQputCopyData(db, copy.data, (int) copy.len) != 1)
 			{
-				logmsg(L_WARNING, "COPY failed: %s", PQerrorMessage(db));
+				logmsg(L_WARNING, "COPY failed: %s", one_line(PQerrorMessage(db)));
 				goto done;
 			}
 			copy.len = 0;
 		}
 	}
+	if (copy.len > 0 && PQputCopyData(db, copy.data, (int) copy.len) != 1)
+	{
+		logmsg(L_WARNING, "COPY failed: %s", one_line(PQerrorMessage(db)));
+		goto done;
+	}
 	if (PQputCopyEnd(db, NULL) != 1)
 	{
-		logmsg(L_WARNING, "COPY failed: %s", PQerrorMessage(db));
+		logmsg(L_WARNING, "COPY failed: %s", one_line(PQerrorMessage(db)));
 		goto done;
 	}
 	r = PQgetResult(db);
@@ -1000,9 +1098,15 @@ flush_once(void)
 		goto done;
 	}
 	result = FLUSH_OK;
-	logmsg(L_DEBUG, "batch of %d messages from %d partitions: %lld stored, %lld duplicates, %lld quarantined, "
-		   "%lld dead-lettered", batch.n, nt, ins, dup, quar, dead);
-	total.messages += batch.n;
+	{
+		int			n = 0;
+
+		for (int i = 0; i < batch.n; i++)
+			n += strcmp(batch.msgs[i].part->topic, only) == 0;
+		logmsg(L_DEBUG, "batch of %d messages of %s from %d partitions: %lld stored, %lld duplicates, "
+			   "%lld quarantined, %lld dead-lettered", n, only, nt, ins, dup, quar, dead);
+		total.messages += n;
+	}
 	total.inserted += ins;
 	total.duplicates += dup;
 	total.quarantined += quar;
@@ -1031,67 +1135,132 @@ done:
 	return result;
 }
 
+static void seek_one(part_t *p, int64_t offset);
+static void pause_one(part_t *p, bool pause);
+
+/* the messages of one topic leave the batch */
+static void
+batch_drop_topic(const char *topic)
+{
+	for (int i = 0; i < nparts; i++)
+		if (parts[i]->in_batch && strcmp(parts[i]->topic, topic) == 0)
+			batch_drop_part(parts[i]);
+}
+
 /*
- * Store the batch. A fenced batch (another consumer stored these offsets
- * first) is dropped and its partitions continue from the stored offsets; a
- * failed one is retried, after reconnecting when the connection broke.
+ * Store the messages of one topic in the batch. Fenced (another consumer
+ * stored these offsets first): they are dropped and the topic's partitions
+ * continue from the stored offsets. A broken connection: reconnect and retry.
+ * Any other failure (a trigger refuses a row, a privilege was revoked, the
+ * table is gone): the topic's partitions are paused and read again from the
+ * stored offsets after a backoff (1 s doubling to 60 s), so that one topic
+ * cannot hold up the others and nothing is skipped.
  */
 static void
-flush(void)
+flush_topic(const char *topic)
 {
-	double wait = 0.5;
-
-	if (batch.n == 0)
-		return;
 	for (;;)
 	{
-		enum flush_result res = PQstatus(db) == CONNECTION_OK ? flush_once() : FLUSH_FAILED;
+		enum flush_result res = PQstatus(db) == CONNECTION_OK ? flush_once(topic) : FLUSH_FAILED;
+		part_t	  **ps;
+		int			n = 0;
+		buf_t		where = {0};
 
 		if (res == FLUSH_OK)
 		{
 			rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(nparts);
 
 			for (int i = 0; i < nparts; i++)
-				if (parts[i]->in_batch)
+				if (parts[i]->in_batch && strcmp(parts[i]->topic, topic) == 0)
 				{
 					parts[i]->stored = parts[i]->next;
+					parts[i]->backoff = 0;
 					rd_kafka_topic_partition_list_add(l, parts[i]->topic, parts[i]->partition)->offset = parts[i]->next;
 				}
 			/* advisory, for lag monitoring: the database holds the offsets that count */
 			if (l->cnt > 0)
 				rd_kafka_commit(rk, l, 1);
 			rd_kafka_topic_partition_list_destroy(l);
-			batch_clear();
+			batch_drop_topic(topic);
 			return;
 		}
-		if (res == FLUSH_FENCED)
+		if (res == FLUSH_FAILED && PQstatus(db) != CONNECTION_OK)
 		{
-			part_t **ps = xmalloc(sizeof(part_t *) * (nparts ? nparts : 1));
-			int n = 0;
-
-			total.fenced++;
-			for (int i = 0; i < nparts; i++)
-				if (parts[i]->in_batch)
-					ps[n++] = parts[i];
-			logmsg(L_INFO, "another consumer stored some of these offsets: the batch of %d messages is dropped "
-				   "and %d partitions continue from the stored offsets", batch.n, n);
-			batch_clear();
-			reseek(ps, n);
-			free(ps);
-			return;
-		}
-		total.failed++;
-		if (PQstatus(db) != CONNECTION_OK)
-		{
+			total.failed++;
 			if (!db_connect())
-				return;			/* stopping: the batch is not stored, Kafka redelivers it */
+				return;			/* stopping: not stored, read again at the next start */
 			continue;
 		}
-		if (stopping)
-			return;
-		logmsg(L_WARNING, "storing a batch of %d messages failed; retrying in %.1f s", batch.n, wait);
-		usleep((useconds_t) (wait * 1e6));
-		wait = wait * 2 > 30 ? 30 : wait * 2;
+		ps = xmalloc(sizeof(part_t *) * (nparts ? nparts : 1));
+		for (int i = 0; i < nparts; i++)
+			if (parts[i]->in_batch && strcmp(parts[i]->topic, topic) == 0)
+			{
+				ps[n++] = parts[i];
+				buf_printf(&where, "%s[%d] offsets %" PRId64 "-%" PRId64, n > 1 ? ", " : "",
+						   (int) parts[i]->partition, parts[i]->first, parts[i]->next - 1);
+			}
+		batch_drop_topic(topic);
+		if (res == FLUSH_FENCED)
+		{
+			total.fenced++;
+			logmsg(L_INFO, "another consumer stored some offsets of %s first (%s): these messages are dropped "
+				   "and its partitions continue from the stored offsets", topic, where.data ? where.data : "");
+			reseek(ps, n);
+		}
+		else
+		{
+			total.failed++;
+			for (int i = 0; i < n; i++)
+			{
+				ps[i]->backoff = ps[i]->backoff > 0 ? (ps[i]->backoff * 2 > 60 ? 60 : ps[i]->backoff * 2) : 1;
+				ps[i]->retry_at = now_s() + ps[i]->backoff;
+				ps[i]->paused = true;
+				pause_one(ps[i], true);
+			}
+			logmsg(L_ERROR, "storing the messages of %s failed (%s): its partitions are paused and read again "
+				   "from the stored offsets in %.0f s; the other topics go on", topic,
+				   where.data ? where.data : "", n > 0 ? ps[0]->backoff : 1.0);
+		}
+		free(where.data);
+		free(ps);
+		return;
+	}
+}
+
+/* store the batch: one transaction per topic */
+static void
+flush(void)
+{
+	for (int t = 0; t < cfg.ntopics && batch.n > 0; t++)
+	{
+		bool		any = false;
+
+		for (int i = 0; i < nparts && !any; i++)
+			any = parts[i]->in_batch && strcmp(parts[i]->topic, cfg.topics[t].topic) == 0;
+		if (any)
+			flush_topic(cfg.topics[t].topic);
+		if (stopping && PQstatus(db) != CONNECTION_OK)
+			break;
+	}
+}
+
+/* paused partitions whose backoff is over: read again from the stored offsets */
+static void
+resume_due(void)
+{
+	double		now = now_s();
+
+	for (int i = 0; i < nparts; i++)
+	{
+		part_t	   *p = parts[i];
+
+		if (!p->paused || p->retry_at < 0 || now < p->retry_at)
+			continue;
+		seek_one(p, p->stored >= 0 ? p->stored
+				 : strcmp(cfg.auto_offset_reset, "latest") == 0 ? RD_KAFKA_OFFSET_END : RD_KAFKA_OFFSET_BEGINNING);
+		pause_one(p, false);
+		p->paused = false;
+		logmsg(L_INFO, "%s [%d]: resumed from offset %" PRId64, p->topic, (int) p->partition, p->stored);
 	}
 }
 
@@ -1108,6 +1277,8 @@ batch_add(rd_kafka_message_t *m)
 			   topic, (int) m->partition, m->offset);
 		return;
 	}
+	if (p->paused)
+		return;					/* fetched before the pause: read again on resumption */
 	if (p->in_batch && m->offset < p->next)
 		return;					/* an older fetch, delivered again after a seek */
 	if (p->stored >= 0 && m->offset < p->stored)
@@ -1135,6 +1306,109 @@ batch_add(rd_kafka_message_t *m)
 }
 
 /* ---- Kafka ----------------------------------------------------------- */
+
+static void
+seek_one(part_t *p, int64_t offset)
+{
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+	rd_kafka_error_t *e;
+
+	rd_kafka_topic_partition_list_add(l, p->topic, p->partition)->offset = offset;
+	e = rd_kafka_seek_partitions(rk, l, 10000);
+	if (e != NULL)
+	{
+		logmsg(L_WARNING, "seek of %s [%d] failed: %s", p->topic, (int) p->partition, rd_kafka_error_string(e));
+		rd_kafka_error_destroy(e);
+	}
+	rd_kafka_topic_partition_list_destroy(l);
+}
+
+/*
+ * Fetch a partition again from offset: after an offset-out-of-range error its
+ * fetcher has stopped, and a seek alone does not start it again; the
+ * partition is assigned anew at that offset.
+ */
+static void
+restart_at(part_t *p, int64_t offset)
+{
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+	rd_kafka_error_t *e;
+	bool		cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+
+	rd_kafka_topic_partition_list_add(l, p->topic, p->partition)->offset = offset;
+	if (cooperative)
+	{
+		if ((e = rd_kafka_incremental_unassign(rk, l)) == NULL)
+			e = rd_kafka_incremental_assign(rk, l);
+		if (e != NULL)
+		{
+			logmsg(L_WARNING, "restarting %s [%d] failed: %s", p->topic, (int) p->partition, rd_kafka_error_string(e));
+			rd_kafka_error_destroy(e);
+		}
+	}
+	else
+		seek_one(p, offset);
+	rd_kafka_topic_partition_list_destroy(l);
+}
+
+static void
+pause_one(part_t *p, bool pause)
+{
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+
+	rd_kafka_topic_partition_list_add(l, p->topic, p->partition);
+	if (pause)
+		rd_kafka_pause_partitions(rk, l);
+	else
+		rd_kafka_resume_partitions(rk, l);
+	rd_kafka_topic_partition_list_destroy(l);
+}
+
+/*
+ * The offset to read from is not in the partition's log (librdkafka's
+ * auto.offset.reset is "error", so nothing is skipped behind our back):
+ * before the log's start, the messages in between were deleted (retention)
+ * before the sink stored them: say so and go on from the start; after the
+ * end (a stored offset set by hand too far): pause the partition, which
+ * needs a person.
+ */
+static void
+offset_out_of_range(const char *topic, int32_t partition)
+{
+	part_t	   *p = part_find(topic, partition);
+	int64_t		lo = -1,
+				hi = -1;
+	rd_kafka_resp_err_t err;
+
+	if (p == NULL)
+		return;
+	err = rd_kafka_query_watermark_offsets(rk, topic, partition, &lo, &hi, 10000);
+	if (err)
+	{
+		logmsg(L_WARNING, "%s [%d]: offset out of range, and its watermarks could not be read (%s): retrying",
+			   topic, (int) partition, rd_kafka_err2str(err));
+		seek_one(p, p->stored >= 0 ? p->stored : RD_KAFKA_OFFSET_BEGINNING);
+		return;
+	}
+	if (p->stored >= 0 && p->stored > hi)
+	{
+		logmsg(L_ERROR, "%s [%d]: the stored next offset %" PRId64 " is beyond the end of the partition (%" PRId64
+			   "): the partition is paused; correct experiment.kafka_offsets (group %s) and restart the sink",
+			   topic, (int) partition, p->stored, hi, cfg.group);
+		pause_one(p, true);
+		p->paused = true;
+		p->retry_at = -1;		/* never retried by itself */
+		return;
+	}
+	if (p->stored >= 0 && p->stored < lo)
+		logmsg(L_ERROR, "%s [%d]: %" PRId64 " messages (offsets %" PRId64 " to %" PRId64 ") were deleted by the "
+			   "topic's retention before the sink stored them; continuing from offset %" PRId64,
+			   topic, (int) partition, lo - p->stored, p->stored, lo - 1, lo);
+	else
+		logmsg(L_WARNING, "%s [%d]: offset out of range (log %" PRId64 " to %" PRId64 "); continuing from %" PRId64,
+			   topic, (int) partition, lo, hi, lo);
+	restart_at(p, lo);
+}
 
 static void
 rebalance_cb(rd_kafka_t *k, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t *l, void *opaque)
@@ -1221,13 +1495,15 @@ kafka_new(bool consumer)
 		{"enable.auto.commit", "false"},
 		{"enable.auto.offset.store", "false"},
 		{"partition.assignment.strategy", "cooperative-sticky"},
+		/* a stored offset out of range is the sink's to handle (offset_out_of_range): never a silent skip */
+		{"auto.offset.reset", "error"},
 		{"client.id", "experiment-kafka-sink"},
 	};
 
 	for (int i = 0; i < cfg.nkafka; i++)
 		if (rd_kafka_conf_set(c, cfg.kafka[i].name, cfg.kafka[i].value, err, sizeof err) != RD_KAFKA_CONF_OK)
 		{
-			logmsg(L_ERROR, "kafka.%s: %s", cfg.kafka[i].name, err);
+			logmsg(L_ERROR, "%s: kafka.%s: %s", cfg.kafka[i].where, cfg.kafka[i].name, err);
 			exit(EXIT_USAGE);
 		}
 	for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
@@ -1262,18 +1538,19 @@ kafka_new(bool consumer)
 /* ---- checks ------------------------------------------------------------ */
 
 static bool
-check_database(void)
+check_database(bool retry)
 {
 	PGresult *r;
 	bool ok = true;
 	const char *params[3];
 
-	if (!db_connect_once())
+	/* a database that cannot be reached yet (it starts after the sink) is waited for */
+	if (retry ? !db_connect() : !db_connect_once())
 		return false;
-	r = PQexec(db, "SELECT extversion, "
+	r = PQexec(db, "SELECT e.extversion, "
 			   "to_regprocedure('experiment.ingest_exposure_messages(text[],integer[],bigint[],text[])') IS NOT NULL, "
-			   "has_table_privilege('experiment.kafka_offsets', 'SELECT, INSERT, UPDATE') "
-			   "FROM pg_extension WHERE extname = 'experiment'");
+			   "has_schema_privilege('experiment', 'USAGE') "
+			   "FROM pg_extension e WHERE e.extname = 'experiment'");
 	if (!db_ok(r, "checking the extension"))
 		ok = false;
 	else if (PQntuples(r) == 0)
@@ -1289,11 +1566,24 @@ check_database(void)
 	}
 	else if (strcmp(PQgetvalue(r, 0, 2), "t") != 0)
 	{
-		logmsg(L_ERROR, "this role may not read and write experiment.kafka_offsets: grant it experiment_ingest "
-			   "(doc/security.md)");
+		logmsg(L_ERROR, "this role may not use schema experiment: grant it experiment_ingest (doc/security.md)");
 		ok = false;
 	}
 	PQclear(r);
+	if (ok)
+	{
+		r = PQexec(db, "SELECT has_table_privilege('experiment.kafka_offsets', 'SELECT, INSERT, UPDATE')");
+		if (!db_ok(r, "checking privileges"))
+			ok = false;
+		else if (strcmp(PQgetvalue(r, 0, 0), "t") != 0)
+		{
+			logmsg(L_ERROR, "this role may not read and write experiment.kafka_offsets: grant it experiment_ingest, "
+				   "and after updating the extension to 0.4.0 run SELECT * FROM experiment.setup_roles() again "
+				   "(doc/security.md)");
+			ok = false;
+		}
+		PQclear(r);
+	}
 	for (int i = 0; ok && i < cfg.ntopics; i++)
 	{
 		topic_map *t = &cfg.topics[i];
@@ -1330,6 +1620,19 @@ check_database(void)
 		else
 			logmsg(L_INFO, "topic %s: metric events into %s (%d columns)", t->topic, t->table, t->ncolumns);
 		PQclear(r);
+		if (ok)
+		{
+			/* a NOT NULL column without a default that no field fills: every message would be dead-lettered */
+			r = PQexecParams(db, "SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) "
+							 "FROM pg_attribute a WHERE a.attrelid = $1::regclass AND a.attnum > 0 "
+							 "AND NOT a.attisdropped AND a.attnotnull AND NOT a.atthasdef AND a.attgenerated = '' "
+							 "AND a.attidentity = '' AND NOT (a.attname = ANY ($2::text[]))",
+							 2, NULL, params, NULL, NULL, 0);
+			if (PQresultStatus(r) == PGRES_TUPLES_OK && !PQgetisnull(r, 0, 0))
+				logmsg(L_WARNING, "topic %s: table %s has NOT NULL columns without a default that no field fills "
+					   "(%s): every message will be dead-lettered", t->topic, t->table, PQgetvalue(r, 0, 0));
+			PQclear(r);
+		}
 		free(ca);
 		free(fa);
 	}
@@ -1337,16 +1640,25 @@ check_database(void)
 }
 
 static bool
-check_topics(rd_kafka_t *k)
+check_topics(rd_kafka_t *k, bool retry)
 {
 	const struct rd_kafka_metadata *md = NULL;
-	rd_kafka_resp_err_t err = rd_kafka_metadata(k, 1, NULL, &md, 10000);
+	rd_kafka_resp_err_t err;
 	bool ok = true;
+	double wait = 1;
 
-	if (err)
+	/* brokers that cannot be reached yet (a rolling restart) are waited for */
+	while ((err = rd_kafka_metadata(k, 1, NULL, &md, 10000)) != 0)
 	{
-		logmsg(L_ERROR, "could not read the Kafka metadata from %s: %s", cfg.bootstrap, rd_kafka_err2str(err));
-		return false;
+		if (!retry || stopping)
+		{
+			logmsg(L_ERROR, "could not read the Kafka metadata from %s: %s", cfg.bootstrap, rd_kafka_err2str(err));
+			return false;
+		}
+		logmsg(L_WARNING, "could not read the Kafka metadata from %s: %s; retrying in %.0f s", cfg.bootstrap,
+			   rd_kafka_err2str(err), wait);
+		usleep((useconds_t) (wait * 1e6));
+		wait = wait * 2 > 30 ? 30 : wait * 2;
 	}
 	for (int i = 0; i < cfg.ntopics; i++)
 	{
@@ -1487,15 +1799,25 @@ main(int argc, char **argv)
 		log_level = L_DEBUG;
 	check_config();
 
-	if (!check_database())
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_signal;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+
+	/* --check reports what it finds; a start waits for a database or brokers that are not up yet */
+	if (!check_database(!check_only))
 	{
+		if (stopping)
+			return EXIT_STOPPED;
 		logmsg(L_ERROR, "the database is not ready for the sink");
 		return EXIT_CHECK;
 	}
 	rk = kafka_new(true);
-	if (!check_topics(rk))
+	if (!check_topics(rk, !check_only))
 	{
 		rd_kafka_destroy(rk);
+		if (stopping)
+			return EXIT_STOPPED;
 		return EXIT_CHECK;
 	}
 	if (check_only)
@@ -1505,11 +1827,6 @@ main(int argc, char **argv)
 		PQfinish(db);
 		return EXIT_STOPPED;
 	}
-
-	memset(&sa, 0, sizeof sa);
-	sa.sa_handler = on_signal;
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGINT, &sa, NULL);
 
 	rd_kafka_poll_set_consumer(rk);
 	subs = xmalloc(sizeof(char *) * cfg.ntopics);
@@ -1546,6 +1863,8 @@ main(int argc, char **argv)
 		{
 			if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
 				;
+			else if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET && m->rkt != NULL)
+				offset_out_of_range(rd_kafka_topic_name(m->rkt), m->partition);
 			else if (m->err)
 			{
 				rd_kafka_resp_err_t fatal;
@@ -1576,6 +1895,7 @@ main(int argc, char **argv)
 		if (batch.n >= cfg.batch_size ||
 			(batch.n > 0 && now_s() >= batch.started + cfg.linger_ms / 1000.0))
 			flush();
+		resume_due();
 		if (cfg.summary_s > 0 && now_s() - last >= cfg.summary_s)
 		{
 			summary(now_s() - last);

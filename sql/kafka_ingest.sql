@@ -18,6 +18,15 @@ WHERE kafka_topic = 'x' ORDER BY kafka_partition, kafka_offset;
 -- a redelivery of the whole batch changes nothing but the counts
 SELECT * FROM experiment.ingest_exposure_messages('{x}', '{0}', '{0}', ARRAY[
   '{"experiment_id": "kafka-x", "unit_id": "u1", "variant": "control", "exposed_at": "2026-01-01T00:00:00Z", "event_id": "a"}']);
+-- a replay of the whole batch: every message counted again, the quarantine keeps each one once
+SELECT * FROM experiment.ingest_exposure_messages('{x,x,x,x,x,x}', '{0,0,1,1,2,2}', '{0,1,0,1,0,1}', ARRAY[
+  '{"experiment_id": "kafka-x", "unit_id": "u1", "variant": "control", "exposed_at": "2026-01-01T00:00:00Z", "event_id": "a"}',
+  '{"experiment_id": "kafka-x", "unit_id": "u1", "variant": "control", "exposed_at": "2026-01-01T00:00:00Z", "event_id": "a"}',
+  '{"experiment_id": "kafka-x", "unit_id": "u2", "variant": "treatment", "exposed_at": "2026-01-01T01:00:00Z"}',
+  'not json{',
+  '"a string"',
+  '{"experiment_id": "kafka-x", "unit_id": "u3", "variant": "purple", "exposed_at": "2026-01-01T00:00:00Z"}']);
+SELECT count(*) AS quarantined_rows FROM experiment.exposures_quarantine WHERE kafka_topic = 'x';
 -- ingest_exposures() is unchanged: no position
 SELECT * FROM experiment.ingest_exposures('[7]');
 SELECT reason, kafka_topic IS NULL AS no_topic FROM experiment.exposures_quarantine WHERE payload = '7';
@@ -43,6 +52,13 @@ SELECT * FROM experiment.ingest_event_messages('kafka_orders', '{event_id,user_i
   '{"id": "e8", "user": "u8", "at": "2026-01-02T00:00:00Z", "order": {"amount": "7.5"}, "meta": [1, "x"]}']);
 SELECT event_id, user_id, ordered_at, amount, meta FROM kafka_orders ORDER BY event_id;
 SELECT target, reason, kafka_offset, payload FROM experiment.kafka_dead_letters ORDER BY kafka_offset;
+-- read again: counted again, kept once
+SELECT * FROM experiment.ingest_event_messages('kafka_orders', '{event_id,user_id,ordered_at,amount,meta}',
+  '{id,user,at,order.amount,meta}', '{o,o,o}', '{0,0,0}', '{3,6,7}', ARRAY[
+  '{"id": "e3", "user": "u3", "at": "never", "order": {"amount": 1}, "meta": null}',
+  '{"id": "e6", "user": "u6", "at": "2026-01-02T00:00:00Z", "meta": null}',
+  '[1]']);
+SELECT count(*) AS dead_letter_rows FROM experiment.kafka_dead_letters;
 -- the table, its columns and the privilege are checked (an empty batch checks only them)
 SELECT * FROM experiment.ingest_event_messages('kafka_orders', '{event_id}', '{id}', '{}', '{}', '{}', '{}');
 SELECT experiment.ingest_event_messages('kafka_orders', '{event_id,nope}', '{id,x}', '{}', '{}', '{}', '{}');
@@ -58,6 +74,13 @@ GRANT USAGE ON SCHEMA experiment TO kafka_regress_reader;
 SET ROLE kafka_regress_reader;
 SELECT experiment.ingest_event_messages('kafka_orders', '{event_id}', '{id}', '{}', '{}', '{}', '{}');
 RESET ROLE;
+-- INSERT on the mapped columns is enough
+GRANT INSERT (event_id, user_id) ON kafka_orders TO kafka_regress_reader;
+SET ROLE kafka_regress_reader;
+SELECT * FROM experiment.ingest_event_messages('kafka_orders', '{event_id,user_id}', '{id,user}', '{}', '{}', '{}', '{}');
+SELECT experiment.ingest_event_messages('kafka_orders', '{event_id,amount}', '{id,x}', '{}', '{}', '{}', '{}');
+RESET ROLE;
+REVOKE INSERT (event_id, user_id) ON kafka_orders FROM kafka_regress_reader;
 
 -- offsets: moved from the expected value, or 40001 when another consumer moved them
 SELECT experiment.kafka_advance_offsets('g', '{o,o}', '{1,0}', '{NULL,NULL}', '{4,9}', '{10,9}');

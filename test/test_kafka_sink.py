@@ -90,7 +90,7 @@ NODE_PATH = node_path()
 
 # ---- the mock cluster ------------------------------------------------------------
 
-TOPICS = ["x_main", "x_kill", "x_pair", "x_chaos", "orders"]
+TOPICS = ["x_main", "x_kill", "x_pair", "x_chaos", "orders", "x_iso", "e_iso", "x_ret"]
 mock = subprocess.Popen([MOCK, "3"] + ["%s:6" % t for t in TOPICS], stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE, stderr=open(os.path.join(work, "mock.err"), "w"), text=True)
 procs.append(mock)
@@ -137,7 +137,8 @@ def q(sql, args=None):
     return cur.fetchall() if cur.description else None
 
 
-EXPERIMENTS = {"x_main": "k_main", "x_kill": "k_kill", "x_pair": "k_pair", "x_chaos": "k_chaos", "orders": "k_orders"}
+EXPERIMENTS = {"x_main": "k_main", "x_kill": "k_kill", "x_pair": "k_pair", "x_chaos": "k_chaos", "orders": "k_orders",
+               "x_iso": "k_iso", "x_ret": "k_ret"}
 for e in EXPERIMENTS.values():
     q("""SELECT experiment.create_experiment(%s, '[{"name": "control", "allocation": 0.5},
                                                 {"name": "treatment", "allocation": 0.5}]')""", (e,))
@@ -152,12 +153,22 @@ for k in ("PGHOST", "PGPORT"):
 
 
 def sink_config(name, group, lines):
+    """a configuration file: the test's defaults, and lines ("key = value") in their place"""
+    settings = {"database": dsn, "bootstrap.servers": BOOT, "group.id": group, "batch.size": "2000",
+                "batch.linger.ms": "100", "summary.interval.s": "5", "kafka.session.timeout.ms": "6000",
+                "kafka.heartbeat.interval.ms": "500", "kafka.topic.metadata.refresh.interval.ms": "1000"}
+    extra, overridden = [], set()
+    for ln in lines:
+        k, _, v = ln.partition("=")
+        if k.strip() in settings and k.strip() not in overridden:
+            settings[k.strip()] = v.strip()
+            overridden.add(k.strip())
+        else:
+            extra.append(ln)
     path = os.path.join(work, name + ".conf")
     with open(path, "w") as f:
-        f.write("# test configuration\ndatabase = %s\nbootstrap.servers = %s\ngroup.id = %s\n"
-                "batch.size = 2000\nbatch.linger.ms = 100\nsummary.interval.s = 5\n"
-                "kafka.session.timeout.ms = 6000\nkafka.heartbeat.interval.ms = 500\n"
-                "kafka.topic.metadata.refresh.interval.ms = 1000\n%s\n" % (dsn, BOOT, group, "\n".join(lines)))
+        f.write("# test configuration\n" + "".join("%s = %s\n" % kv for kv in settings.items())
+                + "".join(ln + "\n" for ln in extra))
     return path
 
 
@@ -348,6 +359,29 @@ try:
     r = subprocess.run([SINK, "-c", sink_config("ok", "g", ["exposures.topics = x_main"]), "--check"],
                        capture_output=True, text=True)
     ck.check(r.returncode == 0 and "check passed" in r.stderr, "--check passes: %d %r" % (r.returncode, r.stderr))
+    for name, lines, want in [("bad6", ["exposures.topics = x_main", "batch.size = 10", "batch.size = 20"], "set twice"),
+                              ("bad7", ["exposures.topics = x_main", "kafka.auto.offset.reset = latest"],
+                               "auto.offset.reset"),
+                              ("bad8", ["exposures.topics = x_main", "group.id ="], "group.id must not be empty")]:
+        r = subprocess.run([SINK, "-c", sink_config(name, "g", lines)], capture_output=True, text=True, timeout=60)
+        ck.check(r.returncode == 2 and want in r.stderr, "%s exits 2 saying %r: %d %r" % (name, want, r.returncode, r.stderr))
+    r = subprocess.run([SINK, "-c", sink_config("ok", "g", ["exposures.topics = x_main"]), "--check"],
+                       capture_output=True, text=True, env=dict(os.environ, EXPERIMENT_SINK_BATCH_SIZ="5"))
+    ck.check(r.returncode == 2 and "EXPERIMENT_SINK_BATCH_SIZ" in r.stderr,
+             "an unknown EXPERIMENT_SINK_ variable exits 2 naming it: %d %r" % (r.returncode, r.stderr))
+    # brokers that cannot be reached: --check says so at once, a start waits for them
+    unreachable = sink_config("down", "g", ["exposures.topics = x_main"])
+    with open(unreachable) as f:
+        text = f.read()
+    with open(unreachable, "w") as f:
+        f.write(text.replace(BOOT, "127.0.0.1:1"))
+    r = subprocess.run([SINK, "-c", unreachable, "--check"], capture_output=True, text=True, timeout=60)
+    ck.check(r.returncode == 3 and "Kafka metadata" in r.stderr, "--check with no broker exits 3: %d" % r.returncode)
+    waiting_sink = start_sink(unreachable, "waiting")
+    time.sleep(12)
+    ck.check(waiting_sink.poll() is None and "retrying" in sink_log("waiting"),
+             "a sink started before its brokers waits for them: %r" % sink_log("waiting")[-300:])
+    ck.check(stop(waiting_sink) == 0, "and stops with 0 on SIGTERM while waiting")
     env = dict(os.environ, EXPERIMENT_SINK_BATCH_SIZE="0")
     r = subprocess.run([SINK, "-c", sink_config("ok", "g", ["exposures.topics = x_main"]), "--check"],
                        capture_output=True, text=True, env=env)
@@ -460,6 +494,76 @@ try:
         check_exposures("x_chaos", expected, bad, "broker faults")
     stop(sink)
 
+    # ---- 4b. one topic refused by the database does not hold up another ----------------------
+    q("CREATE TABLE public.iso_events (event_id text PRIMARY KEY, n integer NOT NULL)")
+    q("GRANT SELECT, INSERT ON public.iso_events TO experiment_ingest")
+    q("""CREATE FUNCTION public.iso_refuse() RETURNS trigger LANGUAGE plpgsql AS
+         $f$BEGIN IF NEW.n = 13 THEN RAISE EXCEPTION 'thirteen is refused'; END IF; RETURN NEW; END$f$""")
+    q("CREATE TRIGGER iso_refuse BEFORE INSERT ON public.iso_events FOR EACH ROW EXECUTE FUNCTION public.iso_refuse()")
+    sink = start_sink(sink_config("iso", "g_iso", ["exposures.topics = x_iso", "events.e_iso.table = public.iso_events",
+                                                   "events.e_iso.columns = event_id=id, n"]), "iso")
+    ev = [b"k\t" + json.dumps({"id": "i%d" % i, "n": i}).encode() for i in range(30)]
+    produce("e_iso", ev, "kcat")
+    xl, xexp, xbad = exposure_messages("x_iso", 2000, dup_share=0.0, bad_share=0.0)
+    produce("x_iso", xl, "kcat")
+    if wait_done("g_iso", "x_iso", len(xl), [sink], timeout=120):
+        check_exposures("x_iso", xexp, xbad, "exposures next to a refused topic")
+    t = time.time()
+    while time.time() - t < 30 and "storing the messages of e_iso failed" not in sink_log("iso"):
+        time.sleep(0.2)
+    ck.check("storing the messages of e_iso failed" in sink_log("iso") and "paused" in sink_log("iso"),
+             "the refused topic is named, with its partitions and offsets, and paused")
+    ck.check(q("SELECT count(*) FROM public.iso_events")[0][0] < 30, "the refused batch is not stored")
+    q("DROP TRIGGER iso_refuse ON public.iso_events")
+    if wait_done("g_iso", "e_iso", len(ev), [sink], timeout=120):
+        ck.check(q("SELECT count(*) FROM public.iso_events")[0][0] == 30,
+                 "after the cause is removed, the paused partitions are read again: every event stored once")
+    stop(sink)
+
+    # ---- 4c. a stored offset outside the log: never a silent skip ------------------------------
+    # uncompressed and on one partition, so that the mock's 5 MiB per partition drops the oldest
+    big = [b"samekey\t" + json.dumps({"experiment_id": "k_ret", "unit_id": "r%d" % i, "variant": "control",
+                                       "exposed_at": "2026-01-02T00:00:00Z", "event_id": "ret%d" % i,
+                                       "pad": "x" * 300}).encode() for i in range(20000)]
+    path = os.path.join(work, "ret.txt")
+    with open(path, "wb") as f:
+        f.write(b"\n".join(big) + b"\n")
+    subprocess.run(["kcat", "-P", "-b", BOOT, "-t", "x_ret", "-K", "\t", "-X", "partitioner=murmur2_random",
+                    "-l", path], check=True, capture_output=True)
+    r = subprocess.run(["kcat", "-Q", "-b", BOOT] + sum([["-t", "x_ret:%d:-2" % pt] for pt in range(6)], []),
+                       capture_output=True, text=True)
+    lows = {}
+    for ln in r.stdout.splitlines():
+        parts_ = ln.replace("[", " ").replace("]", " ").split()
+        if len(parts_) >= 4 and parts_[0] == "x_ret":
+            lows[int(parts_[1])] = int(parts_[-1])
+    part_ret, low = max(lows.items(), key=lambda kv: kv[1]) if lows else (None, 0)
+    ck.check(low > 0, "the mock dropped the oldest messages of x_ret (log start %r)" % lows)
+    q("INSERT INTO experiment.kafka_offsets (consumer_group, topic, partition, next_offset) VALUES "
+      "('g_ret', 'x_ret', %s, 0)", (part_ret,))
+    others = [pt for pt in range(6) if pt != part_ret]
+    q("INSERT INTO experiment.kafka_offsets (consumer_group, topic, partition, next_offset) VALUES "
+      "('g_ret', 'x_ret', %s, 1000000)", (others[0],))
+    sink = start_sink(sink_config("ret", "g_ret", ["exposures.topics = x_ret"]), "ret")
+    t = time.time()
+    while time.time() - t < 60 and not ("deleted by the topic's retention" in sink_log("ret")
+                                        and "beyond the end" in sink_log("ret")):
+        time.sleep(0.2)
+    logtext = sink_log("ret")
+    ck.check("were deleted by the topic's retention before the sink stored them; continuing from offset %d" % low
+             in logtext, "messages lost to retention are reported with their offsets: %r" % logtext[-500:])
+    ck.check("beyond the end of the partition" in logtext and "paused" in logtext,
+             "a stored offset beyond the end pauses the partition")
+    time.sleep(3)
+    got = q("SELECT next_offset FROM experiment.kafka_offsets WHERE consumer_group = 'g_ret' AND topic = 'x_ret' "
+            "AND partition = %s", (part_ret,))[0][0]
+    r = subprocess.run(["kcat", "-Q", "-b", BOOT, "-t", "x_ret:%d:-1" % part_ret], capture_output=True, text=True)
+    high = int(r.stdout.split()[-1]) if r.returncode == 0 and r.stdout.split() else None
+    ck.check(got == high, "the partition with deleted messages is read to its end (%r of %r)" % (got, high))
+    ck.check(q("SELECT next_offset FROM experiment.kafka_offsets WHERE consumer_group = 'g_ret' AND partition = %s",
+               (others[0],))[0][0] == 1000000, "the paused partition's stored offset is left for a person to correct")
+    stop(sink)
+
     # ---- 5. metric events into a user table ---------------------------------------------
     q("""CREATE TABLE public.orders_kafka (event_id text PRIMARY KEY, user_id text NOT NULL,
                                           ordered_at timestamptz NOT NULL, amount numeric NOT NULL CHECK (amount >= 0),
@@ -520,8 +624,16 @@ try:
                    FROM experiment.metric_results r WHERE experiment_id = 'k_orders' ORDER BY 1, 2, 3""")
         pairs = {}
         for m, v, body in res:
-            pairs.setdefault((m, v), []).append(body)
-        ck.check(len(pairs) >= 2 and all(len(b) == 2 and b[0] == b[1] for b in pairs.values()),
+            pairs.setdefault((m, v), []).append(json.loads(body))
+
+        def same(a, b):
+            """equal, numbers to 1e-12 relative (the two tables sum each unit's events in another order)"""
+            if isinstance(a, dict) and isinstance(b, dict):
+                return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+            if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+                return a == b or abs(a - b) <= 1e-12 * max(abs(a), abs(b))
+            return a == b
+        ck.check(len(pairs) >= 2 and all(len(b) == 2 and same(b[0], b[1]) for b in pairs.values()),
                  "refresh() of the sink's events equals refresh() of the COPY load: %r" % list(pairs.items())[:2])
     stop(sink)
 finally:

@@ -56,6 +56,10 @@ COMMENT ON TABLE experiment.exposures_quarantine IS
   'bulk-loaded exposures that could not be stored (unknown experiment or variant, missing or invalid fields), with the reason';
 COMMENT ON COLUMN experiment.exposures_quarantine.payload IS
   'the exposure as delivered; a message that was not JSON is kept as a JSON string of its text';
+CREATE UNIQUE INDEX exposures_quarantine_kafka_position_key ON experiment.exposures_quarantine
+  (kafka_topic, kafka_partition, kafka_offset) WHERE kafka_topic IS NOT NULL;
+COMMENT ON INDEX experiment.exposures_quarantine_kafka_position_key IS
+  'a Kafka message is quarantined once, however often it is read';
 COMMENT ON COLUMN experiment.exposures_quarantine.kafka_offset IS
   'where a Kafka message came from (experiment-kafka-sink, doc/kafka.md): topic, partition and offset; NULL for other loads';
 SELECT pg_catalog.pg_extension_config_dump('experiment.exposures_quarantine', '');
@@ -195,6 +199,8 @@ BEGIN
     SELECT reason, experiment_id, unit_id, variant, event_id, payload, topic, part, off
     FROM checked WHERE reason IS NOT NULL
     ORDER BY ord
+    -- a Kafka message read again (a replay) is kept once, at its position
+    ON CONFLICT DO NOTHING
     RETURNING 1
   ), stored AS (
     INSERT INTO experiment.exposures
@@ -208,7 +214,8 @@ BEGIN
   )
   SELECT (SELECT count(*) FROM stored),
          (SELECT count(*) FROM checked WHERE reason IS NULL) - (SELECT count(*) FROM stored),
-         (SELECT count(*) FROM quarantine)
+         -- (every bad row counts, also one quarantined before: the CTE runs to completion anyway)
+         (SELECT count(*) FROM checked WHERE reason IS NOT NULL)
   INTO inserted, duplicates, quarantined;
 END
 $$;

@@ -33,6 +33,10 @@ CREATE TABLE experiment.kafka_dead_letters (
 COMMENT ON TABLE experiment.kafka_dead_letters IS
   'metric event messages that could not be stored in their table (not JSON, a missing field, a value the column refuses), with the reason and where they came from';
 COMMENT ON COLUMN experiment.kafka_dead_letters.target IS 'the table the message was meant for';
+CREATE UNIQUE INDEX kafka_dead_letters_position_key ON experiment.kafka_dead_letters
+  (target, kafka_topic, kafka_partition, kafka_offset);
+COMMENT ON INDEX experiment.kafka_dead_letters_position_key IS
+  'a message is dead-lettered once per table, however often it is read';
 SELECT pg_catalog.pg_extension_config_dump('experiment.kafka_dead_letters', '');
 SELECT pg_catalog.pg_extension_config_dump('experiment.kafka_dead_letters_id_seq', '');
 COMMENT ON SEQUENCE experiment.kafka_dead_letters_id_seq IS 'ids of dead-lettered metric event messages';
@@ -154,9 +158,10 @@ BEGIN
   IF (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = target) NOT IN ('r', 'p') THEN
     RAISE EXCEPTION '% is not a table', target USING ERRCODE = 'wrong_object_type';
   END IF;
-  IF NOT has_table_privilege(target, 'INSERT') THEN
+  IF NOT has_table_privilege(target, 'INSERT')
+     AND EXISTS (SELECT FROM unnest(columns) AS col(name) WHERE NOT has_column_privilege(target, col.name, 'INSERT')) THEN
     RAISE EXCEPTION 'permission denied for table %', target USING ERRCODE = 'insufficient_privilege',
-      HINT = 'The role that ingests metric events needs INSERT on their table.';
+      HINT = 'The role that ingests metric events needs INSERT on their table (or on the mapped columns).';
   END IF;
   inserted := 0; duplicates := 0; dead_lettered := 0;
   IF n = 0 THEN
@@ -176,9 +181,10 @@ BEGIN
   INSERT INTO experiment.kafka_dead_letters (target, reason, kafka_topic, kafka_partition, kafka_offset, payload)
   SELECT target::text, r.reason, r.topic, r.part, r.off, r.payload
   FROM unnest(reasons, topics, partitions, offsets, payloads) AS r(reason, topic, part, off, payload)
-  WHERE r.reason IS NOT NULL;
-  GET DIAGNOSTICS c = ROW_COUNT;
-  dead_lettered := c;
+  WHERE r.reason IS NOT NULL
+  -- a message read again (a replay) is kept once, at its position
+  ON CONFLICT DO NOTHING;
+  dead_lettered := (SELECT count(*) FROM unnest(reasons) r WHERE r IS NOT NULL);
 
   -- the rest in one statement; when a value is refused, row by row to find which
   sql := format('INSERT INTO %s (%s) SELECT %s FROM unnest($1::jsonb[], $2::text[]) AS m(j, reason) '
@@ -199,7 +205,8 @@ BEGIN
       EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
         reasons[i] := SQLERRM;
         INSERT INTO experiment.kafka_dead_letters (target, reason, kafka_topic, kafka_partition, kafka_offset, payload)
-        VALUES (target::text, SQLERRM, topics[i], partitions[i], offsets[i], payloads[i]);
+        VALUES (target::text, SQLERRM, topics[i], partitions[i], offsets[i], payloads[i])
+        ON CONFLICT DO NOTHING;
         dead_lettered := dead_lettered + 1;
       END;
     END LOOP;
