@@ -73,13 +73,13 @@ BEGIN
              WHEN p.exposed_at IS NULL THEN 'invalid exposed_at'
              WHEN NOT experiment.exposed_at_valid(p.exposed_at)
                THEN 'exposed_at out of range (1970-01-01 to 2200-01-01)'
-             WHEN NOT EXISTS (SELECT 1 FROM experiment.experiments e WHERE e.id = p.experiment_id)
-               THEN 'unknown experiment'
-             WHEN NOT EXISTS (SELECT 1 FROM experiment.variants v
-                              WHERE v.experiment_id = p.experiment_id AND v.name = p.variant)
-               THEN 'unknown variant'
+             WHEN e.id IS NULL THEN 'unknown experiment'
+             WHEN v.name IS NULL THEN 'unknown variant'
            END AS reason
+    -- joins (one row each: the keys are unique), not a subquery per row
     FROM parsed p
+    LEFT JOIN experiment.experiments e ON e.id = p.experiment_id
+    LEFT JOIN experiment.variants v ON v.experiment_id = p.experiment_id AND v.name = p.variant
   ), quarantine AS (
     INSERT INTO experiment.exposures_quarantine
       (reason, experiment_id, unit_id, variant, event_id, payload, kafka_topic, kafka_partition, kafka_offset)
