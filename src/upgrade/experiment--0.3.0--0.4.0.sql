@@ -4,6 +4,9 @@
 -- the quarantine's kafka_topic, kafka_partition and kafka_offset columns,
 -- ingest_exposure_messages(), ingest_event_messages() and kafka_advance_offsets();
 -- setup_roles() grants experiment_ingest the new tables (run it again after the update).
+-- Capping both ways (doc/analysis.md, "Winsorization"): the metrics' lower percentile cap
+-- winsorize_lower, absolute caps cap_lower and cap_upper and cap_ignore_zeros, and
+-- variant_stats.cap_lower.
 -- test/test_upgrade.py checks that the result equals a fresh 0.4.0 install.
 \echo Use "ALTER EXTENSION experiment UPDATE TO '0.4.0'" to load this file. \quit
 
@@ -464,3 +467,728 @@ $$;
 COMMENT ON FUNCTION experiment.kafka_advance_offsets(text, text[], integer[], bigint[], bigint[], bigint[]) IS
   'move the stored next offsets of a consumer group from expected (NULL: none stored yet) to next_offsets, '
   'or fail with 40001 when another consumer moved them first; called in the transaction that stores the messages';
+
+-- Capping both ways (doc/analysis.md, "Winsorization"): metrics.winsorize_lower, cap_lower,
+-- cap_upper and cap_ignore_zeros, variant_stats.cap_lower; the caps of refresh() and aa_test()
+-- from experiment.winsorization_caps() and experiment.effective_caps()
+ALTER TABLE experiment.metrics
+  ADD COLUMN winsorize_lower float8,
+  ADD COLUMN cap_lower float8,
+  ADD COLUMN cap_upper float8,
+  ADD COLUMN cap_ignore_zeros boolean NOT NULL DEFAULT false,
+  ADD CONSTRAINT metrics_winsorize_lower_check CHECK (
+    winsorize_lower IS NULL OR (winsorize_lower > 0 AND winsorize_lower < 1
+                                AND (winsorize IS NULL OR winsorize_lower < winsorize))),
+  ADD CONSTRAINT metrics_cap_check CHECK (
+    (cap_lower IS NULL OR (cap_lower > '-Infinity'::float8 AND cap_lower < 'Infinity'::float8))
+    AND (cap_upper IS NULL OR (cap_upper > '-Infinity'::float8 AND cap_upper < 'Infinity'::float8))
+    AND (cap_lower IS NULL OR cap_upper IS NULL OR cap_lower < cap_upper));
+
+COMMENT ON COLUMN experiment.metrics.winsorize_lower IS
+  'cap per-unit values from below at this lower percentile, pooled over all units (e.g. 0.001; below winsorize)';
+
+COMMENT ON COLUMN experiment.metrics.cap_lower IS
+  'absolute lower cap of per-unit values (e.g. -500 for refunds): no capped value is below it; a lower percentile cap can only raise it';
+
+COMMENT ON COLUMN experiment.metrics.cap_upper IS
+  'absolute upper cap of per-unit values: no capped value is above it; with winsorize the upper cap is the smaller of the two';
+
+COMMENT ON COLUMN experiment.metrics.cap_ignore_zeros IS
+  'percentile caps are taken over the units whose value is not 0 (zero-inflated revenue), and a 0 is never capped';
+
+-- the values a catalogue row may hold, checked before the table's constraints so that a
+-- mistake gets a message naming the column, the value and what is allowed
+CREATE OR REPLACE FUNCTION experiment.metrics_check() RETURNS trigger
+  LANGUAGE plpgsql
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  owner text := format('metric "%s"', CASE WHEN TG_OP = 'DELETE' THEN OLD.name ELSE NEW.name END);
+BEGIN
+  -- ownership: like ALTER ... OWNER TO, only members of a role may act for it
+  IF TG_OP IN ('UPDATE', 'DELETE') AND NOT pg_catalog.pg_has_role(current_user, OLD.owner, 'MEMBER') THEN
+    RAISE EXCEPTION 'permission denied to % metric "%"', lower(TG_OP), OLD.name
+      USING ERRCODE = 'insufficient_privilege',
+            DETAIL = format('Only members of role "%s", the metric''s owner, may change or delete it.', OLD.owner);
+  END IF;
+  IF TG_OP = 'DELETE' THEN
+    RETURN OLD;
+  END IF;
+  IF NEW.owner IS NULL THEN
+    NEW.owner := CASE WHEN TG_OP = 'UPDATE' THEN OLD.owner ELSE experiment.current_regrole() END;
+  END IF;
+  IF (TG_OP = 'INSERT' OR NEW.owner IS DISTINCT FROM OLD.owner)
+     AND NOT pg_catalog.pg_has_role(current_user, NEW.owner, 'MEMBER') THEN
+    RAISE EXCEPTION 'permission denied to make role "%" the owner of metric "%"', NEW.owner, NEW.name
+      USING ERRCODE = 'insufficient_privilege',
+            DETAIL = 'A metric''s source is read as its owner: only members of a role may register metrics for it.',
+            HINT = 'Leave owner NULL to own the metric yourself.';
+  END IF;
+  IF NEW.name IS NULL OR NEW.name = '' THEN
+    PERFORM experiment.raise_invalid_value('name of a metric', quote_nullable(NEW.name), 'a non-empty text');
+  END IF;
+  IF NEW.aggregation IS NULL OR NEW.aggregation NOT IN ('sum', 'count', 'any', 'max') THEN
+    PERFORM experiment.raise_invalid_choice('aggregation', NEW.aggregation, '{sum,count,any,max}', owner);
+  END IF;
+  IF NEW.kind IS NULL OR NEW.kind NOT IN ('mean', 'proportion', 'ratio') THEN
+    PERFORM experiment.raise_invalid_choice('kind', NEW.kind, '{mean,proportion,ratio}', owner);
+  END IF;
+  IF NEW.delay IS NULL OR NEW.delay < interval '0' THEN
+    PERFORM experiment.raise_invalid_value('delay of ' || owner, NEW.delay::text, 'a non-negative interval');
+  END IF;
+  IF NEW."window" <= interval '0' THEN
+    PERFORM experiment.raise_invalid_value('window of ' || owner, NEW."window"::text,
+                                           'a positive interval (NULL: until the end of the experiment)');
+  END IF;
+  IF NOT (NEW.winsorize > 0 AND NEW.winsorize < 1) THEN
+    PERFORM experiment.raise_invalid_value('winsorize of ' || owner, NEW.winsorize::text,
+                                           'a percentile in (0, 1), e.g. 0.999 (NULL: no cap)');
+  END IF;
+  IF NOT (NEW.winsorize_lower > 0 AND NEW.winsorize_lower < 1) THEN
+    PERFORM experiment.raise_invalid_value('winsorize_lower of ' || owner, NEW.winsorize_lower::text,
+                                           'a lower percentile in (0, 1), e.g. 0.001 (NULL: no lower percentile cap)');
+  END IF;
+  IF NEW.winsorize_lower >= NEW.winsorize THEN
+    PERFORM experiment.raise_invalid_value('winsorize_lower of ' || owner, NEW.winsorize_lower::text,
+                                           format('a percentile below winsorize (%s)', NEW.winsorize));
+  END IF;
+  IF NOT (NEW.cap_lower > '-Infinity'::float8 AND NEW.cap_lower < 'Infinity'::float8) THEN
+    PERFORM experiment.raise_invalid_value('cap_lower of ' || owner, NEW.cap_lower::text,
+                                           'a finite number (NULL: no absolute lower cap)');
+  END IF;
+  IF NOT (NEW.cap_upper > '-Infinity'::float8 AND NEW.cap_upper < 'Infinity'::float8) THEN
+    PERFORM experiment.raise_invalid_value('cap_upper of ' || owner, NEW.cap_upper::text,
+                                           'a finite number (NULL: no absolute upper cap)');
+  END IF;
+  IF NEW.cap_lower >= NEW.cap_upper THEN
+    PERFORM experiment.raise_invalid_value('cap_lower of ' || owner, NEW.cap_lower::text,
+                                           format('below cap_upper (%s)', NEW.cap_upper));
+  END IF;
+  IF NEW.cap_ignore_zeros IS NULL THEN
+    PERFORM experiment.raise_invalid_value('cap_ignore_zeros of ' || owner, 'NULL', 'true or false');
+  END IF;
+  IF NEW.cuped_lookback <= interval '0' THEN
+    PERFORM experiment.raise_invalid_value('cuped_lookback of ' || owner, NEW.cuped_lookback::text,
+                                           'a positive interval (NULL: no CUPED)');
+  END IF;
+  IF NEW.late_events IS NULL OR NEW.late_events < interval '0' THEN
+    PERFORM experiment.raise_invalid_value('late_events of ' || owner, coalesce(NEW.late_events::text, 'NULL'),
+                                           'a non-negative interval, e.g. ''1 day''');
+  END IF;
+  RETURN NEW;
+END
+$$;
+
+COMMENT ON TRIGGER metrics_check ON experiment.metrics IS
+  'an invalid aggregation, kind, delay, window, winsorize, winsorize_lower, cap_lower, cap_upper, cap_ignore_zeros, '
+  'cuped_lookback or late_events is refused with a message naming the allowed values; '
+  'the owner defaults to the current user, and only members of the owner role may register, change or delete a metric';
+
+CREATE OR REPLACE FUNCTION experiment.validate_metric(metric text) RETURNS void
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  m experiment.metrics;
+  part text;
+  part_kind text;
+  relkind "char";
+  t regtype;
+  cat "char";
+  columns text[];
+BEGIN
+  m := experiment.require_metric(validate_metric.metric);
+
+  IF m.kind = 'ratio' THEN
+    IF m.winsorize_lower IS NOT NULL OR m.cap_lower IS NOT NULL OR m.cap_upper IS NOT NULL THEN
+      RAISE EXCEPTION 'ratio metric "%" cannot be capped (%)', m.name,
+        concat_ws(', ', 'winsorize_lower = ' || m.winsorize_lower, 'cap_lower = ' || m.cap_lower, 'cap_upper = ' || m.cap_upper)
+        USING ERRCODE = '22023',
+              HINT = 'A ratio''s numerator and denominator are capped as metrics of their own: set the caps on them.';
+    END IF;
+    IF m.numerator IS NULL OR m.denominator IS NULL THEN
+      RAISE EXCEPTION 'ratio metric "%" needs both numerator and denominator', m.name USING ERRCODE = '22023';
+    END IF;
+    IF m.source IS NOT NULL THEN
+      RAISE EXCEPTION 'ratio metric "%" reads its numerator and denominator metrics, not a source', m.name
+        USING ERRCODE = '22023', HINT = 'Set source to NULL.';
+    END IF;
+    FOREACH part IN ARRAY ARRAY[m.numerator, m.denominator] LOOP
+      SELECT kind INTO part_kind FROM experiment.metrics WHERE name = part;
+      IF NOT FOUND THEN
+        RAISE EXCEPTION 'ratio metric "%": part "%" is not a metric', m.name, part USING ERRCODE = '22023';
+      END IF;
+      IF part_kind = 'ratio' THEN
+        RAISE EXCEPTION 'ratio metric "%": part "%" is itself a ratio', m.name, part USING ERRCODE = '22023';
+      END IF;
+      PERFORM experiment.validate_metric(part);
+    END LOOP;
+    RETURN;
+  END IF;
+
+  IF m.numerator IS NOT NULL OR m.denominator IS NOT NULL THEN
+    RAISE EXCEPTION 'metric "%" of kind % cannot have a numerator or denominator', m.name, m.kind
+      USING ERRCODE = '22023', HINT = 'Set kind to ''ratio''.';
+  END IF;
+  IF m.source IS NULL THEN
+    RAISE EXCEPTION 'metric "%" needs a source relation', m.name USING ERRCODE = '22023';
+  END IF;
+  SELECT c.relkind INTO relkind FROM pg_catalog.pg_class c WHERE c.oid = m.source;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'metric "%": source relation with oid % does not exist', m.name, m.source::oid
+      USING ERRCODE = '22023';
+  END IF;
+  IF relkind NOT IN ('r', 'v', 'm', 'p', 'f') THEN
+    RAISE EXCEPTION 'metric "%": source % is not a table, view or materialized view', m.name, m.source
+      USING ERRCODE = '22023';
+  END IF;
+  columns := ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+                   WHERE a.attrelid = m.source AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum);
+  IF m.unit_column IS NULL OR m.time_column IS NULL THEN
+    RAISE EXCEPTION 'metric "%" needs unit_column and time_column', m.name USING ERRCODE = '22023';
+  END IF;
+
+  t := experiment.column_type(m.source, m.unit_column);
+  IF t IS NULL THEN
+    RAISE EXCEPTION 'metric "%": column "%" does not exist in %', m.name, m.unit_column, m.source
+      USING ERRCODE = '22023', HINT = experiment.hint_list(columns, format('columns of %s', m.source), m.source::text);
+  END IF;
+  SELECT typcategory INTO cat FROM pg_catalog.pg_type WHERE oid = t;
+  IF NOT (cat = 'S' OR t IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'uuid'::regtype)) THEN
+    RAISE EXCEPTION 'metric "%": unit column "%" has type %, expected text, an integer or uuid', m.name, m.unit_column, t
+      USING ERRCODE = '22023';
+  END IF;
+
+  t := experiment.column_type(m.source, m.time_column);
+  IF t IS NULL THEN
+    RAISE EXCEPTION 'metric "%": column "%" does not exist in %', m.name, m.time_column, m.source
+      USING ERRCODE = '22023', HINT = experiment.hint_list(columns, format('columns of %s', m.source), m.source::text);
+  END IF;
+  IF t NOT IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype) THEN
+    RAISE EXCEPTION 'metric "%": time column "%" has type %, expected timestamptz, timestamp or date', m.name, m.time_column, t
+      USING ERRCODE = '22023';
+  END IF;
+
+  IF m.value_column IS NOT NULL THEN
+    t := experiment.column_type(m.source, m.value_column);
+    IF t IS NULL THEN
+      RAISE EXCEPTION 'metric "%": column "%" does not exist in %', m.name, m.value_column, m.source
+        USING ERRCODE = '22023', HINT = experiment.hint_list(columns, format('columns of %s', m.source), m.source::text);
+    END IF;
+    SELECT typcategory INTO cat FROM pg_catalog.pg_type WHERE oid = t;
+    IF NOT (cat = 'N' OR t = 'boolean'::regtype) OR t IN ('oid'::regtype, 'regclass'::regtype) THEN
+      RAISE EXCEPTION 'metric "%": value column "%" has type %, expected a number or boolean', m.name, m.value_column, t
+        USING ERRCODE = '22023';
+    END IF;
+  END IF;
+
+  -- the owner reads the source: it must be allowed to, and nothing in it may run code
+  -- chosen by a less trusted role
+  FOREACH part IN ARRAY ARRAY[m.unit_column, m.time_column, m.value_column] LOOP
+    IF NOT experiment.role_may_read_column(m.owner, m.source, part) THEN
+      RAISE EXCEPTION 'metric "%": its owner "%" may not read column "%" of %', m.name, m.owner, part, m.source
+        USING ERRCODE = 'insufficient_privilege',
+              DETAIL = 'A metric''s source is read as the metric''s owner.',
+              HINT = format('GRANT SELECT ON %s TO %s, or register the metric as a role that may read it.',
+                            m.source, quote_ident(m.owner::text));
+    END IF;
+  END LOOP;
+  part := experiment.source_trust_problem(m.source, m.owner);
+  IF part IS NOT NULL THEN
+    RAISE EXCEPTION 'metric "%": source % cannot be read safely as its owner "%"', m.name, m.source, m.owner
+      USING ERRCODE = 'insufficient_privilege', DETAIL = part || '.',
+            HINT = 'Have that role (or a member of it) register the metric, so that the source is read as it, or let a role trusted by the owner own the object (doc/security.md).';
+  END IF;
+
+  IF m.kind = 'proportion' AND m.winsorize IS NOT NULL THEN
+    RAISE EXCEPTION 'proportion metric "%" cannot be winsorized', m.name
+      USING ERRCODE = '22023', HINT = 'Its per-unit values are 0 or 1: set winsorize to NULL.';
+  END IF;
+  IF m.kind = 'proportion' AND (m.winsorize_lower IS NOT NULL OR m.cap_lower IS NOT NULL OR m.cap_upper IS NOT NULL) THEN
+    RAISE EXCEPTION 'proportion metric "%" cannot be capped (%)', m.name,
+      concat_ws(', ', 'winsorize_lower = ' || m.winsorize_lower, 'cap_lower = ' || m.cap_lower, 'cap_upper = ' || m.cap_upper)
+      USING ERRCODE = '22023', HINT = 'Its per-unit values are 0 or 1: set winsorize_lower, cap_lower and cap_upper to NULL.';
+  END IF;
+  IF m.kind = 'proportion' AND m.aggregation <> 'any' THEN
+    RAISE EXCEPTION 'proportion metric "%" must use aggregation ''any'', not ''%''', m.name, m.aggregation
+      USING ERRCODE = '22023', HINT = 'A proportion is the share of units converted at least once.';
+  END IF;
+END
+$$;
+
+ALTER TABLE experiment.variant_stats ADD COLUMN cap_lower float8;
+
+COMMENT ON COLUMN experiment.variant_stats.cap IS
+  'upper cap applied to y, if any: the pooled winsorize percentile, the metric''s cap_upper, or the smaller of the two';
+
+COMMENT ON COLUMN experiment.variant_stats.cap_lower IS
+  'lower cap applied to y, if any: the pooled winsorize_lower percentile, the metric''s cap_lower, or the larger of the two';
+
+-- the caps of one column of per-unit values (doc/analysis.md, "Winsorization"), from its
+-- pooled percentiles and the metric's absolute caps (NULL: none on that side). The absolute
+-- caps are hard bounds that a percentile cap can only tighten: the upper cap is the smaller of
+-- the upper percentile and cap_upper, the lower cap the larger of the lower percentile and
+-- cap_lower, and a percentile beyond the absolute cap of the other side is moved to it, so
+-- that the lower cap is never above the upper one (cap_lower < cap_upper is checked)
+CREATE OR REPLACE FUNCTION experiment.effective_caps(pct_lower float8, pct_upper float8, cap_lower float8, cap_upper float8,
+    OUT lower_cap float8, OUT upper_cap float8)
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE WHEN pct_lower IS NULL THEN cap_lower ELSE greatest(cap_lower, least(pct_lower, cap_upper)) END,
+         CASE WHEN pct_upper IS NULL THEN cap_upper ELSE least(cap_upper, greatest(pct_upper, cap_lower)) END
+$$;
+
+COMMENT ON FUNCTION experiment.effective_caps(float8, float8, float8, float8) IS
+  'internal: the lower and upper cap of per-unit values from their percentile caps and the absolute caps cap_lower and cap_upper';
+
+-- (new arguments: a lower cap and ignore_zeros)
+DROP FUNCTION experiment.capped_sql(text, integer, float8);
+
+-- SQL of a per-unit value column (v<i> or p<i> of the per-unit values, alias v), capped into
+-- [lower_cap, upper_cap] (a NULL, NaN or infinite cap caps nothing); with ignore_zeros a 0
+-- stays 0
+CREATE OR REPLACE FUNCTION experiment.capped_sql(prefix text, i integer, lower_cap float8, upper_cap float8,
+                                      ignore_zeros boolean) RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE WHEN c.lo IS NULL AND c.hi IS NULL THEN c.col
+              WHEN ignore_zeros THEN format('CASE WHEN %s = 0 THEN 0::float8 ELSE %s END', c.col, c.capped)
+              ELSE c.capped END
+  FROM (SELECT b.col, b.lo, b.hi,
+               CASE WHEN b.lo IS NULL THEN b.up ELSE format('greatest(%s, %L::float8)', b.up, b.lo) END AS capped
+        FROM (SELECT a.col, a.lo, a.hi,
+                     CASE WHEN a.hi IS NULL THEN a.col ELSE format('least(%s, %L::float8)', a.col, a.hi) END AS up
+              FROM (SELECT format('v.%s%s', prefix, i) AS col,
+                           CASE WHEN lower_cap > '-Infinity'::float8 AND lower_cap < 'Infinity'::float8 THEN lower_cap END AS lo,
+                           CASE WHEN upper_cap > '-Infinity'::float8 AND upper_cap < 'Infinity'::float8 THEN upper_cap END AS hi) a) b) c
+$$;
+
+COMMENT ON FUNCTION experiment.capped_sql(text, integer, float8, float8, boolean) IS
+  'internal: SQL of a per-unit value column capped into [lower_cap, upper_cap] (NULL: no cap on that side); with ignore_zeros a 0 is not capped';
+
+-- (new OUT parameters: dropped and created again)
+DROP FUNCTION experiment.winsorization_caps(text);
+
+-- the caps of each base metric's values v<i> and pre-period values p<i> over the units of
+-- vals_from (doc/analysis.md, "Winsorization"): the pooled percentiles winsorize_lower and
+-- winsorize (over the values that are not 0 with cap_ignore_zeros; the pre-period values at
+-- percentiles of their own) combined with the absolute caps cap_lower and cap_upper by
+-- experiment.effective_caps(); caps and lower_caps are the upper and lower caps of v<i>,
+-- pre_caps and pre_lower_caps those of p<i> (NULL: no cap), capped and pre_capped the SQL of
+-- the capped columns (experiment.capped_sql())
+CREATE OR REPLACE FUNCTION experiment.winsorization_caps(vals_from text,
+    OUT caps float8[], OUT lower_caps float8[], OUT pre_caps float8[], OUT pre_lower_caps float8[],
+    OUT capped text[], OUT pre_capped text[])
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  pct_sql text;
+  pick_sql text;
+  -- pct[4i-3], pct[4i-2]: the lower and upper percentile of v<i>; pct[4i-1], pct[4i]: of p<i>
+  pct float8[];
+BEGIN
+  -- one sort per column: percentile_cont of both fractions at once
+  SELECT string_agg(format('percentile_cont(ARRAY[%L::float8, %L::float8]) WITHIN GROUP (ORDER BY v.%s)%s AS %s',
+                           m2.winsorize_lower, m2.winsorize, c.col,
+                           CASE WHEN m2.cap_ignore_zeros THEN format(' FILTER (WHERE v.%s <> 0)', c.col) ELSE '' END,
+                           c.col), ', ' ORDER BY b.i, c.k) FILTER (WHERE c.pct),
+         string_agg(CASE WHEN c.pct THEN format('q.%s[1], q.%s[2]', c.col, c.col) ELSE 'NULL, NULL' END,
+                    ', ' ORDER BY b.i, c.k)
+    INTO pct_sql, pick_sql
+    FROM pg_temp.exp_base b JOIN experiment.metrics m2 ON m2.name = b.name
+    CROSS JOIN LATERAL (VALUES (1, 'v' || b.i), (2, 'p' || b.i)) c0(k, col)
+    CROSS JOIN LATERAL (SELECT c0.k, c0.col, (m2.winsorize IS NOT NULL OR m2.winsorize_lower IS NOT NULL)
+                                             AND (c0.k = 1 OR b.pre) AS pct) c;
+  -- (percentile_cont of no value, all zeros with cap_ignore_zeros, is NULL: no percentile cap)
+  IF pct_sql IS NOT NULL THEN
+    EXECUTE format('SELECT ARRAY[%s]::float8[] FROM (SELECT %s FROM %s v) q', pick_sql, pct_sql, vals_from) INTO pct;
+  END IF;
+  SELECT coalesce(array_agg(c.upper_cap ORDER BY b.i), '{}'), coalesce(array_agg(c.lower_cap ORDER BY b.i), '{}'),
+         coalesce(array_agg(cp.upper_cap ORDER BY b.i), '{}'), coalesce(array_agg(cp.lower_cap ORDER BY b.i), '{}'),
+         coalesce(array_agg(experiment.capped_sql('v', b.i, c.lower_cap, c.upper_cap, m2.cap_ignore_zeros) ORDER BY b.i), '{}'),
+         coalesce(array_agg(experiment.capped_sql('p', b.i, cp.lower_cap, cp.upper_cap, m2.cap_ignore_zeros) ORDER BY b.i), '{}')
+    INTO caps, lower_caps, pre_caps, pre_lower_caps, capped, pre_capped
+    FROM pg_temp.exp_base b JOIN experiment.metrics m2 ON m2.name = b.name
+    CROSS JOIN LATERAL experiment.effective_caps(pct[4 * b.i - 3], pct[4 * b.i - 2], m2.cap_lower, m2.cap_upper) c
+    -- (no pre-period value: no caps)
+    CROSS JOIN LATERAL experiment.effective_caps(pct[4 * b.i - 1], pct[4 * b.i], CASE WHEN b.pre THEN m2.cap_lower END,
+                                                 CASE WHEN b.pre THEN m2.cap_upper END) cp;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.winsorization_caps(text) IS
+  'internal: the lower and upper caps of an experiment''s base metrics (pooled percentiles and absolute caps) over a relation of per-unit values, and the SQL of the capped values';
+
+-- (new OUT parameters)
+DROP FUNCTION experiment.prepare_unit_values(experiment.experiments, boolean, boolean);
+
+-- the per-unit values of an experiment's metrics, as refresh and aa_test read them: temporary
+-- tables exp_units (the analysed units: first variant and exposure), exp_base (the base
+-- metrics, numbered i) and, when keep or a metric has a percentile cap, exp_vals (unit_id,
+-- variant, v<i> = the value of base metric i, p<i> = its pre-period value); vals_from is
+-- exp_vals or the query that computes it; capped and pre_capped are the SQL of v<i> and p<i>
+-- capped (experiment.winsorization_caps())
+CREATE OR REPLACE FUNCTION experiment.prepare_unit_values(e experiment.experiments, keep boolean, as_owner boolean,
+    OUT vals_from text, OUT capped text[], OUT pre_capped text[], OUT nmulti bigint, OUT nunits bigint,
+    OUT nearly bigint, OUT min_t0 timestamptz, OUT max_t0 timestamptz)
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  sc experiment.source_scan;
+  src_no integer := 0;
+  joins text := '';
+  vals_sql text;
+  vals_cols text := '';
+BEGIN
+  -- units: first exposure defines variant and start; units in several variants are excluded
+  PERFORM experiment.drop_refresh_tables();
+  PERFORM experiment.create_units_table(e);
+  SELECT count(*) FILTER (WHERE u.multi), count(*) FILTER (WHERE NOT u.multi),
+         count(*) FILTER (WHERE NOT u.multi AND u.t0 < e.start_at),
+         pg_catalog.min(u.t0) FILTER (WHERE NOT u.multi), pg_catalog.max(u.t0) FILTER (WHERE NOT u.multi)
+    INTO nmulti, nunits, nearly, min_t0, max_t0
+    FROM exp_units u;
+  DELETE FROM exp_units WHERE multi;
+  ANALYZE exp_units;
+
+  PERFORM experiment.create_base_table(e);
+
+  -- one scan per source relation, however many metrics read it: experiment.source_unit_values()
+  -- returns every unit (zero-filled) with the values of the metrics of that source in vals
+  -- each source is read as the metric's owner (refresh) or as the current user (aa_test)
+  FOR sc IN SELECT * FROM experiment.source_specs(e, min_t0, max_t0, as_owner) LOOP
+    src_no := sc.src_no;
+    vals_cols := vals_cols || experiment.unit_value_columns(sc, format('x%s', src_no));
+    joins := joins || format('%s %s x%s%s', CASE WHEN src_no = 1 THEN ',' ELSE ' JOIN' END,
+      experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, NULL, false, false),
+      src_no, CASE WHEN src_no = 1 THEN '' ELSE format(' ON x%s.unit_id = x1.unit_id', src_no) END);
+  END LOOP;
+
+  -- per-unit values, zero-filled: one statement, one scan of each source
+  IF src_no = 0 THEN
+    vals_sql := 'SELECT u.unit_id, u.variant FROM pg_temp.exp_units u';
+  ELSE
+    vals_sql := format('SELECT x1.unit_id, x1.variant%s FROM %s%s',
+                       vals_cols, experiment.unit_arrays_sql('pg_temp.exp_units u'), joins);
+  END IF;
+
+  -- caps: pooled percentiles over all analysed units (a second read of the values: they are kept)
+  IF keep OR EXISTS (SELECT FROM pg_temp.exp_base b JOIN experiment.metrics m2 ON m2.name = b.name
+                     WHERE m2.winsorize IS NOT NULL OR m2.winsorize_lower IS NOT NULL) THEN
+    EXECUTE 'CREATE TEMP TABLE exp_vals ON COMMIT DROP AS ' || vals_sql;
+    vals_from := 'pg_temp.exp_vals';
+  ELSE
+    vals_from := '(' || vals_sql || ')';
+  END IF;
+  SELECT w.capped, w.pre_capped INTO capped, pre_capped FROM experiment.winsorization_caps(vals_from) w;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.prepare_unit_values(experiment.experiments, boolean, boolean) IS
+  'internal: the temporary tables of per-unit values that experiment.refresh() and experiment.aa_test() read, and the SQL of the capped values';
+
+CREATE OR REPLACE FUNCTION experiment.refresh(experiment_id text, full boolean DEFAULT false) RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+  -- per-unit aggregation of a million units fits in memory; JIT compilation costs more than it saves here
+  SET work_mem = '256MB'
+  SET jit = off
+  -- the results do not depend on who refreshes: timestamp and date columns and calendar
+  -- windows are read in UTC, and the generated SQL prints and reads back numbers, times and
+  -- arrays the same, whatever the caller's session says
+  SET TimeZone = 'UTC'
+  SET DateStyle = 'ISO, MDY'
+  SET IntervalStyle = 'postgres'
+  SET extra_float_digits = 1
+  SET array_nulls = on
+  SET transform_null_equals = off
+  SET row_security = on
+AS $$
+DECLARE
+  e experiment.experiments;
+  started timestamptz := clock_timestamp();
+  ts timestamptz := now();
+  control text;
+  nmulti bigint;
+  nunits bigint;
+  nearly bigint;
+  tuning float8;
+  min_t0 timestamptz;
+  max_t0 timestamptz;
+  m experiment.metrics;
+  vals_from text;
+  aggs text := '';
+  cp record;
+  unpivot text := '';
+  r record;
+  uv record;
+  by_day jsonb;
+BEGIN
+  e := experiment.require_experiment(refresh.experiment_id);
+  IF refresh.full IS NULL THEN
+    PERFORM experiment.raise_invalid_value('full', 'NULL', 'true (read every source in full) or false (incremental where it can)');
+  END IF;
+  -- one refresh of an experiment at a time
+  PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('experiment.refresh:' || e.id));
+
+  PERFORM experiment.validate_experiment_metrics(e.id);
+  SELECT v.name INTO control FROM experiment.variants v WHERE v.experiment_id = e.id AND v.is_control;
+  IF control IS NULL THEN
+    RAISE EXCEPTION 'experiment "%" has no control variant', e.id
+      USING ERRCODE = '22023', HINT = 'Set is_control on one row of experiment.variants.';
+  END IF;
+
+  -- the stored state is replaced as a whole; in a REPEATABLE READ or SERIALIZABLE transaction
+  -- whose snapshot predates another refresh's commit the rows to replace are invisible, and
+  -- the conflict surfaces as a unique violation: reported as the serialization failure it is
+  BEGIN
+  -- the stored per-unit values, brought up to date (incrementally when they can be)
+  SELECT * INTO uv FROM experiment.refresh_unit_values(e, refresh.full);
+  vals_from := format('(SELECT * FROM experiment.%I v WHERE NOT v.multi)', uv.relation);
+  -- the units by variant and day of first exposure, in one pass: counts, enrollment, days
+  EXECUTE format('CREATE TEMP TABLE exp_groups ON COMMIT DROP AS '
+                 'SELECT u.multi, CASE WHEN NOT u.multi THEN u.variant END AS variant, '
+                 'CASE WHEN NOT u.multi THEN (u.t0 AT TIME ZONE ''UTC'')::date END AS day, '
+                 'NOT u.multi AND u.t0 < %L::timestamptz AS early, count(*) AS units, '
+                 'pg_catalog.min(u.t0) AS min_t0, pg_catalog.max(u.t0) AS max_t0 '
+                 'FROM experiment.%I u GROUP BY 1, 2, 3, 4', e.start_at, uv.relation);
+  SELECT coalesce(sum(g.units) FILTER (WHERE g.multi), 0), coalesce(sum(g.units) FILTER (WHERE NOT g.multi), 0),
+         coalesce(sum(g.units) FILTER (WHERE g.early), 0),
+         pg_catalog.min(g.min_t0) FILTER (WHERE NOT g.multi), pg_catalog.max(g.max_t0) FILTER (WHERE NOT g.multi)
+    INTO nmulti, nunits, nearly, min_t0, max_t0
+    FROM pg_temp.exp_groups g;
+  -- caps, CUPED covariates and tests: from the stored values, no source is read again
+  SELECT * INTO cp FROM experiment.winsorization_caps(vals_from);
+
+    DELETE FROM experiment.variant_stats vs WHERE vs.experiment_id = e.id;
+    DELETE FROM experiment.metric_results mr WHERE mr.experiment_id = e.id;
+    DELETE FROM experiment.enrollment en WHERE en.experiment_id = e.id;
+
+    FOR r IN SELECT m2.name, m2.kind, b.i, b.pre,
+                    (SELECT bn.i FROM exp_base bn WHERE bn.name = m2.numerator) AS ni,
+                    (SELECT bd.i FROM exp_base bd WHERE bd.name = m2.denominator) AS di,
+                    row_number() OVER (ORDER BY m2.name) AS j
+             FROM experiment.experiment_metrics em JOIN experiment.metrics m2 ON m2.name = em.metric
+             LEFT JOIN exp_base b ON b.name = m2.name
+             -- (a metric added while this refresh ran has no stored values: it waits for the next one)
+             WHERE em.experiment_id = e.id
+               AND CASE WHEN m2.kind = 'ratio'
+                        THEN EXISTS (SELECT FROM exp_base bn WHERE bn.name = m2.numerator)
+                             AND EXISTS (SELECT FROM exp_base bd WHERE bd.name = m2.denominator)
+                        ELSE b.i IS NOT NULL END
+             ORDER BY m2.name LOOP
+      IF r.kind = 'ratio' THEN
+        aggs := aggs || format(', experiment.moments(%s, %s) AS a%s, pg_catalog.sum(v.s%s + v.s%s) AS k%s',
+                               cp.capped[r.ni], cp.capped[r.di], r.j, r.ni, r.di, r.j);
+        unpivot := unpivot || format(', (%L, a.a%s, NULL::experiment.moments, NULL::float8, NULL::float8, a.k%s)',
+                                     r.name, r.j, r.j);
+      ELSE
+        aggs := aggs || format(', experiment.moments(%s) AS a%s, pg_catalog.sum(v.s%s) AS k%s',
+                               cp.capped[r.i], r.j, r.i, r.j);
+        IF r.pre THEN
+          aggs := aggs || format(', experiment.moments(%s, %s) AS c%s', cp.capped[r.i], cp.pre_capped[r.i], r.j);
+        END IF;
+        unpivot := unpivot || format(', (%L, a.a%s, %s, %L::float8, %L::float8, a.k%s)', r.name, r.j,
+                                     CASE WHEN r.pre THEN format('a.c%s', r.j) ELSE 'NULL::experiment.moments' END,
+                                     cp.caps[r.i], cp.lower_caps[r.i], r.j);
+      END IF;
+    END LOOP;
+
+    -- per-variant moments of every metric in one pass over the per-unit values
+    IF unpivot <> '' THEN
+      EXECUTE format(
+        'INSERT INTO experiment.variant_stats (experiment_id, metric, variant, units, moments, cuped_moments, cap, '
+        'cap_lower, skipped_values, refreshed_at) '
+        'SELECT %L, k.metric, a.variant, a.units, k.m, k.c, k.cap, k.cap_lower, k.skipped, %L '
+        'FROM (SELECT v.variant, count(*) AS units%s FROM %s v GROUP BY v.variant) a '
+        'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, cap_lower, skipped)',
+        e.id, ts, aggs, vals_from, substr(unpivot, 3));
+    END IF;
+
+    INSERT INTO experiment.enrollment (experiment_id, variant, units, refreshed_at)
+    SELECT e.id, v.name, coalesce(c.units, 0), ts
+    FROM experiment.variants v
+    LEFT JOIN (SELECT g.variant, sum(g.units)::bigint AS units FROM pg_temp.exp_groups g WHERE NOT g.multi
+               GROUP BY g.variant) c ON c.variant = v.name
+    WHERE v.experiment_id = e.id;
+
+    -- tests of each treatment against control
+    -- the inference: sequential (N* from the registry or the planned sample), fixed, or Bayesian
+    -- (fixed-horizon tests, turned into posteriors by the results view)
+    tuning := CASE WHEN e.analysis = 'sequential' THEN experiment.sequential_tuning_of(e) END;
+    INSERT INTO experiment.metric_results
+      (experiment_id, metric, variant, control_variant, method, alpha, test, refreshed_at,
+       analysis, sequential_tuning, bound_test, harm_test)
+    SELECT e.id, m2.name, t.variant, c.variant, k.method, e.alpha,
+           experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments,
+                                  e.alpha, 'two-sided', tuning),
+           ts, e.analysis, tuning,
+           -- guardrails: one-sided tests in each direction, under the same inference
+           CASE WHEN em.role = 'guardrail' THEN
+             experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments, e.alpha,
+                                    CASE WHEN m2.higher_is_better THEN 'greater' ELSE 'less' END, tuning) END,
+           CASE WHEN em.role = 'guardrail' THEN
+             experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments, e.alpha,
+                                    CASE WHEN m2.higher_is_better THEN 'less' ELSE 'greater' END, tuning) END
+    FROM experiment.experiment_metrics em
+    JOIN experiment.metrics m2 ON m2.name = em.metric
+    JOIN experiment.variant_stats c
+      ON c.experiment_id = e.id AND c.metric = m2.name AND c.variant = control
+    JOIN experiment.variant_stats t
+      ON t.experiment_id = e.id AND t.metric = m2.name AND t.variant <> control
+    CROSS JOIN LATERAL (SELECT experiment.metric_method(m2.kind, c.cuped_moments, t.cuped_moments) AS method) k
+    WHERE em.experiment_id = e.id;
+
+    SELECT coalesce(jsonb_agg(jsonb_build_object('day', d.day, 'units', d.units) ORDER BY d.day), '[]')
+      INTO by_day
+      FROM (SELECT g.day, sum(g.units)::bigint AS units FROM pg_temp.exp_groups g WHERE NOT g.multi GROUP BY g.day) d;
+    INSERT INTO experiment.refreshes AS f
+      (experiment_id, refreshed_at, duration, enrolled_units, multi_variant_units, early_units,
+       first_exposure, last_exposure, exposures_by_day, error, error_at, mode, full_reason)
+    SELECT e.id, ts, clock_timestamp() - started, nunits, nmulti, nearly, min_t0, max_t0, by_day,
+           NULL, NULL, uv.mode, uv.reason
+    ON CONFLICT ON CONSTRAINT refreshes_pkey DO UPDATE SET
+      refreshed_at = excluded.refreshed_at, duration = excluded.duration,
+      enrolled_units = excluded.enrolled_units, multi_variant_units = excluded.multi_variant_units,
+      early_units = excluded.early_units,
+      first_exposure = excluded.first_exposure, last_exposure = excluded.last_exposure,
+      exposures_by_day = excluded.exposures_by_day, error = NULL, error_at = NULL,
+      mode = excluded.mode, full_reason = excluded.full_reason;
+  EXCEPTION WHEN unique_violation THEN
+    RAISE EXCEPTION 'could not refresh experiment "%": another refresh committed after this transaction''s snapshot', e.id
+      USING ERRCODE = 'serialization_failure', DETAIL = SQLERRM,
+            HINT = 'Retry the transaction, or refresh in a READ COMMITTED transaction.';
+  END;
+
+  PERFORM experiment.drop_refresh_tables();
+END
+$$;
+
+-- (CREATE OR REPLACE made it SECURITY INVOKER: refresh runs as the extension's owner, 095_security.sql)
+ALTER FUNCTION experiment.refresh(text, boolean) SECURITY DEFINER;
+
+-- ===========================================================================
+-- A/A validation
+-- ===========================================================================
+
+CREATE OR REPLACE FUNCTION experiment.aa_test(experiment_id text, simulations integer DEFAULT 1000, seed integer DEFAULT 0)
+  RETURNS TABLE (metric text, method text, n_simulations integer, alpha float8, false_positives bigint,
+                 false_positive_rate float8, band_lower float8, band_upper float8,
+                 ks_statistic float8, ks_p_value float8)
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+  SET work_mem = '256MB'
+  SET jit = off
+  SET TimeZone = 'UTC'
+  SET DateStyle = 'ISO, MDY'
+  SET IntervalStyle = 'postgres'
+  SET extra_float_digits = 1
+  SET array_nulls = on
+  SET transform_null_equals = off
+  SET row_security = on
+AS $$
+DECLARE
+  e experiment.experiments;
+  prep record;
+  share float8;
+  hidden text;
+  aggs text := '';
+  tests text := '';
+  r record;
+  j integer := 0;
+BEGIN
+  e := experiment.require_experiment(aa_test.experiment_id);
+  IF aa_test.simulations IS NULL OR aa_test.simulations < 10 OR aa_test.simulations > 100000 THEN
+    PERFORM experiment.raise_invalid_value('simulations', coalesce(aa_test.simulations::text, 'NULL'),
+                                           'between 10 and 100000');
+  END IF;
+  IF aa_test.seed IS NULL THEN
+    PERFORM experiment.raise_invalid_value('seed', 'NULL', 'an integer');
+  END IF;
+  PERFORM experiment.validate_experiment_metrics(e.id);
+  -- it reads the sources as its caller: say which metric it may not read, up front
+  SELECT string_agg(em.metric, ', ' ORDER BY em.metric) INTO hidden
+  FROM experiment.experiment_metrics em
+  WHERE em.experiment_id = e.id AND NOT experiment.may_read_metric(em.metric);
+  IF hidden IS NOT NULL THEN
+    RAISE EXCEPTION 'aa_test of experiment "%": role % may not read the source of metric %', e.id, current_user, hidden
+      USING ERRCODE = 'insufficient_privilege',
+            HINT = 'aa_test() reads the sources as its caller; run it as a role that may SELECT them.';
+  END IF;
+  -- the pseudo-control's share: the control's share of control + the first treatment
+  SELECT c.allocation / nullif(c.allocation + t.allocation, 0) INTO share
+  FROM experiment.variants c, LATERAL (SELECT v.allocation FROM experiment.variants v
+                                       WHERE v.experiment_id = c.experiment_id AND NOT v.is_control
+                                       ORDER BY v.name LIMIT 1) t
+  WHERE c.experiment_id = e.id AND c.is_control;
+  IF share IS NULL OR NOT (share > 0 AND share < 1) THEN
+    RAISE EXCEPTION 'experiment "%" needs a control and a treatment with positive allocations for an A/A test', e.id
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+
+  PERFORM experiment.drop_refresh_tables();
+  SELECT * INTO prep FROM experiment.prepare_unit_values(e, true, false);
+
+  -- the moments of every metric, per simulation and pseudo-arm, in one pass
+  FOR r IN SELECT m2.name, m2.kind, b.i, b.pre,
+                  (SELECT bn.i FROM pg_temp.exp_base bn WHERE bn.name = m2.numerator) AS ni,
+                  (SELECT bd.i FROM pg_temp.exp_base bd WHERE bd.name = m2.denominator) AS di
+           FROM experiment.experiment_metrics em JOIN experiment.metrics m2 ON m2.name = em.metric
+           LEFT JOIN pg_temp.exp_base b ON b.name = m2.name
+           WHERE em.experiment_id = e.id ORDER BY m2.name LOOP
+    j := j + 1;
+    IF r.kind = 'ratio' THEN
+      aggs := aggs || format(', experiment.moments(%s, %s) AS a%s, NULL::experiment.moments AS c%s',
+                             prep.capped[r.ni], prep.capped[r.di], j, j);
+    ELSE
+      aggs := aggs || format(', experiment.moments(%s) AS a%s, %s AS c%s', prep.capped[r.i], j,
+                             CASE WHEN r.pre THEN format('experiment.moments(%s, %s)', prep.capped[r.i], prep.pre_capped[r.i])
+                                  ELSE 'NULL::experiment.moments' END, j);
+    END IF;
+    tests := tests || format(' UNION ALL SELECT %L AS metric, %L AS kind, c.s, c.a%s AS cm, t.a%s AS tm, c.c%s AS cc, t.c%s AS tc FROM g c JOIN g t ON t.s = c.s AND NOT t.is_c WHERE c.is_c',
+                             r.name, r.kind, j, j, j, j);
+  END LOOP;
+  IF j = 0 THEN
+    RETURN;
+  END IF;
+
+  RETURN QUERY EXECUTE format($q$
+    WITH g AS (
+      SELECT s.s, (((pg_catalog.hashtextextended(v.unit_id, %s::bigint * 1000003 + s.s) %% 10000) + 10000) %% 10000) < %s AS is_c
+             %s
+      FROM %s v CROSS JOIN pg_catalog.generate_series(1, %s) s(s)
+      GROUP BY 1, 2
+    ), pairs AS (%s
+    ), p AS (
+      SELECT x.metric, k.method,
+             (experiment.metric_test(k.method, x.cm, x.tm, x.cc, x.tc, %s, 'two-sided', NULL)).p_value AS p
+      FROM pairs x
+      CROSS JOIN LATERAL (SELECT experiment.metric_method(x.kind, x.cc, x.tc) AS method) k
+    ), ranked AS (
+      SELECT p.*, row_number() OVER (PARTITION BY p.metric ORDER BY p.p) AS i,
+             count(*) OVER (PARTITION BY p.metric) AS n
+      FROM p WHERE p.p IS NOT NULL
+    ), ks AS (
+      SELECT ranked.metric, pg_catalog.max(greatest(ranked.i::float8 / ranked.n - ranked.p,
+                                                    ranked.p - (ranked.i - 1)::float8 / ranked.n)) AS d,
+             pg_catalog.max(ranked.n) AS n
+      FROM ranked GROUP BY ranked.metric
+    )
+    SELECT p.metric, pg_catalog.min(p.method), %s::integer, %s::float8,
+           count(*) FILTER (WHERE p.p < %s),
+           (count(*) FILTER (WHERE p.p < %s))::float8 / nullif(count(p.p), 0)::float8,
+           %s::float8 - 2.5758293035489 * sqrt(%s::float8 * (1 - %s::float8) / nullif(count(p.p), 0)),
+           %s::float8 + 2.5758293035489 * sqrt(%s::float8 * (1 - %s::float8) / nullif(count(p.p), 0)),
+           pg_catalog.min(ks.d),
+           pg_catalog.min(experiment.ks_p_value(ks.d, ks.n))
+    FROM p LEFT JOIN ks ON ks.metric = p.metric
+    GROUP BY p.metric ORDER BY p.metric$q$,
+    aa_test.seed, (share * 10000)::integer, aggs, prep.vals_from, aa_test.simulations, substr(tests, 12),
+    e.alpha, aa_test.simulations, e.alpha, e.alpha, e.alpha, e.alpha, e.alpha, e.alpha, e.alpha, e.alpha, e.alpha);
+  PERFORM experiment.drop_refresh_tables();
+END
+$$;
