@@ -67,7 +67,7 @@ FROM experiment.metrics WHERE name LIKE 'cp\_%' ORDER BY name;
 -- caps are hard bounds that percentiles only tighten; a percentile beyond the other side's
 -- absolute cap moves to it
 SELECT x.case, c.lower_cap, c.upper_cap
-FROM (VALUES ('nothing', NULL, NULL, NULL, NULL),
+FROM (VALUES ('nothing', NULL::float8, NULL::float8, NULL::float8, NULL::float8),
              ('percentiles only', -3, 7, NULL, NULL),
              ('absolute only', NULL, NULL, -10, 10),
              ('the percentiles are tighter', -3, 7, -10, 10),
@@ -77,7 +77,9 @@ FROM (VALUES ('nothing', NULL, NULL, NULL, NULL),
              ('lower percentile above cap_upper', 20, NULL, NULL, 10),
              ('both percentiles above cap_upper', 20, 30, -10, 10),
              ('upper percentile only, cap_lower only', NULL, 7, 0, NULL),
-             ('lower percentile only, cap_upper only', -3, NULL, NULL, 0)) AS x("case", pl, pu, al, au)
+             ('lower percentile only, cap_upper only', -3, NULL, NULL, 0),
+             ('NaN and infinite arguments are no cap', 'NaN', 'Infinity', '-Infinity', 'NaN'),
+             ('NaN and infinite absolute caps', -3, 7, 'NaN', 'Infinity')) AS x("case", pl, pu, al, au)
 CROSS JOIN LATERAL experiment.effective_caps(x.pl, x.pu, x.al, x.au) c;
 
 -- the SQL of a capped column: no cap, one side, both, zeros kept; a NaN or infinite cap caps nothing

@@ -729,14 +729,19 @@ COMMENT ON COLUMN experiment.variant_stats.cap_lower IS
 -- caps are hard bounds that a percentile cap can only tighten: the upper cap is the smaller of
 -- the upper percentile and cap_upper, the lower cap the larger of the lower percentile and
 -- cap_lower, and a percentile beyond the absolute cap of the other side is moved to it, so
--- that the lower cap is never above the upper one (cap_lower < cap_upper is checked)
+-- that the lower cap is never above the upper one (cap_lower < cap_upper is checked); a NaN or
+-- infinite argument is no cap
 CREATE OR REPLACE FUNCTION experiment.effective_caps(pct_lower float8, pct_upper float8, cap_lower float8, cap_upper float8,
     OUT lower_cap float8, OUT upper_cap float8)
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
-  SELECT CASE WHEN pct_lower IS NULL THEN cap_lower ELSE greatest(cap_lower, least(pct_lower, cap_upper)) END,
-         CASE WHEN pct_upper IS NULL THEN cap_upper ELSE least(cap_upper, greatest(pct_upper, cap_lower)) END
+  SELECT CASE WHEN f.pl IS NULL THEN f.al ELSE greatest(f.al, least(f.pl, f.au)) END,
+         CASE WHEN f.pu IS NULL THEN f.au ELSE least(f.au, greatest(f.pu, f.al)) END
+  FROM (SELECT CASE WHEN pct_lower > '-Infinity'::float8 AND pct_lower < 'Infinity'::float8 THEN pct_lower END AS pl,
+               CASE WHEN pct_upper > '-Infinity'::float8 AND pct_upper < 'Infinity'::float8 THEN pct_upper END AS pu,
+               CASE WHEN cap_lower > '-Infinity'::float8 AND cap_lower < 'Infinity'::float8 THEN cap_lower END AS al,
+               CASE WHEN cap_upper > '-Infinity'::float8 AND cap_upper < 'Infinity'::float8 THEN cap_upper END AS au) f
 $$;
 
 COMMENT ON FUNCTION experiment.effective_caps(float8, float8, float8, float8) IS
