@@ -18,7 +18,9 @@ Then the rules of when a refresh is full, and the semantics of lateness:
 an event older than the watermark is not counted by an incremental refresh
 and is by refresh(id, full => true); a metric whose definition changes, an
 experiment whose end changes and a source whose metrics read two time
-columns make the next refresh full and say why in experiment.refreshes;
+columns make the next refresh full and say why in experiment.refreshes (a
+change of its caps, winsorize, winsorize_lower, cap_lower, cap_upper or
+cap_ignore_zeros, does not: the caps are recomputed from the stored values);
 a deleted experiment and DROP EXTENSION take the stored values with them.
 """
 import json
@@ -78,7 +80,8 @@ def same(a, b, what):
 def snapshot(exp):
     vs = q("""SELECT json_agg(json_build_object('metric', metric, 'variant', variant, 'units', units,
                                                'm', moments::text::json, 'c', cuped_moments::text::json,
-                                               'cap', cap, 'skipped', skipped_values) ORDER BY metric, variant)
+                                               'cap', cap, 'cap_lower', cap_lower, 'skipped', skipped_values)
+                              ORDER BY metric, variant)
               FROM experiment.variant_stats WHERE experiment_id = %s""", (exp,))[0][0]
     mr = q("""SELECT json_agg(json_build_object('metric', metric, 'variant', variant, 'method', method,
                                                't', row_to_json(test), 'b', row_to_json(bound_test))
@@ -259,6 +262,17 @@ q("UPDATE experiment.metrics SET winsorize = 0.9 WHERE name = %s", (exp + "_rev"
 q("SELECT experiment.refresh(%s)", (exp,))
 ck.check(mode(exp)[0] == "incremental", "a changed winsorization cap keeps the refresh incremental: %r" % (mode(exp),))
 compare_with_full(exp, "after a changed cap")
+# and so are the lower, absolute and non-zero caps (of the pre-period values too)
+q("UPDATE experiment.metrics SET winsorize_lower = 0.05, cap_lower = -15, cap_upper = 150, cap_ignore_zeros = true "
+  "WHERE name = %s", (exp + "_rev",))
+q("UPDATE experiment.metrics SET cap_lower = -10, cap_upper = 60 WHERE name = %s", (exp + "_mx",))
+q("SELECT experiment.refresh(%s)", (exp,))
+ck.check(mode(exp)[0] == "incremental", "changed lower and absolute caps keep the refresh incremental: %r" % (mode(exp),))
+caps = q("SELECT DISTINCT cap_lower, cap FROM experiment.variant_stats WHERE experiment_id = %s AND metric = %s",
+         (exp, exp + "_rev"))
+ck.check(len(caps) == 1 and caps[0][0] is not None and caps[0][0] >= -15 and caps[0][1] <= 150,
+         "the changed caps are applied: %r" % (caps,))
+compare_with_full(exp, "after changed lower and absolute caps")
 
 # metrics of one source reading two time columns: no watermark, every refresh is full
 q("ALTER TABLE ev_1 ADD COLUMN ts2 timestamptz")

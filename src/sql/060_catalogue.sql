@@ -24,11 +24,22 @@ CREATE TABLE experiment.metrics (
   created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
   owner regrole NOT NULL,
   late_events interval NOT NULL DEFAULT '1 day',
+  winsorize_lower float8,
+  cap_lower float8,
+  cap_upper float8,
+  cap_ignore_zeros boolean NOT NULL DEFAULT false,
   CONSTRAINT metrics_delay_check CHECK (delay >= interval '0'),
   CONSTRAINT metrics_window_check CHECK ("window" IS NULL OR "window" > interval '0'),
   CONSTRAINT metrics_winsorize_check CHECK (winsorize IS NULL OR (winsorize > 0 AND winsorize < 1)),
   CONSTRAINT metrics_cuped_lookback_check CHECK (cuped_lookback IS NULL OR cuped_lookback > interval '0'),
-  CONSTRAINT metrics_late_events_check CHECK (late_events >= interval '0')
+  CONSTRAINT metrics_late_events_check CHECK (late_events >= interval '0'),
+  CONSTRAINT metrics_winsorize_lower_check CHECK (
+    winsorize_lower IS NULL OR (winsorize_lower > 0 AND winsorize_lower < 1
+                                AND (winsorize IS NULL OR winsorize_lower < winsorize))),
+  CONSTRAINT metrics_cap_check CHECK (
+    (cap_lower IS NULL OR (cap_lower > '-Infinity'::float8 AND cap_lower < 'Infinity'::float8))
+    AND (cap_upper IS NULL OR (cap_upper > '-Infinity'::float8 AND cap_upper < 'Infinity'::float8))
+    AND (cap_lower IS NULL OR cap_upper IS NULL OR cap_lower < cap_upper))
 );
 COMMENT ON TABLE experiment.metrics IS
   'the metric catalogue: each metric reads its events from one relation (by regclass and column names), or is a ratio of two metrics';
@@ -40,6 +51,14 @@ COMMENT ON COLUMN experiment.metrics.kind IS 'mean (Welch / CUPED), proportion (
 COMMENT ON COLUMN experiment.metrics.delay IS 'events count from first exposure + delay';
 COMMENT ON COLUMN experiment.metrics."window" IS 'events count until first exposure + delay + window (NULL: until the end of the experiment)';
 COMMENT ON COLUMN experiment.metrics.winsorize IS 'cap per-unit values at this upper percentile, pooled over all units (e.g. 0.999)';
+COMMENT ON COLUMN experiment.metrics.winsorize_lower IS
+  'cap per-unit values from below at this lower percentile, pooled over all units (e.g. 0.001; below winsorize)';
+COMMENT ON COLUMN experiment.metrics.cap_lower IS
+  'absolute lower cap of per-unit values (e.g. -500 for refunds): no capped value is below it; a lower percentile cap can only raise it';
+COMMENT ON COLUMN experiment.metrics.cap_upper IS
+  'absolute upper cap of per-unit values: no capped value is above it; with winsorize the upper cap is the smaller of the two';
+COMMENT ON COLUMN experiment.metrics.cap_ignore_zeros IS
+  'percentile caps are taken over the units whose value is not 0 (zero-inflated revenue), and a 0 is never capped';
 COMMENT ON COLUMN experiment.metrics.cuped_lookback IS 'pre-period before first exposure used as CUPED covariate; NULL turns CUPED off';
 COMMENT ON COLUMN experiment.metrics.late_events IS
   'lateness allowance of an incremental refresh: an event is counted when it is stored no later than this after the newest event time of its source (doc/scaling.md)';
@@ -132,6 +151,29 @@ BEGIN
     PERFORM experiment.raise_invalid_value('winsorize of ' || owner, NEW.winsorize::text,
                                            'a percentile in (0, 1), e.g. 0.999 (NULL: no cap)');
   END IF;
+  IF NOT (NEW.winsorize_lower > 0 AND NEW.winsorize_lower < 1) THEN
+    PERFORM experiment.raise_invalid_value('winsorize_lower of ' || owner, NEW.winsorize_lower::text,
+                                           'a lower percentile in (0, 1), e.g. 0.001 (NULL: no lower percentile cap)');
+  END IF;
+  IF NEW.winsorize_lower >= NEW.winsorize THEN
+    PERFORM experiment.raise_invalid_value('winsorize_lower of ' || owner, NEW.winsorize_lower::text,
+                                           format('a percentile below winsorize (%s)', NEW.winsorize));
+  END IF;
+  IF NOT (NEW.cap_lower > '-Infinity'::float8 AND NEW.cap_lower < 'Infinity'::float8) THEN
+    PERFORM experiment.raise_invalid_value('cap_lower of ' || owner, NEW.cap_lower::text,
+                                           'a finite number (NULL: no absolute lower cap)');
+  END IF;
+  IF NOT (NEW.cap_upper > '-Infinity'::float8 AND NEW.cap_upper < 'Infinity'::float8) THEN
+    PERFORM experiment.raise_invalid_value('cap_upper of ' || owner, NEW.cap_upper::text,
+                                           'a finite number (NULL: no absolute upper cap)');
+  END IF;
+  IF NEW.cap_lower >= NEW.cap_upper THEN
+    PERFORM experiment.raise_invalid_value('cap_lower of ' || owner, NEW.cap_lower::text,
+                                           format('below cap_upper (%s)', NEW.cap_upper));
+  END IF;
+  IF NEW.cap_ignore_zeros IS NULL THEN
+    PERFORM experiment.raise_invalid_value('cap_ignore_zeros of ' || owner, 'NULL', 'true or false');
+  END IF;
   IF NEW.cuped_lookback <= interval '0' THEN
     PERFORM experiment.raise_invalid_value('cuped_lookback of ' || owner, NEW.cuped_lookback::text,
                                            'a positive interval (NULL: no CUPED)');
@@ -149,7 +191,8 @@ CREATE TRIGGER metrics_check
   BEFORE INSERT OR UPDATE OR DELETE ON experiment.metrics
   FOR EACH ROW EXECUTE FUNCTION experiment.metrics_check();
 COMMENT ON TRIGGER metrics_check ON experiment.metrics IS
-  'an invalid aggregation, kind, delay, window, winsorize, cuped_lookback or late_events is refused with a message naming the allowed values; '
+  'an invalid aggregation, kind, delay, window, winsorize, winsorize_lower, cap_lower, cap_upper, cap_ignore_zeros, '
+  'cuped_lookback or late_events is refused with a message naming the allowed values; '
   'the owner defaults to the current user, and only members of the owner role may register, change or delete a metric';
 
 CREATE FUNCTION experiment.experiment_metrics_check() RETURNS trigger
@@ -392,6 +435,12 @@ BEGIN
   m := experiment.require_metric(validate_metric.metric);
 
   IF m.kind = 'ratio' THEN
+    IF m.winsorize_lower IS NOT NULL OR m.cap_lower IS NOT NULL OR m.cap_upper IS NOT NULL THEN
+      RAISE EXCEPTION 'ratio metric "%" cannot be capped (%)', m.name,
+        concat_ws(', ', 'winsorize_lower = ' || m.winsorize_lower, 'cap_lower = ' || m.cap_lower, 'cap_upper = ' || m.cap_upper)
+        USING ERRCODE = '22023',
+              HINT = 'A ratio''s numerator and denominator are capped as metrics of their own: set the caps on them.';
+    END IF;
     IF m.numerator IS NULL OR m.denominator IS NULL THEN
       RAISE EXCEPTION 'ratio metric "%" needs both numerator and denominator', m.name USING ERRCODE = '22023';
     END IF;
@@ -489,6 +538,11 @@ BEGIN
   IF m.kind = 'proportion' AND m.winsorize IS NOT NULL THEN
     RAISE EXCEPTION 'proportion metric "%" cannot be winsorized', m.name
       USING ERRCODE = '22023', HINT = 'Its per-unit values are 0 or 1: set winsorize to NULL.';
+  END IF;
+  IF m.kind = 'proportion' AND (m.winsorize_lower IS NOT NULL OR m.cap_lower IS NOT NULL OR m.cap_upper IS NOT NULL) THEN
+    RAISE EXCEPTION 'proportion metric "%" cannot be capped (%)', m.name,
+      concat_ws(', ', 'winsorize_lower = ' || m.winsorize_lower, 'cap_lower = ' || m.cap_lower, 'cap_upper = ' || m.cap_upper)
+      USING ERRCODE = '22023', HINT = 'Its per-unit values are 0 or 1: set winsorize_lower, cap_lower and cap_upper to NULL.';
   END IF;
   IF m.kind = 'proportion' AND m.aggregation <> 'any' THEN
     RAISE EXCEPTION 'proportion metric "%" must use aggregation ''any'', not ''%''', m.name, m.aggregation

@@ -48,6 +48,7 @@ CREATE TABLE experiment.variant_stats (
   cap float8,
   refreshed_at timestamptz NOT NULL,
   skipped_values bigint NOT NULL DEFAULT 0,
+  cap_lower float8,
   PRIMARY KEY (experiment_id, metric, variant)
 );
 COMMENT ON TABLE experiment.variant_stats IS
@@ -56,7 +57,10 @@ COMMENT ON COLUMN experiment.variant_stats.moments IS
   'moments of the per-unit value y; for ratio metrics bivariate moments of (numerator, denominator)';
 COMMENT ON COLUMN experiment.variant_stats.cuped_moments IS
   'bivariate moments of (y, pre-period y) when the metric has a CUPED lookback; for ratio metrics 4-variable moments of (numerator, denominator, pre-period numerator, pre-period denominator)';
-COMMENT ON COLUMN experiment.variant_stats.cap IS 'winsorization cap applied to y (pooled percentile), if any';
+COMMENT ON COLUMN experiment.variant_stats.cap IS
+  'upper cap applied to y, if any: the pooled winsorize percentile, the metric''s cap_upper, or the smaller of the two';
+COMMENT ON COLUMN experiment.variant_stats.cap_lower IS
+  'lower cap applied to y, if any: the pooled winsorize_lower percentile, the metric''s cap_lower, or the larger of the two';
 COMMENT ON COLUMN experiment.variant_stats.skipped_values IS
   'source values of the variant''s units that were NaN or infinite and were left out of the per-unit values (no measurement)';
 
@@ -181,17 +185,49 @@ COMMENT ON FUNCTION experiment.metric_test(text, experiment.moments, experiment.
 COMMENT ON COLUMN experiment.metric_results.method IS
   'ratio_ttest for ratio metrics (cuped_ratio_ttest when they have a pre-period), cuped_ttest when a pre-period covariate exists, else prop_ztest (proportions) or welch_ttest';
 
--- SQL of a per-unit value column (v<i> or p<i> of exp_vals), capped when a cap is given
-CREATE FUNCTION experiment.capped_sql(prefix text, i integer, cap float8) RETURNS text
+-- the caps of one column of per-unit values (doc/analysis.md, "Winsorization"), from its
+-- pooled percentiles and the metric's absolute caps (NULL: none on that side). The absolute
+-- caps are hard bounds that a percentile cap can only tighten: the upper cap is the smaller of
+-- the upper percentile and cap_upper, the lower cap the larger of the lower percentile and
+-- cap_lower, and a percentile beyond the absolute cap of the other side is moved to it, so
+-- that the lower cap is never above the upper one (cap_lower < cap_upper is checked); a NaN or
+-- infinite argument is no cap
+CREATE FUNCTION experiment.effective_caps(pct_lower float8, pct_upper float8, cap_lower float8, cap_upper float8,
+    OUT lower_cap float8, OUT upper_cap float8)
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
-  -- a NaN or infinite cap caps nothing (least(v, 'NaN') is v as well)
-  SELECT CASE WHEN cap IS NULL OR cap IN ('NaN'::float8, 'Infinity'::float8) THEN format('v.%s%s', prefix, i)
-              ELSE format('least(v.%s%s, %L::float8)', prefix, i, cap) END
+  SELECT CASE WHEN f.pl IS NULL THEN f.al ELSE greatest(f.al, least(f.pl, f.au)) END,
+         CASE WHEN f.pu IS NULL THEN f.au ELSE least(f.au, greatest(f.pu, f.al)) END
+  FROM (SELECT CASE WHEN pct_lower > '-Infinity'::float8 AND pct_lower < 'Infinity'::float8 THEN pct_lower END AS pl,
+               CASE WHEN pct_upper > '-Infinity'::float8 AND pct_upper < 'Infinity'::float8 THEN pct_upper END AS pu,
+               CASE WHEN cap_lower > '-Infinity'::float8 AND cap_lower < 'Infinity'::float8 THEN cap_lower END AS al,
+               CASE WHEN cap_upper > '-Infinity'::float8 AND cap_upper < 'Infinity'::float8 THEN cap_upper END AS au) f
 $$;
-COMMENT ON FUNCTION experiment.capped_sql(text, integer, float8) IS
-  'internal: SQL of a per-unit value column, capped at cap when cap is not NULL';
+COMMENT ON FUNCTION experiment.effective_caps(float8, float8, float8, float8) IS
+  'internal: the lower and upper cap of per-unit values from their percentile caps and the absolute caps cap_lower and cap_upper';
+
+-- SQL of a per-unit value column (v<i> or p<i> of the per-unit values, alias v), capped into
+-- [lower_cap, upper_cap] (a NULL, NaN or infinite cap caps nothing); with ignore_zeros a 0
+-- stays 0
+CREATE FUNCTION experiment.capped_sql(prefix text, i integer, lower_cap float8, upper_cap float8,
+                                      ignore_zeros boolean) RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE WHEN c.lo IS NULL AND c.hi IS NULL THEN c.col
+              WHEN ignore_zeros THEN format('CASE WHEN %s = 0 THEN 0::float8 ELSE %s END', c.col, c.capped)
+              ELSE c.capped END
+  FROM (SELECT b.col, b.lo, b.hi,
+               CASE WHEN b.lo IS NULL THEN b.up ELSE format('greatest(%s, %L::float8)', b.up, b.lo) END AS capped
+        FROM (SELECT a.col, a.lo, a.hi,
+                     CASE WHEN a.hi IS NULL THEN a.col ELSE format('least(%s, %L::float8)', a.col, a.hi) END AS up
+              FROM (SELECT format('v.%s%s', prefix, i) AS col,
+                           CASE WHEN lower_cap > '-Infinity'::float8 AND lower_cap < 'Infinity'::float8 THEN lower_cap END AS lo,
+                           CASE WHEN upper_cap > '-Infinity'::float8 AND upper_cap < 'Infinity'::float8 THEN upper_cap END AS hi) a) b) c
+$$;
+COMMENT ON FUNCTION experiment.capped_sql(text, integer, float8, float8, boolean) IS
+  'internal: SQL of a per-unit value column capped into [lower_cap, upper_cap] (NULL: no cap on that side); with ignore_zeros a 0 is not capped';
 
 -- per-unit values of the metrics reading one source, in one scan (src/unit_values.c)
 CREATE FUNCTION experiment.source_unit_values(
@@ -879,45 +915,64 @@ COMMENT ON FUNCTION experiment.refresh_unit_values(experiment.experiments, boole
   'internal: brings an experiment''s stored per-unit values up to date: in full, or incrementally from the watermarks of its exposures and sources';
 REVOKE EXECUTE ON FUNCTION experiment.refresh_unit_values(experiment.experiments, boolean) FROM PUBLIC;
 
--- winsorization caps: the pooled upper percentiles of each winsorized base metric's values
--- v<i> and pre-period values p<i> over the units of vals_from (NULL: not winsorized)
-CREATE FUNCTION experiment.winsorization_caps(vals_from text, OUT caps float8[], OUT pre_caps float8[])
+-- the caps of each base metric's values v<i> and pre-period values p<i> over the units of
+-- vals_from (doc/analysis.md, "Winsorization"): the pooled percentiles winsorize_lower and
+-- winsorize (over the values that are not 0 with cap_ignore_zeros; the pre-period values at
+-- percentiles of their own) combined with the absolute caps cap_lower and cap_upper by
+-- experiment.effective_caps(); caps and lower_caps are the upper and lower caps of v<i>,
+-- pre_caps and pre_lower_caps those of p<i> (NULL: no cap), capped and pre_capped the SQL of
+-- the capped columns (experiment.capped_sql())
+CREATE FUNCTION experiment.winsorization_caps(vals_from text,
+    OUT caps float8[], OUT lower_caps float8[], OUT pre_caps float8[], OUT pre_lower_caps float8[],
+    OUT capped text[], OUT pre_capped text[])
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
 DECLARE
-  cap_v_sql text;
-  cap_p_sql text;
-  any_cap boolean;
+  pct_sql text;
+  pick_sql text;
+  -- pct[4i-3], pct[4i-2]: the lower and upper percentile of v<i>; pct[4i-1], pct[4i]: of p<i>
+  pct float8[];
 BEGIN
-  SELECT coalesce(string_agg(CASE WHEN m2.winsorize IS NULL THEN 'NULL::float8'
-                                  ELSE format('percentile_cont(%s) WITHIN GROUP (ORDER BY v%s)', m2.winsorize, b.i) END,
-                             ', ' ORDER BY b.i), ''),
-         coalesce(string_agg(CASE WHEN m2.winsorize IS NULL OR NOT b.pre THEN 'NULL::float8'
-                                  ELSE format('percentile_cont(%s) WITHIN GROUP (ORDER BY p%s)', m2.winsorize, b.i) END,
-                             ', ' ORDER BY b.i), ''),
-         coalesce(bool_or(m2.winsorize IS NOT NULL), false)
-    INTO cap_v_sql, cap_p_sql, any_cap
-    FROM pg_temp.exp_base b JOIN experiment.metrics m2 ON m2.name = b.name;
-  IF any_cap THEN
-    EXECUTE format('SELECT ARRAY[%s]::float8[], ARRAY[%s]::float8[] FROM %s v', cap_v_sql, cap_p_sql, vals_from)
-      INTO caps, pre_caps;
-  ELSE
-    caps := '{}';
-    pre_caps := '{}';
+  -- one sort per column: percentile_cont of both fractions at once
+  SELECT string_agg(format('percentile_cont(ARRAY[%L::float8, %L::float8]) WITHIN GROUP (ORDER BY v.%s)%s AS %s',
+                           m2.winsorize_lower, m2.winsorize, c.col,
+                           CASE WHEN m2.cap_ignore_zeros THEN format(' FILTER (WHERE v.%s <> 0)', c.col) ELSE '' END,
+                           c.col), ', ' ORDER BY b.i, c.k) FILTER (WHERE c.pct),
+         string_agg(CASE WHEN c.pct THEN format('q.%s[1], q.%s[2]', c.col, c.col) ELSE 'NULL, NULL' END,
+                    ', ' ORDER BY b.i, c.k)
+    INTO pct_sql, pick_sql
+    FROM pg_temp.exp_base b JOIN experiment.metrics m2 ON m2.name = b.name
+    CROSS JOIN LATERAL (VALUES (1, 'v' || b.i), (2, 'p' || b.i)) c0(k, col)
+    CROSS JOIN LATERAL (SELECT c0.k, c0.col, (m2.winsorize IS NOT NULL OR m2.winsorize_lower IS NOT NULL)
+                                             AND (c0.k = 1 OR b.pre) AS pct) c;
+  -- (percentile_cont of no value, all zeros with cap_ignore_zeros, is NULL: no percentile cap)
+  IF pct_sql IS NOT NULL THEN
+    EXECUTE format('SELECT ARRAY[%s]::float8[] FROM (SELECT %s FROM %s v) q', pick_sql, pct_sql, vals_from) INTO pct;
   END IF;
+  SELECT coalesce(array_agg(c.upper_cap ORDER BY b.i), '{}'), coalesce(array_agg(c.lower_cap ORDER BY b.i), '{}'),
+         coalesce(array_agg(cp.upper_cap ORDER BY b.i), '{}'), coalesce(array_agg(cp.lower_cap ORDER BY b.i), '{}'),
+         coalesce(array_agg(experiment.capped_sql('v', b.i, c.lower_cap, c.upper_cap, m2.cap_ignore_zeros) ORDER BY b.i), '{}'),
+         coalesce(array_agg(experiment.capped_sql('p', b.i, cp.lower_cap, cp.upper_cap, m2.cap_ignore_zeros) ORDER BY b.i), '{}')
+    INTO caps, lower_caps, pre_caps, pre_lower_caps, capped, pre_capped
+    FROM pg_temp.exp_base b JOIN experiment.metrics m2 ON m2.name = b.name
+    CROSS JOIN LATERAL experiment.effective_caps(pct[4 * b.i - 3], pct[4 * b.i - 2], m2.cap_lower, m2.cap_upper) c
+    -- (no pre-period value: no caps)
+    CROSS JOIN LATERAL experiment.effective_caps(pct[4 * b.i - 1], pct[4 * b.i], CASE WHEN b.pre THEN m2.cap_lower END,
+                                                 CASE WHEN b.pre THEN m2.cap_upper END) cp;
 END
 $$;
 COMMENT ON FUNCTION experiment.winsorization_caps(text) IS
-  'internal: the pooled winsorization caps of an experiment''s base metrics over a relation of per-unit values';
+  'internal: the lower and upper caps of an experiment''s base metrics (pooled percentiles and absolute caps) over a relation of per-unit values, and the SQL of the capped values';
 
 -- the per-unit values of an experiment's metrics, as refresh and aa_test read them: temporary
 -- tables exp_units (the analysed units: first variant and exposure), exp_base (the base
--- metrics, numbered i) and, when keep or a metric is winsorized, exp_vals (unit_id, variant,
--- v<i> = the value of base metric i, p<i> = its pre-period value); vals_from is exp_vals or
--- the query that computes it; caps are the pooled winsorization caps of v<i> and p<i>
+-- metrics, numbered i) and, when keep or a metric has a percentile cap, exp_vals (unit_id,
+-- variant, v<i> = the value of base metric i, p<i> = its pre-period value); vals_from is
+-- exp_vals or the query that computes it; capped and pre_capped are the SQL of v<i> and p<i>
+-- capped (experiment.winsorization_caps())
 CREATE FUNCTION experiment.prepare_unit_values(e experiment.experiments, keep boolean, as_owner boolean,
-    OUT vals_from text, OUT caps float8[], OUT pre_caps float8[], OUT nmulti bigint, OUT nunits bigint,
+    OUT vals_from text, OUT capped text[], OUT pre_capped text[], OUT nmulti bigint, OUT nunits bigint,
     OUT nearly bigint, OUT min_t0 timestamptz, OUT max_t0 timestamptz)
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
   SET search_path = pg_catalog, experiment, pg_temp
@@ -961,19 +1016,19 @@ BEGIN
                        vals_cols, experiment.unit_arrays_sql('pg_temp.exp_units u'), joins);
   END IF;
 
-  -- winsorization caps: pooled upper percentiles over all analysed units
+  -- caps: pooled percentiles over all analysed units (a second read of the values: they are kept)
   IF keep OR EXISTS (SELECT FROM pg_temp.exp_base b JOIN experiment.metrics m2 ON m2.name = b.name
-                     WHERE m2.winsorize IS NOT NULL) THEN
+                     WHERE m2.winsorize IS NOT NULL OR m2.winsorize_lower IS NOT NULL) THEN
     EXECUTE 'CREATE TEMP TABLE exp_vals ON COMMIT DROP AS ' || vals_sql;
     vals_from := 'pg_temp.exp_vals';
-    SELECT * INTO caps, pre_caps FROM experiment.winsorization_caps(vals_from);
   ELSE
     vals_from := '(' || vals_sql || ')';
   END IF;
+  SELECT w.capped, w.pre_capped INTO capped, pre_capped FROM experiment.winsorization_caps(vals_from) w;
 END
 $$;
 COMMENT ON FUNCTION experiment.prepare_unit_values(experiment.experiments, boolean, boolean) IS
-  'internal: the temporary tables of per-unit values that experiment.refresh() and experiment.aa_test() read, and the winsorization caps';
+  'internal: the temporary tables of per-unit values that experiment.refresh() and experiment.aa_test() read, and the SQL of the capped values';
 
 CREATE FUNCTION experiment.refresh(experiment_id text, full boolean DEFAULT false) RETURNS void
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
@@ -1006,8 +1061,7 @@ DECLARE
   m experiment.metrics;
   vals_from text;
   aggs text := '';
-  caps float8[];
-  pre_caps float8[];
+  cp record;
   unpivot text := '';
   r record;
   uv record;
@@ -1047,7 +1101,7 @@ BEGIN
     INTO nmulti, nunits, nearly, min_t0, max_t0
     FROM pg_temp.exp_groups g;
   -- caps, CUPED covariates and tests: from the stored values, no source is read again
-  SELECT * INTO caps, pre_caps FROM experiment.winsorization_caps(vals_from);
+  SELECT * INTO cp FROM experiment.winsorization_caps(vals_from);
 
     DELETE FROM experiment.variant_stats vs WHERE vs.experiment_id = e.id;
     DELETE FROM experiment.metric_results mr WHERE mr.experiment_id = e.id;
@@ -1072,26 +1126,22 @@ BEGIN
              ORDER BY m2.name LOOP
       IF r.kind = 'ratio' THEN
         aggs := aggs || format(', experiment.moments(%s, %s) AS a%s, pg_catalog.sum(v.s%s + v.s%s) AS k%s',
-                               experiment.capped_sql('v', r.ni, caps[r.ni]), experiment.capped_sql('v', r.di, caps[r.di]), r.j,
-                               r.ni, r.di, r.j);
+                               cp.capped[r.ni], cp.capped[r.di], r.j, r.ni, r.di, r.j);
         IF r.rpre THEN
           aggs := aggs || format(', experiment.moments(%s, %s, %s, %s) AS c%s',
-                                 experiment.capped_sql('v', r.ni, caps[r.ni]), experiment.capped_sql('v', r.di, caps[r.di]),
-                                 experiment.capped_sql('p', r.ni, pre_caps[r.ni]), experiment.capped_sql('p', r.di, pre_caps[r.di]),
-                                 r.j);
+                                 cp.capped[r.ni], cp.capped[r.di], cp.pre_capped[r.ni], cp.pre_capped[r.di], r.j);
         END IF;
-        unpivot := unpivot || format(', (%L, a.a%s, %s, NULL::float8, a.k%s)', r.name, r.j,
+        unpivot := unpivot || format(', (%L, a.a%s, %s, NULL::float8, NULL::float8, a.k%s)', r.name, r.j,
                                      CASE WHEN r.rpre THEN format('a.c%s', r.j) ELSE 'NULL::experiment.moments' END, r.j);
       ELSE
         aggs := aggs || format(', experiment.moments(%s) AS a%s, pg_catalog.sum(v.s%s) AS k%s',
-                               experiment.capped_sql('v', r.i, caps[r.i]), r.j, r.i, r.j);
+                               cp.capped[r.i], r.j, r.i, r.j);
         IF r.pre THEN
-          aggs := aggs || format(', experiment.moments(%s, %s) AS c%s', experiment.capped_sql('v', r.i, caps[r.i]),
-                                 experiment.capped_sql('p', r.i, pre_caps[r.i]), r.j);
+          aggs := aggs || format(', experiment.moments(%s, %s) AS c%s', cp.capped[r.i], cp.pre_capped[r.i], r.j);
         END IF;
-        unpivot := unpivot || format(', (%L, a.a%s, %s, %L::float8, a.k%s)', r.name, r.j,
+        unpivot := unpivot || format(', (%L, a.a%s, %s, %L::float8, %L::float8, a.k%s)', r.name, r.j,
                                      CASE WHEN r.pre THEN format('a.c%s', r.j) ELSE 'NULL::experiment.moments' END,
-                                     caps[r.i], r.j);
+                                     cp.caps[r.i], cp.lower_caps[r.i], r.j);
       END IF;
     END LOOP;
 
@@ -1099,10 +1149,10 @@ BEGIN
     IF unpivot <> '' THEN
       EXECUTE format(
         'INSERT INTO experiment.variant_stats (experiment_id, metric, variant, units, moments, cuped_moments, cap, '
-        'skipped_values, refreshed_at) '
-        'SELECT %L, k.metric, a.variant, a.units, k.m, k.c, k.cap, k.skipped, %L '
+        'cap_lower, skipped_values, refreshed_at) '
+        'SELECT %L, k.metric, a.variant, a.units, k.m, k.c, k.cap, k.cap_lower, k.skipped, %L '
         'FROM (SELECT v.variant, count(*) AS units%s FROM %s v GROUP BY v.variant) a '
-        'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, skipped)',
+        'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, cap_lower, skipped)',
         e.id, ts, aggs, vals_from, substr(unpivot, 3));
     END IF;
 
@@ -1148,7 +1198,7 @@ BEGIN
         'SELECT k.metric, a.variant, a.day, a.units, k.m, k.c '
         'FROM (SELECT v.variant, (v.t0 AT TIME ZONE ''UTC'')::date AS day, count(*) AS units%s '
         '      FROM %s v GROUP BY 1, 2) a '
-        'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, skipped)',
+        'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, cap_lower, skipped)',
         aggs, vals_from, substr(unpivot, 3));
       INSERT INTO experiment.results_daily
         (experiment_id, metric, variant, day, control_variant, method, units_control, units_treatment,
@@ -1312,18 +1362,13 @@ BEGIN
     j := j + 1;
     IF r.kind = 'ratio' THEN
       aggs := aggs || format(', experiment.moments(%s, %s) AS a%s, %s AS c%s',
-                             experiment.capped_sql('v', r.ni, prep.caps[r.ni]), experiment.capped_sql('v', r.di, prep.caps[r.di]), j,
-                             CASE WHEN r.rpre THEN format('experiment.moments(%s, %s, %s, %s)',
-                                                          experiment.capped_sql('v', r.ni, prep.caps[r.ni]),
-                                                          experiment.capped_sql('v', r.di, prep.caps[r.di]),
-                                                          experiment.capped_sql('p', r.ni, prep.pre_caps[r.ni]),
-                                                          experiment.capped_sql('p', r.di, prep.pre_caps[r.di]))
+                             prep.capped[r.ni], prep.capped[r.di], j,
+                             CASE WHEN r.rpre THEN format('experiment.moments(%s, %s, %s, %s)', prep.capped[r.ni],
+                                                          prep.capped[r.di], prep.pre_capped[r.ni], prep.pre_capped[r.di])
                                   ELSE 'NULL::experiment.moments' END, j);
     ELSE
-      aggs := aggs || format(', experiment.moments(%s) AS a%s, %s AS c%s',
-                             experiment.capped_sql('v', r.i, prep.caps[r.i]), j,
-                             CASE WHEN r.pre THEN format('experiment.moments(%s, %s)', experiment.capped_sql('v', r.i, prep.caps[r.i]),
-                                                        experiment.capped_sql('p', r.i, prep.pre_caps[r.i]))
+      aggs := aggs || format(', experiment.moments(%s) AS a%s, %s AS c%s', prep.capped[r.i], j,
+                             CASE WHEN r.pre THEN format('experiment.moments(%s, %s)', prep.capped[r.i], prep.pre_capped[r.i])
                                   ELSE 'NULL::experiment.moments' END, j);
     END IF;
     tests := tests || format(' UNION ALL SELECT %L AS metric, %L AS kind, c.s, c.a%s AS cm, t.a%s AS tm, c.c%s AS cc, t.c%s AS tc FROM g c JOIN g t ON t.s = c.s AND NOT t.is_c WHERE c.is_c',

@@ -6,10 +6,14 @@
 -- setup_roles() grants experiment_ingest the new tables (run it again after the update).
 -- CUPED for ratio metrics: cuped_ratio_ttest(), cuped_ratio_theta(), method 'cuped_ratio'
 -- of metric_results (ratio metrics with a cuped_lookback whose parts have one).
+-- Capping both ways: metrics.winsorize_lower, cap_lower, cap_upper, cap_ignore_zeros,
+-- variant_stats.cap_lower.
 -- Results over time: experiment.results_daily (with row-level security as metric_results),
 -- experiment.sparkline(), the lift by day in readout().
 -- test/test_upgrade.py checks that the result equals a fresh 0.4.0 install.
 \echo Use "ALTER EXTENSION experiment UPDATE TO '0.4.0'" to load this file. \quit
+
+DROP FUNCTION experiment.capped_sql(text, integer, float8);
 
 CREATE OR REPLACE FUNCTION experiment.cuped_ratio_ttest(control experiment.moments, treatment experiment.moments,
                                              alpha float8 DEFAULT 0.05, alternative text DEFAULT 'two-sided',
@@ -36,6 +40,12 @@ ALTER TABLE experiment.exposures_quarantine
 
 COMMENT ON COLUMN experiment.exposures_quarantine.payload IS
   'the exposure as delivered; a message that was not JSON is kept as a JSON string of its text';
+
+CREATE UNIQUE INDEX exposures_quarantine_kafka_position_key ON experiment.exposures_quarantine
+  (kafka_topic, kafka_partition, kafka_offset) WHERE kafka_topic IS NOT NULL;
+
+COMMENT ON INDEX experiment.exposures_quarantine_kafka_position_key IS
+  'a Kafka message is quarantined once, however often it is read';
 
 COMMENT ON COLUMN experiment.exposures_quarantine.kafka_offset IS
   'where a Kafka message came from (experiment-kafka-sink, doc/kafka.md): topic, partition and offset; NULL for other loads';
@@ -108,6 +118,8 @@ BEGIN
     SELECT reason, experiment_id, unit_id, variant, event_id, payload, topic, part, off
     FROM checked WHERE reason IS NOT NULL
     ORDER BY ord
+    -- a Kafka message read again (a replay) is kept once, at its position
+    ON CONFLICT DO NOTHING
     RETURNING 1
   ), stored AS (
     INSERT INTO experiment.exposures
@@ -121,7 +133,8 @@ BEGIN
   )
   SELECT (SELECT count(*) FROM stored),
          (SELECT count(*) FROM checked WHERE reason IS NULL) - (SELECT count(*) FROM stored),
-         (SELECT count(*) FROM quarantine)
+         -- (every bad row counts, also one quarantined before: the CTE runs to completion anyway)
+         (SELECT count(*) FROM checked WHERE reason IS NOT NULL)
   INTO inserted, duplicates, quarantined;
 END
 $$;
@@ -146,8 +159,263 @@ BEGIN
 END
 $$;
 
+-- Capping both ways (doc/analysis.md, "Winsorization"): metrics.winsorize_lower, cap_lower,
+-- cap_upper and cap_ignore_zeros, variant_stats.cap_lower
+ALTER TABLE experiment.metrics
+  ADD COLUMN winsorize_lower float8,
+  ADD COLUMN cap_lower float8,
+  ADD COLUMN cap_upper float8,
+  ADD COLUMN cap_ignore_zeros boolean NOT NULL DEFAULT false,
+  ADD CONSTRAINT metrics_winsorize_lower_check CHECK (
+    winsorize_lower IS NULL OR (winsorize_lower > 0 AND winsorize_lower < 1
+                                AND (winsorize IS NULL OR winsorize_lower < winsorize))),
+  ADD CONSTRAINT metrics_cap_check CHECK (
+    (cap_lower IS NULL OR (cap_lower > '-Infinity'::float8 AND cap_lower < 'Infinity'::float8))
+    AND (cap_upper IS NULL OR (cap_upper > '-Infinity'::float8 AND cap_upper < 'Infinity'::float8))
+    AND (cap_lower IS NULL OR cap_upper IS NULL OR cap_lower < cap_upper));
+
+COMMENT ON COLUMN experiment.metrics.winsorize_lower IS
+  'cap per-unit values from below at this lower percentile, pooled over all units (e.g. 0.001; below winsorize)';
+
+COMMENT ON COLUMN experiment.metrics.cap_lower IS
+  'absolute lower cap of per-unit values (e.g. -500 for refunds): no capped value is below it; a lower percentile cap can only raise it';
+
+COMMENT ON COLUMN experiment.metrics.cap_upper IS
+  'absolute upper cap of per-unit values: no capped value is above it; with winsorize the upper cap is the smaller of the two';
+
+COMMENT ON COLUMN experiment.metrics.cap_ignore_zeros IS
+  'percentile caps are taken over the units whose value is not 0 (zero-inflated revenue), and a 0 is never capped';
+
+-- the values a catalogue row may hold, checked before the table's constraints so that a
+-- mistake gets a message naming the column, the value and what is allowed
+CREATE OR REPLACE FUNCTION experiment.metrics_check() RETURNS trigger
+  LANGUAGE plpgsql
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  owner text := format('metric "%s"', CASE WHEN TG_OP = 'DELETE' THEN OLD.name ELSE NEW.name END);
+BEGIN
+  -- ownership: like ALTER ... OWNER TO, only members of a role may act for it
+  IF TG_OP IN ('UPDATE', 'DELETE') AND NOT pg_catalog.pg_has_role(current_user, OLD.owner, 'MEMBER') THEN
+    RAISE EXCEPTION 'permission denied to % metric "%"', lower(TG_OP), OLD.name
+      USING ERRCODE = 'insufficient_privilege',
+            DETAIL = format('Only members of role "%s", the metric''s owner, may change or delete it.', OLD.owner);
+  END IF;
+  IF TG_OP = 'DELETE' THEN
+    RETURN OLD;
+  END IF;
+  IF NEW.owner IS NULL THEN
+    NEW.owner := CASE WHEN TG_OP = 'UPDATE' THEN OLD.owner ELSE experiment.current_regrole() END;
+  END IF;
+  IF (TG_OP = 'INSERT' OR NEW.owner IS DISTINCT FROM OLD.owner)
+     AND NOT pg_catalog.pg_has_role(current_user, NEW.owner, 'MEMBER') THEN
+    RAISE EXCEPTION 'permission denied to make role "%" the owner of metric "%"', NEW.owner, NEW.name
+      USING ERRCODE = 'insufficient_privilege',
+            DETAIL = 'A metric''s source is read as its owner: only members of a role may register metrics for it.',
+            HINT = 'Leave owner NULL to own the metric yourself.';
+  END IF;
+  IF NEW.name IS NULL OR NEW.name = '' THEN
+    PERFORM experiment.raise_invalid_value('name of a metric', quote_nullable(NEW.name), 'a non-empty text');
+  END IF;
+  IF NEW.aggregation IS NULL OR NEW.aggregation NOT IN ('sum', 'count', 'any', 'max') THEN
+    PERFORM experiment.raise_invalid_choice('aggregation', NEW.aggregation, '{sum,count,any,max}', owner);
+  END IF;
+  IF NEW.kind IS NULL OR NEW.kind NOT IN ('mean', 'proportion', 'ratio') THEN
+    PERFORM experiment.raise_invalid_choice('kind', NEW.kind, '{mean,proportion,ratio}', owner);
+  END IF;
+  IF NEW.delay IS NULL OR NEW.delay < interval '0' THEN
+    PERFORM experiment.raise_invalid_value('delay of ' || owner, NEW.delay::text, 'a non-negative interval');
+  END IF;
+  IF NEW."window" <= interval '0' THEN
+    PERFORM experiment.raise_invalid_value('window of ' || owner, NEW."window"::text,
+                                           'a positive interval (NULL: until the end of the experiment)');
+  END IF;
+  IF NOT (NEW.winsorize > 0 AND NEW.winsorize < 1) THEN
+    PERFORM experiment.raise_invalid_value('winsorize of ' || owner, NEW.winsorize::text,
+                                           'a percentile in (0, 1), e.g. 0.999 (NULL: no cap)');
+  END IF;
+  IF NOT (NEW.winsorize_lower > 0 AND NEW.winsorize_lower < 1) THEN
+    PERFORM experiment.raise_invalid_value('winsorize_lower of ' || owner, NEW.winsorize_lower::text,
+                                           'a lower percentile in (0, 1), e.g. 0.001 (NULL: no lower percentile cap)');
+  END IF;
+  IF NEW.winsorize_lower >= NEW.winsorize THEN
+    PERFORM experiment.raise_invalid_value('winsorize_lower of ' || owner, NEW.winsorize_lower::text,
+                                           format('a percentile below winsorize (%s)', NEW.winsorize));
+  END IF;
+  IF NOT (NEW.cap_lower > '-Infinity'::float8 AND NEW.cap_lower < 'Infinity'::float8) THEN
+    PERFORM experiment.raise_invalid_value('cap_lower of ' || owner, NEW.cap_lower::text,
+                                           'a finite number (NULL: no absolute lower cap)');
+  END IF;
+  IF NOT (NEW.cap_upper > '-Infinity'::float8 AND NEW.cap_upper < 'Infinity'::float8) THEN
+    PERFORM experiment.raise_invalid_value('cap_upper of ' || owner, NEW.cap_upper::text,
+                                           'a finite number (NULL: no absolute upper cap)');
+  END IF;
+  IF NEW.cap_lower >= NEW.cap_upper THEN
+    PERFORM experiment.raise_invalid_value('cap_lower of ' || owner, NEW.cap_lower::text,
+                                           format('below cap_upper (%s)', NEW.cap_upper));
+  END IF;
+  IF NEW.cap_ignore_zeros IS NULL THEN
+    PERFORM experiment.raise_invalid_value('cap_ignore_zeros of ' || owner, 'NULL', 'true or false');
+  END IF;
+  IF NEW.cuped_lookback <= interval '0' THEN
+    PERFORM experiment.raise_invalid_value('cuped_lookback of ' || owner, NEW.cuped_lookback::text,
+                                           'a positive interval (NULL: no CUPED)');
+  END IF;
+  IF NEW.late_events IS NULL OR NEW.late_events < interval '0' THEN
+    PERFORM experiment.raise_invalid_value('late_events of ' || owner, coalesce(NEW.late_events::text, 'NULL'),
+                                           'a non-negative interval, e.g. ''1 day''');
+  END IF;
+  RETURN NEW;
+END
+$$;
+
+COMMENT ON TRIGGER metrics_check ON experiment.metrics IS
+  'an invalid aggregation, kind, delay, window, winsorize, winsorize_lower, cap_lower, cap_upper, cap_ignore_zeros, '
+  'cuped_lookback or late_events is refused with a message naming the allowed values; '
+  'the owner defaults to the current user, and only members of the owner role may register, change or delete a metric';
+
+CREATE OR REPLACE FUNCTION experiment.validate_metric(metric text) RETURNS void
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  m experiment.metrics;
+  part text;
+  part_kind text;
+  relkind "char";
+  t regtype;
+  cat "char";
+  columns text[];
+BEGIN
+  m := experiment.require_metric(validate_metric.metric);
+
+  IF m.kind = 'ratio' THEN
+    IF m.winsorize_lower IS NOT NULL OR m.cap_lower IS NOT NULL OR m.cap_upper IS NOT NULL THEN
+      RAISE EXCEPTION 'ratio metric "%" cannot be capped (%)', m.name,
+        concat_ws(', ', 'winsorize_lower = ' || m.winsorize_lower, 'cap_lower = ' || m.cap_lower, 'cap_upper = ' || m.cap_upper)
+        USING ERRCODE = '22023',
+              HINT = 'A ratio''s numerator and denominator are capped as metrics of their own: set the caps on them.';
+    END IF;
+    IF m.numerator IS NULL OR m.denominator IS NULL THEN
+      RAISE EXCEPTION 'ratio metric "%" needs both numerator and denominator', m.name USING ERRCODE = '22023';
+    END IF;
+    IF m.source IS NOT NULL THEN
+      RAISE EXCEPTION 'ratio metric "%" reads its numerator and denominator metrics, not a source', m.name
+        USING ERRCODE = '22023', HINT = 'Set source to NULL.';
+    END IF;
+    FOREACH part IN ARRAY ARRAY[m.numerator, m.denominator] LOOP
+      SELECT kind INTO part_kind FROM experiment.metrics WHERE name = part;
+      IF NOT FOUND THEN
+        RAISE EXCEPTION 'ratio metric "%": part "%" is not a metric', m.name, part USING ERRCODE = '22023';
+      END IF;
+      IF part_kind = 'ratio' THEN
+        RAISE EXCEPTION 'ratio metric "%": part "%" is itself a ratio', m.name, part USING ERRCODE = '22023';
+      END IF;
+      PERFORM experiment.validate_metric(part);
+    END LOOP;
+    RETURN;
+  END IF;
+
+  IF m.numerator IS NOT NULL OR m.denominator IS NOT NULL THEN
+    RAISE EXCEPTION 'metric "%" of kind % cannot have a numerator or denominator', m.name, m.kind
+      USING ERRCODE = '22023', HINT = 'Set kind to ''ratio''.';
+  END IF;
+  IF m.source IS NULL THEN
+    RAISE EXCEPTION 'metric "%" needs a source relation', m.name USING ERRCODE = '22023';
+  END IF;
+  SELECT c.relkind INTO relkind FROM pg_catalog.pg_class c WHERE c.oid = m.source;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'metric "%": source relation with oid % does not exist', m.name, m.source::oid
+      USING ERRCODE = '22023';
+  END IF;
+  IF relkind NOT IN ('r', 'v', 'm', 'p', 'f') THEN
+    RAISE EXCEPTION 'metric "%": source % is not a table, view or materialized view', m.name, m.source
+      USING ERRCODE = '22023';
+  END IF;
+  columns := ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+                   WHERE a.attrelid = m.source AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum);
+  IF m.unit_column IS NULL OR m.time_column IS NULL THEN
+    RAISE EXCEPTION 'metric "%" needs unit_column and time_column', m.name USING ERRCODE = '22023';
+  END IF;
+
+  t := experiment.column_type(m.source, m.unit_column);
+  IF t IS NULL THEN
+    RAISE EXCEPTION 'metric "%": column "%" does not exist in %', m.name, m.unit_column, m.source
+      USING ERRCODE = '22023', HINT = experiment.hint_list(columns, format('columns of %s', m.source), m.source::text);
+  END IF;
+  SELECT typcategory INTO cat FROM pg_catalog.pg_type WHERE oid = t;
+  IF NOT (cat = 'S' OR t IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'uuid'::regtype)) THEN
+    RAISE EXCEPTION 'metric "%": unit column "%" has type %, expected text, an integer or uuid', m.name, m.unit_column, t
+      USING ERRCODE = '22023';
+  END IF;
+
+  t := experiment.column_type(m.source, m.time_column);
+  IF t IS NULL THEN
+    RAISE EXCEPTION 'metric "%": column "%" does not exist in %', m.name, m.time_column, m.source
+      USING ERRCODE = '22023', HINT = experiment.hint_list(columns, format('columns of %s', m.source), m.source::text);
+  END IF;
+  IF t NOT IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype) THEN
+    RAISE EXCEPTION 'metric "%": time column "%" has type %, expected timestamptz, timestamp or date', m.name, m.time_column, t
+      USING ERRCODE = '22023';
+  END IF;
+
+  IF m.value_column IS NOT NULL THEN
+    t := experiment.column_type(m.source, m.value_column);
+    IF t IS NULL THEN
+      RAISE EXCEPTION 'metric "%": column "%" does not exist in %', m.name, m.value_column, m.source
+        USING ERRCODE = '22023', HINT = experiment.hint_list(columns, format('columns of %s', m.source), m.source::text);
+    END IF;
+    SELECT typcategory INTO cat FROM pg_catalog.pg_type WHERE oid = t;
+    IF NOT (cat = 'N' OR t = 'boolean'::regtype) OR t IN ('oid'::regtype, 'regclass'::regtype) THEN
+      RAISE EXCEPTION 'metric "%": value column "%" has type %, expected a number or boolean', m.name, m.value_column, t
+        USING ERRCODE = '22023';
+    END IF;
+  END IF;
+
+  -- the owner reads the source: it must be allowed to, and nothing in it may run code
+  -- chosen by a less trusted role
+  FOREACH part IN ARRAY ARRAY[m.unit_column, m.time_column, m.value_column] LOOP
+    IF NOT experiment.role_may_read_column(m.owner, m.source, part) THEN
+      RAISE EXCEPTION 'metric "%": its owner "%" may not read column "%" of %', m.name, m.owner, part, m.source
+        USING ERRCODE = 'insufficient_privilege',
+              DETAIL = 'A metric''s source is read as the metric''s owner.',
+              HINT = format('GRANT SELECT ON %s TO %s, or register the metric as a role that may read it.',
+                            m.source, quote_ident(m.owner::text));
+    END IF;
+  END LOOP;
+  part := experiment.source_trust_problem(m.source, m.owner);
+  IF part IS NOT NULL THEN
+    RAISE EXCEPTION 'metric "%": source % cannot be read safely as its owner "%"', m.name, m.source, m.owner
+      USING ERRCODE = 'insufficient_privilege', DETAIL = part || '.',
+            HINT = 'Have that role (or a member of it) register the metric, so that the source is read as it, or let a role trusted by the owner own the object (doc/security.md).';
+  END IF;
+
+  IF m.kind = 'proportion' AND m.winsorize IS NOT NULL THEN
+    RAISE EXCEPTION 'proportion metric "%" cannot be winsorized', m.name
+      USING ERRCODE = '22023', HINT = 'Its per-unit values are 0 or 1: set winsorize to NULL.';
+  END IF;
+  IF m.kind = 'proportion' AND (m.winsorize_lower IS NOT NULL OR m.cap_lower IS NOT NULL OR m.cap_upper IS NOT NULL) THEN
+    RAISE EXCEPTION 'proportion metric "%" cannot be capped (%)', m.name,
+      concat_ws(', ', 'winsorize_lower = ' || m.winsorize_lower, 'cap_lower = ' || m.cap_lower, 'cap_upper = ' || m.cap_upper)
+      USING ERRCODE = '22023', HINT = 'Its per-unit values are 0 or 1: set winsorize_lower, cap_lower and cap_upper to NULL.';
+  END IF;
+  IF m.kind = 'proportion' AND m.aggregation <> 'any' THEN
+    RAISE EXCEPTION 'proportion metric "%" must use aggregation ''any'', not ''%''', m.name, m.aggregation
+      USING ERRCODE = '22023', HINT = 'A proportion is the share of units converted at least once.';
+  END IF;
+END
+$$;
+
+ALTER TABLE experiment.variant_stats ADD COLUMN cap_lower float8;
+
 COMMENT ON COLUMN experiment.variant_stats.cuped_moments IS
   'bivariate moments of (y, pre-period y) when the metric has a CUPED lookback; for ratio metrics 4-variable moments of (numerator, denominator, pre-period numerator, pre-period denominator)';
+
+COMMENT ON COLUMN experiment.variant_stats.cap IS
+  'upper cap applied to y, if any: the pooled winsorize percentile, the metric''s cap_upper, or the smaller of the two';
+
+COMMENT ON COLUMN experiment.variant_stats.cap_lower IS
+  'lower cap applied to y, if any: the pooled winsorize_lower percentile, the metric''s cap_lower, or the larger of the two';
 
 ALTER TABLE experiment.metric_results
   DROP CONSTRAINT metric_results_method_check,
@@ -240,6 +508,52 @@ COMMENT ON FUNCTION experiment.metric_test(text, experiment.moments, experiment.
 COMMENT ON COLUMN experiment.metric_results.method IS
   'ratio_ttest for ratio metrics (cuped_ratio_ttest when they have a pre-period), cuped_ttest when a pre-period covariate exists, else prop_ztest (proportions) or welch_ttest';
 
+-- the caps of one column of per-unit values (doc/analysis.md, "Winsorization"), from its
+-- pooled percentiles and the metric's absolute caps (NULL: none on that side). The absolute
+-- caps are hard bounds that a percentile cap can only tighten: the upper cap is the smaller of
+-- the upper percentile and cap_upper, the lower cap the larger of the lower percentile and
+-- cap_lower, and a percentile beyond the absolute cap of the other side is moved to it, so
+-- that the lower cap is never above the upper one (cap_lower < cap_upper is checked); a NaN or
+-- infinite argument is no cap
+CREATE OR REPLACE FUNCTION experiment.effective_caps(pct_lower float8, pct_upper float8, cap_lower float8, cap_upper float8,
+    OUT lower_cap float8, OUT upper_cap float8)
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE WHEN f.pl IS NULL THEN f.al ELSE greatest(f.al, least(f.pl, f.au)) END,
+         CASE WHEN f.pu IS NULL THEN f.au ELSE least(f.au, greatest(f.pu, f.al)) END
+  FROM (SELECT CASE WHEN pct_lower > '-Infinity'::float8 AND pct_lower < 'Infinity'::float8 THEN pct_lower END AS pl,
+               CASE WHEN pct_upper > '-Infinity'::float8 AND pct_upper < 'Infinity'::float8 THEN pct_upper END AS pu,
+               CASE WHEN cap_lower > '-Infinity'::float8 AND cap_lower < 'Infinity'::float8 THEN cap_lower END AS al,
+               CASE WHEN cap_upper > '-Infinity'::float8 AND cap_upper < 'Infinity'::float8 THEN cap_upper END AS au) f
+$$;
+
+COMMENT ON FUNCTION experiment.effective_caps(float8, float8, float8, float8) IS
+  'internal: the lower and upper cap of per-unit values from their percentile caps and the absolute caps cap_lower and cap_upper';
+
+-- SQL of a per-unit value column (v<i> or p<i> of the per-unit values, alias v), capped into
+-- [lower_cap, upper_cap] (a NULL, NaN or infinite cap caps nothing); with ignore_zeros a 0
+-- stays 0
+CREATE OR REPLACE FUNCTION experiment.capped_sql(prefix text, i integer, lower_cap float8, upper_cap float8,
+                                      ignore_zeros boolean) RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE WHEN c.lo IS NULL AND c.hi IS NULL THEN c.col
+              WHEN ignore_zeros THEN format('CASE WHEN %s = 0 THEN 0::float8 ELSE %s END', c.col, c.capped)
+              ELSE c.capped END
+  FROM (SELECT b.col, b.lo, b.hi,
+               CASE WHEN b.lo IS NULL THEN b.up ELSE format('greatest(%s, %L::float8)', b.up, b.lo) END AS capped
+        FROM (SELECT a.col, a.lo, a.hi,
+                     CASE WHEN a.hi IS NULL THEN a.col ELSE format('least(%s, %L::float8)', a.col, a.hi) END AS up
+              FROM (SELECT format('v.%s%s', prefix, i) AS col,
+                           CASE WHEN lower_cap > '-Infinity'::float8 AND lower_cap < 'Infinity'::float8 THEN lower_cap END AS lo,
+                           CASE WHEN upper_cap > '-Infinity'::float8 AND upper_cap < 'Infinity'::float8 THEN upper_cap END AS hi) a) b) c
+$$;
+
+COMMENT ON FUNCTION experiment.capped_sql(text, integer, float8, float8, boolean) IS
+  'internal: SQL of a per-unit value column capped into [lower_cap, upper_cap] (NULL: no cap on that side); with ignore_zeros a 0 is not capped';
+
 -- drop the temporary tables of a refresh (they are also dropped at commit)
 CREATE OR REPLACE FUNCTION experiment.drop_refresh_tables() RETURNS void
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
@@ -285,6 +599,129 @@ BEGIN
 END
 $$;
 
+-- the caps of each base metric's values v<i> and pre-period values p<i> over the units of
+-- vals_from (doc/analysis.md, "Winsorization"): the pooled percentiles winsorize_lower and
+-- winsorize (over the values that are not 0 with cap_ignore_zeros; the pre-period values at
+-- percentiles of their own) combined with the absolute caps cap_lower and cap_upper by
+-- experiment.effective_caps(); caps and lower_caps are the upper and lower caps of v<i>,
+-- pre_caps and pre_lower_caps those of p<i> (NULL: no cap), capped and pre_capped the SQL of
+-- the capped columns (experiment.capped_sql())
+-- (new result columns)
+DROP FUNCTION experiment.winsorization_caps(text);
+
+CREATE OR REPLACE FUNCTION experiment.winsorization_caps(vals_from text,
+    OUT caps float8[], OUT lower_caps float8[], OUT pre_caps float8[], OUT pre_lower_caps float8[],
+    OUT capped text[], OUT pre_capped text[])
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  pct_sql text;
+  pick_sql text;
+  -- pct[4i-3], pct[4i-2]: the lower and upper percentile of v<i>; pct[4i-1], pct[4i]: of p<i>
+  pct float8[];
+BEGIN
+  -- one sort per column: percentile_cont of both fractions at once
+  SELECT string_agg(format('percentile_cont(ARRAY[%L::float8, %L::float8]) WITHIN GROUP (ORDER BY v.%s)%s AS %s',
+                           m2.winsorize_lower, m2.winsorize, c.col,
+                           CASE WHEN m2.cap_ignore_zeros THEN format(' FILTER (WHERE v.%s <> 0)', c.col) ELSE '' END,
+                           c.col), ', ' ORDER BY b.i, c.k) FILTER (WHERE c.pct),
+         string_agg(CASE WHEN c.pct THEN format('q.%s[1], q.%s[2]', c.col, c.col) ELSE 'NULL, NULL' END,
+                    ', ' ORDER BY b.i, c.k)
+    INTO pct_sql, pick_sql
+    FROM pg_temp.exp_base b JOIN experiment.metrics m2 ON m2.name = b.name
+    CROSS JOIN LATERAL (VALUES (1, 'v' || b.i), (2, 'p' || b.i)) c0(k, col)
+    CROSS JOIN LATERAL (SELECT c0.k, c0.col, (m2.winsorize IS NOT NULL OR m2.winsorize_lower IS NOT NULL)
+                                             AND (c0.k = 1 OR b.pre) AS pct) c;
+  -- (percentile_cont of no value, all zeros with cap_ignore_zeros, is NULL: no percentile cap)
+  IF pct_sql IS NOT NULL THEN
+    EXECUTE format('SELECT ARRAY[%s]::float8[] FROM (SELECT %s FROM %s v) q', pick_sql, pct_sql, vals_from) INTO pct;
+  END IF;
+  SELECT coalesce(array_agg(c.upper_cap ORDER BY b.i), '{}'), coalesce(array_agg(c.lower_cap ORDER BY b.i), '{}'),
+         coalesce(array_agg(cp.upper_cap ORDER BY b.i), '{}'), coalesce(array_agg(cp.lower_cap ORDER BY b.i), '{}'),
+         coalesce(array_agg(experiment.capped_sql('v', b.i, c.lower_cap, c.upper_cap, m2.cap_ignore_zeros) ORDER BY b.i), '{}'),
+         coalesce(array_agg(experiment.capped_sql('p', b.i, cp.lower_cap, cp.upper_cap, m2.cap_ignore_zeros) ORDER BY b.i), '{}')
+    INTO caps, lower_caps, pre_caps, pre_lower_caps, capped, pre_capped
+    FROM pg_temp.exp_base b JOIN experiment.metrics m2 ON m2.name = b.name
+    CROSS JOIN LATERAL experiment.effective_caps(pct[4 * b.i - 3], pct[4 * b.i - 2], m2.cap_lower, m2.cap_upper) c
+    -- (no pre-period value: no caps)
+    CROSS JOIN LATERAL experiment.effective_caps(pct[4 * b.i - 1], pct[4 * b.i], CASE WHEN b.pre THEN m2.cap_lower END,
+                                                 CASE WHEN b.pre THEN m2.cap_upper END) cp;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.winsorization_caps(text) IS
+  'internal: the lower and upper caps of an experiment''s base metrics (pooled percentiles and absolute caps) over a relation of per-unit values, and the SQL of the capped values';
+
+-- the per-unit values of an experiment's metrics, as refresh and aa_test read them: temporary
+-- tables exp_units (the analysed units: first variant and exposure), exp_base (the base
+-- metrics, numbered i) and, when keep or a metric has a percentile cap, exp_vals (unit_id,
+-- variant, v<i> = the value of base metric i, p<i> = its pre-period value); vals_from is
+-- exp_vals or the query that computes it; capped and pre_capped are the SQL of v<i> and p<i>
+-- capped (experiment.winsorization_caps())
+-- (new result columns)
+DROP FUNCTION experiment.prepare_unit_values(experiment.experiments, boolean, boolean);
+
+CREATE OR REPLACE FUNCTION experiment.prepare_unit_values(e experiment.experiments, keep boolean, as_owner boolean,
+    OUT vals_from text, OUT capped text[], OUT pre_capped text[], OUT nmulti bigint, OUT nunits bigint,
+    OUT nearly bigint, OUT min_t0 timestamptz, OUT max_t0 timestamptz)
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  sc experiment.source_scan;
+  src_no integer := 0;
+  joins text := '';
+  vals_sql text;
+  vals_cols text := '';
+BEGIN
+  -- units: first exposure defines variant and start; units in several variants are excluded
+  PERFORM experiment.drop_refresh_tables();
+  PERFORM experiment.create_units_table(e);
+  SELECT count(*) FILTER (WHERE u.multi), count(*) FILTER (WHERE NOT u.multi),
+         count(*) FILTER (WHERE NOT u.multi AND u.t0 < e.start_at),
+         pg_catalog.min(u.t0) FILTER (WHERE NOT u.multi), pg_catalog.max(u.t0) FILTER (WHERE NOT u.multi)
+    INTO nmulti, nunits, nearly, min_t0, max_t0
+    FROM exp_units u;
+  DELETE FROM exp_units WHERE multi;
+  ANALYZE exp_units;
+
+  PERFORM experiment.create_base_table(e);
+
+  -- one scan per source relation, however many metrics read it: experiment.source_unit_values()
+  -- returns every unit (zero-filled) with the values of the metrics of that source in vals
+  -- each source is read as the metric's owner (refresh) or as the current user (aa_test)
+  FOR sc IN SELECT * FROM experiment.source_specs(e, min_t0, max_t0, as_owner) LOOP
+    src_no := sc.src_no;
+    vals_cols := vals_cols || experiment.unit_value_columns(sc, format('x%s', src_no));
+    joins := joins || format('%s %s x%s%s', CASE WHEN src_no = 1 THEN ',' ELSE ' JOIN' END,
+      experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, NULL, false, false),
+      src_no, CASE WHEN src_no = 1 THEN '' ELSE format(' ON x%s.unit_id = x1.unit_id', src_no) END);
+  END LOOP;
+
+  -- per-unit values, zero-filled: one statement, one scan of each source
+  IF src_no = 0 THEN
+    vals_sql := 'SELECT u.unit_id, u.variant FROM pg_temp.exp_units u';
+  ELSE
+    vals_sql := format('SELECT x1.unit_id, x1.variant%s FROM %s%s',
+                       vals_cols, experiment.unit_arrays_sql('pg_temp.exp_units u'), joins);
+  END IF;
+
+  -- caps: pooled percentiles over all analysed units (a second read of the values: they are kept)
+  IF keep OR EXISTS (SELECT FROM pg_temp.exp_base b JOIN experiment.metrics m2 ON m2.name = b.name
+                     WHERE m2.winsorize IS NOT NULL OR m2.winsorize_lower IS NOT NULL) THEN
+    EXECUTE 'CREATE TEMP TABLE exp_vals ON COMMIT DROP AS ' || vals_sql;
+    vals_from := 'pg_temp.exp_vals';
+  ELSE
+    vals_from := '(' || vals_sql || ')';
+  END IF;
+  SELECT w.capped, w.pre_capped INTO capped, pre_capped FROM experiment.winsorization_caps(vals_from) w;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.prepare_unit_values(experiment.experiments, boolean, boolean) IS
+  'internal: the temporary tables of per-unit values that experiment.refresh() and experiment.aa_test() read, and the SQL of the capped values';
+
 CREATE OR REPLACE FUNCTION experiment.refresh(experiment_id text, full boolean DEFAULT false) RETURNS void
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
   SET search_path = pg_catalog, experiment, pg_temp
@@ -316,8 +753,7 @@ DECLARE
   m experiment.metrics;
   vals_from text;
   aggs text := '';
-  caps float8[];
-  pre_caps float8[];
+  cp record;
   unpivot text := '';
   r record;
   uv record;
@@ -357,7 +793,7 @@ BEGIN
     INTO nmulti, nunits, nearly, min_t0, max_t0
     FROM pg_temp.exp_groups g;
   -- caps, CUPED covariates and tests: from the stored values, no source is read again
-  SELECT * INTO caps, pre_caps FROM experiment.winsorization_caps(vals_from);
+  SELECT * INTO cp FROM experiment.winsorization_caps(vals_from);
 
     DELETE FROM experiment.variant_stats vs WHERE vs.experiment_id = e.id;
     DELETE FROM experiment.metric_results mr WHERE mr.experiment_id = e.id;
@@ -382,26 +818,22 @@ BEGIN
              ORDER BY m2.name LOOP
       IF r.kind = 'ratio' THEN
         aggs := aggs || format(', experiment.moments(%s, %s) AS a%s, pg_catalog.sum(v.s%s + v.s%s) AS k%s',
-                               experiment.capped_sql('v', r.ni, caps[r.ni]), experiment.capped_sql('v', r.di, caps[r.di]), r.j,
-                               r.ni, r.di, r.j);
+                               cp.capped[r.ni], cp.capped[r.di], r.j, r.ni, r.di, r.j);
         IF r.rpre THEN
           aggs := aggs || format(', experiment.moments(%s, %s, %s, %s) AS c%s',
-                                 experiment.capped_sql('v', r.ni, caps[r.ni]), experiment.capped_sql('v', r.di, caps[r.di]),
-                                 experiment.capped_sql('p', r.ni, pre_caps[r.ni]), experiment.capped_sql('p', r.di, pre_caps[r.di]),
-                                 r.j);
+                                 cp.capped[r.ni], cp.capped[r.di], cp.pre_capped[r.ni], cp.pre_capped[r.di], r.j);
         END IF;
-        unpivot := unpivot || format(', (%L, a.a%s, %s, NULL::float8, a.k%s)', r.name, r.j,
+        unpivot := unpivot || format(', (%L, a.a%s, %s, NULL::float8, NULL::float8, a.k%s)', r.name, r.j,
                                      CASE WHEN r.rpre THEN format('a.c%s', r.j) ELSE 'NULL::experiment.moments' END, r.j);
       ELSE
         aggs := aggs || format(', experiment.moments(%s) AS a%s, pg_catalog.sum(v.s%s) AS k%s',
-                               experiment.capped_sql('v', r.i, caps[r.i]), r.j, r.i, r.j);
+                               cp.capped[r.i], r.j, r.i, r.j);
         IF r.pre THEN
-          aggs := aggs || format(', experiment.moments(%s, %s) AS c%s', experiment.capped_sql('v', r.i, caps[r.i]),
-                                 experiment.capped_sql('p', r.i, pre_caps[r.i]), r.j);
+          aggs := aggs || format(', experiment.moments(%s, %s) AS c%s', cp.capped[r.i], cp.pre_capped[r.i], r.j);
         END IF;
-        unpivot := unpivot || format(', (%L, a.a%s, %s, %L::float8, a.k%s)', r.name, r.j,
+        unpivot := unpivot || format(', (%L, a.a%s, %s, %L::float8, %L::float8, a.k%s)', r.name, r.j,
                                      CASE WHEN r.pre THEN format('a.c%s', r.j) ELSE 'NULL::experiment.moments' END,
-                                     caps[r.i], r.j);
+                                     cp.caps[r.i], cp.lower_caps[r.i], r.j);
       END IF;
     END LOOP;
 
@@ -409,10 +841,10 @@ BEGIN
     IF unpivot <> '' THEN
       EXECUTE format(
         'INSERT INTO experiment.variant_stats (experiment_id, metric, variant, units, moments, cuped_moments, cap, '
-        'skipped_values, refreshed_at) '
-        'SELECT %L, k.metric, a.variant, a.units, k.m, k.c, k.cap, k.skipped, %L '
+        'cap_lower, skipped_values, refreshed_at) '
+        'SELECT %L, k.metric, a.variant, a.units, k.m, k.c, k.cap, k.cap_lower, k.skipped, %L '
         'FROM (SELECT v.variant, count(*) AS units%s FROM %s v GROUP BY v.variant) a '
-        'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, skipped)',
+        'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, cap_lower, skipped)',
         e.id, ts, aggs, vals_from, substr(unpivot, 3));
     END IF;
 
@@ -458,7 +890,7 @@ BEGIN
         'SELECT k.metric, a.variant, a.day, a.units, k.m, k.c '
         'FROM (SELECT v.variant, (v.t0 AT TIME ZONE ''UTC'')::date AS day, count(*) AS units%s '
         '      FROM %s v GROUP BY 1, 2) a '
-        'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, skipped)',
+        'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, cap_lower, skipped)',
         aggs, vals_from, substr(unpivot, 3));
       INSERT INTO experiment.results_daily
         (experiment_id, metric, variant, day, control_variant, method, units_control, units_treatment,
@@ -587,18 +1019,13 @@ BEGIN
     j := j + 1;
     IF r.kind = 'ratio' THEN
       aggs := aggs || format(', experiment.moments(%s, %s) AS a%s, %s AS c%s',
-                             experiment.capped_sql('v', r.ni, prep.caps[r.ni]), experiment.capped_sql('v', r.di, prep.caps[r.di]), j,
-                             CASE WHEN r.rpre THEN format('experiment.moments(%s, %s, %s, %s)',
-                                                          experiment.capped_sql('v', r.ni, prep.caps[r.ni]),
-                                                          experiment.capped_sql('v', r.di, prep.caps[r.di]),
-                                                          experiment.capped_sql('p', r.ni, prep.pre_caps[r.ni]),
-                                                          experiment.capped_sql('p', r.di, prep.pre_caps[r.di]))
+                             prep.capped[r.ni], prep.capped[r.di], j,
+                             CASE WHEN r.rpre THEN format('experiment.moments(%s, %s, %s, %s)', prep.capped[r.ni],
+                                                          prep.capped[r.di], prep.pre_capped[r.ni], prep.pre_capped[r.di])
                                   ELSE 'NULL::experiment.moments' END, j);
     ELSE
-      aggs := aggs || format(', experiment.moments(%s) AS a%s, %s AS c%s',
-                             experiment.capped_sql('v', r.i, prep.caps[r.i]), j,
-                             CASE WHEN r.pre THEN format('experiment.moments(%s, %s)', experiment.capped_sql('v', r.i, prep.caps[r.i]),
-                                                        experiment.capped_sql('p', r.i, prep.pre_caps[r.i]))
+      aggs := aggs || format(', experiment.moments(%s) AS a%s, %s AS c%s', prep.capped[r.i], j,
+                             CASE WHEN r.pre THEN format('experiment.moments(%s, %s)', prep.capped[r.i], prep.pre_capped[r.i])
                                   ELSE 'NULL::experiment.moments' END, j);
     END IF;
     tests := tests || format(' UNION ALL SELECT %L AS metric, %L AS kind, c.s, c.a%s AS cm, t.a%s AS tm, c.c%s AS cc, t.c%s AS tc FROM g c JOIN g t ON t.s = c.s AND NOT t.is_c WHERE c.is_c',
@@ -975,6 +1402,12 @@ COMMENT ON TABLE experiment.kafka_dead_letters IS
 
 COMMENT ON COLUMN experiment.kafka_dead_letters.target IS 'the table the message was meant for';
 
+CREATE UNIQUE INDEX kafka_dead_letters_position_key ON experiment.kafka_dead_letters
+  (target, kafka_topic, kafka_partition, kafka_offset);
+
+COMMENT ON INDEX experiment.kafka_dead_letters_position_key IS
+  'a message is dead-lettered once per table, however often it is read';
+
 SELECT pg_catalog.pg_extension_config_dump('experiment.kafka_dead_letters', '');
 
 SELECT pg_catalog.pg_extension_config_dump('experiment.kafka_dead_letters_id_seq', '');
@@ -1101,9 +1534,10 @@ BEGIN
   IF (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = target) NOT IN ('r', 'p') THEN
     RAISE EXCEPTION '% is not a table', target USING ERRCODE = 'wrong_object_type';
   END IF;
-  IF NOT has_table_privilege(target, 'INSERT') THEN
+  IF NOT has_table_privilege(target, 'INSERT')
+     AND EXISTS (SELECT FROM unnest(columns) AS col(name) WHERE NOT has_column_privilege(target, col.name, 'INSERT')) THEN
     RAISE EXCEPTION 'permission denied for table %', target USING ERRCODE = 'insufficient_privilege',
-      HINT = 'The role that ingests metric events needs INSERT on their table.';
+      HINT = 'The role that ingests metric events needs INSERT on their table (or on the mapped columns).';
   END IF;
   inserted := 0; duplicates := 0; dead_lettered := 0;
   IF n = 0 THEN
@@ -1123,9 +1557,10 @@ BEGIN
   INSERT INTO experiment.kafka_dead_letters (target, reason, kafka_topic, kafka_partition, kafka_offset, payload)
   SELECT target::text, r.reason, r.topic, r.part, r.off, r.payload
   FROM unnest(reasons, topics, partitions, offsets, payloads) AS r(reason, topic, part, off, payload)
-  WHERE r.reason IS NOT NULL;
-  GET DIAGNOSTICS c = ROW_COUNT;
-  dead_lettered := c;
+  WHERE r.reason IS NOT NULL
+  -- a message read again (a replay) is kept once, at its position
+  ON CONFLICT DO NOTHING;
+  dead_lettered := (SELECT count(*) FROM unnest(reasons) r WHERE r IS NOT NULL);
 
   -- the rest in one statement; when a value is refused, row by row to find which
   sql := format('INSERT INTO %s (%s) SELECT %s FROM unnest($1::jsonb[], $2::text[]) AS m(j, reason) '
@@ -1146,7 +1581,8 @@ BEGIN
       EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
         reasons[i] := SQLERRM;
         INSERT INTO experiment.kafka_dead_letters (target, reason, kafka_topic, kafka_partition, kafka_offset, payload)
-        VALUES (target::text, SQLERRM, topics[i], partitions[i], offsets[i], payloads[i]);
+        VALUES (target::text, SQLERRM, topics[i], partitions[i], offsets[i], payloads[i])
+        ON CONFLICT DO NOTHING;
         dead_lettered := dead_lettered + 1;
       END;
     END LOOP;
