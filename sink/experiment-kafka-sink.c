@@ -4,8 +4,8 @@
  * and stores them in PostgreSQL through the experiment extension
  * (doc/kafka.md).
  *
- * Delivery: Kafka delivers at least once; the effect is exactly once. Each
- * batch is one database transaction that
+ * Delivery: Kafka delivers at least once; the effect is exactly once. The
+ * messages of each topic in a batch are one database transaction that
  *   1. moves the stored next offsets of every partition in the batch
  *      (experiment.kafka_advance_offsets: it fails with 40001 when another
  *      consumer moved them first, and holds their row locks to the end),
