@@ -694,6 +694,7 @@ typedef struct
 	bool paused;				/* its topic's batch failed: paused until retry_at (-1: until restarted) */
 	double retry_at;
 	double backoff;
+	int64_t resume_from;		/* where a paused partition is read again */
 } part_t;
 
 /* the assigned partitions; messages of the batch point at them */
@@ -1215,6 +1216,8 @@ flush_topic(const char *topic)
 				ps[i]->backoff = ps[i]->backoff > 0 ? (ps[i]->backoff * 2 > 60 ? 60 : ps[i]->backoff * 2) : 1;
 				ps[i]->retry_at = now_s() + ps[i]->backoff;
 				ps[i]->paused = true;
+				/* the stored offset, or (none stored yet) the failed batch's first one: never skipped */
+				ps[i]->resume_from = ps[i]->stored >= 0 ? ps[i]->stored : ps[i]->first;
 				pause_one(ps[i], true);
 			}
 			logmsg(L_ERROR, "storing the messages of %s failed (%s): its partitions are paused and read again "
@@ -1256,11 +1259,10 @@ resume_due(void)
 
 		if (!p->paused || p->retry_at < 0 || now < p->retry_at)
 			continue;
-		seek_one(p, p->stored >= 0 ? p->stored
-				 : strcmp(cfg.auto_offset_reset, "latest") == 0 ? RD_KAFKA_OFFSET_END : RD_KAFKA_OFFSET_BEGINNING);
+		seek_one(p, p->resume_from);
 		pause_one(p, false);
 		p->paused = false;
-		logmsg(L_INFO, "%s [%d]: resumed from offset %" PRId64, p->topic, (int) p->partition, p->stored);
+		logmsg(L_INFO, "%s [%d]: resumed from offset %" PRId64, p->topic, (int) p->partition, p->resume_from);
 	}
 }
 
