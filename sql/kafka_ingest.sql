@@ -94,6 +94,13 @@ SELECT experiment.kafka_advance_offsets('g', '{o,o}', '{0}', '{12}', '{13}');
 SELECT experiment.kafka_advance_offsets(NULL, '{o}', '{0}', '{12}', '{13}');
 SELECT next_offset FROM experiment.kafka_offsets WHERE consumer_group = 'g' AND partition = 0;
 
+-- a value too long for its column is dead-lettered, not cut (as COPY refuses it)
+CREATE TABLE kafka_codes (code varchar(3), amount numeric(6,2));
+SELECT * FROM experiment.ingest_event_messages('kafka_codes', '{code,amount}', '{code,amount}', '{c,c}', '{0,0}', '{0,1}',
+  ARRAY['{"code": "abc", "amount": 1.005}', '{"code": "abcdef", "amount": 2}']);
+SELECT * FROM kafka_codes;
+SELECT reason FROM experiment.kafka_dead_letters WHERE target = 'public.kafka_codes';
+DROP TABLE kafka_codes;
 DROP VIEW kafka_orders_v;
 DROP TABLE kafka_orders;
 REVOKE USAGE ON SCHEMA experiment FROM kafka_regress_reader;

@@ -872,8 +872,9 @@ cuped_ratio_theta_of(const Moments *c, const Moments *t)
 
 	ratio_arm_pre(c, &ac);
 	ratio_arm_pre(t, &at);
-	num = moments_bilinear(c, ac.g, ac.gp) + moments_bilinear(t, at.g, at.gp);
-	den = moments_bilinear(c, ac.gp, ac.gp) + moments_bilinear(t, at.gp, at.gp);
+	/* an arm of fewer than 2 units adds nothing (GrowthBook: its covariance and variance are 0) */
+	num = (c->n >= 2 ? moments_bilinear(c, ac.g, ac.gp) : 0) + (t->n >= 2 ? moments_bilinear(t, at.g, at.gp) : 0);
+	den = (c->n >= 2 ? moments_bilinear(c, ac.gp, ac.gp) : 0) + (t->n >= 2 ? moments_bilinear(t, at.gp, at.gp) : 0);
 	if (!isfinite(num) || !isfinite(den) || !(den > 0))
 		return 0;
 	return num / den;

@@ -113,7 +113,7 @@ CREATE TABLE experiment.results_daily (
 COMMENT ON TABLE experiment.results_daily IS
   'results over time: for each day (UTC) of first exposure, the test of the units enrolled up to the end of that day, '
   'with their values at the latest refresh (cumulative; from per-day moments merged, doc/analysis.md)';
-COMMENT ON COLUMN experiment.results_daily.method IS 'the method of the metric''s result at the latest refresh (metric_results.method)';
+COMMENT ON COLUMN experiment.results_daily.method IS 'the method of the day''s test, chosen from that day''s data as metric_results.method is from all of it';
 COMMENT ON COLUMN experiment.results_daily.p_value IS
   'under the experiment''s analysis: with a sequential analysis, always-valid, so reading every day is not peeking';
 
@@ -1212,7 +1212,7 @@ BEGIN
       ), days AS (
         SELECT DISTINCT d.metric, d.day FROM pg_temp.exp_daily d
       )
-      SELECT e.id, mr.metric, mr.variant, dy.day, mr.control_variant, mr.method, cc.units, ct.units,
+      SELECT e.id, mr.metric, mr.variant, dy.day, mr.control_variant, k.method, cc.units, ct.units,
              (x.t).mean_control, (x.t).mean_treatment, (x.t).diff, (x.t).diff_lower, (x.t).diff_upper,
              (x.t).lift, (x.t).lift_lower, (x.t).lift_upper, (x.t).p_value, ts
       FROM experiment.metric_results mr
@@ -1222,7 +1222,11 @@ BEGIN
                           AND cum.day <= dy.day ORDER BY cum.day DESC LIMIT 1) cc
       CROSS JOIN LATERAL (SELECT * FROM cum WHERE cum.metric = mr.metric AND cum.variant = mr.variant
                           AND cum.day <= dy.day ORDER BY cum.day DESC LIMIT 1) ct
-      CROSS JOIN LATERAL (SELECT experiment.metric_test(mr.method, cc.m, ct.m, cc.c, ct.c, e.alpha, 'two-sided',
+      -- the method of the day's data (an early day may lack what the whole period has, e.g. a
+      -- pre-period denominator)
+      JOIN experiment.metrics m3 ON m3.name = mr.metric
+      CROSS JOIN LATERAL (SELECT experiment.metric_method(m3.kind, cc.c, ct.c) AS method) k
+      CROSS JOIN LATERAL (SELECT experiment.metric_test(k.method, cc.m, ct.m, cc.c, ct.c, e.alpha, 'two-sided',
                                                         tuning) AS t) x
       WHERE mr.experiment_id = e.id;
     END IF;

@@ -127,11 +127,12 @@ BEGIN
     path := quote_literal(string_to_array(fields[i], '.')::text);
     column_list := concat_ws(', ', column_list, quote_ident(columns[i]));
     -- json and jsonb columns take the field's JSON value, other types its text, as COPY would;
-    -- a JSON null is SQL NULL in both
+    -- a JSON null is SQL NULL in both. The cast is to the type without its modifier: the
+    -- INSERT's assignment then checks it (an explicit cast would cut a varchar(n) silently)
     value_list := concat_ws(', ', value_list,
       CASE WHEN att.atttypid IN ('json'::regtype, 'jsonb'::regtype)
-           THEN format('nullif(m.j #> %s::text[], ''null''::jsonb)::%s', path, format_type(att.atttypid, att.atttypmod))
-           ELSE format('(m.j #>> %s::text[])::%s', path, format_type(att.atttypid, att.atttypmod)) END);
+           THEN format('nullif(m.j #> %s::text[], ''null''::jsonb)::%s', path, format_type(att.atttypid, NULL))
+           ELSE format('(m.j #>> %s::text[])::%s', path, format_type(att.atttypid, NULL)) END);
   END LOOP;
 END
 $$;
