@@ -886,6 +886,15 @@ load_offsets(part_t **ps, int n)
 	return ok;
 }
 
+/* where a partition is read from: its stored offset, else auto.offset.reset */
+static int64_t
+start_offset(const part_t *p)
+{
+	if (p->stored >= 0)
+		return p->stored;
+	return strcmp(cfg.auto_offset_reset, "latest") == 0 ? RD_KAFKA_OFFSET_END : RD_KAFKA_OFFSET_BEGINNING;
+}
+
 /* read the stored offsets of these partitions again and continue from there */
 static void
 reseek(part_t **ps, int n)
@@ -898,9 +907,7 @@ reseek(part_t **ps, int n)
 			return;
 	l = rd_kafka_topic_partition_list_new(n);
 	for (int i = 0; i < n; i++)
-		rd_kafka_topic_partition_list_add(l, ps[i]->topic, ps[i]->partition)->offset =
-			ps[i]->stored >= 0 ? ps[i]->stored
-			: strcmp(cfg.auto_offset_reset, "latest") == 0 ? RD_KAFKA_OFFSET_END : RD_KAFKA_OFFSET_BEGINNING;
+		rd_kafka_topic_partition_list_add(l, ps[i]->topic, ps[i]->partition)->offset = start_offset(ps[i]);
 	e = rd_kafka_seek_partitions(rk, l, 10000);
 	if (e != NULL)
 	{
@@ -920,15 +927,14 @@ enum flush_result { FLUSH_OK, FLUSH_FENCED, FLUSH_FAILED };
 static enum flush_result
 flush_once(const char *only)
 {
-	buf_t copy = {0}, tp = {0}, pp = {0}, ep = {0}, np = {0}, hp = {0};
+	buf_t copy = {0}, pp = {0}, ep = {0}, np = {0}, hp = {0};
 	char **topics = xmalloc(sizeof(char *) * (nparts ? nparts : 1));
-	int nt = 0, nexp = 0;
-	char **exptopics = xmalloc(sizeof(char *) * (cfg.ntopics ? cfg.ntopics : 1));
+	int nt = 0;
 	const char *params[6];
 	PGresult *r;
 	enum flush_result result = FLUSH_FAILED;
 	long long ins = 0, dup = 0, quar = 0, dead = 0;
-	char *ta = NULL, *xa = NULL;
+	char *ta = NULL;
 
 	/* offsets: every partition of the batch moves from stored to next */
 	buf_str(&pp, "{");
@@ -1028,65 +1034,38 @@ flush_once(const char *only)
 	while ((r = PQgetResult(db)) != NULL)
 		PQclear(r);
 
-	/* exposures: every exposure topic in one call */
-	for (int i = 0; i < cfg.ntopics; i++)
-		if (cfg.topics[i].exposures)
-			exptopics[nexp++] = cfg.topics[i].topic;
-	xa = text_array(exptopics, nexp);
-	params[0] = xa;
-	r = PQexecParams(db,
-					 "SELECT i.inserted, i.duplicates, i.quarantined "
-					 "FROM (SELECT array_agg(topic ORDER BY seq) AS t, array_agg(partition ORDER BY seq) AS p, "
-					 "             array_agg(\"offset\" ORDER BY seq) AS o, array_agg(payload ORDER BY seq) AS m "
-					 "      FROM pg_temp.experiment_kafka_sink_batch WHERE topic = ANY ($1::text[])) AS b, "
-					 "     experiment.ingest_exposure_messages(b.t, b.p, b.o, b.m) AS i WHERE b.t IS NOT NULL",
-					 1, NULL, params, NULL, NULL, 0);
-	if (!db_ok(r, "storing exposures"))
-		goto done;
-	if (PQntuples(r) == 1)
+	/* the batch table holds this topic's messages only: exposures, or metric events of its table */
 	{
-		ins += atoll(PQgetvalue(r, 0, 0));
-		dup += atoll(PQgetvalue(r, 0, 1));
-		quar += atoll(PQgetvalue(r, 0, 2));
-	}
-	PQclear(r);
+		topic_map  *t = topic_find(only);
+		const char *agg = "(SELECT array_agg(topic ORDER BY seq) AS t, array_agg(partition ORDER BY seq) AS p, "
+			"array_agg(\"offset\" ORDER BY seq) AS o, array_agg(payload ORDER BY seq) AS m "
+			"FROM pg_temp.experiment_kafka_sink_batch) AS b";
+		char	   *ca = text_array(t->columns, t->ncolumns),
+				   *fa = text_array(t->fields, t->ncolumns);
+		buf_t		sql = {0};
+		long long  *bad = t->exposures ? &quar : &dead;
 
-	/* metric events: one call per topic */
-	for (int i = 0; i < cfg.ntopics; i++)
-	{
-		topic_map *t = &cfg.topics[i];
-		char *ca, *fa;
-		bool any = false;
-
-		if (t->exposures)
-			continue;
-		for (int j = 0; j < nt && !any; j++)
-			any = strcmp(topics[j], t->topic) == 0;
-		if (!any)
-			continue;
-		ca = text_array(t->columns, t->ncolumns);
-		fa = text_array(t->fields, t->ncolumns);
 		params[0] = t->table;
 		params[1] = ca;
 		params[2] = fa;
-		params[3] = t->topic;
-		r = PQexecParams(db,
-						 "SELECT i.inserted, i.duplicates, i.dead_lettered "
-						 "FROM (SELECT array_agg(topic ORDER BY seq) AS t, array_agg(partition ORDER BY seq) AS p, "
-						 "             array_agg(\"offset\" ORDER BY seq) AS o, array_agg(payload ORDER BY seq) AS m "
-						 "      FROM pg_temp.experiment_kafka_sink_batch WHERE topic = $4) AS b, "
-						 "     experiment.ingest_event_messages($1::regclass, $2::text[], $3::text[], b.t, b.p, b.o, b.m) AS i "
-						 "WHERE b.t IS NOT NULL",
-						 4, NULL, params, NULL, NULL, 0);
+		if (t->exposures)
+			buf_printf(&sql, "SELECT i.inserted, i.duplicates, i.quarantined FROM %s, "
+					   "experiment.ingest_exposure_messages(b.t, b.p, b.o, b.m) AS i WHERE b.t IS NOT NULL", agg);
+		else
+			buf_printf(&sql, "SELECT i.inserted, i.duplicates, i.dead_lettered FROM %s, "
+					   "experiment.ingest_event_messages($1::regclass, $2::text[], $3::text[], b.t, b.p, b.o, b.m) AS i "
+					   "WHERE b.t IS NOT NULL", agg);
+		r = PQexecParams(db, sql.data, t->exposures ? 0 : 3, NULL, params, NULL, NULL, 0);
+		free(sql.data);
 		free(ca);
 		free(fa);
-		if (!db_ok(r, "storing metric events"))
+		if (!db_ok(r, t->exposures ? "storing exposures" : "storing metric events"))
 			goto done;
 		if (PQntuples(r) == 1)
 		{
 			ins += atoll(PQgetvalue(r, 0, 0));
 			dup += atoll(PQgetvalue(r, 0, 1));
-			dead += atoll(PQgetvalue(r, 0, 2));
+			*bad += atoll(PQgetvalue(r, 0, 2));
 		}
 		PQclear(r);
 	}
@@ -1124,15 +1103,12 @@ done:
 		PQclear(PQexec(db, "ROLLBACK"));
 	}
 	free(copy.data);
-	free(tp.data);
 	free(pp.data);
 	free(ep.data);
 	free(np.data);
 	free(hp.data);
 	free(ta);
-	free(xa);
 	free(topics);
-	free(exptopics);
 	return result;
 }
 
@@ -1429,8 +1405,7 @@ rebalance_cb(rd_kafka_t *k, rd_kafka_resp_err_t err, rd_kafka_topic_partition_li
 				break;
 		for (int i = 0; i < l->cnt; i++)
 		{
-			l->elems[i].offset = ps[i]->stored >= 0 ? ps[i]->stored
-				: strcmp(cfg.auto_offset_reset, "latest") == 0 ? RD_KAFKA_OFFSET_END : RD_KAFKA_OFFSET_BEGINNING;
+			l->elems[i].offset = start_offset(ps[i]);
 			logmsg(L_INFO, "assigned %s [%d], from offset %s%" PRId64, ps[i]->topic, (int) ps[i]->partition,
 				   ps[i]->stored >= 0 ? "" : "(none stored) ", ps[i]->stored >= 0 ? ps[i]->stored : 0);
 		}

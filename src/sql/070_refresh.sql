@@ -1145,15 +1145,23 @@ BEGIN
       END IF;
     END LOOP;
 
-    -- per-variant moments of every metric in one pass over the per-unit values
+    -- moments of every metric per variant and day of first exposure, in one pass over the
+    -- per-unit values; merged, they are the per-variant moments (and, cumulatively by day,
+    -- the results over time below)
     IF unpivot <> '' THEN
       EXECUTE format(
-        'INSERT INTO experiment.variant_stats (experiment_id, metric, variant, units, moments, cuped_moments, cap, '
-        'cap_lower, skipped_values, refreshed_at) '
-        'SELECT %L, k.metric, a.variant, a.units, k.m, k.c, k.cap, k.cap_lower, k.skipped, %L '
-        'FROM (SELECT v.variant, count(*) AS units%s FROM %s v GROUP BY v.variant) a '
+        'CREATE TEMP TABLE exp_daily ON COMMIT DROP AS '
+        'SELECT k.metric, a.variant, a.day, a.units, k.m, k.c, k.cap, k.cap_lower, k.skipped '
+        'FROM (SELECT v.variant, (v.t0 AT TIME ZONE ''UTC'')::date AS day, count(*) AS units%s '
+        '      FROM %s v GROUP BY 1, 2) a '
         'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, cap_lower, skipped)',
-        e.id, ts, aggs, vals_from, substr(unpivot, 3));
+        aggs, vals_from, substr(unpivot, 3));
+      INSERT INTO experiment.variant_stats (experiment_id, metric, variant, units, moments, cuped_moments, cap,
+                                            cap_lower, skipped_values, refreshed_at)
+      SELECT e.id, d.metric, d.variant, sum(d.units), experiment.merge(d.m), experiment.merge(d.c),
+             pg_catalog.max(d.cap), pg_catalog.max(d.cap_lower), sum(d.skipped), ts
+      FROM pg_temp.exp_daily d
+      GROUP BY d.metric, d.variant;
     END IF;
 
     INSERT INTO experiment.enrollment (experiment_id, variant, units, refreshed_at)
@@ -1190,16 +1198,9 @@ BEGIN
     CROSS JOIN LATERAL (SELECT experiment.metric_method(m2.kind, c.cuped_moments, t.cuped_moments) AS method) k
     WHERE em.experiment_id = e.id;
 
-    -- results over time: moments per day of first exposure, merged cumulatively, tested per day
+    -- results over time: the per-day moments merged cumulatively, tested per day
     DELETE FROM experiment.results_daily rd WHERE rd.experiment_id = e.id;
     IF unpivot <> '' THEN
-      EXECUTE format(
-        'CREATE TEMP TABLE exp_daily ON COMMIT DROP AS '
-        'SELECT k.metric, a.variant, a.day, a.units, k.m, k.c '
-        'FROM (SELECT v.variant, (v.t0 AT TIME ZONE ''UTC'')::date AS day, count(*) AS units%s '
-        '      FROM %s v GROUP BY 1, 2) a '
-        'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, cap_lower, skipped)',
-        aggs, vals_from, substr(unpivot, 3));
       INSERT INTO experiment.results_daily
         (experiment_id, metric, variant, day, control_variant, method, units_control, units_treatment,
          mean_control, mean_treatment, diff, diff_lower, diff_upper, lift, lift_lower, lift_upper, p_value,
