@@ -1365,7 +1365,7 @@ offset_out_of_range(const char *topic, int32_t partition)
 	{
 		logmsg(L_WARNING, "%s [%d]: offset out of range, and its watermarks could not be read (%s): retrying",
 			   topic, (int) partition, rd_kafka_err2str(err));
-		seek_one(p, p->stored >= 0 ? p->stored : RD_KAFKA_OFFSET_BEGINNING);
+		restart_at(p, start_offset(p));	/* the fetcher has stopped: a seek alone would not start it */
 		return;
 	}
 	if (p->stored >= 0 && p->stored > hi)
