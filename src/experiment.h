@@ -84,6 +84,41 @@ typedef enum
 #define EXP_MIN_PROBABILITY 1e-300
 
 extern Alternative exp_parse_alternative(const char *s);
+
+/*
+ * An estimate of a two-arm test: what every test function computes before
+ * the shared inference turns it into an experiment.test_result
+ * (exp_test_result_datum: intervals and p-values of the difference and the
+ * lift under the alpha, alternative and sequential tuning).
+ */
+typedef struct Estimate
+{
+	int64		n_c;
+	int64		n_t;
+	double		mean_c;
+	double		mean_t;
+	double		diff;			/* treatment - control */
+	double		diff_se;		/* standard error of diff */
+	double		null_se;		/* standard error of diff under H0 for the
+								 * fixed-horizon statistic (pooled for
+								 * proportions); NaN: diff_se */
+	double		lift;			/* diff / |mean_c| */
+	double		lift_se;		/* delta-method standard error of lift */
+	double		df;				/* reference t distribution; NaN: normal */
+} Estimate;
+
+/* the inference applied to an estimate (doc/statistics.md, "Inference") */
+typedef struct Inference
+{
+	double		alpha;
+	Alternative alternative;
+	double		tuning;			/* sequential tuning N*; NaN: fixed horizon */
+} Inference;
+
+/* alpha, alternative, sequential_tuning at argument positions first..first+2; false: a NULL makes the test NULL */
+extern bool exp_get_inference(FunctionCallInfo fcinfo, int first, Inference *inf);
+extern void exp_estimate_init(Estimate *e, int64 n_c, int64 n_t);
+extern Datum exp_test_result_datum(FunctionCallInfo fcinfo, const Estimate *e, const Inference *inf);
 extern void exp_check_tuning(double tuning);
 extern double exp_seq_halfwidth(double se, double n, double alpha, double tuning, bool two_sided);
 

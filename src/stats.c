@@ -73,29 +73,6 @@ typedef struct TestResult
  * An estimate: what an estimator (Welch, proportions, CUPED, ratio) makes of
  * the two arms, before any inference.  NaN is "undefined".
  */
-typedef struct Estimate
-{
-	int64		n_c;
-	int64		n_t;
-	double		mean_c;
-	double		mean_t;
-	double		diff;			/* treatment - control */
-	double		diff_se;		/* standard error of diff */
-	double		null_se;		/* standard error of diff under H0 for the
-								 * fixed-horizon statistic (pooled for
-								 * proportions); NaN: diff_se */
-	double		lift;			/* diff / |mean_c| */
-	double		lift_se;		/* delta-method standard error of lift */
-	double		df;				/* reference t distribution; NaN: normal */
-} Estimate;
-
-/* the inference applied to an estimate (doc/statistics.md, "Inference") */
-typedef struct Inference
-{
-	double		alpha;
-	Alternative alternative;
-	double		tuning;			/* sequential tuning N*; NaN: fixed horizon */
-} Inference;
 
 /* ---------- distributions ---------- */
 
@@ -328,8 +305,8 @@ exp_check_tuning(double tuning)
  * when alpha or alternative is NULL (the test is then NULL); a NULL
  * sequential_tuning is the fixed-horizon test.
  */
-static bool
-get_inference(FunctionCallInfo fcinfo, int first, Inference *inf)
+bool
+exp_get_inference(FunctionCallInfo fcinfo, int first, Inference *inf)
 {
 	inf->alpha = get_float8_nan();
 	inf->alternative = ALT_TWO_SIDED;
@@ -588,10 +565,20 @@ infer(TestResult *r, const Estimate *e, const Inference *inf)
 	}
 }
 
+/* an estimate to its experiment.test_result under the inference (experiment.h) */
+Datum
+exp_test_result_datum(FunctionCallInfo fcinfo, const Estimate *e, const Inference *inf)
+{
+	TestResult	r;
+
+	infer(&r, e, inf);
+	return result_datum(fcinfo, &r);
+}
+
 /* ---------- estimators ---------- */
 
-static void
-estimate_init(Estimate *e, int64 n_c, int64 n_t)
+void
+exp_estimate_init(Estimate *e, int64 n_c, int64 n_t)
 {
 	e->n_c = n_c;
 	e->n_t = n_t;
@@ -653,7 +640,7 @@ welch_moments_estimate(Estimate *e, const Moments *c, const Moments *t)
 {
 	double		ratio;
 
-	estimate_init(e, c->n, t->n);
+	exp_estimate_init(e, c->n, t->n);
 	e->mean_c = mean_or_nan(c, 0);
 	e->mean_t = mean_or_nan(t, 0);
 	e->diff = e->mean_t - e->mean_c;
@@ -677,7 +664,7 @@ prop_estimate(Estimate *e, int64 x_c, int64 n_c, int64 x_t, int64 n_t)
 				se,
 				se0;
 
-	estimate_init(e, n_c, n_t);
+	exp_estimate_init(e, n_c, n_t);
 	p_c = n_c > 0 ? (double) x_c / (double) n_c : get_float8_nan();
 	p_t = n_t > 0 ? (double) x_t / (double) n_t : get_float8_nan();
 	e->mean_c = p_c;
@@ -757,7 +744,7 @@ cuped_estimate(Estimate *e, const Moments *c, const Moments *t)
 	theta = cuped_theta_of(pooled);
 	if (isnan(theta))
 		theta = 0;				/* var_x = 0: the plain Welch test */
-	estimate_init(e, c->n, t->n);
+	exp_estimate_init(e, c->n, t->n);
 	e->mean_c = mean_or_nan(c, 0);
 	e->mean_t = mean_or_nan(t, 0);
 	e->diff = (e->mean_t - e->mean_c) - theta * (mean_or_nan(t, 1) - mean_or_nan(c, 1));
@@ -797,7 +784,7 @@ ratio_estimate(Estimate *e, const Moments *c, const Moments *t)
 				var_t,
 				ratio;
 
-	estimate_init(e, c->n, t->n);
+	exp_estimate_init(e, c->n, t->n);
 	ratio_arm(c, &e->mean_c, &var_c);
 	ratio_arm(t, &e->mean_t, &var_t);
 	e->diff = e->mean_t - e->mean_c;
@@ -900,7 +887,7 @@ cuped_ratio_estimate(Estimate *e, const Moments *c, const Moments *t)
 				lt[4],
 				llift[4];
 
-	estimate_init(e, c->n, t->n);
+	exp_estimate_init(e, c->n, t->n);
 	ratio_arm_pre(c, &ac);
 	ratio_arm_pre(t, &at);
 	e->mean_c = ac.r;
@@ -946,7 +933,7 @@ moments_test(FunctionCallInfo fcinfo, const char *name, int nvars,
 	Estimate	e;
 	TestResult	r;
 
-	if (!get_inference(fcinfo, 2, &inf) || PG_ARGISNULL(0) || PG_ARGISNULL(1))
+	if (!exp_get_inference(fcinfo, 2, &inf) || PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		PG_RETURN_NULL();
 	c = PG_GETARG_MOMENTS_P(0);
 	t = PG_GETARG_MOMENTS_P(1);
@@ -1027,7 +1014,7 @@ exp_prop_ztest(PG_FUNCTION_ARGS)
 	Estimate	e;
 	TestResult	r;
 
-	bool		ok = get_inference(fcinfo, 4, &inf);
+	bool		ok = exp_get_inference(fcinfo, 4, &inf);
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2) || PG_ARGISNULL(3))
 		PG_RETURN_NULL();
