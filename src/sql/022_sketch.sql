@@ -109,3 +109,22 @@ CREATE AGGREGATE experiment.merge(experiment.sketch) (
 );
 COMMENT ON AGGREGATE experiment.merge(experiment.sketch) IS
   'merge stored sketches (e.g. per unit or per day) into one, exactly';
+
+-- quantile tests
+
+CREATE FUNCTION experiment.quantile_test(control experiment.sketch, treatment experiment.sketch, q float8,
+                                         alpha float8 DEFAULT 0.05, alternative text DEFAULT 'two-sided',
+                                         sequential_tuning float8 DEFAULT NULL)
+  RETURNS experiment.test_result
+  AS 'MODULE_PATHNAME', 'exp_quantile_test' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.quantile_test(experiment.sketch, experiment.sketch, float8, float8, text, float8) IS
+  'test of the difference of the q-quantiles of two sketches of one value per unit (standard errors from the order-statistic interval, as GrowthBook''s QuantileStatistic); mean_control and mean_treatment are the quantiles; normal reference, df NULL';
+
+CREATE FUNCTION experiment.quantile_test(control experiment.sketch, treatment experiment.sketch, q float8,
+                                         control_clusters experiment.moments, treatment_clusters experiment.moments,
+                                         alpha float8 DEFAULT 0.05, alternative text DEFAULT 'two-sided',
+                                         sequential_tuning float8 DEFAULT NULL)
+  RETURNS experiment.test_result
+  AS 'MODULE_PATHNAME', 'exp_quantile_test_clustered' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.quantile_test(experiment.sketch, experiment.sketch, float8, experiment.moments, experiment.moments, float8, text, float8) IS
+  'test of the difference of the q-quantiles of all events of two arms whose units are clusters of events: *_clusters are bivariate moments over the arm''s units of (b_i = events <= the arm''s quantile, n_i = events), the variance scaled by their design effect (GrowthBook''s QuantileClusteredStatistic); n_control and n_treatment count units';
