@@ -69,6 +69,10 @@ extern double exp_moments_variance(const Moments *m, int i);	/* sample variance,
 extern double exp_moments_covariance(const Moments *m, int i, int j);
 extern Oid	exp_moments_type_oid(void);
 
+/* sketch.c: the experiment.sketch type's OID, and a new sketch of n values (n > 0) */
+extern Oid	exp_sketch_type_oid(void);
+extern Datum exp_sketch_from_values(const double *vals, int64 n);
+
 /* stats.c: the inference shared by every test (doc/statistics.md, "Inference") */
 typedef enum
 {

@@ -35,6 +35,10 @@
 #include "libpq/pqformat.h"
 #include "utils/builtins.h"
 #include "utils/float.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
 
 #include "experiment.h"
 #include "sketch.h"
@@ -1165,6 +1169,53 @@ exp_sketch_merge(PG_FUNCTION_ARGS)
 
 	sk_init_mapping();
 	PG_RETURN_SKETCH_P(sk_trim(sk_merge_into(sk_resize(a, a->nbins, SKETCH_IS_WIDE(a)), b)));
+}
+
+/* ---------- for the other files (experiment.h) ---------- */
+
+/* the OID of type experiment.sketch */
+Oid
+exp_sketch_type_oid(void)
+{
+	Oid			nsp = get_namespace_oid("experiment", false);
+	Oid			typ = GetSysCacheOid2(TYPENAMENSP, Anum_pg_type_oid,
+									  CStringGetDatum("sketch"),
+									  ObjectIdGetDatum(nsp));
+
+	if (!OidIsValid(typ))
+		elog(ERROR, "type experiment.sketch does not exist");
+	return typ;
+}
+
+/*
+ * A new sketch of n > 0 finite values, equal to what experiment.sketch()
+ * aggregates from them (source_unit_values() makes one per unit).
+ */
+Datum
+exp_sketch_from_values(const double *vals, int64 n)
+{
+	Sketch	   *s;
+	int64		i;
+
+	Assert(n > 0);
+	sk_init_mapping();
+	s = sk_alloc(SKETCH_INITIAL_CAP, false);
+	s->nbins = 0;
+	s->min = get_float8_infinity();
+	s->max = -get_float8_infinity();
+	for (i = 0; i < n; i++)
+	{
+		double		x = vals[i] == 0 ? 0.0 : vals[i];	/* -0 is 0 */
+
+		if (unlikely(!isfinite(x)))
+			elog(ERROR, "a sketch of a non-finite value");
+		if (x < s->min)
+			s->min = x;
+		if (x > s->max)
+			s->max = x;
+		s = sk_add_bin(s, sk_ord(x), 1);
+	}
+	return SketchPGetDatum(sk_trim(s));
 }
 
 /* ---------- accessors ---------- */

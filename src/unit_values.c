@@ -35,7 +35,8 @@
  * values (rows when there is no value column), 'any' = 1 when some counted
  * event has a non-NULL value <> 0 (any counted event when there is no value
  * column), 'max' of the non-NULL values (1 for any counted event when there
- * is no value column).  Boolean value columns count as 0/1, other columns
+ * is no value column), 'sketch': the non-NULL values as an experiment.sketch
+ * in sketches[k] (NULL without values), with vals[k] their number.  Boolean value columns count as 0/1, other columns
  * are cast to float8.  Units without counted events get 0.
  *
  * Incremental refresh (doc/scaling.md) calls it in split mode: the events
@@ -53,7 +54,8 @@
  * 32 bytes per unit record plus the unit id when it is longer than 16
  * bytes, and per unit a row of 8 bytes per calendar bound, 8 bytes per
  * spec and 1 byte per spec (rounded up to 8).  For a million units and
- * four specs that is about 90 MB (110 MB with three calendar bounds).  The
+ * four specs that is about 90 MB (110 MB with three calendar bounds).  A
+ * sketch spec adds 24 bytes per unit with values and 8 bytes per value.  The
  * result is a tuplestore, which spills to disk beyond work_mem.
  *
  *-------------------------------------------------------------------------
@@ -97,8 +99,22 @@ typedef enum
 	AGG_SUM,
 	AGG_COUNT,
 	AGG_ANY,
-	AGG_MAX
+	AGG_MAX,
+	AGG_SKETCH					/* the unit's values, as an experiment.sketch */
 } UvAgg;
+
+/*
+ * The values of one unit for one sketch spec, collected during the scan and
+ * turned into an experiment.sketch when the unit's row is returned (a unit
+ * has few events; a sketch per unit would cost more than its values).  The
+ * accumulator of the spec holds the list's index + 1 (0: no value yet).
+ */
+typedef struct
+{
+	double	   *vals;
+	int64		n;
+	int64		cap;
+} UvList;
 
 /* one enrolled unit; the key is inline when short, else in the key arena */
 typedef struct
@@ -166,6 +182,11 @@ typedef struct UvState
 	bool		has_split;
 	int64		split;
 	int			nacc;
+	/* value lists of the sketch specs (UvList, indexed from the accumulators) */
+	bool		has_sketch;
+	UvList	   *lists;
+	int64		nlists;
+	int64		maxlists;
 	/* the latest time of any row read (split mode and probe) */
 	bool		has_latest;
 	int64		latest;
@@ -402,6 +423,39 @@ add_unit(UvState *st, Datum du, bool nu, Datum dv, bool nv, Datum dt, bool nt)
 				nt ? 0 : DatumGetTimestampTz(dt));
 }
 
+/* appends x to the value list of a sketch accumulator, making the list on the first value */
+static void
+list_append(UvState *st, double *acc, double x)
+{
+	UvList	   *l;
+
+	if (*acc == 0.0)
+	{
+		if (st->nlists >= st->maxlists)
+		{
+			int64		m = Max(st->maxlists * 2, 1024);
+
+			st->lists = st->lists == NULL
+				? MemoryContextAllocHuge(st->cxt, sizeof(UvList) * m)
+				: repalloc_huge(st->lists, sizeof(UvList) * m);
+			st->maxlists = m;
+		}
+		l = &st->lists[st->nlists++];
+		l->n = 0;
+		l->cap = 4;
+		l->vals = MemoryContextAlloc(st->cxt, sizeof(double) * l->cap);
+		*acc = (double) st->nlists;
+	}
+	else
+		l = &st->lists[(int64) *acc - 1];
+	if (l->n >= l->cap)
+	{
+		l->cap *= 2;
+		l->vals = repalloc_huge(l->vals, sizeof(double) * l->cap);
+	}
+	l->vals[l->n++] = x;
+}
+
 static inline int64
 spec_bound(const UvBound *b, const UvUnit *u, const int64 *bounds)
 {
@@ -560,6 +614,9 @@ flush_batch(UvState *st)
 					if (!seen[k] || x > acc[k])
 						acc[k] = x;
 					seen[k] = 1;
+					break;
+				case AGG_SKETCH:
+					list_append(st, &acc[k], x);
 					break;
 			}
 		}
@@ -909,7 +966,7 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 				 errmsg("source_unit_values must be called in a context that accepts a set")));
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
-	if (tupdesc->natts != 7 || PG_NARGS() != 18)
+	if (tupdesc->natts != 8 || PG_NARGS() != 18)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the SQL declaration of source_unit_values() is of another version of the extension"),
@@ -984,11 +1041,21 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 			sp->agg = AGG_ANY;
 		else if (strcmp(agg, "max") == 0)
 			sp->agg = AGG_MAX;
+		else if (strcmp(agg, "sketch") == 0)
+			sp->agg = AGG_SKETCH;
 		else
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("invalid aggregation \"%s\"", exp_message_clip(agg, (int) strlen(agg))),
-					 errhint("use sum, count, any or max")));
+					 errhint("use sum, count, any, max or sketch")));
+		if (sp->agg == AGG_SKETCH)
+		{
+			if (vcols_n[k])
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("aggregation sketch needs a value column")));
+			st->has_sketch = true;
+		}
 		sp->tcol = column_index(&time_names, TextDatumGetCString(tcols[k]));
 		sp->vcol = vcols_n[k] ? -1 : column_index(&val_names, TextDatumGetCString(vcols[k]));
 		sp->use_end = DatumGetBool(ends[k]);
@@ -1219,20 +1286,28 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 		Datum	   *vdat = MemoryContextAlloc(st->cxt, sizeof(Datum) * Max(nacc, 1));
 		bool	   *vnul = MemoryContextAlloc(st->cxt, sizeof(bool) * Max(nacc, 1));
 		Datum	   *sdat = MemoryContextAlloc(st->cxt, sizeof(Datum) * Max(nacc, 1));
+		Datum	   *kdat = MemoryContextAlloc(st->cxt, sizeof(Datum) * Max(nacc, 1));
+		bool	   *knul = MemoryContextAlloc(st->cxt, sizeof(bool) * Max(nacc, 1));
+		Oid			sketch_oid = st->has_sketch ? exp_sketch_type_oid() : InvalidOid;
+		int16		sketch_len = 0;
+		bool		sketch_byval = false;
+		char		sketch_align = TYPALIGN_INT;
 		int			dims[1] = {nacc};
 		int			lbs[1] = {1};
 		Datum	   *vnames = MemoryContextAlloc(st->cxt, sizeof(Datum) * Max(st->nvariants, 1));
 
 		for (k = 0; k < st->nvariants; k++)
 			vnames[k] = PointerGetDatum(cstring_to_text(st->variants[k]));
+		if (st->has_sketch)
+			get_typlenbyvalalign(sketch_oid, &sketch_len, &sketch_byval, &sketch_align);
 		for (i = 0; i < st->nunits; i++)
 		{
 			UvUnit	   *u = &st->units[i];
 			double	   *acc = UV_ACC(st, UV_ROW(st, i));
 			uint32	   *sk = UV_SKIPPED(st, UV_ROW(st, i));
 			uint8	   *seen = UV_SEEN(st, UV_ROW(st, i));
-			Datum		values[7];
-			bool		nulls[7] = {false, false, false, false, true, true, true};
+			Datum		values[8];
+			bool		nulls[8] = {false, false, false, false, true, true, true, true};
 			bool		touched = false;
 
 			if ((i & 0xFFFF) == 0)
@@ -1249,6 +1324,20 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 				/* in split mode the maximum of no event is NULL, so that the parts merge */
 				vnul[k] = st->has_split && st->specs[k % nspec].agg == AGG_MAX && !seen[k];
 				sdat[k] = Int64GetDatum((int64) sk[k]);
+				knul[k] = true;
+				if (st->specs[k % nspec].agg == AGG_SKETCH)
+				{
+					/* the value is the number of values; the sketch holds them (NULL: none) */
+					vdat[k] = Float8GetDatum(0.0);
+					if (acc[k] != 0.0)
+					{
+						UvList	   *l = &st->lists[(int64) acc[k] - 1];
+
+						vdat[k] = Float8GetDatum((double) l->n);
+						kdat[k] = exp_sketch_from_values(l->vals, l->n);
+						knul[k] = false;
+					}
+				}
 				if (sk[k] > 0)
 					nulls[4] = false;
 			}
@@ -1262,6 +1351,12 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 			values[3] = PointerGetDatum(construct_md_array(vdat, vnul, 1, dims, lbs, FLOAT8OID,
 														   sizeof(float8), FLOAT8PASSBYVAL,
 														   TYPALIGN_DOUBLE));
+			if (st->has_sketch)
+			{
+				values[7] = PointerGetDatum(construct_md_array(kdat, knul, 1, dims, lbs, sketch_oid,
+															   sketch_len, sketch_byval, sketch_align));
+				nulls[7] = false;
+			}
 			tuplestore_putvalues(tupstore, tupdesc, values, nulls);
 			MemoryContextSwitchTo(oldcxt);
 			MemoryContextReset(tmp);
@@ -1269,8 +1364,8 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 		/* split mode or probe: a last row without a unit, with the latest time read and the split */
 		if (st->has_split || probe)
 		{
-			Datum		values[7] = {0};
-			bool		nulls[7] = {true, true, true, true, true, !st->has_latest, !st->has_split};
+			Datum		values[8] = {0};
+			bool		nulls[8] = {true, true, true, true, true, !st->has_latest, !st->has_split, true};
 
 			values[5] = TimestampTzGetDatum(st->latest);
 			values[6] = TimestampTzGetDatum(st->split);

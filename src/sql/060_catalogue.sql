@@ -11,7 +11,7 @@ CREATE TABLE experiment.metrics (
   time_column text,
   value_column text,
   aggregation text NOT NULL DEFAULT 'sum'
-    CHECK (aggregation IN ('sum', 'count', 'any', 'max')),
+    CHECK (aggregation IN ('sum', 'count', 'any', 'max', 'quantile')),
   kind text NOT NULL DEFAULT 'mean'
     CHECK (kind IN ('mean', 'proportion', 'ratio')),
   numerator text REFERENCES experiment.metrics (name),
@@ -28,6 +28,8 @@ CREATE TABLE experiment.metrics (
   cap_lower float8,
   cap_upper float8,
   cap_ignore_zeros boolean NOT NULL DEFAULT false,
+  quantile float8,
+  quantile_level text,
   CONSTRAINT metrics_delay_check CHECK (delay >= interval '0'),
   CONSTRAINT metrics_window_check CHECK ("window" IS NULL OR "window" > interval '0'),
   CONSTRAINT metrics_winsorize_check CHECK (winsorize IS NULL OR (winsorize > 0 AND winsorize < 1)),
@@ -39,14 +41,24 @@ CREATE TABLE experiment.metrics (
   CONSTRAINT metrics_cap_check CHECK (
     (cap_lower IS NULL OR (cap_lower > '-Infinity'::float8 AND cap_lower < 'Infinity'::float8))
     AND (cap_upper IS NULL OR (cap_upper > '-Infinity'::float8 AND cap_upper < 'Infinity'::float8))
-    AND (cap_lower IS NULL OR cap_upper IS NULL OR cap_lower < cap_upper))
+    AND (cap_lower IS NULL OR cap_upper IS NULL OR cap_lower < cap_upper)),
+  CONSTRAINT metrics_quantile_check CHECK (
+    CASE WHEN aggregation = 'quantile'
+         THEN quantile > 0 AND quantile < 1 AND quantile_level IN ('event', 'unit')
+         ELSE quantile IS NULL AND quantile_level IS NULL END)
 );
 COMMENT ON TABLE experiment.metrics IS
   'the metric catalogue: each metric reads its events from one relation (by regclass and column names), or is a ratio of two metrics';
 COMMENT ON COLUMN experiment.metrics.source IS 'table, view or materialized view holding the events';
 COMMENT ON COLUMN experiment.metrics.value_column IS 'numeric or boolean column aggregated per unit; NULL counts rows';
 COMMENT ON COLUMN experiment.metrics.aggregation IS
-  'per-unit aggregation over the window: sum, count, any (1 when converted at least once, else 0) or max';
+  'per-unit aggregation over the window: sum, count, any (1 when converted at least once, else 0), max, '
+  'or quantile (the metric is a quantile: of all events, or of the per-unit sums; see quantile_level)';
+COMMENT ON COLUMN experiment.metrics.quantile IS
+  'with aggregation quantile: the quantile compared between arms, in (0, 1), e.g. 0.99 for p99';
+COMMENT ON COLUMN experiment.metrics.quantile_level IS
+  'with aggregation quantile: event (the quantile of all the units'' events, e.g. p99 of page loads; default) '
+  'or unit (the quantile of the per-unit sums, one value per unit)';
 COMMENT ON COLUMN experiment.metrics.kind IS 'mean (Welch / CUPED), proportion (aggregation any; z-test / CUPED) or ratio (delta method)';
 COMMENT ON COLUMN experiment.metrics.delay IS 'events count from first exposure + delay';
 COMMENT ON COLUMN experiment.metrics."window" IS 'events count until first exposure + delay + window (NULL: until the end of the experiment)';
@@ -134,8 +146,23 @@ BEGIN
   IF NEW.name IS NULL OR NEW.name = '' THEN
     PERFORM experiment.raise_invalid_value('name of a metric', quote_nullable(NEW.name), 'a non-empty text');
   END IF;
-  IF NEW.aggregation IS NULL OR NEW.aggregation NOT IN ('sum', 'count', 'any', 'max') THEN
-    PERFORM experiment.raise_invalid_choice('aggregation', NEW.aggregation, '{sum,count,any,max}', owner);
+  IF NEW.aggregation IS NULL OR NEW.aggregation NOT IN ('sum', 'count', 'any', 'max', 'quantile') THEN
+    PERFORM experiment.raise_invalid_choice('aggregation', NEW.aggregation, '{sum,count,any,max,quantile}', owner);
+  END IF;
+  IF NEW.aggregation = 'quantile' THEN
+    IF NOT (NEW.quantile > 0 AND NEW.quantile < 1) OR NEW.quantile IS NULL THEN
+      PERFORM experiment.raise_invalid_value('quantile of ' || owner, coalesce(NEW.quantile::text, 'NULL'),
+                                             'a quantile in (0, 1), e.g. 0.99 (aggregation quantile needs one)');
+    END IF;
+    NEW.quantile_level := coalesce(NEW.quantile_level, 'event');
+    IF NEW.quantile_level NOT IN ('event', 'unit') THEN
+      PERFORM experiment.raise_invalid_choice('quantile_level', NEW.quantile_level, '{event,unit}', owner);
+    END IF;
+  ELSIF NEW.quantile IS NOT NULL OR NEW.quantile_level IS NOT NULL THEN
+    RAISE EXCEPTION '% has % but aggregation ''%''', owner,
+      concat_ws(' and ', 'quantile = ' || NEW.quantile, 'quantile_level = ' || quote_literal(NEW.quantile_level)),
+      NEW.aggregation
+      USING ERRCODE = '22023', HINT = 'Set aggregation to ''quantile'', or quantile and quantile_level to NULL.';
   END IF;
   IF NEW.kind IS NULL OR NEW.kind NOT IN ('mean', 'proportion', 'ratio') THEN
     PERFORM experiment.raise_invalid_choice('kind', NEW.kind, '{mean,proportion,ratio}', owner);
@@ -191,7 +218,7 @@ CREATE TRIGGER metrics_check
   BEFORE INSERT OR UPDATE OR DELETE ON experiment.metrics
   FOR EACH ROW EXECUTE FUNCTION experiment.metrics_check();
 COMMENT ON TRIGGER metrics_check ON experiment.metrics IS
-  'an invalid aggregation, kind, delay, window, winsorize, winsorize_lower, cap_lower, cap_upper, cap_ignore_zeros, '
+  'an invalid aggregation, quantile, quantile_level, kind, delay, window, winsorize, winsorize_lower, cap_lower, cap_upper, cap_ignore_zeros, '
   'cuped_lookback or late_events is refused with a message naming the allowed values; '
   'the owner defaults to the current user, and only members of the owner role may register, change or delete a metric';
 
@@ -448,6 +475,10 @@ BEGIN
       RAISE EXCEPTION 'ratio metric "%" reads its numerator and denominator metrics, not a source', m.name
         USING ERRCODE = '22023', HINT = 'Set source to NULL.';
     END IF;
+    IF m.aggregation = 'quantile' THEN
+      RAISE EXCEPTION 'ratio metric "%" cannot have aggregation ''quantile''', m.name
+        USING ERRCODE = '22023', HINT = 'A ratio divides the sums of two metrics: set aggregation to ''sum''.';
+    END IF;
     FOREACH part IN ARRAY ARRAY[m.numerator, m.denominator] LOOP
       SELECT kind INTO part_kind FROM experiment.metrics WHERE name = part;
       IF NOT FOUND THEN
@@ -455,6 +486,10 @@ BEGIN
       END IF;
       IF part_kind = 'ratio' THEN
         RAISE EXCEPTION 'ratio metric "%": part "%" is itself a ratio', m.name, part USING ERRCODE = '22023';
+      END IF;
+      IF (SELECT mp.aggregation FROM experiment.metrics mp WHERE mp.name = part) = 'quantile' THEN
+        RAISE EXCEPTION 'ratio metric "%": part "%" is a quantile metric', m.name, part
+          USING ERRCODE = '22023', HINT = 'The parts of a ratio are per-unit sums, counts or maxima.';
       END IF;
       PERFORM experiment.validate_metric(part);
     END LOOP;
@@ -543,6 +578,22 @@ BEGIN
     RAISE EXCEPTION 'proportion metric "%" cannot be capped (%)', m.name,
       concat_ws(', ', 'winsorize_lower = ' || m.winsorize_lower, 'cap_lower = ' || m.cap_lower, 'cap_upper = ' || m.cap_upper)
       USING ERRCODE = '22023', HINT = 'Its per-unit values are 0 or 1: set winsorize_lower, cap_lower and cap_upper to NULL.';
+  END IF;
+  IF m.aggregation = 'quantile' THEN
+    IF m.kind <> 'mean' THEN
+      RAISE EXCEPTION 'quantile metric "%" must be of kind ''mean'', not ''%''', m.name, m.kind
+        USING ERRCODE = '22023', HINT = 'A quantile metric compares the arms'' quantiles: leave kind at ''mean''.';
+    END IF;
+    IF m.value_column IS NULL THEN
+      RAISE EXCEPTION 'quantile metric "%" needs a value_column', m.name
+        USING ERRCODE = '22023', HINT = 'The quantile is taken of a column''s values, e.g. a latency in ms.';
+    END IF;
+    IF m.winsorize IS NOT NULL OR m.winsorize_lower IS NOT NULL OR m.cap_lower IS NOT NULL OR m.cap_upper IS NOT NULL THEN
+      RAISE EXCEPTION 'quantile metric "%" cannot be capped (%)', m.name,
+        concat_ws(', ', 'winsorize = ' || m.winsorize, 'winsorize_lower = ' || m.winsorize_lower,
+                  'cap_lower = ' || m.cap_lower, 'cap_upper = ' || m.cap_upper)
+        USING ERRCODE = '22023', HINT = 'A quantile is not moved by outliers: set the caps to NULL.';
+    END IF;
   END IF;
   IF m.kind = 'proportion' AND m.aggregation <> 'any' THEN
     RAISE EXCEPTION 'proportion metric "%" must use aggregation ''any'', not ''%''', m.name, m.aggregation

@@ -49,6 +49,7 @@ CREATE TABLE experiment.variant_stats (
   refreshed_at timestamptz NOT NULL,
   skipped_values bigint NOT NULL DEFAULT 0,
   cap_lower float8,
+  sketch experiment.sketch,
   PRIMARY KEY (experiment_id, metric, variant)
 );
 COMMENT ON TABLE experiment.variant_stats IS
@@ -61,6 +62,9 @@ COMMENT ON COLUMN experiment.variant_stats.cap IS
   'upper cap applied to y, if any: the pooled winsorize percentile, the metric''s cap_upper, or the smaller of the two';
 COMMENT ON COLUMN experiment.variant_stats.cap_lower IS
   'lower cap applied to y, if any: the pooled winsorize_lower percentile, the metric''s cap_lower, or the larger of the two';
+COMMENT ON COLUMN experiment.variant_stats.sketch IS
+  'quantile metrics: the sketch of the variant''s values (of all its units'' events, or of its per-unit sums); '
+  'for event quantiles moments is then the bivariate moments over the units of (events at or below the variant''s quantile, events)';
 COMMENT ON COLUMN experiment.variant_stats.skipped_values IS
   'source values of the variant''s units that were NaN or infinite and were left out of the per-unit values (no measurement)';
 
@@ -69,7 +73,7 @@ CREATE TABLE experiment.metric_results (
   metric text NOT NULL,
   variant text NOT NULL,
   control_variant text NOT NULL,
-  method text NOT NULL CHECK (method IN ('welch', 'prop_ztest', 'cuped', 'ratio', 'cuped_ratio')),
+  method text NOT NULL CHECK (method IN ('welch', 'prop_ztest', 'cuped', 'ratio', 'cuped_ratio', 'quantile')),
   alpha float8 NOT NULL,
   test experiment.test_result,
   refreshed_at timestamptz NOT NULL,
@@ -192,6 +196,28 @@ COMMENT ON COLUMN experiment.metric_results.method IS
 -- cap_lower, and a percentile beyond the absolute cap of the other side is moved to it, so
 -- that the lower cap is never above the upper one (cap_lower < cap_upper is checked); a NaN or
 -- infinite argument is no cap
+-- the test of one treatment against control for a metric from their variant_stats rows: a
+-- quantile metric's quantile test (of events, clustered by unit, or of units), any other
+-- metric's experiment.metric_test()
+CREATE FUNCTION experiment.variant_test(method text, m experiment.metrics, c experiment.variant_stats,
+                                        t experiment.variant_stats, alpha float8, alternative text,
+                                        sequential_tuning float8)
+  RETURNS experiment.test_result
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE WHEN method = 'quantile' AND m.quantile_level = 'event'
+              THEN experiment.quantile_test(c.sketch, t.sketch, m.quantile, c.moments, t.moments,
+                                            alpha, alternative, sequential_tuning)
+              WHEN method = 'quantile'
+              THEN experiment.quantile_test(c.sketch, t.sketch, m.quantile, alpha, alternative, sequential_tuning)
+              ELSE experiment.metric_test(method, c.moments, t.moments, c.cuped_moments, t.cuped_moments,
+                                          alpha, alternative, sequential_tuning) END
+$$;
+COMMENT ON FUNCTION experiment.variant_test(text, experiment.metrics, experiment.variant_stats, experiment.variant_stats,
+                                            float8, text, float8) IS
+  'internal: the test of a treatment against control for a metric, from their per-variant moments and sketches';
+
 CREATE FUNCTION experiment.effective_caps(pct_lower float8, pct_upper float8, cap_lower float8, cap_upper float8,
     OUT lower_cap float8, OUT upper_cap float8)
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -237,14 +263,15 @@ CREATE FUNCTION experiment.source_unit_values(
     reader regrole DEFAULT NULL, split_at timestamptz DEFAULT NULL, probe boolean DEFAULT false,
     partial boolean DEFAULT false)
   RETURNS TABLE (unit_id text, variant text, t0 timestamptz, vals float8[], skipped bigint[], latest timestamptz,
-                 split timestamptz)
+                 split timestamptz, sketches experiment.sketch[])
   AS 'MODULE_PATHNAME', 'exp_source_unit_values'
   -- (it locks and checks the source through SPI before reading it as another role: never in a
   -- parallel query)
   LANGUAGE C STABLE PARALLEL UNSAFE;
 COMMENT ON FUNCTION experiment.source_unit_values(text[], text[], timestamptz[], regclass, text, text[], text[], text[],
     interval[], interval[], boolean[], timestamptz, timestamptz, timestamptz, regrole, timestamptz, boolean, boolean) IS
-  'internal: one row per unit (unit_ids, variants, t0s) with vals[k] = aggregations[k] (sum, count, any, max) of '
+  'internal: one row per unit (unit_ids, variants, t0s) with vals[k] = aggregations[k] (sum, count, any, max; '
+  'sketch: the number of values, and sketches[k] their experiment.sketch, NULL without values) of '
   'value_columns[k] (NULL: rows) over the unit''s events in source with time_columns[k] in '
   '[t0 + lo_offsets[k], t0 + hi_offsets[k]) and, when use_end[k], before end_at; '
   '0 without events; NaN and infinite values are not aggregated and counted in skipped[k]; '
@@ -342,7 +369,9 @@ BEGIN
       -- the value: events in [t0 + delay, t0 + delay + window) before the end of the experiment
       s.tcols := s.tcols || m.time_column;
       s.vcols := s.vcols || m.value_column;
-      s.aggs := s.aggs || m.aggregation;
+      -- (a quantile metric stores the unit's events as a sketch, or for a quantile of units its sum)
+      s.aggs := s.aggs || CASE WHEN m.aggregation <> 'quantile' THEN m.aggregation
+                               WHEN m.quantile_level = 'unit' THEN 'sum' ELSE 'sketch' END;
       s.los := s.los || m.delay;
       s.his := s.his || (m.delay + m."window");
       s.ends := s.ends || true;
@@ -440,17 +469,21 @@ COMMENT ON FUNCTION experiment.unit_value_columns(experiment.source_scan, text) 
   'internal: the SELECT list of the per-unit values of one scan of experiment.source_unit_values()';
 
 -- SQL of two partial per-unit aggregates merged: sums and counts add, any and max take the
--- larger (NULL: no event); zero_fill: no event at all is 0
+-- larger (NULL: no event), sketches merge (NULL: no value); zero_fill: no event at all is 0
+-- (a sketch of no value stays NULL)
 CREATE FUNCTION experiment.merged_sql(agg text, a text, b text, zero_fill boolean) RETURNS text
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
-  SELECT format(CASE WHEN zero_fill THEN 'coalesce(%s, 0)' ELSE '%s' END,
-                CASE WHEN agg IN ('sum', 'count') THEN format('(%s + %s)', a, b)
-                     ELSE format('greatest(%s, %s)', a, b) END)
+  SELECT CASE WHEN agg = 'sketch'
+              THEN format('CASE WHEN %s IS NULL THEN %s WHEN %s IS NULL THEN %s ELSE experiment.sketch_merge(%s, %s) END',
+                          a, b, b, a, a, b)
+         ELSE format(CASE WHEN zero_fill THEN 'coalesce(%s, 0)' ELSE '%s' END,
+                     CASE WHEN agg IN ('sum', 'count') THEN format('(%s + %s)', a, b)
+                          ELSE format('greatest(%s, %s)', a, b) END) END
 $$;
 COMMENT ON FUNCTION experiment.merged_sql(text, text, text, boolean) IS
-  'internal: SQL that merges two partial per-unit aggregates (sum and count add, any and max take the larger)';
+  'internal: SQL that merges two partial per-unit aggregates (sum and count add, any and max take the larger, sketches merge)';
 
 -- ---------------------------------------------------------------------------
 -- Stored per-unit values and incremental refresh (doc/scaling.md)
@@ -572,7 +605,7 @@ BEGIN
       SELECT mm.* FROM experiment.experiment_metrics em JOIN experiment.metrics mm ON mm.name = em.metric
       WHERE em.experiment_id = e.id
     ), needed AS (
-      SELECT d.name, d.kind <> 'ratio' AND d.cuped_lookback IS NOT NULL AS pre
+      SELECT d.name, d.kind <> 'ratio' AND d.aggregation <> 'quantile' AND d.cuped_lookback IS NOT NULL AS pre
       FROM direct d WHERE d.kind <> 'ratio'
       UNION ALL
       SELECT p.part, d.cuped_lookback IS NOT NULL
@@ -601,7 +634,7 @@ BEGIN
   RETURN pg_catalog.md5(pg_catalog.concat_ws('|', 'layout 1', e.end_at::text,
            (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(',', b.i, quote_literal(b.name), b.pre, m.source::oid,
                                                   quote_literal(m.unit_column), quote_literal(m.time_column),
-                                                  quote_nullable(m.value_column), m.aggregation, m.delay,
+                                                  quote_nullable(m.value_column), m.aggregation, m.quantile_level, m.delay,
                                                   m."window", CASE WHEN b.pre THEN m.cuped_lookback END,
                                                   m.owner::oid),
                                  ';' ORDER BY b.i)
@@ -623,8 +656,9 @@ AS $$
   WITH spec AS (
     SELECT t.k, t.target, substr(t.target, 2) AS i, s.aggs[t.k] AS agg,
            CASE substr(t.target, 1, 1) WHEN 'v' THEN 'c' ELSE 'q' END || substr(t.target, 2) AS settled,
-           format('%s.vals[%s]', x, t.k) AS before_split,
-           format('%s.vals[%s]', x, pg_catalog.array_length(s.targets, 1) + t.k) AS from_split,
+           format(CASE WHEN s.aggs[t.k] = 'sketch' THEN '%s.sketches[%s]' ELSE '%s.vals[%s]' END, x, t.k) AS before_split,
+           format(CASE WHEN s.aggs[t.k] = 'sketch' THEN '%s.sketches[%s]' ELSE '%s.vals[%s]' END,
+                  x, pg_catalog.array_length(s.targets, 1) + t.k) AS from_split,
            format('coalesce(%s.skipped[%s], 0)', x, t.k) AS skipped_before,
            format('coalesce(%s.skipped[%s], 0)', x, pg_catalog.array_length(s.targets, 1) + t.k) AS skipped_from
     FROM pg_catalog.unnest(s.targets) WITH ORDINALITY AS t(target, k)
@@ -634,11 +668,11 @@ AS $$
     FROM spec sp
   )
   SELECT y.col, y.empty, y.value_sql FROM (
-    SELECT st.k, 1 AS o, st.target AS col, '0' AS empty,
+    SELECT st.k, 1 AS o, st.target AS col, CASE WHEN st.agg = 'sketch' THEN 'NULL' ELSE '0' END AS empty,
            experiment.merged_sql(st.agg, st.settled_sql, st.from_split, true) AS value_sql
     FROM settled st
     UNION ALL
-    SELECT st.k, 2, st.settled, CASE WHEN st.agg = 'max' THEN 'NULL' ELSE '0' END, st.settled_sql
+    SELECT st.k, 2, st.settled, CASE WHEN st.agg IN ('max', 'sketch') THEN 'NULL' ELSE '0' END, st.settled_sql
     FROM settled st
     UNION ALL
     SELECT pg_catalog.max(st.k), 3, 's' || st.i, '0',
@@ -885,12 +919,12 @@ BEGIN
     FROM experiment.unit_value_layout(sc, 'x', 'u') l;
     -- the units read before: their events from the watermark on (the scan's lower bound); the
     -- new and reset units apart, all their events, with a hash table of their own that is small
-    EXECUTE format('CREATE TEMP TABLE exp_touch ON COMMIT DROP AS SELECT x.unit_id, x.vals, x.skipped, x.latest '
+    EXECUTE format('CREATE TEMP TABLE exp_touch ON COMMIT DROP AS SELECT x.unit_id, x.vals, x.skipped, x.latest, x.sketches '
                    'FROM %s, %s x',
                    experiment.unit_arrays_sql(format('experiment.%I u WHERE NOT u.multi AND NOT u.reset', relation)),
                    experiment.source_call_sql(sc, e.end_at, wm.settled_before, sc.upper_bound, split, false, true));
     IF min_t0 IS NOT NULL THEN
-      EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.vals, x.skipped, NULL '
+      EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.vals, x.skipped, NULL, x.sketches '
                      'FROM %s, %s x WHERE x.unit_id IS NOT NULL',
                      experiment.unit_arrays_sql(format('experiment.%I u WHERE NOT u.multi AND u.reset', relation)),
                      experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, split, false, true));
@@ -1066,6 +1100,9 @@ DECLARE
   r record;
   uv record;
   by_day jsonb;
+  cl_cols text;
+  cl_qs text;
+  cl_vals text;
 BEGIN
   e := experiment.require_experiment(refresh.experiment_id);
   IF refresh.full IS NULL THEN
@@ -1107,7 +1144,7 @@ BEGIN
     DELETE FROM experiment.metric_results mr WHERE mr.experiment_id = e.id;
     DELETE FROM experiment.enrollment en WHERE en.experiment_id = e.id;
 
-    FOR r IN SELECT m2.name, m2.kind, b.i, b.pre,
+    FOR r IN SELECT m2.name, m2.kind, b.i, b.pre, m2.aggregation, m2.quantile_level,
                     (SELECT bn.i FROM exp_base bn WHERE bn.name = m2.numerator) AS ni,
                     (SELECT bd.i FROM exp_base bd WHERE bd.name = m2.denominator) AS di,
                     -- a ratio metric with a pre-period: both parts' pre-period values
@@ -1131,15 +1168,29 @@ BEGIN
           aggs := aggs || format(', experiment.moments(%s, %s, %s, %s) AS c%s',
                                  cp.capped[r.ni], cp.capped[r.di], cp.pre_capped[r.ni], cp.pre_capped[r.di], r.j);
         END IF;
-        unpivot := unpivot || format(', (%L, a.a%s, %s, NULL::float8, NULL::float8, a.k%s)', r.name, r.j,
+        unpivot := unpivot || format(', (%L, a.a%s, %s, NULL::float8, NULL::float8, a.k%s, NULL::experiment.sketch)',
+                                     r.name, r.j,
                                      CASE WHEN r.rpre THEN format('a.c%s', r.j) ELSE 'NULL::experiment.moments' END, r.j);
+      ELSIF r.aggregation = 'quantile' AND r.quantile_level = 'event' THEN
+        -- an event quantile: the merged sketch of the units' events (the per-unit moments of the
+        -- events at or below the arm's quantile are computed below, once the quantile is known)
+        aggs := aggs || format(', experiment.merge(v.v%s) AS q%s, pg_catalog.sum(v.s%s) AS k%s', r.i, r.j, r.i, r.j);
+        unpivot := unpivot || format(', (%L, NULL::experiment.moments, NULL::experiment.moments, NULL::float8, '
+                                     'NULL::float8, a.k%s, a.q%s)', r.name, r.j, r.j);
+      ELSIF r.aggregation = 'quantile' THEN
+        -- a quantile of units: the sketch of the per-unit sums (and their moments)
+        aggs := aggs || format(', experiment.moments(v.v%s) AS a%s, pg_catalog.sum(v.s%s) AS k%s, '
+                               'experiment.sketch(v.v%s) AS q%s', r.i, r.j, r.i, r.j, r.i, r.j);
+        unpivot := unpivot || format(', (%L, a.a%s, NULL::experiment.moments, NULL::float8, NULL::float8, a.k%s, a.q%s)',
+                                     r.name, r.j, r.j, r.j);
       ELSE
         aggs := aggs || format(', experiment.moments(%s) AS a%s, pg_catalog.sum(v.s%s) AS k%s',
                                cp.capped[r.i], r.j, r.i, r.j);
         IF r.pre THEN
           aggs := aggs || format(', experiment.moments(%s, %s) AS c%s', cp.capped[r.i], cp.pre_capped[r.i], r.j);
         END IF;
-        unpivot := unpivot || format(', (%L, a.a%s, %s, %L::float8, %L::float8, a.k%s)', r.name, r.j,
+        unpivot := unpivot || format(', (%L, a.a%s, %s, %L::float8, %L::float8, a.k%s, NULL::experiment.sketch)',
+                                     r.name, r.j,
                                      CASE WHEN r.pre THEN format('a.c%s', r.j) ELSE 'NULL::experiment.moments' END,
                                      cp.caps[r.i], cp.lower_caps[r.i], r.j);
       END IF;
@@ -1151,17 +1202,45 @@ BEGIN
     IF unpivot <> '' THEN
       EXECUTE format(
         'CREATE TEMP TABLE exp_daily ON COMMIT DROP AS '
-        'SELECT k.metric, a.variant, a.day, a.units, k.m, k.c, k.cap, k.cap_lower, k.skipped '
+        'SELECT k.metric, a.variant, a.day, a.units, k.m, k.c, k.cap, k.cap_lower, k.skipped, k.q '
         'FROM (SELECT v.variant, (v.t0 AT TIME ZONE ''UTC'')::date AS day, count(*) AS units%s '
         '      FROM %s v GROUP BY 1, 2) a '
-        'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, cap_lower, skipped)',
+        'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, cap_lower, skipped, q)',
         aggs, vals_from, substr(unpivot, 3));
       INSERT INTO experiment.variant_stats (experiment_id, metric, variant, units, moments, cuped_moments, cap,
-                                            cap_lower, skipped_values, refreshed_at)
+                                            cap_lower, skipped_values, refreshed_at, sketch)
       SELECT e.id, d.metric, d.variant, sum(d.units), experiment.merge(d.m), experiment.merge(d.c),
-             pg_catalog.max(d.cap), pg_catalog.max(d.cap_lower), sum(d.skipped), ts
+             pg_catalog.max(d.cap), pg_catalog.max(d.cap_lower), sum(d.skipped), ts, experiment.merge(d.q)
       FROM pg_temp.exp_daily d
       GROUP BY d.metric, d.variant;
+    END IF;
+    -- event quantiles: per arm, the bivariate moments over its units of (the unit's events at or
+    -- below the arm's quantile, the unit's events), which the clustered test's variance needs;
+    -- one pass over the stored values for all of them
+    cl_cols := '';
+    cl_qs := '';
+    cl_vals := '';
+    FOR r IN SELECT m2.name, b.i, m2.quantile, row_number() OVER (ORDER BY m2.name) AS j
+             FROM experiment.experiment_metrics em JOIN experiment.metrics m2 ON m2.name = em.metric
+             JOIN exp_base b ON b.name = m2.name
+             WHERE em.experiment_id = e.id AND m2.aggregation = 'quantile' AND m2.quantile_level = 'event'
+             ORDER BY m2.name LOOP
+      cl_cols := cl_cols || format(
+        ', experiment.moments(coalesce(experiment.rank(v.v%s, qt.t%s), 0), coalesce(experiment.n(v.v%s), 0)::float8) AS m%s',
+        r.i, r.j, r.i, r.j);
+      cl_qs := cl_qs || format(', pg_catalog.max(experiment.quantile(vs.sketch, %L)) FILTER (WHERE vs.metric = %L) AS t%s',
+                               r.quantile, r.name, r.j);
+      cl_vals := cl_vals || format(', (%L, c.m%s)', r.name, r.j);
+    END LOOP;
+    IF cl_cols <> '' THEN
+      EXECUTE format('UPDATE experiment.variant_stats vs SET moments = k.m '
+                     'FROM (SELECT v.variant%s FROM %s v '
+                     '      JOIN (SELECT vs.variant%s FROM experiment.variant_stats vs WHERE vs.experiment_id = %L '
+                     '            GROUP BY vs.variant) qt ON qt.variant = v.variant '
+                     '      GROUP BY v.variant) c '
+                     'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m) '
+                     'WHERE vs.experiment_id = %L AND vs.variant = c.variant AND vs.metric = k.metric',
+                     cl_cols, vals_from, cl_qs, e.id, substr(cl_vals, 3), e.id);
     END IF;
 
     INSERT INTO experiment.enrollment (experiment_id, variant, units, refreshed_at)
@@ -1179,23 +1258,23 @@ BEGIN
       (experiment_id, metric, variant, control_variant, method, alpha, test, refreshed_at,
        analysis, sequential_tuning, bound_test, harm_test)
     SELECT e.id, m2.name, t.variant, c.variant, k.method, e.alpha,
-           experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments,
-                                  e.alpha, 'two-sided', tuning),
+           experiment.variant_test(k.method, m2, c, t, e.alpha, 'two-sided', tuning),
            ts, e.analysis, tuning,
            -- guardrails: one-sided tests in each direction, under the same inference
            CASE WHEN em.role = 'guardrail' THEN
-             experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments, e.alpha,
-                                    CASE WHEN m2.higher_is_better THEN 'greater' ELSE 'less' END, tuning) END,
+             experiment.variant_test(k.method, m2, c, t, e.alpha,
+                                     CASE WHEN m2.higher_is_better THEN 'greater' ELSE 'less' END, tuning) END,
            CASE WHEN em.role = 'guardrail' THEN
-             experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments, e.alpha,
-                                    CASE WHEN m2.higher_is_better THEN 'less' ELSE 'greater' END, tuning) END
+             experiment.variant_test(k.method, m2, c, t, e.alpha,
+                                     CASE WHEN m2.higher_is_better THEN 'less' ELSE 'greater' END, tuning) END
     FROM experiment.experiment_metrics em
     JOIN experiment.metrics m2 ON m2.name = em.metric
     JOIN experiment.variant_stats c
       ON c.experiment_id = e.id AND c.metric = m2.name AND c.variant = control
     JOIN experiment.variant_stats t
       ON t.experiment_id = e.id AND t.metric = m2.name AND t.variant <> control
-    CROSS JOIN LATERAL (SELECT experiment.metric_method(m2.kind, c.cuped_moments, t.cuped_moments) AS method) k
+    CROSS JOIN LATERAL (SELECT CASE WHEN m2.aggregation = 'quantile' THEN 'quantile'
+                                    ELSE experiment.metric_method(m2.kind, c.cuped_moments, t.cuped_moments) END AS method) k
     WHERE em.experiment_id = e.id;
 
     -- results over time: the per-day moments merged cumulatively, tested per day
@@ -1207,7 +1286,8 @@ BEGIN
          refreshed_at)
       WITH cum AS (
         SELECT d.metric, d.variant, d.day, sum(d.units) OVER w AS units,
-               experiment.merge(d.m) OVER w AS m, experiment.merge(d.c) OVER w AS c
+               experiment.merge(d.m) OVER w AS m, experiment.merge(d.c) OVER w AS c,
+               experiment.merge(d.q) OVER w AS q
         FROM pg_temp.exp_daily d
         WINDOW w AS (PARTITION BY d.metric, d.variant ORDER BY d.day)
       ), days AS (
@@ -1226,10 +1306,14 @@ BEGIN
       -- the method of the day's data (an early day may lack what the whole period has, e.g. a
       -- pre-period denominator)
       JOIN experiment.metrics m3 ON m3.name = mr.metric
-      CROSS JOIN LATERAL (SELECT experiment.metric_method(m3.kind, cc.c, ct.c) AS method) k
-      CROSS JOIN LATERAL (SELECT experiment.metric_test(k.method, cc.m, ct.m, cc.c, ct.c, e.alpha, 'two-sided',
-                                                        tuning) AS t) x
-      WHERE mr.experiment_id = e.id;
+      CROSS JOIN LATERAL (SELECT CASE WHEN m3.aggregation = 'quantile' THEN 'quantile'
+                                      ELSE experiment.metric_method(m3.kind, cc.c, ct.c) END AS method) k
+      CROSS JOIN LATERAL (SELECT CASE WHEN k.method = 'quantile'
+                                      THEN experiment.quantile_test(cc.q, ct.q, m3.quantile, e.alpha, 'two-sided', tuning)
+                                      ELSE experiment.metric_test(k.method, cc.m, ct.m, cc.c, ct.c, e.alpha, 'two-sided',
+                                                                  tuning) END AS t) x
+      -- (an event quantile's variance needs per-unit counts at each day's quantile: not over time)
+      WHERE mr.experiment_id = e.id AND NOT (m3.aggregation = 'quantile' AND m3.quantile_level = 'event');
     END IF;
 
     SELECT coalesce(jsonb_agg(jsonb_build_object('day', d.day, 'units', d.units) ORDER BY d.day), '[]')
@@ -1363,7 +1447,8 @@ BEGIN
                     AND coalesce((SELECT bd.pre FROM pg_temp.exp_base bd WHERE bd.name = m2.denominator), false) AS rpre
            FROM experiment.experiment_metrics em JOIN experiment.metrics m2 ON m2.name = em.metric
            LEFT JOIN pg_temp.exp_base b ON b.name = m2.name
-           WHERE em.experiment_id = e.id ORDER BY m2.name LOOP
+           -- (quantile metrics are not simulated: their tests need per-arm sketches)
+           WHERE em.experiment_id = e.id AND m2.aggregation <> 'quantile' ORDER BY m2.name LOOP
     j := j + 1;
     IF r.kind = 'ratio' THEN
       aggs := aggs || format(', experiment.moments(%s, %s) AS a%s, %s AS c%s',

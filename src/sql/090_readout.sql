@@ -508,7 +508,11 @@ BEGIN
           || experiment.readout_metric_line(r.res, upper(left(control, 1)) || substr(control, 2),
                                             upper(left(r.variant, 1)) || substr(r.variant, 2))
           || CASE (r.res).method WHEN 'cuped' THEN '   (CUPED)' WHEN 'ratio' THEN '   (delta method)'
-                                 WHEN 'cuped_ratio' THEN '   (CUPED, delta method)' ELSE '' END);
+                                 WHEN 'cuped_ratio' THEN '   (CUPED, delta method)'
+                                 WHEN 'quantile' THEN (SELECT format('   (p%s of %s)', rtrim(rtrim(to_char(mq.quantile * 100, 'FM990.999'), '0'), '.'),
+                                                                     CASE mq.quantile_level WHEN 'event' THEN 'events' ELSE 'units' END)
+                                                       FROM experiment.metrics mq WHERE mq.name = g.metric)
+                                 ELSE '' END);
       ELSE
         lines := lines || format('%s%s: no result (%s)', indent, upper(left(r.variant, 1)) || substr(r.variant, 2),
           CASE WHEN NOT experiment.may_read_metric(g.metric)
