@@ -448,6 +448,32 @@ ck.check(h_ok is False and {(x["dimension"], x["value"]) for x in h_list} == {k 
          and ("country", "TH") in {(x["dimension"], x["value"]) for x in h_list},
          "health flags the imbalanced values: %r" % h_list)
 
+(text,), = q("SELECT experiment.readout('dims')")
+warn = [ln for ln in text.split("\n") if ln.startswith("Warning: dimensional imbalance")]
+ck.check(len(warn) == 1 and "country = TH (SRM p < 0.001)" in warn[0] and "country = SG" not in warn[0],
+         "the readout warns of the imbalanced value: %r" % warn)
+
+# a reader (experiment_reader: setup_roles() grants it the new tables and views) that may
+# not read the source sees no breakdown of its metrics
+cur.execute("DROP ROLE IF EXISTS dims_outsider")
+cur.execute("CREATE ROLE dims_outsider")
+q("SELECT * FROM experiment.setup_roles()")
+cur.execute("GRANT experiment_reader TO dims_outsider")
+cur.execute("SET ROLE dims_outsider")
+seen = q("SELECT (SELECT count(*) FROM experiment.results_by_dimension), (SELECT count(*) FROM experiment.dimension_results),"
+         " (SELECT count(*) FROM experiment.dimension_stats)")[0]
+cur.execute("RESET ROLE")
+cur.execute("GRANT SELECT ON dm.orders TO dims_outsider")
+cur.execute("GRANT USAGE ON SCHEMA dm TO dims_outsider")
+cur.execute("SET ROLE dims_outsider")
+seen_after = q("SELECT (SELECT count(*) FROM experiment.results_by_dimension), (SELECT count(*) FROM experiment.dimension_results)")[0]
+cur.execute("RESET ROLE")
+ck.check(seen == (0, 0, 0) and seen_after == (len(got), len(got)),
+         "row-level security: %r rows unseen without SELECT on the source, %r with it (%d in all)" % (seen, seen_after, len(got)))
+cur.execute("REVOKE ALL ON dm.orders FROM dims_outsider")
+cur.execute("REVOKE USAGE ON SCHEMA dm FROM dims_outsider")
+cur.execute("DROP ROLE dims_outsider")
+
 # ---------------------------------------------------------------- definition changes
 cur.execute("UPDATE experiment.dimensions SET top_n = 4 WHERE experiment_id = 'dims' AND name = 'country'")
 q("SELECT experiment.refresh('dims')")

@@ -888,7 +888,7 @@ BEGIN
     WHEN pg_catalog.to_regclass(format('experiment.%I', st.relation)) IS NULL THEN 'the stored per-unit values are missing'
     -- (an unlogged table: empty after a crash)
     WHEN experiment.unit_value_table_empty(st.relation) THEN 'no stored per-unit values (none yet, or lost in a crash)'
-    WHEN st.definition IS DISTINCT FROM fp THEN 'the experiment''s end or its metrics changed'
+    WHEN st.definition IS DISTINCT FROM fp THEN 'the experiment''s end, its metrics or its dimensions changed'
     WHEN several IS NOT NULL THEN format('the metrics of %s read several time columns: no watermark', several)
     WHEN unmarked IS NOT NULL THEN format('no watermark of %s, or its lateness allowance grew', unmarked)
   END;
