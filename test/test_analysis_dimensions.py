@@ -474,6 +474,92 @@ cur.execute("REVOKE ALL ON dm.orders FROM dims_outsider")
 cur.execute("REVOKE USAGE ON SCHEMA dm FROM dims_outsider")
 cur.execute("DROP ROLE dims_outsider")
 
+# ---------------------------------------------------------------- post-stratification
+# stratify_by: the overall tests are experiment.poststrat_ttest of the strata's moments; the
+# post-stratified Welch and proportion tests are recomputed here from the per-unit values
+# (doc/statistics.md, "Post-stratification": weights n_k/N, the variance given the strata's
+# counts plus the weights' term, Welch-Satterthwaite df over the arm-strata; the proportion's
+# statistic with the pooled null standard error)
+
+
+def poststrat(y, lab, c, t, prop=False):
+    N = int((c | t).sum())
+    parts = []
+    for v in sorted(set(lab[c | t])):
+        yc, yt = y[c & (lab == v)], y[t & (lab == v)]
+        parts.append(((len(yc) + len(yt)) / N, yc, yt))
+    D = [yt.mean() - yc.mean() for _, yc, yt in parts]
+    diff = sum(w * d for (w, _, _), d in zip(parts, D))
+    mean_c = sum(w * yc.mean() for w, yc, _ in parts)
+    if prop:
+        v_arm = [(w * w * yc.mean() * (1 - yc.mean()) / len(yc), w * w * yt.mean() * (1 - yt.mean()) / len(yt))
+                 for w, yc, yt in parts]
+    else:
+        v_arm = [(w * w * yc.var(ddof=1) / len(yc), w * w * yt.var(ddof=1) / len(yt)) for w, yc, yt in parts]
+    var = sum(a + b for a, b in v_arm) + sum(w * (d - diff) ** 2 for (w, _, _), d in zip(parts, D)) / N
+    if prop:
+        se0 = np.sqrt(sum(w * w * np.concatenate([yc, yt]).mean() * (1 - np.concatenate([yc, yt]).mean())
+                          * (1 / len(yc) + 1 / len(yt)) for w, yc, yt in parts))
+        z = diff / se0
+        q_ = stats.norm.ppf(1 - ALPHA / 2)
+        return dict(diff=diff, mean_control=mean_c, statistic=z, p_value=2 * stats.norm.sf(abs(z)),
+                    diff_lower=diff - q_ * np.sqrt(var), diff_upper=diff + q_ * np.sqrt(var))
+    df = var ** 2 / sum(a * a / (len(yc) - 1) + b * b / (len(yt) - 1) for (a, b), (_, yc, yt) in zip(v_arm, parts))
+    tstat = diff / np.sqrt(var)
+    q_ = stats.t.ppf(1 - ALPHA / 2, df)
+    return dict(diff=diff, mean_control=mean_c, statistic=tstat, df=df, p_value=2 * stats.t.sf(abs(tstat), df),
+                diff_lower=diff - q_ * np.sqrt(var), diff_upper=diff + q_ * np.sqrt(var))
+
+
+def overall():
+    cur.execute("SELECT * FROM experiment.results WHERE experiment_id = 'dims'")
+    cols = [d[0] for d in cur.description]
+    return {r["metric"]: r for r in (dict(zip(cols, x)) for x in cur.fetchall())}
+
+
+plain = overall()
+c_all, t_all = ~is_t, is_t
+pooled_y = {m: capped(m, Y[m], np.ones(len(enrolled), bool))[0] for m in ("d_revenue", "d_orders", "d_conv")}
+for dim in ("client", "country"):      # (country's caps are per value: the strata use the pooled ones)
+    cur.execute("UPDATE experiment.experiments SET stratify_by = %s WHERE id = 'dims'", (dim,))
+    q("SELECT experiment.refresh('dims')")
+    strat = overall()
+    lab, _ = labels(dim)
+    for metric in ("d_revenue", "d_orders", "d_conv"):
+        r = strat[metric]
+        want = poststrat(pooled_y[metric], lab, c_all, t_all, prop=(metric == "d_conv"))
+        ck.check(r["stratified_by"] == dim and r["method"] == plain[metric]["method"],
+                 "%s stratified by %s: %r, method %r" % (metric, dim, r["stratified_by"], r["method"]))
+        for col in want:
+            close(r[col], float(want[col]), "%s post-stratified by %s: %s" % (metric, dim, col))
+        ck.check(abs(r["p_value"] - plain[metric]["p_value"]) > 1e-9 * plain[metric]["p_value"],
+                 "%s: stratification changes the p-value" % metric)
+    # the ratio and CUPED metrics: poststrat_ttest of the strata's moments of every value (the
+    # pooled caps), aligned by value, in the method of the unstratified test
+    for metric in ("d_aov", "d_revenue_cuped"):
+        (same_test,), = q("""
+          WITH s AS (SELECT value, variant, CASE WHEN %s = 'cuped' THEN cuped_moments ELSE moments END AS m
+                     FROM experiment.dimension_stats WHERE experiment_id = 'dims' AND dimension = %s AND metric = %s)
+          SELECT (experiment.poststrat_ttest(%s, array_agg(c.m ORDER BY v.value COLLATE "C"),
+                                             array_agg(t.m ORDER BY v.value COLLATE "C"), %s, 'two-sided', NULL)).p_value
+          FROM (SELECT DISTINCT value FROM s) v
+          LEFT JOIN s c ON c.value = v.value AND c.variant = 'control'
+          LEFT JOIN s t ON t.value = v.value AND t.variant = 'treatment'""",
+                           (strat[metric]["method"], dim, metric, strat[metric]["method"], ALPHA))
+        if dim == "client":
+            close(strat[metric]["p_value"], same_test, "%s stratified by client: poststrat_ttest of the strata" % metric)
+        ck.check(strat[metric]["stratified_by"] == dim, "%s stratified_by %r" % (metric, strat[metric]["stratified_by"]))
+    (text,), = q("SELECT experiment.readout('dims')")
+    line = [ln for ln in text.split("\n") if ln.startswith("Analysis:")]
+    ck.check(len(line) == 1 and line[0].endswith(", post-stratified by %s" % dim), "the readout says so: %r" % line)
+cur.execute("UPDATE experiment.experiments SET stratify_by = NULL WHERE id = 'dims'")
+q("SELECT experiment.refresh('dims')")
+back = overall()
+ck.check(all(back[m]["stratified_by"] is None and abs(back[m]["p_value"] - plain[m]["p_value"]) <= 1e-12 * plain[m]["p_value"]
+             for m in plain),
+         "stratify_by NULL: the unstratified tests again: %r" % [(back[m]["stratified_by"], back[m]["p_value"], plain[m]["p_value"])
+                                                             for m in plain])
+
 # ---------------------------------------------------------------- definition changes
 cur.execute("UPDATE experiment.dimensions SET top_n = 4 WHERE experiment_id = 'dims' AND name = 'country'")
 q("SELECT experiment.refresh('dims')")

@@ -77,6 +77,7 @@ CREATE TABLE experiment.metric_results (
   sequential_tuning float8,
   bound_test experiment.test_result,
   harm_test experiment.test_result,
+  stratified_by text,
   PRIMARY KEY (experiment_id, metric, variant)
 );
 COMMENT ON TABLE experiment.metric_results IS
@@ -84,6 +85,8 @@ COMMENT ON TABLE experiment.metric_results IS
 COMMENT ON COLUMN experiment.metric_results.test IS
   'the two-sided test under the experiment''s analysis (sequential: always-valid; fixed and bayesian: fixed horizon)';
 COMMENT ON COLUMN experiment.metric_results.sequential_tuning IS 'N* of a sequential analysis';
+COMMENT ON COLUMN experiment.metric_results.stratified_by IS
+  'the dimension whose values were the strata of the tests (experiment.poststrat_ttest, the experiment''s stratify_by); NULL: not post-stratified';
 COMMENT ON COLUMN experiment.metric_results.bound_test IS
   'guardrails: the one-sided test whose bound limits the harm (its interval is open on the side of improvement)';
 COMMENT ON COLUMN experiment.metric_results.harm_test IS
@@ -332,7 +335,7 @@ BEGIN
   FOR t IN SELECT c.relname FROM pg_catalog.pg_class c
            WHERE c.relnamespace = pg_catalog.pg_my_temp_schema()
              AND c.relname IN ('exp_units', 'exp_vals', 'exp_base', 'exp_newx', 'exp_touch', 'exp_marks',
-                               'exp_groups', 'exp_daily', 'exp_dims', 'exp_dim_units') LOOP
+                               'exp_groups', 'exp_daily', 'exp_dims', 'exp_dim_units', 'exp_strata') LOOP
     EXECUTE format('DROP TABLE pg_temp.%I', t);
   END LOOP;
 END
@@ -1489,6 +1492,21 @@ BEGIN
           'FROM (SELECT v.dim_value AS value, v.variant, count(*) AS units%s FROM %s v GROUP BY 1, 2) a '
           'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, cap_lower, skipped)',
           e.id, dm.name, ts, d_aggs, dim_from, substr(d_unpivot, 3));
+        -- the strata of post-stratification: the values of stratify_by, with the pooled caps of
+        -- the overall results (a pass of their own where this dimension's caps are per value)
+        IF dm.name = e.stratify_by THEN
+          IF dm.caps_per_value THEN
+            EXECUTE format(
+              'CREATE TEMP TABLE exp_strata ON COMMIT DROP AS SELECT a.value, k.metric, a.variant, k.m, k.c '
+              'FROM (SELECT v.dim_value AS value, v.variant%s FROM %s v GROUP BY 1, 2) a '
+              'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, cap_lower, skipped)',
+              aggs, dim_from, substr(unpivot, 3));
+          ELSE
+            CREATE TEMP TABLE exp_strata ON COMMIT DROP AS
+              SELECT ds.value, ds.metric, ds.variant, ds.moments AS m, ds.cuped_moments AS c
+              FROM experiment.dimension_stats ds WHERE ds.experiment_id = e.id AND ds.dimension = dm.name;
+          END IF;
+        END IF;
       END IF;
       DROP TABLE pg_temp.exp_dim_units;
     END LOOP;
@@ -1515,6 +1533,36 @@ BEGIN
          AND t.dimension = c.dimension AND t.value = c.value
     CROSS JOIN LATERAL (SELECT experiment.metric_method(m2.kind, c.cuped_moments, t.cuped_moments) AS method) k
     WHERE em.experiment_id = e.id;
+
+    -- post-stratification: the overall tests from the per-stratum moments (the arrays aligned
+    -- by stratum, NULL for a stratum without units in an arm), with the method chosen from all
+    -- of the data
+    IF e.stratify_by IS NOT NULL AND pg_catalog.to_regclass('pg_temp.exp_strata') IS NOT NULL THEN
+      UPDATE experiment.metric_results mr
+        SET test = experiment.poststrat_ttest(mr.method, x.cs, x.ts, e.alpha, 'two-sided', tuning),
+            bound_test = CASE WHEN mr.bound_test IS NOT NULL THEN
+              experiment.poststrat_ttest(mr.method, x.cs, x.ts, e.alpha,
+                                         CASE WHEN x.higher_is_better THEN 'greater' ELSE 'less' END, tuning) END,
+            harm_test = CASE WHEN mr.harm_test IS NOT NULL THEN
+              experiment.poststrat_ttest(mr.method, x.cs, x.ts, e.alpha,
+                                         CASE WHEN x.higher_is_better THEN 'less' ELSE 'greater' END, tuning) END,
+            stratified_by = e.stratify_by
+        FROM (SELECT r0.metric, r0.variant, m3.higher_is_better,
+                     array_agg(CASE WHEN r0.method IN ('cuped', 'cuped_ratio') THEN sc.c ELSE sc.m END
+                               ORDER BY l.value COLLATE "C") AS cs,
+                     array_agg(CASE WHEN r0.method IN ('cuped', 'cuped_ratio') THEN st.c ELSE st.m END
+                               ORDER BY l.value COLLATE "C") AS ts
+              FROM experiment.metric_results r0
+              JOIN experiment.metrics m3 ON m3.name = r0.metric
+              CROSS JOIN (SELECT DISTINCT s0.value FROM pg_temp.exp_strata s0) l
+              LEFT JOIN pg_temp.exp_strata sc
+                ON sc.value = l.value AND sc.metric = r0.metric AND sc.variant = r0.control_variant
+              LEFT JOIN pg_temp.exp_strata st
+                ON st.value = l.value AND st.metric = r0.metric AND st.variant = r0.variant
+              WHERE r0.experiment_id = e.id
+              GROUP BY r0.metric, r0.variant, m3.higher_is_better) x
+        WHERE mr.experiment_id = e.id AND mr.metric = x.metric AND mr.variant = x.variant;
+    END IF;
 
     SELECT coalesce(jsonb_agg(jsonb_build_object('day', d.day, 'units', d.units) ORDER BY d.day), '[]')
       INTO by_day

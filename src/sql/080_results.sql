@@ -81,11 +81,12 @@ SELECT s.experiment_id, s.metric, s.variant, s.control_variant,
        s.guardrail_status, s.harm_bound,
        (s.test).diff_se, (s.test).lift_se,
        (s.bayes).estimate AS lift_posterior, (s.bayes).ci_lower AS lift_posterior_lower,
-       (s.bayes).ci_upper AS lift_posterior_upper
+       (s.bayes).ci_upper AS lift_posterior_upper,
+       s.stratified_by
 FROM s
 WHERE experiment.may_read_metric(s.metric);
 COMMENT ON VIEW experiment.results IS
-  'one row per experiment, metric and treatment variant at the latest refresh: role, test results under the experiment''s analysis, adjusted p-value and lift interval, Bayesian chance to win and risks, significance, guardrail verdict (ok, failed or inconclusive against the non-inferiority margin)';
+  'one row per experiment, metric and treatment variant at the latest refresh: role, test results under the experiment''s analysis, adjusted p-value and lift interval, Bayesian chance to win and risks, significance, guardrail verdict (ok, failed or inconclusive against the non-inferiority margin), the dimension of the strata when post-stratified';
 
 -- the results per dimension value: the columns of experiment.results, with the dimension and
 -- its value; the multiple-testing family is one metric in one dimension, across the values
@@ -160,7 +161,9 @@ SELECT s.experiment_id, s.dimension, s.value, s.metric, s.variant, s.control_var
        s.guardrail_status, s.harm_bound,
        (s.test).diff_se, (s.test).lift_se,
        (s.bayes).estimate AS lift_posterior, (s.bayes).ci_lower AS lift_posterior_lower,
-       (s.bayes).ci_upper AS lift_posterior_upper
+       (s.bayes).ci_upper AS lift_posterior_upper,
+       -- (each value's own tests are not post-stratified)
+       NULL::text AS stratified_by
 FROM s
 WHERE experiment.may_read_metric(s.metric);
 COMMENT ON VIEW experiment.results_by_dimension IS

@@ -475,10 +475,13 @@ BEGIN
   FOR b IN SELECT * FROM experiment.decision_blockers(ex.id) LOOP
     lines := lines || format('%s: %s', CASE b.decision WHEN 'INVALID' THEN 'Invalid' ELSE 'Keep running' END, b.reason);
   END LOOP;
-  lines := lines || format('Analysis: %s, alpha = %s%s', experiment.format_analysis(ex), ex.alpha,
+  SELECT pg_catalog.min(mr.stratified_by) INTO line FROM experiment.metric_results mr WHERE mr.experiment_id = ex.id;
+  lines := lines || format('Analysis: %s, alpha = %s%s%s', experiment.format_analysis(ex), ex.alpha,
     CASE WHEN ex.correction = 'none' OR ex.analysis = 'bayesian' THEN ''
          ELSE format(', %s correction of secondary metrics (family: %s)',
-                     experiment.format_correction(ex.correction), ex.correction_family) END);
+                     experiment.format_correction(ex.correction), ex.correction_family) END,
+    -- post-stratified tests (the readout's metrics are those of metric_results)
+    CASE WHEN line IS NOT NULL THEN format(', post-stratified by %s', line) ELSE '' END);
   IF ntreat > 1 THEN
     lines := lines || format('Comparisons: each of the %s treatments against %s at alpha = %s, %s',
                              ntreat, control, ex.alpha,
