@@ -17,6 +17,18 @@ EXCEPTION WHEN OTHERS THEN
   RETURN SQLSTATE || ': ' || SQLERRM;
 END $$;
 
+-- SQLSTATE, message and HINT of a statement, or 'no error'
+CREATE OR REPLACE FUNCTION regress_support.err_hint(q text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+  h text;
+BEGIN
+  EXECUTE q;
+  RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+  GET STACKED DIAGNOSTICS h = PG_EXCEPTION_HINT;
+  RETURN SQLSTATE || ': ' || SQLERRM || coalesce(nullif(' HINT: ' || h, ' HINT: '), '');
+END $$;
+
 -- a test_result with its values rounded, for deterministic output
 CREATE OR REPLACE FUNCTION regress_support.r(t experiment.test_result)
 RETURNS TABLE (n_control bigint, n_treatment bigint, mean_control numeric, mean_treatment numeric,

@@ -252,11 +252,11 @@ ck.check(mode(exp)[0] == "incremental", "then incremental again: %r" % (mode(exp
 # a definition change makes the next refresh full
 q("UPDATE experiment.metrics SET \"window\" = '4 days' WHERE name = %s", (exp + "_mx",))
 q("SELECT experiment.refresh(%s)", (exp,))
-ck.check(mode(exp) == ("full", "the experiment's end or its metrics changed"), "a changed window: %r" % (mode(exp),))
+ck.check(mode(exp) == ("full", "the experiment's end, its metrics or its dimensions changed"), "a changed window: %r" % (mode(exp),))
 compare_with_full(exp, "after a changed window")
 q("UPDATE experiment.experiments SET end_at = end_at + interval '1 day' WHERE id = %s", (exp,))
 q("SELECT experiment.refresh(%s)", (exp,))
-ck.check(mode(exp) == ("full", "the experiment's end or its metrics changed"), "a changed end: %r" % (mode(exp),))
+ck.check(mode(exp) == ("full", "the experiment's end, its metrics or its dimensions changed"), "a changed end: %r" % (mode(exp),))
 # winsorization is recomputed from the stored values: no full refresh needed
 q("UPDATE experiment.metrics SET winsorize = 0.9 WHERE name = %s", (exp + "_rev",))
 q("SELECT experiment.refresh(%s)", (exp,))
@@ -281,7 +281,7 @@ q("""INSERT INTO experiment.metrics (name, source, unit_column, time_column, agg
      VALUES ('two_clocks', 'ev_1', 'uid', 'ts2', 'count', 'mean', '1 day')""")
 q("INSERT INTO experiment.experiment_metrics (experiment_id, metric, role) VALUES (%s, 'two_clocks', 'secondary')", (exp,))
 q("SELECT experiment.refresh(%s)", (exp,))
-ck.check(mode(exp) == ("full", "the experiment's end or its metrics changed"), "a new metric: %r" % (mode(exp),))
+ck.check(mode(exp) == ("full", "the experiment's end, its metrics or its dimensions changed"), "a new metric: %r" % (mode(exp),))
 for _ in range(2):
     q("SELECT experiment.refresh(%s)", (exp,))
     md = mode(exp)

@@ -330,6 +330,34 @@ for a, b in zip(inc, full):
         else:
             ck.check(a[k] == b[k], "%s: test column %d (%r, %r)" % (what, k, a[k], b[k]))
 
+# ---------------------------------------------------------------- with dimensions and strata
+# quantile metrics are not broken down by dimension nor post-stratified: their results stay
+# those of the refresh without dimensions, and the other metrics get both
+before = {r[0]: r[1:] for r in q("""SELECT metric, (test).* FROM experiment.metric_results
+                                     WHERE experiment_id = 'qm' AND method = 'quantile'""")}
+q("""UPDATE experiment.exposures SET attributes = jsonb_build_object('device', CASE WHEN hashtext(unit_id) % 3 = 0
+                                                                           THEN 'phone' ELSE 'desktop' END)
+     WHERE experiment_id = 'qm'""")
+q("""INSERT INTO experiment.dimensions (experiment_id, name, attribute, attribute_key)
+     VALUES ('qm', 'device', 'attributes', 'device')""")
+q("UPDATE experiment.experiments SET stratify_by = 'device' WHERE id = 'qm'")
+q("SELECT experiment.refresh('qm')")
+after = {r[0]: r[1:] for r in q("""SELECT metric, (test).* FROM experiment.metric_results
+                                    WHERE experiment_id = 'qm' AND method = 'quantile'""")}
+ck.check(sorted(after) == sorted(before) == ["p50_load_3d", "p90_order_sum", "p99_load"],
+         "with dimensions: the quantile results are there (%r)" % sorted(after))
+for name in before:
+    for k, (a, b) in enumerate(zip(after[name], before[name])):
+        if isinstance(a, float) and isinstance(b, float):
+            ck.close(a, b, "%s with dimensions: test column %d unchanged" % (name, k), rel=1e-10)
+        else:
+            ck.check(a == b, "%s with dimensions: test column %d unchanged (%r, %r)" % (name, k, a, b))
+strat = dict(q("SELECT metric, stratified_by FROM experiment.metric_results WHERE experiment_id = 'qm'"))
+ck.check(strat == {"loads": "device", "p50_load_3d": None, "p90_order_sum": None, "p99_load": None},
+         "only the mean metric is post-stratified: %r" % strat)
+dm = [r[0] for r in q("SELECT DISTINCT metric FROM experiment.dimension_results WHERE experiment_id = 'qm'")]
+ck.check(dm == ["loads"], "only the mean metric is broken down by dimension: %r" % dm)
+
 # ---------------------------------------------------------------- bad definitions
 
 

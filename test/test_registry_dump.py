@@ -1,7 +1,8 @@
 """pg_dump keeps the registry: a dump of a database with draft, running,
 stopped and concluded experiments (layers, targeting, GrowthBook schemes)
 restores, in plain and custom format, through the registry's validation
-triggers, into a database with the same rows, the same ruleset version and the
+triggers, into a database with the same rows (dimensions too, and a stratify_by
+that names one), the same ruleset version and the
 same assignments; the restored registry still enforces its rules.
 """
 import os
@@ -26,10 +27,12 @@ def snapshot(cur):
     variants = [r[0] for r in cur.fetchall()]
     cur.execute("SELECT experiment.ruleset_version()")
     version = cur.fetchone()[0]
+    cur.execute("SELECT coalesce(jsonb_agg(to_jsonb(d) ORDER BY experiment_id, name), '[]') FROM experiment.dimensions d")
+    dims = cur.fetchone()[0]
     cur.execute("SELECT array_agg(experiment.assign('u' || g, e, '{\"country\": \"SG\"}') ORDER BY e, g)"
                 " FROM generate_series(1, 500) g, unnest(ARRAY['d-run', 'd-layer-a', 'd-layer-b', 'd-gb']) e")
     assigned = cur.fetchone()[0]
-    return exps, variants, version, assigned
+    return exps, variants, version, assigned, dims
 
 
 def main():
@@ -49,6 +52,10 @@ def main():
     cur.execute("SELECT experiment.stop('d-stopped')")
     cur.execute("SELECT experiment.create_experiment('d-done', %s, start => true)", (V2,))
     cur.execute("UPDATE experiment.experiments SET status = 'concluded' WHERE id = 'd-done'")
+    # dimensions, and one of them as stratify_by (restored after the experiment that names it)
+    cur.execute("""INSERT INTO experiment.dimensions (experiment_id, name, attribute, attribute_key, top_n, caps_per_value)
+                   VALUES ('d-run', 'country', 'attributes', 'country', 5, true), ('d-run', 'client', 'client', NULL, 10, false)""")
+    cur.execute("UPDATE experiment.experiments SET stratify_by = 'country' WHERE id = 'd-run'")
     want = snapshot(cur)
     ck.check(len(want[0]) == 7 and len(want[1]) == 16, "source rows: %d experiments, %d variants"
              % (len(want[0]), len(want[1])))
@@ -75,11 +82,14 @@ def main():
         ck.check(got[1] == want[1], "%s: variants differ" % fmt)
         ck.check(got[2] == want[2], "%s: ruleset version %s, want %s" % (fmt, got[2], want[2]))
         ck.check(got[3] == want[3], "%s: assignments differ" % fmt)
+        ck.check(got[4] == want[4] and len(got[4]) == 2, "%s: dimensions %r, want %r" % (fmt, got[4], want[4]))
         ck.check(sum(1 for v in got[3] if v is not None) > 500, "%s: assignments are not all NULL" % fmt)
         # the rules still hold after the restore
         for stmt in ("INSERT INTO experiment.variants VALUES ('d-run', 'late', 0, NULL, false)",
                      "UPDATE experiment.experiments SET salt = 'new' WHERE id = 'd-layer-a'",
-                     "INSERT INTO experiment.experiments (id, layer, layer_start, layer_end) VALUES ('x', 'L', 0.3, 0.5)"):
+                     "INSERT INTO experiment.experiments (id, layer, layer_start, layer_end) VALUES ('x', 'L', 0.3, 0.5)",
+                     "DELETE FROM experiment.dimensions WHERE experiment_id = 'd-run' AND name = 'country'",
+                     "UPDATE experiment.dimensions SET top_n = 0 WHERE experiment_id = 'd-run'"):
             try:
                 c.execute(stmt)
                 ck.check(False, "%s: accepted after restore: %s" % (fmt, stmt))

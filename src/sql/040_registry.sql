@@ -50,6 +50,7 @@ CREATE TABLE experiment.experiments (
   created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
   updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
   owner_role regrole NOT NULL,
+  stratify_by text,
   CONSTRAINT experiments_layer_range_valid CHECK (
     (layer IS NULL AND layer_start IS NULL AND layer_end IS NULL)
     OR (layer IS NOT NULL AND layer_start IS NOT NULL AND layer_end IS NOT NULL
@@ -85,6 +86,8 @@ COMMENT ON COLUMN experiment.experiments.correction_family IS
   'what one correction covers: experiment (every secondary metric and arm together, default) or metric (each secondary metric across arms)';
 COMMENT ON COLUMN experiment.experiments.prior_mean IS 'Bayesian analysis: prior mean of the relative lift';
 COMMENT ON COLUMN experiment.experiments.prior_variance IS 'Bayesian analysis: prior variance of the relative lift; NULL = flat (improper) prior';
+COMMENT ON COLUMN experiment.experiments.stratify_by IS
+  'the dimension (a name in experiment.dimensions) whose values are the strata of post-stratification; NULL: none (doc/analysis.md, "Dimension breakdowns")';
 COMMENT ON COLUMN experiment.experiments.ship_threshold IS
   'Bayesian analysis: chance to win at or above which the primary metric counts as better (at or below 1 - it, as worse)';
 
@@ -446,6 +449,11 @@ BEGIN
     END IF;
     IF OLD.status = 'draft' AND NEW.status <> 'draft' THEN
       PERFORM experiment.check_split(NEW.id);
+    END IF;
+    -- (an INSERT may name a dimension stored after it, as a restored dump does: refresh()
+    -- checks it again)
+    IF NEW.stratify_by IS DISTINCT FROM OLD.stratify_by AND NEW.stratify_by IS NOT NULL THEN
+      PERFORM experiment.require_dimension(NEW.id, NEW.stratify_by, 'stratify_by');
     END IF;
     NEW.updated_at := now();
   END IF;

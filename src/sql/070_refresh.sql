@@ -81,6 +81,7 @@ CREATE TABLE experiment.metric_results (
   sequential_tuning float8,
   bound_test experiment.test_result,
   harm_test experiment.test_result,
+  stratified_by text,
   PRIMARY KEY (experiment_id, metric, variant)
 );
 COMMENT ON TABLE experiment.metric_results IS
@@ -88,6 +89,8 @@ COMMENT ON TABLE experiment.metric_results IS
 COMMENT ON COLUMN experiment.metric_results.test IS
   'the two-sided test under the experiment''s analysis (sequential: always-valid; fixed and bayesian: fixed horizon)';
 COMMENT ON COLUMN experiment.metric_results.sequential_tuning IS 'N* of a sequential analysis';
+COMMENT ON COLUMN experiment.metric_results.stratified_by IS
+  'the dimension whose values were the strata of the tests (experiment.poststrat_ttest, the experiment''s stratify_by); NULL: not post-stratified';
 COMMENT ON COLUMN experiment.metric_results.bound_test IS
   'guardrails: the one-sided test whose bound limits the harm (its interval is open on the side of improvement)';
 COMMENT ON COLUMN experiment.metric_results.harm_test IS
@@ -120,6 +123,67 @@ COMMENT ON TABLE experiment.results_daily IS
 COMMENT ON COLUMN experiment.results_daily.method IS 'the method of the day''s test, chosen from that day''s data as metric_results.method is from all of it';
 COMMENT ON COLUMN experiment.results_daily.p_value IS
   'under the experiment''s analysis: with a sequential analysis, always-valid, so reading every day is not peeking';
+
+-- dimension breakdowns (doc/analysis.md, "Dimension breakdowns"): per dimension of
+-- experiment.dimensions and value (its top_n values, (other), (none) for no value), the units
+-- per variant, the moments per metric and variant, and the tests, as for the whole experiment
+CREATE TABLE experiment.dimension_enrollment (
+  experiment_id text NOT NULL REFERENCES experiment.experiments (id) ON DELETE CASCADE,
+  dimension text NOT NULL,
+  value text NOT NULL,
+  variant text NOT NULL,
+  units bigint NOT NULL,
+  refreshed_at timestamptz NOT NULL,
+  PRIMARY KEY (experiment_id, dimension, value, variant)
+);
+COMMENT ON TABLE experiment.dimension_enrollment IS
+  'analysed units per dimension, value and variant at the latest refresh (every variant of every value, zero included)';
+COMMENT ON COLUMN experiment.dimension_enrollment.value IS
+  'the value of the unit''s first exposure: one of the dimension''s top_n values by analysed units, (other) for the rest, (none) for no value';
+
+CREATE TABLE experiment.dimension_stats (
+  experiment_id text NOT NULL REFERENCES experiment.experiments (id) ON DELETE CASCADE,
+  dimension text NOT NULL,
+  value text NOT NULL,
+  metric text NOT NULL,
+  variant text NOT NULL,
+  units bigint NOT NULL,
+  moments experiment.moments,
+  cuped_moments experiment.moments,
+  cap float8,
+  cap_lower float8,
+  skipped_values bigint NOT NULL DEFAULT 0,
+  refreshed_at timestamptz NOT NULL,
+  PRIMARY KEY (experiment_id, dimension, value, metric, variant)
+);
+COMMENT ON TABLE experiment.dimension_stats IS
+  'per dimension value and variant, the moments of each metric at the latest refresh (as variant_stats)';
+COMMENT ON COLUMN experiment.dimension_stats.cap IS
+  'upper cap applied to y: the pooled one of variant_stats, or with caps_per_value the one computed within the value';
+COMMENT ON COLUMN experiment.dimension_stats.cap_lower IS
+  'lower cap applied to y: the pooled one of variant_stats, or with caps_per_value the one computed within the value';
+
+CREATE TABLE experiment.dimension_results (
+  experiment_id text NOT NULL REFERENCES experiment.experiments (id) ON DELETE CASCADE,
+  dimension text NOT NULL,
+  value text NOT NULL,
+  metric text NOT NULL,
+  variant text NOT NULL,
+  control_variant text NOT NULL,
+  method text NOT NULL CHECK (method IN ('welch', 'prop_ztest', 'cuped', 'ratio', 'cuped_ratio')),
+  alpha float8 NOT NULL,
+  test experiment.test_result,
+  refreshed_at timestamptz NOT NULL,
+  analysis text NOT NULL,
+  sequential_tuning float8,
+  bound_test experiment.test_result,
+  harm_test experiment.test_result,
+  PRIMARY KEY (experiment_id, dimension, value, metric, variant)
+);
+COMMENT ON TABLE experiment.dimension_results IS
+  'per dimension value, the test of each treatment variant against control for each metric at the latest refresh (as metric_results; a value without units in one of the two arms has no row)';
+COMMENT ON COLUMN experiment.dimension_results.method IS
+  'chosen from the value''s own data as metric_results.method is from all of it';
 
 -- the method of a metric between two arms: ratio metrics by the delta method (adjusted by the
 -- pre-period ratio where both arms have one: pre-period denominators and a pre-period that
@@ -298,7 +362,7 @@ BEGIN
   FOR t IN SELECT c.relname FROM pg_catalog.pg_class c
            WHERE c.relnamespace = pg_catalog.pg_my_temp_schema()
              AND c.relname IN ('exp_units', 'exp_vals', 'exp_base', 'exp_newx', 'exp_touch', 'exp_marks',
-                               'exp_groups', 'exp_daily') LOOP
+                               'exp_groups', 'exp_daily', 'exp_dims', 'exp_dim_units', 'exp_strata') LOOP
     EXECUTE format('DROP TABLE pg_temp.%I', t);
   END LOOP;
 END
@@ -570,8 +634,70 @@ CREATE TRIGGER unit_value_tables_truncate BEFORE TRUNCATE ON experiment.unit_val
 COMMENT ON TRIGGER unit_value_tables_truncate ON experiment.unit_value_tables IS
   'truncating drops every table of per-unit values';
 
--- an experiment's units: pg_temp.exp_units (unit_id, variant, t0, multi); the first exposure
--- before end_at defines variant and start, multi marks units exposed to several variants
+-- the dimensions of an experiment (experiment.dimensions), numbered j in name order:
+-- pg_temp.exp_dims (j, name, attribute, attribute_key, top_n, caps_per_value, expr), expr the
+-- SQL of the value of an exposure (alias xp); the stored per-unit values hold d<j>, the value
+-- of the unit's first exposure
+CREATE FUNCTION experiment.create_dims_table(e experiment.experiments) RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  CREATE TEMP TABLE exp_dims ON COMMIT DROP AS
+    SELECT row_number() OVER (ORDER BY d.name COLLATE "C")::integer AS j, d.name, d.attribute, d.attribute_key,
+           d.top_n, d.caps_per_value,
+           CASE d.attribute WHEN 'client' THEN 'xp.client' WHEN 'app_version' THEN 'xp.app_version'
+                ELSE format('(xp.attributes ->> %L)', d.attribute_key) END AS expr
+    FROM experiment.dimensions d WHERE d.experiment_id = e.id;
+END
+$$;
+COMMENT ON FUNCTION experiment.create_dims_table(experiment.experiments) IS
+  'internal: the temporary table exp_dims of an experiment''s dimensions, numbered, with the SQL of an exposure''s value';
+
+-- SQL of the dimension values of the first of a group of exposures (alias xp): ", (array_agg(
+-- <expr> ORDER BY exposed_at))[1] AS d<j>" for each row of pg_temp.exp_dims ('' without it)
+CREATE FUNCTION experiment.first_exposure_dims_sql() RETURNS text
+  LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  r text;
+BEGIN
+  IF pg_catalog.to_regclass('pg_temp.exp_dims') IS NULL THEN
+    RETURN '';
+  END IF;
+  -- (the exposure that defines t0; of several at that time, in different variants, the unit is
+  -- multi-variant and not analysed)
+  EXECUTE 'SELECT coalesce(pg_catalog.string_agg(format('', (pg_catalog.array_agg(%s ORDER BY xp.exposed_at, xp.variant))[1] AS d%s'', '
+          'd.expr, d.j), '''' ORDER BY d.j), '''') FROM pg_temp.exp_dims d' INTO r;
+  RETURN r;
+END
+$$;
+COMMENT ON FUNCTION experiment.first_exposure_dims_sql() IS
+  'internal: SQL of the dimension values d<j> of the first exposure of a group of exposures';
+
+-- the dimension columns of a relation of per-unit values (alias a): ", a.d1, a.d2" ('' without dimensions)
+CREATE FUNCTION experiment.dims_columns_sql(a text) RETURNS text
+  LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  r text;
+BEGIN
+  IF pg_catalog.to_regclass('pg_temp.exp_dims') IS NULL THEN
+    RETURN '';
+  END IF;
+  EXECUTE format('SELECT coalesce(pg_catalog.string_agg(format('', %%s.d%%s'', %L, d.j), '''' ORDER BY d.j), '''') '
+                 'FROM pg_temp.exp_dims d', a) INTO r;
+  RETURN r;
+END
+$$;
+COMMENT ON FUNCTION experiment.dims_columns_sql(text) IS
+  'internal: the SELECT list of the dimension columns d<j> of a relation of per-unit values';
+
+-- an experiment's units: pg_temp.exp_units (unit_id, variant, t0, multi, and d<j> when
+-- pg_temp.exp_dims exists); the first exposure before end_at defines variant, start and
+-- dimension values, multi marks units exposed to several variants
 CREATE FUNCTION experiment.create_units_table(e experiment.experiments) RETURNS void
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
   SET search_path = pg_catalog, experiment, pg_temp
@@ -581,12 +707,13 @@ CREATE FUNCTION experiment.create_units_table(e experiment.experiments) RETURNS 
   SET enable_hashagg = off
 AS $$
 BEGIN
-  CREATE TEMP TABLE exp_units ON COMMIT DROP AS
-    SELECT xp.unit_id, pg_catalog.min(xp.variant) AS variant, pg_catalog.min(xp.exposed_at) AS t0,
-           pg_catalog.min(xp.variant) <> pg_catalog.max(xp.variant) AS multi
-    FROM experiment.exposures xp
-    WHERE xp.experiment_id = e.id AND (e.end_at IS NULL OR xp.exposed_at < e.end_at)
-    GROUP BY xp.unit_id;
+  EXECUTE format(
+    'CREATE TEMP TABLE exp_units ON COMMIT DROP AS '
+    'SELECT xp.unit_id, pg_catalog.min(xp.variant) AS variant, pg_catalog.min(xp.exposed_at) AS t0, '
+    '       pg_catalog.min(xp.variant) <> pg_catalog.max(xp.variant) AS multi%s '
+    'FROM experiment.exposures xp '
+    'WHERE xp.experiment_id = %L AND (%L::timestamptz IS NULL OR xp.exposed_at < %L::timestamptz) '
+    'GROUP BY xp.unit_id', experiment.first_exposure_dims_sql(), e.id, e.end_at, e.end_at);
 END
 $$;
 COMMENT ON FUNCTION experiment.create_units_table(experiment.experiments) IS
@@ -638,11 +765,15 @@ BEGIN
                                                   m."window", CASE WHEN b.pre THEN m.cuped_lookback END,
                                                   m.owner::oid),
                                  ';' ORDER BY b.i)
-            FROM pg_temp.exp_base b JOIN experiment.metrics m ON m.name = b.name)));
+            FROM pg_temp.exp_base b JOIN experiment.metrics m ON m.name = b.name),
+           -- the dimension columns d<j> (none: the digest of an experiment without dimensions)
+           (SELECT 'dimensions ' || pg_catalog.string_agg(pg_catalog.concat_ws(',', d.j, quote_literal(d.name), d.attribute,
+                                                                  quote_nullable(d.attribute_key)), ';' ORDER BY d.j)
+            FROM pg_temp.exp_dims d)));
 END
 $$;
 COMMENT ON FUNCTION experiment.unit_values_definition(experiment.experiments) IS
-  'internal: digest of what an experiment''s stored per-unit values depend on (its end, its base metrics'' sources, columns, windows and owners)';
+  'internal: digest of what an experiment''s stored per-unit values depend on (its end, its base metrics'' sources, columns, windows and owners, its dimensions'' attributes)';
 
 -- the columns of the stored per-unit values that one scan fills: their value for a unit that
 -- has no event (sums and counts 0; the settled maximum of no event NULL, so that it merges),
@@ -772,6 +903,7 @@ DECLARE
 BEGIN
   PERFORM experiment.drop_refresh_tables();
   PERFORM experiment.create_base_table(e);
+  PERFORM experiment.create_dims_table(e);
   fp := experiment.unit_values_definition(e);
   SELECT * INTO st FROM experiment.unit_value_tables u WHERE u.experiment_id = e.id FOR UPDATE;
   -- (before the exposures are read: the sessions that could still store earlier ones)
@@ -793,7 +925,7 @@ BEGIN
     WHEN pg_catalog.to_regclass(format('experiment.%I', st.relation)) IS NULL THEN 'the stored per-unit values are missing'
     -- (an unlogged table: empty after a crash)
     WHEN experiment.unit_value_table_empty(st.relation) THEN 'no stored per-unit values (none yet, or lost in a crash)'
-    WHEN st.definition IS DISTINCT FROM fp THEN 'the experiment''s end or its metrics changed'
+    WHEN st.definition IS DISTINCT FROM fp THEN 'the experiment''s end, its metrics or its dimensions changed'
     WHEN several IS NOT NULL THEN format('the metrics of %s read several time columns: no watermark', several)
     WHEN unmarked IS NOT NULL THEN format('no watermark of %s, or its lateness allowance grew', unmarked)
   END;
@@ -830,18 +962,27 @@ BEGIN
     -- unlogged (derived data, rebuilt in full when a crash empties it) and with room on each
     -- page for the updates of incremental refreshes
     relation := 'unit_values_' || pg_catalog.nextval('experiment.unit_value_tables_seq');
+    -- (the dimension values d<j> of the first exposures: from the units, joined back when a
+    -- source was scanned)
     IF joins = '' THEN
       EXECUTE format('CREATE UNLOGGED TABLE experiment.%I WITH (fillfactor = 80) AS '
-                     'SELECT u.unit_id, u.variant, u.t0, false AS multi, false AS reset '
-                     'FROM pg_temp.exp_units u WHERE NOT u.multi', relation);
-    ELSE
+                     'SELECT u.unit_id, u.variant, u.t0, false AS multi, false AS reset%s '
+                     'FROM pg_temp.exp_units u WHERE NOT u.multi', relation, experiment.dims_columns_sql('u'));
+    ELSIF experiment.dims_columns_sql('du') = '' THEN
       EXECUTE format('CREATE UNLOGGED TABLE experiment.%I WITH (fillfactor = 80) AS '
                      'SELECT x1.unit_id, x1.variant, x1.t0, false AS multi, false AS reset%s FROM %s%s '
                      'WHERE x1.unit_id IS NOT NULL', relation, vals_cols,
                      experiment.unit_arrays_sql('pg_temp.exp_units u WHERE NOT u.multi'), joins);
+    ELSE
+      EXECUTE format('CREATE UNLOGGED TABLE experiment.%I WITH (fillfactor = 80) AS '
+                     'SELECT x1.unit_id, x1.variant, x1.t0, false AS multi, false AS reset%s%s FROM %s%s '
+                     'JOIN pg_temp.exp_units du ON du.unit_id = x1.unit_id', relation, vals_cols,
+                     experiment.dims_columns_sql('du'),
+                     experiment.unit_arrays_sql('pg_temp.exp_units u WHERE NOT u.multi'), joins);
     END IF;
-    EXECUTE format('INSERT INTO experiment.%I (unit_id, variant, t0, multi, reset) '
-                   'SELECT u.unit_id, u.variant, u.t0, true, false FROM pg_temp.exp_units u WHERE u.multi', relation);
+    EXECUTE format('INSERT INTO experiment.%I (unit_id, variant, t0, multi, reset%s) '
+                   'SELECT u.unit_id, u.variant, u.t0, true, false%s FROM pg_temp.exp_units u WHERE u.multi', relation,
+                   replace(experiment.dims_columns_sql('u'), 'u.', ''), experiment.dims_columns_sql('u'));
     -- (the index finds the units of new exposures; it is on a column no update changes, so
     -- updates stay HOT)
     EXECUTE format('ALTER TABLE experiment.%I ALTER unit_id SET NOT NULL, ADD UNIQUE (unit_id)', relation);
@@ -871,13 +1012,16 @@ BEGIN
   -- incremental: the exposures received since the watermark change units or add them
   mode := 'incremental';
   relation := st.relation;
-  CREATE TEMP TABLE exp_newx ON COMMIT DROP AS
-    SELECT xp.unit_id, pg_catalog.min(xp.variant) AS minv, pg_catalog.max(xp.variant) AS maxv,
-           pg_catalog.min(xp.exposed_at) AS t0
-    FROM experiment.exposures xp
-    WHERE xp.experiment_id = e.id AND xp.received_at >= st.exposures_since
-      AND (e.end_at IS NULL OR xp.exposed_at < e.end_at)
-    GROUP BY xp.unit_id;
+  -- (with the dimension values of the earliest new exposure: they are the unit's when it is
+  -- new, or when that exposure comes before its first one)
+  EXECUTE format(
+    'CREATE TEMP TABLE exp_newx ON COMMIT DROP AS '
+    'SELECT xp.unit_id, pg_catalog.min(xp.variant) AS minv, pg_catalog.max(xp.variant) AS maxv, '
+    '       pg_catalog.min(xp.exposed_at) AS t0%s '
+    'FROM experiment.exposures xp '
+    'WHERE xp.experiment_id = %L AND xp.received_at >= %L::timestamptz '
+    '  AND (%L::timestamptz IS NULL OR xp.exposed_at < %L::timestamptz) '
+    'GROUP BY xp.unit_id', experiment.first_exposure_dims_sql(), e.id, st.exposures_since, e.end_at, e.end_at);
   ANALYZE pg_temp.exp_newx;
   SELECT coalesce(pg_catalog.string_agg(l.col, ', ' ORDER BY s.src_no, l.ord), ''),
          coalesce(pg_catalog.string_agg(l.empty, ', ' ORDER BY s.src_no, l.ord), ''),
@@ -886,6 +1030,16 @@ BEGIN
     INTO empty_cols, empty_vals, reset_set
   FROM experiment.source_specs(e, NULL, NULL, true) s,
        LATERAL (SELECT y.*, row_number() OVER () AS ord FROM experiment.unit_value_layout(s, 'x', 'u') y) l;
+  -- the dimension values: those of the new first exposure
+  SELECT empty_cols || CASE WHEN empty_cols <> '' AND d.cols <> '' THEN ', ' ELSE '' END || d.cols,
+         empty_vals || CASE WHEN empty_vals <> '' AND d.cols <> '' THEN ', ' ELSE '' END || d.vals,
+         reset_set || CASE WHEN reset_set <> '' AND d.cols <> '' THEN ', ' ELSE '' END || d.sets
+    INTO empty_cols, empty_vals, reset_set
+    FROM (SELECT coalesce(pg_catalog.string_agg(format('d%s', x.j), ', ' ORDER BY x.j), '') AS cols,
+                 coalesce(pg_catalog.string_agg(format('n.d%s', x.j), ', ' ORDER BY x.j), '') AS vals,
+                 coalesce(pg_catalog.string_agg(format('d%s = CASE WHEN n.t0 < u.t0 THEN n.d%s ELSE u.d%s END', x.j, x.j, x.j),
+                                                ', ' ORDER BY x.j), '') AS sets
+          FROM pg_temp.exp_dims x) d;
   -- a unit exposed to another variant leaves the analysis; one exposed earlier is read again in full
   EXECUTE format('UPDATE experiment.%I u SET multi = u.multi OR n.minv <> n.maxv OR n.minv <> u.variant, '
                  'variant = least(u.variant, n.minv), t0 = least(u.t0, n.t0), reset = u.reset OR n.t0 < u.t0%s '
@@ -1064,6 +1218,80 @@ $$;
 COMMENT ON FUNCTION experiment.prepare_unit_values(experiment.experiments, boolean, boolean) IS
   'internal: the temporary tables of per-unit values that experiment.refresh() and experiment.aa_test() read, and the SQL of the capped values';
 
+-- the SQL of the moments of an experiment's metrics over per-unit values (alias v), for
+-- experiment.refresh(): aggs, the aggregates ", experiment.moments(...) AS a<j>, sum(...) AS k<j>
+-- [, experiment.moments(...) AS c<j>]" of each metric j from the capped values (capped[i],
+-- pre_capped[i]: SQL of base metric i's capped value and pre-period value), and unpivot, the rows
+-- ", (metric, a.a<j>, a.c<j>, cap, cap_lower, a.k<j>)" that turn them into one row per metric
+-- (caps[i], lower_caps[i]: SQL of base metric i's caps); a metric added while the refresh ran
+-- has no stored values and is left out
+CREATE FUNCTION experiment.metric_moments_sql(e experiment.experiments, capped text[], pre_capped text[],
+    caps text[], lower_caps text[], quantiles boolean, OUT aggs text, OUT unpivot text)
+  LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  r record;
+BEGIN
+  aggs := '';
+  unpivot := '';
+    FOR r IN SELECT m2.name, m2.kind, b.i, b.pre, m2.aggregation, m2.quantile_level,
+                    (SELECT bn.i FROM exp_base bn WHERE bn.name = m2.numerator) AS ni,
+                    (SELECT bd.i FROM exp_base bd WHERE bd.name = m2.denominator) AS di,
+                    -- a ratio metric with a pre-period: both parts' pre-period values
+                    m2.cuped_lookback IS NOT NULL
+                      AND coalesce((SELECT bn.pre FROM exp_base bn WHERE bn.name = m2.numerator), false)
+                      AND coalesce((SELECT bd.pre FROM exp_base bd WHERE bd.name = m2.denominator), false) AS rpre,
+                    row_number() OVER (ORDER BY m2.name) AS j
+             FROM experiment.experiment_metrics em JOIN experiment.metrics m2 ON m2.name = em.metric
+             LEFT JOIN exp_base b ON b.name = m2.name
+             -- (a metric added while this refresh ran has no stored values: it waits for the next one)
+             WHERE em.experiment_id = e.id
+               AND CASE WHEN m2.kind = 'ratio'
+                        THEN EXISTS (SELECT FROM exp_base bn WHERE bn.name = m2.numerator)
+                             AND EXISTS (SELECT FROM exp_base bd WHERE bd.name = m2.denominator)
+                        ELSE b.i IS NOT NULL END
+               AND (quantiles OR m2.aggregation <> 'quantile')
+             ORDER BY m2.name LOOP
+      IF r.kind = 'ratio' THEN
+        aggs := aggs || format(', experiment.moments(%s, %s) AS a%s, pg_catalog.sum(v.s%s + v.s%s) AS k%s',
+                               capped[r.ni], capped[r.di], r.j, r.ni, r.di, r.j);
+        IF r.rpre THEN
+          aggs := aggs || format(', experiment.moments(%s, %s, %s, %s) AS c%s',
+                                 capped[r.ni], capped[r.di], pre_capped[r.ni], pre_capped[r.di], r.j);
+        END IF;
+        unpivot := unpivot || format(', (%L, a.a%s, %s, NULL::float8, NULL::float8, a.k%s, NULL::experiment.sketch)',
+                                     r.name, r.j,
+                                     CASE WHEN r.rpre THEN format('a.c%s', r.j) ELSE 'NULL::experiment.moments' END, r.j);
+      ELSIF r.aggregation = 'quantile' AND r.quantile_level = 'event' THEN
+        -- an event quantile: the merged sketch of the units' events (the per-unit moments of the
+        -- events at or below the arm's quantile are computed by refresh(), once the quantile is known)
+        aggs := aggs || format(', experiment.merge(v.v%s) AS q%s, pg_catalog.sum(v.s%s) AS k%s', r.i, r.j, r.i, r.j);
+        unpivot := unpivot || format(', (%L, NULL::experiment.moments, NULL::experiment.moments, NULL::float8, '
+                                     'NULL::float8, a.k%s, a.q%s)', r.name, r.j, r.j);
+      ELSIF r.aggregation = 'quantile' THEN
+        -- a quantile of units: the sketch of the per-unit sums (and their moments)
+        aggs := aggs || format(', experiment.moments(v.v%s) AS a%s, pg_catalog.sum(v.s%s) AS k%s, '
+                               'experiment.sketch(v.v%s) AS q%s', r.i, r.j, r.i, r.j, r.i, r.j);
+        unpivot := unpivot || format(', (%L, a.a%s, NULL::experiment.moments, NULL::float8, NULL::float8, a.k%s, a.q%s)',
+                                     r.name, r.j, r.j, r.j);
+      ELSE
+        aggs := aggs || format(', experiment.moments(%s) AS a%s, pg_catalog.sum(v.s%s) AS k%s',
+                               capped[r.i], r.j, r.i, r.j);
+        IF r.pre THEN
+          aggs := aggs || format(', experiment.moments(%s, %s) AS c%s', capped[r.i], pre_capped[r.i], r.j);
+        END IF;
+        unpivot := unpivot || format(', (%L, a.a%s, %s, %s, %s, a.k%s, NULL::experiment.sketch)', r.name, r.j,
+                                     CASE WHEN r.pre THEN format('a.c%s', r.j) ELSE 'NULL::experiment.moments' END,
+                                     caps[r.i], lower_caps[r.i], r.j);
+      END IF;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION experiment.metric_moments_sql(experiment.experiments, text[], text[], text[], text[], boolean) IS
+  'internal: the SQL of the per-metric moments aggregates of refresh() over capped per-unit values (and the sketches of quantile '
+  'metrics, or without quantiles no quantile metric), and of the rows (metric, m, c, cap, cap_lower, skipped, q) that unpivot them';
+
 CREATE FUNCTION experiment.refresh(experiment_id text, full boolean DEFAULT false) RETURNS void
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
   SET search_path = pg_catalog, experiment, pg_temp
@@ -1103,6 +1331,22 @@ DECLARE
   cl_cols text;
   cl_qs text;
   cl_vals text;
+  nq_aggs text;
+  nq_unpivot text;
+  ms record;
+  dm record;
+  wc record;
+  lv text;
+  top text[];
+  raw_sql text;
+  dim_from text;
+  nb integer;
+  d_aggs text;
+  d_unpivot text;
+  d_capped text[];
+  d_pre text[];
+  d_caps text[];
+  d_lower text[];
 BEGIN
   e := experiment.require_experiment(refresh.experiment_id);
   IF refresh.full IS NULL THEN
@@ -1116,6 +1360,9 @@ BEGIN
   IF control IS NULL THEN
     RAISE EXCEPTION 'experiment "%" has no control variant', e.id
       USING ERRCODE = '22023', HINT = 'Set is_control on one row of experiment.variants.';
+  END IF;
+  IF e.stratify_by IS NOT NULL THEN
+    PERFORM experiment.require_dimension(e.id, e.stratify_by, 'stratify_by');
   END IF;
 
   -- the stored state is replaced as a whole; in a REPEATABLE READ or SERIALIZABLE transaction
@@ -1144,57 +1391,17 @@ BEGIN
     DELETE FROM experiment.metric_results mr WHERE mr.experiment_id = e.id;
     DELETE FROM experiment.enrollment en WHERE en.experiment_id = e.id;
 
-    FOR r IN SELECT m2.name, m2.kind, b.i, b.pre, m2.aggregation, m2.quantile_level,
-                    (SELECT bn.i FROM exp_base bn WHERE bn.name = m2.numerator) AS ni,
-                    (SELECT bd.i FROM exp_base bd WHERE bd.name = m2.denominator) AS di,
-                    -- a ratio metric with a pre-period: both parts' pre-period values
-                    m2.cuped_lookback IS NOT NULL
-                      AND coalesce((SELECT bn.pre FROM exp_base bn WHERE bn.name = m2.numerator), false)
-                      AND coalesce((SELECT bd.pre FROM exp_base bd WHERE bd.name = m2.denominator), false) AS rpre,
-                    row_number() OVER (ORDER BY m2.name) AS j
-             FROM experiment.experiment_metrics em JOIN experiment.metrics m2 ON m2.name = em.metric
-             LEFT JOIN exp_base b ON b.name = m2.name
-             -- (a metric added while this refresh ran has no stored values: it waits for the next one)
-             WHERE em.experiment_id = e.id
-               AND CASE WHEN m2.kind = 'ratio'
-                        THEN EXISTS (SELECT FROM exp_base bn WHERE bn.name = m2.numerator)
-                             AND EXISTS (SELECT FROM exp_base bd WHERE bd.name = m2.denominator)
-                        ELSE b.i IS NOT NULL END
-             ORDER BY m2.name LOOP
-      IF r.kind = 'ratio' THEN
-        aggs := aggs || format(', experiment.moments(%s, %s) AS a%s, pg_catalog.sum(v.s%s + v.s%s) AS k%s',
-                               cp.capped[r.ni], cp.capped[r.di], r.j, r.ni, r.di, r.j);
-        IF r.rpre THEN
-          aggs := aggs || format(', experiment.moments(%s, %s, %s, %s) AS c%s',
-                                 cp.capped[r.ni], cp.capped[r.di], cp.pre_capped[r.ni], cp.pre_capped[r.di], r.j);
-        END IF;
-        unpivot := unpivot || format(', (%L, a.a%s, %s, NULL::float8, NULL::float8, a.k%s, NULL::experiment.sketch)',
-                                     r.name, r.j,
-                                     CASE WHEN r.rpre THEN format('a.c%s', r.j) ELSE 'NULL::experiment.moments' END, r.j);
-      ELSIF r.aggregation = 'quantile' AND r.quantile_level = 'event' THEN
-        -- an event quantile: the merged sketch of the units' events (the per-unit moments of the
-        -- events at or below the arm's quantile are computed below, once the quantile is known)
-        aggs := aggs || format(', experiment.merge(v.v%s) AS q%s, pg_catalog.sum(v.s%s) AS k%s', r.i, r.j, r.i, r.j);
-        unpivot := unpivot || format(', (%L, NULL::experiment.moments, NULL::experiment.moments, NULL::float8, '
-                                     'NULL::float8, a.k%s, a.q%s)', r.name, r.j, r.j);
-      ELSIF r.aggregation = 'quantile' THEN
-        -- a quantile of units: the sketch of the per-unit sums (and their moments)
-        aggs := aggs || format(', experiment.moments(v.v%s) AS a%s, pg_catalog.sum(v.s%s) AS k%s, '
-                               'experiment.sketch(v.v%s) AS q%s', r.i, r.j, r.i, r.j, r.i, r.j);
-        unpivot := unpivot || format(', (%L, a.a%s, NULL::experiment.moments, NULL::float8, NULL::float8, a.k%s, a.q%s)',
-                                     r.name, r.j, r.j, r.j);
-      ELSE
-        aggs := aggs || format(', experiment.moments(%s) AS a%s, pg_catalog.sum(v.s%s) AS k%s',
-                               cp.capped[r.i], r.j, r.i, r.j);
-        IF r.pre THEN
-          aggs := aggs || format(', experiment.moments(%s, %s) AS c%s', cp.capped[r.i], cp.pre_capped[r.i], r.j);
-        END IF;
-        unpivot := unpivot || format(', (%L, a.a%s, %s, %L::float8, %L::float8, a.k%s, NULL::experiment.sketch)',
-                                     r.name, r.j,
-                                     CASE WHEN r.pre THEN format('a.c%s', r.j) ELSE 'NULL::experiment.moments' END,
-                                     cp.caps[r.i], cp.lower_caps[r.i], r.j);
-      END IF;
-    END LOOP;
+    SELECT * INTO ms FROM experiment.metric_moments_sql(e, cp.capped, cp.pre_capped,
+      ARRAY(SELECT format('%L::float8', c) FROM pg_catalog.unnest(cp.caps) WITH ORDINALITY AS c(c, o) ORDER BY o),
+      ARRAY(SELECT format('%L::float8', c) FROM pg_catalog.unnest(cp.lower_caps) WITH ORDINALITY AS c(c, o) ORDER BY o), true);
+    aggs := ms.aggs;
+    unpivot := ms.unpivot;
+    -- (dimension breakdowns and strata: the metrics other than quantiles)
+    SELECT * INTO ms FROM experiment.metric_moments_sql(e, cp.capped, cp.pre_capped,
+      ARRAY(SELECT format('%L::float8', c) FROM pg_catalog.unnest(cp.caps) WITH ORDINALITY AS c(c, o) ORDER BY o),
+      ARRAY(SELECT format('%L::float8', c) FROM pg_catalog.unnest(cp.lower_caps) WITH ORDINALITY AS c(c, o) ORDER BY o), false);
+    nq_aggs := ms.aggs;
+    nq_unpivot := ms.unpivot;
 
     -- moments of every metric per variant and day of first exposure, in one pass over the
     -- per-unit values; merged, they are the per-variant moments (and, cumulatively by day,
@@ -1314,6 +1521,142 @@ BEGIN
                                                                   tuning) END AS t) x
       -- (an event quantile's variance needs per-unit counts at each day's quantile: not over time)
       WHERE mr.experiment_id = e.id AND NOT (m3.aggregation = 'quantile' AND m3.quantile_level = 'event');
+    END IF;
+
+    -- dimension breakdowns: per dimension, the units, moments and tests of its values, each a
+    -- pass over the same stored per-unit values (no source is read again)
+    DELETE FROM experiment.dimension_results dr WHERE dr.experiment_id = e.id;
+    DELETE FROM experiment.dimension_stats ds WHERE ds.experiment_id = e.id;
+    DELETE FROM experiment.dimension_enrollment dn WHERE dn.experiment_id = e.id;
+    SELECT count(*) INTO nb FROM pg_temp.exp_base;
+    FOR dm IN SELECT * FROM pg_temp.exp_dims d ORDER BY d.j LOOP
+      raw_sql := format('coalesce(v.d%s, ''(none)'')', dm.j);
+      EXECUTE format('CREATE TEMP TABLE exp_dim_units ON COMMIT DROP AS '
+                     'SELECT %s AS value, v.variant, count(*) AS units FROM %s v GROUP BY 1, 2', raw_sql, vals_from);
+      -- the top_n values by analysed units (ties by value, in byte order); the rest is (other)
+      SELECT coalesce(array_agg(t.value ORDER BY t.value COLLATE "C"), '{}') INTO top
+        FROM (SELECT u.value FROM pg_temp.exp_dim_units u GROUP BY u.value
+              ORDER BY sum(u.units) DESC, u.value COLLATE "C" LIMIT dm.top_n) t;
+      INSERT INTO experiment.dimension_enrollment (experiment_id, dimension, value, variant, units, refreshed_at)
+      SELECT e.id, dm.name, l.value, v.name, coalesce(sum(u.units), 0), ts
+      FROM (SELECT DISTINCT CASE WHEN u0.value = ANY (top) THEN u0.value ELSE '(other)' END AS value
+            FROM pg_temp.exp_dim_units u0) l
+      CROSS JOIN experiment.variants v
+      LEFT JOIN pg_temp.exp_dim_units u
+        ON CASE WHEN u.value = ANY (top) THEN u.value ELSE '(other)' END = l.value AND u.variant = v.name
+      WHERE v.experiment_id = e.id
+      GROUP BY l.value, v.name;
+      -- each unit's value, computed once per row
+      dim_from := format('(SELECT v.*, CASE WHEN %s = ANY (%L::text[]) THEN %s ELSE ''(other)'' END AS dim_value FROM %s v)',
+                         raw_sql, top, raw_sql, vals_from);
+      IF nq_unpivot <> '' THEN
+        IF dm.caps_per_value AND nb > 0 THEN
+          -- caps computed within each value: the capped values and the caps are CASEs on it
+          d_capped := array_fill(''::text, ARRAY[nb]);
+          d_pre := array_fill(''::text, ARRAY[nb]);
+          d_caps := array_fill(''::text, ARRAY[nb]);
+          d_lower := array_fill(''::text, ARRAY[nb]);
+          FOR lv IN SELECT DISTINCT CASE WHEN u.value = ANY (top) THEN u.value ELSE '(other)' END
+                    FROM pg_temp.exp_dim_units u LOOP
+            SELECT * INTO wc FROM experiment.winsorization_caps(format('(SELECT * FROM %s v WHERE v.dim_value = %L)',
+                                                                       dim_from, lv));
+            FOR i IN 1 .. nb LOOP
+              d_capped[i] := d_capped[i] || format(' WHEN %L THEN %s', lv, wc.capped[i]);
+              d_pre[i] := d_pre[i] || format(' WHEN %L THEN %s', lv, wc.pre_capped[i]);
+              d_caps[i] := d_caps[i] || format(' WHEN %L THEN %L::float8', lv, wc.caps[i]);
+              d_lower[i] := d_lower[i] || format(' WHEN %L THEN %L::float8', lv, wc.lower_caps[i]);
+            END LOOP;
+          END LOOP;
+          SELECT * INTO ms FROM experiment.metric_moments_sql(e,
+            ARRAY(SELECT format('CASE v.dim_value%s END', c) FROM pg_catalog.unnest(d_capped) WITH ORDINALITY AS c(c, o) ORDER BY o),
+            ARRAY(SELECT format('CASE v.dim_value%s END', c) FROM pg_catalog.unnest(d_pre) WITH ORDINALITY AS c(c, o) ORDER BY o),
+            ARRAY(SELECT format('CASE a.value%s END', c) FROM pg_catalog.unnest(d_caps) WITH ORDINALITY AS c(c, o) ORDER BY o),
+            ARRAY(SELECT format('CASE a.value%s END', c) FROM pg_catalog.unnest(d_lower) WITH ORDINALITY AS c(c, o) ORDER BY o),
+            false);
+          d_aggs := ms.aggs;
+          d_unpivot := ms.unpivot;
+        ELSE
+          d_aggs := nq_aggs;
+          d_unpivot := nq_unpivot;
+        END IF;
+        EXECUTE format(
+          'INSERT INTO experiment.dimension_stats (experiment_id, dimension, value, metric, variant, units, moments, '
+          '  cuped_moments, cap, cap_lower, skipped_values, refreshed_at) '
+          'SELECT %L, %L, a.value, k.metric, a.variant, a.units, k.m, k.c, k.cap, k.cap_lower, coalesce(k.skipped, 0), %L '
+          'FROM (SELECT v.dim_value AS value, v.variant, count(*) AS units%s FROM %s v GROUP BY 1, 2) a '
+          'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, cap_lower, skipped)',
+          e.id, dm.name, ts, d_aggs, dim_from, substr(d_unpivot, 3));
+        -- the strata of post-stratification: the values of stratify_by, with the pooled caps of
+        -- the overall results (a pass of their own where this dimension's caps are per value)
+        IF dm.name = e.stratify_by THEN
+          IF dm.caps_per_value THEN
+            EXECUTE format(
+              'CREATE TEMP TABLE exp_strata ON COMMIT DROP AS SELECT a.value, k.metric, a.variant, k.m, k.c '
+              'FROM (SELECT v.dim_value AS value, v.variant%s FROM %s v GROUP BY 1, 2) a '
+              'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, cap_lower, skipped)',
+              nq_aggs, dim_from, substr(nq_unpivot, 3));
+          ELSE
+            CREATE TEMP TABLE exp_strata ON COMMIT DROP AS
+              SELECT ds.value, ds.metric, ds.variant, ds.moments AS m, ds.cuped_moments AS c
+              FROM experiment.dimension_stats ds WHERE ds.experiment_id = e.id AND ds.dimension = dm.name;
+          END IF;
+        END IF;
+      END IF;
+      DROP TABLE pg_temp.exp_dim_units;
+    END LOOP;
+    -- the tests of each value, as those of the whole experiment
+    INSERT INTO experiment.dimension_results
+      (experiment_id, dimension, value, metric, variant, control_variant, method, alpha, test, refreshed_at,
+       analysis, sequential_tuning, bound_test, harm_test)
+    SELECT e.id, c.dimension, c.value, m2.name, t.variant, c.variant, k.method, e.alpha,
+           experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments,
+                                  e.alpha, 'two-sided', tuning),
+           ts, e.analysis, tuning,
+           CASE WHEN em.role = 'guardrail' THEN
+             experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments, e.alpha,
+                                    CASE WHEN m2.higher_is_better THEN 'greater' ELSE 'less' END, tuning) END,
+           CASE WHEN em.role = 'guardrail' THEN
+             experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments, e.alpha,
+                                    CASE WHEN m2.higher_is_better THEN 'less' ELSE 'greater' END, tuning) END
+    FROM experiment.experiment_metrics em
+    JOIN experiment.metrics m2 ON m2.name = em.metric
+    JOIN experiment.dimension_stats c
+      ON c.experiment_id = e.id AND c.metric = m2.name AND c.variant = control
+    JOIN experiment.dimension_stats t
+      ON t.experiment_id = e.id AND t.metric = m2.name AND t.variant <> control
+         AND t.dimension = c.dimension AND t.value = c.value
+    CROSS JOIN LATERAL (SELECT experiment.metric_method(m2.kind, c.cuped_moments, t.cuped_moments) AS method) k
+    WHERE em.experiment_id = e.id;
+
+    -- post-stratification: the overall tests from the per-stratum moments (the arrays aligned
+    -- by stratum, NULL for a stratum without units in an arm), with the method chosen from all
+    -- of the data
+    IF e.stratify_by IS NOT NULL AND pg_catalog.to_regclass('pg_temp.exp_strata') IS NOT NULL THEN
+      UPDATE experiment.metric_results mr
+        SET test = experiment.poststrat_ttest(mr.method, x.cs, x.ts, e.alpha, 'two-sided', tuning),
+            bound_test = CASE WHEN mr.bound_test IS NOT NULL THEN
+              experiment.poststrat_ttest(mr.method, x.cs, x.ts, e.alpha,
+                                         CASE WHEN x.higher_is_better THEN 'greater' ELSE 'less' END, tuning) END,
+            harm_test = CASE WHEN mr.harm_test IS NOT NULL THEN
+              experiment.poststrat_ttest(mr.method, x.cs, x.ts, e.alpha,
+                                         CASE WHEN x.higher_is_better THEN 'less' ELSE 'greater' END, tuning) END,
+            stratified_by = e.stratify_by
+        FROM (SELECT r0.metric, r0.variant, m3.higher_is_better,
+                     array_agg(CASE WHEN r0.method IN ('cuped', 'cuped_ratio') THEN sc.c ELSE sc.m END
+                               ORDER BY l.value COLLATE "C") AS cs,
+                     array_agg(CASE WHEN r0.method IN ('cuped', 'cuped_ratio') THEN st.c ELSE st.m END
+                               ORDER BY l.value COLLATE "C") AS ts
+              FROM experiment.metric_results r0
+              JOIN experiment.metrics m3 ON m3.name = r0.metric
+              CROSS JOIN (SELECT DISTINCT s0.value FROM pg_temp.exp_strata s0) l
+              LEFT JOIN pg_temp.exp_strata sc
+                ON sc.value = l.value AND sc.metric = r0.metric AND sc.variant = r0.control_variant
+              LEFT JOIN pg_temp.exp_strata st
+                ON st.value = l.value AND st.metric = r0.metric AND st.variant = r0.variant
+              -- (a quantile is not post-stratified)
+              WHERE r0.experiment_id = e.id AND r0.method <> 'quantile'
+              GROUP BY r0.metric, r0.variant, m3.higher_is_better) x
+        WHERE mr.experiment_id = e.id AND mr.metric = x.metric AND mr.variant = x.variant;
     END IF;
 
     SELECT coalesce(jsonb_agg(jsonb_build_object('day', d.day, 'units', d.units) ORDER BY d.day), '[]')

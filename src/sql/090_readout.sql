@@ -461,14 +461,27 @@ BEGIN
                              round((h.multi_variant_share * 100)::numeric, 1),
                              experiment.format_count(h.multi_variant_units));
   END IF;
+  -- dimensional imbalance: a warning (the experiment's own SRM check decides validity)
+  IF h.dimension_srm_ok IS FALSE THEN
+    SELECT string_agg(format('%s = %s (SRM %s)', x ->> 'dimension', x ->> 'value',
+                             experiment.format_p((x ->> 'p_value')::float8)), ', ' ORDER BY k)
+             || CASE WHEN jsonb_array_length(h.dimension_srm_imbalanced) > 5
+                     THEN format(' and %s more', jsonb_array_length(h.dimension_srm_imbalanced) - 5) ELSE '' END
+      INTO line
+      FROM jsonb_array_elements(h.dimension_srm_imbalanced) WITH ORDINALITY AS i(x, k) WHERE k <= 5;
+    lines := lines || format('Warning: dimensional imbalance, the split within %s fails the SRM check', line);
+  END IF;
   -- every reason the decision is held back or invalid, each on its line
   FOR b IN SELECT * FROM experiment.decision_blockers(ex.id) LOOP
     lines := lines || format('%s: %s', CASE b.decision WHEN 'INVALID' THEN 'Invalid' ELSE 'Keep running' END, b.reason);
   END LOOP;
-  lines := lines || format('Analysis: %s, alpha = %s%s', experiment.format_analysis(ex), ex.alpha,
+  SELECT pg_catalog.min(mr.stratified_by) INTO line FROM experiment.metric_results mr WHERE mr.experiment_id = ex.id;
+  lines := lines || format('Analysis: %s, alpha = %s%s%s', experiment.format_analysis(ex), ex.alpha,
     CASE WHEN ex.correction = 'none' OR ex.analysis = 'bayesian' THEN ''
          ELSE format(', %s correction of secondary metrics (family: %s)',
-                     experiment.format_correction(ex.correction), ex.correction_family) END);
+                     experiment.format_correction(ex.correction), ex.correction_family) END,
+    -- post-stratified tests (the readout's metrics are those of metric_results)
+    CASE WHEN line IS NOT NULL THEN format(', post-stratified by %s', line) ELSE '' END);
   IF ntreat > 1 THEN
     lines := lines || format('Comparisons: each of the %s treatments against %s at alpha = %s, %s',
                              ntreat, control, ex.alpha,

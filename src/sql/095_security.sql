@@ -21,6 +21,16 @@ CREATE POLICY results_daily_readable ON experiment.results_daily FOR SELECT
   USING (experiment.may_read_metric(metric));
 COMMENT ON POLICY results_daily_readable ON experiment.results_daily IS
   'a role sees the results over time of the metrics whose sources it may read';
+ALTER TABLE experiment.dimension_results ENABLE ROW LEVEL SECURITY;
+CREATE POLICY dimension_results_readable ON experiment.dimension_results FOR SELECT
+  USING (experiment.may_read_metric(metric));
+COMMENT ON POLICY dimension_results_readable ON experiment.dimension_results IS
+  'a role sees the tests per dimension value of the metrics whose sources it may read';
+ALTER TABLE experiment.dimension_stats ENABLE ROW LEVEL SECURITY;
+CREATE POLICY dimension_stats_readable ON experiment.dimension_stats FOR SELECT
+  USING (experiment.may_read_metric(metric));
+COMMENT ON POLICY dimension_stats_readable ON experiment.dimension_stats IS
+  'a role sees the per-value moments of the metrics whose sources it may read';
 ALTER TABLE experiment.conclusions ENABLE ROW LEVEL SECURITY;
 -- sources is [{"source": oid, "columns": [name, ...]}, ...] (a check constraint keeps it so)
 CREATE FUNCTION experiment.may_read_sources(sources jsonb) RETURNS boolean
@@ -57,6 +67,8 @@ BEGIN
     DELETE FROM experiment.metric_results;
     DELETE FROM experiment.variant_stats;
     DELETE FROM experiment.results_daily;
+    DELETE FROM experiment.dimension_results;
+    DELETE FROM experiment.dimension_stats;
     RETURN NULL;
   END IF;
   IF TG_OP = 'UPDATE' AND (NEW.name, NEW.source, NEW.unit_column, NEW.time_column, NEW.value_column, NEW.owner,
@@ -72,6 +84,12 @@ BEGIN
    WHERE v.metric = OLD.name
       OR v.metric IN (SELECT m.name FROM experiment.metrics m WHERE OLD.name IN (m.numerator, m.denominator));
   DELETE FROM experiment.results_daily d
+   WHERE d.metric = OLD.name
+      OR d.metric IN (SELECT m.name FROM experiment.metrics m WHERE OLD.name IN (m.numerator, m.denominator));
+  DELETE FROM experiment.dimension_results d
+   WHERE d.metric = OLD.name
+      OR d.metric IN (SELECT m.name FROM experiment.metrics m WHERE OLD.name IN (m.numerator, m.denominator));
+  DELETE FROM experiment.dimension_stats d
    WHERE d.metric = OLD.name
       OR d.metric IN (SELECT m.name FROM experiment.metrics m WHERE OLD.name IN (m.numerator, m.denominator));
   RETURN NULL;
@@ -96,6 +114,8 @@ BEGIN
   DELETE FROM experiment.metric_results r WHERE r.experiment_id = OLD.experiment_id AND r.metric = OLD.metric;
   DELETE FROM experiment.variant_stats v WHERE v.experiment_id = OLD.experiment_id AND v.metric = OLD.metric;
   DELETE FROM experiment.results_daily d WHERE d.experiment_id = OLD.experiment_id AND d.metric = OLD.metric;
+  DELETE FROM experiment.dimension_results d WHERE d.experiment_id = OLD.experiment_id AND d.metric = OLD.metric;
+  DELETE FROM experiment.dimension_stats d WHERE d.experiment_id = OLD.experiment_id AND d.metric = OLD.metric;
   RETURN NULL;
 END
 $$;
@@ -141,10 +161,11 @@ AS $$
 DECLARE
   r text;
   t text;
-  registry text[] := '{experiments,variants,metrics,experiment_metrics}';
+  registry text[] := '{experiments,variants,metrics,experiment_metrics,dimensions}';
   -- (refreshes without its error column: a source's error may quote its data; health shows
   -- the error to roles that may read every metric of the experiment)
-  results text[] := '{enrollment,variant_stats,metric_results,results_daily,conclusions,results,srm,health}';
+  results text[] := '{enrollment,variant_stats,metric_results,results_daily,conclusions,results,srm,health,'
+                     'dimension_enrollment,dimension_stats,dimension_results,results_by_dimension,srm_by_dimension}';
   ingestion text[] := '{exposures,exposures_quarantine,exposures_staging,kafka_offsets,kafka_dead_letters}';
 BEGIN
   FOREACH r IN ARRAY ARRAY['experiment_reader', 'experiment_ingest', 'experiment_analyst', 'experiment_admin'] LOOP
