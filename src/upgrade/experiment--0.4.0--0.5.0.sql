@@ -1,2 +1,2658 @@
--- experiment 0.4.0 -> 0.5.0
+-- experiment 0.4.0 -> 0.5.0 (ALTER EXTENSION experiment UPDATE; doc/operations.md#upgrading)
+--
+-- Quantiles: type experiment.sketch (DDSketch) with its aggregates, functions and operators,
+-- quantile_test(); quantile metrics: metrics.quantile and quantile_level, aggregation
+-- 'quantile', variant_stats.sketch, method 'quantile' of metric_results, source_unit_values()
+-- with aggregation 'sketch' and a sketches result column.
+-- Post-stratification: poststrat_ttest(), experiments.stratify_by, metric_results.stratified_by.
+-- Dimension breakdowns: experiment.dimensions, dimension_enrollment, dimension_stats,
+-- dimension_results (row-level security as metric_results), results_by_dimension,
+-- srm_by_dimension, the dimensional imbalance in health and readout().
+-- test/test_upgrade.py checks that the result equals a fresh 0.5.0 install.
 \echo Use "ALTER EXTENSION experiment UPDATE TO '0.5.0'" to load this file. \quit
+
+CREATE TYPE experiment.sketch;
+
+CREATE OR REPLACE FUNCTION experiment.sketch_in(cstring) RETURNS experiment.sketch
+  AS 'MODULE_PATHNAME', 'exp_sketch_in' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+CREATE OR REPLACE FUNCTION experiment.sketch_out(experiment.sketch) RETURNS cstring
+  AS 'MODULE_PATHNAME', 'exp_sketch_out' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+CREATE OR REPLACE FUNCTION experiment.sketch_recv(internal) RETURNS experiment.sketch
+  AS 'MODULE_PATHNAME', 'exp_sketch_recv' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+CREATE OR REPLACE FUNCTION experiment.sketch_send(experiment.sketch) RETURNS bytea
+  AS 'MODULE_PATHNAME', 'exp_sketch_send' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+CREATE TYPE experiment.sketch (
+  INPUT = experiment.sketch_in,
+  OUTPUT = experiment.sketch_out,
+  RECEIVE = experiment.sketch_recv,
+  SEND = experiment.sketch_send,
+  INTERNALLENGTH = VARIABLE,
+  ALIGNMENT = double,
+  STORAGE = extended
+);
+
+COMMENT ON TYPE experiment.sketch IS
+  'Mergeable quantile sketch (DDSketch, relative accuracy 0.005, at most 2048 bins per sign; text form is JSON)';
+
+COMMENT ON FUNCTION experiment.sketch_in(cstring) IS 'internal: text input of experiment.sketch (validated)';
+
+COMMENT ON FUNCTION experiment.sketch_out(experiment.sketch) IS 'internal: text output of experiment.sketch (exact)';
+
+COMMENT ON FUNCTION experiment.sketch_recv(internal) IS 'internal: binary input of experiment.sketch (validated)';
+
+COMMENT ON FUNCTION experiment.sketch_send(experiment.sketch) IS 'internal: binary output of experiment.sketch';
+
+-- equality and merge
+
+CREATE OR REPLACE FUNCTION experiment.sketch_eq(experiment.sketch, experiment.sketch) RETURNS boolean
+  AS 'MODULE_PATHNAME', 'exp_sketch_eq' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION experiment.sketch_eq(experiment.sketch, experiment.sketch) IS
+  'internal: true when both hold the same bins, counts, min and max';
+
+CREATE OR REPLACE FUNCTION experiment.sketch_ne(experiment.sketch, experiment.sketch) RETURNS boolean
+  AS 'MODULE_PATHNAME', 'exp_sketch_ne' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION experiment.sketch_ne(experiment.sketch, experiment.sketch) IS
+  'internal: negation of sketch_eq';
+
+CREATE OR REPLACE FUNCTION experiment.sketch_merge(a experiment.sketch, b experiment.sketch) RETURNS experiment.sketch
+  AS 'MODULE_PATHNAME', 'exp_sketch_merge' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION experiment.sketch_merge(experiment.sketch, experiment.sketch) IS
+  'the sketch of the union of both samples (exact: equal, bin for bin, to the sketch of all the values); also operator +';
+
+CREATE OPERATOR experiment.= (
+  LEFTARG = experiment.sketch, RIGHTARG = experiment.sketch,
+  FUNCTION = experiment.sketch_eq,
+  COMMUTATOR = OPERATOR(experiment.=), NEGATOR = OPERATOR(experiment.<>),
+  RESTRICT = eqsel, JOIN = eqjoinsel
+);
+
+COMMENT ON OPERATOR experiment.= (experiment.sketch, experiment.sketch) IS 'exactly equal sketches';
+
+CREATE OPERATOR experiment.<> (
+  LEFTARG = experiment.sketch, RIGHTARG = experiment.sketch,
+  FUNCTION = experiment.sketch_ne,
+  COMMUTATOR = OPERATOR(experiment.<>), NEGATOR = OPERATOR(experiment.=),
+  RESTRICT = neqsel, JOIN = neqjoinsel
+);
+
+COMMENT ON OPERATOR experiment.<> (experiment.sketch, experiment.sketch) IS 'sketches that differ';
+
+CREATE OPERATOR experiment.+ (
+  LEFTARG = experiment.sketch, RIGHTARG = experiment.sketch,
+  FUNCTION = experiment.sketch_merge, COMMUTATOR = OPERATOR(experiment.+)
+);
+
+COMMENT ON OPERATOR experiment.+ (experiment.sketch, experiment.sketch) IS 'merge two sketches';
+
+-- accessors
+
+CREATE OR REPLACE FUNCTION experiment.n(s experiment.sketch) RETURNS bigint
+  AS 'MODULE_PATHNAME', 'exp_sketch_n_fn' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION experiment.n(experiment.sketch) IS 'number of values in the sketch';
+
+CREATE OR REPLACE FUNCTION experiment.quantile(s experiment.sketch, q float8) RETURNS float8
+  AS 'MODULE_PATHNAME', 'exp_sketch_quantile_fn' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION experiment.quantile(experiment.sketch, float8) IS
+  'quantile of probability q in [0, 1]: the value of rank floor(q (n - 1)) of the sorted values (numpy method ''lower''), within 0.5% (relative); q = 0 and 1 give min and max exactly';
+
+CREATE OR REPLACE FUNCTION experiment.rank(s experiment.sketch, x float8) RETURNS float8
+  AS 'MODULE_PATHNAME', 'exp_sketch_rank_fn' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION experiment.rank(experiment.sketch, float8) IS
+  'estimated number of values <= x: the counts of the bins up to and including the bin of x';
+
+-- aggregates
+
+CREATE OR REPLACE FUNCTION experiment.sketch_accum(experiment.sketch, float8) RETURNS experiment.sketch
+  AS 'MODULE_PATHNAME', 'exp_sketch_accum' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION experiment.sketch_accum(experiment.sketch, float8) IS
+  'internal: transition function of experiment.sketch(value)';
+
+CREATE OR REPLACE FUNCTION experiment.sketch_combine(experiment.sketch, experiment.sketch) RETURNS experiment.sketch
+  AS 'MODULE_PATHNAME', 'exp_sketch_combine' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION experiment.sketch_combine(experiment.sketch, experiment.sketch) IS
+  'internal: combine function of the sketch aggregates (updates its first argument in place)';
+
+CREATE OR REPLACE FUNCTION experiment.sketch_final(experiment.sketch) RETURNS experiment.sketch
+  AS 'MODULE_PATHNAME', 'exp_sketch_final' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION experiment.sketch_final(experiment.sketch) IS
+  'internal: final function of the sketch aggregates (drops the working state''s spare capacity)';
+
+CREATE OR REPLACE AGGREGATE experiment.sketch(value float8) (
+  SFUNC = experiment.sketch_accum, STYPE = experiment.sketch,
+  COMBINEFUNC = experiment.sketch_combine, FINALFUNC = experiment.sketch_final,
+  PARALLEL = SAFE
+);
+
+COMMENT ON AGGREGATE experiment.sketch(float8) IS
+  'quantile sketch of the values (NULLs skipped, NaN and infinities are errors; no rows gives NULL)';
+
+CREATE OR REPLACE AGGREGATE experiment.merge(experiment.sketch) (
+  SFUNC = experiment.sketch_combine, STYPE = experiment.sketch,
+  COMBINEFUNC = experiment.sketch_combine, FINALFUNC = experiment.sketch_final,
+  PARALLEL = SAFE
+);
+
+COMMENT ON AGGREGATE experiment.merge(experiment.sketch) IS
+  'merge stored sketches (e.g. per unit or per day) into one, exactly';
+
+-- quantile tests
+
+CREATE OR REPLACE FUNCTION experiment.quantile_test(control experiment.sketch, treatment experiment.sketch, q float8,
+                                         alpha float8 DEFAULT 0.05, alternative text DEFAULT 'two-sided',
+                                         sequential_tuning float8 DEFAULT NULL)
+  RETURNS experiment.test_result
+  AS 'MODULE_PATHNAME', 'exp_quantile_test' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION experiment.quantile_test(experiment.sketch, experiment.sketch, float8, float8, text, float8) IS
+  'test of the difference of the q-quantiles of two sketches of one value per unit (standard errors from the order-statistic interval, as GrowthBook''s QuantileStatistic); mean_control and mean_treatment are the quantiles; normal reference, df NULL';
+
+CREATE OR REPLACE FUNCTION experiment.quantile_test(control experiment.sketch, treatment experiment.sketch, q float8,
+                                         control_clusters experiment.moments, treatment_clusters experiment.moments,
+                                         alpha float8 DEFAULT 0.05, alternative text DEFAULT 'two-sided',
+                                         sequential_tuning float8 DEFAULT NULL)
+  RETURNS experiment.test_result
+  AS 'MODULE_PATHNAME', 'exp_quantile_test_clustered' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION experiment.quantile_test(experiment.sketch, experiment.sketch, float8, experiment.moments, experiment.moments, float8, text, float8) IS
+  'test of the difference of the q-quantiles of all events of two arms whose units are clusters of events: *_clusters are bivariate moments over the arm''s units of (b_i = events <= the arm''s quantile, n_i = events), the variance scaled by their design effect (GrowthBook''s QuantileClusteredStatistic); n_control and n_treatment count units';
+
+CREATE OR REPLACE FUNCTION experiment.poststrat_ttest(method text, control experiment.moments[], treatment experiment.moments[],
+                                           alpha float8 DEFAULT 0.05, alternative text DEFAULT 'two-sided',
+                                           sequential_tuning float8 DEFAULT NULL)
+  RETURNS experiment.test_result
+  AS 'MODULE_PATHNAME', 'exp_poststrat_ttest' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION experiment.poststrat_ttest(text, experiment.moments[], experiment.moments[], float8, text, float8) IS
+  'post-stratified test: control[k], treatment[k] are the moments of stratum k in each arm (NULL: no units); '
+  'method welch, prop_ztest, cuped (theta per stratum), ratio or cuped_ratio with the moments of metric_test; '
+  'per-stratum estimates weighted by the strata''s shares of all units, strata without an estimate of their own '
+  'merged into the largest; alternative and sequential_tuning as in welch_ttest';
+
+ALTER TABLE experiment.experiments ADD COLUMN stratify_by text;
+
+COMMENT ON COLUMN experiment.experiments.stratify_by IS
+  'the dimension (a name in experiment.dimensions) whose values are the strata of post-stratification; NULL: none (doc/analysis.md, "Dimension breakdowns")';
+
+CREATE OR REPLACE FUNCTION experiment.experiments_check() RETURNS trigger
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  other record;
+  frozen boolean := TG_OP = 'UPDATE' AND OLD.status <> 'draft';
+BEGIN
+  -- ownership, as for metrics: only members of a role act for it
+  IF TG_OP = 'UPDATE' THEN
+    PERFORM experiment.require_experiment_owner(OLD.id, 'change');
+  END IF;
+  IF NEW.owner_role IS NULL THEN
+    NEW.owner_role := CASE WHEN TG_OP = 'UPDATE' THEN OLD.owner_role ELSE experiment.current_regrole() END;
+  END IF;
+  IF (TG_OP = 'INSERT' OR NEW.owner_role IS DISTINCT FROM OLD.owner_role)
+     AND NOT pg_catalog.pg_has_role(current_user, NEW.owner_role, 'MEMBER') THEN
+    RAISE EXCEPTION 'permission denied to make role "%" the owner role of experiment "%"', NEW.owner_role, left(NEW.id, 200)
+      USING ERRCODE = 'insufficient_privilege',
+            HINT = 'Leave owner_role NULL to own the experiment yourself.';
+  END IF;
+  NEW.salt := coalesce(NEW.salt, NEW.id);
+  IF NEW.status IS NULL OR NEW.status NOT IN ('draft', 'running', 'stopped', 'concluded') THEN
+    PERFORM experiment.raise_invalid_choice('status', NEW.status, '{draft,running,stopped,concluded}',
+                                            format('experiment "%s"', NEW.id));
+  END IF;
+  IF NEW.hash_scheme IS NULL
+     OR NEW.hash_scheme NOT IN ('sha256', 'growthbook_v1', 'growthbook_v2', 'eppo', 'statsig') THEN
+    PERFORM experiment.raise_invalid_choice('hash_scheme', NEW.hash_scheme,
+                                            ARRAY(SELECT h.scheme FROM experiment.hash_schemes() h),
+                                            format('experiment "%s"', NEW.id));
+  END IF;
+  -- below one unit in a million a traffic share is no ramp but an underflow
+  IF NEW.traffic IS NULL OR NOT (NEW.traffic = 0 OR (NEW.traffic >= 1e-6 AND NEW.traffic <= 1)) THEN
+    PERFORM experiment.raise_invalid_value(format('traffic of experiment "%s"', NEW.id), NEW.traffic::text,
+                                           '0 or in [1e-6, 1]');
+  END IF;
+  IF NEW.id IS NULL OR NEW.id = '' THEN
+    PERFORM experiment.raise_invalid_value('id of an experiment', quote_nullable(NEW.id), 'a non-empty text');
+  END IF;
+  IF NEW.salt = '' THEN
+    PERFORM experiment.raise_invalid_value(format('salt of experiment "%s"', NEW.id), '''''',
+                                           'a non-empty text (NULL: the id)');
+  END IF;
+  IF NEW.analysis IS NULL OR NEW.analysis NOT IN ('fixed', 'sequential', 'bayesian') THEN
+    PERFORM experiment.raise_invalid_choice('analysis', NEW.analysis, '{sequential,fixed,bayesian}',
+                                            format('experiment "%s"', NEW.id));
+  END IF;
+  IF NEW.correction IS NULL OR NEW.correction NOT IN ('none', 'holm', 'bh') THEN
+    PERFORM experiment.raise_invalid_choice('correction', NEW.correction, '{holm,bh,none}', format('experiment "%s"', NEW.id));
+  END IF;
+  IF NEW.correction_family IS NULL OR NEW.correction_family NOT IN ('experiment', 'metric') THEN
+    PERFORM experiment.raise_invalid_choice('correction_family', NEW.correction_family, '{experiment,metric}',
+                                            format('experiment "%s"', NEW.id));
+  END IF;
+  IF NOT (NEW.sequential_tuning > 0 AND NEW.sequential_tuning < 'Infinity'::float8) THEN
+    PERFORM experiment.raise_invalid_value(format('sequential_tuning of experiment "%s"', NEW.id), NEW.sequential_tuning::text,
+                                           'a positive number, the expected total sample size (NULL: from target_units_per_variant)');
+  END IF;
+  IF NOT (NEW.prior_variance > 0 AND NEW.prior_variance < 'Infinity'::float8) THEN
+    PERFORM experiment.raise_invalid_value(format('prior_variance of experiment "%s"', NEW.id), NEW.prior_variance::text,
+                                           'a positive number (NULL: flat prior)');
+  END IF;
+  IF NEW.prior_mean IS NULL OR NOT (abs(NEW.prior_mean) < 'Infinity'::float8) THEN
+    PERFORM experiment.raise_invalid_value(format('prior_mean of experiment "%s"', NEW.id), coalesce(NEW.prior_mean::text, 'NULL'),
+                                           'a finite relative lift, e.g. 0');
+  END IF;
+  IF NEW.ship_threshold IS NULL OR NOT (NEW.ship_threshold > 0.5 AND NEW.ship_threshold < 1) THEN
+    PERFORM experiment.raise_invalid_value(format('ship_threshold of experiment "%s"', NEW.id), coalesce(NEW.ship_threshold::text, 'NULL'),
+                                           'a chance to win in (0.5, 1), e.g. 0.95');
+  END IF;
+  IF NEW.alpha IS NULL OR NOT (NEW.alpha > 0 AND NEW.alpha < 1) THEN
+    PERFORM experiment.raise_invalid_value(format('alpha of experiment "%s"', NEW.id), NEW.alpha::text,
+                                           'in (0, 1), e.g. 0.05');
+  END IF;
+  IF NEW.analysis = 'sequential' AND NEW.alpha >= 0.5 THEN
+    PERFORM experiment.raise_invalid_value(format('alpha of sequential experiment "%s"', NEW.id), NEW.alpha::text,
+                                           'below 0.5 (its guardrails use one-sided sequences)');
+  END IF;
+  IF NEW.min_runtime < interval '0' THEN
+    PERFORM experiment.raise_invalid_value(format('min_runtime of experiment "%s"', NEW.id), NEW.min_runtime::text,
+                                           'a non-negative interval');
+  END IF;
+  IF NEW.target_units_per_variant <= 0 THEN
+    PERFORM experiment.raise_invalid_value(format('target_units_per_variant of experiment "%s"', NEW.id),
+                                           NEW.target_units_per_variant::text, 'positive');
+  END IF;
+  IF NEW.end_at < NEW.start_at THEN
+    PERFORM experiment.raise_invalid_value(format('end_at of experiment "%s"', NEW.id), NEW.end_at::text,
+                                           format('at or after start_at (%s)', NEW.start_at));
+  END IF;
+  IF NEW.layer IS NOT NULL OR NEW.layer_start IS NOT NULL OR NEW.layer_end IS NOT NULL THEN
+    IF NEW.layer IS NULL OR NEW.layer = ''
+       OR NOT coalesce(NEW.layer_start >= 0 AND NEW.layer_start < NEW.layer_end AND NEW.layer_end <= 1, false) THEN
+      RAISE EXCEPTION 'invalid layer range of experiment "%": layer %, layer_start %, layer_end %',
+        NEW.id, coalesce(quote_literal(NEW.layer), 'NULL'), coalesce(NEW.layer_start::text, 'NULL'),
+        coalesce(NEW.layer_end::text, 'NULL')
+        USING ERRCODE = 'invalid_parameter_value',
+              HINT = 'A layer needs a name and 0 <= layer_start < layer_end <= 1.';
+    END IF;
+  END IF;
+  IF NEW.targeting IS NOT NULL AND jsonb_typeof(NEW.targeting) <> 'object' THEN
+    RAISE EXCEPTION 'targeting of experiment "%" must be a JSON object (a GrowthBook condition), got %',
+      NEW.id, NEW.targeting
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+
+  IF TG_OP = 'UPDATE' THEN
+    IF NEW.id <> OLD.id THEN
+      RAISE EXCEPTION 'the id of experiment "%" cannot change', OLD.id
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NEW.status <> OLD.status AND NOT (
+         (OLD.status = 'draft' AND NEW.status = 'running')
+      OR (OLD.status = 'running' AND NEW.status IN ('stopped', 'concluded'))
+      OR (OLD.status = 'stopped' AND NEW.status IN ('running', 'concluded'))) THEN
+      RAISE EXCEPTION 'experiment "%" cannot go from % to %', NEW.id, OLD.status, NEW.status
+        USING ERRCODE = 'invalid_parameter_value',
+              HINT = 'Allowed: draft -> running, running -> stopped or concluded, stopped -> running or concluded.';
+    END IF;
+    IF frozen THEN
+      IF (NEW.analysis, NEW.sequential_tuning, NEW.correction, NEW.correction_family, NEW.prior_mean,
+          NEW.prior_variance, NEW.ship_threshold, NEW.alpha)
+         IS DISTINCT FROM (OLD.analysis, OLD.sequential_tuning, OLD.correction, OLD.correction_family,
+                           OLD.prior_mean, OLD.prior_variance, OLD.ship_threshold, OLD.alpha) THEN
+        RAISE EXCEPTION 'cannot change the analysis settings of experiment "%": it is %', NEW.id, OLD.status
+          USING ERRCODE = 'invalid_parameter_value',
+                HINT = 'analysis, sequential_tuning, correction, correction_family, prior_mean, prior_variance, ship_threshold and alpha are fixed when the experiment starts, so that nobody picks the method after seeing the data.';
+      END IF;
+      IF NEW.salt <> OLD.salt THEN
+        RAISE EXCEPTION 'cannot change the salt of experiment "%": it is %', NEW.id, OLD.status
+          USING ERRCODE = 'invalid_parameter_value',
+                HINT = 'A new split or salt is a new experiment.';
+      END IF;
+      IF NEW.hash_scheme <> OLD.hash_scheme THEN
+        RAISE EXCEPTION 'cannot change the hash_scheme of experiment "%": it is %', NEW.id, OLD.status
+          USING ERRCODE = 'invalid_parameter_value';
+      END IF;
+      IF NEW.layer IS DISTINCT FROM OLD.layer OR NEW.layer_start IS DISTINCT FROM OLD.layer_start
+         OR NEW.layer_end IS DISTINCT FROM OLD.layer_end THEN
+        RAISE EXCEPTION 'cannot change the layer range of experiment "%": it is %', NEW.id, OLD.status
+          USING ERRCODE = 'invalid_parameter_value';
+      END IF;
+      IF NEW.traffic < OLD.traffic THEN
+        RAISE EXCEPTION 'cannot lower the traffic of experiment "%" from % to %: it is %',
+          NEW.id, OLD.traffic, NEW.traffic, OLD.status
+          USING ERRCODE = 'invalid_parameter_value',
+                HINT = 'Raising traffic is ramp-safe; lowering it would remove enrolled units. Stop the experiment instead.';
+      END IF;
+    END IF;
+    IF OLD.status = 'draft' AND NEW.status <> 'draft' THEN
+      PERFORM experiment.check_split(NEW.id);
+    END IF;
+    -- (an INSERT may name a dimension stored after it, as a restored dump does: refresh()
+    -- checks it again)
+    IF NEW.stratify_by IS DISTINCT FROM OLD.stratify_by AND NEW.stratify_by IS NOT NULL THEN
+      PERFORM experiment.require_dimension(NEW.id, NEW.stratify_by, 'stratify_by');
+    END IF;
+    NEW.updated_at := now();
+  END IF;
+
+  -- Ranges of one layer held by experiments that are not concluded must not
+  -- overlap. The advisory lock serialises concurrent writers of one layer.
+  IF NEW.layer IS NOT NULL AND NEW.status <> 'concluded' THEN
+    PERFORM pg_advisory_xact_lock(hashtext('experiment.layer'), hashtext(NEW.layer));
+    SELECT x.id, x.layer_start, x.layer_end, x.hash_scheme INTO other
+      FROM experiment.experiments x
+     WHERE x.layer = NEW.layer AND x.id <> NEW.id AND x.status <> 'concluded'
+       AND (x.hash_scheme IN ('growthbook_v1', 'growthbook_v2'))
+           IS DISTINCT FROM (NEW.hash_scheme IN ('growthbook_v1', 'growthbook_v2'))
+     LIMIT 1;
+    IF FOUND THEN
+      RAISE EXCEPTION 'experiment "%" (hash_scheme %) and experiment "%" (hash_scheme %) cannot share layer "%"',
+        NEW.id, NEW.hash_scheme, other.id, other.hash_scheme, NEW.layer
+        USING ERRCODE = 'invalid_parameter_value',
+              HINT = 'The experiments of one layer all use growthbook_* schemes (GrowthBook namespace) or all use sha256, eppo or statsig.';
+    END IF;
+    SELECT x.id, x.layer_start, x.layer_end INTO other
+      FROM experiment.experiments x
+     WHERE x.layer = NEW.layer AND x.id <> NEW.id AND x.status <> 'concluded'
+       AND x.layer_start < NEW.layer_end AND NEW.layer_start < x.layer_end
+     ORDER BY x.layer_start
+     LIMIT 1;
+    IF FOUND THEN
+      RAISE EXCEPTION 'range [%, %) of experiment "%" overlaps range [%, %) of experiment "%" in layer "%"',
+        NEW.layer_start, NEW.layer_end, NEW.id, other.layer_start, other.layer_end, other.id, NEW.layer
+        USING ERRCODE = 'exclusion_violation',
+              HINT = 'Experiments of one layer own disjoint ranges; conclude the other experiment or pick a free range.';
+    END IF;
+  END IF;
+  RETURN NEW;
+END
+$$;
+
+ALTER TABLE experiment.metrics
+  DROP CONSTRAINT metrics_aggregation_check,
+  ADD CONSTRAINT metrics_aggregation_check CHECK (aggregation IN ('sum', 'count', 'any', 'max', 'quantile')),
+  ADD COLUMN quantile float8,
+  ADD COLUMN quantile_level text,
+  ADD CONSTRAINT metrics_quantile_check CHECK (
+    CASE WHEN aggregation = 'quantile'
+         THEN quantile > 0 AND quantile < 1 AND quantile_level IN ('event', 'unit')
+         ELSE quantile IS NULL AND quantile_level IS NULL END);
+
+COMMENT ON COLUMN experiment.metrics.aggregation IS
+  'per-unit aggregation over the window: sum, count, any (1 when converted at least once, else 0), max, '
+  'or quantile (the metric is a quantile: of all events, or of the per-unit sums; see quantile_level)';
+
+COMMENT ON COLUMN experiment.metrics.quantile IS
+  'with aggregation quantile: the quantile compared between arms, in (0, 1), e.g. 0.99 for p99';
+
+COMMENT ON COLUMN experiment.metrics.quantile_level IS
+  'with aggregation quantile: event (the quantile of all the units'' events, e.g. p99 of page loads; default) '
+  'or unit (the quantile of the per-unit sums, one value per unit)';
+
+-- the values a catalogue row may hold, checked before the table's constraints so that a
+-- mistake gets a message naming the column, the value and what is allowed
+CREATE OR REPLACE FUNCTION experiment.metrics_check() RETURNS trigger
+  LANGUAGE plpgsql
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  owner text := format('metric "%s"', CASE WHEN TG_OP = 'DELETE' THEN OLD.name ELSE NEW.name END);
+BEGIN
+  -- ownership: like ALTER ... OWNER TO, only members of a role may act for it
+  IF TG_OP IN ('UPDATE', 'DELETE') AND NOT pg_catalog.pg_has_role(current_user, OLD.owner, 'MEMBER') THEN
+    RAISE EXCEPTION 'permission denied to % metric "%"', lower(TG_OP), OLD.name
+      USING ERRCODE = 'insufficient_privilege',
+            DETAIL = format('Only members of role "%s", the metric''s owner, may change or delete it.', OLD.owner);
+  END IF;
+  IF TG_OP = 'DELETE' THEN
+    RETURN OLD;
+  END IF;
+  IF NEW.owner IS NULL THEN
+    NEW.owner := CASE WHEN TG_OP = 'UPDATE' THEN OLD.owner ELSE experiment.current_regrole() END;
+  END IF;
+  IF (TG_OP = 'INSERT' OR NEW.owner IS DISTINCT FROM OLD.owner)
+     AND NOT pg_catalog.pg_has_role(current_user, NEW.owner, 'MEMBER') THEN
+    RAISE EXCEPTION 'permission denied to make role "%" the owner of metric "%"', NEW.owner, NEW.name
+      USING ERRCODE = 'insufficient_privilege',
+            DETAIL = 'A metric''s source is read as its owner: only members of a role may register metrics for it.',
+            HINT = 'Leave owner NULL to own the metric yourself.';
+  END IF;
+  IF NEW.name IS NULL OR NEW.name = '' THEN
+    PERFORM experiment.raise_invalid_value('name of a metric', quote_nullable(NEW.name), 'a non-empty text');
+  END IF;
+  IF NEW.aggregation IS NULL OR NEW.aggregation NOT IN ('sum', 'count', 'any', 'max', 'quantile') THEN
+    PERFORM experiment.raise_invalid_choice('aggregation', NEW.aggregation, '{sum,count,any,max,quantile}', owner);
+  END IF;
+  IF NEW.aggregation = 'quantile' THEN
+    IF NOT (NEW.quantile > 0 AND NEW.quantile < 1) OR NEW.quantile IS NULL THEN
+      PERFORM experiment.raise_invalid_value('quantile of ' || owner, coalesce(NEW.quantile::text, 'NULL'),
+                                             'a quantile in (0, 1), e.g. 0.99 (aggregation quantile needs one)');
+    END IF;
+    NEW.quantile_level := coalesce(NEW.quantile_level, 'event');
+    IF NEW.quantile_level NOT IN ('event', 'unit') THEN
+      PERFORM experiment.raise_invalid_choice('quantile_level', NEW.quantile_level, '{event,unit}', owner);
+    END IF;
+  ELSIF NEW.quantile IS NOT NULL OR NEW.quantile_level IS NOT NULL THEN
+    RAISE EXCEPTION '% has % but aggregation ''%''', owner,
+      concat_ws(' and ', 'quantile = ' || NEW.quantile, 'quantile_level = ' || quote_literal(NEW.quantile_level)),
+      NEW.aggregation
+      USING ERRCODE = '22023', HINT = 'Set aggregation to ''quantile'', or quantile and quantile_level to NULL.';
+  END IF;
+  IF NEW.kind IS NULL OR NEW.kind NOT IN ('mean', 'proportion', 'ratio') THEN
+    PERFORM experiment.raise_invalid_choice('kind', NEW.kind, '{mean,proportion,ratio}', owner);
+  END IF;
+  IF NEW.delay IS NULL OR NEW.delay < interval '0' THEN
+    PERFORM experiment.raise_invalid_value('delay of ' || owner, NEW.delay::text, 'a non-negative interval');
+  END IF;
+  IF NEW."window" <= interval '0' THEN
+    PERFORM experiment.raise_invalid_value('window of ' || owner, NEW."window"::text,
+                                           'a positive interval (NULL: until the end of the experiment)');
+  END IF;
+  IF NOT (NEW.winsorize > 0 AND NEW.winsorize < 1) THEN
+    PERFORM experiment.raise_invalid_value('winsorize of ' || owner, NEW.winsorize::text,
+                                           'a percentile in (0, 1), e.g. 0.999 (NULL: no cap)');
+  END IF;
+  IF NOT (NEW.winsorize_lower > 0 AND NEW.winsorize_lower < 1) THEN
+    PERFORM experiment.raise_invalid_value('winsorize_lower of ' || owner, NEW.winsorize_lower::text,
+                                           'a lower percentile in (0, 1), e.g. 0.001 (NULL: no lower percentile cap)');
+  END IF;
+  IF NEW.winsorize_lower >= NEW.winsorize THEN
+    PERFORM experiment.raise_invalid_value('winsorize_lower of ' || owner, NEW.winsorize_lower::text,
+                                           format('a percentile below winsorize (%s)', NEW.winsorize));
+  END IF;
+  IF NOT (NEW.cap_lower > '-Infinity'::float8 AND NEW.cap_lower < 'Infinity'::float8) THEN
+    PERFORM experiment.raise_invalid_value('cap_lower of ' || owner, NEW.cap_lower::text,
+                                           'a finite number (NULL: no absolute lower cap)');
+  END IF;
+  IF NOT (NEW.cap_upper > '-Infinity'::float8 AND NEW.cap_upper < 'Infinity'::float8) THEN
+    PERFORM experiment.raise_invalid_value('cap_upper of ' || owner, NEW.cap_upper::text,
+                                           'a finite number (NULL: no absolute upper cap)');
+  END IF;
+  IF NEW.cap_lower >= NEW.cap_upper THEN
+    PERFORM experiment.raise_invalid_value('cap_lower of ' || owner, NEW.cap_lower::text,
+                                           format('below cap_upper (%s)', NEW.cap_upper));
+  END IF;
+  IF NEW.cap_ignore_zeros IS NULL THEN
+    PERFORM experiment.raise_invalid_value('cap_ignore_zeros of ' || owner, 'NULL', 'true or false');
+  END IF;
+  IF NEW.cuped_lookback <= interval '0' THEN
+    PERFORM experiment.raise_invalid_value('cuped_lookback of ' || owner, NEW.cuped_lookback::text,
+                                           'a positive interval (NULL: no CUPED)');
+  END IF;
+  IF NEW.late_events IS NULL OR NEW.late_events < interval '0' THEN
+    PERFORM experiment.raise_invalid_value('late_events of ' || owner, coalesce(NEW.late_events::text, 'NULL'),
+                                           'a non-negative interval, e.g. ''1 day''');
+  END IF;
+  RETURN NEW;
+END
+$$;
+
+COMMENT ON TRIGGER metrics_check ON experiment.metrics IS
+  'an invalid aggregation, quantile, quantile_level, kind, delay, window, winsorize, winsorize_lower, cap_lower, cap_upper, cap_ignore_zeros, '
+  'cuped_lookback or late_events is refused with a message naming the allowed values; '
+  'the owner defaults to the current user, and only members of the owner role may register, change or delete a metric';
+
+CREATE OR REPLACE FUNCTION experiment.validate_metric(metric text) RETURNS void
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  m experiment.metrics;
+  part text;
+  part_kind text;
+  relkind "char";
+  t regtype;
+  cat "char";
+  columns text[];
+BEGIN
+  m := experiment.require_metric(validate_metric.metric);
+
+  IF m.kind = 'ratio' THEN
+    IF m.winsorize_lower IS NOT NULL OR m.cap_lower IS NOT NULL OR m.cap_upper IS NOT NULL THEN
+      RAISE EXCEPTION 'ratio metric "%" cannot be capped (%)', m.name,
+        concat_ws(', ', 'winsorize_lower = ' || m.winsorize_lower, 'cap_lower = ' || m.cap_lower, 'cap_upper = ' || m.cap_upper)
+        USING ERRCODE = '22023',
+              HINT = 'A ratio''s numerator and denominator are capped as metrics of their own: set the caps on them.';
+    END IF;
+    IF m.numerator IS NULL OR m.denominator IS NULL THEN
+      RAISE EXCEPTION 'ratio metric "%" needs both numerator and denominator', m.name USING ERRCODE = '22023';
+    END IF;
+    IF m.source IS NOT NULL THEN
+      RAISE EXCEPTION 'ratio metric "%" reads its numerator and denominator metrics, not a source', m.name
+        USING ERRCODE = '22023', HINT = 'Set source to NULL.';
+    END IF;
+    IF m.aggregation = 'quantile' THEN
+      RAISE EXCEPTION 'ratio metric "%" cannot have aggregation ''quantile''', m.name
+        USING ERRCODE = '22023', HINT = 'A ratio divides the sums of two metrics: set aggregation to ''sum''.';
+    END IF;
+    FOREACH part IN ARRAY ARRAY[m.numerator, m.denominator] LOOP
+      SELECT kind INTO part_kind FROM experiment.metrics WHERE name = part;
+      IF NOT FOUND THEN
+        RAISE EXCEPTION 'ratio metric "%": part "%" is not a metric', m.name, part USING ERRCODE = '22023';
+      END IF;
+      IF part_kind = 'ratio' THEN
+        RAISE EXCEPTION 'ratio metric "%": part "%" is itself a ratio', m.name, part USING ERRCODE = '22023';
+      END IF;
+      IF (SELECT mp.aggregation FROM experiment.metrics mp WHERE mp.name = part) = 'quantile' THEN
+        RAISE EXCEPTION 'ratio metric "%": part "%" is a quantile metric', m.name, part
+          USING ERRCODE = '22023', HINT = 'The parts of a ratio are per-unit sums, counts or maxima.';
+      END IF;
+      PERFORM experiment.validate_metric(part);
+    END LOOP;
+    RETURN;
+  END IF;
+
+  IF m.numerator IS NOT NULL OR m.denominator IS NOT NULL THEN
+    RAISE EXCEPTION 'metric "%" of kind % cannot have a numerator or denominator', m.name, m.kind
+      USING ERRCODE = '22023', HINT = 'Set kind to ''ratio''.';
+  END IF;
+  IF m.source IS NULL THEN
+    RAISE EXCEPTION 'metric "%" needs a source relation', m.name USING ERRCODE = '22023';
+  END IF;
+  SELECT c.relkind INTO relkind FROM pg_catalog.pg_class c WHERE c.oid = m.source;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'metric "%": source relation with oid % does not exist', m.name, m.source::oid
+      USING ERRCODE = '22023';
+  END IF;
+  IF relkind NOT IN ('r', 'v', 'm', 'p', 'f') THEN
+    RAISE EXCEPTION 'metric "%": source % is not a table, view or materialized view', m.name, m.source
+      USING ERRCODE = '22023';
+  END IF;
+  columns := ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+                   WHERE a.attrelid = m.source AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum);
+  IF m.unit_column IS NULL OR m.time_column IS NULL THEN
+    RAISE EXCEPTION 'metric "%" needs unit_column and time_column', m.name USING ERRCODE = '22023';
+  END IF;
+
+  t := experiment.column_type(m.source, m.unit_column);
+  IF t IS NULL THEN
+    RAISE EXCEPTION 'metric "%": column "%" does not exist in %', m.name, m.unit_column, m.source
+      USING ERRCODE = '22023', HINT = experiment.hint_list(columns, format('columns of %s', m.source), m.source::text);
+  END IF;
+  SELECT typcategory INTO cat FROM pg_catalog.pg_type WHERE oid = t;
+  IF NOT (cat = 'S' OR t IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'uuid'::regtype)) THEN
+    RAISE EXCEPTION 'metric "%": unit column "%" has type %, expected text, an integer or uuid', m.name, m.unit_column, t
+      USING ERRCODE = '22023';
+  END IF;
+
+  t := experiment.column_type(m.source, m.time_column);
+  IF t IS NULL THEN
+    RAISE EXCEPTION 'metric "%": column "%" does not exist in %', m.name, m.time_column, m.source
+      USING ERRCODE = '22023', HINT = experiment.hint_list(columns, format('columns of %s', m.source), m.source::text);
+  END IF;
+  IF t NOT IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype) THEN
+    RAISE EXCEPTION 'metric "%": time column "%" has type %, expected timestamptz, timestamp or date', m.name, m.time_column, t
+      USING ERRCODE = '22023';
+  END IF;
+
+  IF m.value_column IS NOT NULL THEN
+    t := experiment.column_type(m.source, m.value_column);
+    IF t IS NULL THEN
+      RAISE EXCEPTION 'metric "%": column "%" does not exist in %', m.name, m.value_column, m.source
+        USING ERRCODE = '22023', HINT = experiment.hint_list(columns, format('columns of %s', m.source), m.source::text);
+    END IF;
+    SELECT typcategory INTO cat FROM pg_catalog.pg_type WHERE oid = t;
+    IF NOT (cat = 'N' OR t = 'boolean'::regtype) OR t IN ('oid'::regtype, 'regclass'::regtype) THEN
+      RAISE EXCEPTION 'metric "%": value column "%" has type %, expected a number or boolean', m.name, m.value_column, t
+        USING ERRCODE = '22023';
+    END IF;
+  END IF;
+
+  -- the owner reads the source: it must be allowed to, and nothing in it may run code
+  -- chosen by a less trusted role
+  FOREACH part IN ARRAY ARRAY[m.unit_column, m.time_column, m.value_column] LOOP
+    IF NOT experiment.role_may_read_column(m.owner, m.source, part) THEN
+      RAISE EXCEPTION 'metric "%": its owner "%" may not read column "%" of %', m.name, m.owner, part, m.source
+        USING ERRCODE = 'insufficient_privilege',
+              DETAIL = 'A metric''s source is read as the metric''s owner.',
+              HINT = format('GRANT SELECT ON %s TO %s, or register the metric as a role that may read it.',
+                            m.source, quote_ident(m.owner::text));
+    END IF;
+  END LOOP;
+  part := experiment.source_trust_problem(m.source, m.owner);
+  IF part IS NOT NULL THEN
+    RAISE EXCEPTION 'metric "%": source % cannot be read safely as its owner "%"', m.name, m.source, m.owner
+      USING ERRCODE = 'insufficient_privilege', DETAIL = part || '.',
+            HINT = 'Have that role (or a member of it) register the metric, so that the source is read as it, or let a role trusted by the owner own the object (doc/security.md).';
+  END IF;
+
+  IF m.kind = 'proportion' AND m.winsorize IS NOT NULL THEN
+    RAISE EXCEPTION 'proportion metric "%" cannot be winsorized', m.name
+      USING ERRCODE = '22023', HINT = 'Its per-unit values are 0 or 1: set winsorize to NULL.';
+  END IF;
+  IF m.kind = 'proportion' AND (m.winsorize_lower IS NOT NULL OR m.cap_lower IS NOT NULL OR m.cap_upper IS NOT NULL) THEN
+    RAISE EXCEPTION 'proportion metric "%" cannot be capped (%)', m.name,
+      concat_ws(', ', 'winsorize_lower = ' || m.winsorize_lower, 'cap_lower = ' || m.cap_lower, 'cap_upper = ' || m.cap_upper)
+      USING ERRCODE = '22023', HINT = 'Its per-unit values are 0 or 1: set winsorize_lower, cap_lower and cap_upper to NULL.';
+  END IF;
+  IF m.aggregation = 'quantile' THEN
+    IF m.kind <> 'mean' THEN
+      RAISE EXCEPTION 'quantile metric "%" must be of kind ''mean'', not ''%''', m.name, m.kind
+        USING ERRCODE = '22023', HINT = 'A quantile metric compares the arms'' quantiles: leave kind at ''mean''.';
+    END IF;
+    IF m.value_column IS NULL THEN
+      RAISE EXCEPTION 'quantile metric "%" needs a value_column', m.name
+        USING ERRCODE = '22023', HINT = 'The quantile is taken of a column''s values, e.g. a latency in ms.';
+    END IF;
+    IF m.winsorize IS NOT NULL OR m.winsorize_lower IS NOT NULL OR m.cap_lower IS NOT NULL OR m.cap_upper IS NOT NULL THEN
+      RAISE EXCEPTION 'quantile metric "%" cannot be capped (%)', m.name,
+        concat_ws(', ', 'winsorize = ' || m.winsorize, 'winsorize_lower = ' || m.winsorize_lower,
+                  'cap_lower = ' || m.cap_lower, 'cap_upper = ' || m.cap_upper)
+        USING ERRCODE = '22023', HINT = 'A quantile is not moved by outliers: set the caps to NULL.';
+    END IF;
+  END IF;
+  IF m.kind = 'proportion' AND m.aggregation <> 'any' THEN
+    RAISE EXCEPTION 'proportion metric "%" must use aggregation ''any'', not ''%''', m.name, m.aggregation
+      USING ERRCODE = '22023', HINT = 'A proportion is the share of units converted at least once.';
+  END IF;
+END
+$$;
+
+ALTER TABLE experiment.variant_stats ADD COLUMN sketch experiment.sketch;
+
+COMMENT ON COLUMN experiment.variant_stats.sketch IS
+  'quantile metrics: the sketch of the variant''s values (of all its units'' events, or of its per-unit sums); '
+  'for event quantiles moments is then the bivariate moments over the units of (events at or below the variant''s quantile, events)';
+
+ALTER TABLE experiment.metric_results
+  DROP CONSTRAINT metric_results_method_check,
+  ADD CONSTRAINT metric_results_method_check
+    CHECK (method IN ('welch', 'prop_ztest', 'cuped', 'ratio', 'cuped_ratio', 'quantile')),
+  ADD COLUMN stratified_by text;
+
+COMMENT ON COLUMN experiment.metric_results.stratified_by IS
+  'the dimension whose values were the strata of the tests (experiment.poststrat_ttest, the experiment''s stratify_by); NULL: not post-stratified';
+
+CREATE TABLE experiment.dimension_enrollment (
+  experiment_id text NOT NULL REFERENCES experiment.experiments (id) ON DELETE CASCADE,
+  dimension text NOT NULL,
+  value text NOT NULL,
+  variant text NOT NULL,
+  units bigint NOT NULL,
+  refreshed_at timestamptz NOT NULL,
+  PRIMARY KEY (experiment_id, dimension, value, variant)
+);
+
+COMMENT ON TABLE experiment.dimension_enrollment IS
+  'analysed units per dimension, value and variant at the latest refresh (every variant of every value, zero included)';
+
+COMMENT ON COLUMN experiment.dimension_enrollment.value IS
+  'the value of the unit''s first exposure: one of the dimension''s top_n values by analysed units, (other) for the rest, (none) for no value';
+
+CREATE TABLE experiment.dimension_stats (
+  experiment_id text NOT NULL REFERENCES experiment.experiments (id) ON DELETE CASCADE,
+  dimension text NOT NULL,
+  value text NOT NULL,
+  metric text NOT NULL,
+  variant text NOT NULL,
+  units bigint NOT NULL,
+  moments experiment.moments,
+  cuped_moments experiment.moments,
+  cap float8,
+  cap_lower float8,
+  skipped_values bigint NOT NULL DEFAULT 0,
+  refreshed_at timestamptz NOT NULL,
+  PRIMARY KEY (experiment_id, dimension, value, metric, variant)
+);
+
+COMMENT ON TABLE experiment.dimension_stats IS
+  'per dimension value and variant, the moments of each metric at the latest refresh (as variant_stats)';
+
+COMMENT ON COLUMN experiment.dimension_stats.cap IS
+  'upper cap applied to y: the pooled one of variant_stats, or with caps_per_value the one computed within the value';
+
+COMMENT ON COLUMN experiment.dimension_stats.cap_lower IS
+  'lower cap applied to y: the pooled one of variant_stats, or with caps_per_value the one computed within the value';
+
+CREATE TABLE experiment.dimension_results (
+  experiment_id text NOT NULL REFERENCES experiment.experiments (id) ON DELETE CASCADE,
+  dimension text NOT NULL,
+  value text NOT NULL,
+  metric text NOT NULL,
+  variant text NOT NULL,
+  control_variant text NOT NULL,
+  method text NOT NULL CHECK (method IN ('welch', 'prop_ztest', 'cuped', 'ratio', 'cuped_ratio')),
+  alpha float8 NOT NULL,
+  test experiment.test_result,
+  refreshed_at timestamptz NOT NULL,
+  analysis text NOT NULL,
+  sequential_tuning float8,
+  bound_test experiment.test_result,
+  harm_test experiment.test_result,
+  PRIMARY KEY (experiment_id, dimension, value, metric, variant)
+);
+
+COMMENT ON TABLE experiment.dimension_results IS
+  'per dimension value, the test of each treatment variant against control for each metric at the latest refresh (as metric_results; a value without units in one of the two arms has no row)';
+
+COMMENT ON COLUMN experiment.dimension_results.method IS
+  'chosen from the value''s own data as metric_results.method is from all of it';
+
+-- the caps of one column of per-unit values (doc/analysis.md, "Winsorization"), from its
+-- pooled percentiles and the metric's absolute caps (NULL: none on that side). The absolute
+-- caps are hard bounds that a percentile cap can only tighten: the upper cap is the smaller of
+-- the upper percentile and cap_upper, the lower cap the larger of the lower percentile and
+-- cap_lower, and a percentile beyond the absolute cap of the other side is moved to it, so
+-- that the lower cap is never above the upper one (cap_lower < cap_upper is checked); a NaN or
+-- infinite argument is no cap
+-- the test of one treatment against control for a metric from their variant_stats rows: a
+-- quantile metric's quantile test (of events, clustered by unit, or of units), any other
+-- metric's experiment.metric_test()
+CREATE OR REPLACE FUNCTION experiment.variant_test(method text, m experiment.metrics, c experiment.variant_stats,
+                                        t experiment.variant_stats, alpha float8, alternative text,
+                                        sequential_tuning float8)
+  RETURNS experiment.test_result
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE WHEN method = 'quantile' AND m.quantile_level = 'event'
+              THEN experiment.quantile_test(c.sketch, t.sketch, m.quantile, c.moments, t.moments,
+                                            alpha, alternative, sequential_tuning)
+              WHEN method = 'quantile'
+              THEN experiment.quantile_test(c.sketch, t.sketch, m.quantile, alpha, alternative, sequential_tuning)
+              ELSE experiment.metric_test(method, c.moments, t.moments, c.cuped_moments, t.cuped_moments,
+                                          alpha, alternative, sequential_tuning) END
+$$;
+
+COMMENT ON FUNCTION experiment.variant_test(text, experiment.metrics, experiment.variant_stats, experiment.variant_stats,
+                                            float8, text, float8) IS
+  'internal: the test of a treatment against control for a metric, from their per-variant moments and sketches';
+
+-- per-unit values of the metrics reading one source, in one scan (src/unit_values.c)
+-- (a new result column, sketches)
+DROP FUNCTION experiment.source_unit_values(text[], text[], timestamptz[], regclass, text, text[], text[], text[], interval[], interval[], boolean[], timestamptz, timestamptz, timestamptz, regrole, timestamptz, boolean, boolean);
+
+CREATE OR REPLACE FUNCTION experiment.source_unit_values(
+    unit_ids text[], variants text[], t0s timestamptz[], source regclass, unit_column text,
+    time_columns text[], value_columns text[], aggregations text[], lo_offsets interval[],
+    hi_offsets interval[], use_end boolean[], end_at timestamptz, scan_from timestamptz, scan_to timestamptz,
+    reader regrole DEFAULT NULL, split_at timestamptz DEFAULT NULL, probe boolean DEFAULT false,
+    partial boolean DEFAULT false)
+  RETURNS TABLE (unit_id text, variant text, t0 timestamptz, vals float8[], skipped bigint[], latest timestamptz,
+                 split timestamptz, sketches experiment.sketch[])
+  AS 'MODULE_PATHNAME', 'exp_source_unit_values'
+  -- (it locks and checks the source through SPI before reading it as another role: never in a
+  -- parallel query)
+  LANGUAGE C STABLE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION experiment.source_unit_values(text[], text[], timestamptz[], regclass, text, text[], text[], text[],
+    interval[], interval[], boolean[], timestamptz, timestamptz, timestamptz, regrole, timestamptz, boolean, boolean) IS
+  'internal: one row per unit (unit_ids, variants, t0s) with vals[k] = aggregations[k] (sum, count, any, max; '
+  'sketch: the number of values, and sketches[k] their experiment.sketch, NULL without values) of '
+  'value_columns[k] (NULL: rows) over the unit''s events in source with time_columns[k] in '
+  '[t0 + lo_offsets[k], t0 + hi_offsets[k]) and, when use_end[k], before end_at; '
+  '0 without events; NaN and infinite values are not aggregated and counted in skipped[k]; '
+  'scan_from/scan_to bound the scan when all specs read one time column; reads source as role reader '
+  '(NULL: the current user, who must have its privileges) in a security-restricted operation; '
+  'with split_at, vals and skipped have 2n elements, the events before split_at and from it on, and the maximum '
+  'of no event is NULL; partial returns only the units with events; probe first reads the latest time of the '
+  'time column; with split_at or probe a last row without a unit carries the latest time read and the split';
+
+-- drop the temporary tables of a refresh (they are also dropped at commit)
+CREATE OR REPLACE FUNCTION experiment.drop_refresh_tables() RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  t text;
+BEGIN
+  FOR t IN SELECT c.relname FROM pg_catalog.pg_class c
+           WHERE c.relnamespace = pg_catalog.pg_my_temp_schema()
+             AND c.relname IN ('exp_units', 'exp_vals', 'exp_base', 'exp_newx', 'exp_touch', 'exp_marks',
+                               'exp_groups', 'exp_daily', 'exp_dims', 'exp_dim_units', 'exp_strata') LOOP
+    EXECUTE format('DROP TABLE pg_temp.%I', t);
+  END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION experiment.source_specs(e experiment.experiments, min_t0 timestamptz, max_t0 timestamptz,
+    as_owner boolean)
+  RETURNS SETOF experiment.source_scan
+  LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  s experiment.source_scan;
+  src regclass;
+  ucol text;
+  rdr regrole;
+  r record;
+  m experiment.metrics;
+  tcol text;
+  need_upper boolean;
+  lb timestamptz;
+BEGIN
+  s.src_no := 0;
+  FOR src, ucol, rdr IN
+      SELECT DISTINCT m2.source, m2.unit_column, CASE WHEN as_owner THEN m2.owner END
+      FROM pg_temp.exp_base b JOIN experiment.metrics m2 ON m2.name = b.name ORDER BY 1, 2, 3 LOOP
+    s.src_no := s.src_no + 1;
+    s.source := src;
+    s.unit_column := ucol;
+    s.reader := rdr;
+    s.lower_bound := NULL;
+    s.upper_bound := NULL;
+    s.late_events := NULL;
+    need_upper := true;
+    tcol := NULL;
+    s.tcols := '{}';
+    s.vcols := '{}';
+    s.aggs := '{}';
+    s.los := '{}';
+    s.his := '{}';
+    s.ends := '{}';
+    s.targets := '{}';
+    FOR r IN SELECT b.i, b.pre, m2 AS m FROM pg_temp.exp_base b JOIN experiment.metrics m2 ON m2.name = b.name
+             WHERE m2.source = s.source AND m2.unit_column = s.unit_column
+               AND (NOT as_owner OR m2.owner = s.reader) ORDER BY b.i LOOP
+      m := r.m;
+      IF tcol IS NOT NULL AND tcol <> m.time_column THEN
+        tcol := '';   -- metrics of this source use different time columns: no pruning
+      ELSIF tcol IS NULL THEN
+        tcol := m.time_column;
+      END IF;
+      s.late_events := greatest(s.late_events, m.late_events);
+      -- the value: events in [t0 + delay, t0 + delay + window) before the end of the experiment
+      s.tcols := s.tcols || m.time_column;
+      s.vcols := s.vcols || m.value_column;
+      -- (a quantile metric stores the unit's events as a sketch, or for a quantile of units its sum)
+      s.aggs := s.aggs || CASE WHEN m.aggregation <> 'quantile' THEN m.aggregation
+                               WHEN m.quantile_level = 'unit' THEN 'sum' ELSE 'sketch' END;
+      s.los := s.los || m.delay;
+      s.his := s.his || (m.delay + m."window");
+      s.ends := s.ends || true;
+      s.targets := s.targets || ('v' || r.i);
+      lb := experiment.timestamptz_add_clamped(min_t0, m.delay);
+      IF r.pre THEN
+        -- the pre-period value: events in [t0 - lookback, t0)
+        s.tcols := s.tcols || m.time_column;
+        s.vcols := s.vcols || m.value_column;
+        s.aggs := s.aggs || m.aggregation;
+        s.los := s.los || (- m.cuped_lookback);
+        s.his := s.his || interval '0';
+        s.ends := s.ends || false;
+        s.targets := s.targets || ('p' || r.i);
+        lb := experiment.timestamptz_add_clamped(min_t0, - m.cuped_lookback);
+      END IF;
+      s.lower_bound := least(s.lower_bound, lb);
+      IF e.end_at IS NOT NULL THEN
+        s.upper_bound := greatest(s.upper_bound, e.end_at);
+      ELSIF m."window" IS NOT NULL THEN
+        s.upper_bound := greatest(s.upper_bound,
+                                experiment.timestamptz_add_clamped(experiment.timestamptz_add_clamped(max_t0, m.delay), m."window"));
+      ELSE
+        need_upper := false;
+      END IF;
+    END LOOP;
+    IF tcol = '' OR NOT need_upper THEN
+      s.upper_bound := NULL;
+    END IF;
+    IF tcol = '' THEN
+      s.lower_bound := NULL;
+    END IF;
+    s.time_column := nullif(tcol, '');
+    RETURN NEXT s;
+  END LOOP;
+END
+$$;
+
+-- SQL of two partial per-unit aggregates merged: sums and counts add, any and max take the
+-- larger (NULL: no event), sketches merge (NULL: no value); zero_fill: no event at all is 0
+-- (a sketch of no value stays NULL)
+CREATE OR REPLACE FUNCTION experiment.merged_sql(agg text, a text, b text, zero_fill boolean) RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE WHEN agg = 'sketch'
+              THEN format('CASE WHEN %s IS NULL THEN %s WHEN %s IS NULL THEN %s ELSE experiment.sketch_merge(%s, %s) END',
+                          a, b, b, a, a, b)
+         ELSE format(CASE WHEN zero_fill THEN 'coalesce(%s, 0)' ELSE '%s' END,
+                     CASE WHEN agg IN ('sum', 'count') THEN format('(%s + %s)', a, b)
+                          ELSE format('greatest(%s, %s)', a, b) END) END
+$$;
+
+COMMENT ON FUNCTION experiment.merged_sql(text, text, text, boolean) IS
+  'internal: SQL that merges two partial per-unit aggregates (sum and count add, any and max take the larger, sketches merge)';
+
+-- the dimensions of an experiment (experiment.dimensions), numbered j in name order:
+-- pg_temp.exp_dims (j, name, attribute, attribute_key, top_n, caps_per_value, expr), expr the
+-- SQL of the value of an exposure (alias xp); the stored per-unit values hold d<j>, the value
+-- of the unit's first exposure
+CREATE OR REPLACE FUNCTION experiment.create_dims_table(e experiment.experiments) RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  CREATE TEMP TABLE exp_dims ON COMMIT DROP AS
+    SELECT row_number() OVER (ORDER BY d.name COLLATE "C")::integer AS j, d.name, d.attribute, d.attribute_key,
+           d.top_n, d.caps_per_value,
+           CASE d.attribute WHEN 'client' THEN 'xp.client' WHEN 'app_version' THEN 'xp.app_version'
+                ELSE format('(xp.attributes ->> %L)', d.attribute_key) END AS expr
+    FROM experiment.dimensions d WHERE d.experiment_id = e.id;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.create_dims_table(experiment.experiments) IS
+  'internal: the temporary table exp_dims of an experiment''s dimensions, numbered, with the SQL of an exposure''s value';
+
+-- SQL of the dimension values of the first of a group of exposures (alias xp): ", (array_agg(
+-- <expr> ORDER BY exposed_at))[1] AS d<j>" for each row of pg_temp.exp_dims ('' without it)
+CREATE OR REPLACE FUNCTION experiment.first_exposure_dims_sql() RETURNS text
+  LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  r text;
+BEGIN
+  IF pg_catalog.to_regclass('pg_temp.exp_dims') IS NULL THEN
+    RETURN '';
+  END IF;
+  -- (the exposure that defines t0; of several at that time, in different variants, the unit is
+  -- multi-variant and not analysed)
+  EXECUTE 'SELECT coalesce(pg_catalog.string_agg(format('', (pg_catalog.array_agg(%s ORDER BY xp.exposed_at, xp.variant))[1] AS d%s'', '
+          'd.expr, d.j), '''' ORDER BY d.j), '''') FROM pg_temp.exp_dims d' INTO r;
+  RETURN r;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.first_exposure_dims_sql() IS
+  'internal: SQL of the dimension values d<j> of the first exposure of a group of exposures';
+
+-- the dimension columns of a relation of per-unit values (alias a): ", a.d1, a.d2" ('' without dimensions)
+CREATE OR REPLACE FUNCTION experiment.dims_columns_sql(a text) RETURNS text
+  LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  r text;
+BEGIN
+  IF pg_catalog.to_regclass('pg_temp.exp_dims') IS NULL THEN
+    RETURN '';
+  END IF;
+  EXECUTE format('SELECT coalesce(pg_catalog.string_agg(format('', %%s.d%%s'', %L, d.j), '''' ORDER BY d.j), '''') '
+                 'FROM pg_temp.exp_dims d', a) INTO r;
+  RETURN r;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.dims_columns_sql(text) IS
+  'internal: the SELECT list of the dimension columns d<j> of a relation of per-unit values';
+
+-- an experiment's units: pg_temp.exp_units (unit_id, variant, t0, multi, and d<j> when
+-- pg_temp.exp_dims exists); the first exposure before end_at defines variant, start and
+-- dimension values, multi marks units exposed to several variants
+CREATE OR REPLACE FUNCTION experiment.create_units_table(e experiment.experiments) RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+  -- grouping a million units in a hash table is bound by random memory access; the primary key
+  -- of experiment.exposures delivers the rows in unit order, so a streaming GroupAggregate over
+  -- it is about twice as fast
+  SET enable_hashagg = off
+AS $$
+BEGIN
+  EXECUTE format(
+    'CREATE TEMP TABLE exp_units ON COMMIT DROP AS '
+    'SELECT xp.unit_id, pg_catalog.min(xp.variant) AS variant, pg_catalog.min(xp.exposed_at) AS t0, '
+    '       pg_catalog.min(xp.variant) <> pg_catalog.max(xp.variant) AS multi%s '
+    'FROM experiment.exposures xp '
+    'WHERE xp.experiment_id = %L AND (%L::timestamptz IS NULL OR xp.exposed_at < %L::timestamptz) '
+    'GROUP BY xp.unit_id', experiment.first_exposure_dims_sql(), e.id, e.end_at, e.end_at);
+END
+$$;
+
+-- the base metrics (non-ratio) an experiment needs, numbered: pg_temp.exp_base (name, pre, i);
+-- pre-period values for metrics analysed directly with a CUPED lookback, and for the parts of
+-- a ratio metric with a CUPED lookback (each over its own lookback) when both parts have one
+CREATE OR REPLACE FUNCTION experiment.create_base_table(e experiment.experiments) RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  CREATE TEMP TABLE exp_base ON COMMIT DROP AS
+    WITH direct AS (
+      SELECT mm.* FROM experiment.experiment_metrics em JOIN experiment.metrics mm ON mm.name = em.metric
+      WHERE em.experiment_id = e.id
+    ), needed AS (
+      SELECT d.name, d.kind <> 'ratio' AND d.aggregation <> 'quantile' AND d.cuped_lookback IS NOT NULL AS pre
+      FROM direct d WHERE d.kind <> 'ratio'
+      UNION ALL
+      SELECT p.part, d.cuped_lookback IS NOT NULL
+                     AND (SELECT pn.cuped_lookback IS NOT NULL AND pd.cuped_lookback IS NOT NULL
+                          FROM experiment.metrics pn, experiment.metrics pd
+                          WHERE pn.name = d.numerator AND pd.name = d.denominator)
+      FROM direct d, LATERAL (VALUES (d.numerator), (d.denominator)) p(part)
+      WHERE d.kind = 'ratio'
+    )
+    SELECT n.name, bool_or(n.pre) AS pre, row_number() OVER (ORDER BY n.name)::integer AS i
+    FROM needed n GROUP BY n.name;
+END
+$$;
+
+-- what the stored per-unit values of an experiment depend on: when it changes, the next
+-- refresh is full (the tests, caps and CUPED covariates are recomputed at every refresh)
+-- (PL/pgSQL, not SQL: a SQL function's plan would outlive the temporary table it reads when
+-- one transaction refreshes several experiments)
+CREATE OR REPLACE FUNCTION experiment.unit_values_definition(e experiment.experiments) RETURNS text
+  LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  RETURN pg_catalog.md5(pg_catalog.concat_ws('|', 'layout 1', e.end_at::text,
+           (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(',', b.i, quote_literal(b.name), b.pre, m.source::oid,
+                                                  quote_literal(m.unit_column), quote_literal(m.time_column),
+                                                  quote_nullable(m.value_column), m.aggregation, m.quantile_level, m.delay,
+                                                  m."window", CASE WHEN b.pre THEN m.cuped_lookback END,
+                                                  m.owner::oid),
+                                 ';' ORDER BY b.i)
+            FROM pg_temp.exp_base b JOIN experiment.metrics m ON m.name = b.name),
+           -- the dimension columns d<j> (none: the digest of an experiment without dimensions)
+           (SELECT 'dimensions ' || pg_catalog.string_agg(pg_catalog.concat_ws(',', d.j, quote_literal(d.name), d.attribute,
+                                                                  quote_nullable(d.attribute_key)), ';' ORDER BY d.j)
+            FROM pg_temp.exp_dims d)));
+END
+$$;
+
+COMMENT ON FUNCTION experiment.unit_values_definition(experiment.experiments) IS
+  'internal: digest of what an experiment''s stored per-unit values depend on (its end, its base metrics'' sources, columns, windows and owners, its dimensions'' attributes)';
+
+-- the columns of the stored per-unit values that one scan fills: their value for a unit that
+-- has no event (sums and counts 0; the settled maximum of no event NULL, so that it merges),
+-- and the SQL of their new value from a scan in split mode (alias x) merged into the stored one
+-- (alias old; NULL: nothing stored, the scan read everything)
+CREATE OR REPLACE FUNCTION experiment.unit_value_layout(s experiment.source_scan, x text, old text)
+  RETURNS TABLE (col text, empty text, value_sql text)
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  WITH spec AS (
+    SELECT t.k, t.target, substr(t.target, 2) AS i, s.aggs[t.k] AS agg,
+           CASE substr(t.target, 1, 1) WHEN 'v' THEN 'c' ELSE 'q' END || substr(t.target, 2) AS settled,
+           format(CASE WHEN s.aggs[t.k] = 'sketch' THEN '%s.sketches[%s]' ELSE '%s.vals[%s]' END, x, t.k) AS before_split,
+           format(CASE WHEN s.aggs[t.k] = 'sketch' THEN '%s.sketches[%s]' ELSE '%s.vals[%s]' END,
+                  x, pg_catalog.array_length(s.targets, 1) + t.k) AS from_split,
+           format('coalesce(%s.skipped[%s], 0)', x, t.k) AS skipped_before,
+           format('coalesce(%s.skipped[%s], 0)', x, pg_catalog.array_length(s.targets, 1) + t.k) AS skipped_from
+    FROM pg_catalog.unnest(s.targets) WITH ORDINALITY AS t(target, k)
+  ), settled AS (
+    SELECT sp.*, CASE WHEN old IS NULL THEN sp.before_split
+                      ELSE experiment.merged_sql(sp.agg, old || '.' || sp.settled, sp.before_split, false) END AS settled_sql
+    FROM spec sp
+  )
+  SELECT y.col, y.empty, y.value_sql FROM (
+    SELECT st.k, 1 AS o, st.target AS col, CASE WHEN st.agg = 'sketch' THEN 'NULL' ELSE '0' END AS empty,
+           experiment.merged_sql(st.agg, st.settled_sql, st.from_split, true) AS value_sql
+    FROM settled st
+    UNION ALL
+    SELECT st.k, 2, st.settled, CASE WHEN st.agg IN ('max', 'sketch') THEN 'NULL' ELSE '0' END, st.settled_sql
+    FROM settled st
+    UNION ALL
+    SELECT pg_catalog.max(st.k), 3, 's' || st.i, '0',
+           concat(old || '.cs' || st.i || ' + ',
+                  pg_catalog.string_agg(st.skipped_before || ' + ' || st.skipped_from, ' + ' ORDER BY st.k))
+    FROM settled st GROUP BY st.i
+    UNION ALL
+    SELECT pg_catalog.max(st.k), 4, 'cs' || st.i, '0',
+           concat(old || '.cs' || st.i || ' + ', pg_catalog.string_agg(st.skipped_before, ' + ' ORDER BY st.k))
+    FROM settled st GROUP BY st.i
+  ) y ORDER BY y.k, y.o
+$$;
+
+-- the stored per-unit values of an experiment brought up to date, incrementally when it can:
+-- the table's name, whether the refresh was full or incremental and why it was full
+CREATE OR REPLACE FUNCTION experiment.refresh_unit_values(e experiment.experiments, force_full boolean,
+    OUT relation name, OUT mode text, OUT reason text)
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  st experiment.unit_value_tables;
+  wm experiment.source_watermarks;
+  sc experiment.source_scan;
+  fp text;
+  xsince timestamptz;
+  several text;
+  unmarked text;
+  min_t0 timestamptz;
+  max_t0 timestamptz;
+  latest timestamptz;
+  split timestamptz;
+  scan_from timestamptz;
+  vals_cols text := '';
+  joins text := '';
+  empty_cols text;
+  empty_vals text;
+  reset_set text;
+  merge_set text;
+  changed text;
+  grantee text;
+  no_units text := experiment.unit_arrays_sql(
+    '(SELECT NULL::text AS unit_id, NULL::text AS variant, NULL::timestamptz AS t0 WHERE false) u');
+BEGIN
+  PERFORM experiment.drop_refresh_tables();
+  PERFORM experiment.create_base_table(e);
+  PERFORM experiment.create_dims_table(e);
+  fp := experiment.unit_values_definition(e);
+  SELECT * INTO st FROM experiment.unit_value_tables u WHERE u.experiment_id = e.id FOR UPDATE;
+  -- (before the exposures are read: the sessions that could still store earlier ones)
+  xsince := experiment.exposures_watermark(st.exposures_since);
+  SELECT pg_catalog.string_agg(s.source::text, ', ' ORDER BY s.src_no) FILTER (WHERE s.time_column IS NULL),
+         -- a watermark that is missing, or whose allowance grew (the events it now allows
+         -- again were settled: only a full refresh reads them)
+         pg_catalog.string_agg(s.source::text, ', ' ORDER BY s.src_no)
+           FILTER (WHERE s.time_column IS NOT NULL AND NOT EXISTS (
+                     SELECT FROM experiment.source_watermarks w
+                     WHERE w.experiment_id = e.id AND w.source = s.source AND w.unit_column = s.unit_column
+                       AND w.owner = s.reader AND w.time_column = s.time_column
+                       AND w.late_events >= s.late_events))
+    INTO several, unmarked
+  FROM experiment.source_specs(e, NULL, NULL, true) s;
+  reason := CASE
+    WHEN force_full THEN 'requested (full => true)'
+    WHEN st.experiment_id IS NULL THEN 'no stored per-unit values yet'
+    WHEN pg_catalog.to_regclass(format('experiment.%I', st.relation)) IS NULL THEN 'the stored per-unit values are missing'
+    -- (an unlogged table: empty after a crash)
+    WHEN experiment.unit_value_table_empty(st.relation) THEN 'no stored per-unit values (none yet, or lost in a crash)'
+    WHEN st.definition IS DISTINCT FROM fp THEN 'the experiment''s end, its metrics or its dimensions changed'
+    WHEN several IS NOT NULL THEN format('the metrics of %s read several time columns: no watermark', several)
+    WHEN unmarked IS NOT NULL THEN format('no watermark of %s, or its lateness allowance grew', unmarked)
+  END;
+
+  IF reason IS NOT NULL THEN
+    mode := 'full';
+    -- units (those in several variants kept, marked)
+    PERFORM experiment.create_units_table(e);
+    SELECT pg_catalog.min(u.t0), pg_catalog.max(u.t0) INTO min_t0, max_t0 FROM pg_temp.exp_units u WHERE NOT u.multi;
+
+    CREATE TEMP TABLE exp_marks (LIKE experiment.source_watermarks) ON COMMIT DROP;
+    FOR sc IN SELECT * FROM experiment.source_specs(e, min_t0, max_t0, true) LOOP
+      IF sc.time_column IS NULL THEN
+        split := 'infinity';   -- no watermark: everything is settled, and the next refresh is full again
+        latest := NULL;
+      ELSE
+        -- the latest event time now, not the one remembered (a full refresh after a
+        -- future-dated event was deleted starts afresh; an index on the time column
+        -- answers this without a scan)
+        EXECUTE format('SELECT x.latest FROM %s, %s x', no_units,
+                       experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, NULL, true, false))
+          INTO latest;
+        split := coalesce(experiment.watermark_split(latest, sc.late_events), '-infinity');
+      END IF;
+      INSERT INTO pg_temp.exp_marks VALUES (e.id, sc.source, sc.unit_column, sc.reader, sc.time_column, sc.late_events,
+                                            split, latest);
+      SELECT vals_cols || pg_catalog.string_agg(format(', %s AS %s', l.value_sql, l.col), '')
+        INTO vals_cols FROM experiment.unit_value_layout(sc, format('x%s', sc.src_no), NULL) l;
+      joins := joins || format('%s %s x%s%s', CASE WHEN sc.src_no = 1 THEN ',' ELSE ' JOIN' END,
+        experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, split, false, false),
+        sc.src_no, CASE WHEN sc.src_no = 1 THEN '' ELSE format(' ON x%s.unit_id = x1.unit_id', sc.src_no) END);
+    END LOOP;
+
+    -- unlogged (derived data, rebuilt in full when a crash empties it) and with room on each
+    -- page for the updates of incremental refreshes
+    relation := 'unit_values_' || pg_catalog.nextval('experiment.unit_value_tables_seq');
+    -- (the dimension values d<j> of the first exposures: from the units, joined back when a
+    -- source was scanned)
+    IF joins = '' THEN
+      EXECUTE format('CREATE UNLOGGED TABLE experiment.%I WITH (fillfactor = 80) AS '
+                     'SELECT u.unit_id, u.variant, u.t0, false AS multi, false AS reset%s '
+                     'FROM pg_temp.exp_units u WHERE NOT u.multi', relation, experiment.dims_columns_sql('u'));
+    ELSIF experiment.dims_columns_sql('du') = '' THEN
+      EXECUTE format('CREATE UNLOGGED TABLE experiment.%I WITH (fillfactor = 80) AS '
+                     'SELECT x1.unit_id, x1.variant, x1.t0, false AS multi, false AS reset%s FROM %s%s '
+                     'WHERE x1.unit_id IS NOT NULL', relation, vals_cols,
+                     experiment.unit_arrays_sql('pg_temp.exp_units u WHERE NOT u.multi'), joins);
+    ELSE
+      EXECUTE format('CREATE UNLOGGED TABLE experiment.%I WITH (fillfactor = 80) AS '
+                     'SELECT x1.unit_id, x1.variant, x1.t0, false AS multi, false AS reset%s%s FROM %s%s '
+                     'JOIN pg_temp.exp_units du ON du.unit_id = x1.unit_id', relation, vals_cols,
+                     experiment.dims_columns_sql('du'),
+                     experiment.unit_arrays_sql('pg_temp.exp_units u WHERE NOT u.multi'), joins);
+    END IF;
+    EXECUTE format('INSERT INTO experiment.%I (unit_id, variant, t0, multi, reset%s) '
+                   'SELECT u.unit_id, u.variant, u.t0, true, false%s FROM pg_temp.exp_units u WHERE u.multi', relation,
+                   replace(experiment.dims_columns_sql('u'), 'u.', ''), experiment.dims_columns_sql('u'));
+    -- (the index finds the units of new exposures; it is on a column no update changes, so
+    -- updates stay HOT)
+    EXECUTE format('ALTER TABLE experiment.%I ALTER unit_id SET NOT NULL, ADD UNIQUE (unit_id)', relation);
+    EXECUTE format('ALTER EXTENSION experiment ADD TABLE experiment.%I', relation);
+    -- per-unit values are for the owner alone, whatever default privileges say
+    FOR grantee IN SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
+                   FROM pg_catalog.pg_class c, LATERAL pg_catalog.aclexplode(c.relacl) a
+                   WHERE c.oid = format('experiment.%I', relation)::regclass AND a.grantee <> c.relowner LOOP
+      EXECUTE format('REVOKE ALL ON experiment.%I FROM %s', relation, grantee);
+    END LOOP;
+    EXECUTE format('COMMENT ON TABLE experiment.%I IS %L', relation,
+                   format('stored per-unit values of experiment %s (experiment.refresh(), doc/scaling.md)', e.id));
+    IF st.experiment_id IS NOT NULL THEN
+      PERFORM experiment.drop_unit_value_table(st.relation);
+      UPDATE experiment.unit_value_tables u
+        SET relation = refresh_unit_values.relation, definition = fp, exposures_since = xsince, refreshed_at = pg_catalog.now()
+        WHERE u.experiment_id = e.id;
+      DELETE FROM experiment.source_watermarks w WHERE w.experiment_id = e.id;
+    ELSE
+      INSERT INTO experiment.unit_value_tables (experiment_id, relation, definition, exposures_since, refreshed_at)
+      VALUES (e.id, relation, fp, xsince, pg_catalog.now());
+    END IF;
+    INSERT INTO experiment.source_watermarks SELECT * FROM pg_temp.exp_marks;
+    RETURN;
+  END IF;
+
+  -- incremental: the exposures received since the watermark change units or add them
+  mode := 'incremental';
+  relation := st.relation;
+  -- (with the dimension values of the earliest new exposure: they are the unit's when it is
+  -- new, or when that exposure comes before its first one)
+  EXECUTE format(
+    'CREATE TEMP TABLE exp_newx ON COMMIT DROP AS '
+    'SELECT xp.unit_id, pg_catalog.min(xp.variant) AS minv, pg_catalog.max(xp.variant) AS maxv, '
+    '       pg_catalog.min(xp.exposed_at) AS t0%s '
+    'FROM experiment.exposures xp '
+    'WHERE xp.experiment_id = %L AND xp.received_at >= %L::timestamptz '
+    '  AND (%L::timestamptz IS NULL OR xp.exposed_at < %L::timestamptz) '
+    'GROUP BY xp.unit_id', experiment.first_exposure_dims_sql(), e.id, st.exposures_since, e.end_at, e.end_at);
+  ANALYZE pg_temp.exp_newx;
+  SELECT coalesce(pg_catalog.string_agg(l.col, ', ' ORDER BY s.src_no, l.ord), ''),
+         coalesce(pg_catalog.string_agg(l.empty, ', ' ORDER BY s.src_no, l.ord), ''),
+         coalesce(pg_catalog.string_agg(format('%s = CASE WHEN n.t0 < u.t0 THEN %s ELSE u.%s END', l.col, l.empty, l.col),
+                                        ', ' ORDER BY s.src_no, l.ord), '')
+    INTO empty_cols, empty_vals, reset_set
+  FROM experiment.source_specs(e, NULL, NULL, true) s,
+       LATERAL (SELECT y.*, row_number() OVER () AS ord FROM experiment.unit_value_layout(s, 'x', 'u') y) l;
+  -- the dimension values: those of the new first exposure
+  SELECT empty_cols || CASE WHEN empty_cols <> '' AND d.cols <> '' THEN ', ' ELSE '' END || d.cols,
+         empty_vals || CASE WHEN empty_vals <> '' AND d.cols <> '' THEN ', ' ELSE '' END || d.vals,
+         reset_set || CASE WHEN reset_set <> '' AND d.cols <> '' THEN ', ' ELSE '' END || d.sets
+    INTO empty_cols, empty_vals, reset_set
+    FROM (SELECT coalesce(pg_catalog.string_agg(format('d%s', x.j), ', ' ORDER BY x.j), '') AS cols,
+                 coalesce(pg_catalog.string_agg(format('n.d%s', x.j), ', ' ORDER BY x.j), '') AS vals,
+                 coalesce(pg_catalog.string_agg(format('d%s = CASE WHEN n.t0 < u.t0 THEN n.d%s ELSE u.d%s END', x.j, x.j, x.j),
+                                                ', ' ORDER BY x.j), '') AS sets
+          FROM pg_temp.exp_dims x) d;
+  -- a unit exposed to another variant leaves the analysis; one exposed earlier is read again in full
+  EXECUTE format('UPDATE experiment.%I u SET multi = u.multi OR n.minv <> n.maxv OR n.minv <> u.variant, '
+                 'variant = least(u.variant, n.minv), t0 = least(u.t0, n.t0), reset = u.reset OR n.t0 < u.t0%s '
+                 'FROM pg_temp.exp_newx n WHERE n.unit_id = u.unit_id AND NOT u.multi '
+                 'AND (n.minv <> u.variant OR n.maxv <> u.variant OR n.t0 < u.t0)',
+                 relation, CASE WHEN reset_set = '' THEN '' ELSE ', ' || reset_set END);
+  EXECUTE format('INSERT INTO experiment.%I (unit_id, variant, t0, multi, reset%s) '
+                 'SELECT n.unit_id, n.minv, n.t0, n.minv <> n.maxv, true%s FROM pg_temp.exp_newx n '
+                 'WHERE NOT EXISTS (SELECT FROM experiment.%I u WHERE u.unit_id = n.unit_id)',
+                 relation, CASE WHEN empty_cols = '' THEN '' ELSE ', ' || empty_cols END,
+                 CASE WHEN empty_vals = '' THEN '' ELSE ', ' || empty_vals END, relation);
+
+  -- each source: events from its watermark on for every unit, all events of new and reset units
+  -- (new and reset units are among those of the new exposures; the latest first exposure is at
+  -- most the later of the previous refresh's and the new exposures')
+  EXECUTE format('SELECT pg_catalog.min(u.t0) FILTER (WHERE u.reset) FROM pg_temp.exp_newx n '
+                 'JOIN experiment.%I u ON u.unit_id = n.unit_id WHERE NOT u.multi', relation) INTO min_t0;
+  SELECT greatest((SELECT f.last_exposure FROM experiment.refreshes f WHERE f.experiment_id = e.id),
+                  (SELECT pg_catalog.max(n.t0) FROM pg_temp.exp_newx n))
+    INTO max_t0;
+  FOR sc IN SELECT * FROM experiment.source_specs(e, min_t0, max_t0, true) LOOP
+    SELECT * INTO wm FROM experiment.source_watermarks w
+    WHERE w.experiment_id = e.id AND w.source = sc.source AND w.unit_column = sc.unit_column AND w.owner = sc.reader;
+    -- the split: from the latest event time the previous scan saw (this scan's is stored for
+    -- the next), never earlier than the watermark (which stays while no event was seen)
+    split := greatest(wm.settled_before, experiment.watermark_split(wm.latest_event, sc.late_events));
+    SELECT coalesce(pg_catalog.string_agg(format('%s = %s', l.col, l.value_sql), ', '), ''),
+           format('(%s) IS DISTINCT FROM (%s)', pg_catalog.string_agg('u.' || l.col, ', '),
+                  pg_catalog.string_agg(l.value_sql, ', '))
+      INTO merge_set, changed
+    FROM experiment.unit_value_layout(sc, 'x', 'u') l;
+    -- the units read before: their events from the watermark on (the scan's lower bound); the
+    -- new and reset units apart, all their events, with a hash table of their own that is small
+    EXECUTE format('CREATE TEMP TABLE exp_touch ON COMMIT DROP AS SELECT x.unit_id, x.vals, x.skipped, x.latest, x.sketches '
+                   'FROM %s, %s x',
+                   experiment.unit_arrays_sql(format('experiment.%I u WHERE NOT u.multi AND NOT u.reset', relation)),
+                   experiment.source_call_sql(sc, e.end_at, wm.settled_before, sc.upper_bound, split, false, true));
+    IF min_t0 IS NOT NULL THEN
+      EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.vals, x.skipped, NULL, x.sketches '
+                     'FROM %s, %s x WHERE x.unit_id IS NOT NULL',
+                     experiment.unit_arrays_sql(format('experiment.%I u WHERE NOT u.multi AND u.reset', relation)),
+                     experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, split, false, true));
+    END IF;
+    ANALYZE pg_temp.exp_touch;
+    -- (a unit whose events are all read again unchanged is not written)
+    EXECUTE format('UPDATE experiment.%I u SET %s FROM pg_temp.exp_touch x WHERE x.unit_id = u.unit_id AND %s',
+                   relation, merge_set, changed);
+    SELECT x.latest INTO latest FROM pg_temp.exp_touch x WHERE x.unit_id IS NULL;
+    DROP TABLE pg_temp.exp_touch;
+    UPDATE experiment.source_watermarks w
+      SET settled_before = split, latest_event = greatest(w.latest_event, latest), late_events = sc.late_events
+      WHERE w.experiment_id = e.id AND w.source = sc.source AND w.unit_column = sc.unit_column AND w.owner = sc.reader;
+  END LOOP;
+  EXECUTE format('UPDATE experiment.%I u SET reset = false FROM pg_temp.exp_newx n '
+                 'WHERE u.unit_id = n.unit_id AND u.reset', relation);
+  UPDATE experiment.unit_value_tables u SET exposures_since = xsince, refreshed_at = pg_catalog.now()
+    WHERE u.experiment_id = e.id;
+END
+$$;
+
+-- the SQL of the moments of an experiment's metrics over per-unit values (alias v), for
+-- experiment.refresh(): aggs, the aggregates ", experiment.moments(...) AS a<j>, sum(...) AS k<j>
+-- [, experiment.moments(...) AS c<j>]" of each metric j from the capped values (capped[i],
+-- pre_capped[i]: SQL of base metric i's capped value and pre-period value), and unpivot, the rows
+-- ", (metric, a.a<j>, a.c<j>, cap, cap_lower, a.k<j>)" that turn them into one row per metric
+-- (caps[i], lower_caps[i]: SQL of base metric i's caps); a metric added while the refresh ran
+-- has no stored values and is left out
+CREATE OR REPLACE FUNCTION experiment.metric_moments_sql(e experiment.experiments, capped text[], pre_capped text[],
+    caps text[], lower_caps text[], quantiles boolean, OUT aggs text, OUT unpivot text)
+  LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  r record;
+BEGIN
+  aggs := '';
+  unpivot := '';
+    FOR r IN SELECT m2.name, m2.kind, b.i, b.pre, m2.aggregation, m2.quantile_level,
+                    (SELECT bn.i FROM exp_base bn WHERE bn.name = m2.numerator) AS ni,
+                    (SELECT bd.i FROM exp_base bd WHERE bd.name = m2.denominator) AS di,
+                    -- a ratio metric with a pre-period: both parts' pre-period values
+                    m2.cuped_lookback IS NOT NULL
+                      AND coalesce((SELECT bn.pre FROM exp_base bn WHERE bn.name = m2.numerator), false)
+                      AND coalesce((SELECT bd.pre FROM exp_base bd WHERE bd.name = m2.denominator), false) AS rpre,
+                    row_number() OVER (ORDER BY m2.name) AS j
+             FROM experiment.experiment_metrics em JOIN experiment.metrics m2 ON m2.name = em.metric
+             LEFT JOIN exp_base b ON b.name = m2.name
+             -- (a metric added while this refresh ran has no stored values: it waits for the next one)
+             WHERE em.experiment_id = e.id
+               AND CASE WHEN m2.kind = 'ratio'
+                        THEN EXISTS (SELECT FROM exp_base bn WHERE bn.name = m2.numerator)
+                             AND EXISTS (SELECT FROM exp_base bd WHERE bd.name = m2.denominator)
+                        ELSE b.i IS NOT NULL END
+               AND (quantiles OR m2.aggregation <> 'quantile')
+             ORDER BY m2.name LOOP
+      IF r.kind = 'ratio' THEN
+        aggs := aggs || format(', experiment.moments(%s, %s) AS a%s, pg_catalog.sum(v.s%s + v.s%s) AS k%s',
+                               capped[r.ni], capped[r.di], r.j, r.ni, r.di, r.j);
+        IF r.rpre THEN
+          aggs := aggs || format(', experiment.moments(%s, %s, %s, %s) AS c%s',
+                                 capped[r.ni], capped[r.di], pre_capped[r.ni], pre_capped[r.di], r.j);
+        END IF;
+        unpivot := unpivot || format(', (%L, a.a%s, %s, NULL::float8, NULL::float8, a.k%s, NULL::experiment.sketch)',
+                                     r.name, r.j,
+                                     CASE WHEN r.rpre THEN format('a.c%s', r.j) ELSE 'NULL::experiment.moments' END, r.j);
+      ELSIF r.aggregation = 'quantile' AND r.quantile_level = 'event' THEN
+        -- an event quantile: the merged sketch of the units' events (the per-unit moments of the
+        -- events at or below the arm's quantile are computed by refresh(), once the quantile is known)
+        aggs := aggs || format(', experiment.merge(v.v%s) AS q%s, pg_catalog.sum(v.s%s) AS k%s', r.i, r.j, r.i, r.j);
+        unpivot := unpivot || format(', (%L, NULL::experiment.moments, NULL::experiment.moments, NULL::float8, '
+                                     'NULL::float8, a.k%s, a.q%s)', r.name, r.j, r.j);
+      ELSIF r.aggregation = 'quantile' THEN
+        -- a quantile of units: the sketch of the per-unit sums (and their moments)
+        aggs := aggs || format(', experiment.moments(v.v%s) AS a%s, pg_catalog.sum(v.s%s) AS k%s, '
+                               'experiment.sketch(v.v%s) AS q%s', r.i, r.j, r.i, r.j, r.i, r.j);
+        unpivot := unpivot || format(', (%L, a.a%s, NULL::experiment.moments, NULL::float8, NULL::float8, a.k%s, a.q%s)',
+                                     r.name, r.j, r.j, r.j);
+      ELSE
+        aggs := aggs || format(', experiment.moments(%s) AS a%s, pg_catalog.sum(v.s%s) AS k%s',
+                               capped[r.i], r.j, r.i, r.j);
+        IF r.pre THEN
+          aggs := aggs || format(', experiment.moments(%s, %s) AS c%s', capped[r.i], pre_capped[r.i], r.j);
+        END IF;
+        unpivot := unpivot || format(', (%L, a.a%s, %s, %s, %s, a.k%s, NULL::experiment.sketch)', r.name, r.j,
+                                     CASE WHEN r.pre THEN format('a.c%s', r.j) ELSE 'NULL::experiment.moments' END,
+                                     caps[r.i], lower_caps[r.i], r.j);
+      END IF;
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.metric_moments_sql(experiment.experiments, text[], text[], text[], text[], boolean) IS
+  'internal: the SQL of the per-metric moments aggregates of refresh() over capped per-unit values (and the sketches of quantile '
+  'metrics, or without quantiles no quantile metric), and of the rows (metric, m, c, cap, cap_lower, skipped, q) that unpivot them';
+
+CREATE OR REPLACE FUNCTION experiment.refresh(experiment_id text, full boolean DEFAULT false) RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+  -- per-unit aggregation of a million units fits in memory; JIT compilation costs more than it saves here
+  SET work_mem = '256MB'
+  SET jit = off
+  -- the results do not depend on who refreshes: timestamp and date columns and calendar
+  -- windows are read in UTC, and the generated SQL prints and reads back numbers, times and
+  -- arrays the same, whatever the caller's session says
+  SET TimeZone = 'UTC'
+  SET DateStyle = 'ISO, MDY'
+  SET IntervalStyle = 'postgres'
+  SET extra_float_digits = 1
+  SET array_nulls = on
+  SET transform_null_equals = off
+  SET row_security = on
+AS $$
+DECLARE
+  e experiment.experiments;
+  started timestamptz := clock_timestamp();
+  ts timestamptz := now();
+  control text;
+  nmulti bigint;
+  nunits bigint;
+  nearly bigint;
+  tuning float8;
+  min_t0 timestamptz;
+  max_t0 timestamptz;
+  m experiment.metrics;
+  vals_from text;
+  aggs text := '';
+  cp record;
+  unpivot text := '';
+  r record;
+  uv record;
+  by_day jsonb;
+  cl_cols text;
+  cl_qs text;
+  cl_vals text;
+  nq_aggs text;
+  nq_unpivot text;
+  ms record;
+  dm record;
+  wc record;
+  lv text;
+  top text[];
+  raw_sql text;
+  dim_from text;
+  nb integer;
+  d_aggs text;
+  d_unpivot text;
+  d_capped text[];
+  d_pre text[];
+  d_caps text[];
+  d_lower text[];
+BEGIN
+  e := experiment.require_experiment(refresh.experiment_id);
+  IF refresh.full IS NULL THEN
+    PERFORM experiment.raise_invalid_value('full', 'NULL', 'true (read every source in full) or false (incremental where it can)');
+  END IF;
+  -- one refresh of an experiment at a time
+  PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('experiment.refresh:' || e.id));
+
+  PERFORM experiment.validate_experiment_metrics(e.id);
+  SELECT v.name INTO control FROM experiment.variants v WHERE v.experiment_id = e.id AND v.is_control;
+  IF control IS NULL THEN
+    RAISE EXCEPTION 'experiment "%" has no control variant', e.id
+      USING ERRCODE = '22023', HINT = 'Set is_control on one row of experiment.variants.';
+  END IF;
+  IF e.stratify_by IS NOT NULL THEN
+    PERFORM experiment.require_dimension(e.id, e.stratify_by, 'stratify_by');
+  END IF;
+
+  -- the stored state is replaced as a whole; in a REPEATABLE READ or SERIALIZABLE transaction
+  -- whose snapshot predates another refresh's commit the rows to replace are invisible, and
+  -- the conflict surfaces as a unique violation: reported as the serialization failure it is
+  BEGIN
+  -- the stored per-unit values, brought up to date (incrementally when they can be)
+  SELECT * INTO uv FROM experiment.refresh_unit_values(e, refresh.full);
+  vals_from := format('(SELECT * FROM experiment.%I v WHERE NOT v.multi)', uv.relation);
+  -- the units by variant and day of first exposure, in one pass: counts, enrollment, days
+  EXECUTE format('CREATE TEMP TABLE exp_groups ON COMMIT DROP AS '
+                 'SELECT u.multi, CASE WHEN NOT u.multi THEN u.variant END AS variant, '
+                 'CASE WHEN NOT u.multi THEN (u.t0 AT TIME ZONE ''UTC'')::date END AS day, '
+                 'NOT u.multi AND u.t0 < %L::timestamptz AS early, count(*) AS units, '
+                 'pg_catalog.min(u.t0) AS min_t0, pg_catalog.max(u.t0) AS max_t0 '
+                 'FROM experiment.%I u GROUP BY 1, 2, 3, 4', e.start_at, uv.relation);
+  SELECT coalesce(sum(g.units) FILTER (WHERE g.multi), 0), coalesce(sum(g.units) FILTER (WHERE NOT g.multi), 0),
+         coalesce(sum(g.units) FILTER (WHERE g.early), 0),
+         pg_catalog.min(g.min_t0) FILTER (WHERE NOT g.multi), pg_catalog.max(g.max_t0) FILTER (WHERE NOT g.multi)
+    INTO nmulti, nunits, nearly, min_t0, max_t0
+    FROM pg_temp.exp_groups g;
+  -- caps, CUPED covariates and tests: from the stored values, no source is read again
+  SELECT * INTO cp FROM experiment.winsorization_caps(vals_from);
+
+    DELETE FROM experiment.variant_stats vs WHERE vs.experiment_id = e.id;
+    DELETE FROM experiment.metric_results mr WHERE mr.experiment_id = e.id;
+    DELETE FROM experiment.enrollment en WHERE en.experiment_id = e.id;
+
+    SELECT * INTO ms FROM experiment.metric_moments_sql(e, cp.capped, cp.pre_capped,
+      ARRAY(SELECT format('%L::float8', c) FROM pg_catalog.unnest(cp.caps) WITH ORDINALITY AS c(c, o) ORDER BY o),
+      ARRAY(SELECT format('%L::float8', c) FROM pg_catalog.unnest(cp.lower_caps) WITH ORDINALITY AS c(c, o) ORDER BY o), true);
+    aggs := ms.aggs;
+    unpivot := ms.unpivot;
+    -- (dimension breakdowns and strata: the metrics other than quantiles)
+    SELECT * INTO ms FROM experiment.metric_moments_sql(e, cp.capped, cp.pre_capped,
+      ARRAY(SELECT format('%L::float8', c) FROM pg_catalog.unnest(cp.caps) WITH ORDINALITY AS c(c, o) ORDER BY o),
+      ARRAY(SELECT format('%L::float8', c) FROM pg_catalog.unnest(cp.lower_caps) WITH ORDINALITY AS c(c, o) ORDER BY o), false);
+    nq_aggs := ms.aggs;
+    nq_unpivot := ms.unpivot;
+
+    -- moments of every metric per variant and day of first exposure, in one pass over the
+    -- per-unit values; merged, they are the per-variant moments (and, cumulatively by day,
+    -- the results over time below)
+    IF unpivot <> '' THEN
+      EXECUTE format(
+        'CREATE TEMP TABLE exp_daily ON COMMIT DROP AS '
+        'SELECT k.metric, a.variant, a.day, a.units, k.m, k.c, k.cap, k.cap_lower, k.skipped, k.q '
+        'FROM (SELECT v.variant, (v.t0 AT TIME ZONE ''UTC'')::date AS day, count(*) AS units%s '
+        '      FROM %s v GROUP BY 1, 2) a '
+        'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, cap_lower, skipped, q)',
+        aggs, vals_from, substr(unpivot, 3));
+      INSERT INTO experiment.variant_stats (experiment_id, metric, variant, units, moments, cuped_moments, cap,
+                                            cap_lower, skipped_values, refreshed_at, sketch)
+      SELECT e.id, d.metric, d.variant, sum(d.units), experiment.merge(d.m), experiment.merge(d.c),
+             pg_catalog.max(d.cap), pg_catalog.max(d.cap_lower), sum(d.skipped), ts, experiment.merge(d.q)
+      FROM pg_temp.exp_daily d
+      GROUP BY d.metric, d.variant;
+    END IF;
+    -- event quantiles: per arm, the bivariate moments over its units of (the unit's events at or
+    -- below the arm's quantile, the unit's events), which the clustered test's variance needs;
+    -- one pass over the stored values for all of them
+    cl_cols := '';
+    cl_qs := '';
+    cl_vals := '';
+    FOR r IN SELECT m2.name, b.i, m2.quantile, row_number() OVER (ORDER BY m2.name) AS j
+             FROM experiment.experiment_metrics em JOIN experiment.metrics m2 ON m2.name = em.metric
+             JOIN exp_base b ON b.name = m2.name
+             WHERE em.experiment_id = e.id AND m2.aggregation = 'quantile' AND m2.quantile_level = 'event'
+             ORDER BY m2.name LOOP
+      cl_cols := cl_cols || format(
+        ', experiment.moments(coalesce(experiment.rank(v.v%s, qt.t%s), 0), coalesce(experiment.n(v.v%s), 0)::float8) AS m%s',
+        r.i, r.j, r.i, r.j);
+      cl_qs := cl_qs || format(', pg_catalog.max(experiment.quantile(vs.sketch, %L)) FILTER (WHERE vs.metric = %L) AS t%s',
+                               r.quantile, r.name, r.j);
+      cl_vals := cl_vals || format(', (%L, c.m%s)', r.name, r.j);
+    END LOOP;
+    IF cl_cols <> '' THEN
+      EXECUTE format('UPDATE experiment.variant_stats vs SET moments = k.m '
+                     'FROM (SELECT v.variant%s FROM %s v '
+                     '      JOIN (SELECT vs.variant%s FROM experiment.variant_stats vs WHERE vs.experiment_id = %L '
+                     '            GROUP BY vs.variant) qt ON qt.variant = v.variant '
+                     '      GROUP BY v.variant) c '
+                     'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m) '
+                     'WHERE vs.experiment_id = %L AND vs.variant = c.variant AND vs.metric = k.metric',
+                     cl_cols, vals_from, cl_qs, e.id, substr(cl_vals, 3), e.id);
+    END IF;
+
+    INSERT INTO experiment.enrollment (experiment_id, variant, units, refreshed_at)
+    SELECT e.id, v.name, coalesce(c.units, 0), ts
+    FROM experiment.variants v
+    LEFT JOIN (SELECT g.variant, sum(g.units)::bigint AS units FROM pg_temp.exp_groups g WHERE NOT g.multi
+               GROUP BY g.variant) c ON c.variant = v.name
+    WHERE v.experiment_id = e.id;
+
+    -- tests of each treatment against control
+    -- the inference: sequential (N* from the registry or the planned sample), fixed, or Bayesian
+    -- (fixed-horizon tests, turned into posteriors by the results view)
+    tuning := CASE WHEN e.analysis = 'sequential' THEN experiment.sequential_tuning_of(e) END;
+    INSERT INTO experiment.metric_results
+      (experiment_id, metric, variant, control_variant, method, alpha, test, refreshed_at,
+       analysis, sequential_tuning, bound_test, harm_test)
+    SELECT e.id, m2.name, t.variant, c.variant, k.method, e.alpha,
+           experiment.variant_test(k.method, m2, c, t, e.alpha, 'two-sided', tuning),
+           ts, e.analysis, tuning,
+           -- guardrails: one-sided tests in each direction, under the same inference
+           CASE WHEN em.role = 'guardrail' THEN
+             experiment.variant_test(k.method, m2, c, t, e.alpha,
+                                     CASE WHEN m2.higher_is_better THEN 'greater' ELSE 'less' END, tuning) END,
+           CASE WHEN em.role = 'guardrail' THEN
+             experiment.variant_test(k.method, m2, c, t, e.alpha,
+                                     CASE WHEN m2.higher_is_better THEN 'less' ELSE 'greater' END, tuning) END
+    FROM experiment.experiment_metrics em
+    JOIN experiment.metrics m2 ON m2.name = em.metric
+    JOIN experiment.variant_stats c
+      ON c.experiment_id = e.id AND c.metric = m2.name AND c.variant = control
+    JOIN experiment.variant_stats t
+      ON t.experiment_id = e.id AND t.metric = m2.name AND t.variant <> control
+    CROSS JOIN LATERAL (SELECT CASE WHEN m2.aggregation = 'quantile' THEN 'quantile'
+                                    ELSE experiment.metric_method(m2.kind, c.cuped_moments, t.cuped_moments) END AS method) k
+    WHERE em.experiment_id = e.id;
+
+    -- results over time: the per-day moments merged cumulatively, tested per day
+    DELETE FROM experiment.results_daily rd WHERE rd.experiment_id = e.id;
+    IF unpivot <> '' THEN
+      INSERT INTO experiment.results_daily
+        (experiment_id, metric, variant, day, control_variant, method, units_control, units_treatment,
+         mean_control, mean_treatment, diff, diff_lower, diff_upper, lift, lift_lower, lift_upper, p_value,
+         refreshed_at)
+      WITH cum AS (
+        SELECT d.metric, d.variant, d.day, sum(d.units) OVER w AS units,
+               experiment.merge(d.m) OVER w AS m, experiment.merge(d.c) OVER w AS c,
+               experiment.merge(d.q) OVER w AS q
+        FROM pg_temp.exp_daily d
+        WINDOW w AS (PARTITION BY d.metric, d.variant ORDER BY d.day)
+      ), days AS (
+        SELECT DISTINCT d.metric, d.day FROM pg_temp.exp_daily d
+      )
+      SELECT e.id, mr.metric, mr.variant, dy.day, mr.control_variant, k.method, cc.units, ct.units,
+             (x.t).mean_control, (x.t).mean_treatment, (x.t).diff, (x.t).diff_lower, (x.t).diff_upper,
+             (x.t).lift, (x.t).lift_lower, (x.t).lift_upper, (x.t).p_value, ts
+      FROM experiment.metric_results mr
+      JOIN days dy ON dy.metric = mr.metric
+      -- each arm as of the end of the day: its latest cumulative state (a day without units carries over)
+      CROSS JOIN LATERAL (SELECT * FROM cum WHERE cum.metric = mr.metric AND cum.variant = mr.control_variant
+                          AND cum.day <= dy.day ORDER BY cum.day DESC LIMIT 1) cc
+      CROSS JOIN LATERAL (SELECT * FROM cum WHERE cum.metric = mr.metric AND cum.variant = mr.variant
+                          AND cum.day <= dy.day ORDER BY cum.day DESC LIMIT 1) ct
+      -- the method of the day's data (an early day may lack what the whole period has, e.g. a
+      -- pre-period denominator)
+      JOIN experiment.metrics m3 ON m3.name = mr.metric
+      CROSS JOIN LATERAL (SELECT CASE WHEN m3.aggregation = 'quantile' THEN 'quantile'
+                                      ELSE experiment.metric_method(m3.kind, cc.c, ct.c) END AS method) k
+      CROSS JOIN LATERAL (SELECT CASE WHEN k.method = 'quantile'
+                                      THEN experiment.quantile_test(cc.q, ct.q, m3.quantile, e.alpha, 'two-sided', tuning)
+                                      ELSE experiment.metric_test(k.method, cc.m, ct.m, cc.c, ct.c, e.alpha, 'two-sided',
+                                                                  tuning) END AS t) x
+      -- (an event quantile's variance needs per-unit counts at each day's quantile: not over time)
+      WHERE mr.experiment_id = e.id AND NOT (m3.aggregation = 'quantile' AND m3.quantile_level = 'event');
+    END IF;
+
+    -- dimension breakdowns: per dimension, the units, moments and tests of its values, each a
+    -- pass over the same stored per-unit values (no source is read again)
+    DELETE FROM experiment.dimension_results dr WHERE dr.experiment_id = e.id;
+    DELETE FROM experiment.dimension_stats ds WHERE ds.experiment_id = e.id;
+    DELETE FROM experiment.dimension_enrollment dn WHERE dn.experiment_id = e.id;
+    SELECT count(*) INTO nb FROM pg_temp.exp_base;
+    FOR dm IN SELECT * FROM pg_temp.exp_dims d ORDER BY d.j LOOP
+      raw_sql := format('coalesce(v.d%s, ''(none)'')', dm.j);
+      EXECUTE format('CREATE TEMP TABLE exp_dim_units ON COMMIT DROP AS '
+                     'SELECT %s AS value, v.variant, count(*) AS units FROM %s v GROUP BY 1, 2', raw_sql, vals_from);
+      -- the top_n values by analysed units (ties by value, in byte order); the rest is (other)
+      SELECT coalesce(array_agg(t.value ORDER BY t.value COLLATE "C"), '{}') INTO top
+        FROM (SELECT u.value FROM pg_temp.exp_dim_units u GROUP BY u.value
+              ORDER BY sum(u.units) DESC, u.value COLLATE "C" LIMIT dm.top_n) t;
+      INSERT INTO experiment.dimension_enrollment (experiment_id, dimension, value, variant, units, refreshed_at)
+      SELECT e.id, dm.name, l.value, v.name, coalesce(sum(u.units), 0), ts
+      FROM (SELECT DISTINCT CASE WHEN u0.value = ANY (top) THEN u0.value ELSE '(other)' END AS value
+            FROM pg_temp.exp_dim_units u0) l
+      CROSS JOIN experiment.variants v
+      LEFT JOIN pg_temp.exp_dim_units u
+        ON CASE WHEN u.value = ANY (top) THEN u.value ELSE '(other)' END = l.value AND u.variant = v.name
+      WHERE v.experiment_id = e.id
+      GROUP BY l.value, v.name;
+      -- each unit's value, computed once per row
+      dim_from := format('(SELECT v.*, CASE WHEN %s = ANY (%L::text[]) THEN %s ELSE ''(other)'' END AS dim_value FROM %s v)',
+                         raw_sql, top, raw_sql, vals_from);
+      IF nq_unpivot <> '' THEN
+        IF dm.caps_per_value AND nb > 0 THEN
+          -- caps computed within each value: the capped values and the caps are CASEs on it
+          d_capped := array_fill(''::text, ARRAY[nb]);
+          d_pre := array_fill(''::text, ARRAY[nb]);
+          d_caps := array_fill(''::text, ARRAY[nb]);
+          d_lower := array_fill(''::text, ARRAY[nb]);
+          FOR lv IN SELECT DISTINCT CASE WHEN u.value = ANY (top) THEN u.value ELSE '(other)' END
+                    FROM pg_temp.exp_dim_units u LOOP
+            SELECT * INTO wc FROM experiment.winsorization_caps(format('(SELECT * FROM %s v WHERE v.dim_value = %L)',
+                                                                       dim_from, lv));
+            FOR i IN 1 .. nb LOOP
+              d_capped[i] := d_capped[i] || format(' WHEN %L THEN %s', lv, wc.capped[i]);
+              d_pre[i] := d_pre[i] || format(' WHEN %L THEN %s', lv, wc.pre_capped[i]);
+              d_caps[i] := d_caps[i] || format(' WHEN %L THEN %L::float8', lv, wc.caps[i]);
+              d_lower[i] := d_lower[i] || format(' WHEN %L THEN %L::float8', lv, wc.lower_caps[i]);
+            END LOOP;
+          END LOOP;
+          SELECT * INTO ms FROM experiment.metric_moments_sql(e,
+            ARRAY(SELECT format('CASE v.dim_value%s END', c) FROM pg_catalog.unnest(d_capped) WITH ORDINALITY AS c(c, o) ORDER BY o),
+            ARRAY(SELECT format('CASE v.dim_value%s END', c) FROM pg_catalog.unnest(d_pre) WITH ORDINALITY AS c(c, o) ORDER BY o),
+            ARRAY(SELECT format('CASE a.value%s END', c) FROM pg_catalog.unnest(d_caps) WITH ORDINALITY AS c(c, o) ORDER BY o),
+            ARRAY(SELECT format('CASE a.value%s END', c) FROM pg_catalog.unnest(d_lower) WITH ORDINALITY AS c(c, o) ORDER BY o),
+            false);
+          d_aggs := ms.aggs;
+          d_unpivot := ms.unpivot;
+        ELSE
+          d_aggs := nq_aggs;
+          d_unpivot := nq_unpivot;
+        END IF;
+        EXECUTE format(
+          'INSERT INTO experiment.dimension_stats (experiment_id, dimension, value, metric, variant, units, moments, '
+          '  cuped_moments, cap, cap_lower, skipped_values, refreshed_at) '
+          'SELECT %L, %L, a.value, k.metric, a.variant, a.units, k.m, k.c, k.cap, k.cap_lower, coalesce(k.skipped, 0), %L '
+          'FROM (SELECT v.dim_value AS value, v.variant, count(*) AS units%s FROM %s v GROUP BY 1, 2) a '
+          'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, cap_lower, skipped)',
+          e.id, dm.name, ts, d_aggs, dim_from, substr(d_unpivot, 3));
+        -- the strata of post-stratification: the values of stratify_by, with the pooled caps of
+        -- the overall results (a pass of their own where this dimension's caps are per value)
+        IF dm.name = e.stratify_by THEN
+          IF dm.caps_per_value THEN
+            EXECUTE format(
+              'CREATE TEMP TABLE exp_strata ON COMMIT DROP AS SELECT a.value, k.metric, a.variant, k.m, k.c '
+              'FROM (SELECT v.dim_value AS value, v.variant%s FROM %s v GROUP BY 1, 2) a '
+              'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, cap_lower, skipped)',
+              nq_aggs, dim_from, substr(nq_unpivot, 3));
+          ELSE
+            CREATE TEMP TABLE exp_strata ON COMMIT DROP AS
+              SELECT ds.value, ds.metric, ds.variant, ds.moments AS m, ds.cuped_moments AS c
+              FROM experiment.dimension_stats ds WHERE ds.experiment_id = e.id AND ds.dimension = dm.name;
+          END IF;
+        END IF;
+      END IF;
+      DROP TABLE pg_temp.exp_dim_units;
+    END LOOP;
+    -- the tests of each value, as those of the whole experiment
+    INSERT INTO experiment.dimension_results
+      (experiment_id, dimension, value, metric, variant, control_variant, method, alpha, test, refreshed_at,
+       analysis, sequential_tuning, bound_test, harm_test)
+    SELECT e.id, c.dimension, c.value, m2.name, t.variant, c.variant, k.method, e.alpha,
+           experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments,
+                                  e.alpha, 'two-sided', tuning),
+           ts, e.analysis, tuning,
+           CASE WHEN em.role = 'guardrail' THEN
+             experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments, e.alpha,
+                                    CASE WHEN m2.higher_is_better THEN 'greater' ELSE 'less' END, tuning) END,
+           CASE WHEN em.role = 'guardrail' THEN
+             experiment.metric_test(k.method, c.moments, t.moments, c.cuped_moments, t.cuped_moments, e.alpha,
+                                    CASE WHEN m2.higher_is_better THEN 'less' ELSE 'greater' END, tuning) END
+    FROM experiment.experiment_metrics em
+    JOIN experiment.metrics m2 ON m2.name = em.metric
+    JOIN experiment.dimension_stats c
+      ON c.experiment_id = e.id AND c.metric = m2.name AND c.variant = control
+    JOIN experiment.dimension_stats t
+      ON t.experiment_id = e.id AND t.metric = m2.name AND t.variant <> control
+         AND t.dimension = c.dimension AND t.value = c.value
+    CROSS JOIN LATERAL (SELECT experiment.metric_method(m2.kind, c.cuped_moments, t.cuped_moments) AS method) k
+    WHERE em.experiment_id = e.id;
+
+    -- post-stratification: the overall tests from the per-stratum moments (the arrays aligned
+    -- by stratum, NULL for a stratum without units in an arm), with the method chosen from all
+    -- of the data
+    IF e.stratify_by IS NOT NULL AND pg_catalog.to_regclass('pg_temp.exp_strata') IS NOT NULL THEN
+      UPDATE experiment.metric_results mr
+        SET test = experiment.poststrat_ttest(mr.method, x.cs, x.ts, e.alpha, 'two-sided', tuning),
+            bound_test = CASE WHEN mr.bound_test IS NOT NULL THEN
+              experiment.poststrat_ttest(mr.method, x.cs, x.ts, e.alpha,
+                                         CASE WHEN x.higher_is_better THEN 'greater' ELSE 'less' END, tuning) END,
+            harm_test = CASE WHEN mr.harm_test IS NOT NULL THEN
+              experiment.poststrat_ttest(mr.method, x.cs, x.ts, e.alpha,
+                                         CASE WHEN x.higher_is_better THEN 'less' ELSE 'greater' END, tuning) END,
+            stratified_by = e.stratify_by
+        FROM (SELECT r0.metric, r0.variant, m3.higher_is_better,
+                     array_agg(CASE WHEN r0.method IN ('cuped', 'cuped_ratio') THEN sc.c ELSE sc.m END
+                               ORDER BY l.value COLLATE "C") AS cs,
+                     array_agg(CASE WHEN r0.method IN ('cuped', 'cuped_ratio') THEN st.c ELSE st.m END
+                               ORDER BY l.value COLLATE "C") AS ts
+              FROM experiment.metric_results r0
+              JOIN experiment.metrics m3 ON m3.name = r0.metric
+              CROSS JOIN (SELECT DISTINCT s0.value FROM pg_temp.exp_strata s0) l
+              LEFT JOIN pg_temp.exp_strata sc
+                ON sc.value = l.value AND sc.metric = r0.metric AND sc.variant = r0.control_variant
+              LEFT JOIN pg_temp.exp_strata st
+                ON st.value = l.value AND st.metric = r0.metric AND st.variant = r0.variant
+              -- (a quantile is not post-stratified)
+              WHERE r0.experiment_id = e.id AND r0.method <> 'quantile'
+              GROUP BY r0.metric, r0.variant, m3.higher_is_better) x
+        WHERE mr.experiment_id = e.id AND mr.metric = x.metric AND mr.variant = x.variant;
+    END IF;
+
+    SELECT coalesce(jsonb_agg(jsonb_build_object('day', d.day, 'units', d.units) ORDER BY d.day), '[]')
+      INTO by_day
+      FROM (SELECT g.day, sum(g.units)::bigint AS units FROM pg_temp.exp_groups g WHERE NOT g.multi GROUP BY g.day) d;
+    INSERT INTO experiment.refreshes AS f
+      (experiment_id, refreshed_at, duration, enrolled_units, multi_variant_units, early_units,
+       first_exposure, last_exposure, exposures_by_day, error, error_at, mode, full_reason)
+    SELECT e.id, ts, clock_timestamp() - started, nunits, nmulti, nearly, min_t0, max_t0, by_day,
+           NULL, NULL, uv.mode, uv.reason
+    ON CONFLICT ON CONSTRAINT refreshes_pkey DO UPDATE SET
+      refreshed_at = excluded.refreshed_at, duration = excluded.duration,
+      enrolled_units = excluded.enrolled_units, multi_variant_units = excluded.multi_variant_units,
+      early_units = excluded.early_units,
+      first_exposure = excluded.first_exposure, last_exposure = excluded.last_exposure,
+      exposures_by_day = excluded.exposures_by_day, error = NULL, error_at = NULL,
+      mode = excluded.mode, full_reason = excluded.full_reason;
+  EXCEPTION WHEN unique_violation THEN
+    RAISE EXCEPTION 'could not refresh experiment "%": another refresh committed after this transaction''s snapshot', e.id
+      USING ERRCODE = 'serialization_failure', DETAIL = SQLERRM,
+            HINT = 'Retry the transaction, or refresh in a READ COMMITTED transaction.';
+  END;
+
+  PERFORM experiment.drop_refresh_tables();
+END
+$$;
+
+-- ===========================================================================
+-- A/A validation
+-- ===========================================================================
+
+CREATE OR REPLACE FUNCTION experiment.aa_test(experiment_id text, simulations integer DEFAULT 1000, seed integer DEFAULT 0)
+  RETURNS TABLE (metric text, method text, n_simulations integer, alpha float8, false_positives bigint,
+                 false_positive_rate float8, band_lower float8, band_upper float8,
+                 ks_statistic float8, ks_p_value float8)
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+  SET work_mem = '256MB'
+  SET jit = off
+  SET TimeZone = 'UTC'
+  SET DateStyle = 'ISO, MDY'
+  SET IntervalStyle = 'postgres'
+  SET extra_float_digits = 1
+  SET array_nulls = on
+  SET transform_null_equals = off
+  SET row_security = on
+AS $$
+DECLARE
+  e experiment.experiments;
+  prep record;
+  share float8;
+  hidden text;
+  aggs text := '';
+  tests text := '';
+  r record;
+  j integer := 0;
+BEGIN
+  e := experiment.require_experiment(aa_test.experiment_id);
+  IF aa_test.simulations IS NULL OR aa_test.simulations < 10 OR aa_test.simulations > 100000 THEN
+    PERFORM experiment.raise_invalid_value('simulations', coalesce(aa_test.simulations::text, 'NULL'),
+                                           'between 10 and 100000');
+  END IF;
+  IF aa_test.seed IS NULL THEN
+    PERFORM experiment.raise_invalid_value('seed', 'NULL', 'an integer');
+  END IF;
+  PERFORM experiment.validate_experiment_metrics(e.id);
+  -- it reads the sources as its caller: say which metric it may not read, up front
+  SELECT string_agg(em.metric, ', ' ORDER BY em.metric) INTO hidden
+  FROM experiment.experiment_metrics em
+  WHERE em.experiment_id = e.id AND NOT experiment.may_read_metric(em.metric);
+  IF hidden IS NOT NULL THEN
+    RAISE EXCEPTION 'aa_test of experiment "%": role % may not read the source of metric %', e.id, current_user, hidden
+      USING ERRCODE = 'insufficient_privilege',
+            HINT = 'aa_test() reads the sources as its caller; run it as a role that may SELECT them.';
+  END IF;
+  -- the pseudo-control's share: the control's share of control + the first treatment
+  SELECT c.allocation / nullif(c.allocation + t.allocation, 0) INTO share
+  FROM experiment.variants c, LATERAL (SELECT v.allocation FROM experiment.variants v
+                                       WHERE v.experiment_id = c.experiment_id AND NOT v.is_control
+                                       ORDER BY v.name LIMIT 1) t
+  WHERE c.experiment_id = e.id AND c.is_control;
+  IF share IS NULL OR NOT (share > 0 AND share < 1) THEN
+    RAISE EXCEPTION 'experiment "%" needs a control and a treatment with positive allocations for an A/A test', e.id
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+
+  PERFORM experiment.drop_refresh_tables();
+  SELECT * INTO prep FROM experiment.prepare_unit_values(e, true, false);
+
+  -- the moments of every metric, per simulation and pseudo-arm, in one pass
+  FOR r IN SELECT m2.name, m2.kind, b.i, b.pre,
+                  (SELECT bn.i FROM pg_temp.exp_base bn WHERE bn.name = m2.numerator) AS ni,
+                  (SELECT bd.i FROM pg_temp.exp_base bd WHERE bd.name = m2.denominator) AS di,
+                  m2.cuped_lookback IS NOT NULL
+                    AND coalesce((SELECT bn.pre FROM pg_temp.exp_base bn WHERE bn.name = m2.numerator), false)
+                    AND coalesce((SELECT bd.pre FROM pg_temp.exp_base bd WHERE bd.name = m2.denominator), false) AS rpre
+           FROM experiment.experiment_metrics em JOIN experiment.metrics m2 ON m2.name = em.metric
+           LEFT JOIN pg_temp.exp_base b ON b.name = m2.name
+           -- (quantile metrics are not simulated: their tests need per-arm sketches)
+           WHERE em.experiment_id = e.id AND m2.aggregation <> 'quantile' ORDER BY m2.name LOOP
+    j := j + 1;
+    IF r.kind = 'ratio' THEN
+      aggs := aggs || format(', experiment.moments(%s, %s) AS a%s, %s AS c%s',
+                             prep.capped[r.ni], prep.capped[r.di], j,
+                             CASE WHEN r.rpre THEN format('experiment.moments(%s, %s, %s, %s)', prep.capped[r.ni],
+                                                          prep.capped[r.di], prep.pre_capped[r.ni], prep.pre_capped[r.di])
+                                  ELSE 'NULL::experiment.moments' END, j);
+    ELSE
+      aggs := aggs || format(', experiment.moments(%s) AS a%s, %s AS c%s', prep.capped[r.i], j,
+                             CASE WHEN r.pre THEN format('experiment.moments(%s, %s)', prep.capped[r.i], prep.pre_capped[r.i])
+                                  ELSE 'NULL::experiment.moments' END, j);
+    END IF;
+    tests := tests || format(' UNION ALL SELECT %L AS metric, %L AS kind, c.s, c.a%s AS cm, t.a%s AS tm, c.c%s AS cc, t.c%s AS tc FROM g c JOIN g t ON t.s = c.s AND NOT t.is_c WHERE c.is_c',
+                             r.name, r.kind, j, j, j, j);
+  END LOOP;
+  IF j = 0 THEN
+    RETURN;
+  END IF;
+
+  RETURN QUERY EXECUTE format($q$
+    WITH g AS (
+      SELECT s.s, (((pg_catalog.hashtextextended(v.unit_id, %s::bigint * 1000003 + s.s) %% 10000) + 10000) %% 10000) < %s AS is_c
+             %s
+      FROM %s v CROSS JOIN pg_catalog.generate_series(1, %s) s(s)
+      GROUP BY 1, 2
+    ), pairs AS (%s
+    ), p AS (
+      SELECT x.metric, k.method,
+             (experiment.metric_test(k.method, x.cm, x.tm, x.cc, x.tc, %s, 'two-sided', NULL)).p_value AS p
+      FROM pairs x
+      CROSS JOIN LATERAL (SELECT experiment.metric_method(x.kind, x.cc, x.tc) AS method) k
+    ), ranked AS (
+      SELECT p.*, row_number() OVER (PARTITION BY p.metric ORDER BY p.p) AS i,
+             count(*) OVER (PARTITION BY p.metric) AS n
+      FROM p WHERE p.p IS NOT NULL
+    ), ks AS (
+      SELECT ranked.metric, pg_catalog.max(greatest(ranked.i::float8 / ranked.n - ranked.p,
+                                                    ranked.p - (ranked.i - 1)::float8 / ranked.n)) AS d,
+             pg_catalog.max(ranked.n) AS n
+      FROM ranked GROUP BY ranked.metric
+    )
+    SELECT p.metric, pg_catalog.min(p.method), %s::integer, %s::float8,
+           count(*) FILTER (WHERE p.p < %s),
+           (count(*) FILTER (WHERE p.p < %s))::float8 / nullif(count(p.p), 0)::float8,
+           %s::float8 - 2.5758293035489 * sqrt(%s::float8 * (1 - %s::float8) / nullif(count(p.p), 0)),
+           %s::float8 + 2.5758293035489 * sqrt(%s::float8 * (1 - %s::float8) / nullif(count(p.p), 0)),
+           pg_catalog.min(ks.d),
+           pg_catalog.min(experiment.ks_p_value(ks.d, ks.n))
+    FROM p LEFT JOIN ks ON ks.metric = p.metric
+    GROUP BY p.metric ORDER BY p.metric$q$,
+    aa_test.seed, (share * 10000)::integer, aggs, prep.vals_from, aa_test.simulations, substr(tests, 12),
+    e.alpha, aa_test.simulations, e.alpha, e.alpha, e.alpha, e.alpha, e.alpha, e.alpha, e.alpha, e.alpha, e.alpha);
+  PERFORM experiment.drop_refresh_tables();
+END
+$$;
+
+-- a role sees the results of the metrics whose sources it may read (the last line); the
+-- multiple-testing corrections are computed over every metric of the family first, so that
+-- every role sees the same adjusted p-values (MATERIALIZED: the filter never runs below
+-- the window functions)
+-- security_barrier: a caller's own conditions (a cheap function that prints its argument)
+-- run only on the rows the view shows
+CREATE OR REPLACE VIEW experiment.results WITH (security_barrier = true) AS
+WITH r AS MATERIALIZED (
+  SELECT r.*, em.role, em.non_inferiority_margin, m.kind, m.higher_is_better,
+         ex.correction, ex.correction_family, ex.prior_mean, ex.prior_variance, ex.ship_threshold,
+         -- the family of the multiple-testing correction: the primary metric across its arms;
+         -- secondary metrics together (family 'experiment') or each across its arms ('metric');
+         -- a guardrail alone (its own one-sided test decides it)
+         CASE WHEN em.role = 'primary' THEN 'p:' || r.metric
+              WHEN em.role = 'secondary' AND ex.correction_family = 'experiment' THEN 's:'
+              WHEN em.role = 'secondary' THEN 's:' || r.metric
+              ELSE 'g:' || r.metric || ':' || r.variant END AS family
+  FROM experiment.metric_results r
+  JOIN experiment.experiment_metrics em ON em.experiment_id = r.experiment_id AND em.metric = r.metric
+  JOIN experiment.metrics m ON m.name = r.metric
+  JOIN experiment.experiments ex ON ex.id = r.experiment_id
+), a AS MATERIALIZED (
+  SELECT r.*,
+         -- (the window function runs on every row, so it gets a valid method even where unused)
+         CASE WHEN r.correction = 'none' THEN (r.test).p_value
+              ELSE experiment.p_adjust((r.test).p_value, CASE r.correction WHEN 'none' THEN 'holm' ELSE r.correction END)
+                     OVER (PARTITION BY r.experiment_id, r.family) END AS p_value_adjusted,
+         CASE WHEN r.correction = 'none' THEN (r.test).lift_p_value
+              ELSE experiment.p_adjust((r.test).lift_p_value, CASE r.correction WHEN 'none' THEN 'holm' ELSE r.correction END)
+                     OVER (PARTITION BY r.experiment_id, r.family) END AS lift_p_value_adjusted,
+         CASE WHEN r.analysis = 'bayesian'
+              THEN experiment.bayesian(r.test, r.prior_mean, r.prior_variance, true, r.alpha) END AS bayes,
+         -- guardrails: the one-sided bound on the relative harm, and the lower bound of the harm
+         CASE WHEN r.higher_is_better THEN -(r.bound_test).lift_lower ELSE (r.bound_test).lift_upper END AS harm_bound,
+         CASE WHEN r.higher_is_better THEN -(r.harm_test).lift_upper ELSE (r.harm_test).lift_lower END AS harm_lower
+  FROM r
+), s AS (
+  SELECT a.*,
+         CASE WHEN a.analysis = 'bayesian'
+              THEN (a.bayes).chance_to_win >= a.ship_threshold OR (a.bayes).chance_to_win <= 1 - a.ship_threshold
+              ELSE a.p_value_adjusted < a.alpha END AS sig,
+         CASE WHEN a.role <> 'guardrail' THEN NULL
+              WHEN (a.harm_test).p_value IS NULL THEN 'ok'   -- nothing varies in either arm: no harm
+              WHEN coalesce(a.non_inferiority_margin, 0) = 0
+                THEN CASE WHEN (a.harm_test).p_value < a.alpha THEN 'failed' ELSE 'ok' END
+              WHEN a.harm_lower > a.non_inferiority_margin THEN 'failed'
+              WHEN a.harm_bound < a.non_inferiority_margin THEN 'ok'
+              ELSE 'inconclusive' END AS guardrail_status
+  FROM a
+)
+SELECT s.experiment_id, s.metric, s.variant, s.control_variant,
+       s.role, s.kind, s.method, s.higher_is_better, s.non_inferiority_margin,
+       (s.test).n_control, (s.test).n_treatment,
+       (s.test).mean_control, (s.test).mean_treatment,
+       (s.test).diff, (s.test).diff_lower, (s.test).diff_upper,
+       (s.test).lift, (s.test).lift_lower, (s.test).lift_upper,
+       (s.test).statistic, (s.test).df, (s.test).p_value, (s.test).lift_p_value,
+       s.alpha,
+       coalesce(s.sig, false) AS significant,
+       coalesce(s.sig AND ((s.test).diff > 0) = s.higher_is_better AND (s.test).diff <> 0, false) AS better,
+       coalesce(s.sig AND ((s.test).diff > 0) <> s.higher_is_better AND (s.test).diff <> 0, false) AS worse,
+       s.guardrail_status = 'ok' AS guardrail_ok,
+       s.refreshed_at,
+       s.analysis, s.sequential_tuning, s.correction,
+       s.p_value_adjusted,
+       -- the interval consistent with the adjusted lift p-value, never narrower than the test's own
+       -- (a normal approximation alone can be narrower than a confidence sequence)
+       CASE WHEN s.lift_p_value_adjusted IS NOT DISTINCT FROM (s.test).lift_p_value THEN (s.test).lift_lower
+            ELSE least((s.test).lift_lower,
+                       (experiment.adjusted_interval((s.test).lift, s.lift_p_value_adjusted, s.alpha)).lower) END
+         AS lift_lower_adjusted,
+       CASE WHEN s.lift_p_value_adjusted IS NOT DISTINCT FROM (s.test).lift_p_value THEN (s.test).lift_upper
+            ELSE greatest((s.test).lift_upper,
+                          (experiment.adjusted_interval((s.test).lift, s.lift_p_value_adjusted, s.alpha)).upper) END
+         AS lift_upper_adjusted,
+       (s.bayes).chance_to_win, (s.bayes).risk_control, (s.bayes).risk_treatment,
+       s.guardrail_status, s.harm_bound,
+       (s.test).diff_se, (s.test).lift_se,
+       (s.bayes).estimate AS lift_posterior, (s.bayes).ci_lower AS lift_posterior_lower,
+       (s.bayes).ci_upper AS lift_posterior_upper,
+       s.stratified_by
+FROM s
+WHERE experiment.may_read_metric(s.metric);
+
+COMMENT ON VIEW experiment.results IS
+  'one row per experiment, metric and treatment variant at the latest refresh: role, test results under the experiment''s analysis, adjusted p-value and lift interval, Bayesian chance to win and risks, significance, guardrail verdict (ok, failed or inconclusive against the non-inferiority margin), the dimension of the strata when post-stratified';
+
+-- the results per dimension value: the columns of experiment.results, with the dimension and
+-- its value; the multiple-testing family is one metric in one dimension, across the values
+-- and treatment arms (the experiment's correction), so that ten segments of one metric do not
+-- look ten times as often for free
+CREATE OR REPLACE VIEW experiment.results_by_dimension WITH (security_barrier = true) AS
+WITH r AS MATERIALIZED (
+  SELECT r.*, em.role, em.non_inferiority_margin, m.kind, m.higher_is_better,
+         ex.correction, ex.correction_family, ex.prior_mean, ex.prior_variance, ex.ship_threshold,
+         -- the family of the multiple-testing correction: one metric in one dimension, across
+         -- the dimension's values and the treatment arms
+         r.metric AS family
+  FROM experiment.dimension_results r
+  JOIN experiment.experiment_metrics em ON em.experiment_id = r.experiment_id AND em.metric = r.metric
+  JOIN experiment.metrics m ON m.name = r.metric
+  JOIN experiment.experiments ex ON ex.id = r.experiment_id
+), a AS MATERIALIZED (
+  SELECT r.*,
+         -- (the window function runs on every row, so it gets a valid method even where unused)
+         CASE WHEN r.correction = 'none' THEN (r.test).p_value
+              ELSE experiment.p_adjust((r.test).p_value, CASE r.correction WHEN 'none' THEN 'holm' ELSE r.correction END)
+                     OVER (PARTITION BY r.experiment_id, r.family, r.dimension) END AS p_value_adjusted,
+         CASE WHEN r.correction = 'none' THEN (r.test).lift_p_value
+              ELSE experiment.p_adjust((r.test).lift_p_value, CASE r.correction WHEN 'none' THEN 'holm' ELSE r.correction END)
+                     OVER (PARTITION BY r.experiment_id, r.family, r.dimension) END AS lift_p_value_adjusted,
+         CASE WHEN r.analysis = 'bayesian'
+              THEN experiment.bayesian(r.test, r.prior_mean, r.prior_variance, true, r.alpha) END AS bayes,
+         -- guardrails: the one-sided bound on the relative harm, and the lower bound of the harm
+         CASE WHEN r.higher_is_better THEN -(r.bound_test).lift_lower ELSE (r.bound_test).lift_upper END AS harm_bound,
+         CASE WHEN r.higher_is_better THEN -(r.harm_test).lift_upper ELSE (r.harm_test).lift_lower END AS harm_lower
+  FROM r
+), s AS (
+  SELECT a.*,
+         CASE WHEN a.analysis = 'bayesian'
+              THEN (a.bayes).chance_to_win >= a.ship_threshold OR (a.bayes).chance_to_win <= 1 - a.ship_threshold
+              ELSE a.p_value_adjusted < a.alpha END AS sig,
+         CASE WHEN a.role <> 'guardrail' THEN NULL
+              WHEN (a.harm_test).p_value IS NULL THEN 'ok'   -- nothing varies in either arm: no harm
+              WHEN coalesce(a.non_inferiority_margin, 0) = 0
+                THEN CASE WHEN (a.harm_test).p_value < a.alpha THEN 'failed' ELSE 'ok' END
+              WHEN a.harm_lower > a.non_inferiority_margin THEN 'failed'
+              WHEN a.harm_bound < a.non_inferiority_margin THEN 'ok'
+              ELSE 'inconclusive' END AS guardrail_status
+  FROM a
+)
+SELECT s.experiment_id, s.dimension, s.value, s.metric, s.variant, s.control_variant,
+       s.role, s.kind, s.method, s.higher_is_better, s.non_inferiority_margin,
+       (s.test).n_control, (s.test).n_treatment,
+       (s.test).mean_control, (s.test).mean_treatment,
+       (s.test).diff, (s.test).diff_lower, (s.test).diff_upper,
+       (s.test).lift, (s.test).lift_lower, (s.test).lift_upper,
+       (s.test).statistic, (s.test).df, (s.test).p_value, (s.test).lift_p_value,
+       s.alpha,
+       coalesce(s.sig, false) AS significant,
+       coalesce(s.sig AND ((s.test).diff > 0) = s.higher_is_better AND (s.test).diff <> 0, false) AS better,
+       coalesce(s.sig AND ((s.test).diff > 0) <> s.higher_is_better AND (s.test).diff <> 0, false) AS worse,
+       s.guardrail_status = 'ok' AS guardrail_ok,
+       s.refreshed_at,
+       s.analysis, s.sequential_tuning, s.correction,
+       s.p_value_adjusted,
+       -- the interval consistent with the adjusted lift p-value, never narrower than the test's own
+       -- (a normal approximation alone can be narrower than a confidence sequence)
+       CASE WHEN s.lift_p_value_adjusted IS NOT DISTINCT FROM (s.test).lift_p_value THEN (s.test).lift_lower
+            ELSE least((s.test).lift_lower,
+                       (experiment.adjusted_interval((s.test).lift, s.lift_p_value_adjusted, s.alpha)).lower) END
+         AS lift_lower_adjusted,
+       CASE WHEN s.lift_p_value_adjusted IS NOT DISTINCT FROM (s.test).lift_p_value THEN (s.test).lift_upper
+            ELSE greatest((s.test).lift_upper,
+                          (experiment.adjusted_interval((s.test).lift, s.lift_p_value_adjusted, s.alpha)).upper) END
+         AS lift_upper_adjusted,
+       (s.bayes).chance_to_win, (s.bayes).risk_control, (s.bayes).risk_treatment,
+       s.guardrail_status, s.harm_bound,
+       (s.test).diff_se, (s.test).lift_se,
+       (s.bayes).estimate AS lift_posterior, (s.bayes).ci_lower AS lift_posterior_lower,
+       (s.bayes).ci_upper AS lift_posterior_upper,
+       -- (each value's own tests are not post-stratified)
+       NULL::text AS stratified_by
+FROM s
+WHERE experiment.may_read_metric(s.metric);
+
+COMMENT ON VIEW experiment.results_by_dimension IS
+  'the columns of experiment.results per dimension and value (doc/analysis.md, "Dimension breakdowns"): the tests of each value of each dimension, p-values adjusted within each experiment, metric and dimension across the values and treatment arms';
+
+-- sample ratio mismatch within each dimension value (Eppo's "dimensional imbalance"): the
+-- value's units per variant against the design weights, as for the whole experiment
+CREATE OR REPLACE VIEW experiment.srm_by_dimension AS
+WITH w AS (
+  SELECT dn.experiment_id, dn.dimension, dn.value, dn.variant, dn.units, v.allocation, dn.refreshed_at
+  FROM experiment.dimension_enrollment dn
+  JOIN experiment.variants v ON v.experiment_id = dn.experiment_id AND v.name = dn.variant
+), per_value AS (
+  SELECT w.experiment_id, w.dimension, w.value, pg_catalog.sum(w.units) AS total,
+         pg_catalog.sum(w.allocation) AS total_allocation,
+         CASE WHEN pg_catalog.sum(w.units) > 0 AND count(*) >= 2 AND bool_and(w.allocation > 0)
+              THEN experiment.srm_chisq(array_agg(w.units ORDER BY w.variant),
+                                        array_agg(w.allocation ORDER BY w.variant)::float8[])
+         END AS p_value
+  FROM w GROUP BY w.experiment_id, w.dimension, w.value
+)
+SELECT w.experiment_id, w.dimension, w.value, w.variant, w.units,
+       w.allocation / nullif(p.total_allocation, 0) AS expected_share,
+       w.units::float8 / nullif(p.total, 0) AS observed_share,
+       p.total * w.allocation / nullif(p.total_allocation, 0) AS expected_units,
+       p.p_value,
+       p.p_value >= 0.001 AS ok,
+       w.refreshed_at
+FROM w JOIN per_value p ON p.experiment_id = w.experiment_id AND p.dimension = w.dimension AND p.value = w.value;
+
+COMMENT ON VIEW experiment.srm_by_dimension IS
+  'sample ratio mismatch check per experiment, dimension, value and variant (dimensional imbalance): units, expected and observed split, chi-squared p-value of the value''s units, ok = p >= 0.001';
+
+CREATE OR REPLACE VIEW experiment.health AS
+SELECT ex.id AS experiment_id, ex.status, f.refreshed_at, f.duration AS refresh_duration,
+       -- a source's error may quote its data: the message to roles that may read every metric
+       CASE WHEN f.error IS NULL THEN NULL
+            WHEN NOT EXISTS (SELECT 1 FROM experiment.experiment_metrics em
+                             WHERE em.experiment_id = ex.id AND NOT experiment.may_read_metric(em.metric))
+              THEN f.error
+            ELSE 'the latest refresh failed (the message is shown to roles that may read every metric of the experiment)'
+       END AS refresh_error,
+       f.error_at AS refresh_error_at,
+       f.enrolled_units, f.multi_variant_units,
+       f.multi_variant_units::float8 / nullif(f.enrolled_units + f.multi_variant_units, 0) AS multi_variant_share,
+       coalesce(f.multi_variant_units::float8 / nullif(f.enrolled_units + f.multi_variant_units, 0) <= 0.01, true)
+         AS multi_variant_ok,
+       s.p_value AS srm_p_value, s.ok AS srm_ok,
+       coalesce(ex.start_at, f.first_exposure) AS started_at, f.first_exposure, f.last_exposure,
+       extract(epoch FROM least(coalesce(ex.end_at, now()), now()) - coalesce(ex.start_at, f.first_exposure))::float8
+         / 86400 AS days_run,
+       extract(epoch FROM ex.min_runtime)::float8 / 86400 AS min_runtime_days,
+       coalesce(least(coalesce(ex.end_at, now()), now()) - coalesce(ex.start_at, f.first_exposure) >= ex.min_runtime,
+                ex.min_runtime IS NULL) AS runtime_ok,
+       en.min_units AS min_units_per_variant, ex.target_units_per_variant,
+       coalesce(en.min_units >= ex.target_units_per_variant, ex.target_units_per_variant IS NULL) AS sample_ok,
+       coalesce(qu.n, 0) AS quarantined_exposures,
+       f.exposures_by_day,
+       f.early_units,
+       late.n AS exposures_after_refresh,
+       coalesce(late.n > 0 AND (ex.status <> 'running'
+                                OR late.n > 0.01 * (f.enrolled_units + f.multi_variant_units)), false) AS stale,
+       sk.n AS skipped_source_values,
+       coalesce(ds.failing = 0, true) AS dimension_srm_ok,
+       ds.imbalanced AS dimension_srm_imbalanced
+FROM experiment.experiments ex
+LEFT JOIN experiment.refreshes f ON f.experiment_id = ex.id
+LEFT JOIN LATERAL (SELECT count(*) AS n FROM experiment.exposures xp
+                   WHERE xp.experiment_id = ex.id AND xp.received_at > f.refreshed_at
+                     AND (ex.end_at IS NULL OR xp.exposed_at < ex.end_at)) late ON f.refreshed_at IS NOT NULL
+LEFT JOIN (SELECT DISTINCT s0.experiment_id, s0.p_value, s0.ok FROM experiment.srm s0) s ON s.experiment_id = ex.id
+LEFT JOIN (SELECT e0.experiment_id, pg_catalog.min(e0.units) AS min_units FROM experiment.enrollment e0
+           GROUP BY e0.experiment_id) en ON en.experiment_id = ex.id
+LEFT JOIN (SELECT q.experiment_id, count(*) AS n FROM experiment.exposures_quarantine q
+           GROUP BY q.experiment_id) qu ON qu.experiment_id = ex.id
+LEFT JOIN (SELECT d.experiment_id, count(*) FILTER (WHERE NOT d.ok) AS failing,
+                  coalesce(jsonb_agg(jsonb_build_object('dimension', d.dimension, 'value', d.value, 'p_value', d.p_value)
+                                     ORDER BY d.dimension, d.p_value, d.value) FILTER (WHERE NOT d.ok), '[]') AS imbalanced
+           FROM (SELECT DISTINCT s1.experiment_id, s1.dimension, s1.value, s1.p_value, s1.ok
+                 FROM experiment.srm_by_dimension s1) d
+           GROUP BY d.experiment_id) ds ON ds.experiment_id = ex.id
+-- (of the metrics the reader may read: the view reads variant_stats with its owner's rights)
+LEFT JOIN (SELECT vs.experiment_id, pg_catalog.sum(vs.skipped_values)::bigint AS n FROM experiment.variant_stats vs
+           WHERE experiment.may_read_metric(vs.metric)
+           GROUP BY vs.experiment_id) sk ON sk.experiment_id = ex.id;
+
+COMMENT ON VIEW experiment.health IS
+  'per experiment: latest refresh, units in several variants (flagged above 1%), SRM, days run against the minimum runtime, units against the target, quarantined exposures, new units per day, units exposed before the start, exposures stored since the refresh (stale: more than 1% of the units, or any once the experiment stopped), source values skipped as NaN or infinite, '
+  'and the dimension values whose split fails the SRM check (dimension_srm_ok, dimension_srm_imbalanced)';
+
+-- ===========================================================================
+-- The readout
+-- ===========================================================================
+
+CREATE OR REPLACE FUNCTION experiment.readout(experiment_id text) RETURNS text
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  ex experiment.experiments;
+  h experiment.health;
+  dec record;
+  b record;
+  control text;
+  ntreat integer;
+  lines text[] := '{}';
+  line text;
+  r record;
+  days float8;
+  g record;
+  s record;
+  sec_seen boolean := false;
+  indent text;
+BEGIN
+  ex := experiment.require_experiment(readout.experiment_id);
+  SELECT * INTO h FROM experiment.health h0 WHERE h0.experiment_id = ex.id;
+  IF h.refreshed_at IS NULL THEN
+    RAISE EXCEPTION 'experiment "%" has not been refreshed', ex.id
+      USING ERRCODE = 'invalid_parameter_value', HINT = format('Run SELECT experiment.refresh(%L) first.', ex.id);
+  END IF;
+  SELECT v.name INTO control FROM experiment.variants v WHERE v.experiment_id = ex.id AND v.is_control;
+  SELECT count(*) INTO ntreat FROM experiment.variants v WHERE v.experiment_id = ex.id AND NOT v.is_control;
+
+  days := h.days_run;
+  lines := lines || format('Experiment: %s   Duration: %s', ex.id,
+    CASE WHEN days IS NULL THEN 'n/a'
+         WHEN floor(days) = 1 THEN '1 day'
+         ELSE floor(days)::bigint || ' days' END);
+
+  SELECT string_agg(experiment.format_count(en.units) || ' ' || en.variant, ' / '
+                    ORDER BY en.variant IS DISTINCT FROM control, en.variant)
+    INTO line FROM experiment.enrollment en WHERE en.experiment_id = ex.id;
+  lines := lines || format('Sample: %s   SRM %s %s (threshold 0.001)', line, experiment.format_p(h.srm_p_value),
+                           CASE WHEN h.srm_ok THEN 'ok' WHEN h.srm_ok IS NULL THEN 'not computed' ELSE 'FAILED' END);
+  IF NOT h.multi_variant_ok THEN
+    lines := lines || format('Warning: %s%% of the units (%s) were exposed to several variants and are excluded',
+                             round((h.multi_variant_share * 100)::numeric, 1),
+                             experiment.format_count(h.multi_variant_units));
+  END IF;
+  -- dimensional imbalance: a warning (the experiment's own SRM check decides validity)
+  IF h.dimension_srm_ok IS FALSE THEN
+    SELECT string_agg(format('%s = %s (SRM %s)', x ->> 'dimension', x ->> 'value',
+                             experiment.format_p((x ->> 'p_value')::float8)), ', ' ORDER BY k)
+             || CASE WHEN jsonb_array_length(h.dimension_srm_imbalanced) > 5
+                     THEN format(' and %s more', jsonb_array_length(h.dimension_srm_imbalanced) - 5) ELSE '' END
+      INTO line
+      FROM jsonb_array_elements(h.dimension_srm_imbalanced) WITH ORDINALITY AS i(x, k) WHERE k <= 5;
+    lines := lines || format('Warning: dimensional imbalance, the split within %s fails the SRM check', line);
+  END IF;
+  -- every reason the decision is held back or invalid, each on its line
+  FOR b IN SELECT * FROM experiment.decision_blockers(ex.id) LOOP
+    lines := lines || format('%s: %s', CASE b.decision WHEN 'INVALID' THEN 'Invalid' ELSE 'Keep running' END, b.reason);
+  END LOOP;
+  SELECT pg_catalog.min(mr.stratified_by) INTO line FROM experiment.metric_results mr WHERE mr.experiment_id = ex.id;
+  lines := lines || format('Analysis: %s, alpha = %s%s%s', experiment.format_analysis(ex), ex.alpha,
+    CASE WHEN ex.correction = 'none' OR ex.analysis = 'bayesian' THEN ''
+         ELSE format(', %s correction of secondary metrics (family: %s)',
+                     experiment.format_correction(ex.correction), ex.correction_family) END,
+    -- post-stratified tests (the readout's metrics are those of metric_results)
+    CASE WHEN line IS NOT NULL THEN format(', post-stratified by %s', line) ELSE '' END);
+  IF ntreat > 1 THEN
+    lines := lines || format('Comparisons: each of the %s treatments against %s at alpha = %s, %s',
+                             ntreat, control, ex.alpha,
+                             CASE WHEN ex.correction = 'none' OR ex.analysis = 'bayesian'
+                                  THEN 'not corrected for multiple comparisons'
+                                  ELSE format('the primary metric %s-corrected across the arms',
+                                              experiment.format_correction(ex.correction)) END);
+  END IF;
+
+  -- primary, then secondary metrics; a line for every treatment, with or without a result
+  FOR g IN SELECT em.metric, em.role FROM experiment.experiment_metrics em
+           WHERE em.experiment_id = ex.id AND em.role IN ('primary', 'secondary')
+           ORDER BY em.role = 'secondary', em.metric LOOP
+    IF g.role = 'primary' THEN
+      lines := lines || format('Primary metric (%s):', g.metric);
+      indent := '  ';
+    ELSE
+      IF NOT sec_seen THEN
+        lines := lines || 'Secondary metrics:'::text;
+        sec_seen := true;
+      END IF;
+      lines := lines || format('  %s:', g.metric);
+      indent := '    ';
+    END IF;
+    FOR r IN SELECT v.name AS variant, rr AS res, rr.p_value IS NOT NULL AS has_result,
+                    EXISTS (SELECT 1 FROM experiment.variant_stats vs
+                            WHERE vs.experiment_id = ex.id AND vs.metric = g.metric) AS refreshed,
+                    coalesce(en.units, 0) AS units
+             FROM experiment.variants v
+             LEFT JOIN experiment.enrollment en ON en.experiment_id = v.experiment_id AND en.variant = v.name
+             LEFT JOIN experiment.results rr ON rr.experiment_id = v.experiment_id AND rr.metric = g.metric
+                                            AND rr.variant = v.name
+             WHERE v.experiment_id = ex.id AND NOT v.is_control
+             ORDER BY v.name LOOP
+      IF r.has_result THEN
+        lines := lines || (indent
+          || experiment.readout_metric_line(r.res, upper(left(control, 1)) || substr(control, 2),
+                                            upper(left(r.variant, 1)) || substr(r.variant, 2))
+          || CASE (r.res).method WHEN 'cuped' THEN '   (CUPED)' WHEN 'ratio' THEN '   (delta method)'
+                                 WHEN 'cuped_ratio' THEN '   (CUPED, delta method)'
+                                 WHEN 'quantile' THEN (SELECT format('   (p%s of %s)', rtrim(rtrim(to_char(mq.quantile * 100, 'FM990.999'), '0'), '.'),
+                                                                     CASE mq.quantile_level WHEN 'event' THEN 'events' ELSE 'units' END)
+                                                       FROM experiment.metrics mq WHERE mq.name = g.metric)
+                                 ELSE '' END);
+      ELSE
+        lines := lines || format('%s%s: no result (%s)', indent, upper(left(r.variant, 1)) || substr(r.variant, 2),
+          CASE WHEN NOT experiment.may_read_metric(g.metric)
+                 THEN format('hidden: role %s may not read its source', current_user)
+               WHEN NOT r.refreshed THEN 'the metric was added after the latest refresh'
+               WHEN r.units < 2 THEN format('%s has %s unit%s', r.variant, r.units, CASE WHEN r.units = 1 THEN '' ELSE 's' END)
+               WHEN (SELECT en2.units FROM experiment.enrollment en2
+                     WHERE en2.experiment_id = ex.id AND en2.variant = control) < 2
+                 THEN format('%s has fewer than 2 units', control)
+               ELSE 'the test is undefined: no variance in either variant' END);
+      END IF;
+    END LOOP;
+    -- the primary metric's cumulative lift by day of first exposure (experiment.results_daily)
+    IF g.role = 'primary' THEN
+      FOR s IN SELECT rd.variant, array_agg(rd.lift ORDER BY rd.day) AS lifts, count(*) AS ndays,
+                      (array_agg(rd.lift ORDER BY rd.day DESC))[1] AS lift,
+                      (array_agg(rd.lift_lower ORDER BY rd.day DESC))[1] AS lo,
+                      (array_agg(rd.lift_upper ORDER BY rd.day DESC))[1] AS hi
+               FROM experiment.results_daily rd
+               WHERE rd.experiment_id = ex.id AND rd.metric = g.metric
+               GROUP BY rd.variant ORDER BY rd.variant LOOP
+        CONTINUE WHEN s.ndays < 2 OR s.lift IS NULL;
+        lines := lines || format('  Lift by day%s: %s  %s%% [%s%%, %s%%] (cumulative, %s days of first exposure)',
+                                 CASE WHEN ntreat > 1 THEN ' (' || s.variant || ')' ELSE '' END,
+                                 experiment.sparkline(s.lifts),
+                                 CASE WHEN s.lift >= 0 THEN '+' ELSE '' END || experiment.format_percent(s.lift),
+                                 CASE WHEN s.lo >= 0 THEN '+' ELSE '' END || experiment.format_percent(s.lo),
+                                 CASE WHEN s.hi >= 0 THEN '+' ELSE '' END || experiment.format_percent(s.hi),
+                                 s.ndays);
+      END LOOP;
+    END IF;
+  END LOOP;
+
+  SELECT string_agg(q.metric || ' ' || CASE WHEN NOT experiment.may_read_metric(q.metric) THEN 'hidden'
+                                             WHEN q.statuses IS NULL THEN 'no result'
+                                             WHEN 'failed' = ANY (q.statuses) THEN 'FAILED'
+                                             WHEN 'inconclusive' = ANY (q.statuses)
+                                               THEN format('inconclusive (harm bound %s%%, margin %s%%)',
+                                                           experiment.format_percent(q.bound),
+                                                           experiment.format_percent(q.margin))
+                                             WHEN q.undefined THEN 'ok (no variance)' ELSE 'ok' END,
+                    '   ' ORDER BY q.metric)
+    INTO line
+    FROM (SELECT em.metric, array_agg(rr.guardrail_status) FILTER (WHERE rr.guardrail_status IS NOT NULL) AS statuses,
+                 pg_catalog.max(rr.harm_bound) AS bound, pg_catalog.max(em.non_inferiority_margin) AS margin,
+                 bool_and(rr.p_value IS NULL) AS undefined
+          FROM experiment.experiment_metrics em
+          LEFT JOIN experiment.results rr ON rr.experiment_id = em.experiment_id AND rr.metric = em.metric
+          WHERE em.experiment_id = ex.id AND em.role = 'guardrail'
+          GROUP BY em.metric) q;
+  lines := lines || ('Guardrails:  ' || coalesce(line, 'none'));
+
+  SELECT * INTO dec FROM experiment.decision(ex.id);
+  lines := lines || ('Decision: ' || dec.decision || ' (' || dec.reason || ')');
+  RETURN array_to_string(lines, E'\n');
+END
+$$;
+
+ALTER TABLE experiment.dimension_results ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY dimension_results_readable ON experiment.dimension_results FOR SELECT
+  USING (experiment.may_read_metric(metric));
+
+COMMENT ON POLICY dimension_results_readable ON experiment.dimension_results IS
+  'a role sees the tests per dimension value of the metrics whose sources it may read';
+
+ALTER TABLE experiment.dimension_stats ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY dimension_stats_readable ON experiment.dimension_stats FOR SELECT
+  USING (experiment.may_read_metric(metric));
+
+COMMENT ON POLICY dimension_stats_readable ON experiment.dimension_stats IS
+  'a role sees the per-value moments of the metrics whose sources it may read';
+
+-- results are as old as the metric definition they were computed from: when a metric is
+-- deleted or reads something else, its stored results (and those of ratios of it) go, so
+-- that a metric registered later under the same name cannot show them
+CREATE OR REPLACE FUNCTION experiment.metrics_forget_results() RETURNS trigger
+  LANGUAGE plpgsql SECURITY DEFINER
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  IF TG_OP = 'TRUNCATE' THEN
+    DELETE FROM experiment.metric_results;
+    DELETE FROM experiment.variant_stats;
+    DELETE FROM experiment.results_daily;
+    DELETE FROM experiment.dimension_results;
+    DELETE FROM experiment.dimension_stats;
+    RETURN NULL;
+  END IF;
+  IF TG_OP = 'UPDATE' AND (NEW.name, NEW.source, NEW.unit_column, NEW.time_column, NEW.value_column, NEW.owner,
+                           NEW.numerator, NEW.denominator)
+                          IS NOT DISTINCT FROM (OLD.name, OLD.source, OLD.unit_column, OLD.time_column,
+                                                OLD.value_column, OLD.owner, OLD.numerator, OLD.denominator) THEN
+    RETURN NULL;
+  END IF;
+  DELETE FROM experiment.metric_results r
+   WHERE r.metric = OLD.name
+      OR r.metric IN (SELECT m.name FROM experiment.metrics m WHERE OLD.name IN (m.numerator, m.denominator));
+  DELETE FROM experiment.variant_stats v
+   WHERE v.metric = OLD.name
+      OR v.metric IN (SELECT m.name FROM experiment.metrics m WHERE OLD.name IN (m.numerator, m.denominator));
+  DELETE FROM experiment.results_daily d
+   WHERE d.metric = OLD.name
+      OR d.metric IN (SELECT m.name FROM experiment.metrics m WHERE OLD.name IN (m.numerator, m.denominator));
+  DELETE FROM experiment.dimension_results d
+   WHERE d.metric = OLD.name
+      OR d.metric IN (SELECT m.name FROM experiment.metrics m WHERE OLD.name IN (m.numerator, m.denominator));
+  DELETE FROM experiment.dimension_stats d
+   WHERE d.metric = OLD.name
+      OR d.metric IN (SELECT m.name FROM experiment.metrics m WHERE OLD.name IN (m.numerator, m.denominator));
+  RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION experiment.experiment_metrics_forget_results() RETURNS trigger
+  LANGUAGE plpgsql SECURITY DEFINER
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  IF TG_OP = 'UPDATE' AND (NEW.experiment_id, NEW.metric) IS NOT DISTINCT FROM (OLD.experiment_id, OLD.metric) THEN
+    RETURN NULL;
+  END IF;
+  DELETE FROM experiment.metric_results r WHERE r.experiment_id = OLD.experiment_id AND r.metric = OLD.metric;
+  DELETE FROM experiment.variant_stats v WHERE v.experiment_id = OLD.experiment_id AND v.metric = OLD.metric;
+  DELETE FROM experiment.results_daily d WHERE d.experiment_id = OLD.experiment_id AND d.metric = OLD.metric;
+  DELETE FROM experiment.dimension_results d WHERE d.experiment_id = OLD.experiment_id AND d.metric = OLD.metric;
+  DELETE FROM experiment.dimension_stats d WHERE d.experiment_id = OLD.experiment_id AND d.metric = OLD.metric;
+  RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION experiment.setup_roles() RETURNS TABLE (role text, created boolean)
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  r text;
+  t text;
+  registry text[] := '{experiments,variants,metrics,experiment_metrics,dimensions}';
+  -- (refreshes without its error column: a source's error may quote its data; health shows
+  -- the error to roles that may read every metric of the experiment)
+  results text[] := '{enrollment,variant_stats,metric_results,results_daily,conclusions,results,srm,health,'
+                     'dimension_enrollment,dimension_stats,dimension_results,results_by_dimension,srm_by_dimension}';
+  ingestion text[] := '{exposures,exposures_quarantine,exposures_staging,kafka_offsets,kafka_dead_letters}';
+BEGIN
+  FOREACH r IN ARRAY ARRAY['experiment_reader', 'experiment_ingest', 'experiment_analyst', 'experiment_admin'] LOOP
+    role := r;
+    created := NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles ro WHERE ro.rolname = r);
+    IF created THEN
+      EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+    END IF;
+    RETURN NEXT;
+  END LOOP;
+
+  -- experiment_reader: dashboards; the registry and the results it may read
+  GRANT USAGE ON SCHEMA experiment TO experiment_reader;
+  FOREACH t IN ARRAY registry || results LOOP
+    EXECUTE format('GRANT SELECT ON experiment.%I TO experiment_reader', t);
+  END LOOP;
+  GRANT SELECT (experiment_id, refreshed_at, duration, enrolled_units, multi_variant_units, early_units,
+                first_exposure, last_exposure, exposures_by_day, error_at, mode, full_reason)
+    ON experiment.refreshes TO experiment_reader;
+
+  -- experiment_ingest: the exposure pipeline
+  GRANT USAGE ON SCHEMA experiment TO experiment_ingest;
+  GRANT SELECT ON experiment.experiments, experiment.variants TO experiment_ingest;
+  FOREACH t IN ARRAY ingestion LOOP
+    EXECUTE format('GRANT SELECT, INSERT ON experiment.%I TO experiment_ingest', t);
+  END LOOP;
+  GRANT DELETE ON experiment.exposures_staging TO experiment_ingest;
+  GRANT UPDATE ON experiment.kafka_offsets TO experiment_ingest;
+  GRANT USAGE ON SEQUENCE experiment.exposures_quarantine_id_seq, experiment.kafka_dead_letters_id_seq
+    TO experiment_ingest;
+
+  -- experiment_analyst: designs experiments, registers metrics it may read, refreshes, concludes
+  PERFORM experiment.grant_role_once('experiment_reader', 'experiment_analyst');
+  FOREACH t IN ARRAY registry LOOP
+    EXECUTE format('GRANT INSERT, UPDATE, DELETE ON experiment.%I TO experiment_analyst', t);
+  END LOOP;
+  GRANT SELECT ON experiment.exposures, experiment.exposures_quarantine TO experiment_analyst;
+  GRANT INSERT ON experiment.conclusions TO experiment_analyst;
+  GRANT USAGE ON SEQUENCE experiment.conclusions_id_seq TO experiment_analyst;
+  GRANT EXECUTE ON FUNCTION experiment.refresh(text, boolean) TO experiment_analyst;
+
+  -- experiment_admin: all of it, and the scheduled refresh_all(); TRUNCATE only where no
+  -- row trigger guards the rows (truncating the catalogue would skip the owners' checks)
+  PERFORM experiment.grant_role_once('experiment_analyst', 'experiment_admin');
+  PERFORM experiment.grant_role_once('experiment_ingest', 'experiment_admin');
+  FOREACH t IN ARRAY registry || ingestion LOOP
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON experiment.%I TO experiment_admin', t);
+  END LOOP;
+  FOREACH t IN ARRAY ingestion LOOP
+    EXECUTE format('GRANT TRUNCATE ON experiment.%I TO experiment_admin', t);
+  END LOOP;
+  GRANT EXECUTE ON FUNCTION experiment.refresh_all() TO experiment_admin;
+  GRANT SELECT ON experiment.source_watermarks TO experiment_admin;
+END
+$$;
+
+CREATE TABLE experiment.dimensions (
+  experiment_id text NOT NULL REFERENCES experiment.experiments (id) ON DELETE CASCADE,
+  name text NOT NULL
+    CONSTRAINT dimensions_name_not_empty CHECK (name <> ''),
+  attribute text NOT NULL
+    CONSTRAINT dimensions_attribute_valid CHECK (attribute IN ('client', 'app_version', 'attributes')),
+  attribute_key text,
+  top_n integer NOT NULL DEFAULT 10
+    CONSTRAINT dimensions_top_n_range CHECK (top_n >= 1 AND top_n <= 1000),
+  caps_per_value boolean NOT NULL DEFAULT false,
+  PRIMARY KEY (experiment_id, name),
+  CONSTRAINT dimensions_attribute_key_valid
+    CHECK ((attribute = 'attributes') = (attribute_key IS NOT NULL) AND attribute_key <> '')
+);
+
+COMMENT ON TABLE experiment.dimensions IS
+  'the dimensions each experiment''s results are broken down by: a unit attribute taken from the unit''s first exposure, its top_n values by analysed units and (other)';
+
+COMMENT ON COLUMN experiment.dimensions.name IS 'the dimension''s name (results_by_dimension.dimension, experiments.stratify_by)';
+
+COMMENT ON COLUMN experiment.dimensions.attribute IS
+  'what the value is: the exposure''s client or app_version column, or a key of its attributes (attributes, with attribute_key)';
+
+COMMENT ON COLUMN experiment.dimensions.attribute_key IS
+  'the key of experiment.exposures.attributes when attribute is attributes (its value as text: attributes ->> key); NULL otherwise';
+
+COMMENT ON COLUMN experiment.dimensions.top_n IS
+  'how many values have results of their own: the top_n with the most analysed units (ties by value); the others are pooled as (other)';
+
+COMMENT ON COLUMN experiment.dimensions.caps_per_value IS
+  'winsorization percentiles computed within each value of the dimension for its results (false: the pooled caps of the overall results)';
+
+SELECT pg_catalog.pg_extension_config_dump('experiment.dimensions', '');
+
+-- nothing, or the error 'dimension "d" does not exist in experiment "x"' (22023) naming the
+-- column that names it and the experiment's dimensions
+CREATE OR REPLACE FUNCTION experiment.require_dimension(experiment_id text, dimension text, what text) RETURNS void
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  IF NOT EXISTS (SELECT FROM experiment.dimensions d
+                 WHERE d.experiment_id = require_dimension.experiment_id AND d.name = require_dimension.dimension) THEN
+    RAISE EXCEPTION 'invalid % "%" of experiment "%": no such dimension', what,
+      coalesce(left(dimension, 200), 'NULL'), left(experiment_id, 200)
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = coalesce(experiment.hint_list(ARRAY(SELECT d.name FROM experiment.dimensions d
+                                                       WHERE d.experiment_id = require_dimension.experiment_id
+                                                       ORDER BY d.name COLLATE "C"),
+                                                 format('dimensions of experiment "%s"', experiment_id),
+                                                 'experiment.dimensions')
+                                || ' ', '')
+                   || format('Use the name of a row of experiment.dimensions of experiment "%s", or NULL.', experiment_id);
+  END IF;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.require_dimension(text, text, text) IS
+  'internal: nothing, or the error 22023 that an experiment has no dimension of that name, with its dimensions as HINT';
+
+-- the values a dimension may hold, named in the errors as the catalogue's are; only members of
+-- the experiment's owner role add, change or remove its dimensions
+CREATE OR REPLACE FUNCTION experiment.dimensions_check() RETURNS trigger
+  LANGUAGE plpgsql
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  owner text;
+BEGIN
+  IF TG_OP IN ('UPDATE', 'DELETE') THEN
+    PERFORM experiment.require_experiment_owner(OLD.experiment_id, 'change the dimensions');
+    -- the strata of post-stratification stay defined (a deleted experiment's rows go freely)
+    IF (TG_OP = 'DELETE' OR (NEW.experiment_id, NEW.name) IS DISTINCT FROM (OLD.experiment_id, OLD.name))
+       AND EXISTS (SELECT FROM experiment.experiments x WHERE x.id = OLD.experiment_id AND x.stratify_by = OLD.name) THEN
+      RAISE EXCEPTION 'cannot % dimension "%" of experiment "%": it is the experiment''s stratify_by',
+        CASE WHEN TG_OP = 'DELETE' THEN 'delete' ELSE 'rename' END, OLD.name, OLD.experiment_id
+        USING ERRCODE = 'invalid_parameter_value',
+              HINT = 'Set experiment.experiments.stratify_by to NULL (or another dimension) first.';
+    END IF;
+  END IF;
+  IF TG_OP = 'DELETE' THEN
+    RETURN OLD;
+  END IF;
+  PERFORM experiment.require_experiment(NEW.experiment_id);
+  PERFORM experiment.require_experiment_owner(NEW.experiment_id, 'change the dimensions');
+  IF NEW.name IS NULL OR NEW.name = '' THEN
+    PERFORM experiment.raise_invalid_value(format('name of a dimension of experiment "%s"', NEW.experiment_id),
+                                           quote_nullable(NEW.name), 'a non-empty text');
+  END IF;
+  owner := format('dimension "%s" of experiment "%s"', NEW.name, NEW.experiment_id);
+  IF NEW.attribute IS NULL OR NEW.attribute NOT IN ('client', 'app_version', 'attributes') THEN
+    PERFORM experiment.raise_invalid_choice('attribute', NEW.attribute, '{client,app_version,attributes}', owner);
+  END IF;
+  IF NEW.attribute = 'attributes' AND (NEW.attribute_key IS NULL OR NEW.attribute_key = '') THEN
+    PERFORM experiment.raise_invalid_value('attribute_key of ' || owner, quote_nullable(NEW.attribute_key),
+                                           'a non-empty key of experiment.exposures.attributes (attribute is attributes)');
+  END IF;
+  IF NEW.attribute <> 'attributes' AND NEW.attribute_key IS NOT NULL THEN
+    PERFORM experiment.raise_invalid_value('attribute_key of ' || owner, quote_nullable(NEW.attribute_key),
+                                           format('NULL (attribute is %s; a key of attributes needs attribute = ''attributes'')',
+                                                  NEW.attribute));
+  END IF;
+  IF NEW.top_n IS NULL OR NEW.top_n < 1 OR NEW.top_n > 1000 THEN
+    PERFORM experiment.raise_invalid_value('top_n of ' || owner, coalesce(NEW.top_n::text, 'NULL'),
+                                           'an integer between 1 and 1000');
+  END IF;
+  IF NEW.caps_per_value IS NULL THEN
+    PERFORM experiment.raise_invalid_value('caps_per_value of ' || owner, 'NULL', 'true or false');
+  END IF;
+  RETURN NEW;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.dimensions_check() IS
+  'internal: trigger that names the experiment, column, value and allowed values of an invalid dimension, and keeps changes to the experiment''s owners';
+
+CREATE OR REPLACE TRIGGER dimensions_check
+  BEFORE INSERT OR UPDATE OR DELETE ON experiment.dimensions
+  FOR EACH ROW EXECUTE FUNCTION experiment.dimensions_check();
+
+COMMENT ON TRIGGER dimensions_check ON experiment.dimensions IS
+  'an unknown experiment, an invalid name, attribute, attribute_key, top_n or caps_per_value is refused with a message naming the allowed values; '
+  'only members of the experiment''s owner_role add, change or remove its dimensions; the stratify_by dimension is not deleted or renamed';
+
+-- a dimension removed or changed takes its stored results with it (the next refresh
+-- computes them afresh)
+CREATE OR REPLACE FUNCTION experiment.dimensions_forget_results() RETURNS trigger
+  LANGUAGE plpgsql SECURITY DEFINER
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  IF TG_OP = 'UPDATE' AND NEW IS NOT DISTINCT FROM OLD THEN
+    RETURN NULL;
+  END IF;
+  DELETE FROM experiment.dimension_results r WHERE r.experiment_id = OLD.experiment_id AND r.dimension = OLD.name;
+  DELETE FROM experiment.dimension_stats s WHERE s.experiment_id = OLD.experiment_id AND s.dimension = OLD.name;
+  DELETE FROM experiment.dimension_enrollment n WHERE n.experiment_id = OLD.experiment_id AND n.dimension = OLD.name;
+  RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.dimensions_forget_results() IS
+  'internal: trigger: deletes the stored results of a dimension that is deleted or changed';
+
+REVOKE EXECUTE ON FUNCTION experiment.dimensions_forget_results() FROM PUBLIC;
+
+CREATE OR REPLACE TRIGGER dimensions_forget_results AFTER UPDATE OR DELETE ON experiment.dimensions
+  FOR EACH ROW EXECUTE FUNCTION experiment.dimensions_forget_results();
+
+COMMENT ON TRIGGER dimensions_forget_results ON experiment.dimensions IS
+  'a deleted or changed dimension loses its stored results';
+
+ALTER FUNCTION experiment.refresh(text, boolean) SECURITY DEFINER;
