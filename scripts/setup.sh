@@ -28,6 +28,7 @@ exp_packages=(
 	librdkafka-dev libpq-dev kcat
 	python3 python3-numpy python3-scipy python3-statsmodels python3-psycopg2
 	nodejs npm
+	liblz4-dev libzstd-dev libkrb5-dev libselinux1-dev libpam0g-dev autoconf flex bison
 )
 
 exp_install_packages() {
