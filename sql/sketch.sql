@@ -109,6 +109,29 @@ SELECT experiment.merge(s) OPERATOR(experiment.=) (SELECT experiment.sketch(y) F
 SELECT experiment.merge(s) OPERATOR(experiment.=) (SELECT experiment.sketch(-y) FROM wide) AS collapsed_negative_merge
   FROM (SELECT g / 1000 AS k, experiment.sketch(-y) AS s FROM wide GROUP BY 1) x;
 
+-- quantile_test: bad arguments (22023), NULLs, equal arms, too few units for an interval
+SELECT outcome($$SELECT experiment.quantile_test(s, s, 0) FROM sketch_test.five$$);
+SELECT outcome($$SELECT experiment.quantile_test(s, s, 0.5, 1.5) FROM sketch_test.five$$);
+SELECT outcome($$SELECT experiment.quantile_test(s, s, 0.5, m, m) FROM sketch_test.five,
+  (SELECT '{"version":1,"n":5,"mean":[1],"comoment":[[0]]}'::experiment.moments AS m) c$$);
+SELECT outcome($$SELECT experiment.quantile_test(s, s, 0.5, m, m) FROM sketch_test.five,
+  (SELECT '{"version":1,"n":2,"mean":[1,7],"comoment":[[0,0],[0,0]]}'::experiment.moments AS m) c$$);
+SELECT outcome($$SELECT experiment.quantile_test(s, s, 0.5, m, m) FROM sketch_test.five,
+  (SELECT '{"version":1,"n":5,"mean":[2,1],"comoment":[[0,0],[0,0]]}'::experiment.moments AS m) c$$);
+SELECT experiment.quantile_test(NULL, s, 0.5) IS NULL AS null_sketch, experiment.quantile_test(s, s, NULL) IS NULL AS null_q FROM five;
+SELECT r.n_control, r.p_value, r.diff, round(r.diff_se::numeric, 6) > 0 AS has_se
+  FROM whole, experiment.quantile_test(s, s, 0.9) r WHERE grp = 0;
+SELECT r.n_control, r.mean_control, r.diff, r.diff_se IS NULL AS no_se, r.p_value IS NULL AS no_p
+  FROM five, experiment.quantile_test(s, s, 0.99) r;
+-- one event per unit: the clustered test's standard error is the unit-level one times
+-- sqrt(var_F / (q (1 - q) / n)) = sqrt((0.3 / 5) / (0.25 / 5)) = sqrt(1.2)
+WITH units AS (SELECT v, experiment.sketch(v) AS s FROM unnest(ARRAY[120, 250, 900, 1400, 3000]::float8[]) v GROUP BY v),
+     c AS (SELECT experiment.moments(experiment.rank(u.s, experiment.quantile(f.s, 0.5)), experiment.n(u.s)) AS m
+             FROM units u, five f)
+SELECT r.n_control, round(r.mean_control::numeric, 4) AS q50,
+       round((r.diff_se / u.diff_se)::numeric, 12) = round(sqrt(1.2)::numeric, 12) AS design_effect
+  FROM five, c, experiment.quantile_test(s, s, 0.5, m, m) r, experiment.quantile_test(s, s, 0.5) u;
+
 -- parallel: a forced parallel plan gives Partial Aggregate and the serial result
 SET parallel_setup_cost = 0;
 SET parallel_tuple_cost = 0;

@@ -340,24 +340,50 @@ sk_merge_linear(const Sketch *a, const Sketch *b)
 
 /* ---------- adding to a sketch in place ---------- */
 
-/* index of the first bin whose ord is >= ord */
+/*
+ * Index A of the first bin whose ord is >= ord.  The ords are distinct
+ * integers in increasing order, so for i >= A, A >= i - (o[i] - ord), and
+ * for i < A, A <= i + (ord - o[i]): each probe of a bound narrows the range
+ * of A by the run of consecutive bins around it.  The bins of dense data are
+ * consecutive near the middle of the distribution, where this finds A in two
+ * probes; a branch-free binary search finishes what a few rounds leave.
+ */
 static inline int
 sk_lower_bound(const Sketch *s, int32 ord)
 {
 	const int32 *o = SKETCH_ORDS((Sketch *) s);
-	int			lo = 0,
-				hi = s->nbins;
+	int			n = s->nbins;
+	int64		lo,
+				hi;
+	int			len,
+				round;
+	const int32 *base;
 
-	while (lo < hi)
+	if (n == 0)
+		return 0;
+	/* A in [lo, hi] from the first and the last bin */
+	lo = Min(Max((int64) (n - 1) - ((int64) o[n - 1] - ord), 0), n);
+	hi = Min(Max((int64) ord - o[0], 0), n);
+	for (round = 0; round < 4 && lo < hi; round++)
 	{
-		int			mid = (lo + hi) / 2;
-
-		if (o[mid] < ord)
-			lo = mid + 1;
-		else
-			hi = mid;
+		if (hi < n)
+			lo = Max(lo, hi - ((int64) o[hi] - ord));
+		if (o[lo] >= ord)
+			return (int) lo;
+		hi = Min(hi, lo + ((int64) ord - o[lo]));
 	}
-	return lo;
+	len = (int) (hi - lo);
+	base = o + lo;
+	if (len <= 0)
+		return (int) lo;
+	while (len > 1)
+	{
+		int			half = len / 2;
+
+		base = (base[half] < ord) ? base + half : base;
+		len -= half;
+	}
+	return (int) (base - o) + (*base < ord);
 }
 
 /* add c to the count of bin i, widening the counts if needed */
@@ -435,8 +461,8 @@ sk_insert_at(Sketch *s, int i, int32 ord, uint64 c)
 static Sketch *
 sk_add_bin(Sketch *s, int32 ord, uint64 c)
 {
-	int			i = sk_lower_bound(s, ord);
 	int32	   *o = SKETCH_ORDS(s);
+	int			i = sk_lower_bound(s, ord);
 
 	if (i < s->nbins && o[i] == ord)
 		return sk_add_at(s, i, c);

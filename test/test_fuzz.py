@@ -4,7 +4,7 @@ The functions are read from pg_proc (trigger functions and those taking
 `internal` are left out); each is called first with ordinary arguments, then
 with each argument in turn replaced by every edge value of its type (NULL,
 NaN, +-Infinity, 0, -0, -1, huge, 5e-324, '', '{}', a 100 kB string, deep
-jsonb, crafted and malformed experiment.moments, composites with NaN fields,
+jsonb, crafted and malformed experiment.moments and experiment.sketch, composites with NaN fields,
 ...), then with random combinations until the time or call budget is spent.
 Aggregates run plain, as window functions and as a forced parallel plan over
 groups of rows with edge values; the window function p_adjust runs over the
@@ -91,6 +91,18 @@ MOMENTS_EDGE = [
     mom(2, ["0", "0"], [["1e-320", "0"], ["0", "0"]]),
     mom(3, ["1", "1", "1", "1"], [["0"] * 4] * 4),
 ]
+SK1 = '{"version":1,"alpha":0.005,"n":5,"min":-3.5,"max":20,"negative":[[126,1]],"zero":1,"positive":[[0,1],[70,1],[300,1]]}'
+SKETCH_EDGE = [
+    SK1,
+    '{"version":1,"alpha":0.005,"n":1,"min":0,"max":0,"negative":[],"zero":1,"positive":[]}',
+    '{"version":1,"alpha":0.005,"n":2,"min":5e-324,"max":1.7976931348623157e+308,"negative":[],"zero":0,'
+    '"positive":[[-74443,1],[70978,1]]}',
+    '{"version":1,"alpha":0.005,"n":9223372036854775807,"min":-1e+300,"max":-1e+300,"negative":[[69077,9223372036854775807]],'
+    '"zero":0,"positive":[]}',
+    '{"version":1,"alpha":0.005,"n":3,"min":1,"max":1,"negative":[],"zero":0,"positive":[[0,3]]}',
+]
+SKETCH_BAD = ['{"version":1,"alpha":0.005,"n":0,"min":1,"max":1,"negative":[],"zero":0,"positive":[]}',
+              '{"version":1,"alpha":0.005,"n":1,"min":NaN,"max":1,"negative":[],"zero":0,"positive":[[0,1]]}']
 MOMENTS_BAD = [
     '{"version":1,"n":9223372036854775808,"mean":[1],"comoment":[[0]]}',
     '{"version":1,"n":-0,"mean":[0],"comoment":[[0]]}',
@@ -140,7 +152,7 @@ POOLS = {
     "integer": ["(%s)::int4" % v for v in I4],
     "bigint": ["(%s)::int8" % v for v in I8],
     "text": ["(%s)::text" % v for v in TEXT_SQL],
-    "cstring": ["(%s)::cstring" % q(v) for v in [M1, M2] + MOMENTS_EDGE + MOMENTS_BAD],
+    "cstring": ["(%s)::cstring" % q(v) for v in [M1, M2] + MOMENTS_EDGE + MOMENTS_BAD + SKETCH_EDGE + SKETCH_BAD],
     "boolean": ["(%s)::boolean" % v for v in BOOL],
     "jsonb": ["(%s)::jsonb" % v for v in JSONB],
     "timestamp with time zone": ["(%s)::timestamptz" % v for v in TS],
@@ -151,6 +163,8 @@ POOLS = {
                 "'pg_database_owner'::regrole", "0::oid::regrole", "4294967295::oid::regrole"],
     "experiment.moments": ["%s::experiment.moments" % q(v) for v in [M1, M2, M4, M1B, M2B] + MOMENTS_EDGE]
     + ["NULL::experiment.moments"] + ["(%s)::text::experiment.moments" % q(v) for v in MOMENTS_BAD[:4]],
+    "experiment.sketch": ["%s::experiment.sketch" % q(v) for v in SKETCH_EDGE] + ["NULL::experiment.sketch"]
+    + ["(%s)::text::experiment.sketch" % q(v) for v in SKETCH_BAD],
     "double precision[]": arr([["0.5", "0.5"], ["0.1", "0.2", "0.7"], ["'NaN'", "1"], ["'Infinity'"], ["1e308", "1e308"],
                                ["0", "0"], ["-1", "2"], ["5e-324"], ["0.01", "0.04", "0.03", "0.2"],
                                ["NULL", "0.5"], ["0.2"] * 1000], "float8")
@@ -204,7 +218,7 @@ def normal_value(typ, name, fname):
                 return "%s::jsonb" % q(v)
         return "'{}'::jsonb"
     if typ == "experiment.moments":
-        return "%s::experiment.moments" % q(M2 if ("cuped" in fname or "ratio" in fname or name.endswith("cuped"))
+        return "%s::experiment.moments" % q(M2 if ("cuped" in fname or "ratio" in fname or name.endswith("cuped") or "clusters" in name)
                                             else M1)
     return POOLS[typ][0]
 
@@ -274,8 +288,10 @@ INSERT INTO fz.agg_rows (grp, y, x, d, e, g, m, p) VALUES
   (7, 'Infinity', 1, 1, 1, true, '%(empty)s', 2), (7, 1, '-Infinity', 1, 1, false, '%(empty)s', -1),
   (8, 1, 2, 3, 4, true, '%(half)s', 0.3), (8, 1, 2, 3, 4, false, '%(half)s', 0.3), (8, 1, 2, 3, 4, false, '%(half)s', 0.3),
   (9, 1, 2, 3, 4, true, '%(m1)s', 0.4), (9, 1, 2, 3, 4, false, '%(m2)s', 0.4), (9, 1, 2, 3, 4, false, '%(m4)s', 0.4);
+ALTER TABLE fz.agg_rows ADD COLUMN s experiment.sketch;
+UPDATE fz.agg_rows SET s = (ARRAY['%(sk1)s', '%(sk2)s', '%(sk3)s', NULL]::experiment.sketch[])[1 + id %% 4];
 ANALYZE fz.agg_rows;
-""" % {"variants": VARIANTS, "huge": mom(2, ["1e300"], [["1e308"]]), "tiny": mom(2, ["5e-324"], [["-0"]]),
+""" % {"sk1": SKETCH_EDGE[0], "sk2": SKETCH_EDGE[2], "sk3": SKETCH_EDGE[4],"variants": VARIANTS, "huge": mom(2, ["1e300"], [["1e308"]]), "tiny": mom(2, ["5e-324"], [["-0"]]),
        "m1": M1, "m2": M2, "m4": M4, "empty": mom(0, ["0"], [["0"]]), "half": mom(2**62, ["1"], [["1e300"]])}
 GROUPS = list(range(10))
 PARALLEL = ("SET LOCAL parallel_setup_cost = 0; SET LOCAL parallel_tuple_cost = 0;"
@@ -455,7 +471,8 @@ def main():
             cols = []
             fl = iter(["y", "x", "d", "e"])
             for t in f[4]:
-                cols.append({"double precision": None, "boolean": "g", "experiment.moments": "m"}.get(t) or next(fl))
+                cols.append({"double precision": None, "boolean": "g", "experiment.moments": "m",
+                             "experiment.sketch": "s"}.get(t) or next(fl))
             grp = rnd.choice(GROUPS)
             agg = "experiment.%s(%s)" % (name, ", ".join(cols))
             where = "WHERE grp = %d" % grp
