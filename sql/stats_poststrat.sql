@@ -64,14 +64,17 @@ SELECT * FROM r((SELECT experiment.poststrat_ttest('cuped_ratio', c4, t4) FROM a
 \x off
 
 -- the estimator written out with the built-in aggregates: weights n_k / N, weighted arm
--- means, and the variance sum w_k^2 (v_c/n_c + v_t/n_t) + sum w_k (d_k - d)^2 / N
+-- means, and the variance sum w_k^2 s_k + max(0, sum w_k (d_k - d)^2 / N - sum w_k (1 - w_k) s_k / N)
+-- with s_k = v_c/n_c + v_t/n_t
 WITH s AS (SELECT country, count(*) AS n, avg(y) FILTER (WHERE NOT g) AS mc, avg(y) FILTER (WHERE g) AS mt,
                   var_samp(y) FILTER (WHERE NOT g) AS vc, var_samp(y) FILTER (WHERE g) AS vt,
                   count(*) FILTER (WHERE NOT g) AS nc, count(*) FILTER (WHERE g) AS nt
              FROM users GROUP BY country),
      w AS (SELECT s.*, n::float8 / sum(n) OVER () AS w, sum(n) OVER () AS total FROM s),
      d AS (SELECT sum(w * (mt - mc)) AS diff, sum(w * mc) AS mc, sum(w * mt) AS mt FROM w),
-     v AS (SELECT sum(w.w ^ 2 * (w.vc / w.nc + w.vt / w.nt)) + sum(w.w * (w.mt - w.mc - d.diff) ^ 2) / max(w.total) AS var
+     v AS (SELECT sum(w.w ^ 2 * (w.vc / w.nc + w.vt / w.nt))
+                  + greatest(0, sum(w.w * (w.mt - w.mc - d.diff) ^ 2) / max(w.total)
+                                - sum(w.w * (1 - w.w) * (w.vc / w.nc + w.vt / w.nt)) / max(w.total)) AS var
              FROM w, d)
 SELECT abs(x.mean_control - d.mc) < 1e-12 * d.mc AS mean_control,
        abs(x.mean_treatment - d.mt) < 1e-12 * d.mt AS mean_treatment,
