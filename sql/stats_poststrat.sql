@@ -64,14 +64,17 @@ SELECT * FROM r((SELECT experiment.poststrat_ttest('cuped_ratio', c4, t4) FROM a
 \x off
 
 -- the estimator written out with the built-in aggregates: weights n_k / N, weighted arm
--- means, and the variance sum w_k^2 (v_c/n_c + v_t/n_t) + sum w_k (d_k - d)^2 / N
+-- means, and the variance sum w_k^2 s_k + max(0, sum w_k (d_k - d)^2 / N - sum w_k (1 - w_k) s_k / N)
+-- with s_k = v_c/n_c + v_t/n_t
 WITH s AS (SELECT country, count(*) AS n, avg(y) FILTER (WHERE NOT g) AS mc, avg(y) FILTER (WHERE g) AS mt,
                   var_samp(y) FILTER (WHERE NOT g) AS vc, var_samp(y) FILTER (WHERE g) AS vt,
                   count(*) FILTER (WHERE NOT g) AS nc, count(*) FILTER (WHERE g) AS nt
              FROM users GROUP BY country),
      w AS (SELECT s.*, n::float8 / sum(n) OVER () AS w, sum(n) OVER () AS total FROM s),
      d AS (SELECT sum(w * (mt - mc)) AS diff, sum(w * mc) AS mc, sum(w * mt) AS mt FROM w),
-     v AS (SELECT sum(w.w ^ 2 * (w.vc / w.nc + w.vt / w.nt)) + sum(w.w * (w.mt - w.mc - d.diff) ^ 2) / max(w.total) AS var
+     v AS (SELECT sum(w.w ^ 2 * (w.vc / w.nc + w.vt / w.nt))
+                  + greatest(0, sum(w.w * (w.mt - w.mc - d.diff) ^ 2) / max(w.total)
+                                - sum(w.w * (1 - w.w) * (w.vc / w.nc + w.vt / w.nt)) / max(w.total)) AS var
              FROM w, d)
 SELECT abs(x.mean_control - d.mc) < 1e-12 * d.mc AS mean_control,
        abs(x.mean_treatment - d.mt) < 1e-12 * d.mt AS mean_treatment,
@@ -161,3 +164,59 @@ SELECT err($$SELECT experiment.poststrat_ttest('welch', ARRAY[experiment.moments
 -- the arguments that are not NULL are checked even when the result is NULL
 SELECT err($$SELECT experiment.poststrat_ttest('welch', NULL, ARRAY[experiment.moments(1, 2)])$$);
 SELECT err($$SELECT experiment.poststrat_ttest('nope', NULL, NULL)$$);
+
+-- the aggregate over rows of (stratum, arm, moments): the rows of a stratum and arm are merged,
+-- the strata ordered by name; the same as the array form
+CREATE TABLE rows_m AS
+  SELECT country, g, experiment.moments(y, x) AS m FROM users GROUP BY country, g, i % 4;
+SELECT same((SELECT experiment.poststrat_ttest('cuped', country, g, m) FROM rows_m),
+            (SELECT experiment.poststrat_ttest('cuped', c2, t2) FROM arr)) AS aggregate_is_array_form;
+-- rows with a NULL arm or moments are skipped; NULL is a stratum of its own; no rows: NULL
+SELECT same((SELECT experiment.poststrat_ttest('welch', s, g, m)
+               FROM (VALUES ('a', false, experiment.moments_from_sums(10, 50, 300)),
+                            ('a', true, experiment.moments_from_sums(12, 70, 450)),
+                            (NULL, false, experiment.moments_from_sums(20, 200, 2100)),
+                            (NULL, true, experiment.moments_from_sums(18, 190, 2100)),
+                            ('a', NULL, experiment.moments_from_sums(5, 5, 5)),
+                            ('a', true, NULL)) v(s, g, m)),
+            experiment.poststrat_ttest('welch', ARRAY[experiment.moments_from_sums(10, 50, 300), experiment.moments_from_sums(20, 200, 2100)],
+                                       ARRAY[experiment.moments_from_sums(12, 70, 450), experiment.moments_from_sums(18, 190, 2100)])) AS nulls;
+SELECT experiment.poststrat_ttest('welch', country, g, NULL::experiment.moments) IS NULL AS no_moments,
+       (SELECT experiment.poststrat_ttest('welch', country, g, m) FROM rows_m WHERE false) IS NULL AS no_rows
+  FROM (SELECT 'us' AS country, true AS g) x;
+SELECT err($$SELECT experiment.poststrat_ttest(CASE WHEN g THEN 'welch' ELSE 'cuped' END, country, g, m) FROM stats_poststrat.rows_m$$);
+SELECT err($$SELECT experiment.poststrat_ttest('welch', country, g, m) FROM stats_poststrat.rows_m$$);
+
+-- in a parallel plan (partial aggregates combined), the same result
+CREATE TABLE many AS
+  SELECT r.country, r.g, r.m FROM rows_m r, generate_series(1, 20) k;
+SELECT same((SELECT experiment.poststrat_ttest('cuped', country, g, m) FROM many),
+            (SELECT experiment.poststrat_ttest('cuped', array_agg(c ORDER BY country), array_agg(t ORDER BY country))
+               FROM (SELECT country, experiment.merge(m) FILTER (WHERE NOT g) AS c, experiment.merge(m) FILTER (WHERE g) AS t
+                       FROM many GROUP BY country) s), 1e-11) AS serial;
+SET parallel_setup_cost = 0;
+SET parallel_tuple_cost = 0;
+SET min_parallel_table_scan_size = 0;
+SET max_parallel_workers_per_gather = 2;
+SET parallel_leader_participation = off;
+EXPLAIN (COSTS OFF) SELECT experiment.poststrat_ttest('cuped', country, g, m) FROM many;
+SELECT same((SELECT experiment.poststrat_ttest('cuped', country, g, m) FROM many),
+            (SELECT experiment.poststrat_ttest('cuped', array_agg(c ORDER BY country), array_agg(t ORDER BY country))
+               FROM (SELECT country, experiment.merge(m) FILTER (WHERE NOT g) AS c, experiment.merge(m) FILTER (WHERE g) AS t
+                       FROM many GROUP BY country) s), 1e-11) AS parallel;
+RESET parallel_setup_cost;
+RESET parallel_tuple_cost;
+RESET min_parallel_table_scan_size;
+RESET max_parallel_workers_per_gather;
+RESET parallel_leader_participation;
+
+-- crafted states fed to the support functions: errors or NULLs, never a crash
+SELECT experiment.poststrat_final(NULL) IS NULL AS null_state,
+       experiment.poststrat_final(ROW('welch', '{}', '{}', '{}')::experiment.poststrat_state) IS NULL AS empty_state;
+SELECT (experiment.poststrat_final(ROW('welch', '{a,b}', ARRAY[experiment.moments_from_sums(5, 10, 30)],
+                                       '{}')::experiment.poststrat_state)).n_control AS short_arrays;
+SELECT err($$SELECT experiment.poststrat_final(ROW('nope', '{a}', ARRAY[experiment.moments_from_sums(5, 10, 30)], ARRAY[experiment.moments_from_sums(5, 10, 30)])::experiment.poststrat_state)$$);
+SELECT err($$SELECT experiment.poststrat_combine(ROW('welch', '{a}', ARRAY[experiment.moments_from_sums(5, 10, 30)], '{NULL}')::experiment.poststrat_state,
+                                                 ROW('cuped', '{a}', '{NULL}', '{NULL}')::experiment.poststrat_state)$$);
+SELECT err($$SELECT experiment.poststrat_combine(ROW('welch', '{a}', ARRAY[experiment.moments_from_sums(5, 10, 30)], '{NULL}')::experiment.poststrat_state,
+                                                 ROW('welch', '{a}', ARRAY[experiment.moments(1, 2)], '{NULL}')::experiment.poststrat_state)$$);

@@ -24,7 +24,8 @@
  * where g is the gradient of the statistic in the arm-stratum means (delta
  * method; exact for the linear cases) and the last term is
  * sum_k w_k (b_k - b)^2 / N with b_k the derivative in w_k (the multinomial
- * covariance of the weights, as GrowthBook's PostStratificationSummary).
+ * covariance of the weights, as GrowthBook's PostStratificationSummary),
+ * less the part of it that is the noise of the b_k (weights_variance).
  * With one stratum every estimate is that of the unstratified test.  The
  * estimate then goes through the shared inference (exp_test_result_datum).
  *
@@ -290,30 +291,36 @@ typedef struct
 } VarAcc;
 
 static void
-acc_add(VarAcc *acc, const Moments *m, const double *gd, const double *gl, PsMethod method)
+acc_add(VarAcc *acc, const Moments *m, const double *gd, const double *gl, PsMethod method,
+		double *vd, double *vl)
 {
-	double		n = (double) m->n,
-				vd,
-				vl;
+	double		n = (double) m->n;
 
+	*vd = *vl = 0;
 	if (method == PS_PROP ? m->n < 1 : m->n < 2)
 	{
 		acc->ok = false;
 		return;
 	}
-	vd = unit_variance(m, gd, method) / n;
-	vl = unit_variance(m, gl, method) / n;
-	acc->var_d += vd;
-	acc->var_l += vl;
+	*vd = unit_variance(m, gd, method) / n;
+	*vl = unit_variance(m, gl, method) / n;
+	acc->var_d += *vd;
+	acc->var_l += *vl;
 	if (m->n >= 2)
-		acc->df_den += vd * vd / (n - 1);
+		acc->df_den += *vd * *vd / (n - 1);
 	else
 		acc->df_den = get_float8_infinity();
 }
 
-/* sum_k w_k (b_k - sum w b)^2 / N: the variance that the estimated weights add */
+/*
+ * The variance that the estimated weights add: b' (diag(w) - w w') b / N =
+ * sum_k w_k (b_k - sum w b)^2 / N, less its expectation when every stratum
+ * has the same effect, sum_k w_k (1 - w_k) var(b_k) / N = corr (the
+ * sampling noise of the strata's own estimates b_k), and at least 0: an
+ * unbiased estimate of the strata's spread sum_k w_k (beta_k - beta)^2 / N.
+ */
 static double
-weights_variance(const double *w, const double *b, int k, double total)
+weights_variance(const double *w, const double *b, int k, double total, double corr)
 {
 	double		mean = 0,
 				s = 0;
@@ -322,7 +329,8 @@ weights_variance(const double *w, const double *b, int k, double total)
 		mean += w[i] * b[i];
 	for (int i = 0; i < k; i++)
 		s += w[i] * (b[i] - mean) * (b[i] - mean);
-	return s / total;
+	s = s / total - corr;
+	return s > 0 ? s : 0;
 }
 
 static void
@@ -348,7 +356,9 @@ poststrat_estimate(Estimate *e, Cell *cells, int k, PsMethod method)
 	double		num[2] = {0, 0},
 				den[2] = {0, 0};	/* ratio: weighted numerator, denominator means */
 	VarAcc		acc = {0, 0, 0, true};
-	double		null_var = 0;
+	double		null_var = 0,
+				corr_d = 0,		/* sum_k (1 - w_k) / n_k sum_a v_a,k: see weights_variance */
+				corr_l = 0;
 
 	for (int i = 0; i < k; i++)
 	{
@@ -459,6 +469,9 @@ poststrat_estimate(Estimate *e, Cell *cells, int k, PsMethod method)
 	/* variances of the arm-stratum means */
 	for (int i = 0; i < k; i++)
 	{
+		double		sd = 0,
+					sl = 0;
+
 		for (int a = 0; a < 2; a++)
 		{
 			const Moments *m = cells[i].a[a];
@@ -492,8 +505,17 @@ poststrat_estimate(Estimate *e, Cell *cells, int k, PsMethod method)
 			}
 			for (int j = 0; j < nv; j++)
 				gl[j] = (gd[j] - (a == 0 ? c_lift * gm[j] : 0)) / abs_mc;
-			acc_add(&acc, m, gd, gl, method);
+			{
+				double		vd,
+							vl;
+
+				acc_add(&acc, m, gd, gl, method, &vd, &vl);
+				sd += vd;
+				sl += vl;
+			}
 		}
+		corr_d += (1 - w[i]) / (double) cells[i].n * sd;
+		corr_l += (1 - w[i]) / (double) cells[i].n * sl;
 		if (method == PS_PROP)
 		{
 			const Moments *c = cells[i].a[0],
@@ -514,7 +536,7 @@ poststrat_estimate(Estimate *e, Cell *cells, int k, PsMethod method)
 		bl[i] = (bd[i] - c_lift * bm[i]) / abs_mc;
 
 	{
-		double		vd = acc.var_d + weights_variance(w, bd, k, total);
+		double		vd = acc.var_d + weights_variance(w, bd, k, total, corr_d);
 
 		if (!(vd > 0) || !isfinite(vd))
 			return;
@@ -535,7 +557,7 @@ poststrat_estimate(Estimate *e, Cell *cells, int k, PsMethod method)
 	}
 	if (isfinite(e->lift))
 	{
-		double		lv = acc.var_l + weights_variance(w, bl, k, total);
+		double		lv = acc.var_l + weights_variance(w, bl, k, total, corr_l);
 
 		if (lv > 0 && isfinite(lv))
 			e->lift_se = sqrt(lv);
