@@ -17,7 +17,11 @@ scipy.stats.ttest_ind; proportion: statsmodels proportions_ztest; ratio: the
 delta method in numpy; CUPED: Welch on y - theta (x - mean x), theta over both
 arms) to 1e-9 relative; the adjusted p-values against statsmodels
 multipletests (Holm) within each (metric, dimension) family; SRM per value
-against scipy.stats.chisquare. Then an incremental refresh after new units,
+against scipy.stats.chisquare; the same units under a sequential analysis
+against the always-valid confidence sequence recomputed in numpy; with
+stratify_by, the overall post-stratified Welch and proportion tests recomputed
+in numpy, the ratio and CUPED ones equal to poststrat_ttest of the strata's
+moments. Then an incremental refresh after new units,
 new events and earlier exposures with other values equals a full one, a new
 dimension makes the refresh full and a new top_n does not, and a full refresh
 reads each source as often with dimensions as without (pg_stat_user_tables).
@@ -559,6 +563,38 @@ ck.check(all(back[m]["stratified_by"] is None and abs(back[m]["p_value"] - plain
              for m in plain),
          "stratify_by NULL: the unstratified tests again: %r" % [(back[m]["stratified_by"], back[m]["p_value"], plain[m]["p_value"])
                                                              for m in plain])
+
+# ---------------------------------------------------------------- a sequential analysis per value
+# the same units in an experiment with a sequential analysis (N* = 8000): each value's Welch
+# test is the always-valid confidence sequence of doc/statistics.md ("Inference"), recomputed
+# here from the per-unit values
+cur.execute("""INSERT INTO experiment.experiments (id, status, start_at, end_at, alpha, analysis, sequential_tuning)
+               VALUES ('dims-seq', 'draft', %s, %s, %s, 'sequential', 8000)""", (ts(-DAY), ts(END_S), ALPHA))
+cur.execute("""INSERT INTO experiment.variants (experiment_id, name, allocation, is_control) VALUES
+               ('dims-seq', 'control', 0.5, true), ('dims-seq', 'treatment', 0.5, false)""")
+cur.execute("INSERT INTO experiment.experiment_metrics (experiment_id, metric, role) VALUES ('dims-seq', 'd_orders', 'primary')")
+cur.execute("INSERT INTO experiment.dimensions (experiment_id, name, attribute) VALUES ('dims-seq', 'client', 'client')")
+cur.execute("UPDATE experiment.experiments SET status = 'running' WHERE id = 'dims-seq'")
+cur.execute("""INSERT INTO experiment.exposures (experiment_id, unit_id, variant, exposed_at, client, app_version, attributes)
+               SELECT 'dims-seq', unit_id, variant, exposed_at, client, app_version, attributes
+               FROM experiment.exposures WHERE experiment_id = 'dims'""")
+q("SELECT experiment.refresh('dims-seq')")
+seq = {v: (lo, hi, p) for v, lo, hi, p in q("""SELECT value, diff_lower, diff_upper, p_value FROM experiment.results_by_dimension
+                                               WHERE experiment_id = 'dims-seq'""")}
+lab, _ = labels("client")
+rho = np.sqrt((-2 * np.log(ALPHA) + np.log(-2 * np.log(ALPHA) + 1)) / 8000)
+for v in sorted(set(lab)):
+    yc, yt = Y["d_orders"][(lab == v) & ~is_t], Y["d_orders"][(lab == v) & is_t]
+    n = len(yc) + len(yt)
+    d = yt.mean() - yc.mean()
+    se = np.sqrt(yc.var(ddof=1) / len(yc) + yt.var(ddof=1) / len(yt))
+    s2 = se * se * n
+    half = np.sqrt(s2 * 2 * (n * rho ** 2 + 1) * np.log(np.sqrt(n * rho ** 2 + 1) / ALPHA) / (n * n * rho ** 2))
+    e_val = np.exp(rho ** 2 * (d * d * n / (se * se)) / (2 * (n * rho ** 2 + 1))) / np.sqrt(n * rho ** 2 + 1)
+    lo, hi, p = seq.get(v, (None, None, None))
+    close(lo, float(d - half), "sequential client=%s diff_lower" % v)
+    close(hi, float(d + half), "sequential client=%s diff_upper" % v)
+    close(p, float(min(1.0, 1 / e_val)), "sequential client=%s always-valid p" % v)
 
 # ---------------------------------------------------------------- definition changes
 cur.execute("UPDATE experiment.dimensions SET top_n = 4 WHERE experiment_id = 'dims' AND name = 'country'")

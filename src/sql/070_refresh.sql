@@ -1523,27 +1523,33 @@ BEGIN
       WHERE mr.experiment_id = e.id AND NOT (m3.aggregation = 'quantile' AND m3.quantile_level = 'event');
     END IF;
 
-    -- dimension breakdowns: per dimension, the units, moments and tests of its values, each a
-    -- pass over the same stored per-unit values (no source is read again)
+    -- dimension breakdowns: per dimension, the units, moments and tests of its values, from
+    -- passes over the same stored per-unit values (no source is read again)
     DELETE FROM experiment.dimension_results dr WHERE dr.experiment_id = e.id;
     DELETE FROM experiment.dimension_stats ds WHERE ds.experiment_id = e.id;
     DELETE FROM experiment.dimension_enrollment dn WHERE dn.experiment_id = e.id;
     SELECT count(*) INTO nb FROM pg_temp.exp_base;
+    -- the units per dimension, value and variant, in one pass for all dimensions
+    SELECT pg_catalog.string_agg(format('(%s, coalesce(v.d%s, ''(none)''))', d.j, d.j), ', ' ORDER BY d.j)
+      INTO raw_sql FROM pg_temp.exp_dims d;
+    IF raw_sql IS NOT NULL THEN
+      EXECUTE format('CREATE TEMP TABLE exp_dim_units ON COMMIT DROP AS '
+                     'SELECT d.j, d.value, v.variant, count(*) AS units FROM %s v '
+                     'CROSS JOIN LATERAL (VALUES %s) AS d(j, value) GROUP BY 1, 2, 3', vals_from, raw_sql);
+    END IF;
     FOR dm IN SELECT * FROM pg_temp.exp_dims d ORDER BY d.j LOOP
       raw_sql := format('coalesce(v.d%s, ''(none)'')', dm.j);
-      EXECUTE format('CREATE TEMP TABLE exp_dim_units ON COMMIT DROP AS '
-                     'SELECT %s AS value, v.variant, count(*) AS units FROM %s v GROUP BY 1, 2', raw_sql, vals_from);
       -- the top_n values by analysed units (ties by value, in byte order); the rest is (other)
       SELECT coalesce(array_agg(t.value ORDER BY t.value COLLATE "C"), '{}') INTO top
-        FROM (SELECT u.value FROM pg_temp.exp_dim_units u GROUP BY u.value
+        FROM (SELECT u.value FROM pg_temp.exp_dim_units u WHERE u.j = dm.j GROUP BY u.value
               ORDER BY sum(u.units) DESC, u.value COLLATE "C" LIMIT dm.top_n) t;
       INSERT INTO experiment.dimension_enrollment (experiment_id, dimension, value, variant, units, refreshed_at)
       SELECT e.id, dm.name, l.value, v.name, coalesce(sum(u.units), 0), ts
       FROM (SELECT DISTINCT CASE WHEN u0.value = ANY (top) THEN u0.value ELSE '(other)' END AS value
-            FROM pg_temp.exp_dim_units u0) l
+            FROM pg_temp.exp_dim_units u0 WHERE u0.j = dm.j) l
       CROSS JOIN experiment.variants v
       LEFT JOIN pg_temp.exp_dim_units u
-        ON CASE WHEN u.value = ANY (top) THEN u.value ELSE '(other)' END = l.value AND u.variant = v.name
+        ON u.j = dm.j AND CASE WHEN u.value = ANY (top) THEN u.value ELSE '(other)' END = l.value AND u.variant = v.name
       WHERE v.experiment_id = e.id
       GROUP BY l.value, v.name;
       -- each unit's value, computed once per row
@@ -1557,7 +1563,7 @@ BEGIN
           d_caps := array_fill(''::text, ARRAY[nb]);
           d_lower := array_fill(''::text, ARRAY[nb]);
           FOR lv IN SELECT DISTINCT CASE WHEN u.value = ANY (top) THEN u.value ELSE '(other)' END
-                    FROM pg_temp.exp_dim_units u LOOP
+                    FROM pg_temp.exp_dim_units u WHERE u.j = dm.j LOOP
             SELECT * INTO wc FROM experiment.winsorization_caps(format('(SELECT * FROM %s v WHERE v.dim_value = %L)',
                                                                        dim_from, lv));
             FOR i IN 1 .. nb LOOP
@@ -1602,7 +1608,6 @@ BEGIN
           END IF;
         END IF;
       END IF;
-      DROP TABLE pg_temp.exp_dim_units;
     END LOOP;
     -- the tests of each value, as those of the whole experiment
     INSERT INTO experiment.dimension_results
