@@ -482,8 +482,9 @@ cur.execute("DROP ROLE dims_outsider")
 # stratify_by: the overall tests are experiment.poststrat_ttest of the strata's moments; the
 # post-stratified Welch and proportion tests are recomputed here from the per-unit values
 # (doc/statistics.md, "Post-stratification": weights n_k/N, the variance given the strata's
-# counts plus the weights' term, Welch-Satterthwaite df over the arm-strata; the proportion's
-# statistic with the pooled null standard error)
+# counts plus the weights' term less the strata's own noise in it (at least 0),
+# Welch-Satterthwaite df over the arm-strata; the proportion's statistic with the pooled null
+# standard error)
 
 
 def poststrat(y, lab, c, t, prop=False):
@@ -500,7 +501,9 @@ def poststrat(y, lab, c, t, prop=False):
                  for w, yc, yt in parts]
     else:
         v_arm = [(w * w * yc.var(ddof=1) / len(yc), w * w * yt.var(ddof=1) / len(yt)) for w, yc, yt in parts]
-    var = sum(a + b for a, b in v_arm) + sum(w * (d - diff) ** 2 for (w, _, _), d in zip(parts, D)) / N
+    # the weights' term less the strata's own noise in it, at least 0
+    noise = sum((1 - w) / (len(yc) + len(yt)) * (a + b) for (w, yc, yt), (a, b) in zip(parts, v_arm))
+    var = sum(a + b for a, b in v_arm) + max(0.0, sum(w * (d - diff) ** 2 for (w, _, _), d in zip(parts, D)) / N - noise)
     if prop:
         se0 = np.sqrt(sum(w * w * np.concatenate([yc, yt]).mean() * (1 - np.concatenate([yc, yt]).mean())
                           * (1 / len(yc) + 1 / len(yt)) for w, yc, yt in parts))
