@@ -316,8 +316,9 @@ acc_add(VarAcc *acc, const Moments *m, const double *gd, const double *gl, PsMet
  * The variance that the estimated weights add: b' (diag(w) - w w') b / N =
  * sum_k w_k (b_k - sum w b)^2 / N, less its expectation when every stratum
  * has the same effect, sum_k w_k (1 - w_k) var(b_k) / N = corr (the
- * sampling noise of the strata's own estimates b_k), and at least 0: an
- * unbiased estimate of the strata's spread sum_k w_k (beta_k - beta)^2 / N.
+ * sampling noise of the strata's own estimates b_k), so that it estimates
+ * the strata's spread sum_k w_k (beta_k - beta)^2 / N without bias (before
+ * it is clamped at 0).
  */
 static double
 weights_variance(const double *w, const double *b, int k, double total, double corr)
