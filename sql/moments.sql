@@ -117,5 +117,6 @@ SELECT p.oid::regprocedure AS aggregate, a.aggcombinefn <> 0 AS has_combine,
        a.aggtranstype::regtype AS state, p.proparallel
   FROM pg_aggregate a JOIN pg_proc p ON p.oid = a.aggfnoid
  WHERE p.pronamespace = 'experiment'::regnamespace AND p.proname IN ('moments', 'merge')
+   AND a.aggtranstype = 'experiment.moments'::regtype
  ORDER BY 1::text;
 

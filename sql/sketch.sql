@@ -133,6 +133,12 @@ SELECT r.n_control, round(r.mean_control::numeric, 4) AS q50,
   FROM five, c, experiment.quantile_test(s, s, 0.5, m, m) r, experiment.quantile_test(s, s, 0.5) u;
 
 -- parallel: a forced parallel plan gives Partial Aggregate and the serial result
+-- the aggregates are declared parallel safe with a combine function and experiment.sketch as state
+SELECT p.oid::regprocedure AS aggregate, a.aggcombinefn <> 0 AS has_combine,
+       a.aggtranstype::regtype AS state, a.aggfinalfn::regproc AS final, p.proparallel
+  FROM pg_aggregate a JOIN pg_proc p ON p.oid = a.aggfnoid
+ WHERE p.pronamespace = 'experiment'::regnamespace AND a.aggtranstype = 'experiment.sketch'::regtype
+ ORDER BY 1::text;
 SET parallel_setup_cost = 0;
 SET parallel_tuple_cost = 0;
 SET min_parallel_table_scan_size = 0;

@@ -56,6 +56,11 @@ conn = fresh_db("sketch_oracle")
 cur = conn.cursor()
 cur.execute("SET work_mem = '256MB'")
 rng = np.random.default_rng(SEED)
+T0 = __import__("time").time()
+
+
+def elapsed(what):
+    print("-- %s done at %.1f s" % (what, __import__("time").time() - T0), flush=True)
 
 # ---------- the index mapping, reimplemented from doc/statistics.md ----------
 LOG_GAMMA = math.log1p(ALPHA) - math.log1p(-ALPHA)
@@ -158,6 +163,7 @@ for name, gen in DISTS.items():
 print("accuracy: largest relative error %.5f (bound %.3f); sketch sizes: %s"
       % (worst, ALPHA, ", ".join("%s %d: %d B" % (k[0], k[1], v) for k, v in sorted(sizes.items()))))
 
+elapsed("accuracy")
 # ---------- 2. bins against the reimplemented mapping ----------
 x = mixture(100000)
 load("bins", x)
@@ -179,6 +185,7 @@ cur.execute("SELECT pg_column_size(experiment.sketch(v)) FROM unnest(%s::float8[
 small = cur.fetchone()[0]
 ck.check(small <= 64, "a unit of 5 values takes %d bytes (<= 64)" % small)
 
+elapsed("bins")
 # ---------- 3. merge, round trips, crafted binary ----------
 for name, vals in (("mixture", mixture(50000)), ("collapsing", np.exp(rng.uniform(-30, 30, 50000))),
                    ("collapsing negative", -np.exp(rng.uniform(-30, 30, 50000)))):
@@ -244,6 +251,7 @@ for what, p in [("version 2", sketch_bytes(version=2)), ("no bins", sketch_bytes
     except psycopg2.Error as e:
         ck.check(e.pgcode == "22P03", "crafted binary value (%s): %s %s" % (what, e.pgcode, e.pgerror.splitlines()[0]))
 
+elapsed("merge and round trips")
 # ---------- 4. parallel == serial ----------
 load("par", mixture(1000000), [("grp", rng.integers(0, 3, 1000000))])
 cur.execute("CREATE TABLE par_serial AS SELECT grp, experiment.sketch(y) s FROM par GROUP BY grp")
@@ -260,6 +268,7 @@ cur.execute("RESET parallel_setup_cost; RESET parallel_tuple_cost; RESET min_par
             " SET max_parallel_workers_per_gather = 0")
 
 
+elapsed("parallel")
 # ---------- 5. quantile_test against the formulas ----------
 Z = stats.norm.ppf(0.975)
 
@@ -442,6 +451,7 @@ for k in range(6):
 print("quantile_test: %d unit-level and %d event-level results compared column by column" % (n_unit, n_clu))
 print("largest relative errors: " + ", ".join("%s %.2g" % kv for kv in sorted(maxerr.items())))
 
+elapsed("quantile_test oracle")
 # errors and NULLs
 for sql, code in [("SELECT experiment.quantile_test(experiment.sketch(y), experiment.sketch(y), 1) FROM qt", "22023"),
                   ("SELECT experiment.quantile_test(experiment.sketch(y), experiment.sketch(y), 0.5, 2) FROM qt", "22023"),
@@ -470,6 +480,7 @@ ck.check(se_null and p_null and abs(m / 4 - 1) <= ALPHA,
          "n = 5 at q = 0.99: no interval (n <= z^2 q / (1 - q)); the quantile %r is the value of rank 3 (4)" % m)
 
 
+elapsed("errors")
 # ---------- 6. coverage ----------
 def coverage(label, sql_data, qs, true_diff, clustered_test, want_fpr=False):
     cur.execute("DROP TABLE IF EXISTS sim")
@@ -479,11 +490,10 @@ def coverage(label, sql_data, qs, true_diff, clustered_test, want_fpr=False):
     for q in qs:
         if clustered_test:
             cur.execute("""
-              WITH us AS (SELECT ds, arm, unit, experiment.sketch(y) s FROM sim GROUP BY 1, 2, 3),
-                   a AS (SELECT ds, arm, experiment.merge(s) s FROM us GROUP BY 1, 2),
+              WITH a AS (SELECT ds, arm, experiment.merge(s) s FROM sim GROUP BY 1, 2),
                    c AS (SELECT us.ds, us.arm, experiment.moments(experiment.rank(us.s, experiment.quantile(a.s, %(q)s)),
                                                                    experiment.n(us.s)) m
-                           FROM us JOIN a USING (ds, arm) GROUP BY 1, 2)
+                           FROM sim us JOIN a USING (ds, arm) GROUP BY 1, 2)
               SELECT (r).diff_lower, (r).diff_upper, (r).p_value, (i).diff_lower, (i).diff_upper FROM (
                 SELECT experiment.quantile_test(ac.s, at.s, %(q)s, cc.m, ct.m) r,
                        experiment.quantile_test(ac.s, at.s, %(q)s) i
@@ -492,10 +502,9 @@ def coverage(label, sql_data, qs, true_diff, clustered_test, want_fpr=False):
                  WHERE ac.arm = 0) x""", {"q": q})
         else:
             cur.execute("""
-              WITH a AS (SELECT ds, arm, experiment.sketch(y) s FROM sim GROUP BY 1, 2)
               SELECT (r).diff_lower, (r).diff_upper, (r).p_value, NULL, NULL FROM (
                 SELECT experiment.quantile_test(ac.s, at.s, %(q)s) r
-                  FROM a ac JOIN a at ON at.ds = ac.ds AND at.arm = 1 WHERE ac.arm = 0) x""", {"q": q})
+                  FROM sim ac JOIN sim at ON at.ds = ac.ds AND at.arm = 1 WHERE ac.arm = 0) x""", {"q": q})
         rows = cur.fetchall()
         td = true_diff(q)
         cov = np.mean([lo <= td <= hi for lo, hi, _, _, _ in rows if lo is not None])
@@ -519,24 +528,31 @@ def coverage(label, sql_data, qs, true_diff, clustered_test, want_fpr=False):
 
 SIGMA = 1.0
 for mult in (1.05, 1.0):
+    # the sketch of each arm of each dataset, straight from the generated values
     coverage("unit-level lognormal, treatment x%g" % mult, """
       CREATE TABLE sim AS
-      SELECT ds, arm, exp(%(s)s * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random())) * CASE WHEN arm = 1 THEN %(m)s ELSE 1 END AS y
-        FROM generate_series(1, 1000) ds, generate_series(0, 1) arm, generate_series(1, 2000) i""" % {"s": SIGMA, "m": mult},
+      SELECT ds, arm, experiment.sketch(exp(%(s)s * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))
+                                        * CASE WHEN arm = 1 THEN %(m)s ELSE 1 END) AS s
+        FROM generate_series(1, 1000) ds, generate_series(0, 1) arm, generate_series(1, 2000) i
+       GROUP BY ds, arm""" % {"s": SIGMA, "m": mult},
              (0.5, 0.9, 0.99), lambda q, m=mult: math.exp(SIGMA * stats.norm.ppf(q)) * (m - 1), False, want_fpr=(mult == 1.0))
 
 SD_U = 0.8
 for mult in (1.05, 1.0):
-    # units with 1 + Poisson-like (geometric, mean 3) events, a unit random effect N(0, 0.8^2), events N(0, 1) in logs
+    # units with 1 + floor(Exp(mean 3)) events (about 3.5), a unit random effect N(0, 0.8^2), events N(0, 1) in logs
+    # the sketch of each unit's events, straight from the generated values
     coverage("event-level clustered, treatment x%g" % mult, """
       CREATE TABLE sim AS
-      WITH u AS (SELECT ds, arm, unit, %(sd)s * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()) AS re,
-                        1 + floor(-ln(1 - random()) * 3)::int AS ne
-                   FROM generate_series(1, 1000) ds, generate_series(0, 1) arm, generate_series(1, 400) unit)
-      SELECT ds, arm, unit, exp(re + sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random())) * CASE WHEN arm = 1 THEN %(m)s ELSE 1 END AS y
-        FROM u, generate_series(1, ne) e""" % {"sd": SD_U, "m": mult},
+      SELECT ds, arm, unit,
+             (SELECT experiment.sketch(exp(re + 0 * e + sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))
+                                       * CASE WHEN arm = 1 THEN %(m)s ELSE 1 END)
+                FROM generate_series(1, ne) e) AS s  -- (0 * e: an aggregate of the subquery's level)
+        FROM (SELECT ds, arm, unit, %(sd)s * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()) AS re,
+                     1 + floor(-ln(1 - random()) * 3)::int AS ne
+                FROM generate_series(1, 1000) ds, generate_series(0, 1) arm, generate_series(1, 400) unit) u""" % {"sd": SD_U, "m": mult},
              (0.5, 0.9), lambda q, m=mult: math.exp(math.sqrt(SD_U ** 2 + 1) * stats.norm.ppf(q)) * (m - 1), True,
              want_fpr=(mult == 1.0))
 
+elapsed("coverage")
 conn.close()
 ck.report()
