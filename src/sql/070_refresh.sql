@@ -1674,6 +1674,14 @@ BEGIN
       first_exposure = excluded.first_exposure, last_exposure = excluded.last_exposure,
       exposures_by_day = excluded.exposures_by_day, error = NULL, error_at = NULL,
       mode = excluded.mode, full_reason = excluded.full_reason;
+    -- cluster-randomised experiments (src/sql/099_clusters.sql): the tests over clusters
+    IF e.cluster_relation IS NOT NULL OR e.cluster_attribute IS NOT NULL THEN
+      PERFORM experiment.refresh_clusters(e, vals_from, cp.capped, cp.pre_capped, tuning, ts);
+    ELSE
+      UPDATE experiment.refreshes f SET clusters = NULL, clustered_units = NULL, unclustered_units = NULL,
+                                        mixed_clusters = NULL
+       WHERE f.experiment_id = e.id AND f.clusters IS NOT NULL;
+    END IF;
   EXCEPTION WHEN unique_violation THEN
     RAISE EXCEPTION 'could not refresh experiment "%": another refresh committed after this transaction''s snapshot', e.id
       USING ERRCODE = 'serialization_failure', DETAIL = SQLERRM,

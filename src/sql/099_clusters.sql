@@ -1,0 +1,309 @@
+-- ---------------------------------------------------------------------------
+-- Cluster-randomised experiments: the declaration of an experiment's clusters (a mapping
+-- relation unit -> cluster, or a key of the exposures' attributes), and the clustered tests
+-- that refresh() computes from the stored per-unit values: per cluster the sum of the
+-- per-unit values and the number of units, tested with the delta-method ratio estimator
+-- over clusters (doc/designs-design-cluster.md)
+-- ---------------------------------------------------------------------------
+
+ALTER TABLE experiment.experiments
+  ADD COLUMN cluster_relation regclass,
+  ADD COLUMN cluster_unit_column text,
+  ADD COLUMN cluster_column text,
+  ADD COLUMN cluster_attribute text;
+COMMENT ON COLUMN experiment.experiments.cluster_relation IS
+  'cluster-randomised experiments: the relation (table, materialized view, partitioned or foreign table) that maps each unit to its cluster; NULL: not clustered, or clustered by cluster_attribute';
+COMMENT ON COLUMN experiment.experiments.cluster_unit_column IS
+  'the column of cluster_relation that holds the unit id (compared as text with experiment.exposures.unit_id)';
+COMMENT ON COLUMN experiment.experiments.cluster_column IS
+  'the column of cluster_relation that holds the unit''s cluster (company, household, region)';
+COMMENT ON COLUMN experiment.experiments.cluster_attribute IS
+  'cluster-randomised experiments: the key of experiment.exposures.attributes whose value (in the unit''s first exposure) is the unit''s cluster; NULL: not clustered, or clustered by cluster_relation';
+
+ALTER TABLE experiment.metric_results
+  ADD COLUMN clustered_by text,
+  ADD COLUMN unit_test experiment.test_result;
+COMMENT ON COLUMN experiment.metric_results.clustered_by IS
+  'the cluster of a clustered test (cluster_column of cluster_relation, or attributes.<cluster_attribute>): test counts clusters and is the delta-method ratio over them; NULL: a unit-level test';
+COMMENT ON COLUMN experiment.metric_results.unit_test IS
+  'clustered tests: the unit-level test the refresh would report without clusters (it ignores the correlation within clusters; its standard error against test''s gives the design effect)';
+
+ALTER TABLE experiment.variant_stats
+  ADD COLUMN clusters bigint,
+  ADD COLUMN cluster_moments experiment.moments,
+  ADD COLUMN cluster_cuped_moments experiment.moments;
+COMMENT ON COLUMN experiment.variant_stats.clusters IS 'clustered experiments: the clusters of the variant (with at least one analysed unit)';
+COMMENT ON COLUMN experiment.variant_stats.cluster_moments IS
+  'clustered experiments: bivariate moments over the variant''s clusters of (sum of the capped per-unit values, units); for ratio metrics (sum of numerators, sum of denominators)';
+COMMENT ON COLUMN experiment.variant_stats.cluster_cuped_moments IS
+  'clustered experiments with a CUPED pre-period: 4-variable moments over clusters of (sum of y, units, sum of pre-period y, units); for ratio metrics of the four sums';
+
+ALTER TABLE experiment.refreshes
+  ADD COLUMN clusters bigint,
+  ADD COLUMN clustered_units bigint,
+  ADD COLUMN unclustered_units bigint,
+  ADD COLUMN mixed_clusters bigint;
+COMMENT ON COLUMN experiment.refreshes.clusters IS 'clustered experiments: the (cluster, variant) pairs analysed';
+COMMENT ON COLUMN experiment.refreshes.clustered_units IS 'clustered experiments: the analysed units that have a cluster';
+COMMENT ON COLUMN experiment.refreshes.unclustered_units IS
+  'clustered experiments: analysed units without a cluster (none in cluster_relation, or no cluster_attribute in the first exposure), left out of the clustered tests';
+COMMENT ON COLUMN experiment.refreshes.mixed_clusters IS
+  'clustered experiments: clusters whose units are in more than one variant (the randomisation was not by cluster); each variant''s part counts as a cluster';
+
+-- the rules of a cluster declaration, in the wordings of the catalogue's errors; also run by
+-- refresh() (the relation may have changed since)
+CREATE FUNCTION experiment.validate_clusters(e experiment.experiments) RETURNS void
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  kind "char";
+  col text;
+  what text;
+BEGIN
+  IF e.cluster_relation IS NULL THEN
+    IF e.cluster_unit_column IS NOT NULL OR e.cluster_column IS NOT NULL THEN
+      RAISE EXCEPTION 'cluster_% of experiment "%" needs cluster_relation, got NULL',
+        CASE WHEN e.cluster_unit_column IS NOT NULL THEN 'unit_column' ELSE 'column' END, left(e.id, 200)
+        USING ERRCODE = 'invalid_parameter_value',
+              HINT = 'Set cluster_relation, cluster_unit_column and cluster_column together (or none of them).';
+    END IF;
+  ELSE
+    IF e.cluster_attribute IS NOT NULL THEN
+      RAISE EXCEPTION 'cluster_attribute of experiment "%" must be NULL when cluster_relation is set, got "%"',
+        left(e.id, 200), left(e.cluster_attribute, 200)
+        USING ERRCODE = 'invalid_parameter_value',
+              HINT = 'Declare the clusters by a relation (cluster_relation, cluster_unit_column, cluster_column) or by a key of the exposures'' attributes (cluster_attribute), not both.';
+    END IF;
+    SELECT c.relkind INTO kind FROM pg_catalog.pg_class c WHERE c.oid = e.cluster_relation;
+    IF kind IS NULL OR kind NOT IN ('r', 'm', 'p', 'f') THEN
+      RAISE EXCEPTION 'invalid cluster_relation % of experiment "%"',
+        coalesce(e.cluster_relation::text, e.cluster_relation::oid::text), left(e.id, 200)
+        USING ERRCODE = 'invalid_parameter_value',
+              HINT = 'Use a table, materialized view, partitioned table or foreign table (no view: refresh() reads it as its caller).';
+    END IF;
+    FOREACH what IN ARRAY ARRAY['cluster_unit_column', 'cluster_column'] LOOP
+      col := CASE what WHEN 'cluster_unit_column' THEN e.cluster_unit_column ELSE e.cluster_column END;
+      IF col IS NULL THEN
+        RAISE EXCEPTION '% of experiment "%" must name a column of %, got NULL', what, left(e.id, 200), e.cluster_relation
+          USING ERRCODE = 'invalid_parameter_value',
+                HINT = 'Set cluster_relation, cluster_unit_column and cluster_column together (or none of them).';
+      END IF;
+      IF NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a
+                     WHERE a.attrelid = e.cluster_relation AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped) THEN
+        RAISE EXCEPTION '% of experiment "%" must name a column of %, got "%"', what, left(e.id, 200),
+          e.cluster_relation, left(col, 200)
+          USING ERRCODE = 'invalid_parameter_value',
+                HINT = experiment.hint_list(ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+                                                  WHERE a.attrelid = e.cluster_relation AND a.attnum > 0
+                                                    AND NOT a.attisdropped ORDER BY a.attnum),
+                                            format('columns of %s', e.cluster_relation), e.cluster_relation::text);
+      END IF;
+    END LOOP;
+    IF e.cluster_unit_column = e.cluster_column THEN
+      RAISE EXCEPTION 'cluster_column of experiment "%" must differ from cluster_unit_column, got "%" for both',
+        left(e.id, 200), left(e.cluster_column, 200)
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+  END IF;
+  IF e.cluster_attribute = '' THEN
+    PERFORM experiment.raise_invalid_value(format('cluster_attribute of experiment "%s"', left(e.id, 200)), '""',
+                                           'a key of experiment.exposures.attributes (NULL: none)');
+  END IF;
+  IF (e.cluster_relation IS NOT NULL OR e.cluster_attribute IS NOT NULL) AND e.stratify_by IS NOT NULL THEN
+    RAISE EXCEPTION 'stratify_by of experiment "%" must be NULL in a clustered experiment, got "%"',
+      left(e.id, 200), left(e.stratify_by, 200)
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Post-stratification and clustered tests are not combined: set stratify_by or the cluster declaration to NULL.';
+  END IF;
+END
+$$;
+COMMENT ON FUNCTION experiment.validate_clusters(experiment.experiments) IS
+  'internal: nothing, or the error 22023 naming the field of an experiment''s cluster declaration that is wrong';
+
+CREATE FUNCTION experiment.experiments_cluster_check() RETURNS trigger
+  LANGUAGE plpgsql
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  PERFORM experiment.validate_clusters(NEW);
+  RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION experiment.experiments_cluster_check() IS
+  'internal: trigger: the rules of an experiment''s cluster declaration (experiment.validate_clusters)';
+
+CREATE TRIGGER experiments_cluster_check
+  BEFORE INSERT OR UPDATE OF cluster_relation, cluster_unit_column, cluster_column, cluster_attribute, stratify_by
+  ON experiment.experiments
+  FOR EACH ROW EXECUTE FUNCTION experiment.experiments_cluster_check();
+COMMENT ON TRIGGER experiments_cluster_check ON experiment.experiments IS
+  'checks the cluster declaration (22023 naming the field)';
+
+-- the name of an experiment's cluster in results (NULL: not clustered)
+CREATE FUNCTION experiment.cluster_label(e experiment.experiments) RETURNS text
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE WHEN e.cluster_relation IS NOT NULL THEN format('%s.%s', e.cluster_relation, e.cluster_column)
+              WHEN e.cluster_attribute IS NOT NULL THEN 'attributes.' || e.cluster_attribute END
+$$;
+COMMENT ON FUNCTION experiment.cluster_label(experiment.experiments) IS
+  'internal: how results name an experiment''s cluster (relation.column or attributes.key); NULL when not clustered';
+
+-- SQL of the experiment's units' clusters (unit_id, cluster): from the mapping relation (a
+-- unit listed with several clusters takes the least, in byte order; NULL clusters are no
+-- cluster), or from the attributes of each unit's first exposure
+CREATE FUNCTION experiment.cluster_units_sql(e experiment.experiments) RETURNS text
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  IF e.cluster_relation IS NOT NULL THEN
+    RETURN format('SELECT m.%I::text AS unit_id, pg_catalog.min(m.%I::text COLLATE "C") AS cluster FROM %s m '
+                  'WHERE m.%I IS NOT NULL AND m.%I IS NOT NULL GROUP BY 1',
+                  e.cluster_unit_column, e.cluster_column, e.cluster_relation, e.cluster_unit_column, e.cluster_column);
+  END IF;
+  RETURN format('SELECT xp.unit_id, (pg_catalog.array_agg(xp.attributes ->> %L ORDER BY xp.exposed_at, xp.variant))[1] AS cluster '
+                'FROM experiment.exposures xp WHERE xp.experiment_id = %L '
+                'AND (%L::timestamptz IS NULL OR xp.exposed_at < %L::timestamptz) GROUP BY 1',
+                e.cluster_attribute, e.id, e.end_at, e.end_at);
+END
+$$;
+COMMENT ON FUNCTION experiment.cluster_units_sql(experiment.experiments) IS
+  'internal: SQL of the units'' clusters (unit_id, cluster) of a clustered experiment';
+
+-- The clustered tests of an experiment, after refresh() has stored its unit-level results:
+-- the units' capped per-unit values (vals_from, alias v; capped and pre_capped their SQL)
+-- summed per cluster and variant, the moments over the clusters of (sum of y, units) - or for
+-- ratio metrics (sum of numerators, sum of denominators) - and their delta-method ratio test
+-- (ratio_ttest; cuped_ratio_ttest with the sums of the pre-period values), under the
+-- experiment's analysis. The unit-level test is kept in metric_results.unit_test; the
+-- enrollment counts clusters (the randomisation units, so that the SRM check is theirs);
+-- results over time and per dimension, unit-level, are removed.
+CREATE FUNCTION experiment.refresh_clusters(e experiment.experiments, vals_from text, capped text[], pre_capped text[],
+                                            tuning float8, ts timestamptz)
+  RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  r record;
+  sums text := '';
+  aggs text := '';
+  unpivot text := '';
+  label text := experiment.cluster_label(e);
+  n_clusters bigint;
+  n_units bigint;
+  n_mixed bigint;
+  n_total bigint;
+BEGIN
+  IF label IS NULL THEN
+    RETURN;
+  END IF;
+  PERFORM experiment.validate_clusters(e);
+  IF e.cluster_relation IS NOT NULL
+     AND NOT (pg_catalog.has_column_privilege(e.cluster_relation, e.cluster_unit_column, 'SELECT')
+              AND pg_catalog.has_column_privilege(e.cluster_relation, e.cluster_column, 'SELECT')) THEN
+    RAISE EXCEPTION 'refresh of experiment "%": role % may not read columns %, % of cluster_relation %', e.id,
+      current_user, e.cluster_unit_column, e.cluster_column, e.cluster_relation
+      USING ERRCODE = 'insufficient_privilege',
+            HINT = 'refresh() reads the cluster relation as its caller; GRANT SELECT on the two columns.';
+  END IF;
+
+  -- per cluster and variant: the units and the sums of the capped values of the base metrics
+  -- (a quantile's per-unit value is no sum)
+  FOR r IN SELECT b.i, b.pre FROM pg_temp.exp_base b JOIN experiment.metrics m2 ON m2.name = b.name
+           WHERE m2.aggregation <> 'quantile' ORDER BY b.i LOOP
+    sums := sums || format(', pg_catalog.sum(%s) AS y%s', capped[r.i], r.i);
+    IF r.pre THEN
+      sums := sums || format(', pg_catalog.sum(%s) AS x%s', pre_capped[r.i], r.i);
+    END IF;
+  END LOOP;
+  EXECUTE format('CREATE TEMP TABLE exp_cluster_vals ON COMMIT DROP AS '
+                 'SELECT k.cluster, v.variant, count(*)::float8 AS n%s '
+                 'FROM %s v JOIN (%s) k ON k.unit_id = v.unit_id WHERE k.cluster IS NOT NULL GROUP BY 1, 2',
+                 sums, vals_from, experiment.cluster_units_sql(e));
+  EXECUTE format('SELECT count(*) FROM %s v', vals_from) INTO n_total;
+  SELECT count(*), coalesce(sum(c.n), 0)::bigint INTO n_clusters, n_units FROM pg_temp.exp_cluster_vals c;
+  SELECT count(*) INTO n_mixed
+    FROM (SELECT c.cluster FROM pg_temp.exp_cluster_vals c GROUP BY c.cluster HAVING count(*) > 1) x;
+
+  -- the moments over clusters of each metric, per variant
+  FOR r IN SELECT m2.name, m2.kind, b.i, b.pre,
+                  (SELECT bn.i FROM pg_temp.exp_base bn WHERE bn.name = m2.numerator) AS ni,
+                  (SELECT bd.i FROM pg_temp.exp_base bd WHERE bd.name = m2.denominator) AS di,
+                  m2.cuped_lookback IS NOT NULL
+                    AND coalesce((SELECT bn.pre FROM pg_temp.exp_base bn WHERE bn.name = m2.numerator), false)
+                    AND coalesce((SELECT bd.pre FROM pg_temp.exp_base bd WHERE bd.name = m2.denominator), false) AS rpre,
+                  row_number() OVER (ORDER BY m2.name) AS j
+           FROM experiment.experiment_metrics em JOIN experiment.metrics m2 ON m2.name = em.metric
+           LEFT JOIN pg_temp.exp_base b ON b.name = m2.name
+           WHERE em.experiment_id = e.id AND m2.aggregation <> 'quantile'
+             AND CASE WHEN m2.kind = 'ratio'
+                      THEN EXISTS (SELECT FROM pg_temp.exp_base bn WHERE bn.name = m2.numerator)
+                           AND EXISTS (SELECT FROM pg_temp.exp_base bd WHERE bd.name = m2.denominator)
+                      ELSE b.i IS NOT NULL END
+           ORDER BY m2.name LOOP
+    IF r.kind = 'ratio' THEN
+      aggs := aggs || format(', experiment.moments(c.y%s, c.y%s) AS a%s', r.ni, r.di, r.j);
+      aggs := aggs || CASE WHEN r.rpre THEN format(', experiment.moments(c.y%s, c.y%s, c.x%s, c.x%s) AS c%s',
+                                                   r.ni, r.di, r.ni, r.di, r.j)
+                           ELSE format(', NULL::experiment.moments AS c%s', r.j) END;
+    ELSE
+      aggs := aggs || format(', experiment.moments(c.y%s, c.n) AS a%s', r.i, r.j);
+      aggs := aggs || CASE WHEN r.pre THEN format(', experiment.moments(c.y%s, c.n, c.x%s, c.n) AS c%s', r.i, r.i, r.j)
+                           ELSE format(', NULL::experiment.moments AS c%s', r.j) END;
+    END IF;
+    unpivot := unpivot || format(', (%L, a.a%s, a.c%s)', r.name, r.j, r.j);
+  END LOOP;
+  IF unpivot <> '' THEN
+    EXECUTE format('UPDATE experiment.variant_stats vs SET clusters = x.clusters, cluster_moments = x.m, '
+                   '  cluster_cuped_moments = x.c '
+                   'FROM (SELECT a.variant, a.clusters, k.metric, k.m, k.c '
+                   '      FROM (SELECT c.variant, count(*) AS clusters%s FROM pg_temp.exp_cluster_vals c GROUP BY 1) a '
+                   '      CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c)) x '
+                   'WHERE vs.experiment_id = %L AND vs.metric = x.metric AND vs.variant = x.variant',
+                   aggs, substr(unpivot, 3), e.id);
+  END IF;
+
+  -- the tests: the delta-method ratio over clusters (adjusted by the pre-period ratio where
+  -- both arms have one that varies), under the experiment's analysis; guardrails one-sided
+  UPDATE experiment.metric_results mr
+     SET unit_test = mr.test,
+         method = k.method,
+         test = experiment.metric_test(k.method, c.cluster_moments, t.cluster_moments, c.cluster_cuped_moments,
+                                       t.cluster_cuped_moments, e.alpha, 'two-sided', tuning),
+         bound_test = CASE WHEN mr.bound_test IS NOT NULL THEN
+           experiment.metric_test(k.method, c.cluster_moments, t.cluster_moments, c.cluster_cuped_moments,
+                                  t.cluster_cuped_moments, e.alpha,
+                                  CASE WHEN m2.higher_is_better THEN 'greater' ELSE 'less' END, tuning) END,
+         harm_test = CASE WHEN mr.harm_test IS NOT NULL THEN
+           experiment.metric_test(k.method, c.cluster_moments, t.cluster_moments, c.cluster_cuped_moments,
+                                  t.cluster_cuped_moments, e.alpha,
+                                  CASE WHEN m2.higher_is_better THEN 'less' ELSE 'greater' END, tuning) END,
+         clustered_by = label
+    FROM experiment.metrics m2, experiment.variant_stats c, experiment.variant_stats t,
+         LATERAL (SELECT experiment.metric_method('ratio', c.cluster_cuped_moments, t.cluster_cuped_moments) AS method) k
+   WHERE mr.experiment_id = e.id AND mr.method <> 'quantile' AND m2.name = mr.metric
+     AND c.experiment_id = e.id AND c.metric = mr.metric AND c.variant = mr.control_variant
+     AND t.experiment_id = e.id AND t.metric = mr.metric AND t.variant = mr.variant;
+
+  -- the randomisation units are the clusters: the sample and its SRM check count them
+  UPDATE experiment.enrollment en
+     SET units = coalesce((SELECT count(*) FROM pg_temp.exp_cluster_vals c WHERE c.variant = en.variant), 0)
+   WHERE en.experiment_id = e.id;
+  -- (unit-level tests over time and per dimension value would ignore the clusters)
+  DELETE FROM experiment.results_daily rd WHERE rd.experiment_id = e.id;
+  DELETE FROM experiment.dimension_results dr WHERE dr.experiment_id = e.id;
+  UPDATE experiment.refreshes f
+     SET clusters = n_clusters, clustered_units = n_units, unclustered_units = n_total - n_units,
+         mixed_clusters = n_mixed
+   WHERE f.experiment_id = e.id;
+  DROP TABLE pg_temp.exp_cluster_vals;
+END
+$$;
+COMMENT ON FUNCTION experiment.refresh_clusters(experiment.experiments, text, text[], text[], float8, timestamptz) IS
+  'internal: the clustered tests of a clustered experiment (delta-method ratio over per-cluster sums and unit counts), from refresh()';
+REVOKE EXECUTE ON FUNCTION experiment.refresh_clusters(experiment.experiments, text, text[], text[], float8, timestamptz)
+  FROM PUBLIC;
