@@ -1364,6 +1364,11 @@ BEGIN
   IF e.stratify_by IS NOT NULL THEN
     PERFORM experiment.require_dimension(e.id, e.stratify_by, 'stratify_by');
   END IF;
+  -- switchback experiments (src/sql/099_design_cluster.sql): analysed per (cluster, window)
+  IF e.switchback_window IS NOT NULL THEN
+    PERFORM experiment.refresh_switchback(e, control);
+    RETURN;
+  END IF;
 
   -- the stored state is replaced as a whole; in a REPEATABLE READ or SERIALIZABLE transaction
   -- whose snapshot predates another refresh's commit the rows to replace are invisible, and
@@ -1674,7 +1679,7 @@ BEGIN
       first_exposure = excluded.first_exposure, last_exposure = excluded.last_exposure,
       exposures_by_day = excluded.exposures_by_day, error = NULL, error_at = NULL,
       mode = excluded.mode, full_reason = excluded.full_reason;
-    -- cluster-randomised experiments (src/sql/099_clusters.sql): the tests over clusters
+    -- cluster-randomised experiments (src/sql/099_design_cluster.sql): the tests over clusters
     IF e.cluster_relation IS NOT NULL OR e.cluster_attribute IS NOT NULL THEN
       PERFORM experiment.refresh_clusters(e, vals_from, cp.capped, cp.pre_capped, tuning, ts);
     ELSE

@@ -307,3 +307,261 @@ COMMENT ON FUNCTION experiment.refresh_clusters(experiment.experiments, text, te
   'internal: the clustered tests of a clustered experiment (delta-method ratio over per-cluster sums and unit counts), from refresh()';
 REVOKE EXECUTE ON FUNCTION experiment.refresh_clusters(experiment.experiments, text, text[], text[], float8, timestamptz)
   FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- Switchback experiments: every (cluster, time window) of experiment.assign_switchback() is
+-- a randomisation unit. The exposures name the switchback's cluster (a region) as unit_id and
+-- the window's variant; the metrics' sources carry the same cluster in their unit column.
+-- refresh() aggregates each metric's events per (cluster, window) after the window's burn-in
+-- and tests the windows' values (doc/designs-design-cluster.md)
+-- ---------------------------------------------------------------------------
+
+ALTER TABLE experiment.experiments
+  ADD COLUMN switchback_window interval,
+  ADD COLUMN switchback_burn_in interval;
+COMMENT ON COLUMN experiment.experiments.switchback_window IS
+  'switchback experiments: the length of a time window (the window_size of experiment.assign_switchback; windows start at multiples of it from 1970-01-01 UTC); NULL: not a switchback';
+COMMENT ON COLUMN experiment.experiments.switchback_burn_in IS
+  'switchback experiments: the start of every window whose events are dropped (carry-over from the previous window''s variant); NULL: none';
+
+-- the rules of a switchback declaration (22023 naming the field)
+CREATE FUNCTION experiment.validate_switchback(e experiment.experiments) RETURNS void
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  IF e.switchback_window IS NULL THEN
+    IF e.switchback_burn_in IS NOT NULL THEN
+      RAISE EXCEPTION 'switchback_burn_in of experiment "%" needs switchback_window, got NULL', left(e.id, 200)
+        USING ERRCODE = 'invalid_parameter_value', HINT = 'Set switchback_window, the length of a window, too.';
+    END IF;
+    RETURN;
+  END IF;
+  IF NOT (e.switchback_window >= interval '1 second') OR extract(year FROM e.switchback_window) <> 0
+     OR extract(month FROM e.switchback_window) <> 0 THEN
+    PERFORM experiment.raise_invalid_value(format('switchback_window of experiment "%s"', left(e.id, 200)),
+                                           e.switchback_window::text,
+                                           'a fixed length of at least 1 second, in days, hours, minutes or seconds (no months)');
+  END IF;
+  IF e.switchback_burn_in IS NOT NULL AND NOT (e.switchback_burn_in >= interval '0'
+       AND e.switchback_burn_in < e.switchback_window AND extract(year FROM e.switchback_burn_in) = 0
+       AND extract(month FROM e.switchback_burn_in) = 0) THEN
+    PERFORM experiment.raise_invalid_value(format('switchback_burn_in of experiment "%s"', left(e.id, 200)),
+                                           e.switchback_burn_in::text,
+                                           format('a length in [0, switchback_window = %s), no months (NULL: none)',
+                                                  e.switchback_window));
+  END IF;
+  IF e.cluster_relation IS NOT NULL OR e.cluster_attribute IS NOT NULL THEN
+    RAISE EXCEPTION 'switchback_window of experiment "%" must be NULL in a cluster-randomised experiment, got %',
+      left(e.id, 200), e.switchback_window
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'A switchback''s clusters are its (cluster, window) pairs: set cluster_relation and cluster_attribute to NULL.';
+  END IF;
+  IF e.stratify_by IS NOT NULL THEN
+    RAISE EXCEPTION 'stratify_by of experiment "%" must be NULL in a switchback experiment, got "%"',
+      left(e.id, 200), left(e.stratify_by, 200)
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+END
+$$;
+COMMENT ON FUNCTION experiment.validate_switchback(experiment.experiments) IS
+  'internal: nothing, or the error 22023 naming the field of an experiment''s switchback declaration that is wrong';
+
+CREATE FUNCTION experiment.experiments_switchback_check() RETURNS trigger
+  LANGUAGE plpgsql
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  PERFORM experiment.validate_switchback(NEW);
+  RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION experiment.experiments_switchback_check() IS
+  'internal: trigger: the rules of an experiment''s switchback declaration (experiment.validate_switchback)';
+
+CREATE TRIGGER experiments_switchback_check
+  BEFORE INSERT OR UPDATE OF switchback_window, switchback_burn_in, cluster_relation, cluster_attribute, stratify_by
+  ON experiment.experiments
+  FOR EACH ROW EXECUTE FUNCTION experiment.experiments_switchback_check();
+COMMENT ON TRIGGER experiments_switchback_check ON experiment.experiments IS
+  'checks the switchback declaration (22023 naming the field)';
+
+-- The refresh of a switchback experiment, in full (called by refresh() instead of the
+-- unit-level analysis): the windows are the (cluster, window) pairs with exposures before
+-- end_at, their variant that of their exposures (a window exposed to several variants is
+-- left out and counted in refreshes.multi_variant_units); per window and metric the value of
+-- the metric's aggregation over the cluster's events in [window start + burn-in, window end)
+-- before end_at (0 without events), read by experiment.source_unit_values() as the metric's
+-- owner (one call per window start: a cluster is once in each), capped at percentiles pooled
+-- over the windows; per variant the moments over windows; tests of each treatment against
+-- control: Welch over windows (mean and proportion metrics), the delta-method ratio of sums
+-- over windows (ratio metrics), under the experiment's analysis.
+CREATE FUNCTION experiment.refresh_switchback(e experiment.experiments, control text) RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  started timestamptz := clock_timestamp();
+  ts timestamptz := now();
+  wsec float8 := extract(epoch FROM e.switchback_window);
+  burn interval := pg_catalog.make_interval(secs => extract(epoch FROM coalesce(e.switchback_burn_in, interval '0')));
+  win interval := pg_catalog.make_interval(secs => extract(epoch FROM e.switchback_window));
+  label text;
+  r record;
+  sc record;
+  k integer := 0;
+  cols text := '';
+  joins text := '';
+  cp record;
+  aggs text := '';
+  unpivot text := '';
+  tuning float8;
+  nwin bigint;
+  nmixed bigint;
+  min_t timestamptz;
+  max_t timestamptz;
+BEGIN
+  PERFORM experiment.validate_switchback(e);
+  label := format('switchback windows of %s (burn-in %s)', e.switchback_window,
+                  coalesce(e.switchback_burn_in, interval '0'));
+  PERFORM experiment.drop_refresh_tables();
+  -- the windows: (cluster, window number) with their variant
+  CREATE TEMP TABLE exp_sb_windows ON COMMIT DROP AS
+    SELECT xp.unit_id AS cluster, pg_catalog.floor(extract(epoch FROM xp.exposed_at) / wsec)::bigint AS w,
+           pg_catalog.min(xp.variant) AS variant, pg_catalog.min(xp.variant) <> pg_catalog.max(xp.variant) AS multi,
+           pg_catalog.min(xp.exposed_at) AS first_exposure
+    FROM experiment.exposures xp
+    WHERE xp.experiment_id = e.id AND (e.end_at IS NULL OR xp.exposed_at < e.end_at)
+    GROUP BY 1, 2;
+  SELECT count(*) FILTER (WHERE NOT x.multi), count(*) FILTER (WHERE x.multi),
+         pg_catalog.min(x.first_exposure), pg_catalog.max(x.first_exposure)
+    INTO nwin, nmixed, min_t, max_t FROM pg_temp.exp_sb_windows x;
+  DELETE FROM pg_temp.exp_sb_windows x WHERE x.multi;
+  -- the base metrics (no pre-period: CUPED is not used in a switchback; quantiles are not analysed)
+  CREATE TEMP TABLE exp_base ON COMMIT DROP AS
+    SELECT n.name, false AS pre, row_number() OVER (ORDER BY n.name)::integer AS i
+    FROM (SELECT DISTINCT p.part AS name
+          FROM experiment.experiment_metrics em JOIN experiment.metrics m ON m.name = em.metric
+          CROSS JOIN LATERAL (SELECT m.name WHERE m.kind <> 'ratio' AND m.aggregation <> 'quantile'
+                              UNION ALL SELECT m.numerator WHERE m.kind = 'ratio'
+                              UNION ALL SELECT m.denominator WHERE m.kind = 'ratio') p(part)
+          WHERE em.experiment_id = e.id) n;
+
+  -- one scan per window start and source (units: the clusters exposed in that window)
+  FOR sc IN SELECT m.source, m.unit_column, m.owner,
+                   pg_catalog.array_agg(m.time_column ORDER BY b.i) AS tcols,
+                   pg_catalog.array_agg(m.value_column ORDER BY b.i) AS vcols,
+                   pg_catalog.array_agg(m.aggregation ORDER BY b.i) AS aggs,
+                   pg_catalog.array_agg(b.i ORDER BY b.i) AS targets
+            FROM pg_temp.exp_base b JOIN experiment.metrics m ON m.name = b.name
+            GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 LOOP
+    k := k + 1;
+    EXECUTE format(
+      'CREATE TEMP TABLE exp_sb_src%s ON COMMIT DROP AS '
+      'SELECT g.w, x.unit_id AS cluster, x.vals FROM '
+      '(SELECT y.w, pg_catalog.array_agg(y.cluster) AS ids, pg_catalog.array_agg(y.variant) AS variants, '
+      '        pg_catalog.array_agg(pg_catalog.to_timestamp(y.w * %s::float8)) AS t0s '
+      ' FROM pg_temp.exp_sb_windows y GROUP BY y.w) g, '
+      'LATERAL experiment.source_unit_values(g.ids, g.variants, g.t0s, %L::regclass, %L, %L::text[], %L::text[], '
+      '  %L::text[], %L::interval[], %L::interval[], %L::boolean[], %L::timestamptz, '
+      '  pg_catalog.to_timestamp(g.w * %s::float8) + %L::interval, pg_catalog.to_timestamp(g.w * %s::float8) + %L::interval, '
+      '  %L::regrole) x',
+      k, wsec, sc.source, sc.unit_column, sc.tcols, sc.vcols, sc.aggs,
+      array_fill(burn, ARRAY[cardinality(sc.targets)]), array_fill(win, ARRAY[cardinality(sc.targets)]),
+      array_fill(true, ARRAY[cardinality(sc.targets)]), e.end_at, wsec, burn, wsec, win, sc.owner);
+    EXECUTE format('CREATE INDEX ON pg_temp.exp_sb_src%s (w, cluster)', k);
+    SELECT cols || pg_catalog.string_agg(format(', s%s.vals[%s] AS v%s, 0::bigint AS s%s', k, t.o, t.i, t.i), '' ORDER BY t.o)
+      INTO cols FROM pg_catalog.unnest(sc.targets) WITH ORDINALITY AS t(i, o);
+    joins := joins || format(' JOIN pg_temp.exp_sb_src%s s%s ON s%s.w = y.w AND s%s.cluster = y.cluster', k, k, k, k);
+  END LOOP;
+  EXECUTE format('CREATE TEMP TABLE exp_vals ON COMMIT DROP AS '
+                 'SELECT y.cluster || ''@'' || y.w AS unit_id, y.variant, y.cluster, y.w%s '
+                 'FROM pg_temp.exp_sb_windows y%s', cols, joins);
+  SELECT * INTO cp FROM experiment.winsorization_caps('pg_temp.exp_vals');
+
+  DELETE FROM experiment.variant_stats vs WHERE vs.experiment_id = e.id;
+  DELETE FROM experiment.metric_results mr WHERE mr.experiment_id = e.id;
+  DELETE FROM experiment.enrollment en WHERE en.experiment_id = e.id;
+  DELETE FROM experiment.results_daily rd WHERE rd.experiment_id = e.id;
+  DELETE FROM experiment.dimension_results dr WHERE dr.experiment_id = e.id;
+  DELETE FROM experiment.dimension_stats ds WHERE ds.experiment_id = e.id;
+  DELETE FROM experiment.dimension_enrollment dn WHERE dn.experiment_id = e.id;
+
+  FOR r IN SELECT m2.name, m2.kind, b.i,
+                  (SELECT bn.i FROM pg_temp.exp_base bn WHERE bn.name = m2.numerator) AS ni,
+                  (SELECT bd.i FROM pg_temp.exp_base bd WHERE bd.name = m2.denominator) AS di,
+                  row_number() OVER (ORDER BY m2.name) AS j
+           FROM experiment.experiment_metrics em JOIN experiment.metrics m2 ON m2.name = em.metric
+           LEFT JOIN pg_temp.exp_base b ON b.name = m2.name
+           WHERE em.experiment_id = e.id AND m2.aggregation <> 'quantile'
+           ORDER BY m2.name LOOP
+    IF r.kind = 'ratio' THEN
+      aggs := aggs || format(', experiment.moments(%s, %s) AS a%s', cp.capped[r.ni], cp.capped[r.di], r.j);
+      unpivot := unpivot || format(', (%L, a.a%s, NULL::float8, NULL::float8)', r.name, r.j);
+    ELSE
+      aggs := aggs || format(', experiment.moments(%s) AS a%s', cp.capped[r.i], r.j);
+      unpivot := unpivot || format(', (%L, a.a%s, %L::float8, %L::float8)', r.name, r.j, cp.caps[r.i], cp.lower_caps[r.i]);
+    END IF;
+  END LOOP;
+  IF unpivot <> '' THEN
+    EXECUTE format('INSERT INTO experiment.variant_stats (experiment_id, metric, variant, units, moments, cap, cap_lower, '
+                   '  refreshed_at, clusters, cluster_moments) '
+                   'SELECT %L, k.metric, a.variant, a.windows, k.m, k.cap, k.cap_lower, %L, a.windows, k.m '
+                   'FROM (SELECT v.variant, count(*) AS windows%s FROM pg_temp.exp_vals v GROUP BY 1) a '
+                   'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, cap, cap_lower)',
+                   e.id, ts, aggs, substr(unpivot, 3));
+  END IF;
+  INSERT INTO experiment.enrollment (experiment_id, variant, units, refreshed_at)
+  SELECT e.id, v.name, (SELECT count(*) FROM pg_temp.exp_vals x WHERE x.variant = v.name), ts
+  FROM experiment.variants v WHERE v.experiment_id = e.id;
+
+  tuning := CASE WHEN e.analysis = 'sequential' THEN experiment.sequential_tuning_of(e) END;
+  INSERT INTO experiment.metric_results
+    (experiment_id, metric, variant, control_variant, method, alpha, test, refreshed_at,
+     analysis, sequential_tuning, bound_test, harm_test, clustered_by)
+  SELECT e.id, m2.name, t.variant, c.variant, k.method, e.alpha,
+         experiment.metric_test(k.method, c.moments, t.moments, NULL, NULL, e.alpha, 'two-sided', tuning),
+         ts, e.analysis, tuning,
+         CASE WHEN em.role = 'guardrail' THEN
+           experiment.metric_test(k.method, c.moments, t.moments, NULL, NULL, e.alpha,
+                                  CASE WHEN m2.higher_is_better THEN 'greater' ELSE 'less' END, tuning) END,
+         CASE WHEN em.role = 'guardrail' THEN
+           experiment.metric_test(k.method, c.moments, t.moments, NULL, NULL, e.alpha,
+                                  CASE WHEN m2.higher_is_better THEN 'less' ELSE 'greater' END, tuning) END,
+         label
+  FROM experiment.experiment_metrics em
+  JOIN experiment.metrics m2 ON m2.name = em.metric
+  JOIN experiment.variant_stats c ON c.experiment_id = e.id AND c.metric = m2.name AND c.variant = control
+  JOIN experiment.variant_stats t ON t.experiment_id = e.id AND t.metric = m2.name AND t.variant <> control
+  CROSS JOIN LATERAL (SELECT CASE WHEN m2.kind = 'ratio' THEN 'ratio' ELSE 'welch' END AS method) k
+  WHERE em.experiment_id = e.id;
+
+  INSERT INTO experiment.refreshes AS f
+    (experiment_id, refreshed_at, duration, enrolled_units, multi_variant_units, early_units,
+     first_exposure, last_exposure, exposures_by_day, error, error_at, mode, full_reason,
+     clusters, clustered_units, unclustered_units, mixed_clusters)
+  SELECT e.id, ts, clock_timestamp() - started, nwin, nmixed,
+         (SELECT count(*) FROM pg_temp.exp_sb_windows x WHERE x.first_exposure < e.start_at),
+         min_t, max_t,
+         (SELECT coalesce(jsonb_agg(jsonb_build_object('day', d.day, 'units', d.n) ORDER BY d.day), '[]')
+          FROM (SELECT (x.first_exposure AT TIME ZONE 'UTC')::date AS day, count(*) AS n
+                FROM pg_temp.exp_sb_windows x GROUP BY 1) d),
+         NULL, NULL, 'full', 'switchback experiments are refreshed in full', nwin, NULL, NULL, nmixed
+  ON CONFLICT ON CONSTRAINT refreshes_pkey DO UPDATE SET
+    refreshed_at = excluded.refreshed_at, duration = excluded.duration,
+    enrolled_units = excluded.enrolled_units, multi_variant_units = excluded.multi_variant_units,
+    early_units = excluded.early_units, first_exposure = excluded.first_exposure,
+    last_exposure = excluded.last_exposure, exposures_by_day = excluded.exposures_by_day,
+    error = NULL, error_at = NULL, mode = excluded.mode, full_reason = excluded.full_reason,
+    clusters = excluded.clusters, clustered_units = NULL, unclustered_units = NULL,
+    mixed_clusters = excluded.mixed_clusters;
+  FOR r IN SELECT c.relname FROM pg_catalog.pg_class c
+           WHERE c.relnamespace = pg_catalog.pg_my_temp_schema() AND c.relkind = 'r'
+             AND (c.relname LIKE 'exp\_sb\_%' OR c.relname IN ('exp_vals', 'exp_base')) LOOP
+    EXECUTE format('DROP TABLE pg_temp.%I', r.relname);
+  END LOOP;
+END
+$$;
+COMMENT ON FUNCTION experiment.refresh_switchback(experiment.experiments, text) IS
+  'internal: the refresh of a switchback experiment, from refresh(): per (cluster, window) the metrics'' values after the burn-in, tests over windows';
+REVOKE EXECUTE ON FUNCTION experiment.refresh_switchback(experiment.experiments, text) FROM PUBLIC;
