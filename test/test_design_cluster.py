@@ -386,15 +386,23 @@ res = results("clu")
 de = (res["k_revenue"][7] / res["k_revenue"][12]) ** 2
 ck.check(de > 2, "design effect of revenue %.2f > 2 with a strong company effect" % de)
 
-# undeclaring the clusters: the next refresh is unit-level again
-cur.execute("""UPDATE experiment.experiments SET cluster_relation = NULL, cluster_unit_column = NULL,
-               cluster_column = NULL WHERE id = 'clu'""")
+# the declaration is fixed once the experiment runs
+expect_error("UPDATE experiment.experiments SET cluster_relation = NULL, cluster_unit_column = NULL, "
+             "cluster_column = NULL WHERE id = 'clu'", None, ["cannot change the cluster declaration", "running"],
+             "undeclaring a running experiment's clusters")
+expect_error("UPDATE experiment.experiments SET cluster_attribute = 'team' WHERE id = 'clu_attr'", None,
+             ["cannot change the cluster declaration"], "a new cluster attribute while running")
+
+# a clustered experiment whose clusters are gone from the mapping: every unit unclustered, no test
+cur.execute("DELETE FROM dc.user_company")
 q("SELECT experiment.refresh('clu')")
-(nclu,), = q("SELECT count(*) FROM experiment.metric_results WHERE experiment_id = 'clu' AND clustered_by IS NOT NULL")
-(clusters,), = q("SELECT clusters FROM experiment.refreshes WHERE experiment_id = 'clu'")
-ck.check(nclu == 0 and clusters is None, "undeclared: unit-level again (%d, %r)" % (nclu, clusters))
-(n_en,), = q("SELECT sum(units) FROM experiment.enrollment WHERE experiment_id = 'clu'")
-ck.check(n_en == len(unit_list), "enrollment counts units again (%r, want %d)" % (n_en, len(unit_list)))
+(clusters, unclustered), = q("SELECT clusters, unclustered_units FROM experiment.refreshes WHERE experiment_id = 'clu'")
+ck.check((clusters, unclustered) == (0, len(unit_list)), "no mapping: %r" % ((clusters, unclustered),))
+(n_tests,), = q("SELECT count(test) FROM experiment.metric_results WHERE experiment_id = 'clu' AND clustered_by IS NOT NULL")
+ck.check(n_tests == 0, "no mapping: no clustered test (%d)" % n_tests)
+(n_unit,), = q("SELECT count(*) FROM experiment.metric_results WHERE experiment_id = 'clu' AND clustered_by IS NULL "
+               "AND method <> 'quantile'")
+ck.check(n_unit == 0, "no mapping: no unit-level test passes for a clustered one (%d)" % n_unit)
 
 print("largest relative error against the oracles: %.2g" % worst["rel"])
 ck.report()

@@ -74,10 +74,12 @@ def expect_error(sql, words, what):
     ck.check(False, "%s: no error" % what)
 
 
-cur.execute("""INSERT INTO experiment.experiments (id, status, start_at, end_at, analysis)
-               VALUES ('sb', 'draft', %s, NULL, 'fixed')""", (ts(0),))
-cur.execute("""INSERT INTO experiment.variants (experiment_id, name, allocation, is_control) VALUES
-               ('sb', 'control', 0.5, true), ('sb', 'treatment', 0.5, false)""")
+# two experiments with the same salt (the same windows' variants): with a burn-in, and without
+for eid in ("sb", "sb0"):
+    cur.execute("""INSERT INTO experiment.experiments (id, status, start_at, end_at, analysis, salt)
+                   VALUES (%s, 'draft', %s, NULL, 'fixed', 'sb')""", (eid, ts(0)))
+    cur.execute("""INSERT INTO experiment.variants (experiment_id, name, allocation, is_control) VALUES
+                   (%s, 'control', 0.5, true), (%s, 'treatment', 0.5, false)""", (eid, eid))
 
 # bad declarations
 for sql, words, what in [
@@ -98,6 +100,10 @@ for sql, words, what in [
 
 cur.execute("""UPDATE experiment.experiments SET switchback_window = '1 hour', switchback_burn_in = '10 minutes',
                status = 'running', start_at = %s WHERE id = 'sb'""", (ts(0),))
+cur.execute("""UPDATE experiment.experiments SET switchback_window = '1 hour', status = 'running', start_at = %s
+               WHERE id = 'sb0'""", (ts(0),))
+expect_error("UPDATE experiment.experiments SET switchback_burn_in = '5 minutes' WHERE id = 'sb'",
+             ["cannot change the switchback declaration", "running"], "a new burn-in while running")
 
 # the windows' variants, as a dispatch service gets them (assign_switchback), and their exposures
 n_windows = DAYS * 24
@@ -121,8 +127,9 @@ for r in REGIONS:
 mixed = sorted(wins)[5]
 exposures.append(("sb", mixed[0], "control" if wins[mixed] == "treatment" else "treatment", ts(mixed[1] * HOUR + 30)))
 del wins[mixed]
-copy_rows("experiment.exposures", ("experiment_id", "unit_id", "variant", "exposed_at"), exposures)
-cur.execute("UPDATE experiment.experiments SET end_at = %s WHERE id = 'sb'", (ts(END_S),))
+copy_rows("experiment.exposures", ("experiment_id", "unit_id", "variant", "exposed_at"),
+          exposures + [("sb0",) + x[1:] for x in exposures])
+cur.execute("UPDATE experiment.experiments SET end_at = %s WHERE id IN ('sb', 'sb0')", (ts(END_S),))
 n_both = sum(1 for v in wins.values() if v == "treatment")
 ck.check(0.35 < n_both / len(wins) < 0.65, "assign_switchback splits the windows (%d of %d)" % (n_both, len(wins)))
 
@@ -157,8 +164,9 @@ for name, vcol, agg, wins_pct in [("sb_deliveries", None, "count", None), ("sb_m
 cur.execute("""INSERT INTO experiment.metrics (name, kind, numerator, denominator, higher_is_better)
                VALUES ('sb_avg_minutes', 'ratio', 'sb_minutes', 'sb_deliveries', false)""")
 for m, role in (("sb_avg_minutes", "primary"), ("sb_deliveries", "guardrail"), ("sb_minutes", "secondary")):
-    cur.execute("INSERT INTO experiment.experiment_metrics (experiment_id, metric, role) VALUES ('sb', %s, %s)",
-                (m, role))
+    for eid in ("sb", "sb0"):
+        cur.execute("INSERT INTO experiment.experiment_metrics (experiment_id, metric, role) VALUES (%s, %s, %s)",
+                    (eid, m, role))
 
 
 def oracle(burn_s):
@@ -188,14 +196,14 @@ def ratio_oracle(num_c, den_c, num_t, den_t):
     return rc, rt, rt - rc, se, df, 2 * stats.t.sf(abs((rt - rc) / se), df)
 
 
-def check(burn_s, what):
-    q("SELECT experiment.refresh('sb')")
+def check(eid, burn_s, what):
+    q("SELECT experiment.refresh(%s)", (eid,))
     cnt, tot, var = oracle(burn_s)
     c, t = var == "control", var == "treatment"
     cur.execute("""SELECT metric, method, clustered_by, (test).n_control, (test).n_treatment, (test).mean_control,
                           (test).mean_treatment, (test).diff, (test).diff_se, (test).df, (test).p_value,
                           (bound_test).p_value
-                   FROM experiment.metric_results WHERE experiment_id = 'sb' ORDER BY metric""")
+                   FROM experiment.metric_results WHERE experiment_id = %s ORDER BY metric""", (eid,))
     res = {r[0]: r[1:] for r in cur.fetchall()}
     ck.check(sorted(res) == ["sb_avg_minutes", "sb_deliveries", "sb_minutes"], "%s: the metrics (%r)" % (what, sorted(res)))
     for m, vals in (("sb_deliveries", cnt), ("sb_minutes", tot)):
@@ -220,7 +228,7 @@ def check(burn_s, what):
     return d, s
 
 
-d_burn, s_burn = check(600, "burn-in 10 min")
+d_burn, s_burn = check("sb", 600, "burn-in 10 min")
 # bookkeeping: windows per variant, the mixed one, SRM over windows, the readout
 en = dict(q("SELECT variant, units FROM experiment.enrollment WHERE experiment_id = 'sb'"))
 _, _, var = oracle(600)
@@ -239,8 +247,7 @@ ck.check("Warning: 1 switchback windows were exposed to several variants and are
          "the readout warns of the mixed window")
 
 # without burn-in: the carry-over of the previous window pulls the effect towards 0
-cur.execute("UPDATE experiment.experiments SET switchback_burn_in = NULL WHERE id = 'sb'")
-d_none, s_none = check(0, "no burn-in")
+d_none, s_none = check("sb0", 0, "no burn-in")
 print("minutes per delivery: effect %.3f (se %.3f) with a 10-minute burn-in, %.3f (se %.3f) without; planted -3"
       % (d_burn, s_burn, d_none, s_none))
 ck.check(d_none > d_burn, "the carry-over biases the effect towards 0 without burn-in")

@@ -12,7 +12,7 @@ ALTER TABLE experiment.experiments
   ADD COLUMN cluster_column text,
   ADD COLUMN cluster_attribute text;
 COMMENT ON COLUMN experiment.experiments.cluster_relation IS
-  'cluster-randomised experiments: the relation (table, materialized view, partitioned or foreign table) that maps each unit to its cluster; NULL: not clustered, or clustered by cluster_attribute';
+  'cluster-randomised experiments: the relation (table, materialized view, partitioned or foreign table) that maps each unit to its cluster; NULL: not clustered, or clustered by cluster_attribute; fixed when the experiment leaves draft';
 COMMENT ON COLUMN experiment.experiments.cluster_unit_column IS
   'the column of cluster_relation that holds the unit id (compared as text with experiment.exposures.unit_id)';
 COMMENT ON COLUMN experiment.experiments.cluster_column IS
@@ -126,6 +126,14 @@ CREATE FUNCTION experiment.experiments_cluster_check() RETURNS trigger
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
 BEGIN
+  -- the design is fixed when the experiment starts: nobody picks the clusters after seeing the data
+  IF TG_OP = 'UPDATE' AND OLD.status <> 'draft'
+     AND (NEW.cluster_relation, NEW.cluster_unit_column, NEW.cluster_column, NEW.cluster_attribute)
+         IS DISTINCT FROM (OLD.cluster_relation, OLD.cluster_unit_column, OLD.cluster_column, OLD.cluster_attribute) THEN
+    RAISE EXCEPTION 'cannot change the cluster declaration of experiment "%": it is %', left(OLD.id, 200), OLD.status
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'cluster_relation, cluster_unit_column, cluster_column and cluster_attribute are fixed when the experiment starts; declare them while it is a draft.';
+  END IF;
   PERFORM experiment.validate_clusters(NEW);
   RETURN NEW;
 END
@@ -322,7 +330,7 @@ ALTER TABLE experiment.experiments
 COMMENT ON COLUMN experiment.experiments.switchback_window IS
   'switchback experiments: the length of a time window (the window_size of experiment.assign_switchback; windows start at multiples of it from 1970-01-01 UTC); NULL: not a switchback';
 COMMENT ON COLUMN experiment.experiments.switchback_burn_in IS
-  'switchback experiments: the start of every window whose events are dropped (carry-over from the previous window''s variant); NULL: none';
+  'switchback experiments: the start of every window whose events are dropped (carry-over from the previous window''s variant); NULL: none; fixed when the experiment leaves draft';
 
 -- the rules of a switchback declaration (22023 naming the field)
 CREATE FUNCTION experiment.validate_switchback(e experiment.experiments) RETURNS void
@@ -372,6 +380,12 @@ CREATE FUNCTION experiment.experiments_switchback_check() RETURNS trigger
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
 BEGIN
+  IF TG_OP = 'UPDATE' AND OLD.status <> 'draft'
+     AND (NEW.switchback_window, NEW.switchback_burn_in) IS DISTINCT FROM (OLD.switchback_window, OLD.switchback_burn_in) THEN
+    RAISE EXCEPTION 'cannot change the switchback declaration of experiment "%": it is %', left(OLD.id, 200), OLD.status
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'switchback_window and switchback_burn_in are fixed when the experiment starts; declare them while it is a draft.';
+  END IF;
   PERFORM experiment.validate_switchback(NEW);
   RETURN NEW;
 END
