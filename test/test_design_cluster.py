@@ -182,6 +182,11 @@ bad = [
 cur.execute("CREATE VIEW dc.v_map AS SELECT * FROM dc.user_company")
 bad.append(("UPDATE experiment.experiments SET cluster_relation = 'dc.v_map', cluster_unit_column = 'user_id', "
             "cluster_column = 'company_id' WHERE id = 'clu'", ["cluster_relation", "dc.v_map"], "a view"))
+cur.execute("CREATE TABLE dc.rls_map AS SELECT * FROM dc.user_company")
+cur.execute("ALTER TABLE dc.rls_map ENABLE ROW LEVEL SECURITY")
+bad.append(("UPDATE experiment.experiments SET cluster_relation = 'dc.rls_map', cluster_unit_column = 'user_id', "
+            "cluster_column = 'company_id' WHERE id = 'clu'", ["cluster_relation", "dc.rls_map"],
+            "a table with row-level security"))
 for sql, words, what in bad:
     expect_error(sql, None, words, what)
 cur.execute("""INSERT INTO experiment.dimensions (experiment_id, name, attribute) VALUES ('clu', 'client', 'client')""")
@@ -380,6 +385,25 @@ for m in ("k_revenue", "k_orders", "k_conv"):
     close(stat, w.statistic, "singletons %s: the Welch statistic" % m)
     close(p, w.pvalue, "singletons %s: the Welch p-value" % m)
     close(se, diff / w.statistic, "singletons %s: the Welch SE" % m)
+
+# the experiment's owner role must be allowed to read the mapping it declared
+cur.execute("DROP ROLE IF EXISTS dc_owner")
+cur.execute("CREATE ROLE dc_owner")
+cur.execute("UPDATE experiment.experiments SET owner_role = 'dc_owner' WHERE id = 'clu_solo'")
+try:
+    cur.execute("SELECT experiment.refresh('clu_solo')")
+    ck.check(False, "an owner role without SELECT on the mapping: no error")
+except psycopg2.Error as e:
+    ck.check(e.pgcode == "42501" and "dc_owner" in e.diag.message_primary, "owner without SELECT: %s %r" %
+             (e.pgcode, e.diag.message_primary))
+cur.execute("GRANT USAGE ON SCHEMA dc TO dc_owner")
+cur.execute("GRANT SELECT (user_id, solo) ON dc.user_company TO dc_owner")
+q("SELECT experiment.refresh('clu_solo')")
+ck.check(results("clu_solo")["k_revenue"][1] is not None, "with SELECT on the two columns it refreshes")
+cur.execute("UPDATE experiment.experiments SET owner_role = 'postgres' WHERE id = 'clu_solo'")
+cur.execute("REVOKE ALL ON dc.user_company FROM dc_owner")
+cur.execute("REVOKE ALL ON SCHEMA dc FROM dc_owner")
+cur.execute("DROP ROLE dc_owner")
 
 # the clusters' correlation: the clustered SE is far above the unit-level one (design effect)
 res = results("clu")

@@ -12,7 +12,7 @@ ALTER TABLE experiment.experiments
   ADD COLUMN cluster_column text,
   ADD COLUMN cluster_attribute text;
 COMMENT ON COLUMN experiment.experiments.cluster_relation IS
-  'cluster-randomised experiments: the relation (table, materialized view, partitioned or foreign table) that maps each unit to its cluster; NULL: not clustered, or clustered by cluster_attribute; fixed when the experiment leaves draft';
+  'cluster-randomised experiments: the relation (table, materialized view or partitioned table, without row-level security) that maps each unit to its cluster; NULL: not clustered, or clustered by cluster_attribute; fixed when the experiment leaves draft';
 COMMENT ON COLUMN experiment.experiments.cluster_unit_column IS
   'the column of cluster_relation that holds the unit id (compared as text with experiment.exposures.unit_id)';
 COMMENT ON COLUMN experiment.experiments.cluster_column IS
@@ -58,6 +58,7 @@ CREATE FUNCTION experiment.validate_clusters(e experiment.experiments) RETURNS v
 AS $$
 DECLARE
   kind "char";
+  rls boolean;
   col text;
   what text;
 BEGIN
@@ -75,12 +76,14 @@ BEGIN
         USING ERRCODE = 'invalid_parameter_value',
               HINT = 'Declare the clusters by a relation (cluster_relation, cluster_unit_column, cluster_column) or by a key of the exposures'' attributes (cluster_attribute), not both.';
     END IF;
-    SELECT c.relkind INTO kind FROM pg_catalog.pg_class c WHERE c.oid = e.cluster_relation;
-    IF kind IS NULL OR kind NOT IN ('r', 'm', 'p', 'f') THEN
+    SELECT c.relkind, c.relrowsecurity INTO kind, rls FROM pg_catalog.pg_class c WHERE c.oid = e.cluster_relation;
+    -- (refresh() reads it as the extension's owner: nothing in it may run code of its own, as a
+    -- view's query, a foreign table's server or a row-level security policy would)
+    IF kind IS NULL OR kind NOT IN ('r', 'm', 'p') OR rls THEN
       RAISE EXCEPTION 'invalid cluster_relation % of experiment "%"',
         coalesce(e.cluster_relation::text, e.cluster_relation::oid::text), left(e.id, 200)
         USING ERRCODE = 'invalid_parameter_value',
-              HINT = 'Use a table, materialized view, partitioned table or foreign table (no view: refresh() reads it as its caller).';
+              HINT = 'Use a table, materialized view or partitioned table without row-level security (no view or foreign table).';
     END IF;
     FOREACH what IN ARRAY ARRAY['cluster_unit_column', 'cluster_column'] LOOP
       col := CASE what WHEN 'cluster_unit_column' THEN e.cluster_unit_column ELSE e.cluster_column END;
@@ -135,6 +138,18 @@ BEGIN
             HINT = 'cluster_relation, cluster_unit_column, cluster_column and cluster_attribute are fixed when the experiment starts; declare them while it is a draft.';
   END IF;
   PERFORM experiment.validate_clusters(NEW);
+  -- who declares a mapping may read it (refresh() checks the experiment's owner_role again)
+  IF NEW.cluster_relation IS NOT NULL
+     AND (TG_OP = 'INSERT' OR (NEW.cluster_relation, NEW.cluster_unit_column, NEW.cluster_column)
+                               IS DISTINCT FROM (OLD.cluster_relation, OLD.cluster_unit_column, OLD.cluster_column))
+     AND NOT (pg_catalog.has_column_privilege(NEW.cluster_relation, NEW.cluster_unit_column, 'SELECT')
+              AND pg_catalog.has_column_privilege(NEW.cluster_relation, NEW.cluster_column, 'SELECT')) THEN
+    RAISE EXCEPTION 'permission denied to declare cluster_relation % of experiment "%"', NEW.cluster_relation,
+      left(NEW.id, 200)
+      USING ERRCODE = 'insufficient_privilege',
+            DETAIL = format('Role %s may not SELECT columns %s, %s of it.', current_user, NEW.cluster_unit_column,
+                            NEW.cluster_column);
+  END IF;
   RETURN NEW;
 END
 $$;
@@ -210,13 +225,16 @@ BEGIN
     RETURN;
   END IF;
   PERFORM experiment.validate_clusters(e);
+  -- (refresh() runs as the extension's owner: the experiment's owner role must be allowed to
+  -- read what it declared)
   IF e.cluster_relation IS NOT NULL
-     AND NOT (pg_catalog.has_column_privilege(e.cluster_relation, e.cluster_unit_column, 'SELECT')
-              AND pg_catalog.has_column_privilege(e.cluster_relation, e.cluster_column, 'SELECT')) THEN
-    RAISE EXCEPTION 'refresh of experiment "%": role % may not read columns %, % of cluster_relation %', e.id,
-      current_user, e.cluster_unit_column, e.cluster_column, e.cluster_relation
+     AND NOT (pg_catalog.has_column_privilege(e.owner_role, e.cluster_relation, e.cluster_unit_column, 'SELECT')
+              AND pg_catalog.has_column_privilege(e.owner_role, e.cluster_relation, e.cluster_column, 'SELECT')) THEN
+    RAISE EXCEPTION 'refresh of experiment "%": its owner role % may not read columns %, % of cluster_relation %', e.id,
+      e.owner_role, e.cluster_unit_column, e.cluster_column, e.cluster_relation
       USING ERRCODE = 'insufficient_privilege',
-            HINT = 'refresh() reads the cluster relation as its caller; GRANT SELECT on the two columns.';
+            HINT = format('GRANT SELECT (%s, %s) ON %s TO %s.', quote_ident(e.cluster_unit_column),
+                          quote_ident(e.cluster_column), e.cluster_relation, e.owner_role);
   END IF;
 
   -- per cluster and variant: the units and the sums of the capped values of the base metrics
