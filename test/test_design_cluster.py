@@ -374,6 +374,24 @@ ck.check("Clustered by dc.user_company.company_id: %d clusters of %s units" % (l
 ck.check(("Warning: %d analysed units have no cluster" % n_lone) in text, "readout warns of units without a cluster")
 ck.check("Warning: 1 clusters have units in several variants" in text, "readout warns of a mixed cluster")
 
+# a reader (experiment_reader, allowed to read the source) sees the clustered readout
+cur.execute("SELECT count(*) FROM experiment.setup_roles()")
+cur.execute("DROP ROLE IF EXISTS dc_reader")
+cur.execute("CREATE ROLE dc_reader LOGIN IN ROLE experiment_reader")
+cur.execute("GRANT USAGE ON SCHEMA dc TO dc_reader")
+cur.execute("GRANT SELECT ON dc.orders TO dc_reader")
+rc = psycopg2.connect(dbname="exp_design_cluster", user="dc_reader")
+rc.autocommit = True
+with rc.cursor() as rcur:
+    rcur.execute("SELECT experiment.readout('clu')")
+    ck.check("Clustered by dc.user_company.company_id" in rcur.fetchone()[0], "a reader's readout names the clusters")
+    rcur.execute("SELECT count(*) FROM experiment.metric_results WHERE experiment_id = 'clu' AND clustered_by IS NOT NULL")
+    ck.check(rcur.fetchone()[0] == 5, "a reader sees the clustered results")
+rc.close()
+cur.execute("REVOKE ALL ON dc.orders FROM dc_reader")
+cur.execute("REVOKE ALL ON SCHEMA dc FROM dc_reader")
+cur.execute("DROP ROLE dc_reader")
+
 # singleton clusters: exactly the unit-level Welch test
 res = results("clu_solo")
 for m in ("k_revenue", "k_orders", "k_conv"):
