@@ -428,6 +428,9 @@ res = results("clu")
 de = (res["k_revenue"][7] / res["k_revenue"][12]) ** 2
 ck.check(de > 2, "design effect of revenue %.2f > 2 with a strong company effect" % de)
 
+expect_error("SELECT * FROM experiment.aa_test('clu', 10)", None, ["aa_test", "randomised by cluster"],
+             "aa_test of a clustered experiment")
+
 # the declaration is fixed once the experiment runs
 expect_error("UPDATE experiment.experiments SET cluster_relation = NULL, cluster_unit_column = NULL, "
              "cluster_column = NULL WHERE id = 'clu'", None, ["cannot change the cluster declaration", "running"],

@@ -1763,6 +1763,13 @@ DECLARE
   j integer := 0;
 BEGIN
   e := experiment.require_experiment(aa_test.experiment_id);
+  -- (src/sql/099_design_cluster.sql: its re-splits of units would ignore the clusters)
+  IF e.cluster_relation IS NOT NULL OR e.cluster_attribute IS NOT NULL OR e.switchback_window IS NOT NULL THEN
+    RAISE EXCEPTION 'aa_test of experiment "%": it re-splits units, and the experiment is randomised by %', e.id,
+      CASE WHEN e.switchback_window IS NOT NULL THEN 'switchback window' ELSE 'cluster' END
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'aa_test() is for experiments randomised by unit; test/test_design_cluster_calibration.py shows how to simulate clustered A/A tests.';
+  END IF;
   IF aa_test.simulations IS NULL OR aa_test.simulations < 10 OR aa_test.simulations > 100000 THEN
     PERFORM experiment.raise_invalid_value('simulations', coalesce(aa_test.simulations::text, 'NULL'),
                                            'between 10 and 100000');
