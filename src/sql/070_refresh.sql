@@ -1364,6 +1364,11 @@ BEGIN
   IF e.stratify_by IS NOT NULL THEN
     PERFORM experiment.require_dimension(e.id, e.stratify_by, 'stratify_by');
   END IF;
+  -- switchback experiments (src/sql/099_design_cluster.sql): analysed per (cluster, window)
+  IF e.switchback_window IS NOT NULL THEN
+    PERFORM experiment.refresh_switchback(e, control);
+    RETURN;
+  END IF;
 
   -- the stored state is replaced as a whole; in a REPEATABLE READ or SERIALIZABLE transaction
   -- whose snapshot predates another refresh's commit the rows to replace are invisible, and
@@ -1679,6 +1684,14 @@ BEGIN
       first_exposure = excluded.first_exposure, last_exposure = excluded.last_exposure,
       exposures_by_day = excluded.exposures_by_day, error = NULL, error_at = NULL,
       mode = excluded.mode, full_reason = excluded.full_reason;
+    -- cluster-randomised experiments (src/sql/099_design_cluster.sql): the tests over clusters
+    IF e.cluster_relation IS NOT NULL OR e.cluster_attribute IS NOT NULL THEN
+      PERFORM experiment.refresh_clusters(e, vals_from, cp.capped, cp.pre_capped, tuning, ts);
+    ELSE
+      UPDATE experiment.refreshes f SET clusters = NULL, clustered_units = NULL, unclustered_units = NULL,
+                                        mixed_clusters = NULL
+       WHERE f.experiment_id = e.id AND f.clusters IS NOT NULL;
+    END IF;
   EXCEPTION WHEN unique_violation THEN
     RAISE EXCEPTION 'could not refresh experiment "%": another refresh committed after this transaction''s snapshot', e.id
       USING ERRCODE = 'serialization_failure', DETAIL = SQLERRM,
@@ -1755,6 +1768,13 @@ DECLARE
   j integer := 0;
 BEGIN
   e := experiment.require_experiment(aa_test.experiment_id);
+  -- (src/sql/099_design_cluster.sql: its re-splits of units would ignore the clusters)
+  IF e.cluster_relation IS NOT NULL OR e.cluster_attribute IS NOT NULL OR e.switchback_window IS NOT NULL THEN
+    RAISE EXCEPTION 'aa_test of experiment "%": it re-splits units, and the experiment is randomised by %', e.id,
+      CASE WHEN e.switchback_window IS NOT NULL THEN 'switchback window' ELSE 'cluster' END
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'aa_test() is for experiments randomised by unit; test/test_design_cluster_calibration.py shows how to simulate clustered A/A tests.';
+  END IF;
   IF aa_test.simulations IS NULL OR aa_test.simulations < 10 OR aa_test.simulations > 100000 THEN
     PERFORM experiment.raise_invalid_value('simulations', coalesce(aa_test.simulations::text, 'NULL'),
                                            'between 10 and 100000');

@@ -482,6 +482,26 @@ BEGIN
                      experiment.format_correction(ex.correction), ex.correction_family) END,
     -- post-stratified tests (the readout's metrics are those of metric_results)
     CASE WHEN line IS NOT NULL THEN format(', post-stratified by %s', line) ELSE '' END);
+  -- cluster-randomised experiments (src/sql/099_design_cluster.sql): what the tests and the sample count
+  SELECT pg_catalog.min(mr.clustered_by) INTO line FROM experiment.metric_results mr WHERE mr.experiment_id = ex.id;
+  IF line IS NOT NULL THEN
+    SELECT format('Clustered by %s: %s clusters%s; the tests, the sample and the SRM check count clusters',
+                  line, experiment.format_count(f.clusters),
+                  CASE WHEN f.clustered_units IS NOT NULL
+                       THEN ' of ' || experiment.format_count(f.clustered_units) || ' units' ELSE '' END)
+           || CASE WHEN f.unclustered_units > 0
+                   THEN format(E'\nWarning: %s analysed units have no cluster and are left out of the clustered tests',
+                               experiment.format_count(f.unclustered_units)) ELSE '' END
+           || CASE WHEN f.mixed_clusters > 0 AND f.clustered_units IS NULL
+                   THEN format(E'\nWarning: %s switchback windows were exposed to several variants and are left out',
+                               experiment.format_count(f.mixed_clusters))
+                   WHEN f.mixed_clusters > 0
+                   THEN format(E'\nWarning: %s clusters have units in several variants (was the randomisation by cluster?); '
+                               'each variant''s part counts as a cluster', experiment.format_count(f.mixed_clusters))
+                   ELSE '' END
+      INTO line FROM experiment.refreshes f WHERE f.experiment_id = ex.id;
+    lines := lines || pg_catalog.string_to_array(line, E'\n');
+  END IF;
   IF ntreat > 1 THEN
     lines := lines || format('Comparisons: each of the %s treatments against %s at alpha = %s, %s',
                              ntreat, control, ex.alpha,

@@ -183,7 +183,9 @@ BEGIN
     EXECUTE format('GRANT SELECT ON experiment.%I TO experiment_reader', t);
   END LOOP;
   GRANT SELECT (experiment_id, refreshed_at, duration, enrolled_units, multi_variant_units, early_units,
-                first_exposure, last_exposure, exposures_by_day, error_at, mode, full_reason)
+                first_exposure, last_exposure, exposures_by_day, error_at, mode, full_reason,
+                -- the counts of clustered and switchback experiments (src/sql/099_design_cluster.sql)
+                clusters, clustered_units, unclustered_units, mixed_clusters)
     ON experiment.refreshes TO experiment_reader;
 
   -- experiment_ingest: the exposure pipeline
