@@ -14,8 +14,14 @@
  *	  bucket 2900).  Units whose bucket lies at or above B_k get NULL.
  *
  *	  The parsed and validated variant list is cached in fn_extra, keyed by
- *	  the bytes of the arguments, so that a query assigning millions of
- *	  units with one variant list parses it once.
+ *	  the bytes of the arguments: a query assigning millions of units with
+ *	  one variant list parses it once, and a variants argument that changes
+ *	  from row to row is compared with the cached one and parsed again when
+ *	  its bytes differ.  Only a Const argument is trusted not to change
+ *	  without being compared: a Param may (PL/pgSQL evaluates a simple
+ *	  expression such as "v := assign_variant(u, e, variants)" with one
+ *	  FmgrInfo for the whole transaction, its variables changing between
+ *	  calls), so get_fn_expr_arg_stable(), which accepts Params, is not used.
  *
  *-------------------------------------------------------------------------
  */
@@ -24,6 +30,8 @@
 #include <math.h>
 
 #include "catalog/pg_type.h"
+#include "nodes/pg_list.h"
+#include "nodes/primnodes.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -46,10 +54,10 @@ typedef struct VariantCache
 	char	   *key2;			/* bytes of the weights argument, or NULL */
 	Size		key2len;
 	int			n;
-	double	   *bounds;			/* B_1 .. B_k as above */
+	int		   *bounds;			/* ceil(B_1) .. ceil(B_k), B_i as above */
 	text	  **names;
-	bool		stable_known;	/* whether the variants arguments are known to be */
-	bool		stable;			/* ... constant during the scan (a Const or Param) */
+	bool		const_known;	/* whether the variants arguments are known to be */
+	bool		is_const;		/* ... Consts of the call site's expression */
 } VariantCache;
 
 /*
@@ -132,7 +140,7 @@ cache_fill(VariantCache *vc, int n, char **names, int *namelens, double *alloc)
 
 	old = MemoryContextSwitchTo(vc->cxt);
 	vc->n = n;
-	vc->bounds = palloc(sizeof(double) * n);
+	vc->bounds = palloc(sizeof(int) * n);
 	vc->names = palloc(sizeof(text *) * n);
 	for (i = 0; i < n; i++)
 	{
@@ -144,7 +152,8 @@ cache_fill(VariantCache *vc, int n, char **names, int *namelens, double *alloc)
 		r = rint(b);
 		if (fabs(b - r) < EXP_BOUNDARY_SNAP)
 			b = r;
-		vc->bounds[i] = b;
+		/* for an integer bucket k, k < B_i exactly when k < ceil(B_i) */
+		vc->bounds[i] = (int) Min(ceil(b), (double) (2 * EXP_NUM_BUCKETS));
 		vc->names[i] = cstring_to_text_with_len(names[i], namelens[i]);
 	}
 	MemoryContextSwitchTo(old);
@@ -286,32 +295,52 @@ cache_fill_arrays(VariantCache *vc, ArrayType *names_a, ArrayType *weights_a)
 	cache_fill(vc, n, names, namelens, alloc);
 }
 
+/*
+ * Whether argument argnum of the call is a Const of the expression that
+ * called it (false when there is no expression, as for a direct call)
+ */
+static bool
+arg_is_const(FmgrInfo *flinfo, int argnum)
+{
+	Node	   *expr = flinfo->fn_expr;
+	List	   *args;
+
+	if (expr == NULL || !IsA(expr, FuncExpr))
+		return false;
+	args = ((FuncExpr *) expr)->args;
+	return argnum < list_length(args) && IsA(list_nth(args, argnum), Const);
+}
+
 /* the variant whose bucket range holds the unit's bucket, or NULL */
 static Datum
 choose(FunctionCallInfo fcinfo, VariantCache *vc, int bucket)
 {
-	int			i;
+	int			i,
+				k = 0;
+	text	   *name;
+	text	   *res;
 
+	/*
+	 * The bounds are nondecreasing, so the variant is the number of bounds
+	 * at or below the bucket; counted without a branch per variant, which a
+	 * split such as 50/50 would mispredict on every other row.
+	 */
 	for (i = 0; i < vc->n; i++)
-	{
-		if (bucket < vc->bounds[i])
-		{
-			text	   *name = vc->names[i];
-			text	   *res;
+		k += (bucket >= vc->bounds[i]);
+	if (k >= vc->n)
+		PG_RETURN_NULL();
+	name = vc->names[k];
 
-			/*
-			 * With constant variants the cache lives, unchanged, as long as
-			 * the call site: its name can be returned as it is (results are
-			 * read-only).  Otherwise the next row may refill the cache.
-			 */
-			if (vc->stable)
-				PG_RETURN_TEXT_P(name);
-			res = (text *) palloc(VARSIZE(name));
-			memcpy(res, name, VARSIZE(name));
-			PG_RETURN_TEXT_P(res);
-		}
-	}
-	PG_RETURN_NULL();
+	/*
+	 * With Const variants the cache lives, unchanged, as long as the call
+	 * site: its name can be returned as it is (results are read-only).
+	 * Otherwise the next row may refill the cache.
+	 */
+	if (vc->is_const)
+		PG_RETURN_TEXT_P(name);
+	res = (text *) palloc(VARSIZE(name));
+	memcpy(res, name, VARSIZE(name));
+	PG_RETURN_TEXT_P(res);
 }
 
 /*
@@ -328,20 +357,24 @@ exp_assign_variant_jsonb(PG_FUNCTION_ARGS)
 				saltlen;
 	const char *unit = exp_text_utf8(PG_GETARG_TEXT_PP(0), &unitlen);
 	const char *salt = exp_text_utf8(PG_GETARG_TEXT_PP(1), &saltlen);
-	Jsonb	   *jb = PG_GETARG_JSONB_P(2);
 	VariantCache *vc = variant_cache(fcinfo);
 
-	/* a constant variants argument is parsed once, and not compared on every row */
-	if (!vc->stable_known)
+	if (!vc->const_known)
 	{
-		vc->stable = get_fn_expr_arg_stable(fcinfo->flinfo, 2);
-		vc->stable_known = true;
+		vc->is_const = arg_is_const(fcinfo->flinfo, 2);
+		vc->const_known = true;
 	}
-	if (!(vc->stable && vc->key1 != NULL) && !cache_matches(vc, jb, VARSIZE(jb), NULL, 0))
+	/* a Const variants argument is parsed once and not even fetched again */
+	if (!(vc->is_const && vc->key1 != NULL))
 	{
-		cache_reset(vc);
-		cache_fill_jsonb(vc, jb);
-		cache_key(vc, jb, VARSIZE(jb), NULL, 0);
+		Jsonb	   *jb = PG_GETARG_JSONB_P(2);
+
+		if (!cache_matches(vc, jb, VARSIZE(jb), NULL, 0))
+		{
+			cache_reset(vc);
+			cache_fill_jsonb(vc, jb);
+			cache_key(vc, jb, VARSIZE(jb), NULL, 0);
+		}
 	}
 	return choose(fcinfo, vc, exp_sha256_bucket(salt, saltlen, unit, unitlen));
 }
@@ -359,22 +392,24 @@ exp_assign_variant_arrays(PG_FUNCTION_ARGS)
 				saltlen;
 	const char *unit = exp_text_utf8(PG_GETARG_TEXT_PP(0), &unitlen);
 	const char *salt = exp_text_utf8(PG_GETARG_TEXT_PP(1), &saltlen);
-	ArrayType  *names_a = PG_GETARG_ARRAYTYPE_P(2);
-	ArrayType  *weights_a = PG_GETARG_ARRAYTYPE_P(3);
 	VariantCache *vc = variant_cache(fcinfo);
 
-	if (!vc->stable_known)
+	if (!vc->const_known)
 	{
-		vc->stable = get_fn_expr_arg_stable(fcinfo->flinfo, 2) &&
-			get_fn_expr_arg_stable(fcinfo->flinfo, 3);
-		vc->stable_known = true;
+		vc->is_const = arg_is_const(fcinfo->flinfo, 2) && arg_is_const(fcinfo->flinfo, 3);
+		vc->const_known = true;
 	}
-	if (!(vc->stable && vc->key1 != NULL) &&
-		!cache_matches(vc, names_a, VARSIZE(names_a), weights_a, VARSIZE(weights_a)))
+	if (!(vc->is_const && vc->key1 != NULL))
 	{
-		cache_reset(vc);
-		cache_fill_arrays(vc, names_a, weights_a);
-		cache_key(vc, names_a, VARSIZE(names_a), weights_a, VARSIZE(weights_a));
+		ArrayType  *names_a = PG_GETARG_ARRAYTYPE_P(2);
+		ArrayType  *weights_a = PG_GETARG_ARRAYTYPE_P(3);
+
+		if (!cache_matches(vc, names_a, VARSIZE(names_a), weights_a, VARSIZE(weights_a)))
+		{
+			cache_reset(vc);
+			cache_fill_arrays(vc, names_a, weights_a);
+			cache_key(vc, names_a, VARSIZE(names_a), weights_a, VARSIZE(weights_a));
+		}
 	}
 	return choose(fcinfo, vc, exp_sha256_bucket(salt, saltlen, unit, unitlen));
 }

@@ -57,42 +57,41 @@ exp_text_utf8(text *t, int *len)
 	return conv;
 }
 
-/* SHA-256 of salt, one separator byte and the unit: the digest every SHA-256 scheme starts from */
-static void
-sha256_salted(const char *salt, int saltlen, char sep, const char *unit, int unitlen,
-			  uint8 *digest)
-{
-	ExpSha256Ctx ctx;
+/*
+ * 2^(32 j) mod 10000 for j = 0..7, as constant expressions: the weights of
+ * the digest's 32-bit words in the bucket (see exp_sha256_bucket)
+ */
+#define POW32_MOD_0		UINT64CONST(1)
+#define POW32_MOD_1		(UINT64CONST(4294967296) % EXP_NUM_BUCKETS)
+#define POW32_MOD_NEXT(p)	(((p) * POW32_MOD_1) % EXP_NUM_BUCKETS)
+#define POW32_MOD_2		POW32_MOD_NEXT(POW32_MOD_1)
+#define POW32_MOD_3		POW32_MOD_NEXT(POW32_MOD_2)
+#define POW32_MOD_4		POW32_MOD_NEXT(POW32_MOD_3)
+#define POW32_MOD_5		POW32_MOD_NEXT(POW32_MOD_4)
+#define POW32_MOD_6		POW32_MOD_NEXT(POW32_MOD_5)
+#define POW32_MOD_7		POW32_MOD_NEXT(POW32_MOD_6)
 
-	exp_sha256_init(&ctx);
-	exp_sha256_update(&ctx, (const uint8 *) salt, saltlen);
-	exp_sha256_update(&ctx, (const uint8 *) &sep, 1);
-	exp_sha256_update(&ctx, (const uint8 *) unit, unitlen);
-	exp_sha256_final(&ctx, digest);
-}
-
-/* SHA-256(salt ':' unit) as a 256-bit big-endian integer, mod 10000 */
+/*
+ * SHA-256(salt ':' unit) as a 256-bit big-endian integer, mod 10000.
+ *
+ * With the digest's 32-bit big-endian words H_0..H_7 (H_0 the most
+ * significant) the integer is sum_k H_k 2^(32 (7 - k)), so its residue is
+ * (sum_k H_k (2^(32 (7 - k)) mod 10000)) mod 10000.  Every term is below
+ * 2^32 * 10^4 < 2^46 and their sum below 2^49: one 64-bit sum of eight
+ * independent products and one reduction, where Horner's rule (r <- (r *
+ * 2^32 + H_k) mod 10000) would chain eight reductions.
+ */
 int
 exp_sha256_bucket(const char *salt, int saltlen, const char *unit, int unitlen)
 {
-	uint8		digest[EXP_SHA256_DIGEST_LENGTH];
-	uint64		r = 0;
-	int			i;
+	uint32		H[8];
+	uint64		r;
 
-	sha256_salted(salt, saltlen, ':', unit, unitlen, digest);
-
-	/*
-	 * Horner's rule over the digest, 32 bits at a time:
-	 * r <- (r * 2^32 + w) mod 10000; r < 10^4 keeps r * 2^32 below 2^46.
-	 */
-	for (i = 0; i < EXP_SHA256_DIGEST_LENGTH; i += 4)
-	{
-		uint64		w = ((uint64) digest[i] << 24) | ((uint64) digest[i + 1] << 16) |
-			((uint64) digest[i + 2] << 8) | (uint64) digest[i + 3];
-
-		r = ((r << 32) + w) % EXP_NUM_BUCKETS;
-	}
-	return (int) r;
+	exp_sha256_join_words((const uint8 *) salt, saltlen, ':',
+						  (const uint8 *) unit, unitlen, H);
+	r = H[0] * POW32_MOD_7 + H[1] * POW32_MOD_6 + H[2] * POW32_MOD_5 + H[3] * POW32_MOD_4 +
+		H[4] * POW32_MOD_3 + H[5] * POW32_MOD_2 + H[6] * POW32_MOD_1 + H[7] * POW32_MOD_0;
+	return (int) (r % EXP_NUM_BUCKETS);
 }
 
 /* Eppo: the first 4 bytes (8 hex digits) of MD5(salt '-' subject), big-endian */
@@ -115,14 +114,11 @@ exp_eppo_hash32(const char *salt, int saltlen, const char *subject, int subjectl
 int
 exp_statsig_bucket(const char *salt, int saltlen, const char *unit, int unitlen)
 {
-	uint8		digest[EXP_SHA256_DIGEST_LENGTH];
-	uint64		v = 0;
-	int			i;
+	uint32		H[8];
 
-	sha256_salted(salt, saltlen, '.', unit, unitlen, digest);
-	for (i = 0; i < 8; i++)
-		v = (v << 8) | digest[i];
-	return (int) (v % EXP_NUM_BUCKETS);
+	exp_sha256_join_words((const uint8 *) salt, saltlen, '.',
+						  (const uint8 *) unit, unitlen, H);
+	return (int) ((((uint64) H[0] << 32) | H[1]) % EXP_NUM_BUCKETS);
 }
 
 /* one FNV-1a step per UTF-16 code unit */

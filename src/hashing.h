@@ -78,6 +78,8 @@ exp_md_append(uint32 *state, uint8 *buf, uint32 *buflen,
 extern void exp_sha256_init(ExpSha256Ctx *ctx);
 extern void exp_sha256_update(ExpSha256Ctx *ctx, const uint8 *data, size_t len);
 extern void exp_sha256_final(ExpSha256Ctx *ctx, uint8 *digest);
+extern void exp_sha256_join_words(const uint8 *a, size_t alen, uint8 sep,
+								  const uint8 *b, size_t blen, uint32 *H);
 extern const char *exp_sha256_implementation(void);
 
 /* md5.c */

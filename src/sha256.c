@@ -127,6 +127,29 @@ sha256_block_portable(uint32 *H, const uint8 *block)
  * W_t = s1(W_t-2) + W_t-7 + s0(W_t-15) + W_t-16 is computed four words at a
  * time: SHA256MSG1 adds s0, an ALIGNR supplies W_t-7 and SHA256MSG2 adds s1.
  */
+/*
+ * Rounds 4g .. 4g+3: two SHA256RNDS2, each taking W_t + K_t of its two
+ * rounds from the low 64 bits of wk
+ */
+#define SHANI_ROUNDS4(g, w) \
+	do { \
+		wk = _mm_add_epi32((w), _mm_loadu_si128((const __m128i *) &K256[4 * (g)])); \
+		cdgh = _mm_sha256rnds2_epu32(cdgh, abef, wk); \
+		wk = _mm_shuffle_epi32(wk, 0x0E); \
+		abef = _mm_sha256rnds2_epu32(abef, cdgh, wk); \
+	} while (0)
+
+/*
+ * The next four message words from the last sixteen (w0 oldest, w3 newest),
+ * into w0: W_t = s1(W_t-2) + W_t-7 + s0(W_t-15) + W_t-16
+ */
+#define SHANI_SCHEDULE(w0, w1, w2, w3) \
+	do { \
+		tmp = _mm_sha256msg1_epu32((w0), (w1)); \
+		tmp = _mm_add_epi32(tmp, _mm_alignr_epi8((w3), (w2), 4)); \
+		(w0) = _mm_sha256msg2_epu32(tmp, (w3)); \
+	} while (0)
+
 __attribute__((target("sha,sse4.1,ssse3")))
 static void
 sha256_block_shani(uint32 *H, const uint8 *block)
@@ -138,8 +161,10 @@ sha256_block_shani(uint32 *H, const uint8 *block)
 				cdgh_save,
 				tmp,
 				wk;
-	__m128i		W[16];
-	int			g;
+	__m128i		m0,
+				m1,
+				m2,
+				m3;
 
 	/* (A, B, C, D), (E, F, G, H) -> (A, B, E, F), (C, D, G, H) */
 	tmp = _mm_loadu_si128((const __m128i *) &H[0]);
@@ -151,21 +176,43 @@ sha256_block_shani(uint32 *H, const uint8 *block)
 	abef_save = abef;
 	cdgh_save = cdgh;
 
-	for (g = 0; g < 16; g++)
-	{
-		if (g < 4)
-			W[g] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *) (block + 16 * g)), bswap);
-		else
-		{
-			tmp = _mm_sha256msg1_epu32(W[g - 4], W[g - 3]);
-			tmp = _mm_add_epi32(tmp, _mm_alignr_epi8(W[g - 1], W[g - 2], 4));
-			W[g] = _mm_sha256msg2_epu32(tmp, W[g - 1]);
-		}
-		wk = _mm_add_epi32(W[g], _mm_loadu_si128((const __m128i *) &K256[4 * g]));
-		cdgh = _mm_sha256rnds2_epu32(cdgh, abef, wk);
-		wk = _mm_shuffle_epi32(wk, 0x0E);
-		abef = _mm_sha256rnds2_epu32(abef, cdgh, wk);
-	}
+	/*
+	 * Fully unrolled, with the message schedule in four rolling registers
+	 * (m0..m3 hold W[4g .. 4g+3] for the last four groups g), so that it
+	 * stays in registers and runs ahead of the rounds.
+	 */
+	m0 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *) block), bswap);
+	m1 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *) (block + 16)), bswap);
+	m2 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *) (block + 32)), bswap);
+	m3 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *) (block + 48)), bswap);
+	SHANI_ROUNDS4(0, m0);
+	SHANI_ROUNDS4(1, m1);
+	SHANI_ROUNDS4(2, m2);
+	SHANI_ROUNDS4(3, m3);
+	SHANI_SCHEDULE(m0, m1, m2, m3);
+	SHANI_ROUNDS4(4, m0);
+	SHANI_SCHEDULE(m1, m2, m3, m0);
+	SHANI_ROUNDS4(5, m1);
+	SHANI_SCHEDULE(m2, m3, m0, m1);
+	SHANI_ROUNDS4(6, m2);
+	SHANI_SCHEDULE(m3, m0, m1, m2);
+	SHANI_ROUNDS4(7, m3);
+	SHANI_SCHEDULE(m0, m1, m2, m3);
+	SHANI_ROUNDS4(8, m0);
+	SHANI_SCHEDULE(m1, m2, m3, m0);
+	SHANI_ROUNDS4(9, m1);
+	SHANI_SCHEDULE(m2, m3, m0, m1);
+	SHANI_ROUNDS4(10, m2);
+	SHANI_SCHEDULE(m3, m0, m1, m2);
+	SHANI_ROUNDS4(11, m3);
+	SHANI_SCHEDULE(m0, m1, m2, m3);
+	SHANI_ROUNDS4(12, m0);
+	SHANI_SCHEDULE(m1, m2, m3, m0);
+	SHANI_ROUNDS4(13, m1);
+	SHANI_SCHEDULE(m2, m3, m0, m1);
+	SHANI_ROUNDS4(14, m2);
+	SHANI_SCHEDULE(m3, m0, m1, m2);
+	SHANI_ROUNDS4(15, m3);
 
 	abef = _mm_add_epi32(abef, abef_save);
 	cdgh = _mm_add_epi32(cdgh, cdgh_save);
@@ -227,17 +274,14 @@ exp_sha256_implementation(void)
 }
 
 /* FIPS 180-4 section 5.3.3: initial hash value H(0) */
+static const uint32 H0[8] = {
+	0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19
+};
+
 void
 exp_sha256_init(ExpSha256Ctx *ctx)
 {
-	ctx->state[0] = 0x6a09e667;
-	ctx->state[1] = 0xbb67ae85;
-	ctx->state[2] = 0x3c6ef372;
-	ctx->state[3] = 0xa54ff53a;
-	ctx->state[4] = 0x510e527f;
-	ctx->state[5] = 0x9b05688c;
-	ctx->state[6] = 0x1f83d9ab;
-	ctx->state[7] = 0x5be0cd19;
+	memcpy(ctx->state, H0, sizeof(H0));
 	ctx->bitcount = 0;
 	ctx->buflen = 0;
 }
@@ -250,9 +294,12 @@ exp_sha256_update(ExpSha256Ctx *ctx, const uint8 *data, size_t len)
 	exp_md_append(ctx->state, ctx->buf, &ctx->buflen, sha256_block, data, len);
 }
 
-/* FIPS 180-4 section 5.1.1: pad, process the last block(s), emit the digest */
-void
-exp_sha256_final(ExpSha256Ctx *ctx, uint8 *digest)
+/*
+ * FIPS 180-4 section 5.1.1: pad, process the last block(s), leave the final
+ * hash value H_0..H_7 in H (the digest is their big-endian bytes)
+ */
+static void
+sha256_final_words(ExpSha256Ctx *ctx, uint32 *H)
 {
 	uint64		bits = ctx->bitcount;
 	int			i;
@@ -268,12 +315,74 @@ exp_sha256_final(ExpSha256Ctx *ctx, uint8 *digest)
 	for (i = 0; i < 8; i++)
 		ctx->buf[56 + i] = (uint8) (bits >> (56 - 8 * i));
 	sha256_block(ctx->state, ctx->buf);
+	memcpy(H, ctx->state, sizeof(ctx->state));
+}
 
+/* pad, process the last block(s), emit the digest */
+void
+exp_sha256_final(ExpSha256Ctx *ctx, uint8 *digest)
+{
+	uint32		H[8];
+	int			i;
+
+	sha256_final_words(ctx, H);
 	for (i = 0; i < 8; i++)
 	{
-		digest[4 * i] = (uint8) (ctx->state[i] >> 24);
-		digest[4 * i + 1] = (uint8) (ctx->state[i] >> 16);
-		digest[4 * i + 2] = (uint8) (ctx->state[i] >> 8);
-		digest[4 * i + 3] = (uint8) ctx->state[i];
+		digest[4 * i] = (uint8) (H[i] >> 24);
+		digest[4 * i + 1] = (uint8) (H[i] >> 16);
+		digest[4 * i + 2] = (uint8) (H[i] >> 8);
+		digest[4 * i + 3] = (uint8) H[i];
+	}
+}
+
+/* the longest message exp_sha256_join_words() pads on the stack: 4 blocks */
+#define JOIN_MAX_BLOCKS 4
+
+/*
+ * SHA-256 of the message a || sep || b (a salt, one separator byte and a
+ * unit id), as the eight words H_0..H_7 of the final hash value.  This is
+ * the per-row work of the assignment functions, so a message of up to four
+ * blocks (247 bytes) is not streamed through exp_sha256_update(): it is
+ * padded (the 0x80 byte, zeros, the 64-bit length; FIPS 180-4 section
+ * 5.1.1) in a buffer on the stack, all of it written before the first
+ * block is compressed.  A block read right after being written makes the
+ * processor wait for its stores to complete (a store-forwarding stall); with
+ * every store issued first, that wait happens once, and the loads of later
+ * blocks no longer wait for the compression of earlier ones.
+ */
+void
+exp_sha256_join_words(const uint8 *a, size_t alen, uint8 sep,
+					  const uint8 *b, size_t blen, uint32 *H)
+{
+	size_t		len = alen + 1 + blen;
+
+	if (len <= 64 * JOIN_MAX_BLOCKS - 9)
+	{
+		uint8		msg[64 * JOIN_MAX_BLOCKS];
+		uint64		bits = (uint64) len << 3;
+		size_t		padded = (len + 9 + 63) & ~(size_t) 63;
+		size_t		off;
+		int			i;
+
+		memcpy(msg, a, alen);
+		msg[alen] = sep;
+		memcpy(msg + alen + 1, b, blen);
+		msg[len] = 0x80;
+		memset(msg + len + 1, 0, padded - 8 - (len + 1));
+		for (i = 0; i < 8; i++)
+			msg[padded - 8 + i] = (uint8) (bits >> (56 - 8 * i));
+		memcpy(H, H0, sizeof(H0));
+		for (off = 0; off < padded; off += 64)
+			sha256_block(H, msg + off);
+	}
+	else
+	{
+		ExpSha256Ctx ctx;
+
+		exp_sha256_init(&ctx);
+		exp_sha256_update(&ctx, a, alen);
+		exp_sha256_update(&ctx, &sep, 1);
+		exp_sha256_update(&ctx, b, blen);
+		sha256_final_words(&ctx, H);
 	}
 }
