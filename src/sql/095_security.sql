@@ -165,7 +165,8 @@ DECLARE
   -- (refreshes without its error column: a source's error may quote its data; health shows
   -- the error to roles that may read every metric of the experiment)
   results text[] := '{enrollment,variant_stats,metric_results,results_daily,conclusions,results,srm,health,'
-                     'dimension_enrollment,dimension_stats,dimension_results,results_by_dimension,srm_by_dimension}';
+                     'dimension_enrollment,dimension_stats,dimension_results,results_by_dimension,srm_by_dimension,'
+                     'factorial_effects,interaction_results,interactions}';
   ingestion text[] := '{exposures,exposures_quarantine,exposures_staging,kafka_offsets,kafka_dead_letters}';
 BEGIN
   FOREACH r IN ARRAY ARRAY['experiment_reader', 'experiment_ingest', 'experiment_analyst', 'experiment_admin'] LOOP
@@ -218,6 +219,7 @@ BEGIN
     EXECUTE format('GRANT TRUNCATE ON experiment.%I TO experiment_admin', t);
   END LOOP;
   GRANT EXECUTE ON FUNCTION experiment.refresh_all() TO experiment_admin;
+  GRANT EXECUTE ON FUNCTION experiment.refresh_interactions() TO experiment_admin;
   GRANT SELECT ON experiment.source_watermarks TO experiment_admin;
 END
 $$;
