@@ -16,6 +16,9 @@ numpy; the cells against the control in experiment.results. A planted
 interaction is found and the null ones are not. Bad designs: 22023 naming the
 field.
 
+A 2 x 2 x 2 design against the sum-coded saturated OLS (an effect of order r is
+(-2)^r times its coefficient): main effects, two- and three-factor interactions.
+
 Interactions: experiments A and B over the same 16,000 units, metrics revenue
 (winsorized at 0.99, a planted interaction) and orders (none) in both, and a
 metric of A only; refresh both and experiment.refresh_interactions(), then each
@@ -239,10 +242,10 @@ for (metric, effect, order, levels, method, n_c, n_t, m_c, m_t, diff, se, dfree,
     ck.check(n_c == int(sum(cnt[np.array(cw) != 0])) and n_t == int(sum(cnt[np.array(tw) != 0])),
              "%s %s: units of each side" % (metric, effect))
     # lift: delta method by numeric gradient of (T - C)/|C| in the cell means
-    C = float(np.dot(cw, mean))
-    T = float(np.dot(tw, mean))
-    grad = np.array(tw) / abs(C) - np.sign(C) * T * np.array(cw) / C ** 2
-    close(lift, (T - C) / abs(C), "%s %s: lift" % (metric, effect))
+    c_sum = float(np.dot(cw, mean))
+    t_sum = float(np.dot(tw, mean))
+    grad = np.array(tw) / abs(c_sum) - np.sign(c_sum) * t_sum * np.array(cw) / c_sum ** 2
+    close(lift, (t_sum - c_sum) / abs(c_sum), "%s %s: lift" % (metric, effect))
     close(lift_se, float(np.sqrt(np.sum(grad ** 2 * var / cnt))), "%s %s: lift SE (delta method)" % (metric, effect), "se")
     if order == 1 and effect == "color":
         # main effect of a two-level factor = -2 x the sum-coded coefficient of its first level
@@ -269,6 +272,38 @@ g = df.groupby("cell")["f_revenue"].mean()
 ck.check(len(res) == 5, "results: each of 5 cells against the control")
 for v, d in res:
     close(d, g[v] - g["blue/s"], "results: cell %s against the control" % v)
+
+# three two-level factors: an effect of order r is (-2)^r times the sum-coded coefficient of the
+# saturated model (the first level +1), so main effects, the three two-factor interactions
+# (averaged over the third factor) and the three-factor one are all checked
+d3 = {"factors": [{"name": "a", "levels": ["a0", "a1"]}, {"name": "b", "levels": ["b0", "b1"]},
+                  {"name": "c", "levels": ["c0", "c1"]}]}
+q("SELECT experiment.create_experiment('fact3', %s::jsonb)", (json.dumps(d3),))
+q("UPDATE experiment.experiments SET analysis = 'fixed' WHERE id = 'fact3'")
+q("SELECT experiment.start('fact3')")
+q("INSERT INTO experiment.exposures (experiment_id, unit_id, variant, exposed_at) "
+  "SELECT 'fact3', 'g' || i, experiment.assign('g' || i, 'fact3'), %s::timestamptz + i * interval '1 second' "
+  "FROM generate_series(1, 8000) i", (T0,))
+a3 = q("SELECT unit_id, variant FROM experiment.exposures WHERE experiment_id = 'fact3' ORDER BY unit_id")
+lv = np.array([[int(v.split("/")[k][1]) for k in range(3)] for _, v in a3])
+y3 = 5 + lv[:, 0] + 0.5 * lv[:, 1] * lv[:, 2] + 1.5 * lv[:, 0] * lv[:, 1] * lv[:, 2] + rng.normal(0, 1 + lv[:, 2], len(a3))
+q("CREATE TABLE f3_values (user_id text, at timestamptz, value float8)")
+copy_rows("f3_values", ["user_id", "at", "value"],
+          [(u, (T0 + dt.timedelta(seconds=int(u[1:]) + 60)).isoformat(), repr(float(y))) for (u, _), y in zip(a3, y3)])
+q("INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column, aggregation, kind, cuped_lookback) "
+  "VALUES ('f3_value', 'f3_values', 'user_id', 'at', 'value', 'sum', 'mean', NULL)")
+q("INSERT INTO experiment.experiment_metrics (experiment_id, metric, role) VALUES ('fact3', 'f3_value', 'primary')")
+q("SELECT experiment.refresh('fact3')")
+d3f = pd.DataFrame({"a": lv[:, 0], "b": lv[:, 1], "c": lv[:, 2], "y": y3})
+fit3 = smf.ols("y ~ C(a, Sum) * C(b, Sum) * C(c, Sum)", data=d3f).fit(cov_type="HC2")
+eff3 = q("SELECT effect, \"order\", diff, diff_se FROM experiment.factorial_effects WHERE experiment_id = 'fact3' ORDER BY 2, 1")
+ck.check([e[0] for e in eff3] == ["a", "b", "c", "a:b", "a:c", "b:c", "a:b:c"], "2x2x2: 7 effects: %r" % [e[0] for e in eff3])
+for effect, order, diff, se in eff3:
+    name = ":".join("C(%s, Sum)[S.0]" % f for f in effect.split(":"))
+    close(diff, (-2) ** order * fit3.params[name], "2x2x2 %s = (-2)^%d b(sum coding)" % (effect, order))
+    close(se, 2 ** order * fit3.bse[name], "2x2x2 %s: SE = 2^%d se(sum coding, HC2)" % (effect, order), "se")
+(d_abc, p_abc), = q("SELECT diff, p_value FROM experiment.factorial_effects WHERE experiment_id = 'fact3' AND effect = 'a:b:c'")
+ck.check(p_abc < 0.01 and abs(d_abc - 1.5) < 0.6, "the planted three-factor interaction (1.5): %.3f, p %.2g" % (d_abc, p_abc))
 
 # the cells share equally without allocations
 q("SELECT experiment.create_experiment('fact_seq', %s::jsonb)", (json.dumps({"factors": design["factors"]}),))

@@ -174,10 +174,6 @@ CREATE TRIGGER factors_check BEFORE INSERT OR UPDATE OF factors ON experiment.ex
   FOR EACH ROW EXECUTE FUNCTION experiment.factors_check();
 COMMENT ON TRIGGER factors_check ON experiment.experiments IS 'checks the factorial design of an experiment';
 
--- the concatenation of arrays, in order
-CREATE AGGREGATE experiment.array_cat_agg(integer[]) (SFUNC = pg_catalog.array_cat, STYPE = integer[], INITCOND = '{}');
-COMMENT ON AGGREGATE experiment.array_cat_agg(integer[]) IS 'internal: the concatenation of integer arrays, in order';
-
 -- the contrasts of a factorial experiment's effects: for each non-empty set S of factors and a
 -- non-baseline level a_f of each, the cells' weights (in the order of cells): a cell with a
 -- factor of S at neither its baseline nor a_f weighs 0; the others weigh
@@ -219,17 +215,19 @@ BEGIN
   SELECT array_agg(f ->> 'name' ORDER BY o), array_agg(jsonb_array_length(f -> 'levels') ORDER BY o)
     INTO fname, nlev FROM jsonb_array_elements(fx) WITH ORDINALITY AS t(f, o);
   -- the cells: variants with a level of every factor (a variant outside the design has none)
-  SELECT array_agg(c.name ORDER BY c.name COLLATE "C"), experiment.array_cat_agg(c.lev ORDER BY c.name COLLATE "C")
-    INTO cell_names, cell_lev
-    FROM (SELECT v.name,
-                 ARRAY(SELECT (SELECT l.o - 1 FROM jsonb_array_elements_text(f.f -> 'levels') WITH ORDINALITY AS l(l, o)
-                               WHERE l.l = v.levels ->> (f.f ->> 'name'))::integer
-                       FROM jsonb_array_elements(fx) WITH ORDINALITY AS f(f, o) ORDER BY f.o) AS lev
-          FROM experiment.variants v
-          WHERE v.experiment_id = factorial_contrasts.experiment_id
-            AND NOT EXISTS (SELECT FROM jsonb_array_elements(fx) f2
-                            WHERE NOT coalesce((v.levels ->> (f2 ->> 'name')) IN (SELECT jsonb_array_elements_text(f2 -> 'levels')),
-                                               false))) c;
+  SELECT array_agg(v.name ORDER BY v.name COLLATE "C") INTO cell_names
+    FROM experiment.variants v
+    WHERE v.experiment_id = factorial_contrasts.experiment_id
+      AND NOT EXISTS (SELECT FROM jsonb_array_elements(fx) f2
+                      WHERE NOT coalesce((v.levels ->> (f2 ->> 'name')) IN (SELECT jsonb_array_elements_text(f2 -> 'levels')),
+                                         false));
+  cell_lev := ARRAY(
+    SELECT (SELECT l.o - 1 FROM jsonb_array_elements_text(f.f -> 'levels') WITH ORDINALITY AS l(l, o)
+            WHERE l.l = v.levels ->> (f.f ->> 'name'))::integer
+    FROM unnest(cell_names) WITH ORDINALITY AS cn(name, co)
+    JOIN experiment.variants v ON v.experiment_id = factorial_contrasts.experiment_id AND v.name = cn.name
+    CROSS JOIN jsonb_array_elements(fx) WITH ORDINALITY AS f(f, o)
+    ORDER BY cn.co, f.o);
   nc := coalesce(cardinality(cell_names), 0);
   IF nc = 0 THEN
     RETURN;
