@@ -305,6 +305,12 @@ for effect, order, diff, se in eff3:
 (d_abc, p_abc), = q("SELECT diff, p_value FROM experiment.factorial_effects WHERE experiment_id = 'fact3' AND effect = 'a:b:c'")
 ck.check(p_abc < 0.01 and abs(d_abc - 1.5) < 0.6, "the planted three-factor interaction (1.5): %.3f, p %.2g" % (d_abc, p_abc))
 
+# a design with a cell missing has no effects
+q("SELECT experiment.create_experiment('fact_gap', %s::jsonb)", (json.dumps({"factors": design["factors"]}),))
+ck.check(q("SELECT count(*) FROM experiment.factorial_contrasts('fact_gap')")[0][0] == 5, "a complete 2 x 3 design: 5 contrasts")
+q("DELETE FROM experiment.variants WHERE experiment_id = 'fact_gap' AND name = 'red/m'")
+ck.check(q("SELECT count(*) FROM experiment.factorial_contrasts('fact_gap')")[0][0] == 0, "a cell missing: no contrast")
+
 # the cells share equally without allocations
 q("SELECT experiment.create_experiment('fact_seq', %s::jsonb)", (json.dumps({"factors": design["factors"]}),))
 (n_cells,), = q("SELECT count(*) FROM experiment.variants WHERE experiment_id = 'fact_seq' AND abs(allocation - 1.0 / 6) < 1e-15")
@@ -468,6 +474,18 @@ q("SELECT experiment.refresh('ix_b')")
 q("SELECT experiment.refresh_interactions()")
 ck.check(q("SELECT array_agg(experiment_id || ' ' || metric ORDER BY 1) FROM experiment.interactions")[0][0] ==
          ["ix_a ix_revenue", "ix_b ix_revenue"], "after its refresh: the metric both still analyse")
+
+# results are as old as their metric: a metric taken out of an experiment, or deleted, takes
+# its interactions with it
+q("SELECT experiment.refresh('ix_b')")
+q("SELECT experiment.refresh_interactions()")
+q("INSERT INTO experiment.experiment_metrics (experiment_id, metric, role) VALUES ('ix_b', 'ix_orders', 'secondary')")
+q("SELECT experiment.refresh('ix_b')")
+q("SELECT experiment.refresh_interactions()")
+n_before = q("SELECT count(*) FROM experiment.interaction_results WHERE metric = 'ix_orders'")[0][0]
+q("DELETE FROM experiment.experiment_metrics WHERE experiment_id = 'ix_b' AND metric = 'ix_orders'")
+ck.check(n_before == 2 and q("SELECT count(*) FROM experiment.interaction_results WHERE metric = 'ix_orders'")[0][0] == 0,
+         "a metric taken out of one experiment of a pair loses the pair's rows both ways")
 
 # row-level security: a reader that may read ix.orders only sees its rows
 q("INSERT INTO experiment.experiment_metrics (experiment_id, metric, role) VALUES ('ix_b', 'ix_orders', 'secondary')")

@@ -229,7 +229,8 @@ BEGIN
     CROSS JOIN jsonb_array_elements(fx) WITH ORDINALITY AS f(f, o)
     ORDER BY cn.co, f.o);
   nc := coalesce(cardinality(cell_names), 0);
-  IF nc = 0 THEN
+  -- (a design with a cell missing has no effects: every contrast needs all its cells)
+  IF nc = 0 OR nc <> (SELECT pg_catalog.round(exp(sum(ln(n)))) FROM unnest(nlev) n) THEN
     RETURN;
   END IF;
   FOR mask IN 1 .. (1 << k) - 1 LOOP
