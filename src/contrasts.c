@@ -5,7 +5,8 @@
  *	  treatment_weights[], control_weights[], ...), the test behind the
  *	  factorial effects (main effects and interactions of a factorial
  *	  experiment) and the interaction of two overlapping experiments (the
- *	  2x2 difference in differences).
+ *	  2x2 difference in differences); and independence_chisq(observed[][]),
+ *	  the check that two experiments' assignments are independent.
  *
  * cells[k] are the moments of cell k (a variant of a factorial experiment,
  * or one of the four combinations of two experiments' arms).  With f_k the
@@ -33,6 +34,9 @@
 #include "postgres.h"
 
 #include <math.h>
+
+#include <gsl/gsl_errno.h>
+#include <gsl/gsl_sf_gamma.h>
 
 #include "catalog/pg_type.h"
 #include "utils/array.h"
@@ -261,4 +265,92 @@ exp_contrast_test(PG_FUNCTION_ARGS)
 		}
 	}
 	return exp_test_result_datum(fcinfo, &e, &inf);
+}
+
+/*
+ * independence_chisq(observed): p-value of Pearson's chi-squared test of
+ * independence of the rows and columns of an r x c table of counts (no
+ * continuity correction, as scipy.stats.chi2_contingency(correction=False)):
+ *	chi2 = sum (o - e)^2 / e,  e = row total * column total / total,
+ *	df = (r' - 1)(c' - 1)
+ * over the r' rows and c' columns with a positive total (an empty row or
+ * column carries no information).  NULL when fewer than two rows or columns
+ * have units.
+ */
+PG_FUNCTION_INFO_V1(exp_independence_chisq);
+Datum
+exp_independence_chisq(PG_FUNCTION_ARGS)
+{
+	ArrayType  *arr;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n,
+				nr,
+				ncol,
+				rpos = 0,
+				cpos = 0;
+	double	   *rows,
+			   *cols,
+				total = 0,
+				chi2 = 0;
+	gsl_sf_result res;
+	int			status;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	arr = PG_GETARG_ARRAYTYPE_P(0);
+	if (ARR_NDIM(arr) != 2)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("observed of independence_chisq must be a two-dimensional array of counts, got %d dimension%s",
+						ARR_NDIM(arr), ARR_NDIM(arr) == 1 ? "" : "s"),
+				 errhint("One row per arm of the first experiment, one column per arm of the second, e.g. '{{10, 12}, {11, 9}}'.")));
+	nr = ARR_DIMS(arr)[0];
+	ncol = ARR_DIMS(arr)[1];
+	deconstruct_array(arr, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &elems, &nulls, &n);
+	rows = palloc0(sizeof(double) * nr);
+	cols = palloc0(sizeof(double) * ncol);
+	for (int i = 0; i < n; i++)
+	{
+		int64		o;
+
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("observed of independence_chisq must not contain NULL (element %d)", i + 1)));
+		o = DatumGetInt64(elems[i]);
+		if (o < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("observed of independence_chisq must not be negative, got " INT64_FORMAT " (element %d)",
+							o, i + 1)));
+		rows[i / ncol] += (double) o;
+		cols[i % ncol] += (double) o;
+		total += (double) o;
+	}
+	for (int i = 0; i < nr; i++)
+		rpos += rows[i] > 0;
+	for (int j = 0; j < ncol; j++)
+		cpos += cols[j] > 0;
+	if (rpos < 2 || cpos < 2)
+		PG_RETURN_NULL();
+	for (int i = 0; i < n; i++)
+	{
+		double		e = rows[i / ncol] * cols[i % ncol] / total;
+		double		d;
+
+		if (e == 0)
+			continue;
+		d = (double) DatumGetInt64(elems[i]) - e;
+		chi2 += d * d / e;
+	}
+	status = gsl_sf_gamma_inc_Q_e(0.5 * (double) ((rpos - 1) * (cpos - 1)), 0.5 * chi2, &res);
+	if (status == GSL_EUNDRFLW)
+		PG_RETURN_FLOAT8(0.0);
+	if (status != GSL_SUCCESS || !isfinite(res.val))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("GSL could not compute the chi-squared tail for %g on %d df: %s",
+						chi2, (rpos - 1) * (cpos - 1), gsl_strerror(status))));
+	PG_RETURN_FLOAT8(res.val);
 }

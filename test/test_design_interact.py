@@ -424,6 +424,11 @@ for (ea, eb, metric, v1, v2, shared, n_bc, n_bt, e_c, e_t, inter, lo, hi, se, df
                       "a": [int(first[u] != ("control" if ea == "ix_a" else "off")) for u in sh],
                       "b": [int(other[u] != ("off" if ea == "ix_a" else "control")) for u in sh]})
     ck.check(shared == len(sh) == N_I, "%s x %s: shared units %d" % (ea, eb, shared))
+    (apv, adep), = q("SELECT DISTINCT assignment_p_value, assignment_dependent FROM experiment.interactions "
+                     "WHERE experiment_id = %s AND other_experiment_id = %s", (ea, eb))
+    tab = pd.crosstab(d.a, d.b).to_numpy()
+    close(apv, float(stats.chi2_contingency(tab, correction=False)[1]), "%s x %s: assignment p-value = scipy chi2_contingency" % (ea, eb), "p", rel=1e-9)
+    ck.check(adep is False, "%s x %s: independent assignments (p %.3g)" % (ea, eb, apv))
     fit = smf.ols("y ~ a * b", data=d).fit(cov_type="HC2")
     close(inter, fit.params["a:b"], "%s x %s %s: interaction = OLS a:b coefficient" % (ea, eb, metric))
     close(se, fit.bse["a:b"], "%s x %s %s: SE = OLS HC2 bse of a:b" % (ea, eb, metric), "se")
@@ -506,6 +511,34 @@ ck.check(seen == [("ix_orders",)] and seen_t == [("ix_orders",)],
 cur.execute("REVOKE ALL ON ix.orders FROM ix_reader")
 cur.execute("REVOKE USAGE ON SCHEMA ix FROM ix_reader")
 cur.execute("DROP ROLE ix_reader")
+
+# assignment dependence: an experiment whose split follows A's is found by the chi-squared test
+q("SELECT experiment.create_experiment('ix_c', '[{\"name\": \"c0\", \"allocation\": 0.5}, {\"name\": \"c1\", \"allocation\": 0.5}]', start => true)")
+rows_c = [("ix_c", u, "c1" if rng.random() < (0.6 if va[u] == "treatment" else 0.4) else "c0",
+           (ta[u] + dt.timedelta(minutes=5)).isoformat()) for u in sorted(va) if u.startswith("u")]
+copy_rows("experiment.exposures", ["experiment_id", "unit_id", "variant", "exposed_at"], rows_c)
+q("INSERT INTO experiment.experiment_metrics (experiment_id, metric, role) VALUES ('ix_c', 'ix_orders', 'primary')")
+q("SELECT experiment.refresh('ix_c')")
+q("SELECT experiment.refresh_interactions()")
+got_c = q("SELECT DISTINCT experiment_id, other_experiment_id, assignment_p_value, assignment_dependent FROM experiment.interactions "
+          "WHERE 'ix_c' IN (experiment_id, other_experiment_id) ORDER BY 1, 2")
+vc = {r[1]: r[2] for r in rows_c}
+for ea, eb, apv, adep in got_c:
+    x, y = ({"ix_a": va, "ix_b": vb, "ix_c": vc}[e] for e in (ea, eb))
+    sh = sorted(set(x) & set(y))
+    tab = pd.crosstab(pd.Series([x[u] for u in sh]), pd.Series([y[u] for u in sh])).to_numpy()
+    close(apv, float(stats.chi2_contingency(tab, correction=False)[1]), "%s x %s: assignment p-value" % (ea, eb), "p", rel=1e-9)
+    ck.check(adep == ("ix_a" in (ea, eb)), "%s x %s: assignment dependent = %s (p %.3g)" % (ea, eb, adep, apv))
+ck.check(len(got_c) == 4, "ix_c pairs with A and B both ways: %d" % len(got_c))
+for i in range(20):
+    r = np.random.default_rng(500 + i)
+    tab = r.integers(0, 50, size=(r.integers(2, 5), r.integers(2, 5)))
+    (pv,), = q("SELECT experiment.independence_chisq(%s::bigint[])", ("{" + ",".join("{" + ",".join(map(str, row)) + "}" for row in tab) + "}",))
+    keep = tab[tab.sum(axis=1) > 0][:, tab.sum(axis=0) > 0]
+    want = float(stats.chi2_contingency(keep, correction=False)[1]) if min(keep.shape) >= 2 else None
+    close(pv, want, "independence_chisq of a %dx%d table" % tab.shape, "p", rel=1e-9)
+refuses("SELECT experiment.independence_chisq('{1,2}')", None, ["observed", "two-dimensional"], "independence_chisq: 1-D")
+refuses("SELECT experiment.independence_chisq('{{1,-2},{3,4}}')", None, ["negative"], "independence_chisq: a negative count")
 
 # ======================================================================= coverage
 cover_ix = 0

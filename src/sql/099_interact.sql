@@ -15,6 +15,13 @@ COMMENT ON FUNCTION experiment.contrast_test(text, experiment.moments[], float8[
   'se^2 = sum (t_k - c_k)^2 v_k / n_k (HC2 of the saturated regression) and Satterthwaite df; NULL cells have no units; '
   'alternative and sequential_tuning as in welch_ttest';
 
+-- Pearson's chi-squared test of independence of a table of counts (src/contrasts.c)
+CREATE FUNCTION experiment.independence_chisq(observed bigint[]) RETURNS float8
+  AS 'MODULE_PATHNAME', 'exp_independence_chisq' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.independence_chisq(bigint[]) IS
+  'p-value of Pearson''s chi-squared test of independence of the rows and columns of a two-dimensional array of counts '
+  '(no continuity correction; empty rows and columns left out; NULL with fewer than two of either)';
+
 -- ---------------------------------------------------------------------------
 -- Factorial designs
 -- ---------------------------------------------------------------------------
@@ -331,6 +338,7 @@ CREATE TABLE experiment.interaction_results (
   other_control_variant text NOT NULL,
   method text NOT NULL CHECK (method IN ('welch', 'ratio')),
   shared_units bigint NOT NULL,
+  assignment_p_value float8,
   min_shared_units bigint NOT NULL,
   threshold float8 NOT NULL,
   test experiment.test_result,
@@ -341,6 +349,8 @@ COMMENT ON TABLE experiment.interaction_results IS
   'per ordered pair of experiments with at least min_shared_units shared analysed units, metric both analyse, treatment '
   'of each: the 2x2 test of the difference of the first experiment''s effect between the other''s arms, from the stored '
   'per-unit values of the first (experiment.refresh_interactions())';
+COMMENT ON COLUMN experiment.interaction_results.assignment_p_value IS
+  'independence_chisq of the shared units per arm of each experiment: a small p-value means the two assignments are not independent';
 COMMENT ON COLUMN experiment.interaction_results.test IS
   'contrast_test of the four cells (experiment arm x other experiment arm): mean_control is the effect within the other''s '
   'control, mean_treatment within its treatment, diff their difference (the interaction), at alpha = threshold';
@@ -397,6 +407,7 @@ DECLARE
   aggs text;
   unpivot text;
   shared bigint;
+  apv float8;
   ts timestamptz := now();
   done integer := 0;
   j integer;
@@ -458,12 +469,20 @@ BEGIN
                      a.aggs, a.relation, b.relation, substr(a.unpivot, 3), b.experiment_id);
       SELECT coalesce(sum(c.units), 0) INTO shared
         FROM (SELECT DISTINCT c0.va, c0.vb, c0.units FROM pg_temp.exp_ix_cells c0) c;
+      -- assignment dependence: the shared units per arm of A (rows) and of B (columns)
+      SELECT experiment.independence_chisq(pg_catalog.array_agg(t.counts ORDER BY t.va COLLATE "C")) INTO apv
+        FROM (SELECT x.name AS va,
+                     ARRAY(SELECT coalesce((SELECT DISTINCT c.units FROM pg_temp.exp_ix_cells c
+                                            WHERE c.va = x.name AND c.vb = y.name), 0)
+                           FROM experiment.variants y WHERE y.experiment_id = b.experiment_id
+                           ORDER BY y.name COLLATE "C") AS counts
+              FROM experiment.variants x WHERE x.experiment_id = a.experiment_id) t;
       IF shared >= cfg.min_shared_units THEN
         INSERT INTO experiment.interaction_results
           (experiment_id, other_experiment_id, metric, variant, other_variant, control_variant, other_control_variant,
-           method, shared_units, min_shared_units, threshold, test, refreshed_at)
+           method, shared_units, assignment_p_value, min_shared_units, threshold, test, refreshed_at)
         SELECT a.experiment_id, b.experiment_id, mt.metric, ta.variant, tb.variant, a.control, b.control, mt.method,
-               shared, cfg.min_shared_units, cfg.threshold,
+               shared, apv, cfg.min_shared_units, cfg.threshold,
                experiment.contrast_test(mt.method,
                  ARRAY[(SELECT c.m FROM pg_temp.exp_ix_cells c WHERE c.metric = mt.metric AND c.va = a.control AND c.vb = b.control),
                        (SELECT c.m FROM pg_temp.exp_ix_cells c WHERE c.metric = mt.metric AND c.va = ta.variant AND c.vb = b.control),
@@ -494,7 +513,8 @@ REVOKE EXECUTE ON FUNCTION experiment.refresh_interactions() FROM PUBLIC;
 
 CREATE VIEW experiment.interactions WITH (security_barrier = true) AS
 SELECT ir.experiment_id, ir.other_experiment_id, ir.metric, ir.variant, ir.other_variant, ir.control_variant,
-       ir.other_control_variant, ir.method, ir.shared_units,
+       ir.other_control_variant, ir.method, ir.shared_units, ir.assignment_p_value,
+       ir.assignment_p_value < ir.threshold AS assignment_dependent,
        (ir.test).n_control AS units_other_control, (ir.test).n_treatment AS units_other_treatment,
        (ir.test).mean_control AS effect_in_other_control, (ir.test).mean_treatment AS effect_in_other_treatment,
        (ir.test).diff AS interaction, (ir.test).diff_lower AS interaction_lower, (ir.test).diff_upper AS interaction_upper,
@@ -505,4 +525,5 @@ WHERE experiment.may_read_metric(ir.metric);
 COMMENT ON VIEW experiment.interactions IS
   'interaction detection: per ordered pair of overlapping experiments, metric both analyse and treatments, the first '
   'experiment''s effect within the other''s control and treatment, their difference (2x2 difference in differences) with '
-  'its interval at 1 - threshold, SE and p-value; flagged when p < threshold (default 0.01, Eppo''s)';
+  'its interval at 1 - threshold, SE and p-value; flagged when p < threshold (default 0.01, Eppo''s); '
+  'assignment_dependent when the chi-squared test of independence of the two assignments has p < threshold';
