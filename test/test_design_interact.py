@@ -346,6 +346,23 @@ refuses("SELECT experiment.contrast_test('ratio', ARRAY[experiment.moments_from_
                  "'{1, 0}', '{0, 1}')).diff")
 ck.check(nulltest is None, "a cell without units in the contrast: NULL, not NaN")
 
+# two cells with weights {0, 1}, {1, 0}: welch_ttest / ratio_ttest, under every inference
+TWO = ("FROM (SELECT experiment.moments(y) FILTER (WHERE g = 0) AS c, experiment.moments(y) FILTER (WHERE g = 1) AS t, "
+       "             experiment.moments(y, x) FILTER (WHERE g = 0) AS rc, experiment.moments(y, x) FILTER (WHERE g = 1) AS rt "
+       "      FROM (SELECT i % 2 AS g, (i * 7919 % 101)::float8 + i % 2 AS y, 1 + (i * 31 % 5)::float8 AS x "
+       "            FROM generate_series(1, 500) i) z) m")
+for alt in ("two-sided", "greater", "less"):
+    for tuning in (None, 5000.0):
+        for method, ref, c, t in (("welch", "welch_ttest", "c", "t"), ("ratio", "ratio_ttest", "rc", "rt")):
+            got2 = q("SELECT (experiment.contrast_test(%%s, ARRAY[%s, %s], '{0, 1}', '{1, 0}', 0.1, %%s, %%s)).* %s"
+                     % (c, t, TWO.replace("%", "%%")), (method, alt, tuning))[0]
+            want2 = q("SELECT (experiment.%s(%s, %s, 0.1, %%s, %%s)).* %s" % (ref, c, t, TWO.replace("%", "%%")), (alt, tuning))[0]
+            for k, (x, y) in enumerate(zip(got2, want2)):
+                if isinstance(y, float) and abs(y) == float("inf"):
+                    ck.check(x == y, "two cells %s %s %s: column %d infinite" % (method, alt, tuning, k))
+                else:
+                    close(x, y, "two cells, %s, %s, sequential_tuning %s: column %d = %s's" % (method, alt, tuning, k, ref), rel=1e-12)
+
 # ======================================================================= interactions
 N_I = 16000
 q("SELECT experiment.create_experiment('ix_a', '[{\"name\": \"control\", \"allocation\": 0.5}, {\"name\": \"treatment\", \"allocation\": 0.5}]', start => true)")

@@ -662,14 +662,15 @@ DECLARE
 BEGIN
   -- a factorial design {"factors", "allocations"}: its cells are the variants
   -- (src/sql/099_interact.sql, doc/designs-design-interact.md)
-  IF jsonb_typeof(variants) = 'object' THEN
+  IF jsonb_typeof(variants) = 'object' AND variants ? 'factors' THEN
     design := variants;
     variants := experiment.factorial_cells(design);
   END IF;
   IF variants IS NULL OR jsonb_typeof(variants) <> 'array' THEN
     RAISE EXCEPTION 'variants must be a JSON array of {"name", "allocation", "config", "is_control"}, got %',
       coalesce(variants::text, 'NULL')
-      USING ERRCODE = 'invalid_parameter_value';
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Or a factorial design: {"factors": [{"name", "levels"}], "allocations": {"cell": share}}.';
   END IF;
   IF EXISTS (SELECT 1 FROM experiment.experiments x WHERE x.id = create_experiment.id) THEN
     RAISE EXCEPTION 'experiment "%" already exists', id

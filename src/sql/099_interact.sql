@@ -95,7 +95,7 @@ DECLARE
   k text;
   names text[];
 BEGIN
-  IF jsonb_typeof(design) <> 'object' OR EXISTS (SELECT FROM jsonb_object_keys(design) x WHERE x NOT IN ('factors', 'allocations')) THEN
+  IF jsonb_typeof(design) IS DISTINCT FROM 'object' OR NOT design ? 'factors' OR EXISTS (SELECT FROM jsonb_object_keys(design) x WHERE x NOT IN ('factors', 'allocations')) THEN
     RAISE EXCEPTION 'a factorial design must be an object {"factors", "allocations"}, got %', left(design::text, 200)
       USING ERRCODE = 'invalid_parameter_value',
             HINT = '"allocations" (optional) maps each cell name to its share; without it the cells share equally.';
