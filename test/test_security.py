@@ -559,9 +559,9 @@ cur.execute("""SELECT count(*) FROM pg_proc p JOIN pg_depend d ON d.classid = 'p
 cur.execute("""SELECT string_agg(p.proname, ',' ORDER BY p.proname) FROM pg_proc p
                JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid
                JOIN pg_extension x ON x.oid = d.refobjid AND x.extname = 'experiment' WHERE p.prosecdef""")
-ck.check(cur.fetchone()[0] == "dimensions_forget_results,experiment_metrics_forget_results,metrics_forget_results,"
-                              "refresh,refresh_all,unit_value_tables_drop",
-         "only refresh, refresh_all, the results-forgetting triggers and the drop of stored per-unit values "
+ck.check(cur.fetchone()[0] == "dimensions_forget_results,experiment_metrics_forget_results,metrics_forget_results,refresh,refresh_all,"
+                              "refresh_interactions,unit_value_tables_drop",
+         "only refresh, refresh_all, refresh_interactions, the results-forgetting triggers and the drop of stored per-unit values "
          "run as the extension's owner")
 
 for c in (alice_c, mal_c, bob_c, adm_c):

@@ -658,22 +658,31 @@ AS $$
 DECLARE
   v jsonb;
   has_control boolean;
+  design jsonb;
 BEGIN
+  -- a factorial design {"factors", "allocations"}: its cells are the variants
+  -- (src/sql/099_interact.sql, doc/designs-design-interact.md)
+  IF jsonb_typeof(variants) = 'object' AND variants ? 'factors' THEN
+    design := variants;
+    variants := experiment.factorial_cells(design);
+  END IF;
   IF variants IS NULL OR jsonb_typeof(variants) <> 'array' THEN
     RAISE EXCEPTION 'variants must be a JSON array of {"name", "allocation", "config", "is_control"}, got %',
       coalesce(variants::text, 'NULL')
-      USING ERRCODE = 'invalid_parameter_value';
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Or a factorial design: {"factors": [{"name", "levels"}], "allocations": {"cell": share}}.';
   END IF;
   IF EXISTS (SELECT 1 FROM experiment.experiments x WHERE x.id = create_experiment.id) THEN
     RAISE EXCEPTION 'experiment "%" already exists', id
       USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Choose another id, or change the existing experiment in experiment.experiments and experiment.variants.';
   END IF;
-  INSERT INTO experiment.experiments AS x (id, name, salt, hash_scheme, traffic, layer, layer_start, layer_end, targeting)
+  INSERT INTO experiment.experiments AS x (id, name, salt, hash_scheme, traffic, layer, layer_start, layer_end, targeting,
+                                           factors)
   VALUES (create_experiment.id, create_experiment.name, create_experiment.salt,
           coalesce(create_experiment.hash_scheme, 'sha256'), coalesce(create_experiment.traffic, 1),
           create_experiment.layer, create_experiment.layer_start, create_experiment.layer_end,
-          create_experiment.targeting);
+          create_experiment.targeting, design -> 'factors');
   has_control := EXISTS (SELECT FROM jsonb_array_elements(variants) e WHERE (e ->> 'is_control')::boolean);
   FOR v IN SELECT e FROM jsonb_array_elements(variants) WITH ORDINALITY AS t(e, i) ORDER BY i LOOP
     IF jsonb_typeof(v) <> 'object' OR jsonb_typeof(v -> 'name') IS DISTINCT FROM 'string'
@@ -681,10 +690,11 @@ BEGIN
       RAISE EXCEPTION 'each variant must be an object with a string "name" and a numeric "allocation", got %', v
         USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    INSERT INTO experiment.variants (experiment_id, name, allocation, config, is_control)
+    INSERT INTO experiment.variants (experiment_id, name, allocation, config, is_control, levels)
     VALUES (create_experiment.id, v ->> 'name', (v ->> 'allocation')::float8, v -> 'config',
             CASE WHEN has_control THEN coalesce((v ->> 'is_control')::boolean, false)
-                 ELSE NOT EXISTS (SELECT FROM experiment.variants w WHERE w.experiment_id = create_experiment.id) END);
+                 ELSE NOT EXISTS (SELECT FROM experiment.variants w WHERE w.experiment_id = create_experiment.id) END,
+            CASE WHEN design IS NOT NULL THEN v -> 'levels' END);
   END LOOP;
   PERFORM experiment.check_split(create_experiment.id);
   IF start THEN
@@ -694,7 +704,8 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION experiment.create_experiment(text, jsonb, float8, text, text, text, float8, float8, jsonb, text, boolean) IS
-  'creates a draft experiment with its variants ([{"name", "allocation", "config", "is_control"}]; without is_control the first is the control), checks the split, optionally starts it; returns the id';
+  'creates a draft experiment with its variants ([{"name", "allocation", "config", "is_control"}]; without is_control the first is the control), '
+  'or with the cells of a factorial design ({"factors": [{"name", "levels"}], "allocations": {"cell": share}}), checks the split, optionally starts it; returns the id';
 
 CREATE FUNCTION experiment.start(experiment_id text) RETURNS void
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE

@@ -1730,6 +1730,12 @@ BEGIN
       ON CONFLICT ON CONSTRAINT refreshes_pkey DO UPDATE SET error = excluded.error, error_at = excluded.error_at;
     END;
   END LOOP;
+  -- interactions of the overlapping experiments (src/sql/099_interact.sql), from the values just stored
+  BEGIN
+    PERFORM experiment.refresh_interactions();
+  EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'interaction detection failed: %', SQLERRM;
+  END;
   RETURN done;
 END
 $$;

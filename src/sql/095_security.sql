@@ -69,6 +69,7 @@ BEGIN
     DELETE FROM experiment.results_daily;
     DELETE FROM experiment.dimension_results;
     DELETE FROM experiment.dimension_stats;
+    DELETE FROM experiment.interaction_results;   -- (src/sql/099_interact.sql)
     RETURN NULL;
   END IF;
   IF TG_OP = 'UPDATE' AND (NEW.name, NEW.source, NEW.unit_column, NEW.time_column, NEW.value_column, NEW.owner,
@@ -90,6 +91,10 @@ BEGIN
    WHERE d.metric = OLD.name
       OR d.metric IN (SELECT m.name FROM experiment.metrics m WHERE OLD.name IN (m.numerator, m.denominator));
   DELETE FROM experiment.dimension_stats d
+   WHERE d.metric = OLD.name
+      OR d.metric IN (SELECT m.name FROM experiment.metrics m WHERE OLD.name IN (m.numerator, m.denominator));
+  -- (interaction detection, src/sql/099_interact.sql)
+  DELETE FROM experiment.interaction_results d
    WHERE d.metric = OLD.name
       OR d.metric IN (SELECT m.name FROM experiment.metrics m WHERE OLD.name IN (m.numerator, m.denominator));
   RETURN NULL;
@@ -116,6 +121,9 @@ BEGIN
   DELETE FROM experiment.results_daily d WHERE d.experiment_id = OLD.experiment_id AND d.metric = OLD.metric;
   DELETE FROM experiment.dimension_results d WHERE d.experiment_id = OLD.experiment_id AND d.metric = OLD.metric;
   DELETE FROM experiment.dimension_stats d WHERE d.experiment_id = OLD.experiment_id AND d.metric = OLD.metric;
+  -- (interaction detection, src/sql/099_interact.sql: the pairs of the experiment either way)
+  DELETE FROM experiment.interaction_results d
+   WHERE OLD.experiment_id IN (d.experiment_id, d.other_experiment_id) AND d.metric = OLD.metric;
   RETURN NULL;
 END
 $$;
@@ -165,7 +173,8 @@ DECLARE
   -- (refreshes without its error column: a source's error may quote its data; health shows
   -- the error to roles that may read every metric of the experiment)
   results text[] := '{enrollment,variant_stats,metric_results,results_daily,conclusions,results,srm,health,'
-                     'dimension_enrollment,dimension_stats,dimension_results,results_by_dimension,srm_by_dimension}';
+                     'dimension_enrollment,dimension_stats,dimension_results,results_by_dimension,srm_by_dimension,'
+                     'factorial_effects,interaction_results,interactions}';
   ingestion text[] := '{exposures,exposures_quarantine,exposures_staging,kafka_offsets,kafka_dead_letters}';
 BEGIN
   FOREACH r IN ARRAY ARRAY['experiment_reader', 'experiment_ingest', 'experiment_analyst', 'experiment_admin'] LOOP
@@ -220,6 +229,7 @@ BEGIN
     EXECUTE format('GRANT TRUNCATE ON experiment.%I TO experiment_admin', t);
   END LOOP;
   GRANT EXECUTE ON FUNCTION experiment.refresh_all() TO experiment_admin;
+  GRANT EXECUTE ON FUNCTION experiment.refresh_interactions() TO experiment_admin;
   GRANT SELECT ON experiment.source_watermarks TO experiment_admin;
 END
 $$;
