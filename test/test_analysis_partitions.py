@@ -22,8 +22,10 @@ rolled back, once with a bound of a few kB (committed). Then
   1e-12 absolute), since the stored rows are in another physical order and the
   moments of the units are merged in that order.
 
-Then experiment.unit_value_partitions() against its formula's limits and its
-argument errors (22023), and the setting's range.
+aa_test() within 16 kB gives the simulations it gives without a bound (counts
+exactly, rates and KS statistics to 1e-9). Then experiment.unit_value_partitions()
+against a reimplementation of its formula over a grid of sizes and bounds, its
+argument errors (22023), and the setting's default and range.
 """
 import json
 import math
@@ -233,6 +235,20 @@ run_sequence(1, 8, "64kB")
 run_sequence(2, 8, "16kB")
 run_sequence(3, 6, "1kB")
 ck.check(empty_partitions_seen[0], "some refresh had more partitions than units (empty partitions)")
+
+# aa_test() reads the sources in partitions too, with the same per-unit values: the same
+# simulations (counts exactly, numbers to rounding: the units are merged in another order)
+AA = "SELECT json_agg(row_to_json(a) ORDER BY a.metric) FROM experiment.aa_test('part_1', 40, 5) a"
+q("SET experiment.refresh_memory = 0")
+aa_free = q(AA)[0][0]
+q("SET experiment.refresh_memory = '16kB'")
+aa_bound = q(AA)[0][0]
+q("RESET experiment.refresh_memory")
+ck.check(aa_free is not None and len(aa_free) >= 5, "aa_test gives its metrics (%d)" % len(aa_free or []))
+REL_AA = REL
+REL = 1e-9
+same(aa_bound, aa_free, "aa_test within 16kB")
+REL = REL_AA
 
 # the number of partitions: one without a bound or without units, more as the units grow
 q("SET experiment.refresh_memory = 0")

@@ -1248,6 +1248,7 @@ DECLARE
   joins text := '';
   vals_sql text;
   vals_cols text := '';
+  parts integer := 1;
 BEGIN
   -- units: first exposure defines variant and start; units in several variants are excluded
   PERFORM experiment.drop_refresh_tables();
@@ -1281,10 +1282,27 @@ BEGIN
                        vals_cols, experiment.unit_arrays_sql('pg_temp.exp_units u'), joins);
   END IF;
 
+  -- beyond experiment.refresh_memory, the units in unit-hash partitions (kept in exp_vals)
+  IF src_no > 0 THEN
+    SELECT experiment.refresh_partitions(e, nunits, pg_catalog.avg(pg_catalog.octet_length(u.unit_id)))
+      INTO parts FROM pg_temp.exp_units u;
+  END IF;
   -- caps: pooled percentiles over all analysed units (a second read of the values: they are kept)
-  IF keep OR EXISTS (SELECT FROM pg_temp.exp_base b JOIN experiment.metrics m2 ON m2.name = b.name
-                     WHERE m2.winsorize IS NOT NULL OR m2.winsorize_lower IS NOT NULL) THEN
-    EXECUTE 'CREATE TEMP TABLE exp_vals ON COMMIT DROP AS ' || vals_sql;
+  IF keep OR parts > 1 OR EXISTS (SELECT FROM pg_temp.exp_base b JOIN experiment.metrics m2 ON m2.name = b.name
+                                  WHERE m2.winsorize IS NOT NULL OR m2.winsorize_lower IS NOT NULL) THEN
+    IF parts = 1 THEN
+      EXECUTE 'CREATE TEMP TABLE exp_vals ON COMMIT DROP AS ' || vals_sql;
+    ELSE
+      -- one statement per partition, each with the units of its partition and a scan of each source
+      FOR part IN 0 .. parts - 1 LOOP
+        vals_sql := format('SELECT x1.unit_id, x1.variant%s FROM %s%s', vals_cols,
+                           experiment.unit_arrays_sql('pg_temp.exp_units u WHERE '
+                                                      || experiment.unit_partition_sql('u.unit_id', parts, part)),
+                           joins);
+        EXECUTE CASE WHEN part = 0 THEN 'CREATE TEMP TABLE exp_vals ON COMMIT DROP AS '
+                     ELSE 'INSERT INTO pg_temp.exp_vals ' END || vals_sql;
+      END LOOP;
+    END IF;
     vals_from := 'pg_temp.exp_vals';
   ELSE
     vals_from := '(' || vals_sql || ')';
