@@ -132,6 +132,9 @@ extern double exp_seq_halfwidth(double se, double n, double alpha, double tuning
  */
 #define EXP_MESSAGE_ECHO_MAX 200
 
+/* experiment.refresh_memory (kB; 0: no bound), gsl_support.c */
+extern int	exp_refresh_memory_kb;
+
 extern char *exp_message_clip(const char *s, int len);
 extern char *exp_message_clip_text(const text *t);
 

@@ -93,6 +93,8 @@
 
 #define UV_INLINE_KEY	16
 #define UV_BATCH		256
+/* with experiment.refresh_memory set, the result keeps 1/16 of it in memory */
+#define UV_RESULT_SHARE	16
 
 typedef enum
 {
@@ -1246,7 +1248,8 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 		else if (params != NULL)
 		{
 			Oid			argtypes[2] = {TIMESTAMPTZOID, TIMESTAMPTZOID};
-			SPIPlanPtr	plan = SPI_prepare(q.data, 2, argtypes);
+			/* (a parallel plan where the planner finds one cheaper) */
+			SPIPlanPtr	plan = SPI_prepare_cursor(q.data, 2, argtypes, CURSOR_OPT_PARALLEL_OK);
 
 			if (plan == NULL)
 				elog(ERROR, "preparing the scan of the source failed: %s",
@@ -1273,7 +1276,11 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 
 	/* the result: one row per unit */
 	oldcxt = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
-	tupstore = tuplestore_begin_heap(true, false, work_mem);
+	/* (within experiment.refresh_memory, the rows beyond a share of it spill to disk) */
+	tupstore = tuplestore_begin_heap(true, false,
+									 exp_refresh_memory_kb > 0
+									 ? Min(work_mem, Max(64, exp_refresh_memory_kb / UV_RESULT_SHARE))
+									 : work_mem);
 	tupdesc = CreateTupleDescCopy(tupdesc);
 	rsinfo->returnMode = SFRM_Materialize;
 	rsinfo->setResult = tupstore;
@@ -1374,4 +1381,74 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 	}
 	MemoryContextDelete(st->cxt);
 	return (Datum) 0;
+}
+
+/*
+ * unit_value_partitions(units bigint, specs integer, sources integer,
+ *                       key_bytes float8) RETURNS integer
+ *
+ * The number of unit-hash partitions a refresh splits `units` units into so
+ * that the per-unit values of one partition stay within
+ * experiment.refresh_memory (1 when it is 0: no bound).  specs is the largest
+ * number of specs of one scan, sources the number of scans, key_bytes the
+ * mean length of a unit id.  Per unit and partition the refresh holds: the
+ * three unit arrays the caller builds with array_agg() (per element the
+ * build state's Datum and null flag, the copied element, and the element in
+ * the final array), and the scan's hash table (up to four 8-byte slots, the
+ * 32-byte unit record, the key when it is longer than 16 bytes, and the
+ * row of split-mode accumulators, with room for a calendar bound per spec).
+ * Each scan's result keeps 1/16 of the budget in memory and spills the rest;
+ * a quarter of the budget is left for those and for the refresh's own
+ * statements (whose sorts and hashes experiment.refresh() gives work_mem =
+ * a quarter of the budget: they run after the scans).  The values of sketch specs (8 bytes per event) are not
+ * counted.
+ */
+PG_FUNCTION_INFO_V1(exp_unit_value_partitions);
+Datum
+exp_unit_value_partitions(PG_FUNCTION_ARGS)
+{
+	int64		units = PG_GETARG_INT64(0);
+	int32		specs = PG_GETARG_INT32(1);
+	int32		sources = PG_GETARG_INT32(2);
+	double		key = PG_GETARG_FLOAT8(3);
+	double		budget,
+				per_unit,
+				parts;
+	int			nacc;
+
+	if (units < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("units must not be negative")));
+	if (specs < 0 || sources < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("specs and sources must not be negative")));
+	if (!isfinite(key) || key < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("key_bytes must be a finite number of bytes, not negative")));
+	if (exp_refresh_memory_kb <= 0 || units == 0)
+		PG_RETURN_INT32(1);
+	nacc = 2 * specs;
+	per_unit =
+	/* ids: Datum and flag, copy (chunk header, aligned), final element */
+		9.0 + 16.0 + TYPEALIGN(8, 4 + (Size) key) + TYPEALIGN(4, 4 + (Size) key) +
+	/* variants (names up to 16 bytes), t0s (by value) */
+		9.0 + 16.0 + 24.0 + 20.0 + 9.0 + 8.0 + 8.0 +
+	/* hash table: slots, unit record, long key, row */
+		32.0 + sizeof(UvUnit) + (key > UV_INLINE_KEY ? key : 0.0) +
+		sizeof(int64) * specs + sizeof(double) * nacc +
+		MAXALIGN(sizeof(uint32) * nacc + Max(nacc, 1));
+	budget = (double) exp_refresh_memory_kb * 1024.0;
+	/* three quarters of it, less the scans' results (1/16 each) */
+	budget = Max(budget * 0.75 - (double) sources * budget / UV_RESULT_SHARE, budget / 4.0);
+	parts = ceil((double) units * per_unit / budget);
+	if (parts > PG_INT32_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("%lld units need more partitions than experiment.refresh_memory = %d kB allows",
+						(long long) units, exp_refresh_memory_kb),
+				 errhint("Raise experiment.refresh_memory.")));
+	PG_RETURN_INT32((int32) Max(parts, 1.0));
 }

@@ -16,7 +16,8 @@ CREATE TABLE experiment.refreshes (
   error text,
   error_at timestamptz,
   mode text CHECK (mode IN ('full', 'incremental')),
-  full_reason text
+  full_reason text,
+  unit_partitions integer
 );
 COMMENT ON TABLE experiment.refreshes IS
   'the latest refresh of each experiment: when, how long, units enrolled and excluded, new units per day, last error';
@@ -27,6 +28,9 @@ COMMENT ON COLUMN experiment.refreshes.early_units IS
 COMMENT ON COLUMN experiment.refreshes.mode IS
   'full (every source read in full) or incremental (new exposures, and events from each source''s watermark on)';
 COMMENT ON COLUMN experiment.refreshes.full_reason IS 'why the refresh was full (NULL: incremental)';
+COMMENT ON COLUMN experiment.refreshes.unit_partitions IS
+  'the unit-hash partitions the refresh read its sources in (1: all units at once; more when the units need more '
+  'than experiment.refresh_memory)';
 COMMENT ON COLUMN experiment.refreshes.exposures_by_day IS 'units first exposed on each day, as [{"day", "units"}]';
 
 CREATE TABLE experiment.enrollment (
@@ -870,10 +874,52 @@ COMMENT ON FUNCTION experiment.exposures_watermark(timestamptz) IS
   'internal: the earliest received_at an exposure not yet visible can have (the start of the oldest open transaction)';
 REVOKE EXECUTE ON FUNCTION experiment.exposures_watermark(timestamptz) FROM PUBLIC;
 
+-- the number of unit-hash partitions that keeps the per-unit values of one partition within
+-- experiment.refresh_memory (src/unit_values.c; doc/scaling.md, "Memory")
+CREATE FUNCTION experiment.unit_value_partitions(units bigint, specs integer, sources integer, key_bytes float8)
+  RETURNS integer
+  AS 'MODULE_PATHNAME', 'exp_unit_value_partitions'
+  LANGUAGE C STABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION experiment.unit_value_partitions(bigint, integer, integer, float8) IS
+  'internal: the number of unit-hash partitions a refresh of units units (scans of at most specs specs, '
+  'sources scans, unit ids of key_bytes bytes on average) uses within experiment.refresh_memory (1: no bound)';
+
+-- SQL of "unit_id is in partition part of nparts" (true when nparts is 1)
+CREATE FUNCTION experiment.unit_partition_sql(unit_id text, nparts integer, part integer) RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE WHEN nparts <= 1 THEN 'true'
+              ELSE format('(pg_catalog.hashtext(%s) OPERATOR(pg_catalog.&) 2147483647) OPERATOR(pg_catalog.%%) %s = %s',
+                          unit_id, nparts, part) END
+$$;
+COMMENT ON FUNCTION experiment.unit_partition_sql(text, integer, integer) IS
+  'internal: SQL of the condition that a unit id is in one of a refresh''s unit-hash partitions';
+
+-- the partitions of a refresh of the units of relation units_from (SQL, alias u) whose sources
+-- experiment.source_specs() lists
+CREATE FUNCTION experiment.refresh_partitions(e experiment.experiments, units bigint, key_bytes float8)
+  RETURNS integer
+  LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  r integer;
+BEGIN
+  SELECT experiment.unit_value_partitions(coalesce(units, 0), coalesce(pg_catalog.max(pg_catalog.cardinality(s.targets)), 0),
+                                          count(*)::integer, coalesce(key_bytes, 16))
+    INTO r FROM experiment.source_specs(e, NULL, NULL, true) s;
+  RETURN r;
+END
+$$;
+COMMENT ON FUNCTION experiment.refresh_partitions(experiment.experiments, bigint, float8) IS
+  'internal: the number of unit-hash partitions of a refresh of an experiment''s units within experiment.refresh_memory';
+
 -- the stored per-unit values of an experiment brought up to date, incrementally when it can:
--- the table's name, whether the refresh was full or incremental and why it was full
+-- the table's name, whether the refresh was full or incremental and why it was full, and the
+-- number of unit-hash partitions its scans used (experiment.refresh_memory)
 CREATE FUNCTION experiment.refresh_unit_values(e experiment.experiments, force_full boolean,
-    OUT relation name, OUT mode text, OUT reason text)
+    OUT relation name, OUT mode text, OUT reason text, OUT partitions integer)
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
@@ -898,6 +944,10 @@ DECLARE
   merge_set text;
   changed text;
   grantee text;
+  sel text;
+  units_where text;
+  nunits bigint;
+  key_bytes float8;
   no_units text := experiment.unit_arrays_sql(
     '(SELECT NULL::text AS unit_id, NULL::text AS variant, NULL::timestamptz AS t0 WHERE false) u');
 BEGIN
@@ -934,7 +984,10 @@ BEGIN
     mode := 'full';
     -- units (those in several variants kept, marked)
     PERFORM experiment.create_units_table(e);
-    SELECT pg_catalog.min(u.t0), pg_catalog.max(u.t0) INTO min_t0, max_t0 FROM pg_temp.exp_units u WHERE NOT u.multi;
+    SELECT pg_catalog.min(u.t0), pg_catalog.max(u.t0), count(*), pg_catalog.avg(pg_catalog.octet_length(u.unit_id))
+      INTO min_t0, max_t0, nunits, key_bytes FROM pg_temp.exp_units u WHERE NOT u.multi;
+    -- beyond experiment.refresh_memory, the units in unit-hash partitions, each scanned apart
+    partitions := experiment.refresh_partitions(e, nunits, key_bytes);
 
     CREATE TEMP TABLE exp_marks (LIKE experiment.source_watermarks) ON COMMIT DROP;
     FOR sc IN SELECT * FROM experiment.source_specs(e, min_t0, max_t0, true) LOOP
@@ -968,17 +1021,26 @@ BEGIN
       EXECUTE format('CREATE UNLOGGED TABLE experiment.%I WITH (fillfactor = 80) AS '
                      'SELECT u.unit_id, u.variant, u.t0, false AS multi, false AS reset%s '
                      'FROM pg_temp.exp_units u WHERE NOT u.multi', relation, experiment.dims_columns_sql('u'));
-    ELSIF experiment.dims_columns_sql('du') = '' THEN
-      EXECUTE format('CREATE UNLOGGED TABLE experiment.%I WITH (fillfactor = 80) AS '
-                     'SELECT x1.unit_id, x1.variant, x1.t0, false AS multi, false AS reset%s FROM %s%s '
-                     'WHERE x1.unit_id IS NOT NULL', relation, vals_cols,
-                     experiment.unit_arrays_sql('pg_temp.exp_units u WHERE NOT u.multi'), joins);
     ELSE
-      EXECUTE format('CREATE UNLOGGED TABLE experiment.%I WITH (fillfactor = 80) AS '
-                     'SELECT x1.unit_id, x1.variant, x1.t0, false AS multi, false AS reset%s%s FROM %s%s '
-                     'JOIN pg_temp.exp_units du ON du.unit_id = x1.unit_id', relation, vals_cols,
-                     experiment.dims_columns_sql('du'),
-                     experiment.unit_arrays_sql('pg_temp.exp_units u WHERE NOT u.multi'), joins);
+      -- one statement per partition (the first creates the table), each with the units of its
+      -- partition and one scan of each source
+      FOR part IN 0 .. partitions - 1 LOOP
+        units_where := format('pg_temp.exp_units u WHERE NOT u.multi AND %s',
+                              experiment.unit_partition_sql('u.unit_id', partitions, part));
+        IF experiment.dims_columns_sql('du') = '' THEN
+          sel := format('SELECT x1.unit_id, x1.variant, x1.t0, false AS multi, false AS reset%s FROM %s%s '
+                        'WHERE x1.unit_id IS NOT NULL', vals_cols, experiment.unit_arrays_sql(units_where), joins);
+        ELSE
+          sel := format('SELECT x1.unit_id, x1.variant, x1.t0, false AS multi, false AS reset%s%s FROM %s%s '
+                        'JOIN pg_temp.exp_units du ON du.unit_id = x1.unit_id', vals_cols,
+                        experiment.dims_columns_sql('du'), experiment.unit_arrays_sql(units_where), joins);
+        END IF;
+        IF part = 0 THEN
+          EXECUTE format('CREATE UNLOGGED TABLE experiment.%I WITH (fillfactor = 80) AS %s', relation, sel);
+        ELSE
+          EXECUTE format('INSERT INTO experiment.%I %s', relation, sel);
+        END IF;
+      END LOOP;
     END IF;
     EXECUTE format('INSERT INTO experiment.%I (unit_id, variant, t0, multi, reset%s) '
                    'SELECT u.unit_id, u.variant, u.t0, true, false%s FROM pg_temp.exp_units u WHERE u.multi', relation,
@@ -1012,6 +1074,9 @@ BEGIN
   -- incremental: the exposures received since the watermark change units or add them
   mode := 'incremental';
   relation := st.relation;
+  -- the units: those of the previous refresh and the new ones (ids' length from a sample)
+  EXECUTE format('SELECT pg_catalog.avg(pg_catalog.octet_length(u.unit_id)) FROM (SELECT t.unit_id FROM experiment.%I t LIMIT 1000) u',
+                 relation) INTO key_bytes;
   -- (with the dimension values of the earliest new exposure: they are the unit's when it is
   -- new, or when that exposure comes before its first one)
   EXECUTE format(
@@ -1023,6 +1088,10 @@ BEGIN
     '  AND (%L::timestamptz IS NULL OR xp.exposed_at < %L::timestamptz) '
     'GROUP BY xp.unit_id', experiment.first_exposure_dims_sql(), e.id, st.exposures_since, e.end_at, e.end_at);
   ANALYZE pg_temp.exp_newx;
+  SELECT coalesce(f.enrolled_units, 0) + coalesce(f.multi_variant_units, 0) INTO nunits
+    FROM experiment.refreshes f WHERE f.experiment_id = e.id;
+  nunits := coalesce(nunits, 0) + (SELECT count(*) FROM pg_temp.exp_newx);
+  partitions := experiment.refresh_partitions(e, nunits, key_bytes);
   SELECT coalesce(pg_catalog.string_agg(l.col, ', ' ORDER BY s.src_no, l.ord), ''),
          coalesce(pg_catalog.string_agg(l.empty, ', ' ORDER BY s.src_no, l.ord), ''),
          coalesce(pg_catalog.string_agg(format('%s = CASE WHEN n.t0 < u.t0 THEN %s ELSE u.%s END', l.col, l.empty, l.col),
@@ -1073,21 +1142,29 @@ BEGIN
     FROM experiment.unit_value_layout(sc, 'x', 'u') l;
     -- the units read before: their events from the watermark on (the scan's lower bound); the
     -- new and reset units apart, all their events, with a hash table of their own that is small
-    EXECUTE format('CREATE TEMP TABLE exp_touch ON COMMIT DROP AS SELECT x.unit_id, x.vals, x.skipped, x.latest, x.sketches '
-                   'FROM %s, %s x',
-                   experiment.unit_arrays_sql(format('experiment.%I u WHERE NOT u.multi AND NOT u.reset', relation)),
-                   experiment.source_call_sql(sc, e.end_at, wm.settled_before, sc.upper_bound, split, false, true));
-    IF min_t0 IS NOT NULL THEN
-      EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.vals, x.skipped, NULL, x.sketches '
-                     'FROM %s, %s x WHERE x.unit_id IS NOT NULL',
-                     experiment.unit_arrays_sql(format('experiment.%I u WHERE NOT u.multi AND u.reset', relation)),
-                     experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, split, false, true));
-    END IF;
+    -- (beyond experiment.refresh_memory, partition by partition: each scan with the units of one)
+    CREATE TEMP TABLE exp_touch (unit_id text, vals float8[], skipped bigint[], latest timestamptz,
+                                 sketches experiment.sketch[]) ON COMMIT DROP;
+    FOR part IN 0 .. partitions - 1 LOOP
+      EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.vals, x.skipped, x.latest, x.sketches '
+                     'FROM %s, %s x',
+                     experiment.unit_arrays_sql(format('experiment.%I u WHERE NOT u.multi AND NOT u.reset AND %s', relation,
+                                                       experiment.unit_partition_sql('u.unit_id', partitions, part))),
+                     experiment.source_call_sql(sc, e.end_at, wm.settled_before, sc.upper_bound, split, false, true));
+      IF min_t0 IS NOT NULL THEN
+        EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.vals, x.skipped, NULL, x.sketches '
+                       'FROM %s, %s x WHERE x.unit_id IS NOT NULL',
+                       experiment.unit_arrays_sql(format('experiment.%I u WHERE NOT u.multi AND u.reset AND %s', relation,
+                                                         experiment.unit_partition_sql('u.unit_id', partitions, part))),
+                       experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, split, false, true));
+      END IF;
+    END LOOP;
     ANALYZE pg_temp.exp_touch;
     -- (a unit whose events are all read again unchanged is not written)
     EXECUTE format('UPDATE experiment.%I u SET %s FROM pg_temp.exp_touch x WHERE x.unit_id = u.unit_id AND %s',
                    relation, merge_set, changed);
-    SELECT x.latest INTO latest FROM pg_temp.exp_touch x WHERE x.unit_id IS NULL;
+    -- (every partition's scan reads the same rows: the same latest time)
+    SELECT pg_catalog.max(x.latest) INTO latest FROM pg_temp.exp_touch x WHERE x.unit_id IS NULL;
     DROP TABLE pg_temp.exp_touch;
     UPDATE experiment.source_watermarks w
       SET settled_before = split, latest_event = greatest(w.latest_event, latest), late_events = sc.late_events
@@ -1171,6 +1248,7 @@ DECLARE
   joins text := '';
   vals_sql text;
   vals_cols text := '';
+  parts integer := 1;
 BEGIN
   -- units: first exposure defines variant and start; units in several variants are excluded
   PERFORM experiment.drop_refresh_tables();
@@ -1204,10 +1282,27 @@ BEGIN
                        vals_cols, experiment.unit_arrays_sql('pg_temp.exp_units u'), joins);
   END IF;
 
+  -- beyond experiment.refresh_memory, the units in unit-hash partitions (kept in exp_vals)
+  IF src_no > 0 THEN
+    SELECT experiment.refresh_partitions(e, nunits, pg_catalog.avg(pg_catalog.octet_length(u.unit_id)))
+      INTO parts FROM pg_temp.exp_units u;
+  END IF;
   -- caps: pooled percentiles over all analysed units (a second read of the values: they are kept)
-  IF keep OR EXISTS (SELECT FROM pg_temp.exp_base b JOIN experiment.metrics m2 ON m2.name = b.name
-                     WHERE m2.winsorize IS NOT NULL OR m2.winsorize_lower IS NOT NULL) THEN
-    EXECUTE 'CREATE TEMP TABLE exp_vals ON COMMIT DROP AS ' || vals_sql;
+  IF keep OR parts > 1 OR EXISTS (SELECT FROM pg_temp.exp_base b JOIN experiment.metrics m2 ON m2.name = b.name
+                                  WHERE m2.winsorize IS NOT NULL OR m2.winsorize_lower IS NOT NULL) THEN
+    IF parts = 1 THEN
+      EXECUTE 'CREATE TEMP TABLE exp_vals ON COMMIT DROP AS ' || vals_sql;
+    ELSE
+      -- one statement per partition, each with the units of its partition and a scan of each source
+      FOR part IN 0 .. parts - 1 LOOP
+        vals_sql := format('SELECT x1.unit_id, x1.variant%s FROM %s%s', vals_cols,
+                           experiment.unit_arrays_sql('pg_temp.exp_units u WHERE '
+                                                      || experiment.unit_partition_sql('u.unit_id', parts, part)),
+                           joins);
+        EXECUTE CASE WHEN part = 0 THEN 'CREATE TEMP TABLE exp_vals ON COMMIT DROP AS '
+                     ELSE 'INSERT INTO pg_temp.exp_vals ' END || vals_sql;
+      END LOOP;
+    END IF;
     vals_from := 'pg_temp.exp_vals';
   ELSE
     vals_from := '(' || vals_sql || ')';
@@ -1354,6 +1449,13 @@ BEGIN
   END IF;
   -- one refresh of an experiment at a time
   PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('experiment.refresh:' || e.id));
+  -- within experiment.refresh_memory, the sorts and hashes of the statements get a quarter of it
+  -- (a call into the module first: loading it defines the setting)
+  PERFORM experiment.unit_value_partitions(0, 0, 0, 0);
+  IF pg_catalog.pg_size_bytes(pg_catalog.current_setting('experiment.refresh_memory')) > 0 THEN
+    PERFORM pg_catalog.set_config('work_mem', least(262144, greatest(64,
+      pg_catalog.pg_size_bytes(pg_catalog.current_setting('experiment.refresh_memory')) / 4096))::text || 'kB', true);
+  END IF;
 
   PERFORM experiment.validate_experiment_metrics(e.id);
   SELECT v.name INTO control FROM experiment.variants v WHERE v.experiment_id = e.id AND v.is_control;
@@ -1674,16 +1776,16 @@ BEGIN
       FROM (SELECT g.day, sum(g.units)::bigint AS units FROM pg_temp.exp_groups g WHERE NOT g.multi GROUP BY g.day) d;
     INSERT INTO experiment.refreshes AS f
       (experiment_id, refreshed_at, duration, enrolled_units, multi_variant_units, early_units,
-       first_exposure, last_exposure, exposures_by_day, error, error_at, mode, full_reason)
+       first_exposure, last_exposure, exposures_by_day, error, error_at, mode, full_reason, unit_partitions)
     SELECT e.id, ts, clock_timestamp() - started, nunits, nmulti, nearly, min_t0, max_t0, by_day,
-           NULL, NULL, uv.mode, uv.reason
+           NULL, NULL, uv.mode, uv.reason, uv.partitions
     ON CONFLICT ON CONSTRAINT refreshes_pkey DO UPDATE SET
       refreshed_at = excluded.refreshed_at, duration = excluded.duration,
       enrolled_units = excluded.enrolled_units, multi_variant_units = excluded.multi_variant_units,
       early_units = excluded.early_units,
       first_exposure = excluded.first_exposure, last_exposure = excluded.last_exposure,
       exposures_by_day = excluded.exposures_by_day, error = NULL, error_at = NULL,
-      mode = excluded.mode, full_reason = excluded.full_reason;
+      mode = excluded.mode, full_reason = excluded.full_reason, unit_partitions = excluded.unit_partitions;
     -- cluster-randomised experiments (src/sql/099_design_cluster.sql): the tests over clusters
     IF e.cluster_relation IS NOT NULL OR e.cluster_attribute IS NOT NULL THEN
       PERFORM experiment.refresh_clusters(e, vals_from, cp.capped, cp.pre_capped, tuning, ts);
