@@ -109,7 +109,7 @@ def snapshot(exp):
             "refreshes": rf}, stored_rows(exp), parts
 
 
-def refresh_both(exp, what, full, memory):
+def refresh_both(exp, what, full, memory, tests=True):
     """the refresh without a bound (rolled back), then with the bound (kept); compared"""
     cur.execute("BEGIN")
     q("SET LOCAL experiment.refresh_memory = 0")
@@ -128,7 +128,8 @@ def refresh_both(exp, what, full, memory):
     diff = [(a, b) for a, b in zip(bound_rows, free_rows) if a != b]
     ck.check(not diff, "%s: stored per-unit values identical (first difference: %r)" % (what, diff[:1]))
     for k in free:
-        same(bound[k], free[k], "%s: %s" % (what, k))
+        if tests or k not in ("metric_results", "dimension_results"):
+            same(bound[k], free[k], "%s: %s" % (what, k))
     return bound_parts, len(bound_rows)
 
 
@@ -137,7 +138,7 @@ q("SET TimeZone = 'UTC'")
 empty_partitions_seen = [False]
 
 
-def run_sequence(seed, steps, memory):
+def run_sequence(seed, steps, memory, initial=(150, 300), tests=True):
     rnd = random.Random(seed)
     exp = "part_%d" % seed
     q("CREATE TABLE ev_%d (uid text, ts timestamptz, amount float8)" % seed)
@@ -200,12 +201,12 @@ def run_sequence(seed, steps, memory):
              FROM unnest(%s::text[], %s::bigint[], %s::boolean[]) AS x(u, t, o)""",
           (BASE, [r[0] for r in rows2], [r[1] for r in rows2], [r[2] for r in rows2]))
 
-    for _ in range(rnd.randint(150, 300)):
+    for _ in range(rnd.randint(*initial)):
         u = new_unit()
         units[u] = (rnd.choice("ct"), rnd.randint(-12 * HOUR, clock))
         expose(u, units[u][0], units[u][1])
     events(3000, -4 * 24 * HOUR, clock)
-    refresh_both(exp, "%s step 0 (first, full)" % exp, False, memory)
+    refresh_both(exp, "%s step 0 (first, full)" % exp, False, memory, tests)
     latest = clock
     for step in range(1, steps + 1):
         clock += rnd.choice([1, 2, 6, 12, 24, 48]) * HOUR
@@ -223,8 +224,13 @@ def run_sequence(seed, steps, memory):
             units[u] = (units[u][0], t)
         events(rnd.randint(0, 1500), latest - 2 * HOUR + 1, clock)
         full = rnd.random() < 0.2
-        parts, n = refresh_both(exp, "%s step %d (%s)" % (exp, step, "full" if full else "incremental"), full, memory)
-        if parts > n:
+        parts, n = refresh_both(exp, "%s step %d (%s)" % (exp, step, "full" if full else "incremental"), full, memory,
+                                tests)
+        # (an empty partition: fewer partitions hold a stored unit than there are partitions)
+        rel = q("SELECT relation FROM experiment.unit_value_tables WHERE experiment_id = %s", (exp,))[0][0]
+        (held,), = q("SELECT count(DISTINCT (hashtext(u.unit_id) & 2147483647) %% %s) FROM experiment.%s u"
+                     % (int(parts), rel))
+        if held < parts:
             empty_partitions_seen[0] = True
         md = q("SELECT mode FROM experiment.refreshes WHERE experiment_id = %s", (exp,))[0][0]
         ck.check(md == ("full" if full else "incremental"), "%s step %d: mode %s" % (exp, step, md))
@@ -234,7 +240,12 @@ def run_sequence(seed, steps, memory):
 run_sequence(1, 8, "64kB")
 run_sequence(2, 8, "16kB")
 run_sequence(3, 6, "1kB")
-ck.check(empty_partitions_seen[0], "some refresh had more partitions than units (empty partitions)")
+# few units within the smallest bound: more partitions than units, some of them empty. The
+# stored values and the moments are compared; the tests are not: with 3 or 4 units in an arm
+# of a dimension value, the CUPED ratio's theta is ill-conditioned, and the other order of the
+# additions moves it beyond 1e-12
+run_sequence(4, 2, "1kB", initial=(5, 10), tests=False)
+ck.check(empty_partitions_seen[0], "some refresh had partitions without any unit")
 
 # aa_test() reads the sources in partitions too, with the same per-unit values: the same
 # simulations (counts exactly, numbers to rounding: the units are merged in another order)
