@@ -161,7 +161,7 @@ AS $$
 DECLARE
   r text;
   t text;
-  registry text[] := '{experiments,variants,metrics,experiment_metrics,dimensions}';
+  registry text[] := '{experiments,variants,metrics,experiment_metrics,dimensions,holdouts,holdout_members,bandits}';
   -- (refreshes without its error column: a source's error may quote its data; health shows
   -- the error to roles that may read every metric of the experiment)
   results text[] := '{enrollment,variant_stats,metric_results,results_daily,conclusions,results,srm,health,'
@@ -185,6 +185,8 @@ BEGIN
   GRANT SELECT (experiment_id, refreshed_at, duration, enrolled_units, multi_variant_units, early_units,
                 first_exposure, last_exposure, exposures_by_day, error_at, mode, full_reason)
     ON experiment.refreshes TO experiment_reader;
+  -- (a bandit's published weights; the posteriors they came from are its metric's results)
+  GRANT SELECT (experiment_id, period, started_at, variants, weights) ON experiment.bandit_periods TO experiment_reader;
 
   -- experiment_ingest: the exposure pipeline
   GRANT USAGE ON SCHEMA experiment TO experiment_ingest;
@@ -218,6 +220,8 @@ BEGIN
     EXECUTE format('GRANT TRUNCATE ON experiment.%I TO experiment_admin', t);
   END LOOP;
   GRANT EXECUTE ON FUNCTION experiment.refresh_all() TO experiment_admin;
+  GRANT SELECT, INSERT, UPDATE, DELETE ON experiment.bandit_periods TO experiment_admin;
+  GRANT EXECUTE ON FUNCTION experiment.update_bandit_weights(text, boolean) TO experiment_admin;
   GRANT SELECT ON experiment.source_watermarks TO experiment_admin;
 END
 $$;
