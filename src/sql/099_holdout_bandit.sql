@@ -108,15 +108,34 @@ $$;
 COMMENT ON FUNCTION experiment.holdouts_of(text) IS
   'internal: the holdouts (not concluded) that cover an experiment: id, salt, hash scheme and the end of the held-out range [0, range_end) of unit_hash(hash_scheme, salt, unit)';
 
+-- (PL/pgSQL: assign() calls it for every unit, and its plan is kept for the session)
 CREATE FUNCTION experiment.held_out(unit_id text, experiment_id text) RETURNS boolean
-  LANGUAGE sql STABLE STRICT PARALLEL SAFE
+  LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
-  SELECT EXISTS (SELECT FROM experiment.holdouts_of(held_out.experiment_id) h
-                  WHERE experiment.unit_hash(h.hash_scheme, h.salt, held_out.unit_id) < h.range_end)
+DECLARE
+  h record;
+BEGIN
+  FOR h IN SELECT hx.salt, hx.hash_scheme,
+                  (SELECT pg_catalog.array_agg(v.allocation ORDER BY v.is_control DESC, v.name COLLATE "C")
+                     FROM experiment.variants v WHERE v.experiment_id = hx.id) AS allocations
+             FROM experiment.holdouts ho
+             JOIN experiment.experiments hx ON hx.id = ho.holdout_id
+             JOIN experiment.experiments mx ON mx.id = held_out.experiment_id
+            WHERE hx.status <> 'concluded'
+              AND ((ho.layer IS NOT NULL AND ho.layer = mx.layer AND mx.id <> ho.holdout_id)
+                   OR EXISTS (SELECT FROM experiment.holdout_members hm
+                               WHERE hm.holdout_id = ho.holdout_id AND hm.experiment_id = held_out.experiment_id)) LOOP
+    IF experiment.unit_hash(h.hash_scheme, h.salt, unit_id)
+       < (experiment.variant_ranges(h.hash_scheme, h.allocations, 1))[1][2] THEN
+      RETURN true;
+    END IF;
+  END LOOP;
+  RETURN false;
+END
 $$;
 COMMENT ON FUNCTION experiment.held_out(text, text) IS
-  'whether a holdout that covers the experiment holds the unit out (the unit''s hash in the holdout''s control range): assign() then returns NULL';
+  'whether a holdout that covers the experiment (experiment.holdouts_of) holds the unit out (its hash in the holdout''s control range): assign() then returns NULL';
 
 -- the rules of holdouts and bandits on experiment rows (besides experiments_check, which
 -- runs first): a holdout keeps traffic 1, no layer, no targeting and two variants; a member
@@ -194,15 +213,15 @@ BEGIN
   IF ms IS NULL OR hs IS NULL THEN
     RETURN;   -- a deleted experiment takes its memberships with it
   END IF;
+  IF action = 'add' AND EXISTS (SELECT FROM experiment.holdouts h WHERE h.holdout_id = holdout_membership_guard.experiment_id) THEN
+    RAISE EXCEPTION 'experiment "%" is a holdout and cannot be a member of holdout "%"', experiment_id, holdout_id
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
   IF hs <> 'concluded' AND ms IN ('running', 'stopped') THEN
     RAISE EXCEPTION 'cannot % experiment "%" % holdout "%": the experiment is %', action, experiment_id,
       CASE WHEN action = 'add' THEN 'to' ELSE 'from' END, holdout_id, ms
       USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Units would move: an experiment joins a holdout in draft, and leaves it once concluded (or once the holdout is).';
-  END IF;
-  IF action = 'add' AND EXISTS (SELECT FROM experiment.holdouts h WHERE h.holdout_id = holdout_membership_guard.experiment_id) THEN
-    RAISE EXCEPTION 'experiment "%" is a holdout and cannot be a member of holdout "%"', experiment_id, holdout_id
-      USING ERRCODE = 'invalid_parameter_value';
   END IF;
   IF action = 'add' AND (hsch IN ('growthbook_v1', 'growthbook_v2')) <> (msch IN ('growthbook_v1', 'growthbook_v2')) THEN
     RAISE EXCEPTION 'experiment "%" (hash_scheme %) cannot be a member of holdout "%" (hash_scheme %)',
@@ -713,17 +732,25 @@ COMMENT ON FUNCTION experiment.ruleset_design(text) IS
   'internal: the keys ruleset() adds to an experiment for holdouts ("holdouts": skip when unit_hash(hash_scheme, salt, unit) is in a range) and bandits (current "variants" allocations, "bandit")';
 
 -- extra keys of an experiment rule in growthbook_payload(): "filters" (the unit must fall
--- outside every holdout's held-out range: GrowthBook's filter ranges are where it may be)
--- and, for a bandit, the current "weights"
+-- outside every holdout's held-out range: GrowthBook's filter ranges are where it may be;
+-- an SDK that reads filters ignores namespace, so the layer range is one more filter, on the
+-- namespace hash: seed "__" || layer, hash version 1) and, for a bandit, the current "weights"
 CREATE FUNCTION experiment.growthbook_rule_design(experiment_id text) RETURNS jsonb
   LANGUAGE sql STABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
-  SELECT coalesce((SELECT jsonb_build_object('filters', jsonb_agg(jsonb_build_object(
+  SELECT coalesce((SELECT jsonb_build_object('filters',
+                            jsonb_agg(jsonb_build_object(
                              'seed', h.salt, 'attribute', 'id',
                              'hashVersion', CASE h.hash_scheme WHEN 'growthbook_v1' THEN 1 ELSE 2 END,
                              'ranges', jsonb_build_array(jsonb_build_array(h.range_end, 1)))
-                           ORDER BY h.holdout_id COLLATE "C"))
+                           ORDER BY h.holdout_id COLLATE "C")
+                            || coalesce((SELECT jsonb_build_array(jsonb_build_object(
+                                                  'seed', '__' || x.layer, 'attribute', 'id', 'hashVersion', 1,
+                                                  'ranges', jsonb_build_array(jsonb_build_array(x.layer_start, x.layer_end))))
+                                           FROM experiment.experiments x
+                                          WHERE x.id = growthbook_rule_design.experiment_id AND x.layer IS NOT NULL),
+                                        '[]'::jsonb))
                      FROM experiment.holdouts_of(growthbook_rule_design.experiment_id) h
                     WHERE h.hash_scheme IN ('growthbook_v1', 'growthbook_v2')
                    HAVING count(*) > 0), '{}'::jsonb)
