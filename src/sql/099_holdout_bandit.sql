@@ -594,7 +594,7 @@ COMMENT ON FUNCTION experiment.bandit_posteriors(text) IS
   'internal: the Gaussian posterior of each arm''s mean of a bandit''s metric (range order) from the latest refresh''s per-period moments: '
   'period-weighted means sum_t (n_t/N) ybar_it and variances sum_t (n_t/N)^2 s_it^2/n_it over the periods where every arm has 2 units';
 
-CREATE FUNCTION experiment.update_bandit_weights(experiment_id text DEFAULT NULL, force boolean DEFAULT false)
+CREATE FUNCTION experiment.update_bandit_weights(bandit text DEFAULT NULL, force boolean DEFAULT false)
   RETURNS TABLE (experiment_id text, period integer, weights float8[], message text)
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
   SET search_path = pg_catalog, experiment, pg_temp
@@ -608,10 +608,10 @@ DECLARE
   w float8[];
   p float8[];
 BEGIN
-  IF update_bandit_weights.experiment_id IS NOT NULL THEN
-    PERFORM experiment.require_experiment(update_bandit_weights.experiment_id);
-    IF NOT EXISTS (SELECT FROM experiment.bandits x WHERE x.experiment_id = update_bandit_weights.experiment_id) THEN
-      RAISE EXCEPTION 'experiment "%" is not a bandit', update_bandit_weights.experiment_id
+  IF update_bandit_weights.bandit IS NOT NULL THEN
+    PERFORM experiment.require_experiment(update_bandit_weights.bandit);
+    IF NOT EXISTS (SELECT FROM experiment.bandits x WHERE x.experiment_id = update_bandit_weights.bandit) THEN
+      RAISE EXCEPTION 'experiment "%" is not a bandit', update_bandit_weights.bandit
         USING ERRCODE = 'invalid_parameter_value',
               HINT = experiment.hint_list(ARRAY(SELECT x.experiment_id FROM experiment.bandits x ORDER BY 1),
                                           'bandits', 'experiment.bandits');
@@ -623,9 +623,9 @@ BEGIN
              JOIN experiment.metrics m ON m.name = bb.metric
              CROSS JOIN LATERAL experiment.split(bb.experiment_id) s
             WHERE x.status = 'running'
-              AND (update_bandit_weights.experiment_id IS NULL OR bb.experiment_id = update_bandit_weights.experiment_id)
+              AND (update_bandit_weights.bandit IS NULL OR bb.experiment_id = update_bandit_weights.bandit)
             ORDER BY bb.experiment_id FOR UPDATE OF bb LOOP
-    update_bandit_weights.experiment_id := b.experiment_id;
+    experiment_id := b.experiment_id;
     -- period 0: the split the bandit started with
     INSERT INTO experiment.bandit_periods (experiment_id, period, started_at, variants, weights)
     VALUES (b.experiment_id, 0, b.start_at, b.names, b.allocations)
