@@ -511,7 +511,7 @@ AS $$
    WHERE EXISTS (SELECT FROM experiment.bandits b WHERE b.experiment_id = bandit_period_of.experiment_id)
 $$;
 COMMENT ON FUNCTION experiment.bandit_period_of(text, timestamptz) IS
-  'the allocation period of a bandit that a time falls in, zero-padded (''000003''); the value of a dimension with attribute bandit_period (NULL for other experiments)';
+  'internal: the allocation period of a bandit that a time falls in, zero-padded (''000003''); the value of a dimension with attribute bandit_period (NULL for other experiments)';
 
 CREATE FUNCTION experiment.create_bandit(
   id text,
