@@ -12,7 +12,8 @@
    variances from the raw rows; the weights equal an independent scipy
    quadrature of the top-two rule; the refresh's period-stratified results
    equal numpy's post-stratified estimate (diff, SE, Welch df, p-value);
-   bandit_srm against scipy's chi-square; min_units holds the weights still.
+   bandit_srm against scipy's chi-square; min_units holds the weights still;
+   a pg_dump restores to the same ruleset and payload.
 2. Simulation (2,000 seeded datasets): with allocations that move towards the
    treatment while the metric trends upward, the period-weighted estimate
    (poststrat_ttest over the periods) is unbiased and its 95% interval
@@ -302,12 +303,39 @@ def part_refusals(ck, cur):
                  'Use client, app_version, attributes or bandit_period')
 
 
+def part_dump(ck, cur):
+    """pg_dump keeps the holdouts and bandits: a restored copy publishes the same ruleset and payload."""
+    bindir = os.environ.get("PG_BINDIR", "/usr/lib/postgresql/15/bin")
+    dst = "exp_design_bandit_restored"
+    dump = subprocess.run([os.path.join(bindir, "pg_dump"), "-d", "exp_design_bandit"], capture_output=True, text=True)
+    ck.check(dump.returncode == 0, "pg_dump: %s" % dump.stderr[-300:])
+    admin = psycopg2.connect(dbname="postgres")
+    admin.autocommit = True
+    admin.cursor().execute('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % dst)
+    admin.cursor().execute('CREATE DATABASE "%s"' % dst)
+    r = subprocess.run([os.path.join(bindir, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dst],
+                       input=dump.stdout, capture_output=True, text=True)
+    ck.check(r.returncode == 0, "the dump restores: %s" % r.stderr[-500:])
+    c2 = psycopg2.connect(dbname=dst)
+    q = ("SELECT experiment.ruleset(), experiment.growthbook_payload(), "
+         "(SELECT count(*) FROM experiment.holdout_members), (SELECT count(*) FROM experiment.bandit_periods)")
+    cur.execute(q)
+    want = cur.fetchone()
+    k = c2.cursor()
+    k.execute(q)
+    ck.check(k.fetchone() == want, "the restored database publishes the same ruleset and payload")
+    c2.close()
+    admin.cursor().execute('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % dst)
+    admin.close()
+
+
 def main():
     ck = Checker("test_design_bandit")
     conn = fresh_db("exp_design_bandit")
     cur = conn.cursor()
     part_e2e(ck, cur)
     part_min_units(ck, cur)
+    part_dump(ck, cur)
     part_simulation(ck, cur)
     conn.autocommit = False
     part_refusals(ck, cur)

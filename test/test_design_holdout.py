@@ -14,7 +14,8 @@
    of +0.8 on revenue per unit for the exposed; refresh() of the holdout
    against scipy's Welch test on the raw per-unit sums (diff, SE, p-value,
    interval to 1e-9) and the planted effect inside the 95% interval.
-3. Bad declarations and changes that would move units: 22023 naming the field.
+3. A pg_dump restores to the same ruleset and payload.
+4. Bad declarations and changes that would move units: 22023 naming the field.
 """
 import json
 import os
@@ -255,13 +256,28 @@ def part_refusals(ck, cur):
     expect_error(ck, cur, "SELECT experiment.create_holdout('h0', 0, experiments => ARRAY['r-draft'])", "22023", "share of holdout 'h0' must be in (0, 1)")
     expect_error(ck, cur, "SELECT experiment.create_holdout('h0', 1, experiments => ARRAY['r-draft'])", "22023", "share of holdout 'h0' must be in (0, 1)")
     expect_error(ck, cur, "SELECT experiment.create_holdout('h0', 0.1)", "22023", "needs experiments or a layer")
+    # a running experiment joins only if no unit the holdout holds out was exposed to it
+    cur.execute("""INSERT INTO experiment.exposures (experiment_id, unit_id, variant, exposed_at)
+                   SELECT 'r-run', 'user-' || g, experiment.assign('user-' || g, 'r-run'), now() FROM generate_series(1, 100) g""")
     expect_error(ck, cur, "SELECT experiment.create_holdout('h0', 0.1, experiments => ARRAY['r-run'])", "22023",
-                 'cannot add experiment "r-run" to holdout "h0": the experiment is running')
+                 'cannot add experiment "r-run" to holdout "h0": the experiment is running and has exposures of units the holdout holds out')
+    cur.execute("""SELECT experiment.create_experiment('r-run2', '[{"name": "control", "allocation": 0.5}, {"name": "treatment", "allocation": 0.5}]', start => true);
+                   INSERT INTO experiment.exposures (experiment_id, unit_id, variant, exposed_at)
+                   SELECT 'r-run2', 'user-' || g, experiment.assign('user-' || g, 'r-run2'), now() FROM generate_series(1, 300) g
+                   WHERE experiment.bucket('user-' || g, 'h9') >= 1000;
+                   SELECT experiment.create_holdout('h9', 0.1, experiments => ARRAY['r-run2'])""")
+    cur.execute("""SELECT count(*) FROM experiment.exposures xp WHERE xp.experiment_id = 'r-run2'
+                   AND experiment.held_out(xp.unit_id, 'r-run2')""")
+    k = cur.fetchone()[0]
+    ck.check(k == 0, "a holdout whose held-out units were never exposed to a running experiment may take it (%d exposed units held out)" % k)
     expect_error(ck, cur, "SELECT experiment.create_holdout('h0', 0.1, experiments => ARRAY['r-gb'])", "22023",
                  'experiment "r-gb" (hash_scheme growthbook_v2) cannot be a member of holdout "h0" (hash_scheme sha256)')
     expect_error(ck, cur, "SELECT experiment.create_holdout('h0', 0.1, experiments => ARRAY['nope'])", "22023", 'experiment "nope" does not exist')
+    cur.execute("""INSERT INTO experiment.exposures (experiment_id, unit_id, variant, exposed_at)
+                   SELECT 'm-layer-a', id, experiment.assign(id, 'm-layer-a'), now() FROM ids
+                   WHERE n <= 3000 AND experiment.assign(id, 'm-layer-a') IS NOT NULL""")
     expect_error(ck, cur, "SELECT experiment.create_holdout('h0', 0.1, layer => 'L')", "22023",
-                 'cannot add experiment "m-layer-a" to holdout "h0": the experiment is running')
+                 'cannot add experiment "m-layer-a" to holdout "h0": the experiment is running and has exposures')
     cur.execute("SELECT experiment.create_holdout('h1', 0.1, experiments => ARRAY['r-draft'], start => false)")
     expect_error(ck, cur, "SELECT experiment.start('r-draft')", "22023", 'cannot start experiment "r-draft": its holdout "h1" is in draft')
     expect_error(ck, cur, "UPDATE experiment.experiments SET traffic = 0.5 WHERE id = 'h1'", "22023",
@@ -286,12 +302,39 @@ def part_refusals(ck, cur):
     ck.check(True, "members leave a concluded holdout")
 
 
+def part_dump(ck, cur):
+    """pg_dump keeps the holdouts and bandits: a restored copy publishes the same ruleset and payload."""
+    bindir = os.environ.get("PG_BINDIR", "/usr/lib/postgresql/15/bin")
+    dst = "exp_design_holdout_restored"
+    dump = subprocess.run([os.path.join(bindir, "pg_dump"), "-d", "exp_design_holdout"], capture_output=True, text=True)
+    ck.check(dump.returncode == 0, "pg_dump: %s" % dump.stderr[-300:])
+    admin = psycopg2.connect(dbname="postgres")
+    admin.autocommit = True
+    admin.cursor().execute('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % dst)
+    admin.cursor().execute('CREATE DATABASE "%s"' % dst)
+    r = subprocess.run([os.path.join(bindir, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dst],
+                       input=dump.stdout, capture_output=True, text=True)
+    ck.check(r.returncode == 0, "the dump restores: %s" % r.stderr[-500:])
+    c2 = psycopg2.connect(dbname=dst)
+    q = ("SELECT experiment.ruleset(), experiment.growthbook_payload(), "
+         "(SELECT count(*) FROM experiment.holdout_members), (SELECT count(*) FROM experiment.bandit_periods)")
+    cur.execute(q)
+    want = cur.fetchone()
+    k = c2.cursor()
+    k.execute(q)
+    ck.check(k.fetchone() == want, "the restored database publishes the same ruleset and payload")
+    c2.close()
+    admin.cursor().execute('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % dst)
+    admin.close()
+
+
 def main():
     ck = Checker("test_design_holdout")
     conn = fresh_db("exp_design_holdout")
     cur = conn.cursor()
     part_registry(ck, cur)
     part_readout(ck, cur)
+    part_dump(ck, cur)
     conn.autocommit = False
     part_refusals(ck, cur)
     conn.rollback()

@@ -206,9 +206,10 @@ DECLARE
   hs text;
   ms text;
   hsch text;
+  hsalt text;
   msch text;
 BEGIN
-  SELECT x.status, x.hash_scheme INTO hs, hsch FROM experiment.experiments x WHERE x.id = holdout_membership_guard.holdout_id;
+  SELECT x.status, x.hash_scheme, x.salt INTO hs, hsch, hsalt FROM experiment.experiments x WHERE x.id = holdout_membership_guard.holdout_id;
   SELECT x.status, x.hash_scheme INTO ms, msch FROM experiment.experiments x WHERE x.id = holdout_membership_guard.experiment_id;
   IF ms IS NULL OR hs IS NULL THEN
     RETURN;   -- a deleted experiment takes its memberships with it
@@ -217,11 +218,20 @@ BEGIN
     RAISE EXCEPTION 'experiment "%" is a holdout and cannot be a member of holdout "%"', experiment_id, holdout_id
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
-  IF hs <> 'concluded' AND ms IN ('running', 'stopped') THEN
+  -- a running member leaving would assign held-out units; one joining may only if none of
+  -- the units the holdout holds out has been exposed to it (the exposure log is the source of
+  -- truth: so a restored dump, whose exposures precede its memberships, passes)
+  IF hs <> 'concluded' AND ms IN ('running', 'stopped')
+     AND (action <> 'add'
+          OR EXISTS (SELECT FROM experiment.exposures xp
+                      WHERE xp.experiment_id = holdout_membership_guard.experiment_id
+                        AND experiment.unit_hash(hsch, hsalt, xp.unit_id)
+                            < (experiment.variant_ranges(hsch, (experiment.split(holdout_membership_guard.holdout_id)).allocations, 1))[1][2])) THEN
     RAISE EXCEPTION 'cannot % experiment "%" % holdout "%": the experiment is %', action, experiment_id,
-      CASE WHEN action = 'add' THEN 'to' ELSE 'from' END, holdout_id, ms
+      CASE WHEN action = 'add' THEN 'to' ELSE 'from' END, holdout_id,
+      ms || CASE WHEN action = 'add' THEN ' and has exposures of units the holdout holds out' ELSE '' END
       USING ERRCODE = 'invalid_parameter_value',
-            HINT = 'Units would move: an experiment joins a holdout in draft, and leaves it once concluded (or once the holdout is).';
+            HINT = 'Units would move: an experiment joins a holdout in draft (or before a held-out unit is exposed to it), and leaves it once concluded (or once the holdout is).';
   END IF;
   IF action = 'add' AND (hsch IN ('growthbook_v1', 'growthbook_v2')) <> (msch IN ('growthbook_v1', 'growthbook_v2')) THEN
     RAISE EXCEPTION 'experiment "%" (hash_scheme %) cannot be a member of holdout "%" (hash_scheme %)',
@@ -436,8 +446,10 @@ BEGIN
   PERFORM experiment.require_experiment(NEW.experiment_id);
   PERFORM experiment.require_experiment_owner(NEW.experiment_id, 'change the bandit');
   owner := format('bandit "%s"', NEW.experiment_id);
-  IF TG_OP = 'INSERT' AND (SELECT x.status FROM experiment.experiments x WHERE x.id = NEW.experiment_id) <> 'draft' THEN
-    RAISE EXCEPTION 'experiment "%" must be in draft to become a bandit', NEW.experiment_id
+  -- (a restored dump gives a running bandit its row before its exposures)
+  IF TG_OP = 'INSERT' AND (SELECT x.status FROM experiment.experiments x WHERE x.id = NEW.experiment_id) <> 'draft'
+     AND EXISTS (SELECT FROM experiment.exposures xp WHERE xp.experiment_id = NEW.experiment_id) THEN
+    RAISE EXCEPTION 'experiment "%" must be in draft (or have no exposures) to become a bandit', NEW.experiment_id
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
   IF EXISTS (SELECT FROM experiment.holdouts h WHERE h.holdout_id = NEW.experiment_id) THEN
