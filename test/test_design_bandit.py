@@ -221,6 +221,15 @@ def part_e2e(ck, cur):
     exp = sum(n_t[t] * np.array(periods[t][1]) for t in range(PERIODS))
     ck.close(srm, stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue, "bandit_srm against scipy", rel=1e-9)
     ck.check(srm > 0.001, "no sample ratio mismatch (p = %.3g)" % srm)
+    cur.execute("SELECT p_value, ok FROM experiment.srm WHERE experiment_id = 'bb' LIMIT 1")
+    p_view, ok = cur.fetchone()
+    ck.close(p_view, srm, "the srm view of a bandit expects its periods' weights", rel=1e-9)
+    cur.execute("""SELECT value, variant, expected_share FROM experiment.srm_by_dimension
+                   WHERE experiment_id = 'bb' AND dimension = 'bandit_period' ORDER BY value, variant""")
+    per_value = cur.fetchall()
+    ck.check(len(per_value) == 3 * PERIODS, "srm_by_dimension has every period and arm")
+    for value, variant, share in per_value:
+        ck.close(share, periods[int(value)][1][ARMS.index(variant)], "expected share of %s in period %s" % (variant, value), rel=1e-12)
 
 
 def part_min_units(ck, cur):
