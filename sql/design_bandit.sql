@@ -20,7 +20,8 @@ FROM unnest(experiment.second_arm_probabilities('{0.1, 0.3}', '{0.04, 0.01}'),
 -- lower_is_better is the same as negated means
 SELECT experiment.best_arm_probabilities('{1, 2, 3}', '{1, 1, 4}', true)
      = experiment.best_arm_probabilities('{-1, -2, -3}', '{1, 1, 4}') AS lower_is_negated;
--- the floor: f + (1 - k f) w, summing to 1; min_weight 1/k gives equal weights
+-- the floor: f + (1 - k f) w, summing to 1; min_weight 1/k gives equal weights; with two arms
+-- every draw ranks each arm first or second, so top-two weights are 1/2 whatever the data
 SELECT array_agg(round(x::numeric, 6)) FROM unnest(experiment.top_two_weights('{0, 100}', '{1, 1}', false, 0.1)) x;
 SELECT array_agg(round(x::numeric, 12)) FROM unnest(experiment.top_two_weights('{0, 1, 7}', '{1, 1, 1}', false, 1.0 / 3)) x;
 SELECT abs((SELECT sum(x) FROM unnest(experiment.top_two_weights('{0.1, 0.2, 0.15, 0.3, 0.05}', '{0.01, 0.02, 0.01, 0.05, 0.02}', false, 0.02)) x) - 1) < 1e-14 AS sums_to_1;
