@@ -172,6 +172,21 @@ def part_e2e(ck, cur):
     moved = sum(1 for u, v in cur.fetchall() if v != first_variant[u])
     ck.check(moved == 0, "%d of %d exposed units moved after the weights changed" % (moved, len(sample)))
 
+    # a new period is announced on the ruleset channel
+    lconn = psycopg2.connect(dbname="exp_design_bandit")
+    lconn.autocommit = True
+    lcur = lconn.cursor()
+    lcur.execute("LISTEN experiment_ruleset")
+    cur.execute("SELECT period FROM experiment.update_bandit_weights('bb', force => true)")
+    cur.execute("SELECT experiment.ruleset_version()")
+    version = cur.fetchone()[0]
+    lconn.poll()
+    ck.check(any(n.payload == version for n in lconn.notifies), "a new bandit period NOTIFYs experiment_ruleset with the new version")
+    lconn.close()
+    cur.execute("SELECT period, weights, means, variances, units FROM experiment.bandit_periods WHERE experiment_id = 'bb' ORDER BY period")
+    periods = cur.fetchall()[:PERIODS + 1]
+    cur.execute("DELETE FROM experiment.bandit_periods WHERE experiment_id = 'bb' AND period > %s", (PERIODS,))
+
     # ruleset and payload publish the latest weights
     cur.execute("SELECT experiment.ruleset(), experiment.growthbook_payload(), experiment.bandit_allocations('bb')")
     rs, gb, alloc = cur.fetchone()

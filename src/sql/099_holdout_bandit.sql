@@ -774,3 +774,15 @@ COMMENT ON FUNCTION experiment.growthbook_rule_design(text) IS
 
 -- update_bandit_weights() refreshes and publishes: the roles that refresh all experiments run it
 REVOKE EXECUTE ON FUNCTION experiment.update_bandit_weights(text, boolean) FROM PUBLIC;
+
+-- what SDKs see changes with the holdouts, their members and every new bandit period:
+-- NOTIFY experiment_ruleset as for the registry's own tables
+CREATE TRIGGER holdouts_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON experiment.holdouts
+  FOR EACH STATEMENT EXECUTE FUNCTION experiment.notify_ruleset();
+CREATE TRIGGER holdout_members_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON experiment.holdout_members
+  FOR EACH STATEMENT EXECUTE FUNCTION experiment.notify_ruleset();
+CREATE TRIGGER bandit_periods_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON experiment.bandit_periods
+  FOR EACH STATEMENT EXECUTE FUNCTION experiment.notify_ruleset();
+COMMENT ON TRIGGER holdouts_notify ON experiment.holdouts IS 'NOTIFY experiment_ruleset with the new ruleset version';
+COMMENT ON TRIGGER holdout_members_notify ON experiment.holdout_members IS 'NOTIFY experiment_ruleset with the new ruleset version';
+COMMENT ON TRIGGER bandit_periods_notify ON experiment.bandit_periods IS 'NOTIFY experiment_ruleset with the new ruleset version (new weights)';
