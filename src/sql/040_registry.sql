@@ -809,6 +809,7 @@ DECLARE
   e record;
   pos float8;
   i integer;
+  sticky text;
 BEGIN
   IF experiment_id IS NULL OR unit_id IS NULL OR unit_id = '' THEN
     RETURN NULL;
@@ -826,6 +827,10 @@ BEGIN
   IF e.status <> 'running' OR cardinality(e.names) < 2 THEN
     RETURN NULL;
   END IF;
+  -- a unit held out by a holdout that covers the experiment (src/sql/099_holdout_bandit.sql)
+  IF experiment.held_out(unit_id, experiment_id) THEN
+    RETURN NULL;
+  END IF;
   IF e.layer IS NOT NULL THEN
     pos := experiment.layer_position(unit_id, e.layer, e.hash_scheme);
     IF NOT (pos >= e.layer_start AND pos < e.layer_end) THEN
@@ -835,6 +840,15 @@ BEGIN
   IF e.targeting IS NOT NULL
      AND NOT coalesce(experiment.eval_condition(e.targeting, coalesce(attributes, '{}'::jsonb)), false) THEN
     RETURN NULL;
+  END IF;
+  -- a bandit: its units keep the variant of their first exposure, new ones get the current
+  -- weights (src/sql/099_holdout_bandit.sql)
+  IF EXISTS (SELECT FROM experiment.bandits b WHERE b.experiment_id = assign.experiment_id) THEN
+    sticky := experiment.bandit_sticky_variant(experiment_id, unit_id);
+    IF sticky IS NOT NULL THEN
+      RETURN sticky;
+    END IF;
+    e.allocations := experiment.bandit_allocations(experiment_id);
   END IF;
   i := experiment.growthbook_choose_variation(
          experiment.unit_hash(e.hash_scheme, e.salt, unit_id),
@@ -916,6 +930,8 @@ AS $$
                                 ORDER BY v.is_control DESC, v.name COLLATE "C"), '[]'::jsonb)
                           FROM experiment.variants v WHERE v.experiment_id = x.id),
            'targeting', x.targeting)
+           -- holdouts and bandits (src/sql/099_holdout_bandit.sql)
+           || experiment.ruleset_design(x.id)
          ORDER BY x.id COLLATE "C"), '[]'::jsonb)
     FROM experiment.experiments x
    WHERE x.status = 'running'
@@ -997,7 +1013,9 @@ AS $$
                          ELSE '{}'::jsonb END
                  || CASE WHEN x.targeting IS NOT NULL
                          THEN jsonb_build_object('condition', x.targeting)
-                         ELSE '{}'::jsonb END)) AS feature
+                         ELSE '{}'::jsonb END
+                 -- holdouts and bandits (src/sql/099_holdout_bandit.sql)
+                 || experiment.growthbook_rule_design(x.id))) AS feature
         FROM experiment.experiments x
         CROSS JOIN LATERAL (
           SELECT jsonb_agg(v.allocation ORDER BY v.is_control DESC, v.name COLLATE "C") AS weights,

@@ -651,6 +651,8 @@ BEGIN
     SELECT row_number() OVER (ORDER BY d.name COLLATE "C")::integer AS j, d.name, d.attribute, d.attribute_key,
            d.top_n, d.caps_per_value,
            CASE d.attribute WHEN 'client' THEN 'xp.client' WHEN 'app_version' THEN 'xp.app_version'
+                -- a bandit's allocation period (src/sql/099_holdout_bandit.sql)
+                WHEN 'bandit_period' THEN 'experiment.bandit_period_of(xp.experiment_id, xp.exposed_at)'
                 ELSE format('(xp.attributes ->> %L)', d.attribute_key) END AS expr
     FROM experiment.dimensions d WHERE d.experiment_id = e.id;
 END

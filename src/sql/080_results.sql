@@ -169,9 +169,59 @@ WHERE experiment.may_read_metric(s.metric);
 COMMENT ON VIEW experiment.results_by_dimension IS
   'the columns of experiment.results per dimension and value (doc/analysis.md, "Dimension breakdowns"): the tests of each value of each dimension, p-values adjusted within each experiment, metric and dimension across the values and treatment arms';
 
+-- the expected share of a bandit's arm (src/sql/099_holdout_bandit.sql): over the periods,
+-- sum_t n_t p_it / sum_t n_t with n_t the analysed units of period t; within a value of its
+-- bandit_period dimension, that period's weight; NULL for other experiments (and before the
+-- bandit has periods: its split is then the variants' allocations). PL/pgSQL, as the tables
+-- it reads are created after these views.
+CREATE FUNCTION experiment.bandit_expected_share(experiment_id text, variant text, dimension text DEFAULT NULL,
+                                                 value text DEFAULT NULL)
+  RETURNS float8
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  idx integer;
+  r float8;
+  pdim text;
+BEGIN
+  IF NOT EXISTS (SELECT FROM experiment.bandits b WHERE b.experiment_id = bandit_expected_share.experiment_id) THEN
+    RETURN NULL;
+  END IF;
+  idx := pg_catalog.array_position((experiment.split(bandit_expected_share.experiment_id)).names, bandit_expected_share.variant);
+  SELECT d.name INTO pdim FROM experiment.dimensions d
+   WHERE d.experiment_id = bandit_expected_share.experiment_id AND d.attribute = 'bandit_period'
+   ORDER BY d.name LIMIT 1;
+  IF idx IS NULL OR pdim IS NULL THEN
+    RETURN NULL;
+  END IF;
+  IF bandit_expected_share.dimension = pdim THEN
+    IF bandit_expected_share.value !~ '^[0-9]{1,9}$' THEN
+      RETURN NULL;
+    END IF;
+    SELECT p.weights[idx] INTO r FROM experiment.bandit_periods p
+     WHERE p.experiment_id = bandit_expected_share.experiment_id AND p.period = bandit_expected_share.value::integer;
+    RETURN r;
+  END IF;
+  SELECT pg_catalog.sum(t.n * p.weights[idx]) / nullif(pg_catalog.sum(t.n), 0) INTO r
+    FROM (SELECT de.value, pg_catalog.sum(de.units) AS n FROM experiment.dimension_enrollment de
+           WHERE de.experiment_id = bandit_expected_share.experiment_id AND de.dimension = pdim
+             AND de.value ~ '^[0-9]{1,9}$'
+           GROUP BY de.value) t
+    JOIN experiment.bandit_periods p
+      ON p.experiment_id = bandit_expected_share.experiment_id AND p.period = t.value::integer;
+  RETURN r;
+END
+$$;
+COMMENT ON FUNCTION experiment.bandit_expected_share(text, text, text, text) IS
+  'internal: the expected share of a bandit''s arm for the srm views: sum_t n_t p_it / sum_t n_t over its periods, or within a value of its bandit_period dimension that period''s weight; NULL for other experiments';
+
 CREATE VIEW experiment.srm AS
 WITH w AS (
-  SELECT en.experiment_id, en.variant, en.units, v.allocation, en.refreshed_at
+  SELECT en.experiment_id, en.variant, en.units,
+         -- (a bandit's arms are expected in the shares of its periods' weights)
+         coalesce(experiment.bandit_expected_share(en.experiment_id, en.variant), v.allocation) AS allocation,
+         en.refreshed_at
   FROM experiment.enrollment en
   JOIN experiment.variants v ON v.experiment_id = en.experiment_id AND v.name = en.variant
 ), per_experiment AS (
@@ -197,7 +247,9 @@ COMMENT ON VIEW experiment.srm IS
 -- value's units per variant against the design weights, as for the whole experiment
 CREATE VIEW experiment.srm_by_dimension AS
 WITH w AS (
-  SELECT dn.experiment_id, dn.dimension, dn.value, dn.variant, dn.units, v.allocation, dn.refreshed_at
+  SELECT dn.experiment_id, dn.dimension, dn.value, dn.variant, dn.units,
+         coalesce(experiment.bandit_expected_share(dn.experiment_id, dn.variant, dn.dimension, dn.value), v.allocation) AS allocation,
+         dn.refreshed_at
   FROM experiment.dimension_enrollment dn
   JOIN experiment.variants v ON v.experiment_id = dn.experiment_id AND v.name = dn.variant
 ), per_value AS (

@@ -169,7 +169,7 @@ AS $$
 DECLARE
   r text;
   t text;
-  registry text[] := '{experiments,variants,metrics,experiment_metrics,dimensions}';
+  registry text[] := '{experiments,variants,metrics,experiment_metrics,dimensions,holdouts,holdout_members,bandits}';
   -- (refreshes without its error column: a source's error may quote its data; health shows
   -- the error to roles that may read every metric of the experiment)
   results text[] := '{enrollment,variant_stats,metric_results,results_daily,conclusions,results,srm,health,'
@@ -196,6 +196,8 @@ BEGIN
                 -- the counts of clustered and switchback experiments (src/sql/099_design_cluster.sql)
                 clusters, clustered_units, unclustered_units, mixed_clusters)
     ON experiment.refreshes TO experiment_reader;
+  -- (a bandit's published weights; the posteriors they came from are its metric's results)
+  GRANT SELECT (experiment_id, period, started_at, variants, weights) ON experiment.bandit_periods TO experiment_reader;
 
   -- experiment_ingest: the exposure pipeline
   GRANT USAGE ON SCHEMA experiment TO experiment_ingest;
@@ -230,6 +232,8 @@ BEGIN
   END LOOP;
   GRANT EXECUTE ON FUNCTION experiment.refresh_all() TO experiment_admin;
   GRANT EXECUTE ON FUNCTION experiment.refresh_interactions() TO experiment_admin;
+  GRANT SELECT, INSERT, UPDATE, DELETE ON experiment.bandit_periods TO experiment_admin;
+  GRANT EXECUTE ON FUNCTION experiment.update_bandit_weights(text, boolean) TO experiment_admin;
   GRANT SELECT ON experiment.source_watermarks TO experiment_admin;
 END
 $$;

@@ -10,7 +10,7 @@ CREATE TABLE experiment.dimensions (
   name text NOT NULL
     CONSTRAINT dimensions_name_not_empty CHECK (name <> ''),
   attribute text NOT NULL
-    CONSTRAINT dimensions_attribute_valid CHECK (attribute IN ('client', 'app_version', 'attributes')),
+    CONSTRAINT dimensions_attribute_valid CHECK (attribute IN ('client', 'app_version', 'attributes', 'bandit_period')),
   attribute_key text,
   top_n integer NOT NULL DEFAULT 10
     CONSTRAINT dimensions_top_n_range CHECK (top_n >= 1 AND top_n <= 1000),
@@ -23,7 +23,7 @@ COMMENT ON TABLE experiment.dimensions IS
   'the dimensions each experiment''s results are broken down by: a unit attribute taken from the unit''s first exposure, its top_n values by analysed units and (other)';
 COMMENT ON COLUMN experiment.dimensions.name IS 'the dimension''s name (results_by_dimension.dimension, experiments.stratify_by)';
 COMMENT ON COLUMN experiment.dimensions.attribute IS
-  'what the value is: the exposure''s client or app_version column, or a key of its attributes (attributes, with attribute_key)';
+  'what the value is: the exposure''s client or app_version column, a key of its attributes (attributes, with attribute_key), or a bandit''s allocation period at the exposure (bandit_period)';
 COMMENT ON COLUMN experiment.dimensions.attribute_key IS
   'the key of experiment.exposures.attributes when attribute is attributes (its value as text: attributes ->> key); NULL otherwise';
 COMMENT ON COLUMN experiment.dimensions.top_n IS
@@ -87,8 +87,8 @@ BEGIN
                                            quote_nullable(NEW.name), 'a non-empty text');
   END IF;
   owner := format('dimension "%s" of experiment "%s"', NEW.name, NEW.experiment_id);
-  IF NEW.attribute IS NULL OR NEW.attribute NOT IN ('client', 'app_version', 'attributes') THEN
-    PERFORM experiment.raise_invalid_choice('attribute', NEW.attribute, '{client,app_version,attributes}', owner);
+  IF NEW.attribute IS NULL OR NEW.attribute NOT IN ('client', 'app_version', 'attributes', 'bandit_period') THEN
+    PERFORM experiment.raise_invalid_choice('attribute', NEW.attribute, '{client,app_version,attributes,bandit_period}', owner);
   END IF;
   IF NEW.attribute = 'attributes' AND (NEW.attribute_key IS NULL OR NEW.attribute_key = '') THEN
     PERFORM experiment.raise_invalid_value('attribute_key of ' || owner, quote_nullable(NEW.attribute_key),
