@@ -91,7 +91,9 @@ def poststrat_oracle(cells, arm_c, arm_t):
             x = cells[p][arm]
             parts.append((wk ** 2 * x.var(ddof=1) / len(x), len(x)))
     v1 = sum(v for v, _ in parts)
-    var = v1 + float(w @ (d - diff) ** 2) / n_k.sum()
+    # the weights' term less the strata's own noise in it, at least 0 (doc/statistics.md)
+    noise = sum((1 - wk) / nk * (parts[2 * k][0] + parts[2 * k + 1][0]) for k, (wk, nk) in enumerate(zip(w, n_k)))
+    var = v1 + max(0.0, float(w @ (d - diff) ** 2) / n_k.sum() - noise)
     df = var ** 2 / sum(v ** 2 / (n - 1) for v, n in parts)
     se = np.sqrt(var)
     pval = 2 * stats.t.sf(abs(diff / se), df)
