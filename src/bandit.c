@@ -17,7 +17,7 @@
  * quantities.  The top-two weight is GrowthBook's single-draw top-two rule,
  * w_i = (P(i first) + P(i second)) / 2, and the published allocation
  * p_i = f + (1 - k f) w_i keeps every arm at or above the floor f.
- * See doc/designs-design-holdout.md, "Bandits".
+ * See doc/designs-holdouts.md, "Bandits".
  *
  *-------------------------------------------------------------------------
  */

@@ -27,7 +27,7 @@
  * (whose leverages are 1 / n_k), so statsmodels' OLS with cov_type HC2 is
  * its oracle.  With cells (control, treatment) and weights (0, 1), (1, 0)
  * it is Welch's test.  The estimate goes through the shared inference
- * (exp_test_result_datum).  See doc/designs-design-interact.md.
+ * (exp_test_result_datum).  See doc/designs-factorial.md.
  *
  *-------------------------------------------------------------------------
  */

@@ -661,7 +661,7 @@ DECLARE
   design jsonb;
 BEGIN
   -- a factorial design {"factors", "allocations"}: its cells are the variants
-  -- (src/sql/099_interact.sql, doc/designs-design-interact.md)
+  -- (src/sql/099_interact.sql, doc/designs-factorial.md)
   IF jsonb_typeof(variants) = 'object' AND variants ? 'factors' THEN
     design := variants;
     variants := experiment.factorial_cells(design);

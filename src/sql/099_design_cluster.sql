@@ -3,7 +3,7 @@
 -- relation unit -> cluster, or a key of the exposures' attributes), and the clustered tests
 -- that refresh() computes from the stored per-unit values: per cluster the sum of the
 -- per-unit values and the number of units, tested with the delta-method ratio estimator
--- over clusters (doc/designs-design-cluster.md)
+-- over clusters (doc/designs-clusters.md)
 -- ---------------------------------------------------------------------------
 
 ALTER TABLE experiment.experiments
@@ -339,7 +339,7 @@ REVOKE EXECUTE ON FUNCTION experiment.refresh_clusters(experiment.experiments, t
 -- a randomisation unit. The exposures name the switchback's cluster (a region) as unit_id and
 -- the window's variant; the metrics' sources carry the same cluster in their unit column.
 -- refresh() aggregates each metric's events per (cluster, window) after the window's burn-in
--- and tests the windows' values (doc/designs-design-cluster.md)
+-- and tests the windows' values (doc/designs-clusters.md)
 -- ---------------------------------------------------------------------------
 
 ALTER TABLE experiment.experiments

@@ -1,5 +1,5 @@
 -- ---------------------------------------------------------------------------
--- Designs: long-term holdouts and bandits (doc/designs-design-holdout.md).
+-- Designs: long-term holdouts and bandits (doc/designs-holdouts.md).
 --
 -- A holdout is an experiment of its own, with two variants: the control
 -- 'holdout' (the held-out share) and 'exposed' (everyone else). Its members

@@ -1,6 +1,6 @@
 -- ---------------------------------------------------------------------------
 -- Designs: factorial experiments (factors, cells, main effects and interactions) and the
--- interactions of overlapping experiments (src/contrasts.c; doc/designs-design-interact.md)
+-- interactions of overlapping experiments (src/contrasts.c; doc/designs-factorial.md)
 -- ---------------------------------------------------------------------------
 
 -- the test of a linear contrast of cell moments (src/contrasts.c)
@@ -29,7 +29,7 @@ COMMENT ON FUNCTION experiment.independence_chisq(bigint[]) IS
 ALTER TABLE experiment.experiments ADD COLUMN factors jsonb;
 COMMENT ON COLUMN experiment.experiments.factors IS
   'factorial design: [{"name", "levels": [...]}], the first level of each factor its baseline; the variants are the cells '
-  '(variants.levels); NULL: not factorial (doc/designs-design-interact.md)';
+  '(variants.levels); NULL: not factorial (doc/designs-factorial.md)';
 ALTER TABLE experiment.variants ADD COLUMN levels jsonb;
 COMMENT ON COLUMN experiment.variants.levels IS
   'factorial experiments: the cell''s level of each factor, {"factor": "level", ...}; NULL otherwise';

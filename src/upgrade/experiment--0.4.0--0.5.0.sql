@@ -8,6 +8,9 @@
 -- Dimension breakdowns: experiment.dimensions, dimension_enrollment, dimension_stats,
 -- dimension_results (row-level security as metric_results), results_by_dimension,
 -- srm_by_dimension, the dimensional imbalance in health and readout().
+-- Bounded-memory refresh: experiment.refresh_memory, refreshes.unit_partitions.
+-- Designs (doc/designs.md): cluster-randomised and switchback experiments, holdouts, bandits,
+-- factorial experiments, interaction detection.
 -- test/test_upgrade.py checks that the result equals a fresh 0.5.0 install.
 \echo Use "ALTER EXTENSION experiment UPDATE TO '0.5.0'" to load this file. \quit
 
@@ -483,6 +486,216 @@ BEGIN
 END
 $$;
 
+-- ---------------------------------------------------------------------------
+-- Lifecycle functions
+-- ---------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION experiment.create_experiment(
+  id text,
+  variants jsonb,
+  traffic float8 DEFAULT 1,
+  hash_scheme text DEFAULT 'sha256',
+  salt text DEFAULT NULL,
+  layer text DEFAULT NULL,
+  layer_start float8 DEFAULT NULL,
+  layer_end float8 DEFAULT NULL,
+  targeting jsonb DEFAULT NULL,
+  name text DEFAULT NULL,
+  start boolean DEFAULT false)
+  RETURNS text
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  v jsonb;
+  has_control boolean;
+  design jsonb;
+BEGIN
+  -- a factorial design {"factors", "allocations"}: its cells are the variants
+  -- (src/sql/099_interact.sql, doc/designs-factorial.md)
+  IF jsonb_typeof(variants) = 'object' AND variants ? 'factors' THEN
+    design := variants;
+    variants := experiment.factorial_cells(design);
+  END IF;
+  IF variants IS NULL OR jsonb_typeof(variants) <> 'array' THEN
+    RAISE EXCEPTION 'variants must be a JSON array of {"name", "allocation", "config", "is_control"}, got %',
+      coalesce(variants::text, 'NULL')
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Or a factorial design: {"factors": [{"name", "levels"}], "allocations": {"cell": share}}.';
+  END IF;
+  IF EXISTS (SELECT 1 FROM experiment.experiments x WHERE x.id = create_experiment.id) THEN
+    RAISE EXCEPTION 'experiment "%" already exists', id
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Choose another id, or change the existing experiment in experiment.experiments and experiment.variants.';
+  END IF;
+  INSERT INTO experiment.experiments AS x (id, name, salt, hash_scheme, traffic, layer, layer_start, layer_end, targeting,
+                                           factors)
+  VALUES (create_experiment.id, create_experiment.name, create_experiment.salt,
+          coalesce(create_experiment.hash_scheme, 'sha256'), coalesce(create_experiment.traffic, 1),
+          create_experiment.layer, create_experiment.layer_start, create_experiment.layer_end,
+          create_experiment.targeting, design -> 'factors');
+  has_control := EXISTS (SELECT FROM jsonb_array_elements(variants) e WHERE (e ->> 'is_control')::boolean);
+  FOR v IN SELECT e FROM jsonb_array_elements(variants) WITH ORDINALITY AS t(e, i) ORDER BY i LOOP
+    IF jsonb_typeof(v) <> 'object' OR jsonb_typeof(v -> 'name') IS DISTINCT FROM 'string'
+       OR jsonb_typeof(v -> 'allocation') IS DISTINCT FROM 'number' THEN
+      RAISE EXCEPTION 'each variant must be an object with a string "name" and a numeric "allocation", got %', v
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO experiment.variants (experiment_id, name, allocation, config, is_control, levels)
+    VALUES (create_experiment.id, v ->> 'name', (v ->> 'allocation')::float8, v -> 'config',
+            CASE WHEN has_control THEN coalesce((v ->> 'is_control')::boolean, false)
+                 ELSE NOT EXISTS (SELECT FROM experiment.variants w WHERE w.experiment_id = create_experiment.id) END,
+            CASE WHEN design IS NOT NULL THEN v -> 'levels' END);
+  END LOOP;
+  PERFORM experiment.check_split(create_experiment.id);
+  IF start THEN
+    PERFORM experiment.start(create_experiment.id);
+  END IF;
+  RETURN create_experiment.id;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.create_experiment(text, jsonb, float8, text, text, text, float8, float8, jsonb, text, boolean) IS
+  'creates a draft experiment with its variants ([{"name", "allocation", "config", "is_control"}]; without is_control the first is the control), '
+  'or with the cells of a factorial design ({"factors": [{"name", "levels"}], "allocations": {"cell": share}}), checks the split, optionally starts it; returns the id';
+
+CREATE OR REPLACE FUNCTION experiment.assign(unit_id text, experiment_id text, attributes jsonb DEFAULT '{}')
+  RETURNS text
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  e record;
+  pos float8;
+  i integer;
+  sticky text;
+BEGIN
+  IF experiment_id IS NULL OR unit_id IS NULL OR unit_id = '' THEN
+    RETURN NULL;
+  END IF;
+  SELECT x.status, x.salt, x.hash_scheme, x.traffic, x.layer, x.layer_start, x.layer_end, x.targeting,
+         array_agg(v.name ORDER BY v.is_control DESC, v.name COLLATE "C") AS names,
+         array_agg(v.allocation ORDER BY v.is_control DESC, v.name COLLATE "C") AS allocations
+    INTO e
+    FROM experiment.experiments x LEFT JOIN experiment.variants v ON v.experiment_id = x.id
+   WHERE x.id = assign.experiment_id
+   GROUP BY x.id;
+  IF NOT FOUND THEN
+    PERFORM experiment.require_experiment(experiment_id);
+  END IF;
+  IF e.status <> 'running' OR cardinality(e.names) < 2 THEN
+    RETURN NULL;
+  END IF;
+  -- a unit held out by a holdout that covers the experiment (src/sql/099_holdout_bandit.sql)
+  IF experiment.held_out(unit_id, experiment_id) THEN
+    RETURN NULL;
+  END IF;
+  IF e.layer IS NOT NULL THEN
+    pos := experiment.layer_position(unit_id, e.layer, e.hash_scheme);
+    IF NOT (pos >= e.layer_start AND pos < e.layer_end) THEN
+      RETURN NULL;
+    END IF;
+  END IF;
+  IF e.targeting IS NOT NULL
+     AND NOT coalesce(experiment.eval_condition(e.targeting, coalesce(attributes, '{}'::jsonb)), false) THEN
+    RETURN NULL;
+  END IF;
+  -- a bandit: its units keep the variant of their first exposure, new ones get the current
+  -- weights (src/sql/099_holdout_bandit.sql)
+  IF EXISTS (SELECT FROM experiment.bandits b WHERE b.experiment_id = assign.experiment_id) THEN
+    sticky := experiment.bandit_sticky_variant(experiment_id, unit_id);
+    IF sticky IS NOT NULL THEN
+      RETURN sticky;
+    END IF;
+    e.allocations := experiment.bandit_allocations(experiment_id);
+  END IF;
+  i := experiment.growthbook_choose_variation(
+         experiment.unit_hash(e.hash_scheme, e.salt, unit_id),
+         experiment.variant_ranges(e.hash_scheme, e.allocations, e.traffic));
+  IF i < 0 THEN
+    RETURN NULL;
+  END IF;
+  RETURN e.names[i + 1];
+END
+$$;
+
+-- ---------------------------------------------------------------------------
+-- Ruleset for SDKs, its version and the NOTIFY channel
+-- ---------------------------------------------------------------------------
+
+-- The running experiments as SDKs need them, ordered by id.
+CREATE OR REPLACE FUNCTION experiment.ruleset_experiments() RETURNS jsonb
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT coalesce(jsonb_agg(jsonb_build_object(
+           'id', x.id,
+           'name', x.name,
+           'salt', x.salt,
+           'hash_scheme', x.hash_scheme,
+           'allocation', x.traffic,
+           'layer', CASE WHEN x.layer IS NOT NULL THEN jsonb_build_object(
+                      'name', x.layer, 'start', x.layer_start, 'end', x.layer_end,
+                      'hash', CASE WHEN x.hash_scheme IN ('growthbook_v1', 'growthbook_v2')
+                                   THEN 'growthbook_namespace' ELSE 'sha256' END,
+                      'salt', CASE WHEN x.hash_scheme IN ('growthbook_v1', 'growthbook_v2')
+                                   THEN '__' || x.layer ELSE 'layer:' || x.layer END) END,
+           'variants', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                  'name', v.name, 'allocation', v.allocation,
+                                  'config', v.config, 'is_control', v.is_control)
+                                ORDER BY v.is_control DESC, v.name COLLATE "C"), '[]'::jsonb)
+                          FROM experiment.variants v WHERE v.experiment_id = x.id),
+           'targeting', x.targeting)
+           -- holdouts and bandits (src/sql/099_holdout_bandit.sql)
+           || experiment.ruleset_design(x.id)
+         ORDER BY x.id COLLATE "C"), '[]'::jsonb)
+    FROM experiment.experiments x
+   WHERE x.status = 'running'
+$$;
+
+-- ---------------------------------------------------------------------------
+-- GrowthBook SDK payload
+-- ---------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION experiment.growthbook_payload() RETURNS jsonb
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT jsonb_build_object('features', coalesce(jsonb_object_agg(f.id, f.feature), '{}'::jsonb))
+    FROM (
+      SELECT x.id, jsonb_build_object(
+               'defaultValue', NULL::jsonb,
+               'rules', jsonb_build_array(
+                 jsonb_build_object(
+                   'id', x.id,
+                   'key', x.id,
+                   'name', coalesce(x.name, x.id),
+                   'seed', x.salt,
+                   'hashAttribute', 'id',
+                   'hashVersion', CASE x.hash_scheme WHEN 'growthbook_v1' THEN 1 ELSE 2 END,
+                   'coverage', x.traffic,
+                   'weights', sp.weights,
+                   'variations', sp.variations,
+                   'meta', sp.meta)
+                 || CASE WHEN x.layer IS NOT NULL
+                         THEN jsonb_build_object('namespace', jsonb_build_array(x.layer, x.layer_start, x.layer_end))
+                         ELSE '{}'::jsonb END
+                 || CASE WHEN x.targeting IS NOT NULL
+                         THEN jsonb_build_object('condition', x.targeting)
+                         ELSE '{}'::jsonb END
+                 -- holdouts and bandits (src/sql/099_holdout_bandit.sql)
+                 || experiment.growthbook_rule_design(x.id))) AS feature
+        FROM experiment.experiments x
+        CROSS JOIN LATERAL (
+          SELECT jsonb_agg(v.allocation ORDER BY v.is_control DESC, v.name COLLATE "C") AS weights,
+                 jsonb_agg(coalesce(v.config, to_jsonb(v.name)) ORDER BY v.is_control DESC, v.name COLLATE "C") AS variations,
+                 jsonb_agg(jsonb_build_object('key', v.name, 'name', v.name)
+                           ORDER BY v.is_control DESC, v.name COLLATE "C") AS meta
+            FROM experiment.variants v WHERE v.experiment_id = x.id) sp
+       WHERE x.status = 'running' AND x.hash_scheme IN ('growthbook_v1', 'growthbook_v2')
+    ) f
+$$;
+
 ALTER TABLE experiment.metrics
   DROP CONSTRAINT metrics_aggregation_check,
   ADD CONSTRAINT metrics_aggregation_check CHECK (aggregation IN ('sum', 'count', 'any', 'max', 'quantile')),
@@ -763,6 +976,12 @@ BEGIN
 END
 $$;
 
+ALTER TABLE experiment.refreshes ADD COLUMN unit_partitions integer;
+
+COMMENT ON COLUMN experiment.refreshes.unit_partitions IS
+  'the unit-hash partitions the refresh read its sources in (1: all units at once; more when the units need more '
+  'than experiment.refresh_memory)';
+
 ALTER TABLE experiment.variant_stats ADD COLUMN sketch experiment.sketch;
 
 COMMENT ON COLUMN experiment.variant_stats.sketch IS
@@ -874,7 +1093,7 @@ COMMENT ON FUNCTION experiment.variant_test(text, experiment.metrics, experiment
   'internal: the test of a treatment against control for a metric, from their per-variant moments and sketches';
 
 -- per-unit values of the metrics reading one source, in one scan (src/unit_values.c)
--- (a new result column, sketches)
+-- (a new result column)
 DROP FUNCTION experiment.source_unit_values(text[], text[], timestamptz[], regclass, text, text[], text[], text[], interval[], interval[], boolean[], timestamptz, timestamptz, timestamptz, regrole, timestamptz, boolean, boolean);
 
 CREATE OR REPLACE FUNCTION experiment.source_unit_values(
@@ -1042,6 +1261,8 @@ BEGIN
     SELECT row_number() OVER (ORDER BY d.name COLLATE "C")::integer AS j, d.name, d.attribute, d.attribute_key,
            d.top_n, d.caps_per_value,
            CASE d.attribute WHEN 'client' THEN 'xp.client' WHEN 'app_version' THEN 'xp.app_version'
+                -- a bandit's allocation period (src/sql/099_holdout_bandit.sql)
+                WHEN 'bandit_period' THEN 'experiment.bandit_period_of(xp.experiment_id, xp.exposed_at)'
                 ELSE format('(xp.attributes ->> %L)', d.attribute_key) END AS expr
     FROM experiment.dimensions d WHERE d.experiment_id = e.id;
 END
@@ -1212,10 +1433,58 @@ AS $$
   ) y ORDER BY y.k, y.o
 $$;
 
+-- the number of unit-hash partitions that keeps the per-unit values of one partition within
+-- experiment.refresh_memory (src/unit_values.c; doc/scaling.md, "Memory")
+CREATE OR REPLACE FUNCTION experiment.unit_value_partitions(units bigint, specs integer, sources integer, key_bytes float8)
+  RETURNS integer
+  AS 'MODULE_PATHNAME', 'exp_unit_value_partitions'
+  LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION experiment.unit_value_partitions(bigint, integer, integer, float8) IS
+  'internal: the number of unit-hash partitions a refresh of units units (scans of at most specs specs, '
+  'sources scans, unit ids of key_bytes bytes on average) uses within experiment.refresh_memory (1: no bound)';
+
+-- SQL of "unit_id is in partition part of nparts" (true when nparts is 1)
+CREATE OR REPLACE FUNCTION experiment.unit_partition_sql(unit_id text, nparts integer, part integer) RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE WHEN nparts <= 1 THEN 'true'
+              ELSE format('(pg_catalog.hashtext(%s) OPERATOR(pg_catalog.&) 2147483647) OPERATOR(pg_catalog.%%) %s = %s',
+                          unit_id, nparts, part) END
+$$;
+
+COMMENT ON FUNCTION experiment.unit_partition_sql(text, integer, integer) IS
+  'internal: SQL of the condition that a unit id is in one of a refresh''s unit-hash partitions';
+
+-- the partitions of a refresh of the units of relation units_from (SQL, alias u) whose sources
+-- experiment.source_specs() lists
+CREATE OR REPLACE FUNCTION experiment.refresh_partitions(e experiment.experiments, units bigint, key_bytes float8)
+  RETURNS integer
+  LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  r integer;
+BEGIN
+  SELECT experiment.unit_value_partitions(coalesce(units, 0), coalesce(pg_catalog.max(pg_catalog.cardinality(s.targets)), 0),
+                                          count(*)::integer, coalesce(key_bytes, 16))
+    INTO r FROM experiment.source_specs(e, NULL, NULL, true) s;
+  RETURN r;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.refresh_partitions(experiment.experiments, bigint, float8) IS
+  'internal: the number of unit-hash partitions of a refresh of an experiment''s units within experiment.refresh_memory';
+
 -- the stored per-unit values of an experiment brought up to date, incrementally when it can:
--- the table's name, whether the refresh was full or incremental and why it was full
+-- the table's name, whether the refresh was full or incremental and why it was full, and the
+-- number of unit-hash partitions its scans used (experiment.refresh_memory)
+-- (a new result column)
+DROP FUNCTION experiment.refresh_unit_values(experiment.experiments, boolean);
+
 CREATE OR REPLACE FUNCTION experiment.refresh_unit_values(e experiment.experiments, force_full boolean,
-    OUT relation name, OUT mode text, OUT reason text)
+    OUT relation name, OUT mode text, OUT reason text, OUT partitions integer)
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
@@ -1240,6 +1509,10 @@ DECLARE
   merge_set text;
   changed text;
   grantee text;
+  sel text;
+  units_where text;
+  nunits bigint;
+  key_bytes float8;
   no_units text := experiment.unit_arrays_sql(
     '(SELECT NULL::text AS unit_id, NULL::text AS variant, NULL::timestamptz AS t0 WHERE false) u');
 BEGIN
@@ -1276,7 +1549,10 @@ BEGIN
     mode := 'full';
     -- units (those in several variants kept, marked)
     PERFORM experiment.create_units_table(e);
-    SELECT pg_catalog.min(u.t0), pg_catalog.max(u.t0) INTO min_t0, max_t0 FROM pg_temp.exp_units u WHERE NOT u.multi;
+    SELECT pg_catalog.min(u.t0), pg_catalog.max(u.t0), count(*), pg_catalog.avg(pg_catalog.octet_length(u.unit_id))
+      INTO min_t0, max_t0, nunits, key_bytes FROM pg_temp.exp_units u WHERE NOT u.multi;
+    -- beyond experiment.refresh_memory, the units in unit-hash partitions, each scanned apart
+    partitions := experiment.refresh_partitions(e, nunits, key_bytes);
 
     CREATE TEMP TABLE exp_marks (LIKE experiment.source_watermarks) ON COMMIT DROP;
     FOR sc IN SELECT * FROM experiment.source_specs(e, min_t0, max_t0, true) LOOP
@@ -1310,17 +1586,26 @@ BEGIN
       EXECUTE format('CREATE UNLOGGED TABLE experiment.%I WITH (fillfactor = 80) AS '
                      'SELECT u.unit_id, u.variant, u.t0, false AS multi, false AS reset%s '
                      'FROM pg_temp.exp_units u WHERE NOT u.multi', relation, experiment.dims_columns_sql('u'));
-    ELSIF experiment.dims_columns_sql('du') = '' THEN
-      EXECUTE format('CREATE UNLOGGED TABLE experiment.%I WITH (fillfactor = 80) AS '
-                     'SELECT x1.unit_id, x1.variant, x1.t0, false AS multi, false AS reset%s FROM %s%s '
-                     'WHERE x1.unit_id IS NOT NULL', relation, vals_cols,
-                     experiment.unit_arrays_sql('pg_temp.exp_units u WHERE NOT u.multi'), joins);
     ELSE
-      EXECUTE format('CREATE UNLOGGED TABLE experiment.%I WITH (fillfactor = 80) AS '
-                     'SELECT x1.unit_id, x1.variant, x1.t0, false AS multi, false AS reset%s%s FROM %s%s '
-                     'JOIN pg_temp.exp_units du ON du.unit_id = x1.unit_id', relation, vals_cols,
-                     experiment.dims_columns_sql('du'),
-                     experiment.unit_arrays_sql('pg_temp.exp_units u WHERE NOT u.multi'), joins);
+      -- one statement per partition (the first creates the table), each with the units of its
+      -- partition and one scan of each source
+      FOR part IN 0 .. partitions - 1 LOOP
+        units_where := format('pg_temp.exp_units u WHERE NOT u.multi AND %s',
+                              experiment.unit_partition_sql('u.unit_id', partitions, part));
+        IF experiment.dims_columns_sql('du') = '' THEN
+          sel := format('SELECT x1.unit_id, x1.variant, x1.t0, false AS multi, false AS reset%s FROM %s%s '
+                        'WHERE x1.unit_id IS NOT NULL', vals_cols, experiment.unit_arrays_sql(units_where), joins);
+        ELSE
+          sel := format('SELECT x1.unit_id, x1.variant, x1.t0, false AS multi, false AS reset%s%s FROM %s%s '
+                        'JOIN pg_temp.exp_units du ON du.unit_id = x1.unit_id', vals_cols,
+                        experiment.dims_columns_sql('du'), experiment.unit_arrays_sql(units_where), joins);
+        END IF;
+        IF part = 0 THEN
+          EXECUTE format('CREATE UNLOGGED TABLE experiment.%I WITH (fillfactor = 80) AS %s', relation, sel);
+        ELSE
+          EXECUTE format('INSERT INTO experiment.%I %s', relation, sel);
+        END IF;
+      END LOOP;
     END IF;
     EXECUTE format('INSERT INTO experiment.%I (unit_id, variant, t0, multi, reset%s) '
                    'SELECT u.unit_id, u.variant, u.t0, true, false%s FROM pg_temp.exp_units u WHERE u.multi', relation,
@@ -1354,6 +1639,9 @@ BEGIN
   -- incremental: the exposures received since the watermark change units or add them
   mode := 'incremental';
   relation := st.relation;
+  -- the units: those of the previous refresh and the new ones (ids' length from a sample)
+  EXECUTE format('SELECT pg_catalog.avg(pg_catalog.octet_length(u.unit_id)) FROM (SELECT t.unit_id FROM experiment.%I t LIMIT 1000) u',
+                 relation) INTO key_bytes;
   -- (with the dimension values of the earliest new exposure: they are the unit's when it is
   -- new, or when that exposure comes before its first one)
   EXECUTE format(
@@ -1365,6 +1653,10 @@ BEGIN
     '  AND (%L::timestamptz IS NULL OR xp.exposed_at < %L::timestamptz) '
     'GROUP BY xp.unit_id', experiment.first_exposure_dims_sql(), e.id, st.exposures_since, e.end_at, e.end_at);
   ANALYZE pg_temp.exp_newx;
+  SELECT coalesce(f.enrolled_units, 0) + coalesce(f.multi_variant_units, 0) INTO nunits
+    FROM experiment.refreshes f WHERE f.experiment_id = e.id;
+  nunits := coalesce(nunits, 0) + (SELECT count(*) FROM pg_temp.exp_newx);
+  partitions := experiment.refresh_partitions(e, nunits, key_bytes);
   SELECT coalesce(pg_catalog.string_agg(l.col, ', ' ORDER BY s.src_no, l.ord), ''),
          coalesce(pg_catalog.string_agg(l.empty, ', ' ORDER BY s.src_no, l.ord), ''),
          coalesce(pg_catalog.string_agg(format('%s = CASE WHEN n.t0 < u.t0 THEN %s ELSE u.%s END', l.col, l.empty, l.col),
@@ -1415,21 +1707,29 @@ BEGIN
     FROM experiment.unit_value_layout(sc, 'x', 'u') l;
     -- the units read before: their events from the watermark on (the scan's lower bound); the
     -- new and reset units apart, all their events, with a hash table of their own that is small
-    EXECUTE format('CREATE TEMP TABLE exp_touch ON COMMIT DROP AS SELECT x.unit_id, x.vals, x.skipped, x.latest, x.sketches '
-                   'FROM %s, %s x',
-                   experiment.unit_arrays_sql(format('experiment.%I u WHERE NOT u.multi AND NOT u.reset', relation)),
-                   experiment.source_call_sql(sc, e.end_at, wm.settled_before, sc.upper_bound, split, false, true));
-    IF min_t0 IS NOT NULL THEN
-      EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.vals, x.skipped, NULL, x.sketches '
-                     'FROM %s, %s x WHERE x.unit_id IS NOT NULL',
-                     experiment.unit_arrays_sql(format('experiment.%I u WHERE NOT u.multi AND u.reset', relation)),
-                     experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, split, false, true));
-    END IF;
+    -- (beyond experiment.refresh_memory, partition by partition: each scan with the units of one)
+    CREATE TEMP TABLE exp_touch (unit_id text, vals float8[], skipped bigint[], latest timestamptz,
+                                 sketches experiment.sketch[]) ON COMMIT DROP;
+    FOR part IN 0 .. partitions - 1 LOOP
+      EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.vals, x.skipped, x.latest, x.sketches '
+                     'FROM %s, %s x',
+                     experiment.unit_arrays_sql(format('experiment.%I u WHERE NOT u.multi AND NOT u.reset AND %s', relation,
+                                                       experiment.unit_partition_sql('u.unit_id', partitions, part))),
+                     experiment.source_call_sql(sc, e.end_at, wm.settled_before, sc.upper_bound, split, false, true));
+      IF min_t0 IS NOT NULL THEN
+        EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.vals, x.skipped, NULL, x.sketches '
+                       'FROM %s, %s x WHERE x.unit_id IS NOT NULL',
+                       experiment.unit_arrays_sql(format('experiment.%I u WHERE NOT u.multi AND u.reset AND %s', relation,
+                                                         experiment.unit_partition_sql('u.unit_id', partitions, part))),
+                       experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, split, false, true));
+      END IF;
+    END LOOP;
     ANALYZE pg_temp.exp_touch;
     -- (a unit whose events are all read again unchanged is not written)
     EXECUTE format('UPDATE experiment.%I u SET %s FROM pg_temp.exp_touch x WHERE x.unit_id = u.unit_id AND %s',
                    relation, merge_set, changed);
-    SELECT x.latest INTO latest FROM pg_temp.exp_touch x WHERE x.unit_id IS NULL;
+    -- (every partition's scan reads the same rows: the same latest time)
+    SELECT pg_catalog.max(x.latest) INTO latest FROM pg_temp.exp_touch x WHERE x.unit_id IS NULL;
     DROP TABLE pg_temp.exp_touch;
     UPDATE experiment.source_watermarks w
       SET settled_before = split, latest_event = greatest(w.latest_event, latest), late_events = sc.late_events
@@ -1439,6 +1739,87 @@ BEGIN
                  'WHERE u.unit_id = n.unit_id AND u.reset', relation);
   UPDATE experiment.unit_value_tables u SET exposures_since = xsince, refreshed_at = pg_catalog.now()
     WHERE u.experiment_id = e.id;
+END
+$$;
+
+-- the per-unit values of an experiment's metrics, as refresh and aa_test read them: temporary
+-- tables exp_units (the analysed units: first variant and exposure), exp_base (the base
+-- metrics, numbered i) and, when keep or a metric has a percentile cap, exp_vals (unit_id,
+-- variant, v<i> = the value of base metric i, p<i> = its pre-period value); vals_from is
+-- exp_vals or the query that computes it; capped and pre_capped are the SQL of v<i> and p<i>
+-- capped (experiment.winsorization_caps())
+CREATE OR REPLACE FUNCTION experiment.prepare_unit_values(e experiment.experiments, keep boolean, as_owner boolean,
+    OUT vals_from text, OUT capped text[], OUT pre_capped text[], OUT nmulti bigint, OUT nunits bigint,
+    OUT nearly bigint, OUT min_t0 timestamptz, OUT max_t0 timestamptz)
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  sc experiment.source_scan;
+  src_no integer := 0;
+  joins text := '';
+  vals_sql text;
+  vals_cols text := '';
+  parts integer := 1;
+BEGIN
+  -- units: first exposure defines variant and start; units in several variants are excluded
+  PERFORM experiment.drop_refresh_tables();
+  PERFORM experiment.create_units_table(e);
+  SELECT count(*) FILTER (WHERE u.multi), count(*) FILTER (WHERE NOT u.multi),
+         count(*) FILTER (WHERE NOT u.multi AND u.t0 < e.start_at),
+         pg_catalog.min(u.t0) FILTER (WHERE NOT u.multi), pg_catalog.max(u.t0) FILTER (WHERE NOT u.multi)
+    INTO nmulti, nunits, nearly, min_t0, max_t0
+    FROM exp_units u;
+  DELETE FROM exp_units WHERE multi;
+  ANALYZE exp_units;
+
+  PERFORM experiment.create_base_table(e);
+
+  -- one scan per source relation, however many metrics read it: experiment.source_unit_values()
+  -- returns every unit (zero-filled) with the values of the metrics of that source in vals
+  -- each source is read as the metric's owner (refresh) or as the current user (aa_test)
+  FOR sc IN SELECT * FROM experiment.source_specs(e, min_t0, max_t0, as_owner) LOOP
+    src_no := sc.src_no;
+    vals_cols := vals_cols || experiment.unit_value_columns(sc, format('x%s', src_no));
+    joins := joins || format('%s %s x%s%s', CASE WHEN src_no = 1 THEN ',' ELSE ' JOIN' END,
+      experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, NULL, false, false),
+      src_no, CASE WHEN src_no = 1 THEN '' ELSE format(' ON x%s.unit_id = x1.unit_id', src_no) END);
+  END LOOP;
+
+  -- per-unit values, zero-filled: one statement, one scan of each source
+  IF src_no = 0 THEN
+    vals_sql := 'SELECT u.unit_id, u.variant FROM pg_temp.exp_units u';
+  ELSE
+    vals_sql := format('SELECT x1.unit_id, x1.variant%s FROM %s%s',
+                       vals_cols, experiment.unit_arrays_sql('pg_temp.exp_units u'), joins);
+  END IF;
+
+  -- beyond experiment.refresh_memory, the units in unit-hash partitions (kept in exp_vals)
+  IF src_no > 0 THEN
+    SELECT experiment.refresh_partitions(e, nunits, pg_catalog.avg(pg_catalog.octet_length(u.unit_id)))
+      INTO parts FROM pg_temp.exp_units u;
+  END IF;
+  -- caps: pooled percentiles over all analysed units (a second read of the values: they are kept)
+  IF keep OR parts > 1 OR EXISTS (SELECT FROM pg_temp.exp_base b JOIN experiment.metrics m2 ON m2.name = b.name
+                                  WHERE m2.winsorize IS NOT NULL OR m2.winsorize_lower IS NOT NULL) THEN
+    IF parts = 1 THEN
+      EXECUTE 'CREATE TEMP TABLE exp_vals ON COMMIT DROP AS ' || vals_sql;
+    ELSE
+      -- one statement per partition, each with the units of its partition and a scan of each source
+      FOR part IN 0 .. parts - 1 LOOP
+        vals_sql := format('SELECT x1.unit_id, x1.variant%s FROM %s%s', vals_cols,
+                           experiment.unit_arrays_sql('pg_temp.exp_units u WHERE '
+                                                      || experiment.unit_partition_sql('u.unit_id', parts, part)),
+                           joins);
+        EXECUTE CASE WHEN part = 0 THEN 'CREATE TEMP TABLE exp_vals ON COMMIT DROP AS '
+                     ELSE 'INSERT INTO pg_temp.exp_vals ' END || vals_sql;
+      END LOOP;
+    END IF;
+    vals_from := 'pg_temp.exp_vals';
+  ELSE
+    vals_from := '(' || vals_sql || ')';
+  END IF;
+  SELECT w.capped, w.pre_capped INTO capped, pre_capped FROM experiment.winsorization_caps(vals_from) w;
 END
 $$;
 
@@ -1579,6 +1960,13 @@ BEGIN
   END IF;
   -- one refresh of an experiment at a time
   PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('experiment.refresh:' || e.id));
+  -- within experiment.refresh_memory, the sorts and hashes of the statements get a quarter of it
+  -- (a call into the module first: loading it defines the setting)
+  PERFORM experiment.unit_value_partitions(0, 0, 0, 0);
+  IF pg_catalog.pg_size_bytes(pg_catalog.current_setting('experiment.refresh_memory')) > 0 THEN
+    PERFORM pg_catalog.set_config('work_mem', least(262144, greatest(64,
+      pg_catalog.pg_size_bytes(pg_catalog.current_setting('experiment.refresh_memory')) / 4096))::text || 'kB', true);
+  END IF;
 
   PERFORM experiment.validate_experiment_metrics(e.id);
   SELECT v.name INTO control FROM experiment.variants v WHERE v.experiment_id = e.id AND v.is_control;
@@ -1899,16 +2287,16 @@ BEGIN
       FROM (SELECT g.day, sum(g.units)::bigint AS units FROM pg_temp.exp_groups g WHERE NOT g.multi GROUP BY g.day) d;
     INSERT INTO experiment.refreshes AS f
       (experiment_id, refreshed_at, duration, enrolled_units, multi_variant_units, early_units,
-       first_exposure, last_exposure, exposures_by_day, error, error_at, mode, full_reason)
+       first_exposure, last_exposure, exposures_by_day, error, error_at, mode, full_reason, unit_partitions)
     SELECT e.id, ts, clock_timestamp() - started, nunits, nmulti, nearly, min_t0, max_t0, by_day,
-           NULL, NULL, uv.mode, uv.reason
+           NULL, NULL, uv.mode, uv.reason, uv.partitions
     ON CONFLICT ON CONSTRAINT refreshes_pkey DO UPDATE SET
       refreshed_at = excluded.refreshed_at, duration = excluded.duration,
       enrolled_units = excluded.enrolled_units, multi_variant_units = excluded.multi_variant_units,
       early_units = excluded.early_units,
       first_exposure = excluded.first_exposure, last_exposure = excluded.last_exposure,
       exposures_by_day = excluded.exposures_by_day, error = NULL, error_at = NULL,
-      mode = excluded.mode, full_reason = excluded.full_reason;
+      mode = excluded.mode, full_reason = excluded.full_reason, unit_partitions = excluded.unit_partitions;
     -- cluster-randomised experiments (src/sql/099_design_cluster.sql): the tests over clusters
     IF e.cluster_relation IS NOT NULL OR e.cluster_attribute IS NOT NULL THEN
       PERFORM experiment.refresh_clusters(e, vals_from, cp.capped, cp.pre_capped, tuning, ts);
@@ -1924,6 +2312,41 @@ BEGIN
   END;
 
   PERFORM experiment.drop_refresh_tables();
+END
+$$;
+
+CREATE OR REPLACE FUNCTION experiment.refresh_all() RETURNS integer
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  id text;
+  done integer := 0;
+  msg text;
+  detail text;
+BEGIN
+  PERFORM experiment.process_exposures_staging();
+  FOR id IN SELECT ex.id FROM experiment.experiments ex WHERE ex.status = 'running' ORDER BY ex.id LOOP
+    BEGIN
+      PERFORM experiment.refresh(id);
+      done := done + 1;
+    EXCEPTION WHEN OTHERS THEN
+      -- the message and, where there is one, the detail that says why
+      GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+      msg := SQLERRM || coalesce(nullif(' (' || detail || ')', ' ()'), '');
+      RAISE WARNING 'refresh of experiment "%" failed: %', id, msg;
+      INSERT INTO experiment.refreshes AS f (experiment_id, error, error_at)
+      VALUES (id, msg, clock_timestamp())
+      ON CONFLICT ON CONSTRAINT refreshes_pkey DO UPDATE SET error = excluded.error, error_at = excluded.error_at;
+    END;
+  END LOOP;
+  -- interactions of the overlapping experiments (src/sql/099_interact.sql), from the values just stored
+  BEGIN
+    PERFORM experiment.refresh_interactions();
+  EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'interaction detection failed: %', SQLERRM;
+  END;
+  RETURN done;
 END
 $$;
 
@@ -2232,11 +2655,86 @@ WHERE experiment.may_read_metric(s.metric);
 COMMENT ON VIEW experiment.results_by_dimension IS
   'the columns of experiment.results per dimension and value (doc/analysis.md, "Dimension breakdowns"): the tests of each value of each dimension, p-values adjusted within each experiment, metric and dimension across the values and treatment arms';
 
+-- the expected share of a bandit's arm (src/sql/099_holdout_bandit.sql): over the periods,
+-- sum_t n_t p_it / sum_t n_t with n_t the analysed units of period t; within a value of its
+-- bandit_period dimension, that period's weight; NULL for other experiments (and before the
+-- bandit has periods: its split is then the variants' allocations). PL/pgSQL, as the tables
+-- it reads are created after these views.
+CREATE OR REPLACE FUNCTION experiment.bandit_expected_share(experiment_id text, variant text, dimension text DEFAULT NULL,
+                                                 value text DEFAULT NULL)
+  RETURNS float8
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  idx integer;
+  r float8;
+  pdim text;
+BEGIN
+  IF NOT EXISTS (SELECT FROM experiment.bandits b WHERE b.experiment_id = bandit_expected_share.experiment_id) THEN
+    RETURN NULL;
+  END IF;
+  idx := pg_catalog.array_position((experiment.split(bandit_expected_share.experiment_id)).names, bandit_expected_share.variant);
+  SELECT d.name INTO pdim FROM experiment.dimensions d
+   WHERE d.experiment_id = bandit_expected_share.experiment_id AND d.attribute = 'bandit_period'
+   ORDER BY d.name LIMIT 1;
+  IF idx IS NULL OR pdim IS NULL THEN
+    RETURN NULL;
+  END IF;
+  IF bandit_expected_share.dimension = pdim THEN
+    IF bandit_expected_share.value !~ '^[0-9]{1,9}$' THEN
+      RETURN NULL;
+    END IF;
+    SELECT p.weights[idx] INTO r FROM experiment.bandit_periods p
+     WHERE p.experiment_id = bandit_expected_share.experiment_id AND p.period = bandit_expected_share.value::integer;
+    RETURN r;
+  END IF;
+  SELECT pg_catalog.sum(t.n * p.weights[idx]) / nullif(pg_catalog.sum(t.n), 0) INTO r
+    FROM (SELECT de.value, pg_catalog.sum(de.units) AS n FROM experiment.dimension_enrollment de
+           WHERE de.experiment_id = bandit_expected_share.experiment_id AND de.dimension = pdim
+             AND de.value ~ '^[0-9]{1,9}$'
+           GROUP BY de.value) t
+    JOIN experiment.bandit_periods p
+      ON p.experiment_id = bandit_expected_share.experiment_id AND p.period = t.value::integer;
+  RETURN r;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.bandit_expected_share(text, text, text, text) IS
+  'internal: the expected share of a bandit''s arm for the srm views: sum_t n_t p_it / sum_t n_t over its periods, or within a value of its bandit_period dimension that period''s weight; NULL for other experiments';
+
+CREATE OR REPLACE VIEW experiment.srm AS
+WITH w AS (
+  SELECT en.experiment_id, en.variant, en.units,
+         -- (a bandit's arms are expected in the shares of its periods' weights)
+         coalesce(experiment.bandit_expected_share(en.experiment_id, en.variant), v.allocation) AS allocation,
+         en.refreshed_at
+  FROM experiment.enrollment en
+  JOIN experiment.variants v ON v.experiment_id = en.experiment_id AND v.name = en.variant
+), per_experiment AS (
+  SELECT w.experiment_id, pg_catalog.sum(w.units) AS total, pg_catalog.sum(w.allocation) AS total_allocation,
+         CASE WHEN pg_catalog.sum(w.units) > 0 AND count(*) >= 2 AND bool_and(w.allocation > 0)
+              THEN experiment.srm_chisq(array_agg(w.units ORDER BY w.variant),
+                                        array_agg(w.allocation ORDER BY w.variant)::float8[])
+         END AS p_value
+  FROM w GROUP BY w.experiment_id
+)
+SELECT w.experiment_id, w.variant, w.units,
+       w.allocation / nullif(p.total_allocation, 0) AS expected_share,
+       w.units::float8 / nullif(p.total, 0) AS observed_share,
+       p.total * w.allocation / nullif(p.total_allocation, 0) AS expected_units,
+       p.p_value,
+       p.p_value >= 0.001 AS ok,
+       w.refreshed_at
+FROM w JOIN per_experiment p ON p.experiment_id = w.experiment_id;
+
 -- sample ratio mismatch within each dimension value (Eppo's "dimensional imbalance"): the
 -- value's units per variant against the design weights, as for the whole experiment
 CREATE OR REPLACE VIEW experiment.srm_by_dimension AS
 WITH w AS (
-  SELECT dn.experiment_id, dn.dimension, dn.value, dn.variant, dn.units, v.allocation, dn.refreshed_at
+  SELECT dn.experiment_id, dn.dimension, dn.value, dn.variant, dn.units,
+         coalesce(experiment.bandit_expected_share(dn.experiment_id, dn.variant, dn.dimension, dn.value), v.allocation) AS allocation,
+         dn.refreshed_at
   FROM experiment.dimension_enrollment dn
   JOIN experiment.variants v ON v.experiment_id = dn.experiment_id AND v.name = dn.variant
 ), per_value AS (
@@ -2539,6 +3037,7 @@ BEGIN
     DELETE FROM experiment.results_daily;
     DELETE FROM experiment.dimension_results;
     DELETE FROM experiment.dimension_stats;
+    DELETE FROM experiment.interaction_results;   -- (src/sql/099_interact.sql)
     RETURN NULL;
   END IF;
   IF TG_OP = 'UPDATE' AND (NEW.name, NEW.source, NEW.unit_column, NEW.time_column, NEW.value_column, NEW.owner,
@@ -2562,6 +3061,10 @@ BEGIN
   DELETE FROM experiment.dimension_stats d
    WHERE d.metric = OLD.name
       OR d.metric IN (SELECT m.name FROM experiment.metrics m WHERE OLD.name IN (m.numerator, m.denominator));
+  -- (interaction detection, src/sql/099_interact.sql)
+  DELETE FROM experiment.interaction_results d
+   WHERE d.metric = OLD.name
+      OR d.metric IN (SELECT m.name FROM experiment.metrics m WHERE OLD.name IN (m.numerator, m.denominator));
   RETURN NULL;
 END
 $$;
@@ -2579,6 +3082,9 @@ BEGIN
   DELETE FROM experiment.results_daily d WHERE d.experiment_id = OLD.experiment_id AND d.metric = OLD.metric;
   DELETE FROM experiment.dimension_results d WHERE d.experiment_id = OLD.experiment_id AND d.metric = OLD.metric;
   DELETE FROM experiment.dimension_stats d WHERE d.experiment_id = OLD.experiment_id AND d.metric = OLD.metric;
+  -- (interaction detection, src/sql/099_interact.sql: the pairs of the experiment either way)
+  DELETE FROM experiment.interaction_results d
+   WHERE OLD.experiment_id IN (d.experiment_id, d.other_experiment_id) AND d.metric = OLD.metric;
   RETURN NULL;
 END
 $$;
@@ -2590,11 +3096,12 @@ AS $$
 DECLARE
   r text;
   t text;
-  registry text[] := '{experiments,variants,metrics,experiment_metrics,dimensions}';
+  registry text[] := '{experiments,variants,metrics,experiment_metrics,dimensions,holdouts,holdout_members,bandits}';
   -- (refreshes without its error column: a source's error may quote its data; health shows
   -- the error to roles that may read every metric of the experiment)
   results text[] := '{enrollment,variant_stats,metric_results,results_daily,conclusions,results,srm,health,'
-                     'dimension_enrollment,dimension_stats,dimension_results,results_by_dimension,srm_by_dimension}';
+                     'dimension_enrollment,dimension_stats,dimension_results,results_by_dimension,srm_by_dimension,'
+                     'factorial_effects,interaction_results,interactions}';
   ingestion text[] := '{exposures,exposures_quarantine,exposures_staging,kafka_offsets,kafka_dead_letters}';
 BEGIN
   FOREACH r IN ARRAY ARRAY['experiment_reader', 'experiment_ingest', 'experiment_analyst', 'experiment_admin'] LOOP
@@ -2616,6 +3123,8 @@ BEGIN
                 -- the counts of clustered and switchback experiments (src/sql/099_design_cluster.sql)
                 clusters, clustered_units, unclustered_units, mixed_clusters)
     ON experiment.refreshes TO experiment_reader;
+  -- (a bandit's published weights; the posteriors they came from are its metric's results)
+  GRANT SELECT (experiment_id, period, started_at, variants, weights) ON experiment.bandit_periods TO experiment_reader;
 
   -- experiment_ingest: the exposure pipeline
   GRANT USAGE ON SCHEMA experiment TO experiment_ingest;
@@ -2649,6 +3158,9 @@ BEGIN
     EXECUTE format('GRANT TRUNCATE ON experiment.%I TO experiment_admin', t);
   END LOOP;
   GRANT EXECUTE ON FUNCTION experiment.refresh_all() TO experiment_admin;
+  GRANT EXECUTE ON FUNCTION experiment.refresh_interactions() TO experiment_admin;
+  GRANT SELECT, INSERT, UPDATE, DELETE ON experiment.bandit_periods TO experiment_admin;
+  GRANT EXECUTE ON FUNCTION experiment.update_bandit_weights(text, boolean) TO experiment_admin;
   GRANT SELECT ON experiment.source_watermarks TO experiment_admin;
 END
 $$;
@@ -2658,7 +3170,7 @@ CREATE TABLE experiment.dimensions (
   name text NOT NULL
     CONSTRAINT dimensions_name_not_empty CHECK (name <> ''),
   attribute text NOT NULL
-    CONSTRAINT dimensions_attribute_valid CHECK (attribute IN ('client', 'app_version', 'attributes')),
+    CONSTRAINT dimensions_attribute_valid CHECK (attribute IN ('client', 'app_version', 'attributes', 'bandit_period')),
   attribute_key text,
   top_n integer NOT NULL DEFAULT 10
     CONSTRAINT dimensions_top_n_range CHECK (top_n >= 1 AND top_n <= 1000),
@@ -2674,7 +3186,7 @@ COMMENT ON TABLE experiment.dimensions IS
 COMMENT ON COLUMN experiment.dimensions.name IS 'the dimension''s name (results_by_dimension.dimension, experiments.stratify_by)';
 
 COMMENT ON COLUMN experiment.dimensions.attribute IS
-  'what the value is: the exposure''s client or app_version column, or a key of its attributes (attributes, with attribute_key)';
+  'what the value is: the exposure''s client or app_version column, a key of its attributes (attributes, with attribute_key), or a bandit''s allocation period at the exposure (bandit_period)';
 
 COMMENT ON COLUMN experiment.dimensions.attribute_key IS
   'the key of experiment.exposures.attributes when attribute is attributes (its value as text: attributes ->> key); NULL otherwise';
@@ -2743,8 +3255,8 @@ BEGIN
                                            quote_nullable(NEW.name), 'a non-empty text');
   END IF;
   owner := format('dimension "%s" of experiment "%s"', NEW.name, NEW.experiment_id);
-  IF NEW.attribute IS NULL OR NEW.attribute NOT IN ('client', 'app_version', 'attributes') THEN
-    PERFORM experiment.raise_invalid_choice('attribute', NEW.attribute, '{client,app_version,attributes}', owner);
+  IF NEW.attribute IS NULL OR NEW.attribute NOT IN ('client', 'app_version', 'attributes', 'bandit_period') THEN
+    PERFORM experiment.raise_invalid_choice('attribute', NEW.attribute, '{client,app_version,attributes,bandit_period}', owner);
   END IF;
   IF NEW.attribute = 'attributes' AND (NEW.attribute_key IS NULL OR NEW.attribute_key = '') THEN
     PERFORM experiment.raise_invalid_value('attribute_key of ' || owner, quote_nullable(NEW.attribute_key),
@@ -3158,7 +3670,7 @@ REVOKE EXECUTE ON FUNCTION experiment.refresh_clusters(experiment.experiments, t
 -- a randomisation unit. The exposures name the switchback's cluster (a region) as unit_id and
 -- the window's variant; the metrics' sources carry the same cluster in their unit column.
 -- refresh() aggregates each metric's events per (cluster, window) after the window's burn-in
--- and tests the windows' values (doc/designs-design-cluster.md)
+-- and tests the windows' values (doc/designs-clusters.md)
 -- ---------------------------------------------------------------------------
 
 ALTER TABLE experiment.experiments
@@ -3424,4 +3936,1370 @@ COMMENT ON FUNCTION experiment.refresh_switchback(experiment.experiments, text) 
 
 REVOKE EXECUTE ON FUNCTION experiment.refresh_switchback(experiment.experiments, text) FROM PUBLIC;
 
+CREATE TABLE experiment.holdouts (
+  holdout_id text PRIMARY KEY REFERENCES experiment.experiments (id) ON DELETE CASCADE,
+  layer text
+    CONSTRAINT holdouts_layer_not_empty CHECK (layer <> ''),
+  created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+COMMENT ON TABLE experiment.holdouts IS
+  'long-term holdouts: the experiment holdout_id (variants holdout = control, exposed) holds its control share of units out of every member experiment (holdout_members, and every experiment of layer) until it is concluded';
+
+COMMENT ON COLUMN experiment.holdouts.layer IS
+  'every experiment of this layer is a member of the holdout (NULL: only those of holdout_members)';
+
+SELECT pg_catalog.pg_extension_config_dump('experiment.holdouts', '');
+
+CREATE TABLE experiment.holdout_members (
+  holdout_id text NOT NULL REFERENCES experiment.holdouts (holdout_id) ON DELETE CASCADE,
+  experiment_id text NOT NULL REFERENCES experiment.experiments (id) ON DELETE CASCADE,
+  PRIMARY KEY (holdout_id, experiment_id),
+  CONSTRAINT holdout_members_not_self CHECK (holdout_id <> experiment_id)
+);
+
+COMMENT ON TABLE experiment.holdout_members IS
+  'the experiments a holdout covers by name (besides those of its layer); a member never assigns a held-out unit';
+
+SELECT pg_catalog.pg_extension_config_dump('experiment.holdout_members', '');
+
+CREATE TABLE experiment.bandits (
+  experiment_id text PRIMARY KEY REFERENCES experiment.experiments (id) ON DELETE CASCADE,
+  metric text NOT NULL REFERENCES experiment.metrics (name),
+  period interval NOT NULL DEFAULT '1 day',
+  min_weight float8 NOT NULL DEFAULT 0.01,
+  min_units bigint,
+  CONSTRAINT bandits_period_positive CHECK (period > interval '0'),
+  CONSTRAINT bandits_min_weight_range CHECK (min_weight >= 0 AND min_weight < 1),
+  CONSTRAINT bandits_min_units_positive CHECK (min_units > 0)
+);
+
+COMMENT ON TABLE experiment.bandits IS
+  'bandit experiments: the metric whose mean the allocation favours, how often the weights are recomputed, the floor per arm and the units needed before they move';
+
+COMMENT ON COLUMN experiment.bandits.metric IS
+  'a mean or proportion metric of the catalogue (one of the experiment''s metrics); its higher_is_better says which arm is best';
+
+COMMENT ON COLUMN experiment.bandits.period IS
+  'how long one allocation stays: experiment.update_bandit_weights() starts a new period once the current one is this old';
+
+COMMENT ON COLUMN experiment.bandits.min_weight IS
+  'floor f of every arm''s weight: p = f + (1 - k f) w, w the top-two Thompson sampling weight (k arms; k f <= 1)';
+
+COMMENT ON COLUMN experiment.bandits.min_units IS
+  'analysed units (all arms) before the weights move; NULL: 100 per arm';
+
+SELECT pg_catalog.pg_extension_config_dump('experiment.bandits', '');
+
+CREATE TABLE experiment.bandit_periods (
+  experiment_id text NOT NULL REFERENCES experiment.bandits (experiment_id) ON DELETE CASCADE,
+  period integer NOT NULL
+    CONSTRAINT bandit_periods_period_not_negative CHECK (period >= 0),
+  started_at timestamptz NOT NULL,
+  variants text[] NOT NULL,
+  weights float8[] NOT NULL,
+  best_arm_probabilities float8[],
+  units bigint[],
+  means float8[],
+  variances float8[],
+  PRIMARY KEY (experiment_id, period)
+);
+
+COMMENT ON TABLE experiment.bandit_periods IS
+  'the allocation of each period of a bandit: from started_at until the next period starts, new units are assigned with weights (in the order of variants, the range order); period 0 is the split of experiment.variants';
+
+COMMENT ON COLUMN experiment.bandit_periods.best_arm_probabilities IS
+  'P(arm is best) under the Gaussian posteriors the weights were computed from (NULL for period 0)';
+
+COMMENT ON COLUMN experiment.bandit_periods.means IS
+  'the posterior means: each arm''s period-weighted mean of the metric when the weights were computed';
+
+COMMENT ON COLUMN experiment.bandit_periods.variances IS
+  'the posterior variances of those means';
+
+SELECT pg_catalog.pg_extension_config_dump('experiment.bandit_periods', '');
+
+-- ---------------------------------------------------------------------------
+-- Holdouts
+-- ---------------------------------------------------------------------------
+
+-- the holdouts that cover an experiment and still hold units out (not concluded), with the
+-- end of the held-out range of the holdout's hash
+CREATE OR REPLACE FUNCTION experiment.holdouts_of(experiment_id text)
+  RETURNS TABLE (holdout_id text, salt text, hash_scheme text, range_end float8)
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT h.holdout_id, hx.salt, hx.hash_scheme,
+         (experiment.variant_ranges(hx.hash_scheme, (experiment.split(hx.id)).allocations, 1))[1][2]
+    FROM experiment.holdouts h
+    JOIN experiment.experiments hx ON hx.id = h.holdout_id
+    JOIN experiment.experiments mx ON mx.id = holdouts_of.experiment_id
+   WHERE hx.status <> 'concluded'
+     AND (EXISTS (SELECT FROM experiment.holdout_members hm
+                   WHERE hm.holdout_id = h.holdout_id AND hm.experiment_id = holdouts_of.experiment_id)
+          OR (h.layer IS NOT NULL AND h.layer = mx.layer AND mx.id <> h.holdout_id))
+   ORDER BY h.holdout_id COLLATE "C"
+$$;
+
+COMMENT ON FUNCTION experiment.holdouts_of(text) IS
+  'internal: the holdouts (not concluded) that cover an experiment: id, salt, hash scheme and the end of the held-out range [0, range_end) of unit_hash(hash_scheme, salt, unit)';
+
+-- (PL/pgSQL: assign() calls it for every unit, and its plan is kept for the session)
+CREATE OR REPLACE FUNCTION experiment.held_out(unit_id text, experiment_id text) RETURNS boolean
+  LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  h record;
+BEGIN
+  FOR h IN SELECT hx.salt, hx.hash_scheme,
+                  (SELECT pg_catalog.array_agg(v.allocation ORDER BY v.is_control DESC, v.name COLLATE "C")
+                     FROM experiment.variants v WHERE v.experiment_id = hx.id) AS allocations
+             FROM experiment.holdouts ho
+             JOIN experiment.experiments hx ON hx.id = ho.holdout_id
+             JOIN experiment.experiments mx ON mx.id = held_out.experiment_id
+            WHERE hx.status <> 'concluded'
+              AND ((ho.layer IS NOT NULL AND ho.layer = mx.layer AND mx.id <> ho.holdout_id)
+                   OR EXISTS (SELECT FROM experiment.holdout_members hm
+                               WHERE hm.holdout_id = ho.holdout_id AND hm.experiment_id = held_out.experiment_id)) LOOP
+    IF experiment.unit_hash(h.hash_scheme, h.salt, unit_id)
+       < (experiment.variant_ranges(h.hash_scheme, h.allocations, 1))[1][2] THEN
+      RETURN true;
+    END IF;
+  END LOOP;
+  RETURN false;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.held_out(text, text) IS
+  'whether a holdout that covers the experiment (experiment.holdouts_of) holds the unit out (its hash in the holdout''s control range): assign() then returns NULL';
+
+-- the rules of holdouts and bandits on experiment rows (besides experiments_check, which
+-- runs first): a holdout keeps traffic 1, no layer, no targeting and two variants; a member
+-- starts only once its holdouts have; members share their holdouts' hash family
+CREATE OR REPLACE FUNCTION experiment.experiments_design_check() RETURNS trigger
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  h record;
+  nv bigint;
+BEGIN
+  IF EXISTS (SELECT FROM experiment.holdouts ho WHERE ho.holdout_id = NEW.id) THEN
+    IF NEW.traffic <> 1 OR NEW.layer IS NOT NULL OR NEW.targeting IS NOT NULL THEN
+      RAISE EXCEPTION 'holdout "%" must have traffic 1, no layer and no targeting', NEW.id
+        USING ERRCODE = 'invalid_parameter_value',
+              HINT = 'A holdout holds its share of every unit out; target and ramp its member experiments instead.';
+    END IF;
+    IF TG_OP = 'UPDATE' AND OLD.status = 'draft' AND NEW.status <> 'draft' THEN
+      SELECT count(*) INTO nv FROM experiment.variants v WHERE v.experiment_id = NEW.id;
+      IF nv <> 2 THEN
+        RAISE EXCEPTION 'holdout "%" must have 2 variants (holdout and exposed), got %', NEW.id, nv
+          USING ERRCODE = 'invalid_parameter_value';
+      END IF;
+    END IF;
+  END IF;
+  FOR h IN SELECT ho.holdout_id, hx.status, hx.hash_scheme
+             FROM experiment.holdouts ho JOIN experiment.experiments hx ON hx.id = ho.holdout_id
+            WHERE hx.status <> 'concluded' AND ho.holdout_id <> NEW.id
+              AND ((ho.layer IS NOT NULL AND ho.layer = NEW.layer)
+                   OR EXISTS (SELECT FROM experiment.holdout_members hm
+                               WHERE hm.holdout_id = ho.holdout_id AND hm.experiment_id = NEW.id)) LOOP
+    IF (h.hash_scheme IN ('growthbook_v1', 'growthbook_v2')) <> (NEW.hash_scheme IN ('growthbook_v1', 'growthbook_v2')) THEN
+      RAISE EXCEPTION 'experiment "%" (hash_scheme %) cannot be a member of holdout "%" (hash_scheme %)',
+        NEW.id, NEW.hash_scheme, h.holdout_id, h.hash_scheme
+        USING ERRCODE = 'invalid_parameter_value',
+              HINT = 'A holdout and its members all use growthbook_* schemes (the GrowthBook payload filters on the holdout''s hash) or all use sha256, eppo or statsig.';
+    END IF;
+    IF TG_OP = 'UPDATE' AND OLD.status = 'draft' AND NEW.status = 'running' AND h.status = 'draft' THEN
+      RAISE EXCEPTION 'cannot start experiment "%": its holdout "%" is in draft', NEW.id, h.holdout_id
+        USING ERRCODE = 'invalid_parameter_value',
+              HINT = 'Start the holdout first (experiment.start), so that it takes its units before its members do.';
+    END IF;
+  END LOOP;
+  IF TG_OP = 'UPDATE' AND OLD.status = 'draft' AND NEW.status = 'running'
+     AND EXISTS (SELECT FROM experiment.bandits b WHERE b.experiment_id = NEW.id) THEN
+    PERFORM experiment.check_bandit(NEW.id);
+  END IF;
+  RETURN NEW;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.experiments_design_check() IS
+  'internal: trigger: a holdout keeps traffic 1, no layer, no targeting and 2 variants; a member starts only after its holdouts and shares their hash family; a bandit starts only with a valid declaration';
+
+CREATE OR REPLACE TRIGGER experiments_design_check BEFORE INSERT OR UPDATE ON experiment.experiments
+  FOR EACH ROW EXECUTE FUNCTION experiment.experiments_design_check();
+
+COMMENT ON TRIGGER experiments_design_check ON experiment.experiments IS
+  'the rules of holdouts, their members and bandits (experiment.experiments_design_check)';
+
+-- membership changes may not move a unit: an experiment joins or leaves a holdout only while
+-- it assigns nobody (draft or concluded) or while the holdout holds nobody out (concluded)
+CREATE OR REPLACE FUNCTION experiment.holdout_membership_guard(holdout_id text, experiment_id text, action text)
+  RETURNS void
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  hs text;
+  ms text;
+  hsch text;
+  hsalt text;
+  msch text;
+BEGIN
+  SELECT x.status, x.hash_scheme, x.salt INTO hs, hsch, hsalt FROM experiment.experiments x WHERE x.id = holdout_membership_guard.holdout_id;
+  SELECT x.status, x.hash_scheme INTO ms, msch FROM experiment.experiments x WHERE x.id = holdout_membership_guard.experiment_id;
+  IF ms IS NULL OR hs IS NULL THEN
+    RETURN;   -- a deleted experiment takes its memberships with it
+  END IF;
+  IF action = 'add' AND EXISTS (SELECT FROM experiment.holdouts h WHERE h.holdout_id = holdout_membership_guard.experiment_id) THEN
+    RAISE EXCEPTION 'experiment "%" is a holdout and cannot be a member of holdout "%"', experiment_id, holdout_id
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  -- a running member leaving would assign held-out units; one joining may only if none of
+  -- the units the holdout holds out has been exposed to it (the exposure log is the source of
+  -- truth: so a restored dump, whose exposures precede its memberships, passes)
+  IF hs <> 'concluded' AND ms IN ('running', 'stopped')
+     AND (action <> 'add'
+          OR EXISTS (SELECT FROM experiment.exposures xp
+                      WHERE xp.experiment_id = holdout_membership_guard.experiment_id
+                        AND experiment.unit_hash(hsch, hsalt, xp.unit_id)
+                            < (experiment.variant_ranges(hsch, (experiment.split(holdout_membership_guard.holdout_id)).allocations, 1))[1][2])) THEN
+    RAISE EXCEPTION 'cannot % experiment "%" % holdout "%": the experiment is %', action, experiment_id,
+      CASE WHEN action = 'add' THEN 'to' ELSE 'from' END, holdout_id,
+      ms || CASE WHEN action = 'add' THEN ' and has exposures of units the holdout holds out' ELSE '' END
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Units would move: an experiment joins a holdout in draft (or before a held-out unit is exposed to it), and leaves it once concluded (or once the holdout is).';
+  END IF;
+  IF action = 'add' AND (hsch IN ('growthbook_v1', 'growthbook_v2')) <> (msch IN ('growthbook_v1', 'growthbook_v2')) THEN
+    RAISE EXCEPTION 'experiment "%" (hash_scheme %) cannot be a member of holdout "%" (hash_scheme %)',
+      experiment_id, msch, holdout_id, hsch
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'A holdout and its members all use growthbook_* schemes (the GrowthBook payload filters on the holdout''s hash) or all use sha256, eppo or statsig.';
+  END IF;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.holdout_membership_guard(text, text, text) IS
+  'internal: the error (22023) when adding or removing a member would move units (member running or stopped, holdout not concluded), or the member is a holdout or of another hash family';
+
+CREATE OR REPLACE FUNCTION experiment.holdouts_check() RETURNS trigger
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  x record;
+  nv bigint;
+BEGIN
+  IF TG_OP IN ('UPDATE', 'DELETE') THEN
+    PERFORM experiment.require_experiment_owner(OLD.holdout_id, 'change the holdout');
+    IF OLD.layer IS NOT NULL AND (TG_OP = 'DELETE' OR NEW.layer IS DISTINCT FROM OLD.layer
+                                  OR NEW.holdout_id <> OLD.holdout_id) THEN
+      FOR x IN SELECT m.id FROM experiment.experiments m WHERE m.layer = OLD.layer AND m.id <> OLD.holdout_id LOOP
+        PERFORM experiment.holdout_membership_guard(OLD.holdout_id, x.id, 'remove');
+      END LOOP;
+    END IF;
+  END IF;
+  IF TG_OP = 'DELETE' THEN
+    RETURN OLD;
+  END IF;
+  PERFORM experiment.require_experiment(NEW.holdout_id);
+  PERFORM experiment.require_experiment_owner(NEW.holdout_id, 'change the holdout');
+  SELECT * INTO x FROM experiment.experiments e WHERE e.id = NEW.holdout_id;
+  IF x.traffic <> 1 OR x.layer IS NOT NULL OR x.targeting IS NOT NULL THEN
+    RAISE EXCEPTION 'holdout "%" must have traffic 1, no layer and no targeting', NEW.holdout_id
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'A holdout holds its share of every unit out; target and ramp its member experiments instead.';
+  END IF;
+  SELECT count(*) INTO nv FROM experiment.variants v WHERE v.experiment_id = NEW.holdout_id;
+  IF nv <> 2 THEN
+    RAISE EXCEPTION 'holdout "%" must have 2 variants (holdout and exposed), got %', NEW.holdout_id, nv
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF EXISTS (SELECT FROM experiment.bandits b WHERE b.experiment_id = NEW.holdout_id) THEN
+    RAISE EXCEPTION 'experiment "%" is a bandit and cannot be a holdout', NEW.holdout_id
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF NEW.layer IS NOT NULL AND (TG_OP = 'INSERT' OR NEW.layer IS DISTINCT FROM OLD.layer) THEN
+    FOR x IN SELECT m.id FROM experiment.experiments m WHERE m.layer = NEW.layer AND m.id <> NEW.holdout_id LOOP
+      PERFORM experiment.holdout_membership_guard(NEW.holdout_id, x.id, 'add');
+    END LOOP;
+  END IF;
+  RETURN NEW;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.holdouts_check() IS
+  'internal: trigger: a holdout is an experiment with traffic 1, no layer or targeting and 2 variants; its layer''s experiments join (and leave) it only while no unit would move; owner-only changes';
+
+CREATE OR REPLACE TRIGGER holdouts_check BEFORE INSERT OR UPDATE OR DELETE ON experiment.holdouts
+  FOR EACH ROW EXECUTE FUNCTION experiment.holdouts_check();
+
+COMMENT ON TRIGGER holdouts_check ON experiment.holdouts IS
+  'validates each holdout (experiment.holdouts_check)';
+
+CREATE OR REPLACE FUNCTION experiment.holdout_members_check() RETURNS trigger
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  IF TG_OP IN ('UPDATE', 'DELETE') THEN
+    PERFORM experiment.require_experiment_owner(OLD.holdout_id, 'change the members of holdout');
+    PERFORM experiment.holdout_membership_guard(OLD.holdout_id, OLD.experiment_id, 'remove');
+  END IF;
+  IF TG_OP = 'DELETE' THEN
+    RETURN OLD;
+  END IF;
+  PERFORM experiment.require_experiment(NEW.experiment_id);
+  PERFORM experiment.require_experiment_owner(NEW.holdout_id, 'change the members of holdout');
+  PERFORM experiment.holdout_membership_guard(NEW.holdout_id, NEW.experiment_id, 'add');
+  RETURN NEW;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.holdout_members_check() IS
+  'internal: trigger: a member joins or leaves a holdout only while no unit would move (experiment.holdout_membership_guard); owner-only changes';
+
+CREATE OR REPLACE TRIGGER holdout_members_check BEFORE INSERT OR UPDATE OR DELETE ON experiment.holdout_members
+  FOR EACH ROW EXECUTE FUNCTION experiment.holdout_members_check();
+
+COMMENT ON TRIGGER holdout_members_check ON experiment.holdout_members IS
+  'validates each membership (experiment.holdout_members_check)';
+
+CREATE OR REPLACE FUNCTION experiment.create_holdout(
+  id text,
+  share float8,
+  experiments text[] DEFAULT NULL,
+  layer text DEFAULT NULL,
+  hash_scheme text DEFAULT 'sha256',
+  salt text DEFAULT NULL,
+  name text DEFAULT NULL,
+  start boolean DEFAULT true)
+  RETURNS text
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  m text;
+BEGIN
+  IF share IS NULL OR NOT (share > 0 AND share < 1) THEN
+    PERFORM experiment.raise_invalid_value('share of holdout ' || coalesce(quote_literal(id), 'NULL'),
+                                           coalesce(share::text, 'NULL'), 'in (0, 1), e.g. 0.02');
+  END IF;
+  IF coalesce(cardinality(experiments), 0) = 0 AND layer IS NULL THEN
+    RAISE EXCEPTION 'holdout % needs experiments or a layer, got neither', coalesce(quote_literal(id), 'NULL')
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Pass experiments => ARRAY[...] (its member experiments) or layer => ''...'' (every experiment of the layer), or both.';
+  END IF;
+  PERFORM experiment.create_experiment(id,
+    jsonb_build_array(jsonb_build_object('name', 'holdout', 'allocation', share, 'is_control', true),
+                      jsonb_build_object('name', 'exposed', 'allocation', 1 - share)),
+    hash_scheme => hash_scheme, salt => salt, name => name);
+  INSERT INTO experiment.holdouts (holdout_id, layer) VALUES (create_holdout.id, create_holdout.layer);
+  FOREACH m IN ARRAY coalesce(experiments, '{}') LOOP
+    INSERT INTO experiment.holdout_members (holdout_id, experiment_id) VALUES (create_holdout.id, m);
+  END LOOP;
+  IF start THEN
+    PERFORM experiment.start(id);
+  END IF;
+  RETURN id;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.create_holdout(text, float8, text[], text, text, text, text, boolean) IS
+  'creates a holdout: an experiment with variants holdout (control, allocation share) and exposed (1 - share) whose held-out units no member '
+  '(experiments, and every experiment of layer) assigns; started unless start is false; returns the id';
+
+-- ---------------------------------------------------------------------------
+-- Bandits
+-- ---------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION experiment.best_arm_probabilities(means float8[], variances float8[], lower_is_better boolean DEFAULT false)
+  RETURNS float8[]
+  AS 'MODULE_PATHNAME', 'exp_best_arm_probabilities' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION experiment.best_arm_probabilities(float8[], float8[], boolean) IS
+  'P(arm i is the best) for independent Gaussian posteriors N(means[i], variances[i]), by quadrature (deterministic); lower_is_better: the smallest is best';
+
+CREATE OR REPLACE FUNCTION experiment.second_arm_probabilities(means float8[], variances float8[], lower_is_better boolean DEFAULT false)
+  RETURNS float8[]
+  AS 'MODULE_PATHNAME', 'exp_second_arm_probabilities' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION experiment.second_arm_probabilities(float8[], float8[], boolean) IS
+  'P(arm i ranks second) for independent Gaussian posteriors N(means[i], variances[i]), by quadrature';
+
+CREATE OR REPLACE FUNCTION experiment.top_two_weights(means float8[], variances float8[], lower_is_better boolean DEFAULT false,
+                                           min_weight float8 DEFAULT 0.01)
+  RETURNS float8[]
+  AS 'MODULE_PATHNAME', 'exp_top_two_weights' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION experiment.top_two_weights(float8[], float8[], boolean, float8) IS
+  'bandit allocation: p_i = f + (1 - k f) (P(i best) + P(i second)) / 2 (top-two Thompson sampling, GrowthBook''s rule, by quadrature), f = min_weight; sums to 1, each at least f';
+
+-- the declaration of a bandit, checked: its metric is one of the experiment's mean or
+-- proportion metrics, and k arms leave room for the floor (k f <= 1)
+CREATE OR REPLACE FUNCTION experiment.check_bandit(experiment_id text) RETURNS void
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  b experiment.bandits;
+  mk text;
+  k bigint;
+BEGIN
+  SELECT * INTO b FROM experiment.bandits x WHERE x.experiment_id = check_bandit.experiment_id;
+  SELECT m.kind INTO mk FROM experiment.metrics m WHERE m.name = b.metric;
+  IF mk IS NULL OR mk NOT IN ('mean', 'proportion') THEN
+    RAISE EXCEPTION 'invalid metric "%" of bandit "%": its kind is %', b.metric, experiment_id, coalesce(mk, 'unknown')
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'A bandit optimises a mean or proportion metric of the catalogue.';
+  END IF;
+  IF NOT EXISTS (SELECT FROM experiment.experiment_metrics em
+                  WHERE em.experiment_id = check_bandit.experiment_id AND em.metric = b.metric) THEN
+    RAISE EXCEPTION 'metric "%" of bandit "%" is not one of its metrics', b.metric, experiment_id
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Add it to experiment.experiment_metrics (experiment.create_bandit does).';
+  END IF;
+  SELECT count(*) INTO k FROM experiment.variants v WHERE v.experiment_id = check_bandit.experiment_id;
+  IF k > 0 AND b.min_weight * k > 1 THEN
+    PERFORM experiment.raise_invalid_value(format('min_weight of bandit "%s"', experiment_id), b.min_weight::text,
+                                           format('in [0, 1/%s] for its %s arms', k, k));
+  END IF;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.check_bandit(text) IS
+  'internal: the error (22023) unless the bandit''s metric is one of its mean or proportion metrics and min_weight times the arms is at most 1';
+
+CREATE OR REPLACE FUNCTION experiment.bandits_check() RETURNS trigger
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  st text;
+  owner text;
+BEGIN
+  IF TG_OP IN ('UPDATE', 'DELETE') THEN
+    PERFORM experiment.require_experiment_owner(OLD.experiment_id, 'change the bandit');
+    SELECT x.status INTO st FROM experiment.experiments x WHERE x.id = OLD.experiment_id;
+    IF st IS NOT NULL AND st <> 'draft' THEN
+      RAISE EXCEPTION 'cannot change the bandit settings of experiment "%": it is %', OLD.experiment_id, st
+        USING ERRCODE = 'invalid_parameter_value',
+              HINT = 'metric, period, min_weight and min_units are fixed when the bandit starts.';
+    END IF;
+  END IF;
+  IF TG_OP = 'DELETE' THEN
+    RETURN OLD;
+  END IF;
+  PERFORM experiment.require_experiment(NEW.experiment_id);
+  PERFORM experiment.require_experiment_owner(NEW.experiment_id, 'change the bandit');
+  owner := format('bandit "%s"', NEW.experiment_id);
+  -- (a restored dump gives a running bandit its row before its exposures)
+  IF TG_OP = 'INSERT' AND (SELECT x.status FROM experiment.experiments x WHERE x.id = NEW.experiment_id) <> 'draft'
+     AND EXISTS (SELECT FROM experiment.exposures xp WHERE xp.experiment_id = NEW.experiment_id) THEN
+    RAISE EXCEPTION 'experiment "%" must be in draft (or have no exposures) to become a bandit', NEW.experiment_id
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF EXISTS (SELECT FROM experiment.holdouts h WHERE h.holdout_id = NEW.experiment_id) THEN
+    RAISE EXCEPTION 'experiment "%" is a holdout and cannot be a bandit', NEW.experiment_id
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF NEW.metric IS NULL OR NOT EXISTS (SELECT FROM experiment.metrics m WHERE m.name = NEW.metric) THEN
+    RAISE EXCEPTION 'metric "%" of % does not exist', coalesce(left(NEW.metric, 200), 'NULL'), owner
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = experiment.hint_list(ARRAY(SELECT m.name FROM experiment.metrics m WHERE m.kind IN ('mean', 'proportion')
+                                              ORDER BY m.name), 'mean and proportion metrics', 'experiment.metrics');
+  END IF;
+  IF (SELECT m.kind FROM experiment.metrics m WHERE m.name = NEW.metric) NOT IN ('mean', 'proportion') THEN
+    PERFORM experiment.raise_invalid_choice('kind of the metric', (SELECT m.kind FROM experiment.metrics m WHERE m.name = NEW.metric),
+                                            '{mean,proportion}', owner);
+  END IF;
+  IF NEW.period IS NULL OR NOT (NEW.period > interval '0') THEN
+    PERFORM experiment.raise_invalid_value('period of ' || owner, coalesce(NEW.period::text, 'NULL'), 'a positive interval, e.g. ''1 day''');
+  END IF;
+  IF NEW.min_weight IS NULL OR NOT (NEW.min_weight >= 0 AND NEW.min_weight < 1) THEN
+    PERFORM experiment.raise_invalid_value('min_weight of ' || owner, coalesce(NEW.min_weight::text, 'NULL'),
+                                           'in [0, 1/k] for k arms, e.g. 0.01');
+  END IF;
+  IF NEW.min_units <= 0 THEN
+    PERFORM experiment.raise_invalid_value('min_units of ' || owner, NEW.min_units::text, 'positive (NULL: 100 per arm)');
+  END IF;
+  RETURN NEW;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.bandits_check() IS
+  'internal: trigger: validates a bandit (metric of kind mean or proportion, period, min_weight, min_units), naming the field; settings frozen once it leaves draft; owner-only changes';
+
+CREATE OR REPLACE TRIGGER bandits_check BEFORE INSERT OR UPDATE OR DELETE ON experiment.bandits
+  FOR EACH ROW EXECUTE FUNCTION experiment.bandits_check();
+
+COMMENT ON TRIGGER bandits_check ON experiment.bandits IS 'validates each bandit (experiment.bandits_check)';
+
+-- the allocation a bandit assigns new units with now: the latest period's weights, before
+-- the first update the split of experiment.variants (range order)
+CREATE OR REPLACE FUNCTION experiment.bandit_allocations(experiment_id text) RETURNS float8[]
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT coalesce((SELECT p.weights FROM experiment.bandit_periods p
+                    WHERE p.experiment_id = bandit_allocations.experiment_id
+                    ORDER BY p.period DESC LIMIT 1),
+                  (experiment.split(bandit_allocations.experiment_id)).allocations)
+$$;
+
+COMMENT ON FUNCTION experiment.bandit_allocations(text) IS
+  'the allocation of a bandit''s new units: the latest weights of experiment.bandit_periods (range order), or the split of experiment.variants before the first update';
+
+-- the variant of a unit's first exposure to a bandit (units keep it)
+CREATE OR REPLACE FUNCTION experiment.bandit_sticky_variant(experiment_id text, unit_id text) RETURNS text
+  LANGUAGE sql STABLE STRICT PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT xp.variant FROM experiment.exposures xp
+   WHERE xp.experiment_id = bandit_sticky_variant.experiment_id AND xp.unit_id = bandit_sticky_variant.unit_id
+   ORDER BY xp.exposed_at, xp.variant LIMIT 1
+$$;
+
+COMMENT ON FUNCTION experiment.bandit_sticky_variant(text, text) IS
+  'internal: the variant of the unit''s first exposure to the experiment (NULL: none); assign() keeps a bandit''s units in it';
+
+-- the period of a bandit at a time, as the text value of its bandit_period dimension
+CREATE OR REPLACE FUNCTION experiment.bandit_period_of(experiment_id text, at timestamptz) RETURNS text
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT pg_catalog.lpad(coalesce((SELECT max(p.period) FROM experiment.bandit_periods p
+                                    WHERE p.experiment_id = bandit_period_of.experiment_id
+                                      AND p.started_at <= bandit_period_of.at), 0)::text, 6, '0')
+   WHERE EXISTS (SELECT FROM experiment.bandits b WHERE b.experiment_id = bandit_period_of.experiment_id)
+$$;
+
+COMMENT ON FUNCTION experiment.bandit_period_of(text, timestamptz) IS
+  'internal: the allocation period of a bandit that a time falls in, zero-padded (''000003''); the value of a dimension with attribute bandit_period (NULL for other experiments)';
+
+CREATE OR REPLACE FUNCTION experiment.create_bandit(
+  id text,
+  variants jsonb,
+  metric text,
+  period interval DEFAULT '1 day',
+  min_weight float8 DEFAULT 0.01,
+  min_units bigint DEFAULT NULL,
+  traffic float8 DEFAULT 1,
+  hash_scheme text DEFAULT 'sha256',
+  salt text DEFAULT NULL,
+  targeting jsonb DEFAULT NULL,
+  name text DEFAULT NULL,
+  start boolean DEFAULT false)
+  RETURNS text
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  PERFORM experiment.create_experiment(id, variants, traffic => traffic, hash_scheme => hash_scheme, salt => salt,
+                                       targeting => targeting, name => name);
+  INSERT INTO experiment.bandits (experiment_id, metric, period, min_weight, min_units)
+  VALUES (create_bandit.id, create_bandit.metric, coalesce(create_bandit.period, '1 day'),
+          coalesce(create_bandit.min_weight, 0.01), create_bandit.min_units);
+  INSERT INTO experiment.experiment_metrics (experiment_id, metric, role)
+  VALUES (create_bandit.id, create_bandit.metric, 'primary')
+  ON CONFLICT DO NOTHING;
+  INSERT INTO experiment.dimensions (experiment_id, name, attribute, top_n)
+  VALUES (create_bandit.id, 'bandit_period', 'bandit_period', 1000);
+  UPDATE experiment.experiments x SET stratify_by = 'bandit_period' WHERE x.id = create_bandit.id;
+  PERFORM experiment.check_bandit(id);
+  IF start THEN
+    PERFORM experiment.start(id);
+  END IF;
+  RETURN id;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.create_bandit(text, jsonb, text, interval, float8, bigint, float8, text, text, jsonb, text, boolean) IS
+  'creates a draft bandit: the experiment (variants give the first period''s weights), its bandit settings, metric (primary), '
+  'and the dimension bandit_period it is stratified by (the period-weighted analysis); optionally starts it; returns the id';
+
+-- the posterior of each arm's mean from the refresh's per-period moments: with n_t the
+-- analysed units of period t (all arms) and w_t = n_t / N over the periods where every arm has
+-- at least 2 units, mean_i = sum_t w_t ybar_it and variance_i = sum_t w_t^2 s_it^2 / n_it
+-- (flat prior); NULL means when no period qualifies
+CREATE OR REPLACE FUNCTION experiment.bandit_posteriors(experiment_id text,
+    OUT variants text[], OUT units bigint[], OUT means float8[], OUT variances float8[])
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  WITH b AS (
+    SELECT bb.metric, s.names FROM experiment.bandits bb, experiment.split(bb.experiment_id) s
+     WHERE bb.experiment_id = bandit_posteriors.experiment_id
+  ), cells AS (
+    SELECT ds.value, ds.variant, ds.units,
+           experiment.mean(ds.moments) AS m, experiment.variance(ds.moments) AS v
+      FROM experiment.dimension_stats ds
+      JOIN experiment.dimensions d ON d.experiment_id = ds.experiment_id AND d.name = ds.dimension
+      JOIN b ON b.metric = ds.metric
+     WHERE ds.experiment_id = bandit_posteriors.experiment_id AND d.attribute = 'bandit_period'
+  ), ok AS (
+    SELECT c.value, sum(c.units) AS n FROM cells c GROUP BY c.value
+    HAVING count(*) FILTER (WHERE c.units >= 2 AND c.v IS NOT NULL) = (SELECT cardinality(b.names) FROM b)
+  ), arm AS (
+    SELECT c.variant,
+           sum(c.units) AS units,
+           sum(ok.n * c.m) / sum(ok.n) AS mean,
+           sum(ok.n ^ 2 * c.v / c.units) / sum(ok.n) ^ 2 AS variance
+      FROM cells c JOIN ok ON ok.value = c.value
+     GROUP BY c.variant
+  )
+  SELECT b.names,
+         ARRAY(SELECT coalesce((SELECT sum(c.units) FROM cells c WHERE c.variant = nm), 0)::bigint
+                 FROM unnest(b.names) WITH ORDINALITY AS u(nm, o) ORDER BY o),
+         ARRAY(SELECT a.mean FROM unnest(b.names) WITH ORDINALITY AS u(nm, o) LEFT JOIN arm a ON a.variant = nm ORDER BY o),
+         ARRAY(SELECT a.variance FROM unnest(b.names) WITH ORDINALITY AS u(nm, o) LEFT JOIN arm a ON a.variant = nm ORDER BY o)
+    FROM b
+$$;
+
+COMMENT ON FUNCTION experiment.bandit_posteriors(text) IS
+  'internal: the Gaussian posterior of each arm''s mean of a bandit''s metric (range order) from the latest refresh''s per-period moments: '
+  'period-weighted means sum_t (n_t/N) ybar_it and variances sum_t (n_t/N)^2 s_it^2/n_it over the periods where every arm has 2 units';
+
+CREATE OR REPLACE FUNCTION experiment.update_bandit_weights(bandit text DEFAULT NULL, force boolean DEFAULT false)
+  RETURNS TABLE (experiment_id text, period integer, weights float8[], message text)
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  b record;
+  cur experiment.bandit_periods;
+  post record;
+  need bigint;
+  total bigint;
+  w float8[];
+  p float8[];
+BEGIN
+  IF update_bandit_weights.bandit IS NOT NULL THEN
+    PERFORM experiment.require_experiment(update_bandit_weights.bandit);
+    IF NOT EXISTS (SELECT FROM experiment.bandits x WHERE x.experiment_id = update_bandit_weights.bandit) THEN
+      RAISE EXCEPTION 'experiment "%" is not a bandit', update_bandit_weights.bandit
+        USING ERRCODE = 'invalid_parameter_value',
+              HINT = experiment.hint_list(ARRAY(SELECT x.experiment_id FROM experiment.bandits x ORDER BY 1),
+                                          'bandits', 'experiment.bandits');
+    END IF;
+  END IF;
+  FOR b IN SELECT bb.*, x.start_at, x.status, m.higher_is_better, s.names, s.allocations
+             FROM experiment.bandits bb
+             JOIN experiment.experiments x ON x.id = bb.experiment_id
+             JOIN experiment.metrics m ON m.name = bb.metric
+             CROSS JOIN LATERAL experiment.split(bb.experiment_id) s
+            WHERE x.status = 'running'
+              AND (update_bandit_weights.bandit IS NULL OR bb.experiment_id = update_bandit_weights.bandit)
+            ORDER BY bb.experiment_id FOR UPDATE OF bb LOOP
+    experiment_id := b.experiment_id;
+    -- period 0: the split the bandit started with
+    INSERT INTO experiment.bandit_periods (experiment_id, period, started_at, variants, weights)
+    VALUES (b.experiment_id, 0, b.start_at, b.names, b.allocations)
+    ON CONFLICT DO NOTHING;
+    SELECT * INTO cur FROM experiment.bandit_periods bp WHERE bp.experiment_id = b.experiment_id
+     ORDER BY bp.period DESC LIMIT 1;
+    period := cur.period;
+    weights := cur.weights;
+    IF NOT force AND pg_catalog.now() < cur.started_at + b.period THEN
+      message := format('not due: period %s started at %s', cur.period, cur.started_at);
+      RETURN NEXT;
+      CONTINUE;
+    END IF;
+    PERFORM experiment.refresh(b.experiment_id);
+    SELECT * INTO post FROM experiment.bandit_posteriors(b.experiment_id);
+    total := (SELECT sum(u) FROM unnest(post.units) u);
+    need := coalesce(b.min_units, 100 * cardinality(b.names));
+    IF coalesce(total, 0) < need THEN
+      message := format('not updated: %s analysed units, %s needed before the weights move', coalesce(total, 0), need);
+      RETURN NEXT;
+      CONTINUE;
+    END IF;
+    IF EXISTS (SELECT FROM unnest(post.variances) v WHERE v IS NULL OR NOT (v > 0)) THEN
+      message := 'not updated: an arm has no period with 2 units and a varying metric';
+      RETURN NEXT;
+      CONTINUE;
+    END IF;
+    w := experiment.top_two_weights(post.means, post.variances, NOT b.higher_is_better, b.min_weight);
+    p := experiment.best_arm_probabilities(post.means, post.variances, NOT b.higher_is_better);
+    INSERT INTO experiment.bandit_periods (experiment_id, period, started_at, variants, weights,
+                                           best_arm_probabilities, units, means, variances)
+    VALUES (b.experiment_id, cur.period + 1, greatest(pg_catalog.now(), cur.started_at), b.names, w, p,
+            post.units, post.means, post.variances);
+    period := cur.period + 1;
+    weights := w;
+    message := format('updated: best-arm probabilities %s', p::text);
+    RETURN NEXT;
+  END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.update_bandit_weights(text, boolean) IS
+  'for pg_cron: for each running bandit (or the one given) whose period is over (or with force), refreshes it and starts a new period '
+  'with top-two Thompson sampling weights from the period-weighted posteriors, once min_units are analysed; the new weights reach assign(), ruleset() and growthbook_payload()';
+
+-- the GrowthBook-style SRM check of a bandit: observed units per arm against the units
+-- expected from each period's weights, sum_t n_t w_ti (chi-square, k - 1 df)
+CREATE OR REPLACE FUNCTION experiment.bandit_srm(experiment_id text) RETURNS float8
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  WITH per AS (
+    SELECT de.value, de.variant, de.units
+      FROM experiment.dimension_enrollment de
+      JOIN experiment.dimensions d ON d.experiment_id = de.experiment_id AND d.name = de.dimension
+     WHERE de.experiment_id = bandit_srm.experiment_id AND d.attribute = 'bandit_period'
+  ), tot AS (
+    SELECT per.value, sum(per.units) AS n FROM per GROUP BY per.value
+  ), arms AS (
+    SELECT u.nm, u.o,
+           coalesce((SELECT sum(per.units) FROM per WHERE per.variant = u.nm), 0) AS observed,
+           coalesce((SELECT sum(tot.n * bp.weights[u.o])
+                       FROM tot JOIN experiment.bandit_periods bp
+                         ON bp.experiment_id = bandit_srm.experiment_id AND bp.period = tot.value::integer), 0) AS expected
+      FROM unnest((experiment.split(bandit_srm.experiment_id)).names) WITH ORDINALITY AS u(nm, o)
+  )
+  SELECT CASE WHEN (SELECT sum(observed) FROM arms) > 0 AND (SELECT bool_and(expected > 0) FROM arms)
+              THEN experiment.srm_chisq(ARRAY(SELECT observed::bigint FROM arms ORDER BY o),
+                                        ARRAY(SELECT expected::float8 FROM arms ORDER BY o)) END
+$$;
+
+COMMENT ON FUNCTION experiment.bandit_srm(text) IS
+  'sample ratio mismatch p-value of a bandit at its latest refresh: units per arm against sum_t n_t w_ti, each period''s units times its weights (NULL without data)';
+
+-- ---------------------------------------------------------------------------
+-- What SDKs see (called from ruleset_experiments() and growthbook_payload())
+-- ---------------------------------------------------------------------------
+
+-- extra keys of an experiment in ruleset(): "holdouts" (skip the experiment when
+-- unit_hash(hash_scheme, salt, unit) falls in one of ranges) and, for a bandit, "variants"
+-- with the current weights as allocations and "bandit" (period, sticky)
+CREATE OR REPLACE FUNCTION experiment.ruleset_design(experiment_id text) RETURNS jsonb
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT coalesce((SELECT jsonb_build_object('holdouts', jsonb_agg(jsonb_build_object(
+                             'id', h.holdout_id, 'salt', h.salt, 'hash_scheme', h.hash_scheme,
+                             'ranges', jsonb_build_array(jsonb_build_array(0, h.range_end)))
+                           ORDER BY h.holdout_id COLLATE "C"))
+                     FROM experiment.holdouts_of(ruleset_design.experiment_id) h
+                   HAVING count(*) > 0), '{}'::jsonb)
+      || coalesce((SELECT jsonb_build_object(
+                     'variants', (SELECT jsonb_agg(jsonb_build_object(
+                                           'name', v.name, 'allocation', a.w,
+                                           'config', v.config, 'is_control', v.is_control) ORDER BY a.o)
+                                    FROM unnest((experiment.split(b.experiment_id)).names,
+                                                experiment.bandit_allocations(b.experiment_id)) WITH ORDINALITY AS a(nm, w, o)
+                                    JOIN experiment.variants v ON v.experiment_id = b.experiment_id AND v.name = a.nm),
+                     'bandit', jsonb_build_object(
+                       'period', coalesce((SELECT max(p.period) FROM experiment.bandit_periods p
+                                            WHERE p.experiment_id = b.experiment_id), 0),
+                       'sticky', true))
+                     FROM experiment.bandits b WHERE b.experiment_id = ruleset_design.experiment_id), '{}'::jsonb)
+$$;
+
+COMMENT ON FUNCTION experiment.ruleset_design(text) IS
+  'internal: the keys ruleset() adds to an experiment for holdouts ("holdouts": skip when unit_hash(hash_scheme, salt, unit) is in a range) and bandits (current "variants" allocations, "bandit")';
+
+-- extra keys of an experiment rule in growthbook_payload(): "filters" (the unit must fall
+-- outside every holdout's held-out range: GrowthBook's filter ranges are where it may be;
+-- an SDK that reads filters ignores namespace, so the layer range is one more filter, on the
+-- namespace hash: seed "__" || layer, hash version 1) and, for a bandit, the current "weights"
+CREATE OR REPLACE FUNCTION experiment.growthbook_rule_design(experiment_id text) RETURNS jsonb
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT coalesce((SELECT jsonb_build_object('filters',
+                            jsonb_agg(jsonb_build_object(
+                             'seed', h.salt, 'attribute', 'id',
+                             'hashVersion', CASE h.hash_scheme WHEN 'growthbook_v1' THEN 1 ELSE 2 END,
+                             'ranges', jsonb_build_array(jsonb_build_array(h.range_end, 1)))
+                           ORDER BY h.holdout_id COLLATE "C")
+                            || coalesce((SELECT jsonb_build_array(jsonb_build_object(
+                                                  'seed', '__' || x.layer, 'attribute', 'id', 'hashVersion', 1,
+                                                  'ranges', jsonb_build_array(jsonb_build_array(x.layer_start, x.layer_end))))
+                                           FROM experiment.experiments x
+                                          WHERE x.id = growthbook_rule_design.experiment_id AND x.layer IS NOT NULL),
+                                        '[]'::jsonb))
+                     FROM experiment.holdouts_of(growthbook_rule_design.experiment_id) h
+                    WHERE h.hash_scheme IN ('growthbook_v1', 'growthbook_v2')
+                   HAVING count(*) > 0), '{}'::jsonb)
+      || coalesce((SELECT jsonb_build_object('weights', to_jsonb(experiment.bandit_allocations(b.experiment_id)))
+                     FROM experiment.bandits b WHERE b.experiment_id = growthbook_rule_design.experiment_id), '{}'::jsonb)
+$$;
+
+COMMENT ON FUNCTION experiment.growthbook_rule_design(text) IS
+  'internal: the keys growthbook_payload() adds to an experiment rule for holdouts ("filters" outside the held-out range of the holdout''s hash) and bandits (current "weights")';
+
+-- update_bandit_weights() refreshes and publishes: the roles that refresh all experiments run it
+REVOKE EXECUTE ON FUNCTION experiment.update_bandit_weights(text, boolean) FROM PUBLIC;
+
+-- what SDKs see changes with the holdouts, their members and every new bandit period:
+-- NOTIFY experiment_ruleset as for the registry's own tables
+CREATE OR REPLACE TRIGGER holdouts_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON experiment.holdouts
+  FOR EACH STATEMENT EXECUTE FUNCTION experiment.notify_ruleset();
+
+CREATE OR REPLACE TRIGGER holdout_members_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON experiment.holdout_members
+  FOR EACH STATEMENT EXECUTE FUNCTION experiment.notify_ruleset();
+
+CREATE OR REPLACE TRIGGER bandit_periods_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON experiment.bandit_periods
+  FOR EACH STATEMENT EXECUTE FUNCTION experiment.notify_ruleset();
+
+COMMENT ON TRIGGER holdouts_notify ON experiment.holdouts IS 'NOTIFY experiment_ruleset with the new ruleset version';
+
+COMMENT ON TRIGGER holdout_members_notify ON experiment.holdout_members IS 'NOTIFY experiment_ruleset with the new ruleset version';
+
+COMMENT ON TRIGGER bandit_periods_notify ON experiment.bandit_periods IS 'NOTIFY experiment_ruleset with the new ruleset version (new weights)';
+
+-- the test of a linear contrast of cell moments (src/contrasts.c)
+CREATE OR REPLACE FUNCTION experiment.contrast_test(method text, cells experiment.moments[], treatment_weights float8[],
+                                         control_weights float8[], alpha float8 DEFAULT 0.05,
+                                         alternative text DEFAULT 'two-sided', sequential_tuning float8 DEFAULT NULL)
+  RETURNS experiment.test_result
+  AS 'MODULE_PATHNAME', 'exp_contrast_test' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION experiment.contrast_test(text, experiment.moments[], float8[], float8[], float8, text, float8) IS
+  'test of a contrast of cells: mean_treatment = sum t_k f_k, mean_control = sum c_k f_k over the cells'' values f_k '
+  '(method welch: means of moments(y); ratio: ratios of moments(numerator, denominator)), diff = their difference with '
+  'se^2 = sum (t_k - c_k)^2 v_k / n_k (HC2 of the saturated regression) and Satterthwaite df; NULL cells have no units; '
+  'alternative and sequential_tuning as in welch_ttest';
+
+-- Pearson's chi-squared test of independence of a table of counts (src/contrasts.c)
+CREATE OR REPLACE FUNCTION experiment.independence_chisq(observed bigint[]) RETURNS float8
+  AS 'MODULE_PATHNAME', 'exp_independence_chisq' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION experiment.independence_chisq(bigint[]) IS
+  'p-value of Pearson''s chi-squared test of independence of the rows and columns of a two-dimensional array of counts '
+  '(no continuity correction; empty rows and columns left out; NULL with fewer than two of either)';
+
+-- ---------------------------------------------------------------------------
+-- Factorial designs
+-- ---------------------------------------------------------------------------
+
+ALTER TABLE experiment.experiments ADD COLUMN factors jsonb;
+
+COMMENT ON COLUMN experiment.experiments.factors IS
+  'factorial design: [{"name", "levels": [...]}], the first level of each factor its baseline; the variants are the cells '
+  '(variants.levels); NULL: not factorial (doc/designs-factorial.md)';
+
+ALTER TABLE experiment.variants ADD COLUMN levels jsonb;
+
+COMMENT ON COLUMN experiment.variants.levels IS
+  'factorial experiments: the cell''s level of each factor, {"factor": "level", ...}; NULL otherwise';
+
+-- the factors of a factorial design, checked: nothing, or a 22023 error naming what is wrong
+CREATE OR REPLACE FUNCTION experiment.check_factors(factors jsonb) RETURNS void
+  LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  f jsonb;
+  cells bigint := 1;
+  names text[] := '{}';
+BEGIN
+  IF factors IS NULL OR jsonb_typeof(factors) <> 'array' OR jsonb_array_length(factors) < 1
+     OR jsonb_array_length(factors) > 6 THEN
+    RAISE EXCEPTION 'factors of a factorial design must be a JSON array of 1 to 6 {"name", "levels"} objects, got %',
+      left(coalesce(factors::text, 'NULL'), 200)
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'For example [{"name": "color", "levels": ["blue", "red"]}, {"name": "size", "levels": ["s", "l"]}]; the first level is the baseline.';
+  END IF;
+  FOR f IN SELECT x FROM jsonb_array_elements(factors) x LOOP
+    IF jsonb_typeof(f) <> 'object' OR jsonb_typeof(f -> 'name') IS DISTINCT FROM 'string' OR f ->> 'name' = ''
+       OR EXISTS (SELECT FROM jsonb_object_keys(f) k WHERE k NOT IN ('name', 'levels')) THEN
+      RAISE EXCEPTION 'each factor of a factorial design must be an object with a non-empty string "name" and "levels", got %',
+        left(f::text, 200)
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF f ->> 'name' = ANY (names) THEN
+      RAISE EXCEPTION 'factor "%" of a factorial design appears twice', left(f ->> 'name', 200)
+        USING ERRCODE = 'invalid_parameter_value', HINT = 'Give each factor a name of its own.';
+    END IF;
+    names := names || (f ->> 'name');
+    IF jsonb_typeof(f -> 'levels') IS DISTINCT FROM 'array' OR jsonb_array_length(f -> 'levels') < 2
+       OR jsonb_array_length(f -> 'levels') > 20
+       OR EXISTS (SELECT FROM jsonb_array_elements(f -> 'levels') l WHERE jsonb_typeof(l) <> 'string' OR l #>> '{}' = '')
+       OR (SELECT count(DISTINCT l) FROM jsonb_array_elements_text(f -> 'levels') l) <> jsonb_array_length(f -> 'levels') THEN
+      RAISE EXCEPTION 'levels of factor "%" must be a JSON array of 2 to 20 distinct non-empty strings, got %',
+        left(f ->> 'name', 200), left(coalesce((f -> 'levels')::text, 'NULL'), 200)
+        USING ERRCODE = 'invalid_parameter_value', HINT = 'The first level is the factor''s baseline (its control).';
+    END IF;
+    cells := cells * jsonb_array_length(f -> 'levels');
+  END LOOP;
+  IF cells > 256 THEN
+    RAISE EXCEPTION 'a factorial design may have at most 256 cells, got %', cells
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Use fewer factors or fewer levels.';
+  END IF;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.check_factors(jsonb) IS
+  'internal: checks the factors of a factorial design (1 to 6 factors, 2 to 20 distinct levels each, at most 256 cells)';
+
+-- the cells of a factorial design {"factors": [...], "allocations": {"cell": share, ...}} as the
+-- variants of experiment.create_experiment(): every combination of levels (the last factor
+-- varying fastest), named by its levels joined with "/", its levels as config and levels,
+-- allocations as given (default: equal), the all-baseline cell the control
+CREATE OR REPLACE FUNCTION experiment.factorial_cells(design jsonb) RETURNS jsonb
+  LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  cells jsonb;
+  k text;
+  names text[];
+BEGIN
+  IF jsonb_typeof(design) IS DISTINCT FROM 'object' OR NOT design ? 'factors' OR EXISTS (SELECT FROM jsonb_object_keys(design) x WHERE x NOT IN ('factors', 'allocations')) THEN
+    RAISE EXCEPTION 'a factorial design must be an object {"factors", "allocations"}, got %', left(design::text, 200)
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = '"allocations" (optional) maps each cell name to its share; without it the cells share equally.';
+  END IF;
+  PERFORM experiment.check_factors(design -> 'factors');
+  WITH RECURSIVE f AS (
+    SELECT (x.i - 1)::integer AS i, x.f ->> 'name' AS name, x.f -> 'levels' AS levels
+    FROM jsonb_array_elements(design -> 'factors') WITH ORDINALITY AS x(f, i)
+  ), c(i, names, levels, base, ord) AS (
+    SELECT 0, ARRAY[]::text[], '{}'::jsonb, true, ARRAY[]::bigint[]
+    UNION ALL
+    SELECT c.i + 1, c.names || (l.l #>> '{}'), c.levels || jsonb_build_object(f.name, l.l #>> '{}'), c.base AND l.o = 1,
+           c.ord || l.o
+    FROM c JOIN f ON f.i = c.i, LATERAL jsonb_array_elements(f.levels) WITH ORDINALITY AS l(l, o)
+  )
+  SELECT jsonb_agg(jsonb_build_object('name', array_to_string(c.names, '/'), 'levels', c.levels, 'config', c.levels,
+                                      'is_control', c.base) ORDER BY c.ord)
+    INTO cells
+    FROM c WHERE c.i = jsonb_array_length(design -> 'factors');
+  SELECT array_agg(x ->> 'name' ORDER BY o) INTO names FROM jsonb_array_elements(cells) WITH ORDINALITY AS t(x, o);
+  IF (SELECT count(DISTINCT n) FROM unnest(names) n) <> cardinality(names) THEN
+    RAISE EXCEPTION 'the cells of a factorial design must have distinct names (levels joined with "/"), got %',
+      left(array_to_string(names, ', '), 200)
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Use levels without "/".';
+  END IF;
+  IF design ? 'allocations' THEN
+    IF jsonb_typeof(design -> 'allocations') <> 'object' THEN
+      RAISE EXCEPTION 'allocations of a factorial design must be an object mapping each cell to its share, got %',
+        left((design -> 'allocations')::text, 200)
+        USING ERRCODE = 'invalid_parameter_value',
+              HINT = experiment.hint_list(names, 'cells', 'the levels of the factors joined with "/"');
+    END IF;
+    FOR k IN SELECT x FROM jsonb_object_keys(design -> 'allocations') x LOOP
+      IF NOT k = ANY (names) THEN
+        RAISE EXCEPTION 'allocations of a factorial design: no cell "%"', left(k, 200)
+          USING ERRCODE = 'invalid_parameter_value',
+                HINT = experiment.hint_list(names, 'cells', 'the levels of the factors joined with "/"');
+      END IF;
+      IF jsonb_typeof(design -> 'allocations' -> k) <> 'number' THEN
+        RAISE EXCEPTION 'allocation of cell "%" of a factorial design must be a number in [0, 1], got %', left(k, 200),
+          left((design -> 'allocations' -> k)::text, 200)
+          USING ERRCODE = 'invalid_parameter_value';
+      END IF;
+    END LOOP;
+    FOREACH k IN ARRAY names LOOP
+      IF NOT (design -> 'allocations') ? k THEN
+        RAISE EXCEPTION 'allocations of a factorial design must give every cell a share: cell "%" has none', left(k, 200)
+          USING ERRCODE = 'invalid_parameter_value',
+                HINT = experiment.hint_list(names, 'cells', 'the levels of the factors joined with "/"');
+      END IF;
+    END LOOP;
+  END IF;
+  RETURN (SELECT jsonb_agg(x || jsonb_build_object('allocation',
+                             coalesce((design -> 'allocations' ->> (x ->> 'name'))::float8, 1.0 / cardinality(names)))
+                           ORDER BY o)
+          FROM jsonb_array_elements(cells) WITH ORDINALITY AS t(x, o));
+END
+$$;
+
+COMMENT ON FUNCTION experiment.factorial_cells(jsonb) IS
+  'internal: the cells of a factorial design as variants of create_experiment (every combination of levels, named by them joined with "/", the all-baseline cell the control)';
+
+-- the factors must be a valid design and stay as they are once the experiment left the draft
+-- status (the variants are its cells)
+CREATE OR REPLACE FUNCTION experiment.factors_check() RETURNS trigger
+  LANGUAGE plpgsql
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  IF NEW.factors IS NOT NULL THEN
+    PERFORM experiment.check_factors(NEW.factors);
+  END IF;
+  IF TG_OP = 'UPDATE' AND OLD.status <> 'draft' AND NEW.factors IS DISTINCT FROM OLD.factors THEN
+    RAISE EXCEPTION 'cannot change the factors of experiment "%": it is %', left(NEW.id, 200), OLD.status
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'The variants are the cells of the design; create a new experiment for another design.';
+  END IF;
+  RETURN NEW;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.factors_check() IS
+  'internal: trigger: experiments.factors is a valid factorial design, unchanged once the experiment has started';
+
+CREATE OR REPLACE TRIGGER factors_check BEFORE INSERT OR UPDATE OF factors ON experiment.experiments
+  FOR EACH ROW EXECUTE FUNCTION experiment.factors_check();
+
+COMMENT ON TRIGGER factors_check ON experiment.experiments IS 'checks the factorial design of an experiment';
+
+-- the contrasts of a factorial experiment's effects: for each non-empty set S of factors and a
+-- non-baseline level a_f of each, the cells' weights (in the order of cells): a cell with a
+-- factor of S at neither its baseline nor a_f weighs 0; the others weigh
+-- prod_{f in S, f not last} (+1 at a_f, -1 at the baseline) / prod_{g not in S} levels(g),
+-- on the treatment side when the last factor of S is at a_s, else on the control side.
+-- A main effect (|S| = 1) is then the level's marginal mean against the baseline's; an
+-- interaction the difference of the lower-order effect between a_s and the baseline of s.
+CREATE OR REPLACE FUNCTION experiment.factorial_contrasts(experiment_id text)
+  RETURNS TABLE (effect text, "order" integer, levels jsonb, cells text[], treatment_weights float8[],
+                 control_weights float8[])
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  fx jsonb;
+  k integer;
+  mask integer;
+  s integer[];
+  nlev integer[];
+  fname text[];
+  cell_names text[];
+  cell_lev integer[];   -- cell_lev[(c - 1) * k + f]: level index (0 = baseline) of cell c, factor f
+  nc integer;
+  choice integer[];
+  tw float8[];
+  cw float8[];
+  w float8;
+  side boolean;
+  ok boolean;
+  scale float8;
+  lv integer;
+  j integer;
+BEGIN
+  SELECT x.factors INTO fx FROM experiment.experiments x WHERE x.id = factorial_contrasts.experiment_id;
+  IF fx IS NULL THEN
+    RETURN;
+  END IF;
+  k := jsonb_array_length(fx);
+  SELECT array_agg(f ->> 'name' ORDER BY o), array_agg(jsonb_array_length(f -> 'levels') ORDER BY o)
+    INTO fname, nlev FROM jsonb_array_elements(fx) WITH ORDINALITY AS t(f, o);
+  -- the cells: variants with a level of every factor (a variant outside the design has none)
+  SELECT array_agg(v.name ORDER BY v.name COLLATE "C") INTO cell_names
+    FROM experiment.variants v
+    WHERE v.experiment_id = factorial_contrasts.experiment_id
+      AND NOT EXISTS (SELECT FROM jsonb_array_elements(fx) f2
+                      WHERE NOT coalesce((v.levels ->> (f2 ->> 'name')) IN (SELECT jsonb_array_elements_text(f2 -> 'levels')),
+                                         false));
+  cell_lev := ARRAY(
+    SELECT (SELECT l.o - 1 FROM jsonb_array_elements_text(f.f -> 'levels') WITH ORDINALITY AS l(l, o)
+            WHERE l.l = v.levels ->> (f.f ->> 'name'))::integer
+    FROM unnest(cell_names) WITH ORDINALITY AS cn(name, co)
+    JOIN experiment.variants v ON v.experiment_id = factorial_contrasts.experiment_id AND v.name = cn.name
+    CROSS JOIN jsonb_array_elements(fx) WITH ORDINALITY AS f(f, o)
+    ORDER BY cn.co, f.o);
+  nc := coalesce(cardinality(cell_names), 0);
+  -- (a design with a cell missing has no effects: every contrast needs all its cells)
+  IF nc = 0 OR nc <> (SELECT pg_catalog.round(exp(sum(ln(n)))) FROM unnest(nlev) n) THEN
+    RETURN;
+  END IF;
+  FOR mask IN 1 .. (1 << k) - 1 LOOP
+    s := ARRAY(SELECT f FROM generate_series(1, k) f WHERE mask & (1 << (f - 1)) <> 0 ORDER BY f);
+    scale := 1;
+    FOR j IN 1 .. k LOOP
+      IF NOT j = ANY (s) THEN
+        scale := scale / nlev[j];
+      END IF;
+    END LOOP;
+    -- every choice of a non-baseline level of each factor of S (an odometer over the levels)
+    choice := array_fill(1, ARRAY[cardinality(s)]);
+    LOOP
+      tw := array_fill(0::float8, ARRAY[nc]);
+      cw := array_fill(0::float8, ARRAY[nc]);
+      FOR c IN 1 .. nc LOOP
+        w := scale;
+        ok := true;
+        side := false;
+        FOR j IN 1 .. cardinality(s) LOOP
+          lv := cell_lev[(c - 1) * k + s[j]];
+          IF lv = choice[j] THEN
+            IF j = cardinality(s) THEN side := true; END IF;
+          ELSIF lv = 0 THEN
+            IF j < cardinality(s) THEN w := -w; END IF;
+          ELSE
+            ok := false;
+          END IF;
+        END LOOP;
+        IF ok THEN
+          IF side THEN tw[c] := w; ELSE cw[c] := w; END IF;
+        END IF;
+      END LOOP;
+      effect := array_to_string(ARRAY(SELECT fname[f] FROM unnest(s) f), ':');
+      "order" := cardinality(s);
+      levels := (SELECT jsonb_object_agg(fname[s[j2]], fx -> (s[j2] - 1) -> 'levels' ->> choice[j2])
+                 FROM generate_series(1, cardinality(s)) j2);
+      cells := cell_names;
+      treatment_weights := tw;
+      control_weights := cw;
+      RETURN NEXT;
+      -- the next choice
+      j := cardinality(s);
+      WHILE j >= 1 AND choice[j] = nlev[s[j]] - 1 LOOP
+        choice[j] := 1;
+        j := j - 1;
+      END LOOP;
+      EXIT WHEN j < 1;
+      choice[j] := choice[j] + 1;
+    END LOOP;
+  END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.factorial_contrasts(text) IS
+  'the contrasts of a factorial experiment''s main effects and interactions: per effect (factors joined with ":") and '
+  'non-baseline levels compared, the cells (variants in name order) and their treatment and control weights for contrast_test';
+
+-- main effects and interactions of each factorial experiment from its cells' moments
+CREATE OR REPLACE VIEW experiment.factorial_effects WITH (security_barrier = true) AS
+SELECT ex.id AS experiment_id, em.metric, fc.effect, fc."order", fc.levels, k.method,
+       (t.t).n_control, (t.t).n_treatment, (t.t).mean_control, (t.t).mean_treatment, (t.t).diff,
+       (t.t).diff_lower, (t.t).diff_upper, (t.t).lift, (t.t).lift_lower, (t.t).lift_upper, (t.t).statistic,
+       (t.t).df, (t.t).p_value, (t.t).lift_p_value, (t.t).diff_se, (t.t).lift_se,
+       ex.alpha, ex.analysis, (t.t).p_value < ex.alpha AS significant, st.refreshed_at
+FROM experiment.experiments ex
+JOIN experiment.experiment_metrics em ON em.experiment_id = ex.id
+JOIN experiment.metrics m ON m.name = em.metric
+CROSS JOIN LATERAL experiment.factorial_contrasts(ex.id) fc
+CROSS JOIN LATERAL (SELECT CASE WHEN m.kind = 'ratio' THEN 'ratio' ELSE 'welch' END AS method) k
+CROSS JOIN LATERAL (
+  SELECT array_agg(vs.moments ORDER BY c.o) AS cells, pg_catalog.max(vs.refreshed_at) AS refreshed_at,
+         count(vs.moments) AS n
+  FROM unnest(fc.cells) WITH ORDINALITY AS c(name, o)
+  LEFT JOIN experiment.variant_stats vs ON vs.experiment_id = ex.id AND vs.metric = em.metric AND vs.variant = c.name) st
+CROSS JOIN LATERAL (
+  SELECT experiment.contrast_test(k.method, st.cells, fc.treatment_weights, fc.control_weights, ex.alpha, 'two-sided',
+                                  CASE WHEN ex.analysis = 'sequential' THEN experiment.sequential_tuning_of(ex) END) AS t) t
+-- (quantiles are no means of cells; a metric not refreshed yet has no moments)
+WHERE ex.factors IS NOT NULL AND m.aggregation <> 'quantile' AND st.n > 0
+  AND experiment.may_read_metric(em.metric);
+
+COMMENT ON VIEW experiment.factorial_effects IS
+  'factorial experiments: each main effect (a factor''s level against its baseline, averaged over the other factors'' levels) '
+  'and interaction (the difference of the lower-order effect between a level and the baseline of the last factor) '
+  'of each metric, from the cells'' moments in variant_stats (contrast_test; HC2 standard errors); the cells against '
+  'the control are in results';
+
+CREATE TABLE experiment.interaction_results (
+  experiment_id text NOT NULL REFERENCES experiment.experiments (id) ON DELETE CASCADE,
+  other_experiment_id text NOT NULL REFERENCES experiment.experiments (id) ON DELETE CASCADE,
+  metric text NOT NULL,
+  variant text NOT NULL,
+  other_variant text NOT NULL,
+  control_variant text NOT NULL,
+  other_control_variant text NOT NULL,
+  method text NOT NULL CHECK (method IN ('welch', 'ratio')),
+  shared_units bigint NOT NULL,
+  assignment_p_value float8,
+  min_shared_units bigint NOT NULL,
+  threshold float8 NOT NULL,
+  test experiment.test_result,
+  refreshed_at timestamptz NOT NULL,
+  PRIMARY KEY (experiment_id, other_experiment_id, metric, variant, other_variant)
+);
+
+COMMENT ON TABLE experiment.interaction_results IS
+  'per ordered pair of experiments with at least min_shared_units shared analysed units, metric both analyse, treatment '
+  'of each: the 2x2 test of the difference of the first experiment''s effect between the other''s arms, from the stored '
+  'per-unit values of the first (experiment.refresh_interactions())';
+
+COMMENT ON COLUMN experiment.interaction_results.assignment_p_value IS
+  'independence_chisq of the shared units per arm of each experiment: a small p-value means the two assignments are not independent';
+
+COMMENT ON COLUMN experiment.interaction_results.test IS
+  'contrast_test of the four cells (experiment arm x other experiment arm): mean_control is the effect within the other''s '
+  'control, mean_treatment within its treatment, diff their difference (the interaction), at alpha = threshold';
+
+ALTER TABLE experiment.interaction_results ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY interaction_results_readable ON experiment.interaction_results FOR SELECT
+  USING (experiment.may_read_metric(metric));
+
+COMMENT ON POLICY interaction_results_readable ON experiment.interaction_results IS
+  'a role sees the interactions of the metrics whose sources it may read';
+
+-- the settings of interaction detection: experiment.interaction_min_shared_units (default 1000)
+-- and experiment.interaction_threshold (default 0.01, Eppo's), e.g. ALTER DATABASE ... SET
+CREATE OR REPLACE FUNCTION experiment.interaction_settings(OUT min_shared_units bigint, OUT threshold float8)
+  LANGUAGE plpgsql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  n text := nullif(current_setting('experiment.interaction_min_shared_units', true), '');
+  t text := nullif(current_setting('experiment.interaction_threshold', true), '');
+BEGIN
+  IF n IS NOT NULL AND (n !~ '^\s*[0-9]{1,15}\s*$' OR n::bigint < 2) THEN
+    PERFORM experiment.raise_invalid_value('experiment.interaction_min_shared_units', n, 'an integer of at least 2 (default 1000)');
+  END IF;
+  IF t IS NOT NULL AND (t !~ '^\s*[0-9.eE+-]+\s*$' OR NOT (t::float8 > 0 AND t::float8 < 1)) THEN
+    PERFORM experiment.raise_invalid_value('experiment.interaction_threshold', t, 'a p-value in (0, 1) (default 0.01)');
+  END IF;
+  min_shared_units := coalesce(n::bigint, 1000);
+  threshold := coalesce(t::float8, 0.01);
+END
+$$;
+
+COMMENT ON FUNCTION experiment.interaction_settings() IS
+  'internal: the settings experiment.interaction_min_shared_units (default 1000) and experiment.interaction_threshold (default 0.01), checked';
+
+-- recompute experiment.interaction_results for every ordered pair of experiments that are not
+-- drafts and whose stored per-unit values are current (refreshed since their metrics last
+-- changed): per pair, one join of the two tables of per-unit values on unit_id, the first
+-- experiment's values capped as its refresh caps them, moments per (arm, other arm)
+CREATE OR REPLACE FUNCTION experiment.refresh_interactions() RETURNS integer
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+  SET search_path = pg_catalog, experiment, pg_temp
+  SET work_mem = '256MB'
+  SET jit = off
+  SET TimeZone = 'UTC'
+  SET extra_float_digits = 1
+  SET row_security = on
+AS $$
+DECLARE
+  st record;
+  e experiment.experiments;
+  a record;
+  b record;
+  cp record;
+  r record;
+  cfg record;
+  aggs text;
+  unpivot text;
+  shared bigint;
+  apv float8;
+  ts timestamptz := now();
+  done integer := 0;
+  j integer;
+BEGIN
+  SELECT * INTO cfg FROM experiment.interaction_settings();
+  DELETE FROM experiment.interaction_results;
+  CREATE TEMP TABLE exp_ix_sides (experiment_id text, relation name, control text, aggs text, unpivot text)
+    ON COMMIT DROP;
+  -- each experiment's side: its table, control and the SQL of its metrics' moments
+  FOR st IN SELECT u.experiment_id, u.relation, u.definition FROM experiment.unit_value_tables u
+            JOIN experiment.experiments x ON x.id = u.experiment_id
+            WHERE x.status <> 'draft' ORDER BY u.experiment_id LOOP
+    CONTINUE WHEN pg_catalog.to_regclass(format('experiment.%I', st.relation)) IS NULL;
+    SELECT * INTO e FROM experiment.experiments x WHERE x.id = st.experiment_id;
+    PERFORM experiment.drop_refresh_tables();
+    PERFORM experiment.create_base_table(e);
+    PERFORM experiment.create_dims_table(e);
+    -- (values computed for another definition wait for the experiment's next refresh)
+    CONTINUE WHEN experiment.unit_values_definition(e) IS DISTINCT FROM st.definition;
+    SELECT * INTO cp FROM experiment.winsorization_caps(format('(SELECT * FROM experiment.%I v WHERE NOT v.multi)', st.relation));
+    aggs := '';
+    unpivot := '';
+    j := 0;
+    FOR r IN SELECT m.name, m.kind, bb.i,
+                    (SELECT bn.i FROM pg_temp.exp_base bn WHERE bn.name = m.numerator) AS ni,
+                    (SELECT bd.i FROM pg_temp.exp_base bd WHERE bd.name = m.denominator) AS di
+             FROM experiment.experiment_metrics em JOIN experiment.metrics m ON m.name = em.metric
+             LEFT JOIN pg_temp.exp_base bb ON bb.name = m.name
+             WHERE em.experiment_id = e.id AND m.aggregation <> 'quantile' ORDER BY m.name LOOP
+      j := j + 1;
+      IF r.kind = 'ratio' THEN
+        CONTINUE WHEN r.ni IS NULL OR r.di IS NULL;
+        aggs := aggs || format(', experiment.moments(%s, %s) AS a%s', cp.capped[r.ni], cp.capped[r.di], j);
+        unpivot := unpivot || format(', (%L, %L, g.a%s)', r.name, 'ratio', j);
+      ELSE
+        CONTINUE WHEN r.i IS NULL;
+        aggs := aggs || format(', experiment.moments(%s) AS a%s', cp.capped[r.i], j);
+        unpivot := unpivot || format(', (%L, %L, g.a%s)', r.name, 'welch', j);
+      END IF;
+    END LOOP;
+    INSERT INTO pg_temp.exp_ix_sides
+    SELECT e.id, st.relation, (SELECT v.name FROM experiment.variants v WHERE v.experiment_id = e.id AND v.is_control),
+           aggs, unpivot;
+  END LOOP;
+  PERFORM experiment.drop_refresh_tables();
+
+  FOR a IN SELECT * FROM pg_temp.exp_ix_sides s WHERE s.unpivot <> '' AND s.control IS NOT NULL ORDER BY s.experiment_id LOOP
+    FOR b IN SELECT * FROM pg_temp.exp_ix_sides s WHERE s.experiment_id <> a.experiment_id AND s.control IS NOT NULL
+             ORDER BY s.experiment_id LOOP
+      -- the pair's shared analysed units: one join, moments per (arm, other arm) of every metric
+      -- the first experiment analyses that the other analyses too
+      EXECUTE format('CREATE TEMP TABLE exp_ix_cells ON COMMIT DROP AS '
+                     'SELECT g.va, g.vb, g.units, k.metric, k.method, k.m '
+                     'FROM (SELECT v.variant AS va, w.variant AS vb, count(*) AS units%s '
+                     '      FROM experiment.%I v JOIN experiment.%I w ON w.unit_id = v.unit_id '
+                     '      WHERE NOT v.multi AND NOT w.multi GROUP BY 1, 2) g '
+                     'CROSS JOIN LATERAL (VALUES %s) AS k(metric, method, m) '
+                     'WHERE k.metric IN (SELECT em.metric FROM experiment.experiment_metrics em WHERE em.experiment_id = %L)',
+                     a.aggs, a.relation, b.relation, substr(a.unpivot, 3), b.experiment_id);
+      SELECT coalesce(sum(c.units), 0) INTO shared
+        FROM (SELECT DISTINCT c0.va, c0.vb, c0.units FROM pg_temp.exp_ix_cells c0) c;
+      -- assignment dependence: the shared units per arm of A (rows) and of B (columns)
+      SELECT experiment.independence_chisq(pg_catalog.array_agg(t.counts ORDER BY t.va COLLATE "C")) INTO apv
+        FROM (SELECT x.name AS va,
+                     ARRAY(SELECT coalesce((SELECT DISTINCT c.units FROM pg_temp.exp_ix_cells c
+                                            WHERE c.va = x.name AND c.vb = y.name), 0)
+                           FROM experiment.variants y WHERE y.experiment_id = b.experiment_id
+                           ORDER BY y.name COLLATE "C") AS counts
+              FROM experiment.variants x WHERE x.experiment_id = a.experiment_id) t;
+      IF shared >= cfg.min_shared_units THEN
+        INSERT INTO experiment.interaction_results
+          (experiment_id, other_experiment_id, metric, variant, other_variant, control_variant, other_control_variant,
+           method, shared_units, assignment_p_value, min_shared_units, threshold, test, refreshed_at)
+        SELECT a.experiment_id, b.experiment_id, mt.metric, ta.variant, tb.variant, a.control, b.control, mt.method,
+               shared, apv, cfg.min_shared_units, cfg.threshold,
+               experiment.contrast_test(mt.method,
+                 ARRAY[(SELECT c.m FROM pg_temp.exp_ix_cells c WHERE c.metric = mt.metric AND c.va = a.control AND c.vb = b.control),
+                       (SELECT c.m FROM pg_temp.exp_ix_cells c WHERE c.metric = mt.metric AND c.va = ta.variant AND c.vb = b.control),
+                       (SELECT c.m FROM pg_temp.exp_ix_cells c WHERE c.metric = mt.metric AND c.va = a.control AND c.vb = tb.variant),
+                       (SELECT c.m FROM pg_temp.exp_ix_cells c WHERE c.metric = mt.metric AND c.va = ta.variant AND c.vb = tb.variant)],
+                 ARRAY[0, 0, -1, 1]::float8[], ARRAY[-1, 1, 0, 0]::float8[], cfg.threshold, 'two-sided', NULL),
+               ts
+        FROM (SELECT DISTINCT c.metric, c.method FROM pg_temp.exp_ix_cells c) mt
+        CROSS JOIN (SELECT v.name AS variant FROM experiment.variants v
+                    WHERE v.experiment_id = a.experiment_id AND NOT v.is_control) ta
+        CROSS JOIN (SELECT v.name AS variant FROM experiment.variants v
+                    WHERE v.experiment_id = b.experiment_id AND NOT v.is_control) tb;
+        GET DIAGNOSTICS j = ROW_COUNT;
+        done := done + j;
+      END IF;
+      DROP TABLE pg_temp.exp_ix_cells;
+    END LOOP;
+  END LOOP;
+  DROP TABLE pg_temp.exp_ix_sides;
+  RETURN done;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.refresh_interactions() IS
+  'recompute experiment.interaction_results: for each ordered pair of refreshed experiments (not drafts) with at least '
+  'experiment.interaction_min_shared_units shared analysed units, each metric both analyse and each pair of treatments, '
+  'the 2x2 difference in differences of the first experiment''s capped per-unit values; returns the rows stored';
+
+REVOKE EXECUTE ON FUNCTION experiment.refresh_interactions() FROM PUBLIC;
+
+CREATE OR REPLACE VIEW experiment.interactions WITH (security_barrier = true) AS
+SELECT ir.experiment_id, ir.other_experiment_id, ir.metric, ir.variant, ir.other_variant, ir.control_variant,
+       ir.other_control_variant, ir.method, ir.shared_units, ir.assignment_p_value,
+       ir.assignment_p_value < ir.threshold AS assignment_dependent,
+       (ir.test).n_control AS units_other_control, (ir.test).n_treatment AS units_other_treatment,
+       (ir.test).mean_control AS effect_in_other_control, (ir.test).mean_treatment AS effect_in_other_treatment,
+       (ir.test).diff AS interaction, (ir.test).diff_lower AS interaction_lower, (ir.test).diff_upper AS interaction_upper,
+       (ir.test).diff_se AS interaction_se, (ir.test).df, (ir.test).p_value,
+       ir.threshold, (ir.test).p_value < ir.threshold AS flagged, ir.min_shared_units, ir.refreshed_at
+FROM experiment.interaction_results ir
+WHERE experiment.may_read_metric(ir.metric);
+
+COMMENT ON VIEW experiment.interactions IS
+  'interaction detection: per ordered pair of overlapping experiments, metric both analyse and treatments, the first '
+  'experiment''s effect within the other''s control and treatment, their difference (2x2 difference in differences) with '
+  'its interval at 1 - threshold, SE and p-value; flagged when p < threshold (default 0.01, Eppo''s); '
+  'assignment_dependent when the chi-squared test of independence of the two assignments has p < threshold';
+
+COMMENT ON FUNCTION experiment.refresh_unit_values(experiment.experiments, boolean) IS
+  'internal: brings an experiment''s stored per-unit values up to date: in full, or incrementally from the watermarks of its exposures and sources';
+REVOKE EXECUTE ON FUNCTION experiment.refresh_unit_values(experiment.experiments, boolean) FROM PUBLIC;
+
 ALTER FUNCTION experiment.refresh(text, boolean) SECURITY DEFINER;
+
+ALTER FUNCTION experiment.refresh_all() SECURITY DEFINER;
