@@ -448,7 +448,9 @@ def main():
         return time.time() - start < SECONDS and fz.calls < MAX_CALLS
 
     def echo(args):
-        return any("NaN" in a for a, t in args if t in ("text", "jsonb", "cstring", "text[]"))
+        # (a text argument, or a text field of a record argument, may be echoed: "NaN" as a name)
+        return any("NaN" in a for a, t in args
+                   if t in ("text", "jsonb", "cstring", "text[]") or a.startswith("jsonb_populate_record("))
 
     def plain_sql(f, args):
         name, kind, retset, rettype, argtypes, names = f
