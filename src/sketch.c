@@ -502,6 +502,17 @@ sk_add_bin(Sketch *s, int32 ord, uint64 c)
 	return sk_insert_at(s, i, ord, c);
 }
 
+/* one finite value x (not -0) added to s: min, max and its bin; returns s or a bigger copy */
+static Sketch *
+sk_add_value(Sketch *s, double x)
+{
+	if (x < s->min)
+		s->min = x;
+	if (x > s->max)
+		s->max = x;
+	return sk_add_bin(s, sk_ord(x), 1);
+}
+
 /* merge b into a (a may be changed in place); returns the result */
 static Sketch *
 sk_merge_into(Sketch *a, const Sketch *b)
@@ -1138,12 +1149,7 @@ exp_sketch_accum(PG_FUNCTION_ARGS)
 
 		s = sk_resize(in, in->nbins, SKETCH_IS_WIDE(in));
 	}
-	if (x < s->min)
-		s->min = x;
-	if (x > s->max)
-		s->max = x;
-	s = sk_add_bin(s, sk_ord(x), 1);
-	PG_RETURN_SKETCH_P(s);
+	PG_RETURN_SKETCH_P(sk_add_value(s, x));
 }
 
 /*
@@ -1235,11 +1241,7 @@ exp_sketch_from_values(const double *vals, int64 n)
 
 		if (unlikely(!isfinite(x)))
 			elog(ERROR, "a sketch of a non-finite value");
-		if (x < s->min)
-			s->min = x;
-		if (x > s->max)
-			s->max = x;
-		s = sk_add_bin(s, sk_ord(x), 1);
+		s = sk_add_value(s, x);
 	}
 	return SketchPGetDatum(sk_trim(s));
 }
