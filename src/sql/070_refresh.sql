@@ -189,16 +189,18 @@ COMMENT ON TABLE experiment.dimension_results IS
 COMMENT ON COLUMN experiment.dimension_results.method IS
   'chosen from the value''s own data as metric_results.method is from all of it';
 
--- the method of a metric between two arms: ratio metrics by the delta method (adjusted by the
--- pre-period ratio where both arms have one: pre-period denominators and a pre-period that
--- varies), CUPED where both arms have a pre-period covariate that varies, else the proportion
--- or Welch test
-CREATE FUNCTION experiment.metric_method(kind text, c_cuped experiment.moments, t_cuped experiment.moments)
+-- the method of a metric between two arms: quantile metrics by the quantile test, ratio metrics
+-- by the delta method (adjusted by the pre-period ratio where both arms have one: pre-period
+-- denominators and a pre-period that varies), CUPED where both arms have a pre-period
+-- covariate that varies, else the proportion or Welch test
+CREATE FUNCTION experiment.metric_method(kind text, c_cuped experiment.moments, t_cuped experiment.moments,
+                                         aggregation text DEFAULT NULL)
   RETURNS text
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
   SELECT CASE
+    WHEN aggregation = 'quantile' THEN 'quantile'
     WHEN kind = 'ratio' THEN
       CASE WHEN c_cuped IS NOT NULL AND t_cuped IS NOT NULL
                 AND coalesce(experiment.mean(c_cuped, 4), 0) <> 0 AND coalesce(experiment.mean(t_cuped, 4), 0) <> 0
@@ -211,8 +213,9 @@ AS $$
     ELSE 'welch'
   END
 $$;
-COMMENT ON FUNCTION experiment.metric_method(text, experiment.moments, experiment.moments) IS
-  'internal: the test method of a metric (ratio, cuped_ratio, cuped, prop_ztest or welch) from its kind and its arms'' CUPED moments';
+COMMENT ON FUNCTION experiment.metric_method(text, experiment.moments, experiment.moments, text) IS
+  'internal: the test method of a metric (quantile, ratio, cuped_ratio, cuped, prop_ztest or welch) from its kind, '
+  'its arms'' CUPED moments and its aggregation';
 
 -- N* of an experiment's sequential analysis: as registered, else the planned sample (target
 -- units per variant times the variants), else 5000 (GrowthBook's default)
@@ -257,13 +260,6 @@ COMMENT ON FUNCTION experiment.metric_test(text, experiment.moments, experiment.
 COMMENT ON COLUMN experiment.metric_results.method IS
   'ratio_ttest for ratio metrics (cuped_ratio_ttest when they have a pre-period), cuped_ttest when a pre-period covariate exists, else prop_ztest (proportions) or welch_ttest';
 
--- the caps of one column of per-unit values (doc/analysis.md, "Winsorization"), from its
--- pooled percentiles and the metric's absolute caps (NULL: none on that side). The absolute
--- caps are hard bounds that a percentile cap can only tighten: the upper cap is the smaller of
--- the upper percentile and cap_upper, the lower cap the larger of the lower percentile and
--- cap_lower, and a percentile beyond the absolute cap of the other side is moved to it, so
--- that the lower cap is never above the upper one (cap_lower < cap_upper is checked); a NaN or
--- infinite argument is no cap
 -- the test of one treatment against control for a metric from their variant_stats rows: a
 -- quantile metric's quantile test (of events, clustered by unit, or of units), any other
 -- metric's experiment.metric_test()
@@ -286,6 +282,13 @@ COMMENT ON FUNCTION experiment.variant_test(text, experiment.metrics, experiment
                                             float8, text, float8) IS
   'internal: the test of a treatment against control for a metric, from their per-variant moments and sketches';
 
+-- the caps of one column of per-unit values (doc/analysis.md, "Winsorization"), from its
+-- pooled percentiles and the metric's absolute caps (NULL: none on that side). The absolute
+-- caps are hard bounds that a percentile cap can only tighten: the upper cap is the smaller of
+-- the upper percentile and cap_upper, the lower cap the larger of the lower percentile and
+-- cap_lower, and a percentile beyond the absolute cap of the other side is moved to it, so
+-- that the lower cap is never above the upper one (cap_lower < cap_upper is checked); a NaN or
+-- infinite argument is no cap
 CREATE FUNCTION experiment.effective_caps(pct_lower float8, pct_upper float8, cap_lower float8, cap_upper float8,
     OUT lower_cap float8, OUT upper_cap float8)
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -1589,8 +1592,8 @@ BEGIN
       ON c.experiment_id = e.id AND c.metric = m2.name AND c.variant = control
     JOIN experiment.variant_stats t
       ON t.experiment_id = e.id AND t.metric = m2.name AND t.variant <> control
-    CROSS JOIN LATERAL (SELECT CASE WHEN m2.aggregation = 'quantile' THEN 'quantile'
-                                    ELSE experiment.metric_method(m2.kind, c.cuped_moments, t.cuped_moments) END AS method) k
+    CROSS JOIN LATERAL (SELECT experiment.metric_method(m2.kind, c.cuped_moments, t.cuped_moments, m2.aggregation)
+                        AS method) k
     WHERE em.experiment_id = e.id;
 
     -- results over time: the per-day moments merged cumulatively, tested per day
@@ -1622,8 +1625,7 @@ BEGIN
       -- the method of the day's data (an early day may lack what the whole period has, e.g. a
       -- pre-period denominator)
       JOIN experiment.metrics m3 ON m3.name = mr.metric
-      CROSS JOIN LATERAL (SELECT CASE WHEN m3.aggregation = 'quantile' THEN 'quantile'
-                                      ELSE experiment.metric_method(m3.kind, cc.c, ct.c) END AS method) k
+      CROSS JOIN LATERAL (SELECT experiment.metric_method(m3.kind, cc.c, ct.c, m3.aggregation) AS method) k
       CROSS JOIN LATERAL (SELECT CASE WHEN k.method = 'quantile'
                                       THEN experiment.quantile_test(cc.q, ct.q, m3.quantile, e.alpha, 'two-sided', tuning)
                                       ELSE experiment.metric_test(k.method, cc.m, ct.m, cc.c, ct.c, e.alpha, 'two-sided',
