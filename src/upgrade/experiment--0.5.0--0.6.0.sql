@@ -1,6 +1,7 @@
 -- experiment 0.5.0 -> 0.6.0 (ALTER EXTENSION experiment UPDATE; doc/operations.md#upgrading)
 --
--- metric_method() picks the quantile test for quantile metrics itself (one place for the
+-- refresh(): the units by variant and day counted in the pass of the moments. metric_method()
+-- picks the quantile test for quantile metrics itself (one place for the
 -- choice of a metric's method).
 
 DROP FUNCTION experiment.metric_method(text, experiment.moments, experiment.moments);
@@ -126,18 +127,6 @@ BEGIN
   -- the stored per-unit values, brought up to date (incrementally when they can be)
   SELECT * INTO uv FROM experiment.refresh_unit_values(e, refresh.full);
   vals_from := format('(SELECT * FROM experiment.%I v WHERE NOT v.multi)', uv.relation);
-  -- the units by variant and day of first exposure, in one pass: counts, enrollment, days
-  EXECUTE format('CREATE TEMP TABLE exp_groups ON COMMIT DROP AS '
-                 'SELECT u.multi, CASE WHEN NOT u.multi THEN u.variant END AS variant, '
-                 'CASE WHEN NOT u.multi THEN (u.t0 AT TIME ZONE ''UTC'')::date END AS day, '
-                 'NOT u.multi AND u.t0 < %L::timestamptz AS early, count(*) AS units, '
-                 'pg_catalog.min(u.t0) AS min_t0, pg_catalog.max(u.t0) AS max_t0 '
-                 'FROM experiment.%I u GROUP BY 1, 2, 3, 4', e.start_at, uv.relation);
-  SELECT coalesce(sum(g.units) FILTER (WHERE g.multi), 0), coalesce(sum(g.units) FILTER (WHERE NOT g.multi), 0),
-         coalesce(sum(g.units) FILTER (WHERE g.early), 0),
-         pg_catalog.min(g.min_t0) FILTER (WHERE NOT g.multi), pg_catalog.max(g.max_t0) FILTER (WHERE NOT g.multi)
-    INTO nmulti, nunits, nearly, min_t0, max_t0
-    FROM pg_temp.exp_groups g;
   -- caps, CUPED covariates and tests: from the stored values, no source is read again
   SELECT * INTO cp FROM experiment.winsorization_caps(vals_from);
 
@@ -157,17 +146,28 @@ BEGIN
     nq_aggs := ms.aggs;
     nq_unpivot := ms.unpivot;
 
-    -- moments of every metric per variant and day of first exposure, in one pass over the
-    -- per-unit values; merged, they are the per-variant moments (and, cumulatively by day,
-    -- the results over time below)
+    -- the units and the moments of every metric by variant and day of first exposure, in one
+    -- pass over the per-unit values (the units in several variants apart: counted, their
+    -- moments not used): counts, enrollment, days; merged, the moments are the per-variant
+    -- moments (and, cumulatively by day, the results over time below)
+    EXECUTE format('CREATE TEMP TABLE exp_groups ON COMMIT DROP AS '
+                   'SELECT v.multi, CASE WHEN NOT v.multi THEN v.variant END AS variant, '
+                   'CASE WHEN NOT v.multi THEN (v.t0 AT TIME ZONE ''UTC'')::date END AS day, count(*) AS units, '
+                   'count(*) FILTER (WHERE NOT v.multi AND v.t0 < %L::timestamptz) AS early_units, '
+                   'pg_catalog.min(v.t0) AS min_t0, pg_catalog.max(v.t0) AS max_t0%s '
+                   'FROM experiment.%I v GROUP BY 1, 2, 3', e.start_at, aggs, uv.relation);
+    SELECT coalesce(sum(g.units) FILTER (WHERE g.multi), 0), coalesce(sum(g.units) FILTER (WHERE NOT g.multi), 0),
+           coalesce(sum(g.early_units), 0),
+           pg_catalog.min(g.min_t0) FILTER (WHERE NOT g.multi), pg_catalog.max(g.max_t0) FILTER (WHERE NOT g.multi)
+      INTO nmulti, nunits, nearly, min_t0, max_t0
+      FROM pg_temp.exp_groups g;
     IF unpivot <> '' THEN
       EXECUTE format(
         'CREATE TEMP TABLE exp_daily ON COMMIT DROP AS '
         'SELECT k.metric, a.variant, a.day, a.units, k.m, k.c, k.cap, k.cap_lower, k.skipped, k.q '
-        'FROM (SELECT v.variant, (v.t0 AT TIME ZONE ''UTC'')::date AS day, count(*) AS units%s '
-        '      FROM %s v GROUP BY 1, 2) a '
-        'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, cap_lower, skipped, q)',
-        aggs, vals_from, substr(unpivot, 3));
+        'FROM pg_temp.exp_groups a '
+        'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, cap_lower, skipped, q) WHERE NOT a.multi',
+        substr(unpivot, 3));
       INSERT INTO experiment.variant_stats (experiment_id, metric, variant, units, moments, cuped_moments, cap,
                                             cap_lower, skipped_values, refreshed_at, sketch)
       SELECT e.id, d.metric, d.variant, sum(d.units), experiment.merge(d.m), experiment.merge(d.c),
