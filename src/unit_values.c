@@ -11,9 +11,10 @@
  * hash join and the grouping probe a table far larger than the CPU caches
  * once per event, and that random memory access dominates the refresh.
  *
- * Here the units (passed as arrays, so that the function reads no table but
- * the source) are loaded once
- * into a compact open-addressing hash table (keyed by hash_bytes() of the
+ * Here the units (passed as arrays, or read from a relation of units by
+ * source_unit_values_from(), which the refresh uses: arrays of a million
+ * units take more memory than the hash table) are loaded once into a
+ * compact open-addressing hash table (keyed by hash_bytes() of the
  * unit id text, exact comparison of the key), together with one row per unit holding the window bounds that need
  * calendar arithmetic and the accumulators.  The source is scanned through
  * SPI with a DestReceiver of our own, so no event is materialised; events
@@ -197,6 +198,9 @@ typedef struct UvState
 	int64		maxunits;
 	UvUnit	   *units;
 	uint64	   *slots;			/* (hash << 32) | (unit index + 1); 0 = empty */
+	void	   *units_chunk;	/* the allocations of units, slots and rows */
+	void	   *slots_chunk;
+	void	   *rows_chunk;
 	uint64		mask;
 	char	  **variants;
 	int			nvariants;
@@ -233,10 +237,13 @@ typedef struct UvState
 #define UV_HUGE_PAGE	((Size) 2 * 1024 * 1024)
 
 static void *
-huge_alloc0(MemoryContext cxt, Size size)
+huge_alloc0(MemoryContext cxt, Size size, void **chunk)
 {
 	char	   *p = MemoryContextAllocHuge(cxt, size + UV_HUGE_PAGE);
 	char	   *a = (char *) TYPEALIGN(UV_HUGE_PAGE, p);
+
+	if (chunk)
+		*chunk = p;
 
 #ifdef MADV_HUGEPAGE
 	if (size >= UV_HUGE_PAGE)
@@ -346,6 +353,63 @@ exp_timestamptz_add_clamped_sql(PG_FUNCTION_ARGS)
 													  PG_GETARG_INTERVAL_P(1)));
 }
 
+/*
+ * Room for maxunits units: the unit records, their rows and a hash table of
+ * at least twice as many slots.  Units already loaded are moved (and their
+ * slots rebuilt), so that a table read without a count can grow.
+ */
+static void
+alloc_units(UvState *st, int64 maxunits)
+{
+	uint64		nslots = 16;
+	void	   *uc,
+			   *sc,
+			   *rc;
+	UvUnit	   *units;
+	char	   *rows;
+	uint64	   *slots;
+	int64		i;
+
+	maxunits = Max(maxunits, 1);
+	if (maxunits >= (int64) PG_INT32_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("too many units (%lld)", (long long) maxunits)));
+	while (nslots < (uint64) maxunits * 2)
+		nslots <<= 1;
+	units = huge_alloc0(st->cxt, sizeof(UvUnit) * maxunits, &uc);
+	rows = huge_alloc0(st->cxt, st->rowsize * maxunits, &rc);
+	slots = huge_alloc0(st->cxt, sizeof(uint64) * nslots, &sc);
+	if (st->nunits > 0)
+	{
+		memcpy(units, st->units, sizeof(UvUnit) * st->nunits);
+		memcpy(rows, st->rows, st->rowsize * st->nunits);
+		for (i = 0; i < st->nunits; i++)
+		{
+			uint32		h = hash_bytes((const unsigned char *) unit_key(&units[i]), (int) units[i].keylen);
+			uint64		pos = h & (nslots - 1);
+
+			while (slots[pos] != 0)
+				pos = (pos + 1) & (nslots - 1);
+			slots[pos] = ((uint64) h << 32) | (uint64) (i + 1);
+		}
+	}
+	if (st->units_chunk)
+	{
+		pfree(st->units_chunk);
+		pfree(st->rows_chunk);
+		pfree(st->slots_chunk);
+	}
+	st->units = units;
+	st->rows = rows;
+	st->slots = slots;
+	st->units_chunk = uc;
+	st->rows_chunk = rc;
+	st->slots_chunk = sc;
+	st->maxunits = maxunits;
+	st->mask = nslots - 1;
+}
+
 static void
 insert_unit(UvState *st, const char *key, uint32 keylen, uint16 variant,
 			bool t0null, int64 t0)
@@ -357,7 +421,11 @@ insert_unit(UvState *st, const char *key, uint32 keylen, uint16 variant,
 	int			c;
 
 	if (st->nunits >= st->maxunits)
-		elog(ERROR, "more units than counted");
+	{
+		/* (a table of units read without a count: grown, by a half) */
+		alloc_units(st, st->maxunits + Max(st->maxunits / 2, 1024));
+		pos = h & st->mask;
+	}
 	while (st->slots[pos] != 0)
 	{
 		UvUnit	   *o = &st->units[(st->slots[pos] & 0xFFFFFFFF) - 1];
@@ -423,6 +491,75 @@ add_unit(UvState *st, Datum du, bool nu, Datum dv, bool nv, Datum dt, bool nt)
 	}
 	insert_unit(st, VARDATA_ANY(k), VARSIZE_ANY_EXHDR(k), (uint16) v, nt,
 				nt ? 0 : DatumGetTimestampTz(dt));
+}
+
+/* receives (unit_id text, variant text, t0 timestamptz) from a relation of units */
+static bool
+uv_receive_unit(TupleTableSlot *slot, DestReceiver *self)
+{
+	UvState    *st = ((UvReceiver *) self)->st;
+
+	slot_getallattrs(slot);
+	if ((st->nunits & 0xFFFF) == 0)
+		CHECK_FOR_INTERRUPTS();
+	add_unit(st, slot->tts_values[0], slot->tts_isnull[0], slot->tts_values[1], slot->tts_isnull[1],
+			 slot->tts_values[2], slot->tts_isnull[2]);
+	return true;
+}
+
+static void
+uv_unit_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
+{
+	if (typeinfo->natts != 3 || TupleDescAttr(typeinfo, 0)->atttypid != TEXTOID ||
+		TupleDescAttr(typeinfo, 1)->atttypid != TEXTOID ||
+		TupleDescAttr(typeinfo, 2)->atttypid != TIMESTAMPTZOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("the relation of units must have the columns unit_id text, variant text and t0 timestamptz")));
+}
+
+/*
+ * Loads the units of a relation (as the calling user, through SPI: inside
+ * SPI_connect()): unit_id, variant and t0 of the rows that are not multi,
+ * whose reset is reset (-1: any) and, with nparts > 1, whose unit id is in
+ * partition part (the condition of experiment.unit_partition_sql()).
+ */
+static void
+read_units(UvState *st, Oid units_rel, int reset, int nparts, int part)
+{
+	StringInfoData q;
+	UvReceiver	recv;
+	SPIExecuteOptions opts;
+	int			ret;
+
+	if (get_rel_name(units_rel) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("relation of units %u does not exist", units_rel)));
+	initStringInfo(&q);
+	appendStringInfo(&q, "SELECT u.unit_id, u.variant, u.t0 FROM %s u WHERE NOT u.multi",
+					 quote_qualified_identifier(get_namespace_name(get_rel_namespace(units_rel)),
+												get_rel_name(units_rel)));
+	if (reset >= 0)
+		appendStringInfo(&q, " AND %su.reset", reset ? "" : "NOT ");
+	if (nparts > 1)
+		appendStringInfo(&q, " AND (pg_catalog.hashtext(u.unit_id) OPERATOR(pg_catalog.&) 2147483647) "
+						 "OPERATOR(pg_catalog.%%) %d = %d", nparts, part);
+	memset(&recv, 0, sizeof(recv));
+	recv.pub.receiveSlot = uv_receive_unit;
+	recv.pub.rStartup = uv_unit_startup;
+	recv.pub.rShutdown = uv_shutdown;
+	recv.pub.rDestroy = uv_destroy;
+	recv.pub.mydest = DestNone;
+	recv.st = st;
+	memset(&opts, 0, sizeof(opts));
+	opts.read_only = true;
+	opts.dest = &recv.pub;
+	ret = SPI_execute_extended(q.data, &opts);
+	/* (with a receiver of its own, a SELECT is reported as SPI_OK_UTILITY) */
+	if (ret != SPI_OK_SELECT && ret != SPI_OK_UTILITY)
+		elog(ERROR, "reading the units failed: %s", SPI_result_code_string(ret));
+	pfree(q.data);
 }
 
 /* appends x to the value list of a sketch accumulator, making the list on the first value */
@@ -910,9 +1047,15 @@ lock_and_check_source(Oid src_rel, Oid reader)
  * a role without the reader's privileges could change to run code as the
  * reader (doc/security.md).
  */
-PG_FUNCTION_INFO_V1(exp_source_unit_values);
-Datum
-exp_source_unit_values(PG_FUNCTION_ARGS)
+/*
+ * The body of source_unit_values() and source_unit_values_from(): the
+ * arguments of source_unit_values() after the unit arrays are arguments
+ * off + 3 onwards; with a relation of units (units_rel), the units are read
+ * from it (see read_units()) and the arrays are not arguments.
+ */
+static Datum
+source_unit_values(FunctionCallInfo fcinfo, int off, Oid units_rel, int reset, int nparts, int part,
+				   int64 expected)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	ArrayType  *unit_ids;
@@ -968,37 +1111,46 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 				 errmsg("source_unit_values must be called in a context that accepts a set")));
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
-	if (tupdesc->natts != 8 || PG_NARGS() != 18)
+	if (tupdesc->natts != 8 || PG_NARGS() != off + 18)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the SQL declaration of source_unit_values() is of another version of the extension"),
 				 errhint("Run ALTER EXTENSION experiment UPDATE.")));
 
-	for (k = 0; k < 5; k++)
-		if (PG_ARGISNULL(k))
+	for (k = OidIsValid(units_rel) ? 3 : 0; k < 5; k++)
+		if (PG_ARGISNULL(k < 3 ? k : off + k))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("%s must not be NULL",
 							k == 0 ? "unit_ids" : k == 1 ? "variants" : k == 2 ? "t0s" :
 							k == 3 ? "source" : "unit_column")));
-	unit_ids = PG_GETARG_ARRAYTYPE_P(0);
-	unit_variants = PG_GETARG_ARRAYTYPE_P(1);
-	unit_t0s = PG_GETARG_ARRAYTYPE_P(2);
-	nrows = ArrayGetNItems(ARR_NDIM(unit_ids), ARR_DIMS(unit_ids));
-	if (ArrayGetNItems(ARR_NDIM(unit_variants), ARR_DIMS(unit_variants)) != nrows ||
-		ArrayGetNItems(ARR_NDIM(unit_t0s), ARR_DIMS(unit_t0s)) != nrows)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("unit_ids, variants and t0s must have the same number of elements")));
-	probe = !PG_ARGISNULL(16) && PG_GETARG_BOOL(16);
-	partial = !PG_ARGISNULL(17) && PG_GETARG_BOOL(17);
-	src_rel = PG_GETARG_OID(3);
-	unit_col = text_to_cstring(PG_GETARG_TEXT_PP(4));
+	if (OidIsValid(units_rel))
+	{
+		/* room for the expected units; more grow the table */
+		unit_ids = unit_variants = unit_t0s = NULL;
+		nrows = Max(expected, 0);
+	}
+	else
+	{
+		unit_ids = PG_GETARG_ARRAYTYPE_P(0);
+		unit_variants = PG_GETARG_ARRAYTYPE_P(1);
+		unit_t0s = PG_GETARG_ARRAYTYPE_P(2);
+		nrows = ArrayGetNItems(ARR_NDIM(unit_ids), ARR_DIMS(unit_ids));
+		if (ArrayGetNItems(ARR_NDIM(unit_variants), ARR_DIMS(unit_variants)) != nrows ||
+			ArrayGetNItems(ARR_NDIM(unit_t0s), ARR_DIMS(unit_t0s)) != nrows)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unit_ids, variants and t0s must have the same number of elements")));
+	}
+	probe = !PG_ARGISNULL(off + 16) && PG_GETARG_BOOL(off + 16);
+	partial = !PG_ARGISNULL(off + 17) && PG_GETARG_BOOL(off + 17);
+	src_rel = PG_GETARG_OID(off + 3);
+	unit_col = text_to_cstring(PG_GETARG_TEXT_PP(off + 4));
 	if (get_rel_name(src_rel) == NULL)
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						errmsg("source relation %u does not exist", src_rel)));
 	check_column(src_rel, unit_col, "unit_column");
-	reader = PG_ARGISNULL(14) ? GetUserId() : PG_GETARG_OID(14);
+	reader = PG_ARGISNULL(off + 14) ? GetUserId() : PG_GETARG_OID(off + 14);
 	if (!has_privs_of_role(GetUserId(), reader))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -1008,16 +1160,16 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 						   GetUserNameFromId(reader, false))));
 
 	{
-		ArrayType  *a = array_arg(fcinfo, 7, "aggregations");
+		ArrayType  *a = array_arg(fcinfo, off + 7, "aggregations");
 
 		nspec = ArrayGetNItems(ARR_NDIM(a), ARR_DIMS(a));
 	}
-	array_elems(fcinfo, 5, "time_columns", TEXTOID, nspec, &tcols, &tcols_n);
-	array_elems(fcinfo, 6, "value_columns", TEXTOID, nspec, &vcols, &vcols_n);
-	array_elems(fcinfo, 7, "aggregations", TEXTOID, nspec, &aggs, &aggs_n);
-	array_elems(fcinfo, 8, "lo_offsets", INTERVALOID, nspec, &los, &los_n);
-	array_elems(fcinfo, 9, "hi_offsets", INTERVALOID, nspec, &his, &his_n);
-	array_elems(fcinfo, 10, "use_end", BOOLOID, nspec, &ends, &ends_n);
+	array_elems(fcinfo, off + 5, "time_columns", TEXTOID, nspec, &tcols, &tcols_n);
+	array_elems(fcinfo, off + 6, "value_columns", TEXTOID, nspec, &vcols, &vcols_n);
+	array_elems(fcinfo, off + 7, "aggregations", TEXTOID, nspec, &aggs, &aggs_n);
+	array_elems(fcinfo, off + 8, "lo_offsets", INTERVALOID, nspec, &los, &los_n);
+	array_elems(fcinfo, off + 9, "hi_offsets", INTERVALOID, nspec, &his, &his_n);
+	array_elems(fcinfo, off + 10, "use_end", BOOLOID, nspec, &ends, &ends_n);
 
 	st = palloc0(sizeof(UvState));
 	st->cxt = AllocSetContextCreate(callcxt, "source_unit_values",
@@ -1075,11 +1227,11 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 	k = 0;
 	foreach(lc, cal)
 		st->cal_offsets[k++] = *(Interval *) lfirst(lc);
-	st->has_end = !PG_ARGISNULL(11);
-	st->end_at = st->has_end ? PG_GETARG_TIMESTAMPTZ(11) : 0;
+	st->has_end = !PG_ARGISNULL(off + 11);
+	st->end_at = st->has_end ? PG_GETARG_TIMESTAMPTZ(off + 11) : 0;
 	/* split mode: the events before split_at and from it on apart */
-	st->has_split = !PG_ARGISNULL(15);
-	st->split = st->has_split ? PG_GETARG_TIMESTAMPTZ(15) : 0;
+	st->has_split = !PG_ARGISNULL(off + 15);
+	st->split = st->has_split ? PG_GETARG_TIMESTAMPTZ(off + 15) : 0;
 	if (probe && st->ntime != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -1120,7 +1272,7 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 	appendStringInfo(&q, " FROM %s s",
 					 quote_qualified_identifier(get_namespace_name(get_rel_namespace(src_rel)),
 												get_rel_name(src_rel)));
-	if (st->ntime == 1 && (!PG_ARGISNULL(12) || !PG_ARGISNULL(13)))
+	if (st->ntime == 1 && (!PG_ARGISNULL(off + 12) || !PG_ARGISNULL(off + 13)))
 	{
 		const char *tc = quote_identifier((char *) linitial(time_names));
 
@@ -1130,8 +1282,8 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 		{
 			params->params[k].ptype = TIMESTAMPTZOID;
 			params->params[k].pflags = PARAM_FLAG_CONST;
-			params->params[k].isnull = PG_ARGISNULL(12 + k);
-			params->params[k].value = PG_ARGISNULL(12 + k) ? (Datum) 0 : PG_GETARG_DATUM(12 + k);
+			params->params[k].isnull = PG_ARGISNULL(off + 12 + k);
+			params->params[k].value = PG_ARGISNULL(off + 12 + k) ? (Datum) 0 : PG_GETARG_DATUM(off + 12 + k);
 		}
 		appendStringInfo(&q, " WHERE ($1 IS NULL OR (s.%s)::pg_catalog.timestamptz OPERATOR(pg_catalog.>=) $1)"
 						 " AND ($2 IS NULL OR (s.%s)::pg_catalog.timestamptz OPERATOR(pg_catalog.<) $2)",
@@ -1153,23 +1305,12 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 	if ((ret = SPI_connect()) != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed: %s", SPI_result_code_string(ret));
 
-	{
-		uint64		nslots = 16;
+	alloc_units(st, nrows);
 
-		while (nslots < (uint64) nrows * 2)
-			nslots <<= 1;
-		if (nrows >= (int64) PG_INT32_MAX)
-			ereport(ERROR,
-					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-					 errmsg("too many units (%lld)", (long long) nrows)));
-		st->maxunits = nrows;
-		st->mask = nslots - 1;
-		st->slots = huge_alloc0(st->cxt, sizeof(uint64) * nslots);
-		st->units = huge_alloc0(st->cxt, sizeof(UvUnit) * Max(nrows, 1));
-		st->rows = huge_alloc0(st->cxt, st->rowsize * Max(nrows, 1));
-	}
-
-	/* the units */
+	/* the units: from the relation, as the calling user, or from the arrays */
+	if (OidIsValid(units_rel))
+		read_units(st, units_rel, reset, nparts, part);
+	else
 	{
 		ArrayIterator iu = array_create_iterator(unit_ids, 0, NULL);
 		ArrayIterator iv = array_create_iterator(unit_variants, 0, NULL);
@@ -1222,8 +1363,8 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 			const char *tc = quote_identifier((char *) linitial(time_names));
 			StringInfoData pq;
 			Oid			argtypes[1] = {TIMESTAMPTZOID};
-			Datum		pargs[1] = {PG_ARGISNULL(12) ? (Datum) 0 : PG_GETARG_DATUM(12)};
-			char		pnulls[1] = {PG_ARGISNULL(12) ? 'n' : ' '};
+			Datum		pargs[1] = {PG_ARGISNULL(off + 12) ? (Datum) 0 : PG_GETARG_DATUM(off + 12)};
+			char		pnulls[1] = {PG_ARGISNULL(off + 12) ? 'n' : ' '};
 			bool		isnull;
 
 			initStringInfo(&pq);
@@ -1383,6 +1524,51 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+PG_FUNCTION_INFO_V1(exp_source_unit_values);
+Datum
+exp_source_unit_values(PG_FUNCTION_ARGS)
+{
+	return source_unit_values(fcinfo, 0, InvalidOid, -1, 1, 0, 0);
+}
+
+/*
+ * source_unit_values_from(units regclass, reset boolean, nparts integer,
+ * part integer, expected_units bigint, <the arguments of
+ * source_unit_values() after the unit arrays>): the same rows, the units
+ * read from the relation units (columns unit_id text, variant text, t0
+ * timestamptz, multi boolean and, when reset is not NULL, reset boolean):
+ * those not multi, with reset = the argument unless it is NULL, and in
+ * partition part of nparts of experiment.unit_partition_sql() when nparts
+ * is above 1.  expected_units sizes the hash table (more units grow it).
+ * The refresh passes its units this way instead of as arrays, which would
+ * take more memory than the hash table itself.
+ */
+PG_FUNCTION_INFO_V1(exp_source_unit_values_from);
+Datum
+exp_source_unit_values_from(PG_FUNCTION_ARGS)
+{
+	int32		nparts;
+	int32		part;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("units must not be NULL")));
+	nparts = PG_ARGISNULL(2) ? 1 : PG_GETARG_INT32(2);
+	part = PG_ARGISNULL(3) ? 0 : PG_GETARG_INT32(3);
+	if (nparts < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("nparts must be at least 1, not %d", nparts)));
+	if (part < 0 || part >= nparts)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("part must be between 0 and nparts - 1 (%d), not %d", nparts - 1, part)));
+	return source_unit_values(fcinfo, 2, PG_GETARG_OID(0),
+							  PG_ARGISNULL(1) ? -1 : (PG_GETARG_BOOL(1) ? 1 : 0), nparts, part,
+							  PG_ARGISNULL(4) ? 0 : Min(PG_GETARG_INT64(4), (int64) PG_INT32_MAX - 1));
+}
+
 /*
  * unit_value_partitions(units bigint, specs integer, sources integer,
  *                       key_bytes float8) RETURNS integer
@@ -1391,12 +1577,12 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
  * that the per-unit values of one partition stay within
  * experiment.refresh_memory (1 when it is 0: no bound).  specs is the largest
  * number of specs of one scan, sources the number of scans, key_bytes the
- * mean length of a unit id.  Per unit and partition the refresh holds: the
- * three unit arrays the caller builds with array_agg() (per element the
- * build state's Datum and null flag, the copied element, and the element in
- * the final array), and the scan's hash table (up to four 8-byte slots, the
- * 32-byte unit record, the key when it is longer than 16 bytes, and the
- * row of split-mode accumulators, with room for a calendar bound per spec).
+ * mean length of a unit id.  Per unit and partition the refresh holds the
+ * scan's hash table (up to four 8-byte slots, the 32-byte unit record, the
+ * key when it is longer than 16 bytes, and the row of split-mode
+ * accumulators, with room for a calendar bound per spec): the scan reads the
+ * units itself (source_unit_values_from()), the refresh builds no arrays of
+ * them.
  * Each scan's result keeps 1/16 of the budget in memory and spills the rest;
  * a quarter of the budget is left for those and for the refresh's own
  * statements (whose sorts and hashes experiment.refresh() gives work_mem =
@@ -1432,10 +1618,6 @@ exp_unit_value_partitions(PG_FUNCTION_ARGS)
 		PG_RETURN_INT32(1);
 	nacc = 2 * specs;
 	per_unit =
-	/* ids: Datum and flag, copy (chunk header, aligned), final element */
-		9.0 + 16.0 + TYPEALIGN(8, 4 + (Size) key) + TYPEALIGN(4, 4 + (Size) key) +
-	/* variants (names up to 16 bytes), t0s (by value) */
-		9.0 + 16.0 + 24.0 + 20.0 + 9.0 + 8.0 + 8.0 +
 	/* hash table: slots, unit record, long key, row */
 		32.0 + sizeof(UvUnit) + (key > UV_INLINE_KEY ? key : 0.0) +
 		sizeof(int64) * specs + sizeof(double) * nacc +

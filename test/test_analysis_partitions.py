@@ -267,14 +267,13 @@ ck.check(q("SELECT experiment.unit_value_partitions(100000000, 8, 3, 40)")[0][0]
 
 
 def partitions_formula(units, specs, sources, key, kb):
-    """doc/scaling.md's estimate, reimplemented: per unit the three unit arrays, the hash table and its row"""
+    """doc/scaling.md's estimate, reimplemented: per unit the hash table and its row (the scans read
+    the units themselves: no arrays of them)"""
     if kb <= 0 or units == 0:
         return 1
     al = lambda a, x: (x + a - 1) // a * a  # noqa: E731
-    k = int(key)
     nacc = 2 * specs
-    per_unit = (9 + 16 + al(8, 4 + k) + al(4, 4 + k) + 9 + 16 + 24 + 20 + 9 + 8 + 8
-                + 32 + 32 + (key if key > 16 else 0) + 8 * specs + 8 * nacc + al(8, 4 * nacc + max(nacc, 1)))
+    per_unit = 32 + 32 + (key if key > 16 else 0) + 8 * specs + 8 * nacc + al(8, 4 * nacc + max(nacc, 1))
     budget = kb * 1024.0
     usable = max(budget * 0.75 - sources * budget / 16, budget / 4)
     return max(1, math.ceil(units * per_unit / usable))

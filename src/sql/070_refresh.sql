@@ -352,6 +352,28 @@ COMMENT ON FUNCTION experiment.source_unit_values(text[], text[], timestamptz[],
   'of no event is NULL; partial returns only the units with events; probe first reads the latest time of the '
   'time column; with split_at or probe a last row without a unit carries the latest time read and the split';
 
+-- the rows of experiment.source_unit_values(), the units read from a relation instead of passed
+-- as arrays (src/unit_values.c): the units of units that are not multi, with reset = reset (NULL:
+-- any) and in unit-hash partition part of nparts (experiment.unit_partition_sql()); expected_units
+-- sizes the scan's hash table
+CREATE FUNCTION experiment.source_unit_values_from(units regclass, reset boolean, nparts integer, part integer,
+    expected_units bigint, source regclass, unit_column text,
+    time_columns text[], value_columns text[], aggregations text[], lo_offsets interval[],
+    hi_offsets interval[], use_end boolean[], end_at timestamptz, scan_from timestamptz, scan_to timestamptz,
+    reader regrole DEFAULT NULL, split_at timestamptz DEFAULT NULL, probe boolean DEFAULT false,
+    partial boolean DEFAULT false)
+  RETURNS TABLE (unit_id text, variant text, t0 timestamptz, vals float8[], skipped bigint[], latest timestamptz,
+                 split timestamptz, sketches experiment.sketch[])
+  AS 'MODULE_PATHNAME', 'exp_source_unit_values_from'
+  -- (as experiment.source_unit_values(): it locks and checks the source through SPI before
+  -- reading it as another role, never in a parallel query)
+  LANGUAGE C STABLE PARALLEL UNSAFE;
+COMMENT ON FUNCTION experiment.source_unit_values_from(regclass, boolean, integer, integer, bigint, regclass, text,
+    text[], text[], text[], interval[], interval[], boolean[], timestamptz, timestamptz, timestamptz, regrole,
+    timestamptz, boolean, boolean) IS
+  'internal: experiment.source_unit_values() of the units of a relation (unit_id, variant, t0, multi[, reset]): '
+  'those not multi, with reset = reset unless NULL, in unit-hash partition part of nparts; expected_units sizes its hash table';
+
 CREATE FUNCTION experiment.timestamptz_add_clamped(t timestamptz, i interval) RETURNS timestamptz
   AS 'MODULE_PATHNAME', 'exp_timestamptz_add_clamped_sql'
   LANGUAGE C STABLE STRICT PARALLEL SAFE;
@@ -503,6 +525,48 @@ $$;
 COMMENT ON FUNCTION experiment.source_call_sql(experiment.source_scan, timestamptz, timestamptz, timestamptz, timestamptz,
                                                boolean, boolean) IS
   'internal: SQL of the experiment.source_unit_values() call of one scan of experiment.source_specs()';
+
+-- SQL of the call of experiment.source_unit_values_from() for one row of experiment.source_specs():
+-- the units of relation units (not multi; reset = reset unless NULL; in partition part of nparts),
+-- about expected of them
+CREATE FUNCTION experiment.source_from_sql(s experiment.source_scan, units text, reset boolean, nparts integer,
+                                           part integer, expected bigint, end_at timestamptz, scan_from timestamptz,
+                                           scan_to timestamptz, split_at timestamptz, partial boolean)
+  RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT format('experiment.source_unit_values_from(%L::regclass, %L::boolean, %s, %s, %s, ', units, reset,
+                nparts, part, coalesce(expected, 0))
+         || substr(experiment.source_call_sql(s, end_at, scan_from, scan_to, split_at, false, partial),
+                   length('experiment.source_unit_values(a.ids, a.variants, a.t0s, ') + 1)
+$$;
+COMMENT ON FUNCTION experiment.source_from_sql(experiment.source_scan, text, boolean, integer, integer, bigint,
+                                               timestamptz, timestamptz, timestamptz, timestamptz, boolean) IS
+  'internal: SQL of the experiment.source_unit_values_from() call of one scan of experiment.source_specs() over a relation of units';
+
+-- SQL of the scans of an experiment's sources (rows of experiment.source_specs(), split at
+-- splits[k], NULL: not split) joined on the unit (aliases x1, x2, ...), each over the units of
+-- relation units in partition part of nparts (nunits of them in all)
+CREATE FUNCTION experiment.scans_join_sql(scans experiment.source_scan[], splits timestamptz[], end_at timestamptz,
+                                          units text, nparts integer, part integer, nunits bigint)
+  RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT coalesce(pg_catalog.string_agg(format('%s %s x%s%s', CASE WHEN k.o = 1 THEN '' ELSE ' JOIN' END,
+           experiment.source_from_sql(scans[k.o], units, NULL, nparts, part,
+                                      -- (room for a partition's units and a twentieth more)
+                                      coalesce(nunits, 0) / nparts + coalesce(nunits, 0) / nparts / 20 + 1024,
+                                      end_at, (scans[k.o]).lower_bound, (scans[k.o]).upper_bound, splits[k.o], false),
+           (scans[k.o]).src_no,
+           CASE WHEN k.o = 1 THEN '' ELSE format(' ON x%s.unit_id = x1.unit_id', (scans[k.o]).src_no) END),
+           '' ORDER BY k.o), '')
+  FROM pg_catalog.generate_subscripts(scans, 1) AS k(o)
+$$;
+COMMENT ON FUNCTION experiment.scans_join_sql(experiment.source_scan[], timestamptz[], timestamptz, text, integer,
+                                              integer, bigint) IS
+  'internal: SQL of the scans of an experiment''s sources over the units of one unit-hash partition of a relation, joined on the unit';
 
 -- SQL of the units of a relation as the arrays a.ids, a.variants, a.t0s that
 -- experiment.source_call_sql() passes (units_from: "relation u [WHERE ...]")
@@ -955,6 +1019,8 @@ DECLARE
   key_bytes float8;
   no_units text := experiment.unit_arrays_sql(
     '(SELECT NULL::text AS unit_id, NULL::text AS variant, NULL::timestamptz AS t0 WHERE false) u');
+  scans experiment.source_scan[] := '{}';
+  splits timestamptz[] := '{}';
 BEGIN
   PERFORM experiment.drop_refresh_tables();
   PERFORM experiment.create_base_table(e);
@@ -1012,9 +1078,8 @@ BEGIN
                                             split, latest);
       SELECT vals_cols || pg_catalog.string_agg(format(', %s AS %s', l.value_sql, l.col), '')
         INTO vals_cols FROM experiment.unit_value_layout(sc, format('x%s', sc.src_no), NULL) l;
-      joins := joins || format('%s %s x%s%s', CASE WHEN sc.src_no = 1 THEN ',' ELSE ' JOIN' END,
-        experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, split, false, false),
-        sc.src_no, CASE WHEN sc.src_no = 1 THEN '' ELSE format(' ON x%s.unit_id = x1.unit_id', sc.src_no) END);
+      scans := scans || sc;
+      splits := splits || split;
     END LOOP;
 
     -- unlogged (derived data, rebuilt in full when a crash empties it) and with room on each
@@ -1022,23 +1087,22 @@ BEGIN
     relation := 'unit_values_' || pg_catalog.nextval('experiment.unit_value_tables_seq');
     -- (the dimension values d<j> of the first exposures: from the units, joined back when a
     -- source was scanned)
-    IF joins = '' THEN
+    IF pg_catalog.cardinality(scans) = 0 THEN
       EXECUTE format('CREATE UNLOGGED TABLE experiment.%I WITH (fillfactor = 80) AS '
                      'SELECT u.unit_id, u.variant, u.t0, false AS multi, false AS reset%s '
                      'FROM pg_temp.exp_units u WHERE NOT u.multi', relation, experiment.dims_columns_sql('u'));
     ELSE
       -- one statement per partition (the first creates the table), each with the units of its
-      -- partition and one scan of each source
+      -- partition and one scan of each source (which reads the units of its partition itself)
       FOR part IN 0 .. partitions - 1 LOOP
-        units_where := format('pg_temp.exp_units u WHERE NOT u.multi AND %s',
-                              experiment.unit_partition_sql('u.unit_id', partitions, part));
+        joins := experiment.scans_join_sql(scans, splits, e.end_at, 'pg_temp.exp_units', partitions, part, nunits);
         IF experiment.dims_columns_sql('du') = '' THEN
-          sel := format('SELECT x1.unit_id, x1.variant, x1.t0, false AS multi, false AS reset%s FROM %s%s '
-                        'WHERE x1.unit_id IS NOT NULL', vals_cols, experiment.unit_arrays_sql(units_where), joins);
+          sel := format('SELECT x1.unit_id, x1.variant, x1.t0, false AS multi, false AS reset%s FROM %s '
+                        'WHERE x1.unit_id IS NOT NULL', vals_cols, joins);
         ELSE
-          sel := format('SELECT x1.unit_id, x1.variant, x1.t0, false AS multi, false AS reset%s%s FROM %s%s '
+          sel := format('SELECT x1.unit_id, x1.variant, x1.t0, false AS multi, false AS reset%s%s FROM %s '
                         'JOIN pg_temp.exp_units du ON du.unit_id = x1.unit_id', vals_cols,
-                        experiment.dims_columns_sql('du'), experiment.unit_arrays_sql(units_where), joins);
+                        experiment.dims_columns_sql('du'), joins);
         END IF;
         IF part = 0 THEN
           EXECUTE format('CREATE UNLOGGED TABLE experiment.%I WITH (fillfactor = 80) AS %s', relation, sel);
@@ -1152,16 +1216,15 @@ BEGIN
                                  sketches experiment.sketch[]) ON COMMIT DROP;
     FOR part IN 0 .. partitions - 1 LOOP
       EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.vals, x.skipped, x.latest, x.sketches '
-                     'FROM %s, %s x',
-                     experiment.unit_arrays_sql(format('experiment.%I u WHERE NOT u.multi AND NOT u.reset AND %s', relation,
-                                                       experiment.unit_partition_sql('u.unit_id', partitions, part))),
-                     experiment.source_call_sql(sc, e.end_at, wm.settled_before, sc.upper_bound, split, false, true));
+                     'FROM %s x',
+                     experiment.source_from_sql(sc, format('experiment.%I', relation), false, partitions, part,
+                                                nunits / partitions + nunits / partitions / 20 + 1024,
+                                                e.end_at, wm.settled_before, sc.upper_bound, split, true));
       IF min_t0 IS NOT NULL THEN
         EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.vals, x.skipped, NULL, x.sketches '
-                       'FROM %s, %s x WHERE x.unit_id IS NOT NULL',
-                       experiment.unit_arrays_sql(format('experiment.%I u WHERE NOT u.multi AND u.reset AND %s', relation,
-                                                         experiment.unit_partition_sql('u.unit_id', partitions, part))),
-                       experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, split, false, true));
+                       'FROM %s x WHERE x.unit_id IS NOT NULL',
+                       experiment.source_from_sql(sc, format('experiment.%I', relation), true, partitions, part, 1024,
+                                                  e.end_at, sc.lower_bound, sc.upper_bound, split, true));
       END IF;
     END LOOP;
     ANALYZE pg_temp.exp_touch;
@@ -1250,10 +1313,10 @@ AS $$
 DECLARE
   sc experiment.source_scan;
   src_no integer := 0;
-  joins text := '';
   vals_sql text;
   vals_cols text := '';
   parts integer := 1;
+  scans experiment.source_scan[] := '{}';
 BEGIN
   -- units: first exposure defines variant and start; units in several variants are excluded
   PERFORM experiment.drop_refresh_tables();
@@ -1274,23 +1337,20 @@ BEGIN
   FOR sc IN SELECT * FROM experiment.source_specs(e, min_t0, max_t0, as_owner) LOOP
     src_no := sc.src_no;
     vals_cols := vals_cols || experiment.unit_value_columns(sc, format('x%s', src_no));
-    joins := joins || format('%s %s x%s%s', CASE WHEN src_no = 1 THEN ',' ELSE ' JOIN' END,
-      experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, NULL, false, false),
-      src_no, CASE WHEN src_no = 1 THEN '' ELSE format(' ON x%s.unit_id = x1.unit_id', src_no) END);
+    scans := scans || sc;
   END LOOP;
-
-  -- per-unit values, zero-filled: one statement, one scan of each source
-  IF src_no = 0 THEN
-    vals_sql := 'SELECT u.unit_id, u.variant FROM pg_temp.exp_units u';
-  ELSE
-    vals_sql := format('SELECT x1.unit_id, x1.variant%s FROM %s%s',
-                       vals_cols, experiment.unit_arrays_sql('pg_temp.exp_units u'), joins);
-  END IF;
 
   -- beyond experiment.refresh_memory, the units in unit-hash partitions (kept in exp_vals)
   IF src_no > 0 THEN
     SELECT experiment.refresh_partitions(e, nunits, pg_catalog.avg(pg_catalog.octet_length(u.unit_id)))
       INTO parts FROM pg_temp.exp_units u;
+  END IF;
+  -- per-unit values, zero-filled: one statement, one scan of each source
+  IF src_no = 0 THEN
+    vals_sql := 'SELECT u.unit_id, u.variant FROM pg_temp.exp_units u';
+  ELSE
+    vals_sql := format('SELECT x1.unit_id, x1.variant%s FROM %s', vals_cols,
+                       experiment.scans_join_sql(scans, '{}', e.end_at, 'pg_temp.exp_units', 1, 0, nunits));
   END IF;
   -- caps: pooled percentiles over all analysed units (a second read of the values: they are kept)
   IF keep OR parts > 1 OR EXISTS (SELECT FROM pg_temp.exp_base b JOIN experiment.metrics m2 ON m2.name = b.name
@@ -1300,10 +1360,8 @@ BEGIN
     ELSE
       -- one statement per partition, each with the units of its partition and a scan of each source
       FOR part IN 0 .. parts - 1 LOOP
-        vals_sql := format('SELECT x1.unit_id, x1.variant%s FROM %s%s', vals_cols,
-                           experiment.unit_arrays_sql('pg_temp.exp_units u WHERE '
-                                                      || experiment.unit_partition_sql('u.unit_id', parts, part)),
-                           joins);
+        vals_sql := format('SELECT x1.unit_id, x1.variant%s FROM %s', vals_cols,
+                           experiment.scans_join_sql(scans, '{}', e.end_at, 'pg_temp.exp_units', parts, part, nunits));
         EXECUTE CASE WHEN part = 0 THEN 'CREATE TEMP TABLE exp_vals ON COMMIT DROP AS '
                      ELSE 'INSERT INTO pg_temp.exp_vals ' END || vals_sql;
       END LOOP;

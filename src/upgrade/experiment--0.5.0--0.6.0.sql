@@ -1,8 +1,9 @@
 -- experiment 0.5.0 -> 0.6.0 (ALTER EXTENSION experiment UPDATE; doc/operations.md#upgrading)
 --
--- refresh(): the units by variant and day counted in the pass of the moments. metric_method()
--- picks the quantile test for quantile metrics itself (one place for the
--- choice of a metric's method).
+-- refresh() and aa_test() hand their units to the scans of the sources as a relation
+-- (source_unit_values_from()) instead of as arrays, and experiment.refresh_memory counts
+-- only the scans' hash tables; refresh() counts the units by variant and day in the pass of
+-- the moments. metric_method() picks the quantile test for quantile metrics itself.
 
 DROP FUNCTION experiment.metric_method(text, experiment.moments, experiment.moments);
 
@@ -34,6 +35,410 @@ $$;
 COMMENT ON FUNCTION experiment.metric_method(text, experiment.moments, experiment.moments, text) IS
   'internal: the test method of a metric (quantile, ratio, cuped_ratio, cuped, prop_ztest or welch) from its kind, '
   'its arms'' CUPED moments and its aggregation';
+
+-- the rows of experiment.source_unit_values(), the units read from a relation instead of passed
+-- as arrays (src/unit_values.c): the units of units that are not multi, with reset = reset (NULL:
+-- any) and in unit-hash partition part of nparts (experiment.unit_partition_sql()); expected_units
+-- sizes the scan's hash table
+CREATE OR REPLACE FUNCTION experiment.source_unit_values_from(units regclass, reset boolean, nparts integer, part integer,
+    expected_units bigint, source regclass, unit_column text,
+    time_columns text[], value_columns text[], aggregations text[], lo_offsets interval[],
+    hi_offsets interval[], use_end boolean[], end_at timestamptz, scan_from timestamptz, scan_to timestamptz,
+    reader regrole DEFAULT NULL, split_at timestamptz DEFAULT NULL, probe boolean DEFAULT false,
+    partial boolean DEFAULT false)
+  RETURNS TABLE (unit_id text, variant text, t0 timestamptz, vals float8[], skipped bigint[], latest timestamptz,
+                 split timestamptz, sketches experiment.sketch[])
+  AS 'MODULE_PATHNAME', 'exp_source_unit_values_from'
+  -- (as experiment.source_unit_values(): it locks and checks the source through SPI before
+  -- reading it as another role, never in a parallel query)
+  LANGUAGE C STABLE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION experiment.source_unit_values_from(regclass, boolean, integer, integer, bigint, regclass, text,
+    text[], text[], text[], interval[], interval[], boolean[], timestamptz, timestamptz, timestamptz, regrole,
+    timestamptz, boolean, boolean) IS
+  'internal: experiment.source_unit_values() of the units of a relation (unit_id, variant, t0, multi[, reset]): '
+  'those not multi, with reset = reset unless NULL, in unit-hash partition part of nparts; expected_units sizes its hash table';
+
+-- SQL of the call of experiment.source_unit_values_from() for one row of experiment.source_specs():
+-- the units of relation units (not multi; reset = reset unless NULL; in partition part of nparts),
+-- about expected of them
+CREATE OR REPLACE FUNCTION experiment.source_from_sql(s experiment.source_scan, units text, reset boolean, nparts integer,
+                                           part integer, expected bigint, end_at timestamptz, scan_from timestamptz,
+                                           scan_to timestamptz, split_at timestamptz, partial boolean)
+  RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT format('experiment.source_unit_values_from(%L::regclass, %L::boolean, %s, %s, %s, ', units, reset,
+                nparts, part, coalesce(expected, 0))
+         || substr(experiment.source_call_sql(s, end_at, scan_from, scan_to, split_at, false, partial),
+                   length('experiment.source_unit_values(a.ids, a.variants, a.t0s, ') + 1)
+$$;
+
+COMMENT ON FUNCTION experiment.source_from_sql(experiment.source_scan, text, boolean, integer, integer, bigint,
+                                               timestamptz, timestamptz, timestamptz, timestamptz, boolean) IS
+  'internal: SQL of the experiment.source_unit_values_from() call of one scan of experiment.source_specs() over a relation of units';
+
+-- SQL of the scans of an experiment's sources (rows of experiment.source_specs(), split at
+-- splits[k], NULL: not split) joined on the unit (aliases x1, x2, ...), each over the units of
+-- relation units in partition part of nparts (nunits of them in all)
+CREATE OR REPLACE FUNCTION experiment.scans_join_sql(scans experiment.source_scan[], splits timestamptz[], end_at timestamptz,
+                                          units text, nparts integer, part integer, nunits bigint)
+  RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT coalesce(pg_catalog.string_agg(format('%s %s x%s%s', CASE WHEN k.o = 1 THEN '' ELSE ' JOIN' END,
+           experiment.source_from_sql(scans[k.o], units, NULL, nparts, part,
+                                      -- (room for a partition's units and a twentieth more)
+                                      coalesce(nunits, 0) / nparts + coalesce(nunits, 0) / nparts / 20 + 1024,
+                                      end_at, (scans[k.o]).lower_bound, (scans[k.o]).upper_bound, splits[k.o], false),
+           (scans[k.o]).src_no,
+           CASE WHEN k.o = 1 THEN '' ELSE format(' ON x%s.unit_id = x1.unit_id', (scans[k.o]).src_no) END),
+           '' ORDER BY k.o), '')
+  FROM pg_catalog.generate_subscripts(scans, 1) AS k(o)
+$$;
+
+COMMENT ON FUNCTION experiment.scans_join_sql(experiment.source_scan[], timestamptz[], timestamptz, text, integer,
+                                              integer, bigint) IS
+  'internal: SQL of the scans of an experiment''s sources over the units of one unit-hash partition of a relation, joined on the unit';
+
+-- the stored per-unit values of an experiment brought up to date, incrementally when it can:
+-- the table's name, whether the refresh was full or incremental and why it was full, and the
+-- number of unit-hash partitions its scans used (experiment.refresh_memory)
+CREATE OR REPLACE FUNCTION experiment.refresh_unit_values(e experiment.experiments, force_full boolean,
+    OUT relation name, OUT mode text, OUT reason text, OUT partitions integer)
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  st experiment.unit_value_tables;
+  wm experiment.source_watermarks;
+  sc experiment.source_scan;
+  fp text;
+  xsince timestamptz;
+  several text;
+  unmarked text;
+  min_t0 timestamptz;
+  max_t0 timestamptz;
+  latest timestamptz;
+  split timestamptz;
+  scan_from timestamptz;
+  vals_cols text := '';
+  joins text := '';
+  empty_cols text;
+  empty_vals text;
+  reset_set text;
+  merge_set text;
+  changed text;
+  grantee text;
+  sel text;
+  units_where text;
+  nunits bigint;
+  key_bytes float8;
+  no_units text := experiment.unit_arrays_sql(
+    '(SELECT NULL::text AS unit_id, NULL::text AS variant, NULL::timestamptz AS t0 WHERE false) u');
+  scans experiment.source_scan[] := '{}';
+  splits timestamptz[] := '{}';
+BEGIN
+  PERFORM experiment.drop_refresh_tables();
+  PERFORM experiment.create_base_table(e);
+  PERFORM experiment.create_dims_table(e);
+  fp := experiment.unit_values_definition(e);
+  SELECT * INTO st FROM experiment.unit_value_tables u WHERE u.experiment_id = e.id FOR UPDATE;
+  -- (before the exposures are read: the sessions that could still store earlier ones)
+  xsince := experiment.exposures_watermark(st.exposures_since);
+  SELECT pg_catalog.string_agg(s.source::text, ', ' ORDER BY s.src_no) FILTER (WHERE s.time_column IS NULL),
+         -- a watermark that is missing, or whose allowance grew (the events it now allows
+         -- again were settled: only a full refresh reads them)
+         pg_catalog.string_agg(s.source::text, ', ' ORDER BY s.src_no)
+           FILTER (WHERE s.time_column IS NOT NULL AND NOT EXISTS (
+                     SELECT FROM experiment.source_watermarks w
+                     WHERE w.experiment_id = e.id AND w.source = s.source AND w.unit_column = s.unit_column
+                       AND w.owner = s.reader AND w.time_column = s.time_column
+                       AND w.late_events >= s.late_events))
+    INTO several, unmarked
+  FROM experiment.source_specs(e, NULL, NULL, true) s;
+  reason := CASE
+    WHEN force_full THEN 'requested (full => true)'
+    WHEN st.experiment_id IS NULL THEN 'no stored per-unit values yet'
+    WHEN pg_catalog.to_regclass(format('experiment.%I', st.relation)) IS NULL THEN 'the stored per-unit values are missing'
+    -- (an unlogged table: empty after a crash)
+    WHEN experiment.unit_value_table_empty(st.relation) THEN 'no stored per-unit values (none yet, or lost in a crash)'
+    WHEN st.definition IS DISTINCT FROM fp THEN 'the experiment''s end, its metrics or its dimensions changed'
+    WHEN several IS NOT NULL THEN format('the metrics of %s read several time columns: no watermark', several)
+    WHEN unmarked IS NOT NULL THEN format('no watermark of %s, or its lateness allowance grew', unmarked)
+  END;
+
+  IF reason IS NOT NULL THEN
+    mode := 'full';
+    -- units (those in several variants kept, marked)
+    PERFORM experiment.create_units_table(e);
+    SELECT pg_catalog.min(u.t0), pg_catalog.max(u.t0), count(*), pg_catalog.avg(pg_catalog.octet_length(u.unit_id))
+      INTO min_t0, max_t0, nunits, key_bytes FROM pg_temp.exp_units u WHERE NOT u.multi;
+    -- beyond experiment.refresh_memory, the units in unit-hash partitions, each scanned apart
+    partitions := experiment.refresh_partitions(e, nunits, key_bytes);
+
+    CREATE TEMP TABLE exp_marks (LIKE experiment.source_watermarks) ON COMMIT DROP;
+    FOR sc IN SELECT * FROM experiment.source_specs(e, min_t0, max_t0, true) LOOP
+      IF sc.time_column IS NULL THEN
+        split := 'infinity';   -- no watermark: everything is settled, and the next refresh is full again
+        latest := NULL;
+      ELSE
+        -- the latest event time now, not the one remembered (a full refresh after a
+        -- future-dated event was deleted starts afresh; an index on the time column
+        -- answers this without a scan)
+        EXECUTE format('SELECT x.latest FROM %s, %s x', no_units,
+                       experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, NULL, true, false))
+          INTO latest;
+        split := coalesce(experiment.watermark_split(latest, sc.late_events), '-infinity');
+      END IF;
+      INSERT INTO pg_temp.exp_marks VALUES (e.id, sc.source, sc.unit_column, sc.reader, sc.time_column, sc.late_events,
+                                            split, latest);
+      SELECT vals_cols || pg_catalog.string_agg(format(', %s AS %s', l.value_sql, l.col), '')
+        INTO vals_cols FROM experiment.unit_value_layout(sc, format('x%s', sc.src_no), NULL) l;
+      scans := scans || sc;
+      splits := splits || split;
+    END LOOP;
+
+    -- unlogged (derived data, rebuilt in full when a crash empties it) and with room on each
+    -- page for the updates of incremental refreshes
+    relation := 'unit_values_' || pg_catalog.nextval('experiment.unit_value_tables_seq');
+    -- (the dimension values d<j> of the first exposures: from the units, joined back when a
+    -- source was scanned)
+    IF pg_catalog.cardinality(scans) = 0 THEN
+      EXECUTE format('CREATE UNLOGGED TABLE experiment.%I WITH (fillfactor = 80) AS '
+                     'SELECT u.unit_id, u.variant, u.t0, false AS multi, false AS reset%s '
+                     'FROM pg_temp.exp_units u WHERE NOT u.multi', relation, experiment.dims_columns_sql('u'));
+    ELSE
+      -- one statement per partition (the first creates the table), each with the units of its
+      -- partition and one scan of each source (which reads the units of its partition itself)
+      FOR part IN 0 .. partitions - 1 LOOP
+        joins := experiment.scans_join_sql(scans, splits, e.end_at, 'pg_temp.exp_units', partitions, part, nunits);
+        IF experiment.dims_columns_sql('du') = '' THEN
+          sel := format('SELECT x1.unit_id, x1.variant, x1.t0, false AS multi, false AS reset%s FROM %s '
+                        'WHERE x1.unit_id IS NOT NULL', vals_cols, joins);
+        ELSE
+          sel := format('SELECT x1.unit_id, x1.variant, x1.t0, false AS multi, false AS reset%s%s FROM %s '
+                        'JOIN pg_temp.exp_units du ON du.unit_id = x1.unit_id', vals_cols,
+                        experiment.dims_columns_sql('du'), joins);
+        END IF;
+        IF part = 0 THEN
+          EXECUTE format('CREATE UNLOGGED TABLE experiment.%I WITH (fillfactor = 80) AS %s', relation, sel);
+        ELSE
+          EXECUTE format('INSERT INTO experiment.%I %s', relation, sel);
+        END IF;
+      END LOOP;
+    END IF;
+    EXECUTE format('INSERT INTO experiment.%I (unit_id, variant, t0, multi, reset%s) '
+                   'SELECT u.unit_id, u.variant, u.t0, true, false%s FROM pg_temp.exp_units u WHERE u.multi', relation,
+                   replace(experiment.dims_columns_sql('u'), 'u.', ''), experiment.dims_columns_sql('u'));
+    -- (the index finds the units of new exposures; it is on a column no update changes, so
+    -- updates stay HOT)
+    EXECUTE format('ALTER TABLE experiment.%I ALTER unit_id SET NOT NULL, ADD UNIQUE (unit_id)', relation);
+    EXECUTE format('ALTER EXTENSION experiment ADD TABLE experiment.%I', relation);
+    -- per-unit values are for the owner alone, whatever default privileges say
+    FOR grantee IN SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
+                   FROM pg_catalog.pg_class c, LATERAL pg_catalog.aclexplode(c.relacl) a
+                   WHERE c.oid = format('experiment.%I', relation)::regclass AND a.grantee <> c.relowner LOOP
+      EXECUTE format('REVOKE ALL ON experiment.%I FROM %s', relation, grantee);
+    END LOOP;
+    EXECUTE format('COMMENT ON TABLE experiment.%I IS %L', relation,
+                   format('stored per-unit values of experiment %s (experiment.refresh(), doc/scaling.md)', e.id));
+    IF st.experiment_id IS NOT NULL THEN
+      PERFORM experiment.drop_unit_value_table(st.relation);
+      UPDATE experiment.unit_value_tables u
+        SET relation = refresh_unit_values.relation, definition = fp, exposures_since = xsince, refreshed_at = pg_catalog.now()
+        WHERE u.experiment_id = e.id;
+      DELETE FROM experiment.source_watermarks w WHERE w.experiment_id = e.id;
+    ELSE
+      INSERT INTO experiment.unit_value_tables (experiment_id, relation, definition, exposures_since, refreshed_at)
+      VALUES (e.id, relation, fp, xsince, pg_catalog.now());
+    END IF;
+    INSERT INTO experiment.source_watermarks SELECT * FROM pg_temp.exp_marks;
+    RETURN;
+  END IF;
+
+  -- incremental: the exposures received since the watermark change units or add them
+  mode := 'incremental';
+  relation := st.relation;
+  -- the units: those of the previous refresh and the new ones (ids' length from a sample)
+  EXECUTE format('SELECT pg_catalog.avg(pg_catalog.octet_length(u.unit_id)) FROM (SELECT t.unit_id FROM experiment.%I t LIMIT 1000) u',
+                 relation) INTO key_bytes;
+  -- (with the dimension values of the earliest new exposure: they are the unit's when it is
+  -- new, or when that exposure comes before its first one)
+  EXECUTE format(
+    'CREATE TEMP TABLE exp_newx ON COMMIT DROP AS '
+    'SELECT xp.unit_id, pg_catalog.min(xp.variant) AS minv, pg_catalog.max(xp.variant) AS maxv, '
+    '       pg_catalog.min(xp.exposed_at) AS t0%s '
+    'FROM experiment.exposures xp '
+    'WHERE xp.experiment_id = %L AND xp.received_at >= %L::timestamptz '
+    '  AND (%L::timestamptz IS NULL OR xp.exposed_at < %L::timestamptz) '
+    'GROUP BY xp.unit_id', experiment.first_exposure_dims_sql(), e.id, st.exposures_since, e.end_at, e.end_at);
+  ANALYZE pg_temp.exp_newx;
+  SELECT coalesce(f.enrolled_units, 0) + coalesce(f.multi_variant_units, 0) INTO nunits
+    FROM experiment.refreshes f WHERE f.experiment_id = e.id;
+  nunits := coalesce(nunits, 0) + (SELECT count(*) FROM pg_temp.exp_newx);
+  partitions := experiment.refresh_partitions(e, nunits, key_bytes);
+  SELECT coalesce(pg_catalog.string_agg(l.col, ', ' ORDER BY s.src_no, l.ord), ''),
+         coalesce(pg_catalog.string_agg(l.empty, ', ' ORDER BY s.src_no, l.ord), ''),
+         coalesce(pg_catalog.string_agg(format('%s = CASE WHEN n.t0 < u.t0 THEN %s ELSE u.%s END', l.col, l.empty, l.col),
+                                        ', ' ORDER BY s.src_no, l.ord), '')
+    INTO empty_cols, empty_vals, reset_set
+  FROM experiment.source_specs(e, NULL, NULL, true) s,
+       LATERAL (SELECT y.*, row_number() OVER () AS ord FROM experiment.unit_value_layout(s, 'x', 'u') y) l;
+  -- the dimension values: those of the new first exposure
+  SELECT empty_cols || CASE WHEN empty_cols <> '' AND d.cols <> '' THEN ', ' ELSE '' END || d.cols,
+         empty_vals || CASE WHEN empty_vals <> '' AND d.cols <> '' THEN ', ' ELSE '' END || d.vals,
+         reset_set || CASE WHEN reset_set <> '' AND d.cols <> '' THEN ', ' ELSE '' END || d.sets
+    INTO empty_cols, empty_vals, reset_set
+    FROM (SELECT coalesce(pg_catalog.string_agg(format('d%s', x.j), ', ' ORDER BY x.j), '') AS cols,
+                 coalesce(pg_catalog.string_agg(format('n.d%s', x.j), ', ' ORDER BY x.j), '') AS vals,
+                 coalesce(pg_catalog.string_agg(format('d%s = CASE WHEN n.t0 < u.t0 THEN n.d%s ELSE u.d%s END', x.j, x.j, x.j),
+                                                ', ' ORDER BY x.j), '') AS sets
+          FROM pg_temp.exp_dims x) d;
+  -- a unit exposed to another variant leaves the analysis; one exposed earlier is read again in full
+  EXECUTE format('UPDATE experiment.%I u SET multi = u.multi OR n.minv <> n.maxv OR n.minv <> u.variant, '
+                 'variant = least(u.variant, n.minv), t0 = least(u.t0, n.t0), reset = u.reset OR n.t0 < u.t0%s '
+                 'FROM pg_temp.exp_newx n WHERE n.unit_id = u.unit_id AND NOT u.multi '
+                 'AND (n.minv <> u.variant OR n.maxv <> u.variant OR n.t0 < u.t0)',
+                 relation, CASE WHEN reset_set = '' THEN '' ELSE ', ' || reset_set END);
+  EXECUTE format('INSERT INTO experiment.%I (unit_id, variant, t0, multi, reset%s) '
+                 'SELECT n.unit_id, n.minv, n.t0, n.minv <> n.maxv, true%s FROM pg_temp.exp_newx n '
+                 'WHERE NOT EXISTS (SELECT FROM experiment.%I u WHERE u.unit_id = n.unit_id)',
+                 relation, CASE WHEN empty_cols = '' THEN '' ELSE ', ' || empty_cols END,
+                 CASE WHEN empty_vals = '' THEN '' ELSE ', ' || empty_vals END, relation);
+
+  -- each source: events from its watermark on for every unit, all events of new and reset units
+  -- (new and reset units are among those of the new exposures; the latest first exposure is at
+  -- most the later of the previous refresh's and the new exposures')
+  EXECUTE format('SELECT pg_catalog.min(u.t0) FILTER (WHERE u.reset) FROM pg_temp.exp_newx n '
+                 'JOIN experiment.%I u ON u.unit_id = n.unit_id WHERE NOT u.multi', relation) INTO min_t0;
+  SELECT greatest((SELECT f.last_exposure FROM experiment.refreshes f WHERE f.experiment_id = e.id),
+                  (SELECT pg_catalog.max(n.t0) FROM pg_temp.exp_newx n))
+    INTO max_t0;
+  FOR sc IN SELECT * FROM experiment.source_specs(e, min_t0, max_t0, true) LOOP
+    SELECT * INTO wm FROM experiment.source_watermarks w
+    WHERE w.experiment_id = e.id AND w.source = sc.source AND w.unit_column = sc.unit_column AND w.owner = sc.reader;
+    -- the split: from the latest event time the previous scan saw (this scan's is stored for
+    -- the next), never earlier than the watermark (which stays while no event was seen)
+    split := greatest(wm.settled_before, experiment.watermark_split(wm.latest_event, sc.late_events));
+    SELECT coalesce(pg_catalog.string_agg(format('%s = %s', l.col, l.value_sql), ', '), ''),
+           format('(%s) IS DISTINCT FROM (%s)', pg_catalog.string_agg('u.' || l.col, ', '),
+                  pg_catalog.string_agg(l.value_sql, ', '))
+      INTO merge_set, changed
+    FROM experiment.unit_value_layout(sc, 'x', 'u') l;
+    -- the units read before: their events from the watermark on (the scan's lower bound); the
+    -- new and reset units apart, all their events, with a hash table of their own that is small
+    -- (beyond experiment.refresh_memory, partition by partition: each scan with the units of one)
+    CREATE TEMP TABLE exp_touch (unit_id text, vals float8[], skipped bigint[], latest timestamptz,
+                                 sketches experiment.sketch[]) ON COMMIT DROP;
+    FOR part IN 0 .. partitions - 1 LOOP
+      EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.vals, x.skipped, x.latest, x.sketches '
+                     'FROM %s x',
+                     experiment.source_from_sql(sc, format('experiment.%I', relation), false, partitions, part,
+                                                nunits / partitions + nunits / partitions / 20 + 1024,
+                                                e.end_at, wm.settled_before, sc.upper_bound, split, true));
+      IF min_t0 IS NOT NULL THEN
+        EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.vals, x.skipped, NULL, x.sketches '
+                       'FROM %s x WHERE x.unit_id IS NOT NULL',
+                       experiment.source_from_sql(sc, format('experiment.%I', relation), true, partitions, part, 1024,
+                                                  e.end_at, sc.lower_bound, sc.upper_bound, split, true));
+      END IF;
+    END LOOP;
+    ANALYZE pg_temp.exp_touch;
+    -- (a unit whose events are all read again unchanged is not written)
+    EXECUTE format('UPDATE experiment.%I u SET %s FROM pg_temp.exp_touch x WHERE x.unit_id = u.unit_id AND %s',
+                   relation, merge_set, changed);
+    -- (every partition's scan reads the same rows: the same latest time)
+    SELECT pg_catalog.max(x.latest) INTO latest FROM pg_temp.exp_touch x WHERE x.unit_id IS NULL;
+    DROP TABLE pg_temp.exp_touch;
+    UPDATE experiment.source_watermarks w
+      SET settled_before = split, latest_event = greatest(w.latest_event, latest), late_events = sc.late_events
+      WHERE w.experiment_id = e.id AND w.source = sc.source AND w.unit_column = sc.unit_column AND w.owner = sc.reader;
+  END LOOP;
+  EXECUTE format('UPDATE experiment.%I u SET reset = false FROM pg_temp.exp_newx n '
+                 'WHERE u.unit_id = n.unit_id AND u.reset', relation);
+  UPDATE experiment.unit_value_tables u SET exposures_since = xsince, refreshed_at = pg_catalog.now()
+    WHERE u.experiment_id = e.id;
+END
+$$;
+
+-- the per-unit values of an experiment's metrics, as refresh and aa_test read them: temporary
+-- tables exp_units (the analysed units: first variant and exposure), exp_base (the base
+-- metrics, numbered i) and, when keep or a metric has a percentile cap, exp_vals (unit_id,
+-- variant, v<i> = the value of base metric i, p<i> = its pre-period value); vals_from is
+-- exp_vals or the query that computes it; capped and pre_capped are the SQL of v<i> and p<i>
+-- capped (experiment.winsorization_caps())
+CREATE OR REPLACE FUNCTION experiment.prepare_unit_values(e experiment.experiments, keep boolean, as_owner boolean,
+    OUT vals_from text, OUT capped text[], OUT pre_capped text[], OUT nmulti bigint, OUT nunits bigint,
+    OUT nearly bigint, OUT min_t0 timestamptz, OUT max_t0 timestamptz)
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  sc experiment.source_scan;
+  src_no integer := 0;
+  vals_sql text;
+  vals_cols text := '';
+  parts integer := 1;
+  scans experiment.source_scan[] := '{}';
+BEGIN
+  -- units: first exposure defines variant and start; units in several variants are excluded
+  PERFORM experiment.drop_refresh_tables();
+  PERFORM experiment.create_units_table(e);
+  SELECT count(*) FILTER (WHERE u.multi), count(*) FILTER (WHERE NOT u.multi),
+         count(*) FILTER (WHERE NOT u.multi AND u.t0 < e.start_at),
+         pg_catalog.min(u.t0) FILTER (WHERE NOT u.multi), pg_catalog.max(u.t0) FILTER (WHERE NOT u.multi)
+    INTO nmulti, nunits, nearly, min_t0, max_t0
+    FROM exp_units u;
+  DELETE FROM exp_units WHERE multi;
+  ANALYZE exp_units;
+
+  PERFORM experiment.create_base_table(e);
+
+  -- one scan per source relation, however many metrics read it: experiment.source_unit_values()
+  -- returns every unit (zero-filled) with the values of the metrics of that source in vals
+  -- each source is read as the metric's owner (refresh) or as the current user (aa_test)
+  FOR sc IN SELECT * FROM experiment.source_specs(e, min_t0, max_t0, as_owner) LOOP
+    src_no := sc.src_no;
+    vals_cols := vals_cols || experiment.unit_value_columns(sc, format('x%s', src_no));
+    scans := scans || sc;
+  END LOOP;
+
+  -- beyond experiment.refresh_memory, the units in unit-hash partitions (kept in exp_vals)
+  IF src_no > 0 THEN
+    SELECT experiment.refresh_partitions(e, nunits, pg_catalog.avg(pg_catalog.octet_length(u.unit_id)))
+      INTO parts FROM pg_temp.exp_units u;
+  END IF;
+  -- per-unit values, zero-filled: one statement, one scan of each source
+  IF src_no = 0 THEN
+    vals_sql := 'SELECT u.unit_id, u.variant FROM pg_temp.exp_units u';
+  ELSE
+    vals_sql := format('SELECT x1.unit_id, x1.variant%s FROM %s', vals_cols,
+                       experiment.scans_join_sql(scans, '{}', e.end_at, 'pg_temp.exp_units', 1, 0, nunits));
+  END IF;
+  -- caps: pooled percentiles over all analysed units (a second read of the values: they are kept)
+  IF keep OR parts > 1 OR EXISTS (SELECT FROM pg_temp.exp_base b JOIN experiment.metrics m2 ON m2.name = b.name
+                                  WHERE m2.winsorize IS NOT NULL OR m2.winsorize_lower IS NOT NULL) THEN
+    IF parts = 1 THEN
+      EXECUTE 'CREATE TEMP TABLE exp_vals ON COMMIT DROP AS ' || vals_sql;
+    ELSE
+      -- one statement per partition, each with the units of its partition and a scan of each source
+      FOR part IN 0 .. parts - 1 LOOP
+        vals_sql := format('SELECT x1.unit_id, x1.variant%s FROM %s', vals_cols,
+                           experiment.scans_join_sql(scans, '{}', e.end_at, 'pg_temp.exp_units', parts, part, nunits));
+        EXECUTE CASE WHEN part = 0 THEN 'CREATE TEMP TABLE exp_vals ON COMMIT DROP AS '
+                     ELSE 'INSERT INTO pg_temp.exp_vals ' END || vals_sql;
+      END LOOP;
+    END IF;
+    vals_from := 'pg_temp.exp_vals';
+  ELSE
+    vals_from := '(' || vals_sql || ')';
+  END IF;
+  SELECT w.capped, w.pre_capped INTO capped, pre_capped FROM experiment.winsorization_caps(vals_from) w;
+END
+$$;
 
 CREATE OR REPLACE FUNCTION experiment.refresh(experiment_id text, full boolean DEFAULT false) RETURNS void
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
