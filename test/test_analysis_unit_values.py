@@ -197,6 +197,39 @@ r = q("""SELECT count(*) FROM experiment.source_unit_values('{}', '{}', '{}', 'u
          '{count}', '{0}', '{NULL}', '{t}', NULL, NULL, NULL)""")[0][0]
 ck.check(r == 0, "no units: no rows (%r)" % r)
 
+# source_unit_values_from(): the units read from a relation (not multi, reset as asked, in one
+# unit-hash partition) give the rows of the array form exactly; a hint of 0 expected units makes
+# the scan's hash table grow (and move its units) many times
+cur.execute("SET TimeZone = 'Europe/Berlin'")
+q("""CREATE TABLE uv_rel AS SELECT unit_id, variant, t0, (row_number() OVER (ORDER BY unit_id)) % 7 = 0 AS multi,
+                                   (row_number() OVER (ORDER BY unit_id)) % 3 = 0 AS reset
+     FROM uv_units""")
+spec_args = ([x[0] for x in specs], [x[1] for x in specs], [x[2] for x in specs], [x[3] for x in specs],
+             [x[4] for x in specs], [x[5] for x in specs], END_AT)
+ARGS = "'uv_events', 'unit', %s::text[], %s::text[], %s::text[], %s::interval[], %s::interval[], %s::boolean[], %s, NULL, NULL"
+for reset in (None, False, True):
+    cond = "NOT multi" + ("" if reset is None else " AND %sreset" % ("" if reset else "NOT "))
+    want = q("""SELECT x.unit_id, x.variant, x.t0, x.vals, x.skipped FROM
+                (SELECT array_agg(unit_id) i, array_agg(variant) v, array_agg(t0) t FROM uv_rel WHERE %s) a,
+                experiment.source_unit_values(a.i, a.v, a.t, %s) x ORDER BY 1""" % (cond, ARGS), spec_args)
+    for hint in (0, 100, 100000):
+        got = q("""SELECT x.unit_id, x.variant, x.t0, x.vals, x.skipped
+                   FROM experiment.source_unit_values_from('uv_rel', %%s, 1, 0, %%s, %s) x ORDER BY 1""" % ARGS,
+                (reset, hint) + spec_args)
+        ck.check(got == want and len(got) > 50,
+                 "from a relation (reset %s, %d units expected): the rows of the arrays, exactly (%d rows)"
+                 % (reset, hint, len(got)))
+    parts = []
+    for part in range(3):
+        parts += q("""SELECT x.unit_id, x.variant, x.t0, x.vals, x.skipped
+                      FROM experiment.source_unit_values_from('uv_rel', %%s, 3, %%s, 5, %s) x""" % ARGS,
+                   (reset, part) + spec_args)
+    ck.check(sorted(parts) == want, "three unit-hash partitions of a relation: together the rows of one call (reset %s)" % reset)
+    inpart = q("""SELECT count(*) FROM uv_rel u WHERE %s AND (hashtext(u.unit_id) & 2147483647) %% 3 = 1""" % cond)[0][0]
+    got1 = q("""SELECT count(*) FROM experiment.source_unit_values_from('uv_rel', %%s, 3, 1, 0, %s) x""" % ARGS,
+             (reset,) + spec_args)[0][0]
+    ck.check(got1 == inpart, "partition 1 of 3 holds the units of experiment.unit_partition_sql() (%d, %d)" % (got1, inpart))
+
 
 def fails(sql, what):
     try:
@@ -222,6 +255,10 @@ fails("""SELECT * FROM experiment.source_unit_values('{u1,u2}', '{a}', '{2025-03
 fails("""SELECT * FROM experiment.source_unit_values('{1,2,1}', '{a,b,b}', '{2025-01-01,2025-01-01,2025-01-01}',
          'uv_events_int', 'uid', '{at}', '{NULL}', '{count}',
          '{0}', '{NULL}', '{t}', NULL, NULL, NULL)""", "duplicate unit")
+fails("""SELECT * FROM experiment.source_unit_values_from('uv_rel', NULL, 3, 3, 0, 'uv_events', 'unit', '{ts}', '{val}',
+         '{sum}', '{0}', '{NULL}', '{t}', NULL, NULL, NULL)""", "a partition beyond nparts")
+fails("""SELECT * FROM experiment.source_unit_values_from(NULL, NULL, 1, 0, 0, 'uv_events', 'unit', '{ts}', '{val}',
+         '{sum}', '{0}', '{NULL}', '{t}', NULL, NULL, NULL)""", "no relation of units")
 
 conn.close()
 ck.report()
