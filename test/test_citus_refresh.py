@@ -23,9 +23,9 @@ attribute). Checked:
   refreshes.placement_reason says why, with results equal to the local ones.
 Skips when the Citus archive is absent.
 """
-import json
 import math
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
@@ -58,15 +58,15 @@ def same(a, b, what):
     fa, fb = list(numbers(a)), list(numbers(b))
     if [p for p, _ in fa] != [p for p, _ in fb]:
         return ck.check(False, "%s: shapes differ:\n%r\n%r" % (what, a, b))
-    worst = 0.0
+    worst = (0.0,)
     for (p, x), (_, y) in zip(fa, fb):
         if isinstance(x, (int, float)) and isinstance(y, (int, float)) and not isinstance(x, bool):
             if math.isnan(x) or math.isnan(y):
                 ok = math.isnan(x) and math.isnan(y)
             else:
                 ok = abs(x - y) <= REL * max(abs(x), abs(y)) + 1e-12
-                if x != y:
-                    worst = max(worst, abs(x - y) / max(abs(x), abs(y)))
+                if x != y and abs(x - y) / max(abs(x), abs(y)) > worst[0]:
+                    worst = (abs(x - y) / max(abs(x), abs(y)), what + p, x, y)
             if not ok:
                 return ck.check(False, "%s%s: distributed %r, local %r" % (what, p, x, y))
         elif x != y:
@@ -75,7 +75,7 @@ def same(a, b, what):
     return ck.check(True, what)
 
 
-same.worst = 0.0
+same.worst = (0.0,)
 
 try:
     conn = cl.connect()
@@ -259,10 +259,15 @@ try:
         ck.check(not bad, "%s: every remote command on a source shard is an aggregate:\n%s" % (what, "\n".join(bad[:3])))
         # what comes back from the stored per-unit values' shards: aggregates, except the capped
         # column of the percentile cap (one value per unit)
-        uv = [n for n in remote if rel + "_" in n and "SELECT" in n and "citus_shard_run" not in n]
-        rows = [n for n in uv if "worker_partial_agg" not in n and "count(" not in n and "min(" not in n
-                and "percentile" not in n and "GROUP BY" not in n]
-        ck.check(all("v" in n for n in rows), "%s: per-unit rows read only for the percentile cap" % what)
+        uv = [n for n in remote if re.search(r"issuing SELECT .* FROM experiment\.%s_[0-9]+ " % rel, n)
+              and "citus_shard_run" not in n and "worker_apply_shard_ddl_command" not in n]
+        aggregate = re.compile(r"worker_partial_agg\(|count\(|sum\(|min\(|max\(|LIMIT")
+        rows = [n for n in uv if not aggregate.search(n)]
+        capped = re.compile(r"issuing SELECT [vp][0-9]+(, [vp][0-9]+)* FROM experiment\.unit_values_[0-9]+_[0-9]+ v "
+                            r"WHERE \(NOT multi\)")
+        ck.check(len(rows) > 0 and all(capped.search(n) for n in rows),
+                 "%s: per-unit rows read only for the percentile cap (the capped columns):\n%s"
+                 % (what, "\n".join(n for n in rows if not capped.search(n))[:2000]))
         ck.check(any("worker_partial_agg" in n and "moments" in n for n in uv),
                  "%s: the moments of the stored values are partial aggregates on the workers" % what)
         return rows
@@ -334,7 +339,26 @@ try:
     q("DELETE FROM experiment.experiments WHERE id = 'dist'")
     ck.check(q("SELECT to_regclass(%s)", ("experiment." + rel,))[0][0] is None,
              "a deleted experiment drops its distributed per-unit values")
-    print("largest relative difference distributed vs local: %.3g" % same.worst)
+
+    # deleting the stored state, then DROP EXTENSION, leaves no shard behind
+    rels = [r[0] for r in q("SELECT 'experiment.' || u.relation FROM experiment.unit_value_tables u "
+                            "WHERE experiment.citus_is_distributed(u.relation)")]
+    ck.check(len(rels) >= 1 and all(q("SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = %s::regclass", (r,))[0][0]
+                                    == 8 for r in rels), "distributed per-unit values before DROP EXTENSION: %r" % rels)
+    # (Citus 13 drops a distributed table dropped with its extension on the coordinator only:
+    # its shards stay on the workers; a deleted row of unit_value_tables drops its table first)
+    q("DELETE FROM experiment.unit_value_tables")
+    q("DROP EXTENSION experiment CASCADE")
+    ck.check(q("SELECT count(*) FROM pg_dist_partition WHERE logicalrelid::text LIKE 'experiment.%'")[0][0] == 0,
+             "no distributed per-unit values after DROP EXTENSION")
+    for port in cl.ports[1:]:
+        c = cl.connect(port=port)
+        cw = c.cursor()
+        cw.execute("SELECT coalesce(string_agg(relname, ', '), '') FROM pg_class WHERE relname LIKE 'unit\\_values%'")
+        left = cw.fetchone()[0]
+        ck.check(left == "", "no shard of per-unit values is left on the worker at port %d: %s" % (port, left))
+        c.close()
+    print("largest relative difference distributed vs local: %.3g (%s: %r, %r)" % same.worst)
 finally:
     cl.stop()
 ck.report()

@@ -846,8 +846,9 @@ AS $$
 DECLARE
   any_row boolean;
 BEGIN
-  -- (a select list: Citus cannot plan an empty one over a distributed table)
-  EXECUTE format('SELECT EXISTS (SELECT 1 FROM experiment.%I)', t) INTO any_row;
+  -- (a select list and a limit: Citus cannot plan an empty list over a distributed table, and
+  -- sends the limit to each shard)
+  EXECUTE format('SELECT EXISTS (SELECT 1 FROM experiment.%I LIMIT 1)', t) INTO any_row;
   RETURN NOT any_row;
 END
 $$;
