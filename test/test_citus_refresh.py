@@ -6,21 +6,28 @@ their unit column and co-located (8 shards); the same rows in local tables on th
 coordinator. Two experiments with the same units, variants and exposures: "dist"
 reads the distributed sources, "loc" the local ones. Their metrics: a conversion
 (any), revenue (sum, winsorized at the 0.99 percentile, CUPED over 7 days), a
-count, a ratio of the two, and a second source's sum; a dimension (an exposure
-attribute). Checked:
+count, a ratio of the two, a second source's sum, the 0.9 quantile of events and
+the median of the units' sums; a dimension (an exposure attribute). Checked:
 - "dist" is refreshed distributed, "loc" locally (experiment.refreshes.placement);
-- every variant_stats, metric_results, results_daily and dimension_stats value of
-  "dist" equals that of "loc" to 1e-12 relative (plus 1e-12 absolute for effects
+- every variant_stats (sketches as text, exactly), metric_results, results_daily,
+  dimension_stats and dimension_results value of "dist" equals that of "loc" to 1e-12 relative (plus 1e-12 absolute for effects
   that are differences of nearly equal means), and so do the stored per-unit values;
 - the remote commands of the distributed refresh (citus.log_remote_commands) run
   experiment.citus_shard_run() on every shard, and never read the sources' rows:
   every remote command on a source shard is an aggregate (the latest-time probe);
+  those on the stored values' shards are partial aggregates, except the capped
+  columns that the percentile cap reads;
 - new events (within and after the watermark) and new units, then an incremental
-  refresh of "dist": it stays distributed and incremental, and equals a full
-  refresh of "loc" of the same data;
-- a source that is distributed but not co-located (another shard count) and a
+  refresh of "dist": it stays distributed and incremental, and equals an
+  incremental refresh of "loc" (stored values included) and a full one (results,
+  and the analysed units' values); then once more with nothing new;
+- a source that is distributed but not co-located (another colocation group) and a
   source distributed on another column: refresh falls back to the local path and
-  refreshes.placement_reason says why, with results equal to the local ones.
+  refreshes.placement_reason says why, with results equal to the local ones; once
+  co-located, the next refresh is full (the placement changed) and distributed;
+- refresh_interactions() over distributed and local stored values;
+- a deleted experiment drops its distributed table; DROP EXTENSION after deleting the
+  stored state leaves no shard on the workers.
 Skips when the Citus archive is absent.
 """
 import math
@@ -141,12 +148,17 @@ try:
              (%s, %s, 'uid', 'ts', NULL, 'count', 'mean', '1 hour', '10 days', NULL, NULL, '1 day'),
              (%s, %s, 'uid', 'at', 'secs', 'sum', 'mean', '0', NULL, NULL, '7 days', '1 day')""",
           (m("conv"), ev, m("rev"), ev, m("cnt"), ev, m("secs"), pv))
+        q("""INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column, aggregation,
+                                             quantile, quantile_level, "window", higher_is_better) VALUES
+             (%s, %s, 'uid', 'ts', 'amount', 'quantile', 0.9, 'event', '14 days', true),
+             (%s, %s, 'uid', 'ts', 'amount', 'quantile', 0.5, 'unit', NULL, true)""",
+          (m("p90"), ev, m("p50u"), ev))
         q("INSERT INTO experiment.metrics (name, kind, numerator, denominator) VALUES (%s, 'ratio', %s, %s)",
           (m("rpc"), m("rev"), m("cnt")))
         q("""INSERT INTO experiment.experiment_metrics (experiment_id, metric, role)
              SELECT %s, n, CASE WHEN n = %s THEN 'primary' WHEN n = %s THEN 'guardrail' ELSE 'secondary' END
              FROM unnest(%s::text[]) n""",
-          (exp, m("rev"), m("cnt"), [m(x) for x in ("conv", "rev", "cnt", "secs", "rpc")]))
+          (exp, m("rev"), m("cnt"), [m(x) for x in ("conv", "rev", "cnt", "secs", "rpc", "p90", "p50u")]))
         q("""INSERT INTO experiment.dimensions (experiment_id, name, attribute, attribute_key)
              VALUES (%s, 'country', 'attributes', 'country')""", (exp,))
         q("UPDATE experiment.experiments SET status = 'running' WHERE id = %s", (exp,))
@@ -176,7 +188,7 @@ try:
         out["variant_stats"] = q("""
             SELECT json_agg(json_build_object('metric', substr(metric, length(%s) + 2), 'variant', variant, 'units', units,
                                               'm', moments::text::json, 'c', cuped_moments::text::json, 'cap', cap,
-                                              'cap_lower', cap_lower, 'skipped', skipped_values)
+                                              'cap_lower', cap_lower, 'skipped', skipped_values, 'q', sketch::text)
                             ORDER BY metric, variant)
             FROM experiment.variant_stats WHERE experiment_id = %s""", (exp, exp))[0][0]
         out["metric_results"] = q("""
@@ -331,6 +343,21 @@ try:
     q("SELECT experiment.refresh('dist')")
     ck.check(placement("dist")[:2] == ("incremental", "distributed"), "dist: incremental again")
     compare("incremental refresh with nothing new", exact=False)
+
+    # interactions of the overlapping experiments: joins of their stored values, distributed
+    # (co-located) with distributed and with local ones
+    # (a metric that both analyse: dist's conversion, added to loc and nc)
+    q("INSERT INTO experiment.experiment_metrics (experiment_id, metric, role) "
+      "VALUES ('loc', 'dist_conv', 'secondary'), ('nc', 'dist_conv', 'secondary')")
+    q("SELECT experiment.refresh('loc')")
+    q("SELECT experiment.refresh('nc')")
+    ck.check(placement("loc")[1:] == ("local", "source public.ev_local is not a distributed table")
+             and placement("nc")[1] == "distributed", "loc local, nc distributed: %r, %r"
+             % (placement("loc"), placement("nc")))
+    n = q("SELECT experiment.refresh_interactions()")[0][0]
+    pairs = q("SELECT DISTINCT experiment_id, other_experiment_id FROM experiment.interaction_results ORDER BY 1, 2")
+    ck.check(("dist", "loc") in pairs and ("dist", "nc") in pairs and ("loc", "nc") in pairs,
+             "refresh_interactions() over distributed and local stored values: %r rows, pairs %r" % (n, pairs))
 
     # a deleted experiment takes its distributed table with it
     (rel,), = q("SELECT relation FROM experiment.unit_value_tables WHERE experiment_id = 'dist'")

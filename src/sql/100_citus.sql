@@ -41,11 +41,6 @@ BEGIN
     reason := 'cluster-randomised or switchback experiments are refreshed locally';
     RETURN;
   END IF;
-  IF EXISTS (SELECT FROM pg_temp.exp_base b JOIN experiment.metrics m ON m.name = b.name
-             WHERE m.aggregation = 'quantile' AND m.quantile_level = 'event') THEN
-    reason := 'event quantile metrics are refreshed locally';
-    RETURN;
-  END IF;
   FOR sc IN SELECT * FROM experiment.source_specs(e, NULL, NULL, true) LOOP
     n := n + 1;
     EXECUTE 'SELECT p.partmethod::text AS method, p.colocationid AS colocation, '
