@@ -210,16 +210,16 @@ REVOKE EXECUTE ON FUNCTION experiment.citus_run_shards(name, regclass[], text[])
 -- the SQL of a call of experiment.source_unit_values() for a statement of
 -- experiment.citus_run_shards(): the source's literal replaced by the placeholder of its shard
 CREATE FUNCTION experiment.citus_shard_call_sql(s experiment.source_scan, end_at timestamptz, scan_from timestamptz,
-                                                scan_to timestamptz, split_at timestamptz)
+                                                scan_to timestamptz, split_at timestamptz, partial boolean)
   RETURNS text
   LANGUAGE sql STABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
-  SELECT pg_catalog.replace(experiment.source_call_sql(s, end_at, scan_from, scan_to, split_at, false, true),
+  SELECT pg_catalog.replace(experiment.source_call_sql(s, end_at, scan_from, scan_to, split_at, false, partial),
                             format('%L::regclass', s.source), format('@src%s@::regclass', s.src_no))
 $$;
 COMMENT ON FUNCTION experiment.citus_shard_call_sql(experiment.source_scan, timestamptz, timestamptz, timestamptz,
-                                                    timestamptz) IS
+                                                    timestamptz, boolean) IS
   'internal: the experiment.source_unit_values() call of one scan over the shard of its source (experiment.citus_run_shards())';
 
 -- a full refresh of the stored per-unit values on the Citus workers (experiment.refresh_unit_values()
@@ -241,8 +241,6 @@ DECLARE
   latest timestamptz;
   split timestamptz;
   typed_cols text := '';
-  empty_cols text := '';
-  empty_vals text := '';
   set_sql text;
   srcs regclass[] := '{}';
   stmts text[] := '{}';
@@ -272,17 +270,16 @@ BEGIN
                   WHEN EXISTS (SELECT FROM ROWS FROM (pg_catalog.unnest(sc.targets), pg_catalog.unnest(sc.aggs)) t(target, agg)
                                WHERE t.agg = 'sketch' AND substr(t.target, 2) = substr(l.col, 2))
                   THEN 'experiment.sketch' ELSE 'float8' END, l.col), '' ORDER BY l.ord),
-           empty_cols || pg_catalog.string_agg(', ' || l.col, '' ORDER BY l.ord),
-           empty_vals || pg_catalog.string_agg(', ' || l.empty, '' ORDER BY l.ord),
            pg_catalog.string_agg(format('%s = %s', l.col, l.value_sql), ', ' ORDER BY l.ord)
-      INTO typed_cols, empty_cols, empty_vals, set_sql
+      INTO typed_cols, set_sql
       FROM (SELECT y.*, row_number() OVER () AS ord FROM experiment.unit_value_layout(sc, 'x', NULL) y) l;
-    -- on the worker: the units of the shard with events, from one scan of the source's shard
+    -- on the worker: every analysed unit of the shard (zero-filled, as the local full refresh
+    -- fills them), from one scan of the source's shard
     stmts := stmts || format(
       'WITH x AS MATERIALIZED (SELECT x.* FROM %s, %s x WHERE x.unit_id IS NOT NULL), '
       'w AS (UPDATE @uv@ u SET %s FROM x WHERE x.unit_id = u.unit_id) SELECT NULL::timestamptz',
       experiment.unit_arrays_sql('@uv@ u WHERE NOT u.multi'),
-      experiment.citus_shard_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, split), set_sql);
+      experiment.citus_shard_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, split, false), set_sql);
   END LOOP;
 
   uv_rel := 'unit_values_' || pg_catalog.nextval('experiment.unit_value_tables_seq');
@@ -300,13 +297,10 @@ BEGIN
   END LOOP;
   EXECUTE 'SELECT pg_catalog.create_distributed_table($1, ''unit_id'', colocate_with => $2)'
     USING format('experiment.%I', uv_rel), srcs[1]::text;
-  -- the units (their values empty: a unit without events keeps them), and the multi-variant ones
-  EXECUTE format('INSERT INTO experiment.%I (unit_id, variant, t0, multi, reset%s%s) '
-                 'SELECT u.unit_id, u.variant, u.t0, false, false%s%s FROM pg_temp.exp_units u WHERE NOT u.multi',
-                 uv_rel, empty_cols, replace(experiment.dims_columns_sql('u'), 'u.', ''), empty_vals,
-                 experiment.dims_columns_sql('u'));
+  -- the units, their values NULL (the workers fill those of the analysed units; the
+  -- multi-variant ones keep NULL, as in a local table)
   EXECUTE format('INSERT INTO experiment.%I (unit_id, variant, t0, multi, reset%s) '
-                 'SELECT u.unit_id, u.variant, u.t0, true, false%s FROM pg_temp.exp_units u WHERE u.multi', uv_rel,
+                 'SELECT u.unit_id, u.variant, u.t0, u.multi, false%s FROM pg_temp.exp_units u', uv_rel,
                  replace(experiment.dims_columns_sql('u'), 'u.', ''), experiment.dims_columns_sql('u'));
   -- the values, on the workers
   PERFORM experiment.citus_run_shards(uv_rel, srcs, stmts);
@@ -367,12 +361,12 @@ BEGIN
     FROM experiment.unit_value_layout(sc, 'x', 'u') l;
     stmt := format('WITH x AS MATERIALIZED (SELECT x.unit_id, x.vals, x.skipped, x.latest, x.sketches FROM %s, %s x',
                    experiment.unit_arrays_sql('@uv@ u WHERE NOT u.multi AND NOT u.reset'),
-                   experiment.citus_shard_call_sql(sc, e.end_at, wm.settled_before, sc.upper_bound, split));
+                   experiment.citus_shard_call_sql(sc, e.end_at, wm.settled_before, sc.upper_bound, split, true));
     IF min_t0 IS NOT NULL THEN
       stmt := stmt || format(' UNION ALL SELECT x.unit_id, x.vals, x.skipped, NULL, x.sketches FROM %s, %s x '
                              'WHERE x.unit_id IS NOT NULL',
                              experiment.unit_arrays_sql('@uv@ u WHERE NOT u.multi AND u.reset'),
-                             experiment.citus_shard_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, split));
+                             experiment.citus_shard_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, split, true));
     END IF;
     stmt := stmt || format('), w AS (UPDATE @uv@ u SET %s FROM x WHERE x.unit_id = u.unit_id AND %s) '
                            'SELECT pg_catalog.max(x.latest) FROM x WHERE x.unit_id IS NULL', merge_set, changed);
