@@ -144,25 +144,28 @@ CREATE FUNCTION experiment.citus_shard_groups(t name, sources regclass[])
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
 BEGIN
-  -- (co-located shards cover the same hash range)
+  -- (co-located shards cover the same hash range; Citus's shard_name() shortens a long name as
+  -- Citus does, and leaves out the schema public)
   RETURN QUERY EXECUTE
-    'SELECT format(''%I.%I'', ''experiment'', $1 || ''_'' || a.shardid), '
-    '       pg_catalog.array_agg(format(''%I.%I'', n.nspname, c.relname || ''_'' || b.shardid) ORDER BY s.o) '
+    'SELECT pg_catalog.shard_name(a.logicalrelid, a.shardid), '
+    '       pg_catalog.array_agg(CASE WHEN n.nspname = ''public'' THEN ''public.'' ELSE '''' END '
+    '                            || pg_catalog.shard_name(s.rel, b.shardid) ORDER BY s.o) '
     'FROM pg_catalog.pg_dist_shard a '
     'CROSS JOIN pg_catalog.unnest($2) WITH ORDINALITY AS s(rel, o) '
     'JOIN pg_catalog.pg_dist_shard b ON b.logicalrelid = s.rel AND b.shardminvalue = a.shardminvalue '
     'JOIN pg_catalog.pg_class c ON c.oid = s.rel JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace '
-    'WHERE a.logicalrelid = format(''experiment.%I'', $1)::regclass GROUP BY a.shardid'
+    'WHERE a.logicalrelid = format(''experiment.%I'', $1)::regclass GROUP BY a.logicalrelid, a.shardid'
     USING t, sources;
 END
 $$;
 COMMENT ON FUNCTION experiment.citus_shard_groups(name, regclass[]) IS
   'internal: the shards of a distributed table of stored per-unit values with the co-located shards of the sources';
 
--- run per shard group, on the workers, statements made by make_sql from a shard's name and its
--- sources' shards (placeholders: @uv@ the per-unit shard, @src1@, @src2@ ... the sources' shards
--- as regclass literals); one call per shard that holds units, all shards at once; returns the
--- greatest of each statement's result over the shards
+-- run statements on the workers, per shard group of the distributed table t of stored per-unit
+-- values: in each, @uv@ becomes the qualified name of the shard of t and @src1@, @src2@ ... the
+-- literals of the co-located shards of sources[1], sources[2] ...; one call per shard that holds
+-- units, all shards at once (Citus runs them in parallel); returns, per statement, the greatest
+-- of its results over the shards
 CREATE FUNCTION experiment.citus_run_shards(t name, sources regclass[], stmts text[]) RETURNS timestamptz[]
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
   SET search_path = pg_catalog, experiment, pg_temp
