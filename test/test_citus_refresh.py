@@ -13,8 +13,9 @@ the median of the units' sums; a dimension (an exposure attribute). Checked:
   dimension_stats and dimension_results value of "dist" equals that of "loc" to 1e-12 relative (plus 1e-12 absolute for effects
   that are differences of nearly equal means), and so do the stored per-unit values;
 - the remote commands of the distributed refresh (citus.log_remote_commands) run
-  experiment.citus_shard_run() on every shard, and never read the sources' rows:
-  every remote command on a source shard is an aggregate (the latest-time probe);
+  experiment.citus_shard_run() on every shard (a full refresh twice: the latest
+  event times, then the scans), whose statements read every shard of the sources
+  on its worker; no other remote command names a source shard;
   those on the stored values' shards are partial aggregates, except the capped
   columns that the percentile cap reads;
 - new events (within and after the watermark) and new units, then an incremental
@@ -25,6 +26,10 @@ the median of the units' sums; a dimension (an exposure attribute). Checked:
   source distributed on another column: refresh falls back to the local path and
   refreshes.placement_reason says why, with results equal to the local ones; once
   co-located, the next refresh is full (the placement changed) and distributed;
+- the metrics' owner changed to a role that cannot log in, with SELECT on the
+  sources: the same results, read as that role on the workers; without SELECT on
+  one source, refused; the local path over a distributed source needs an owner
+  that can log in (Citus connects to the workers as the reading role);
 - refresh_interactions() over distributed and local stored values;
 - a deleted experiment drops its distributed table; DROP EXTENSION after deleting the
   stored state leaves no shard on the workers.
@@ -257,18 +262,20 @@ try:
         cur.execute("RESET citus.log_remote_commands")
         return remote
 
-    def check_remote(remote, what):
+    def check_remote(remote, what, rounds):
         src_shards = [s.split(".")[-1] for s in shards_of("ev") + shards_of("pv")]
         (rel,), = q("SELECT relation FROM experiment.unit_value_tables WHERE experiment_id = 'dist'")
         runs = [n for n in remote if "citus_shard_run" in n]
         nshards = q("SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = %s::regclass",
                     ("experiment." + rel,))[0][0]
-        ck.check(len(runs) == nshards == 8,
-                 "%s: citus_shard_run on each of the %d shards (%d remote calls)" % (what, nshards, len(runs)))
-        on_sources = [n for n in remote if any(s in n for s in src_shards)]
-        ck.check(len(on_sources) > 0, "%s: the probe of the latest event time reaches the sources' shards" % what)
-        bad = [n for n in on_sources if not ("max(" in n or "worker_partial_agg" in n)]
-        ck.check(not bad, "%s: every remote command on a source shard is an aggregate:\n%s" % (what, "\n".join(bad[:3])))
+        ck.check(len(runs) == rounds * nshards and nshards == 8,
+                 "%s: citus_shard_run %d times on each of the %d shards (%d remote calls)"
+                 % (what, rounds, nshards, len(runs)))
+        ck.check(all(any(s in n for n in runs) for s in src_shards),
+                 "%s: the workers' statements read every shard of the sources" % what)
+        # (the coordinator itself never reads a source: no other remote command names a source shard)
+        on_sources = [n for n in remote if any(s in n for s in src_shards) and "citus_shard_run" not in n]
+        ck.check(not on_sources, "%s: no remote command reads a source shard:\n%s" % (what, "\n".join(on_sources[:3])))
         # what comes back from the stored per-unit values' shards: aggregates, except the capped
         # column of the percentile cap (one value per unit)
         uv = [n for n in remote if re.search(r"issuing SELECT .* FROM experiment\.%s_[0-9]+ " % rel, n)
@@ -293,7 +300,7 @@ try:
     compare("full refresh")
     if os.environ.get("CITUS_REFRESH_SHOW"):
         print("\n".join(remote))
-    rows = check_remote(remote, "full refresh")
+    rows = check_remote(remote, "full refresh", 2)
     print("remote commands of the full refresh: %d; reading per-unit rows: %d (the percentile cap)"
           % (len(remote), len(rows)))
 
@@ -338,17 +345,48 @@ try:
     compare("incremental refresh (distributed) vs incremental (local)")
     q("SELECT experiment.refresh('loc', full => true)")
     compare("incremental refresh (distributed) vs full (local)", exact=False)
-    check_remote(remote, "incremental refresh")
+    check_remote(remote, "incremental refresh", 1)
     # and once more with nothing new
     q("SELECT experiment.refresh('dist')")
     ck.check(placement("dist")[:2] == ("incremental", "distributed"), "dist: incremental again")
     compare("incremental refresh with nothing new", exact=False)
+
+    # the sources read as the metrics' owner on the workers too: a role that may read them gives
+    # the same results; one that may not read pv is refused
+    before = snapshot("dist")
+    # (a role that cannot log in: the workers read as it within the refresh's own connections)
+    q("CREATE ROLE citus_reader NOLOGIN")
+    q("GRANT SELECT ON ev, pv TO citus_reader")
+    q("UPDATE experiment.metrics SET owner = 'citus_reader' WHERE name LIKE 'dist\\_%'")
+    q("SELECT experiment.refresh('dist')")
+    ck.check(placement("dist") == ("full", "distributed", None), "dist read as citus_reader: %r" % (placement("dist"),))
+    after = snapshot("dist")
+    for k in ("variant_stats", "metric_results", "dimension_stats"):
+        same(after[k], before[k], "read as the metrics' owner citus_reader: %s" % k)
+    q("REVOKE SELECT ON pv FROM citus_reader")
+    try:
+        q("SELECT experiment.refresh('dist', full => true)")
+        ck.check(False, "a metric owner without SELECT on a source is refused on the workers")
+    except Exception as e:  # noqa: BLE001
+        conn.rollback() if not conn.autocommit else None
+        ck.check("may not read" in str(e) and "pv" in str(e),
+                 "a metric owner without SELECT on pv is refused: %s" % str(e).split("\n")[0])
+    q("GRANT SELECT ON pv TO citus_reader")
 
     # interactions of the overlapping experiments: joins of their stored values, distributed
     # (co-located) with distributed and with local ones
     # (a metric that both analyse: dist's conversion, added to loc and nc)
     q("INSERT INTO experiment.experiment_metrics (experiment_id, metric, role) "
       "VALUES ('loc', 'dist_conv', 'secondary'), ('nc', 'dist_conv', 'secondary')")
+    # (loc reads dist_conv's distributed source from the coordinator, the local path: Citus
+    # connects to the workers as the reading role, which must be able to log in)
+    try:
+        q("SELECT experiment.refresh('loc')")
+        ck.check(False, "the local path of a distributed source needs an owner that can log in")
+    except Exception as e:  # noqa: BLE001
+        ck.check("not permitted to log in" in str(e), "the local path of a distributed source, owner NOLOGIN: %s"
+                 % str(e).split("\n")[0])
+    q("ALTER ROLE citus_reader LOGIN")
     q("SELECT experiment.refresh('loc')")
     q("SELECT experiment.refresh('nc')")
     ck.check(placement("loc")[1:] == ("local", "source public.ev_local is not a distributed table")

@@ -227,9 +227,12 @@ COMMENT ON FUNCTION experiment.citus_shard_call_sql(experiment.source_scan, time
 
 -- a full refresh of the stored per-unit values on the Citus workers (experiment.refresh_unit_values()
 -- with experiment.citus_placement() distributed): the units from the exposures written into a new
--- distributed table co-located with the sources, then on each worker, per shard, one scan of each
--- source's co-located shard (its latest time read first, on the coordinator: a max() that Citus
--- pushes down); returns the new table's name
+-- distributed table co-located with the sources; then on the workers, per shard group, the latest
+-- time of each source's shard (the coordinator takes the greatest: the watermark's split), and one
+-- scan of each source's shard; returns the new table's name. (Every read of a source is on a
+-- worker, of its shard, as the metric's owner there: a read of a distributed source from the
+-- coordinator as another role would open Citus connections as that role, which then may not
+-- touch the placements this transaction has written.)
 CREATE FUNCTION experiment.citus_full_unit_values(e experiment.experiments, st experiment.unit_value_tables, fp text,
                                                   xsince timestamptz)
   RETURNS name
@@ -241,11 +244,13 @@ DECLARE
   uv_rel name;
   min_t0 timestamptz;
   max_t0 timestamptz;
-  latest timestamptz;
   split timestamptz;
   typed_cols text := '';
   set_sql text;
   srcs regclass[] := '{}';
+  scans experiment.source_scan[] := '{}';
+  probes text[] := '{}';
+  latest timestamptz[];
   stmts text[] := '{}';
   grantee text;
   no_units text := experiment.unit_arrays_sql(
@@ -253,36 +258,22 @@ DECLARE
 BEGIN
   PERFORM experiment.create_units_table(e);
   SELECT pg_catalog.min(u.t0), pg_catalog.max(u.t0) INTO min_t0, max_t0 FROM pg_temp.exp_units u WHERE NOT u.multi;
-  CREATE TEMP TABLE exp_marks (LIKE experiment.source_watermarks) ON COMMIT DROP;
   FOR sc IN SELECT * FROM experiment.source_specs(e, min_t0, max_t0, true) LOOP
     srcs := srcs || sc.source;
-    IF sc.time_column IS NULL THEN
-      split := 'infinity';
-      latest := NULL;
-    ELSE
-      EXECUTE format('SELECT x.latest FROM %s, %s x', no_units,
-                     experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, NULL, true, false))
-        INTO latest;
-      split := coalesce(experiment.watermark_split(latest, sc.late_events), '-infinity');
-    END IF;
-    INSERT INTO pg_temp.exp_marks VALUES (e.id, sc.source, sc.unit_column, sc.reader, sc.time_column, sc.late_events,
-                                          split, latest);
+    scans := scans || sc;
     -- the columns this scan fills, typed as the local refresh's CREATE TABLE AS types them
     SELECT typed_cols || pg_catalog.string_agg(format(', NULL::%s AS %s',
              CASE WHEN l.col ~ '^c?s[0-9]' THEN 'bigint'
                   WHEN EXISTS (SELECT FROM ROWS FROM (pg_catalog.unnest(sc.targets), pg_catalog.unnest(sc.aggs)) t(target, agg)
                                WHERE t.agg = 'sketch' AND substr(t.target, 2) = substr(l.col, 2))
-                  THEN 'experiment.sketch' ELSE 'float8' END, l.col), '' ORDER BY l.ord),
-           pg_catalog.string_agg(format('%s = %s', l.col, l.value_sql), ', ' ORDER BY l.ord)
-      INTO typed_cols, set_sql
+                  THEN 'experiment.sketch' ELSE 'float8' END, l.col), '' ORDER BY l.ord)
+      INTO typed_cols
       FROM (SELECT y.*, row_number() OVER () AS ord FROM experiment.unit_value_layout(sc, 'x', NULL) y) l;
-    -- on the worker: every analysed unit of the shard (zero-filled, as the local full refresh
-    -- fills them), from one scan of the source's shard
-    stmts := stmts || format(
-      'WITH x AS MATERIALIZED (SELECT x.* FROM %s, %s x WHERE x.unit_id IS NOT NULL), '
-      'w AS (UPDATE @uv@ u SET %s FROM x WHERE x.unit_id = u.unit_id) SELECT NULL::timestamptz',
-      experiment.unit_arrays_sql('@uv@ u WHERE NOT u.multi'),
-      experiment.citus_shard_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, split, false), set_sql);
+    -- the latest event time of the source's shard (no watermark: none)
+    probes := probes || CASE WHEN sc.time_column IS NULL THEN 'SELECT NULL::timestamptz'
+      ELSE format('SELECT x.latest FROM %s, %s x', no_units,
+                  pg_catalog.replace(experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, NULL, true, false),
+                                     format('%L::regclass', sc.source), format('@src%s@::regclass', sc.src_no))) END;
   END LOOP;
 
   uv_rel := 'unit_values_' || pg_catalog.nextval('experiment.unit_value_tables_seq');
@@ -305,6 +296,29 @@ BEGIN
   EXECUTE format('INSERT INTO experiment.%I (unit_id, variant, t0, multi, reset%s) '
                  'SELECT u.unit_id, u.variant, u.t0, u.multi, false%s FROM pg_temp.exp_units u', uv_rel,
                  replace(experiment.dims_columns_sql('u'), 'u.', ''), experiment.dims_columns_sql('u'));
+
+  -- the latest event times now, from every shard group that holds units (a shard without units
+  -- of the experiment is not asked: its events can only make the latest time later, and an
+  -- earlier split reads more events again, never fewer)
+  latest := experiment.citus_run_shards(uv_rel, srcs, probes);
+  CREATE TEMP TABLE exp_marks (LIKE experiment.source_watermarks) ON COMMIT DROP;
+  FOR k IN 1 .. pg_catalog.cardinality(scans) LOOP
+    sc := scans[k];
+    split := CASE WHEN sc.time_column IS NULL THEN 'infinity'
+                  ELSE coalesce(experiment.watermark_split(latest[k], sc.late_events), '-infinity') END;
+    INSERT INTO pg_temp.exp_marks VALUES (e.id, sc.source, sc.unit_column, sc.reader, sc.time_column, sc.late_events,
+                                          split, latest[k]);
+    SELECT pg_catalog.string_agg(format('%s = %s', l.col, l.value_sql), ', ' ORDER BY l.ord)
+      INTO set_sql
+      FROM (SELECT y.*, row_number() OVER () AS ord FROM experiment.unit_value_layout(sc, 'x', NULL) y) l;
+    -- on the worker: every analysed unit of the shard (zero-filled, as the local full refresh
+    -- fills them), from one scan of the source's shard
+    stmts := stmts || format(
+      'WITH x AS MATERIALIZED (SELECT x.* FROM %s, %s x WHERE x.unit_id IS NOT NULL), '
+      'w AS (UPDATE @uv@ u SET %s FROM x WHERE x.unit_id = u.unit_id) SELECT NULL::timestamptz',
+      experiment.unit_arrays_sql('@uv@ u WHERE NOT u.multi'),
+      experiment.citus_shard_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, split, false), set_sql);
+  END LOOP;
   -- the values, on the workers
   PERFORM experiment.citus_run_shards(uv_rel, srcs, stmts);
   EXECUTE format('ALTER EXTENSION experiment ADD TABLE experiment.%I', uv_rel);
