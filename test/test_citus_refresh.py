@@ -22,6 +22,8 @@ the median of the units' sums; a dimension (an exposure attribute). Checked:
   refresh of "dist": it stays distributed and incremental, and equals an
   incremental refresh of "loc" (stored values included) and a full one (results,
   and the analysed units' values); then once more with nothing new;
+- an experiment refreshed before it has exposures (distributed, empty), then with
+  its first units (incremental), equal to the local results;
 - a source that is distributed but not co-located (another colocation group) and a
   source distributed on another column: refresh falls back to the local path and
   refreshes.placement_reason says why, with results equal to the local ones; once
@@ -303,6 +305,16 @@ try:
     rows = check_remote(remote, "full refresh", 2)
     print("remote commands of the full refresh: %d; reading per-unit rows: %d (the percentile cap)"
           % (len(remote), len(rows)))
+
+    # an experiment without exposures yet: distributed, empty, and then its first units
+    experiment("empty", "ev", "pv")
+    q("SELECT experiment.refresh('empty')")
+    ck.check(placement("empty") == ("full", "distributed", None), "empty: %r" % (placement("empty"),))
+    ck.check(q("SELECT enrolled_units FROM experiment.refreshes WHERE experiment_id = 'empty'")[0][0] == 0,
+             "empty: no units")
+    expose("empty", 0, 2799)
+    q("SELECT experiment.refresh('empty')")
+    compare("an experiment's first units after an empty refresh (distributed)", "empty", "loc", exact=False)
 
     # 2. not co-located, or distributed on another column: the local path, and why
     for exp, why in (("nc", "is not co-located"), ("kd", "is distributed on kind")):
