@@ -18,8 +18,10 @@ the median of the units' sums; a dimension (an exposure attribute). Checked:
   on its worker; no other remote command names a source shard;
   those on the stored values' shards are partial aggregates, except the capped
   columns that the percentile cap reads;
+- within experiment.refresh_memory = 64kB, each shard's units in unit-hash
+  partitions (refreshes.unit_partitions > 1), the stored values and results the same;
 - new events (within and after the watermark) and new units, then an incremental
-  refresh of "dist": it stays distributed and incremental, and equals an
+  refresh of "dist" (within 64kB): it stays distributed and incremental, and equals an
   incremental refresh of "loc" (stored values included) and a full one (results,
   and the analysed units' values); then once more with nothing new;
 - an experiment refreshed before it has exposures (distributed, empty), then with
@@ -306,6 +308,18 @@ try:
     print("remote commands of the full refresh: %d; reading per-unit rows: %d (the percentile cap)"
           % (len(remote), len(rows)))
 
+    # within a small experiment.refresh_memory: each shard's units in unit-hash partitions, the
+    # stored values identical
+    q("SET experiment.refresh_memory = '64kB'")
+    q("SELECT experiment.refresh('dist', full => true)")
+    (nparts,), = q("SELECT unit_partitions FROM experiment.refreshes WHERE experiment_id = 'dist'")
+    ck.check(nparts > 1, "dist within 64kB: %d unit-hash partitions per shard" % nparts)
+    compare("full refresh, distributed in %d partitions per shard" % nparts)
+    q("RESET experiment.refresh_memory")
+    q("SELECT experiment.refresh('dist', full => true)")
+    ck.check(q("SELECT unit_partitions FROM experiment.refreshes WHERE experiment_id = 'dist'")[0][0] == 1,
+             "dist without the small bound: 1 partition")
+
     # an experiment without exposures yet: distributed, empty, and then its first units
     experiment("empty", "ev", "pv")
     q("SELECT experiment.refresh('empty')")
@@ -349,7 +363,12 @@ try:
           % (p, extra))
     for exp in ("dist", "loc"):
         expose(exp, 2800, 3100)
+    # (within 64kB: each shard's scans in partitions)
+    q("SET experiment.refresh_memory = '64kB'")
     remote = refresh_logged("dist", False)
+    q("RESET experiment.refresh_memory")
+    ck.check(q("SELECT unit_partitions FROM experiment.refreshes WHERE experiment_id = 'dist'")[0][0] > 1,
+             "the incremental refresh within 64kB: partitions per shard")
     ck.check(placement("dist") == ("incremental", "distributed", None),
              "dist: incremental, distributed: %r" % (placement("dist"),))
     q("SELECT experiment.refresh('loc')")

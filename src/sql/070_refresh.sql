@@ -992,8 +992,7 @@ BEGIN
   IF reason IS NOT NULL THEN
     mode := 'full';
     IF distributed THEN
-      relation := experiment.citus_full_unit_values(e, st, fp, xsince);
-      partitions := 1;
+      SELECT f.uv_rel, f.parts INTO relation, partitions FROM experiment.citus_full_unit_values(e, st, fp, xsince) f;
       RETURN;
     END IF;
     -- units (those in several variants kept, marked)
@@ -1146,8 +1145,7 @@ BEGIN
     INTO max_t0;
   IF distributed THEN
     -- (on the Citus workers, shard by shard: src/sql/100_citus.sql)
-    PERFORM experiment.citus_incremental_scans(e, relation, min_t0, max_t0);
-    partitions := 1;
+    partitions := experiment.citus_incremental_scans(e, relation, min_t0, max_t0);
   END IF;
   FOR sc IN SELECT * FROM experiment.source_specs(e, min_t0, max_t0, true) WHERE NOT distributed LOOP
     SELECT * INTO wm FROM experiment.source_watermarks w

@@ -210,6 +210,31 @@ COMMENT ON FUNCTION experiment.citus_run_shards(name, regclass[], text[]) IS
   'internal: runs refresh statements on the Citus workers, once per shard group of a distributed table of per-unit values';
 REVOKE EXECUTE ON FUNCTION experiment.citus_run_shards(name, regclass[], text[]) FROM PUBLIC;
 
+-- the unit-hash partitions of the scans on the workers: each shard's units within
+-- experiment.refresh_memory as a local refresh keeps all of them (experiment.refresh_partitions()
+-- of the largest shard's analysed units), and the statement that gives the workers' sorts and
+-- hashes a quarter of the bound as work_mem (refresh() does so on the coordinator)
+CREATE FUNCTION experiment.citus_shard_partitions(e experiment.experiments, t name, OUT parts integer,
+                                                  OUT work_mem_sql text)
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  units bigint;
+  key_bytes float8;
+  bound bigint := pg_catalog.pg_size_bytes(pg_catalog.current_setting('experiment.refresh_memory'));
+BEGIN
+  EXECUTE format('SELECT pg_catalog.max(s.n), pg_catalog.avg(s.b) FROM (SELECT count(*) AS n, '
+                 'pg_catalog.avg(pg_catalog.octet_length(u.unit_id)) AS b FROM experiment.%I u WHERE NOT u.multi '
+                 'GROUP BY u.tableoid::pg_catalog.regclass::text) s', t) INTO units, key_bytes;
+  parts := experiment.refresh_partitions(e, coalesce(units, 0), key_bytes);
+  work_mem_sql := CASE WHEN bound > 0 THEN format('SELECT NULL::timestamptz FROM pg_catalog.set_config(''work_mem'', %L, true)',
+                                                   least(262144, greatest(64, bound / 4096))::text || 'kB') END;
+END
+$$;
+COMMENT ON FUNCTION experiment.citus_shard_partitions(experiment.experiments, name) IS
+  'internal: the unit-hash partitions of the scans of a distributed refresh on each shard, and the work_mem of the workers'' statements';
+
 -- the SQL of a call of experiment.source_unit_values() for a statement of
 -- experiment.citus_run_shards(): the source's literal replaced by the placeholder of its shard
 CREATE FUNCTION experiment.citus_shard_call_sql(s experiment.source_scan, end_at timestamptz, scan_from timestamptz,
@@ -234,17 +259,16 @@ COMMENT ON FUNCTION experiment.citus_shard_call_sql(experiment.source_scan, time
 -- coordinator as another role would open Citus connections as that role, which then may not
 -- touch the placements this transaction has written.)
 CREATE FUNCTION experiment.citus_full_unit_values(e experiment.experiments, st experiment.unit_value_tables, fp text,
-                                                  xsince timestamptz)
-  RETURNS name
+                                                  xsince timestamptz, OUT uv_rel name, OUT parts integer)
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
 DECLARE
   sc experiment.source_scan;
-  uv_rel name;
   min_t0 timestamptz;
   max_t0 timestamptz;
   split timestamptz;
+  pm record;
   typed_cols text := '';
   set_sql text;
   srcs regclass[] := '{}';
@@ -301,6 +325,12 @@ BEGIN
   -- of the experiment is not asked: its events can only make the latest time later, and an
   -- earlier split reads more events again, never fewer)
   latest := experiment.citus_run_shards(uv_rel, srcs, probes);
+  -- beyond experiment.refresh_memory, each shard's units in unit-hash partitions
+  SELECT * INTO pm FROM experiment.citus_shard_partitions(e, uv_rel);
+  parts := pm.parts;
+  IF pm.work_mem_sql IS NOT NULL THEN
+    stmts := stmts || pm.work_mem_sql;
+  END IF;
   CREATE TEMP TABLE exp_marks (LIKE experiment.source_watermarks) ON COMMIT DROP;
   FOR k IN 1 .. pg_catalog.cardinality(scans) LOOP
     sc := scans[k];
@@ -312,12 +342,15 @@ BEGIN
       INTO set_sql
       FROM (SELECT y.*, row_number() OVER () AS ord FROM experiment.unit_value_layout(sc, 'x', NULL) y) l;
     -- on the worker: every analysed unit of the shard (zero-filled, as the local full refresh
-    -- fills them), from one scan of the source's shard
-    stmts := stmts || format(
-      'WITH x AS MATERIALIZED (SELECT x.* FROM %s, %s x WHERE x.unit_id IS NOT NULL), '
-      'w AS (UPDATE @uv@ u SET %s FROM x WHERE x.unit_id = u.unit_id) SELECT NULL::timestamptz',
-      experiment.unit_arrays_sql('@uv@ u WHERE NOT u.multi'),
-      experiment.citus_shard_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, split, false), set_sql);
+    -- fills them), from one scan of the source's shard per partition
+    FOR part IN 0 .. parts - 1 LOOP
+      stmts := stmts || format(
+        'WITH x AS MATERIALIZED (SELECT x.* FROM %s, %s x WHERE x.unit_id IS NOT NULL), '
+        'w AS (UPDATE @uv@ u SET %s FROM x WHERE x.unit_id = u.unit_id) SELECT NULL::timestamptz',
+        experiment.unit_arrays_sql(format('@uv@ u WHERE NOT u.multi AND %s',
+                                          experiment.unit_partition_sql('u.unit_id', parts, part))),
+        experiment.citus_shard_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, split, false), set_sql);
+    END LOOP;
   END LOOP;
   -- the values, on the workers
   PERFORM experiment.citus_run_shards(uv_rel, srcs, stmts);
@@ -335,12 +368,12 @@ BEGIN
     VALUES (e.id, uv_rel, fp, xsince, pg_catalog.now());
   END IF;
   INSERT INTO experiment.source_watermarks SELECT * FROM pg_temp.exp_marks;
-  RETURN uv_rel;
 END
 $$;
 COMMENT ON FUNCTION experiment.citus_full_unit_values(experiment.experiments, experiment.unit_value_tables, text,
                                                       timestamptz) IS
-  'internal: a full refresh of an experiment''s stored per-unit values in a distributed table, computed on the Citus workers';
+  'internal: a full refresh of an experiment''s stored per-unit values in a distributed table, computed on the Citus workers; '
+  'its name and the unit-hash partitions of each shard''s scans';
 REVOKE EXECUTE ON FUNCTION experiment.citus_full_unit_values(experiment.experiments, experiment.unit_value_tables, text,
                                                              timestamptz) FROM PUBLIC;
 
@@ -350,7 +383,7 @@ REVOKE EXECUTE ON FUNCTION experiment.citus_full_unit_values(experiment.experime
 -- the worker; the watermarks moved as the local refresh moves them
 CREATE FUNCTION experiment.citus_incremental_scans(e experiment.experiments, relation name, min_t0 timestamptz,
                                                    max_t0 timestamptz)
-  RETURNS void
+  RETURNS integer
   LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
@@ -366,7 +399,15 @@ DECLARE
   splits timestamptz[] := '{}';
   scans experiment.source_scan[] := '{}';
   latest timestamptz[];
+  pm record;
+  first integer[] := '{}';
+  k0 integer;
 BEGIN
+  -- beyond experiment.refresh_memory, each shard's units in unit-hash partitions
+  SELECT * INTO pm FROM experiment.citus_shard_partitions(e, relation);
+  IF pm.work_mem_sql IS NOT NULL THEN
+    stmts := stmts || pm.work_mem_sql;
+  END IF;
   FOR sc IN SELECT * FROM experiment.source_specs(e, min_t0, max_t0, true) LOOP
     SELECT * INTO wm FROM experiment.source_watermarks w
     WHERE w.experiment_id = e.id AND w.source = sc.source AND w.unit_column = sc.unit_column AND w.owner = sc.reader;
@@ -376,29 +417,38 @@ BEGIN
                   pg_catalog.string_agg(l.value_sql, ', '))
       INTO merge_set, changed
     FROM experiment.unit_value_layout(sc, 'x', 'u') l;
-    stmt := format('WITH x AS MATERIALIZED (SELECT x.unit_id, x.vals, x.skipped, x.latest, x.sketches FROM %s, %s x',
-                   experiment.unit_arrays_sql('@uv@ u WHERE NOT u.multi AND NOT u.reset'),
-                   experiment.citus_shard_call_sql(sc, e.end_at, wm.settled_before, sc.upper_bound, split, true));
-    IF min_t0 IS NOT NULL THEN
-      stmt := stmt || format(' UNION ALL SELECT x.unit_id, x.vals, x.skipped, NULL, x.sketches FROM %s, %s x '
-                             'WHERE x.unit_id IS NOT NULL',
-                             experiment.unit_arrays_sql('@uv@ u WHERE NOT u.multi AND u.reset'),
-                             experiment.citus_shard_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, split, true));
-    END IF;
-    stmt := stmt || format('), w AS (UPDATE @uv@ u SET %s FROM x WHERE x.unit_id = u.unit_id AND %s) '
-                           'SELECT pg_catalog.max(x.latest) FROM x WHERE x.unit_id IS NULL', merge_set, changed);
+    first := first || (pg_catalog.cardinality(stmts) + 1);
+    FOR part IN 0 .. pm.parts - 1 LOOP
+      stmt := format('WITH x AS MATERIALIZED (SELECT x.unit_id, x.vals, x.skipped, x.latest, x.sketches FROM %s, %s x',
+                     experiment.unit_arrays_sql(format('@uv@ u WHERE NOT u.multi AND NOT u.reset AND %s',
+                                                       experiment.unit_partition_sql('u.unit_id', pm.parts, part))),
+                     experiment.citus_shard_call_sql(sc, e.end_at, wm.settled_before, sc.upper_bound, split, true));
+      IF min_t0 IS NOT NULL THEN
+        stmt := stmt || format(' UNION ALL SELECT x.unit_id, x.vals, x.skipped, NULL, x.sketches FROM %s, %s x '
+                               'WHERE x.unit_id IS NOT NULL',
+                               experiment.unit_arrays_sql(format('@uv@ u WHERE NOT u.multi AND u.reset AND %s',
+                                                                 experiment.unit_partition_sql('u.unit_id', pm.parts, part))),
+                               experiment.citus_shard_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, split, true));
+      END IF;
+      stmt := stmt || format('), w AS (UPDATE @uv@ u SET %s FROM x WHERE x.unit_id = u.unit_id AND %s) '
+                             'SELECT pg_catalog.max(x.latest) FROM x WHERE x.unit_id IS NULL', merge_set, changed);
+      stmts := stmts || stmt;
+    END LOOP;
     srcs := srcs || sc.source;
-    stmts := stmts || stmt;
     splits := splits || split;
     scans := scans || sc;
   END LOOP;
   latest := experiment.citus_run_shards(relation, srcs, stmts);
   FOR k IN 1 .. coalesce(pg_catalog.cardinality(scans), 0) LOOP
     sc := scans[k];
+    k0 := first[k];
     UPDATE experiment.source_watermarks w
-      SET settled_before = splits[k], latest_event = greatest(w.latest_event, latest[k]), late_events = sc.late_events
+      SET settled_before = splits[k],
+          latest_event = greatest(w.latest_event, (SELECT pg_catalog.max(l) FROM pg_catalog.unnest(latest[k0:k0 + pm.parts - 1]) l)),
+          late_events = sc.late_events
       WHERE w.experiment_id = e.id AND w.source = sc.source AND w.unit_column = sc.unit_column AND w.owner = sc.reader;
   END LOOP;
+  RETURN pm.parts;
 END
 $$;
 COMMENT ON FUNCTION experiment.citus_incremental_scans(experiment.experiments, name, timestamptz, timestamptz) IS
