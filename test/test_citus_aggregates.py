@@ -34,11 +34,13 @@ try:
     conn = cl.connect()
     cur = conn.cursor()
     cur.execute("CREATE EXTENSION experiment")
+    cur.execute("SELECT extversion FROM pg_extension WHERE extname = 'experiment'")
+    version = cur.fetchall()
     for port in cl.ports[1:]:
         c = cl.connect(port=port)
         cw = c.cursor()
         cw.execute("SELECT extversion FROM pg_extension WHERE extname = 'experiment'")
-        ck.check(cw.fetchall() == [("0.5.0",)], "the extension is on the worker at port %d" % port)
+        ck.check(cw.fetchall() == version, "the extension (%s) is on the worker at port %d" % (version, port))
         c.close()
 
     def q(sql, args=None):

@@ -152,7 +152,8 @@ BEGIN
   IF NEW.aggregation = 'quantile' THEN
     IF NOT (NEW.quantile > 0 AND NEW.quantile < 1) OR NEW.quantile IS NULL THEN
       PERFORM experiment.raise_invalid_value('quantile of ' || owner, coalesce(NEW.quantile::text, 'NULL'),
-                                             'a quantile in (0, 1), e.g. 0.99 (aggregation quantile needs one)');
+                                             CASE WHEN NEW.quantile IS NULL THEN 'set for aggregation quantile: ' END
+                                             || 'a number strictly between 0 and 1 (0.99 for the p99)');
     END IF;
     NEW.quantile_level := coalesce(NEW.quantile_level, 'event');
     IF NEW.quantile_level NOT IN ('event', 'unit') THEN

@@ -913,7 +913,9 @@ AS $$
 DECLARE
   any_row boolean;
 BEGIN
-  EXECUTE format('SELECT EXISTS (SELECT FROM experiment.%I)', t) INTO any_row;
+  -- (a select list and a limit: Citus cannot plan an empty list over a distributed table, and
+  -- sends the limit to each shard)
+  EXECUTE format('SELECT EXISTS (SELECT 1 FROM experiment.%I LIMIT 1)', t) INTO any_row;
   RETURN NOT any_row;
 END
 $$;
@@ -1021,10 +1023,13 @@ DECLARE
     '(SELECT NULL::text AS unit_id, NULL::text AS variant, NULL::timestamptz AS t0 WHERE false) u');
   scans experiment.source_scan[] := '{}';
   splits timestamptz[] := '{}';
+  distributed boolean;
 BEGIN
   PERFORM experiment.drop_refresh_tables();
   PERFORM experiment.create_base_table(e);
   PERFORM experiment.create_dims_table(e);
+  -- on Citus, with distributed and co-located sources: the values on the workers (src/sql/100_citus.sql)
+  distributed := (experiment.citus_placement(e)).placement = 'distributed';
   fp := experiment.unit_values_definition(e);
   SELECT * INTO st FROM experiment.unit_value_tables u WHERE u.experiment_id = e.id FOR UPDATE;
   -- (before the exposures are read: the sessions that could still store earlier ones)
@@ -1049,10 +1054,16 @@ BEGIN
     WHEN st.definition IS DISTINCT FROM fp THEN 'the experiment''s end, its metrics or its dimensions changed'
     WHEN several IS NOT NULL THEN format('the metrics of %s read several time columns: no watermark', several)
     WHEN unmarked IS NOT NULL THEN format('no watermark of %s, or its lateness allowance grew', unmarked)
+    WHEN experiment.citus_is_distributed(st.relation) <> distributed
+      THEN 'the placement of the per-unit values changed (local or distributed)'
   END;
 
   IF reason IS NOT NULL THEN
     mode := 'full';
+    IF distributed THEN
+      SELECT f.uv_rel, f.parts INTO relation, partitions FROM experiment.citus_full_unit_values(e, st, fp, xsince) f;
+      RETURN;
+    END IF;
     -- units (those in several variants kept, marked)
     PERFORM experiment.create_units_table(e);
     SELECT pg_catalog.min(u.t0), pg_catalog.max(u.t0), count(*), pg_catalog.avg(pg_catalog.octet_length(u.unit_id))
@@ -1184,11 +1195,12 @@ BEGIN
                  'FROM pg_temp.exp_newx n WHERE n.unit_id = u.unit_id AND NOT u.multi '
                  'AND (n.minv <> u.variant OR n.maxv <> u.variant OR n.t0 < u.t0)',
                  relation, CASE WHEN reset_set = '' THEN '' ELSE ', ' || reset_set END);
+  -- (the units not stored yet: the others are in conflict on the unique unit_id)
   EXECUTE format('INSERT INTO experiment.%I (unit_id, variant, t0, multi, reset%s) '
                  'SELECT n.unit_id, n.minv, n.t0, n.minv <> n.maxv, true%s FROM pg_temp.exp_newx n '
-                 'WHERE NOT EXISTS (SELECT FROM experiment.%I u WHERE u.unit_id = n.unit_id)',
+                 'ON CONFLICT (unit_id) DO NOTHING',
                  relation, CASE WHEN empty_cols = '' THEN '' ELSE ', ' || empty_cols END,
-                 CASE WHEN empty_vals = '' THEN '' ELSE ', ' || empty_vals END, relation);
+                 CASE WHEN empty_vals = '' THEN '' ELSE ', ' || empty_vals END);
 
   -- each source: events from its watermark on for every unit, all events of new and reset units
   -- (new and reset units are among those of the new exposures; the latest first exposure is at
@@ -1198,7 +1210,11 @@ BEGIN
   SELECT greatest((SELECT f.last_exposure FROM experiment.refreshes f WHERE f.experiment_id = e.id),
                   (SELECT pg_catalog.max(n.t0) FROM pg_temp.exp_newx n))
     INTO max_t0;
-  FOR sc IN SELECT * FROM experiment.source_specs(e, min_t0, max_t0, true) LOOP
+  IF distributed THEN
+    -- (on the Citus workers, shard by shard: src/sql/100_citus.sql)
+    partitions := experiment.citus_incremental_scans(e, relation, min_t0, max_t0);
+  END IF;
+  FOR sc IN SELECT * FROM experiment.source_specs(e, min_t0, max_t0, true) WHERE NOT distributed LOOP
     SELECT * INTO wm FROM experiment.source_watermarks w
     WHERE w.experiment_id = e.id AND w.source = sc.source AND w.unit_column = sc.unit_column AND w.owner = sc.reader;
     -- the split: from the latest event time the previous scan saw (this scan's is stored for
@@ -1847,6 +1863,8 @@ BEGIN
       first_exposure = excluded.first_exposure, last_exposure = excluded.last_exposure,
       exposures_by_day = excluded.exposures_by_day, error = NULL, error_at = NULL,
       mode = excluded.mode, full_reason = excluded.full_reason, unit_partitions = excluded.unit_partitions;
+    -- where the per-unit values were computed (src/sql/100_citus.sql)
+    PERFORM experiment.citus_record_placement(e, uv.relation);
     -- cluster-randomised experiments (src/sql/099_design_cluster.sql): the tests over clusters
     IF e.cluster_relation IS NOT NULL OR e.cluster_attribute IS NOT NULL THEN
       PERFORM experiment.refresh_clusters(e, vals_from, cp.capped, cp.pre_capped, tuning, ts);
