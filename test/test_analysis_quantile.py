@@ -376,8 +376,8 @@ conn.autocommit = False
 ins = """INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column, aggregation,
                                          quantile, quantile_level, kind, winsorize)
          VALUES ('bad', 'qm.page_loads', 'user_id', 'loaded_at', %s, %s, %s, %s, %s, %s)"""
-refused(ins % ("'load_ms'", "'quantile'", "NULL", "NULL", "'mean'", "NULL"), ["quantile", "(0, 1)"], "no quantile")
-refused(ins % ("'load_ms'", "'quantile'", "1.5", "NULL", "'mean'", "NULL"), ["quantile", "1.5"], "quantile 1.5")
+refused(ins % ("'load_ms'", "'quantile'", "NULL", "NULL", "'mean'", "NULL"), ["quantile", "set for aggregation quantile", "between 0 and 1"], "no quantile")
+refused(ins % ("'load_ms'", "'quantile'", "1.5", "NULL", "'mean'", "NULL"), ["quantile", "strictly between 0 and 1", "1.5"], "quantile 1.5")
 refused(ins % ("'load_ms'", "'quantile'", "0.9", "'session'", "'mean'", "NULL"), ["quantile_level", "event", "unit"],
         "quantile_level session")
 refused(ins % ("'load_ms'", "'sum'", "0.9", "NULL", "'mean'", "NULL"), ["quantile", "aggregation"],
