@@ -532,14 +532,16 @@ read_units(UvState *st, Oid units_rel, int reset, int nparts, int part)
 	SPIExecuteOptions opts;
 	int			ret;
 
-	if (get_rel_name(units_rel) == NULL)
+	char	   *relname = get_rel_name(units_rel);
+	char	   *nspname = relname ? get_namespace_name(get_rel_namespace(units_rel)) : NULL;
+
+	if (relname == NULL || nspname == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("relation of units %u does not exist", units_rel)));
+				 errmsg("units: relation %u does not exist", units_rel)));
 	initStringInfo(&q);
 	appendStringInfo(&q, "SELECT u.unit_id, u.variant, u.t0 FROM %s u WHERE NOT u.multi",
-					 quote_qualified_identifier(get_namespace_name(get_rel_namespace(units_rel)),
-												get_rel_name(units_rel)));
+					 quote_qualified_identifier(nspname, relname));
 	if (reset >= 0)
 		appendStringInfo(&q, " AND %su.reset", reset ? "" : "NOT ");
 	if (nparts > 1)

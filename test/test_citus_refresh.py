@@ -428,6 +428,34 @@ try:
     ck.check(("dist", "loc") in pairs and ("dist", "nc") in pairs and ("loc", "nc") in pairs,
              "refresh_interactions() over distributed and local stored values: %r rows, pairs %r" % (n, pairs))
 
+    # the coordinator holding shards too (a single-node Citus, or shouldhaveshards): Citus runs
+    # the tasks of its own shards in the refresh's session, which hides shards from pg_class
+    q("SELECT citus_set_node_property('127.0.0.1', %s, 'shouldhaveshards', true)", (cl.ports[0],))
+    q("CREATE TABLE ev_co (LIKE ev_local)")
+    q("SELECT create_distributed_table('ev_co', 'uid', colocate_with => 'none')")
+    q("INSERT INTO ev_co SELECT * FROM ev_local")
+    q("CREATE TABLE pv_co (LIKE pv_local)")
+    q("SELECT create_distributed_table('pv_co', 'uid', colocate_with => 'ev_co')")
+    q("INSERT INTO pv_co SELECT * FROM pv_local")
+    on_coordinator = q("""SELECT count(*) FROM pg_dist_shard s JOIN pg_dist_placement p ON p.shardid = s.shardid
+                          JOIN pg_dist_node n ON n.groupid = p.groupid
+                          WHERE s.logicalrelid = 'ev_co'::regclass AND n.nodeport = %s""", (cl.ports[0],))[0][0]
+    ck.check(on_coordinator > 0, "the coordinator holds %d shards of the source" % on_coordinator)
+    experiment("co", "ev_co", "pv_co")
+    experiment("co_loc", "ev_local", "pv_local")
+    for exp in ("co", "co_loc"):
+        expose(exp, 0, 2799)
+        q("SELECT experiment.refresh(%s, full => true)", (exp,))
+    ck.check(placement("co")[1] == "distributed", "with shards on the coordinator: %r" % (placement("co"),))
+    compare("shards on the coordinator too, full refresh", "co", "co_loc")
+    q("INSERT INTO ev_co SELECT * FROM (" + events_sql(30001, 30600, 1) + ") x")
+    q("INSERT INTO ev_local SELECT * FROM (" + events_sql(30001, 30600, 1) + ") x")
+    for exp in ("co", "co_loc"):
+        q("SELECT experiment.refresh(%s)", (exp,))
+    ck.check(placement("co")[0] == "incremental", "with shards on the coordinator, then incremental: %r" % (placement("co"),))
+    compare("shards on the coordinator too, incremental refresh", "co", "co_loc", exact=False)
+    q("SELECT citus_set_node_property('127.0.0.1', %s, 'shouldhaveshards', false)", (cl.ports[0],))
+
     # a deleted experiment takes its distributed table with it
     (rel,), = q("SELECT relation FROM experiment.unit_value_tables WHERE experiment_id = 'dist'")
     q("SELECT experiment.stop('dist')")

@@ -194,7 +194,9 @@ BEGIN
   GRANT SELECT (experiment_id, refreshed_at, duration, enrolled_units, multi_variant_units, early_units,
                 first_exposure, last_exposure, exposures_by_day, error_at, mode, full_reason,
                 -- the counts of clustered and switchback experiments (src/sql/099_design_cluster.sql)
-                clusters, clustered_units, unclustered_units, mixed_clusters)
+                clusters, clustered_units, unclustered_units, mixed_clusters,
+                -- the memory partitions, and where the values were computed (src/sql/100_citus.sql)
+                unit_partitions, placement, placement_reason)
     ON experiment.refreshes TO experiment_reader;
   -- (a bandit's published weights; the posteriors they came from are its metric's results)
   GRANT SELECT (experiment_id, period, started_at, variants, weights) ON experiment.bandit_periods TO experiment_reader;

@@ -57,6 +57,16 @@ BEGIN
     ELSIF (SELECT a.atttypid FROM pg_catalog.pg_attribute a
            WHERE a.attrelid = sc.source AND a.attname = sc.unit_column) <> 'pg_catalog.text'::pg_catalog.regtype THEN
       reason := format('the unit column %s of source %s is not of type text', sc.unit_column, sc.source);
+    -- (co-location needs the collation of the stored values' unit_id, the default one)
+    ELSIF (SELECT a.attcollation FROM pg_catalog.pg_attribute a
+           WHERE a.attrelid = sc.source AND a.attname = sc.unit_column) <> 100 THEN
+      reason := format('the unit column %s of source %s has a collation of its own', sc.unit_column, sc.source);
+    -- (a statement the workers run reads one copy of a shard: with several, the copies would differ)
+    ELSIF EXISTS (SELECT FROM pg_catalog.pg_dist_shard s JOIN pg_catalog.pg_dist_placement p ON p.shardid = s.shardid
+                  WHERE s.logicalrelid = sc.source GROUP BY s.shardid HAVING count(*) > 1)
+          OR coalesce(pg_catalog.current_setting('citus.shard_replication_factor', true), '1')::integer > 1 THEN
+      reason := format('source %s or the stored values would have shards with several copies (citus.shard_replication_factor)',
+                       sc.source);
     ELSIF colocation IS NOT NULL AND colocation <> r.colocation THEN
       reason := format('source %s is not co-located with the experiment''s other sources', sc.source);
     END IF;
@@ -113,6 +123,10 @@ CREATE FUNCTION experiment.citus_shard_run(shard oid, stmts jsonb) RETURNS times
   SET array_nulls = on
   SET transform_null_equals = off
   SET row_security = on
+  -- (where the coordinator holds shards, it runs the shard's task in the refresh's own session,
+  -- in which Citus hides shards from pg_class: the lookup below and the checks of the source
+  -- must see them)
+  SET citus.override_table_visibility = off
 AS $$
 DECLARE
   key text;
@@ -123,7 +137,7 @@ BEGIN
   SELECT format('%I.%I', n.nspname, c.relname) INTO key
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = shard;
   IF key IS NULL OR NOT stmts ? key THEN
-    RAISE EXCEPTION 'no statements for shard % (%)', shard, key;
+    RAISE EXCEPTION 'no statements for shard % (%)', shard, key USING ERRCODE = 'internal_error';
   END IF;
   FOR s IN SELECT x FROM pg_catalog.jsonb_array_elements_text(stmts -> key) x LOOP
     EXECUTE s INTO t;
@@ -160,6 +174,7 @@ END
 $$;
 COMMENT ON FUNCTION experiment.citus_shard_groups(name, regclass[]) IS
   'internal: the shards of a distributed table of stored per-unit values with the co-located shards of the sources';
+REVOKE EXECUTE ON FUNCTION experiment.citus_shard_groups(name, regclass[]) FROM PUBLIC;
 
 -- run statements on the workers, per shard group of the distributed table t of stored per-unit
 -- values: in each, @uv@ becomes the qualified name of the shard of t and @src1@, @src2@ ... the
@@ -199,6 +214,10 @@ BEGIN
   IF reps IS NULL THEN
     RETURN '{}';
   END IF;
+  -- (first a write of nothing to the same shards: Citus then commits the connections that run
+  -- the workers' statements, which write, in two phases with the refresh; a SELECT alone would
+  -- not mark them as modifying)
+  EXECUTE format('UPDATE experiment.%I u SET reset = u.reset WHERE u.unit_id = ANY ($1)', t) USING reps;
   EXECUTE format('SELECT ARRAY(SELECT pg_catalog.max(x.t) FROM (SELECT experiment.citus_shard_run(u.tableoid, $1) AS r '
                  '  FROM experiment.%I u WHERE u.unit_id = ANY ($2)) s '
                  'CROSS JOIN LATERAL pg_catalog.unnest(s.r) WITH ORDINALITY AS x(t, o) GROUP BY x.o ORDER BY x.o)', t)
@@ -237,6 +256,7 @@ $$;
 COMMENT ON FUNCTION experiment.citus_shard_partitions(experiment.experiments, name) IS
   'internal: the unit-hash partitions of the scans of a distributed refresh on each shard, the work_mem of the workers'' statements '
   'and the analysed units of the largest shard';
+REVOKE EXECUTE ON FUNCTION experiment.citus_shard_partitions(experiment.experiments, name) FROM PUBLIC;
 
 -- the SQL of a call of experiment.source_unit_values_from() for a statement of
 -- experiment.citus_run_shards(): the units of the shard of the stored per-unit values (@uv@; not
@@ -478,3 +498,4 @@ END
 $$;
 COMMENT ON FUNCTION experiment.citus_record_placement(experiment.experiments, name) IS
   'internal: records in experiment.refreshes where a refresh computed its per-unit values (local or distributed) and why';
+REVOKE EXECUTE ON FUNCTION experiment.citus_record_placement(experiment.experiments, name) FROM PUBLIC;

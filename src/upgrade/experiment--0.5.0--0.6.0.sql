@@ -987,6 +987,84 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION experiment.setup_roles() RETURNS TABLE (role text, created boolean)
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  r text;
+  t text;
+  registry text[] := '{experiments,variants,metrics,experiment_metrics,dimensions,holdouts,holdout_members,bandits}';
+  -- (refreshes without its error column: a source's error may quote its data; health shows
+  -- the error to roles that may read every metric of the experiment)
+  results text[] := '{enrollment,variant_stats,metric_results,results_daily,conclusions,results,srm,health,'
+                     'dimension_enrollment,dimension_stats,dimension_results,results_by_dimension,srm_by_dimension,'
+                     'factorial_effects,interaction_results,interactions}';
+  ingestion text[] := '{exposures,exposures_quarantine,exposures_staging,kafka_offsets,kafka_dead_letters}';
+BEGIN
+  FOREACH r IN ARRAY ARRAY['experiment_reader', 'experiment_ingest', 'experiment_analyst', 'experiment_admin'] LOOP
+    role := r;
+    created := NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles ro WHERE ro.rolname = r);
+    IF created THEN
+      EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+    END IF;
+    RETURN NEXT;
+  END LOOP;
+
+  -- experiment_reader: dashboards; the registry and the results it may read
+  GRANT USAGE ON SCHEMA experiment TO experiment_reader;
+  FOREACH t IN ARRAY registry || results LOOP
+    EXECUTE format('GRANT SELECT ON experiment.%I TO experiment_reader', t);
+  END LOOP;
+  GRANT SELECT (experiment_id, refreshed_at, duration, enrolled_units, multi_variant_units, early_units,
+                first_exposure, last_exposure, exposures_by_day, error_at, mode, full_reason,
+                -- the counts of clustered and switchback experiments (src/sql/099_design_cluster.sql)
+                clusters, clustered_units, unclustered_units, mixed_clusters,
+                -- the memory partitions, and where the values were computed (src/sql/100_citus.sql)
+                unit_partitions, placement, placement_reason)
+    ON experiment.refreshes TO experiment_reader;
+  -- (a bandit's published weights; the posteriors they came from are its metric's results)
+  GRANT SELECT (experiment_id, period, started_at, variants, weights) ON experiment.bandit_periods TO experiment_reader;
+
+  -- experiment_ingest: the exposure pipeline
+  GRANT USAGE ON SCHEMA experiment TO experiment_ingest;
+  GRANT SELECT ON experiment.experiments, experiment.variants TO experiment_ingest;
+  FOREACH t IN ARRAY ingestion LOOP
+    EXECUTE format('GRANT SELECT, INSERT ON experiment.%I TO experiment_ingest', t);
+  END LOOP;
+  GRANT DELETE ON experiment.exposures_staging TO experiment_ingest;
+  GRANT UPDATE ON experiment.kafka_offsets TO experiment_ingest;
+  GRANT USAGE ON SEQUENCE experiment.exposures_quarantine_id_seq, experiment.kafka_dead_letters_id_seq
+    TO experiment_ingest;
+
+  -- experiment_analyst: designs experiments, registers metrics it may read, refreshes, concludes
+  PERFORM experiment.grant_role_once('experiment_reader', 'experiment_analyst');
+  FOREACH t IN ARRAY registry LOOP
+    EXECUTE format('GRANT INSERT, UPDATE, DELETE ON experiment.%I TO experiment_analyst', t);
+  END LOOP;
+  GRANT SELECT ON experiment.exposures, experiment.exposures_quarantine TO experiment_analyst;
+  GRANT INSERT ON experiment.conclusions TO experiment_analyst;
+  GRANT USAGE ON SEQUENCE experiment.conclusions_id_seq TO experiment_analyst;
+  GRANT EXECUTE ON FUNCTION experiment.refresh(text, boolean) TO experiment_analyst;
+
+  -- experiment_admin: all of it, and the scheduled refresh_all(); TRUNCATE only where no
+  -- row trigger guards the rows (truncating the catalogue would skip the owners' checks)
+  PERFORM experiment.grant_role_once('experiment_analyst', 'experiment_admin');
+  PERFORM experiment.grant_role_once('experiment_ingest', 'experiment_admin');
+  FOREACH t IN ARRAY registry || ingestion LOOP
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON experiment.%I TO experiment_admin', t);
+  END LOOP;
+  FOREACH t IN ARRAY ingestion LOOP
+    EXECUTE format('GRANT TRUNCATE ON experiment.%I TO experiment_admin', t);
+  END LOOP;
+  GRANT EXECUTE ON FUNCTION experiment.refresh_all() TO experiment_admin;
+  GRANT EXECUTE ON FUNCTION experiment.refresh_interactions() TO experiment_admin;
+  GRANT SELECT, INSERT, UPDATE, DELETE ON experiment.bandit_periods TO experiment_admin;
+  GRANT EXECUTE ON FUNCTION experiment.update_bandit_weights(text, boolean) TO experiment_admin;
+  GRANT SELECT ON experiment.source_watermarks TO experiment_admin;
+END
+$$;
+
 ALTER TABLE experiment.refreshes
   ADD COLUMN placement text CHECK (placement IN ('local', 'distributed')),
   ADD COLUMN placement_reason text;
@@ -1035,6 +1113,16 @@ BEGIN
     ELSIF (SELECT a.atttypid FROM pg_catalog.pg_attribute a
            WHERE a.attrelid = sc.source AND a.attname = sc.unit_column) <> 'pg_catalog.text'::pg_catalog.regtype THEN
       reason := format('the unit column %s of source %s is not of type text', sc.unit_column, sc.source);
+    -- (co-location needs the collation of the stored values' unit_id, the default one)
+    ELSIF (SELECT a.attcollation FROM pg_catalog.pg_attribute a
+           WHERE a.attrelid = sc.source AND a.attname = sc.unit_column) <> 100 THEN
+      reason := format('the unit column %s of source %s has a collation of its own', sc.unit_column, sc.source);
+    -- (a statement the workers run reads one copy of a shard: with several, the copies would differ)
+    ELSIF EXISTS (SELECT FROM pg_catalog.pg_dist_shard s JOIN pg_catalog.pg_dist_placement p ON p.shardid = s.shardid
+                  WHERE s.logicalrelid = sc.source GROUP BY s.shardid HAVING count(*) > 1)
+          OR coalesce(pg_catalog.current_setting('citus.shard_replication_factor', true), '1')::integer > 1 THEN
+      reason := format('source %s or the stored values would have shards with several copies (citus.shard_replication_factor)',
+                       sc.source);
     ELSIF colocation IS NOT NULL AND colocation <> r.colocation THEN
       reason := format('source %s is not co-located with the experiment''s other sources', sc.source);
     END IF;
@@ -1093,6 +1181,10 @@ CREATE OR REPLACE FUNCTION experiment.citus_shard_run(shard oid, stmts jsonb) RE
   SET array_nulls = on
   SET transform_null_equals = off
   SET row_security = on
+  -- (where the coordinator holds shards, it runs the shard's task in the refresh's own session,
+  -- in which Citus hides shards from pg_class: the lookup below and the checks of the source
+  -- must see them)
+  SET citus.override_table_visibility = off
 AS $$
 DECLARE
   key text;
@@ -1103,7 +1195,7 @@ BEGIN
   SELECT format('%I.%I', n.nspname, c.relname) INTO key
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = shard;
   IF key IS NULL OR NOT stmts ? key THEN
-    RAISE EXCEPTION 'no statements for shard % (%)', shard, key;
+    RAISE EXCEPTION 'no statements for shard % (%)', shard, key USING ERRCODE = 'internal_error';
   END IF;
   FOR s IN SELECT x FROM pg_catalog.jsonb_array_elements_text(stmts -> key) x LOOP
     EXECUTE s INTO t;
@@ -1144,6 +1236,8 @@ $$;
 COMMENT ON FUNCTION experiment.citus_shard_groups(name, regclass[]) IS
   'internal: the shards of a distributed table of stored per-unit values with the co-located shards of the sources';
 
+REVOKE EXECUTE ON FUNCTION experiment.citus_shard_groups(name, regclass[]) FROM PUBLIC;
+
 -- run statements on the workers, per shard group of the distributed table t of stored per-unit
 -- values: in each, @uv@ becomes the qualified name of the shard of t and @src1@, @src2@ ... the
 -- literals of the co-located shards of sources[1], sources[2] ...; one call per shard that holds
@@ -1182,6 +1276,10 @@ BEGIN
   IF reps IS NULL THEN
     RETURN '{}';
   END IF;
+  -- (first a write of nothing to the same shards: Citus then commits the connections that run
+  -- the workers' statements, which write, in two phases with the refresh; a SELECT alone would
+  -- not mark them as modifying)
+  EXECUTE format('UPDATE experiment.%I u SET reset = u.reset WHERE u.unit_id = ANY ($1)', t) USING reps;
   EXECUTE format('SELECT ARRAY(SELECT pg_catalog.max(x.t) FROM (SELECT experiment.citus_shard_run(u.tableoid, $1) AS r '
                  '  FROM experiment.%I u WHERE u.unit_id = ANY ($2)) s '
                  'CROSS JOIN LATERAL pg_catalog.unnest(s.r) WITH ORDINALITY AS x(t, o) GROUP BY x.o ORDER BY x.o)', t)
@@ -1223,6 +1321,8 @@ $$;
 COMMENT ON FUNCTION experiment.citus_shard_partitions(experiment.experiments, name) IS
   'internal: the unit-hash partitions of the scans of a distributed refresh on each shard, the work_mem of the workers'' statements '
   'and the analysed units of the largest shard';
+
+REVOKE EXECUTE ON FUNCTION experiment.citus_shard_partitions(experiment.experiments, name) FROM PUBLIC;
 
 -- the SQL of a call of experiment.source_unit_values_from() for a statement of
 -- experiment.citus_run_shards(): the units of the shard of the stored per-unit values (@uv@; not
@@ -1470,5 +1570,7 @@ $$;
 
 COMMENT ON FUNCTION experiment.citus_record_placement(experiment.experiments, name) IS
   'internal: records in experiment.refreshes where a refresh computed its per-unit values (local or distributed) and why';
+
+REVOKE EXECUTE ON FUNCTION experiment.citus_record_placement(experiment.experiments, name) FROM PUBLIC;
 
 ALTER FUNCTION experiment.refresh(text, boolean) SECURITY DEFINER;
