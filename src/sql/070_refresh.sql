@@ -528,16 +528,17 @@ COMMENT ON FUNCTION experiment.source_call_sql(experiment.source_scan, timestamp
 
 -- SQL of the call of experiment.source_unit_values_from() for one row of experiment.source_specs():
 -- the units of relation units (not multi; reset = reset unless NULL; in partition part of nparts),
--- about expected of them
+-- about nunits of them over all the partitions (the scan's hash table gets room for a partition's
+-- share and a twentieth more, at least 1024)
 CREATE FUNCTION experiment.source_from_sql(s experiment.source_scan, units text, reset boolean, nparts integer,
-                                           part integer, expected bigint, end_at timestamptz, scan_from timestamptz,
+                                           part integer, nunits bigint, end_at timestamptz, scan_from timestamptz,
                                            scan_to timestamptz, split_at timestamptz, partial boolean)
   RETURNS text
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
   SELECT format('experiment.source_unit_values_from(%L::regclass, %L::boolean, %s, %s, %s, ', units, reset,
-                nparts, part, coalesce(expected, 0))
+                nparts, part, coalesce(nunits, 0) / nparts + coalesce(nunits, 0) / nparts / 20 + 1024)
          || substr(experiment.source_call_sql(s, end_at, scan_from, scan_to, split_at, false, partial),
                    length('experiment.source_unit_values(a.ids, a.variants, a.t0s, ') + 1)
 $$;
@@ -555,10 +556,7 @@ CREATE FUNCTION experiment.scans_join_sql(scans experiment.source_scan[], splits
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
   SELECT coalesce(pg_catalog.string_agg(format('%s %s x%s%s', CASE WHEN k.o = 1 THEN '' ELSE ' JOIN' END,
-           experiment.source_from_sql(scans[k.o], units, NULL, nparts, part,
-                                      -- (room for a partition's units and a twentieth more)
-                                      coalesce(nunits, 0) / nparts + coalesce(nunits, 0) / nparts / 20 + 1024,
-                                      end_at, (scans[k.o]).lower_bound, (scans[k.o]).upper_bound, splits[k.o], false),
+           experiment.source_from_sql(scans[k.o], units, NULL, nparts, part, nunits, end_at, (scans[k.o]).lower_bound, (scans[k.o]).upper_bound, splits[k.o], false),
            (scans[k.o]).src_no,
            CASE WHEN k.o = 1 THEN '' ELSE format(' ON x%s.unit_id = x1.unit_id', (scans[k.o]).src_no) END),
            '' ORDER BY k.o), '')
@@ -945,6 +943,18 @@ COMMENT ON FUNCTION experiment.exposures_watermark(timestamptz) IS
   'internal: the earliest received_at an exposure not yet visible can have (the start of the oldest open transaction)';
 REVOKE EXECUTE ON FUNCTION experiment.exposures_watermark(timestamptz) FROM PUBLIC;
 
+-- the work_mem of a refresh's statements within experiment.refresh_memory: a quarter of it, from
+-- 64 kB to 256 MB (NULL: no bound)
+CREATE FUNCTION experiment.refresh_work_mem() RETURNS text
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE WHEN b.bound > 0 THEN least(262144, greatest(64, b.bound / 4096))::text || 'kB' END
+  FROM (SELECT pg_catalog.pg_size_bytes(pg_catalog.current_setting('experiment.refresh_memory')) AS bound) b
+$$;
+COMMENT ON FUNCTION experiment.refresh_work_mem() IS
+  'internal: the work_mem of a refresh''s statements within experiment.refresh_memory (a quarter of it; NULL: no bound)';
+
 -- the number of unit-hash partitions that keeps the per-unit values of one partition within
 -- experiment.refresh_memory (src/unit_values.c; doc/scaling.md, "Memory")
 CREATE FUNCTION experiment.unit_value_partitions(units bigint, specs integer, sources integer, key_bytes float8)
@@ -1016,7 +1026,6 @@ DECLARE
   changed text;
   grantee text;
   sel text;
-  units_where text;
   nunits bigint;
   key_bytes float8;
   no_units text := experiment.unit_arrays_sql(
@@ -1233,13 +1242,12 @@ BEGIN
     FOR part IN 0 .. partitions - 1 LOOP
       EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.vals, x.skipped, x.latest, x.sketches '
                      'FROM %s x',
-                     experiment.source_from_sql(sc, format('experiment.%I', relation), false, partitions, part,
-                                                nunits / partitions + nunits / partitions / 20 + 1024,
+                     experiment.source_from_sql(sc, format('experiment.%I', relation), false, partitions, part, nunits,
                                                 e.end_at, wm.settled_before, sc.upper_bound, split, true));
       IF min_t0 IS NOT NULL THEN
         EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.vals, x.skipped, NULL, x.sketches '
                        'FROM %s x WHERE x.unit_id IS NOT NULL',
-                       experiment.source_from_sql(sc, format('experiment.%I', relation), true, partitions, part, 1024,
+                       experiment.source_from_sql(sc, format('experiment.%I', relation), true, partitions, part, 0,
                                                   e.end_at, sc.lower_bound, sc.upper_bound, split, true));
       END IF;
     END LOOP;
@@ -1531,9 +1539,8 @@ BEGIN
   -- within experiment.refresh_memory, the sorts and hashes of the statements get a quarter of it
   -- (a call into the module first: loading it defines the setting)
   PERFORM experiment.unit_value_partitions(0, 0, 0, 0);
-  IF pg_catalog.pg_size_bytes(pg_catalog.current_setting('experiment.refresh_memory')) > 0 THEN
-    PERFORM pg_catalog.set_config('work_mem', least(262144, greatest(64,
-      pg_catalog.pg_size_bytes(pg_catalog.current_setting('experiment.refresh_memory')) / 4096))::text || 'kB', true);
+  IF experiment.refresh_work_mem() IS NOT NULL THEN
+    PERFORM pg_catalog.set_config('work_mem', experiment.refresh_work_mem(), true);
   END IF;
 
   PERFORM experiment.validate_experiment_metrics(e.id);

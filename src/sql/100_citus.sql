@@ -241,7 +241,6 @@ AS $$
 DECLARE
   units bigint;
   key_bytes float8;
-  bound bigint := pg_catalog.pg_size_bytes(pg_catalog.current_setting('experiment.refresh_memory'));
 BEGIN
   EXECUTE format('SELECT pg_catalog.max(s.n), pg_catalog.avg(s.b) FROM (SELECT count(*) AS n, '
                  'pg_catalog.avg(pg_catalog.octet_length(u.unit_id)) AS b FROM experiment.%I u WHERE NOT u.multi '
@@ -249,8 +248,9 @@ BEGIN
   parts := experiment.refresh_partitions(e, coalesce(units, 0), key_bytes);
   -- (the units of the largest shard, which size the scans' hash tables)
   shard_units := coalesce(units, 0);
-  work_mem_sql := CASE WHEN bound > 0 THEN format('SELECT NULL::timestamptz FROM pg_catalog.set_config(''work_mem'', %L, true)',
-                                                   least(262144, greatest(64, bound / 4096))::text || 'kB') END;
+  work_mem_sql := CASE WHEN experiment.refresh_work_mem() IS NOT NULL
+                       THEN format('SELECT NULL::timestamptz FROM pg_catalog.set_config(''work_mem'', %L, true)',
+                                   experiment.refresh_work_mem()) END;
 END
 $$;
 COMMENT ON FUNCTION experiment.citus_shard_partitions(experiment.experiments, name) IS
@@ -258,20 +258,30 @@ COMMENT ON FUNCTION experiment.citus_shard_partitions(experiment.experiments, na
   'and the analysed units of the largest shard';
 REVOKE EXECUTE ON FUNCTION experiment.citus_shard_partitions(experiment.experiments, name) FROM PUBLIC;
 
+-- a statement with the literal of a scan's source replaced by the placeholder of the source's
+-- shard (experiment.citus_run_shards())
+CREATE FUNCTION experiment.citus_on_shard_sql(s experiment.source_scan, sql text) RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT pg_catalog.replace(sql, format('%L::regclass', s.source), format('@src%s@::regclass', s.src_no))
+$$;
+COMMENT ON FUNCTION experiment.citus_on_shard_sql(experiment.source_scan, text) IS
+  'internal: a statement over a scan''s source made a statement over the source''s shard (its placeholder)';
+
 -- the SQL of a call of experiment.source_unit_values_from() for a statement of
 -- experiment.citus_run_shards(): the units of the shard of the stored per-unit values (@uv@; not
--- multi, reset = reset unless NULL, in partition part of nparts, about expected of them) and the
--- source's literal replaced by the placeholder of its shard
+-- multi, reset = reset unless NULL, in partition part of nparts, about nunits of them) over the
+-- source's shard
 CREATE FUNCTION experiment.citus_shard_call_sql(s experiment.source_scan, reset boolean, nparts integer, part integer,
-                                                expected bigint, end_at timestamptz, scan_from timestamptz,
+                                                nunits bigint, end_at timestamptz, scan_from timestamptz,
                                                 scan_to timestamptz, split_at timestamptz, partial boolean)
   RETURNS text
   LANGUAGE sql STABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
-  SELECT pg_catalog.replace(experiment.source_from_sql(s, '@uv@', reset, nparts, part, expected, end_at, scan_from,
-                                                       scan_to, split_at, partial),
-                            format('%L::regclass', s.source), format('@src%s@::regclass', s.src_no))
+  SELECT experiment.citus_on_shard_sql(s, experiment.source_from_sql(s, '@uv@', reset, nparts, part, nunits, end_at,
+                                                                     scan_from, scan_to, split_at, partial))
 $$;
 COMMENT ON FUNCTION experiment.citus_shard_call_sql(experiment.source_scan, boolean, integer, integer, bigint, timestamptz,
                                                     timestamptz, timestamptz, timestamptz, boolean) IS
@@ -324,8 +334,8 @@ BEGIN
     -- the latest event time of the source's shard (no watermark: none)
     probes := probes || CASE WHEN sc.time_column IS NULL THEN 'SELECT NULL::timestamptz'
       ELSE format('SELECT x.latest FROM %s, %s x', no_units,
-                  pg_catalog.replace(experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, NULL, true, false),
-                                     format('%L::regclass', sc.source), format('@src%s@::regclass', sc.src_no))) END;
+                  experiment.citus_on_shard_sql(sc, experiment.source_call_sql(sc, e.end_at, sc.lower_bound,
+                                                                               sc.upper_bound, NULL, true, false))) END;
   END LOOP;
 
   uv_rel := 'unit_values_' || pg_catalog.nextval('experiment.unit_value_tables_seq');
@@ -375,8 +385,7 @@ BEGIN
       stmts := stmts || format(
         'WITH x AS MATERIALIZED (SELECT x.* FROM %s x WHERE x.unit_id IS NOT NULL), '
         'w AS (UPDATE @uv@ u SET %s FROM x WHERE x.unit_id = u.unit_id) SELECT NULL::timestamptz',
-        experiment.citus_shard_call_sql(sc, NULL, parts, part, pm.shard_units / parts + pm.shard_units / parts / 20 + 1024,
-                                        e.end_at, sc.lower_bound, sc.upper_bound, split, false), set_sql);
+        experiment.citus_shard_call_sql(sc, NULL, parts, part, pm.shard_units, e.end_at, sc.lower_bound, sc.upper_bound, split, false), set_sql);
     END LOOP;
   END LOOP;
   -- the values, on the workers
@@ -447,13 +456,11 @@ BEGIN
     first := first || (pg_catalog.cardinality(stmts) + 1);
     FOR part IN 0 .. pm.parts - 1 LOOP
       stmt := format('WITH x AS MATERIALIZED (SELECT x.unit_id, x.vals, x.skipped, x.latest, x.sketches FROM %s x',
-                     experiment.citus_shard_call_sql(sc, false, pm.parts, part,
-                                                     pm.shard_units / pm.parts + pm.shard_units / pm.parts / 20 + 1024,
-                                                     e.end_at, wm.settled_before, sc.upper_bound, split, true));
+                     experiment.citus_shard_call_sql(sc, false, pm.parts, part, pm.shard_units, e.end_at, wm.settled_before, sc.upper_bound, split, true));
       IF min_t0 IS NOT NULL THEN
         stmt := stmt || format(' UNION ALL SELECT x.unit_id, x.vals, x.skipped, NULL, x.sketches FROM %s x '
                                'WHERE x.unit_id IS NOT NULL',
-                               experiment.citus_shard_call_sql(sc, true, pm.parts, part, 1024, e.end_at, sc.lower_bound,
+                               experiment.citus_shard_call_sql(sc, true, pm.parts, part, 0, e.end_at, sc.lower_bound,
                                                                sc.upper_bound, split, true));
       END IF;
       stmt := stmt || format('), w AS (UPDATE @uv@ u SET %s FROM x WHERE x.unit_id = u.unit_id AND %s) '

@@ -162,16 +162,17 @@ COMMENT ON FUNCTION experiment.source_unit_values_from(regclass, boolean, intege
 
 -- SQL of the call of experiment.source_unit_values_from() for one row of experiment.source_specs():
 -- the units of relation units (not multi; reset = reset unless NULL; in partition part of nparts),
--- about expected of them
+-- about nunits of them over all the partitions (the scan's hash table gets room for a partition's
+-- share and a twentieth more, at least 1024)
 CREATE OR REPLACE FUNCTION experiment.source_from_sql(s experiment.source_scan, units text, reset boolean, nparts integer,
-                                           part integer, expected bigint, end_at timestamptz, scan_from timestamptz,
+                                           part integer, nunits bigint, end_at timestamptz, scan_from timestamptz,
                                            scan_to timestamptz, split_at timestamptz, partial boolean)
   RETURNS text
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
   SELECT format('experiment.source_unit_values_from(%L::regclass, %L::boolean, %s, %s, %s, ', units, reset,
-                nparts, part, coalesce(expected, 0))
+                nparts, part, coalesce(nunits, 0) / nparts + coalesce(nunits, 0) / nparts / 20 + 1024)
          || substr(experiment.source_call_sql(s, end_at, scan_from, scan_to, split_at, false, partial),
                    length('experiment.source_unit_values(a.ids, a.variants, a.t0s, ') + 1)
 $$;
@@ -190,10 +191,7 @@ CREATE OR REPLACE FUNCTION experiment.scans_join_sql(scans experiment.source_sca
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
   SELECT coalesce(pg_catalog.string_agg(format('%s %s x%s%s', CASE WHEN k.o = 1 THEN '' ELSE ' JOIN' END,
-           experiment.source_from_sql(scans[k.o], units, NULL, nparts, part,
-                                      -- (room for a partition's units and a twentieth more)
-                                      coalesce(nunits, 0) / nparts + coalesce(nunits, 0) / nparts / 20 + 1024,
-                                      end_at, (scans[k.o]).lower_bound, (scans[k.o]).upper_bound, splits[k.o], false),
+           experiment.source_from_sql(scans[k.o], units, NULL, nparts, part, nunits, end_at, (scans[k.o]).lower_bound, (scans[k.o]).upper_bound, splits[k.o], false),
            (scans[k.o]).src_no,
            CASE WHEN k.o = 1 THEN '' ELSE format(' ON x%s.unit_id = x1.unit_id', (scans[k.o]).src_no) END),
            '' ORDER BY k.o), '')
@@ -218,6 +216,19 @@ BEGIN
   RETURN NOT any_row;
 END
 $$;
+
+-- the work_mem of a refresh's statements within experiment.refresh_memory: a quarter of it, from
+-- 64 kB to 256 MB (NULL: no bound)
+CREATE OR REPLACE FUNCTION experiment.refresh_work_mem() RETURNS text
+  LANGUAGE sql STABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT CASE WHEN b.bound > 0 THEN least(262144, greatest(64, b.bound / 4096))::text || 'kB' END
+  FROM (SELECT pg_catalog.pg_size_bytes(pg_catalog.current_setting('experiment.refresh_memory')) AS bound) b
+$$;
+
+COMMENT ON FUNCTION experiment.refresh_work_mem() IS
+  'internal: the work_mem of a refresh''s statements within experiment.refresh_memory (a quarter of it; NULL: no bound)';
 
 -- the stored per-unit values of an experiment brought up to date, incrementally when it can:
 -- the table's name, whether the refresh was full or incremental and why it was full, and the
@@ -249,7 +260,6 @@ DECLARE
   changed text;
   grantee text;
   sel text;
-  units_where text;
   nunits bigint;
   key_bytes float8;
   no_units text := experiment.unit_arrays_sql(
@@ -466,13 +476,12 @@ BEGIN
     FOR part IN 0 .. partitions - 1 LOOP
       EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.vals, x.skipped, x.latest, x.sketches '
                      'FROM %s x',
-                     experiment.source_from_sql(sc, format('experiment.%I', relation), false, partitions, part,
-                                                nunits / partitions + nunits / partitions / 20 + 1024,
+                     experiment.source_from_sql(sc, format('experiment.%I', relation), false, partitions, part, nunits,
                                                 e.end_at, wm.settled_before, sc.upper_bound, split, true));
       IF min_t0 IS NOT NULL THEN
         EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.vals, x.skipped, NULL, x.sketches '
                        'FROM %s x WHERE x.unit_id IS NOT NULL',
-                       experiment.source_from_sql(sc, format('experiment.%I', relation), true, partitions, part, 1024,
+                       experiment.source_from_sql(sc, format('experiment.%I', relation), true, partitions, part, 0,
                                                   e.end_at, sc.lower_bound, sc.upper_bound, split, true));
       END IF;
     END LOOP;
@@ -635,9 +644,8 @@ BEGIN
   -- within experiment.refresh_memory, the sorts and hashes of the statements get a quarter of it
   -- (a call into the module first: loading it defines the setting)
   PERFORM experiment.unit_value_partitions(0, 0, 0, 0);
-  IF pg_catalog.pg_size_bytes(pg_catalog.current_setting('experiment.refresh_memory')) > 0 THEN
-    PERFORM pg_catalog.set_config('work_mem', least(262144, greatest(64,
-      pg_catalog.pg_size_bytes(pg_catalog.current_setting('experiment.refresh_memory')) / 4096))::text || 'kB', true);
+  IF experiment.refresh_work_mem() IS NOT NULL THEN
+    PERFORM pg_catalog.set_config('work_mem', experiment.refresh_work_mem(), true);
   END IF;
 
   PERFORM experiment.validate_experiment_metrics(e.id);
@@ -1305,7 +1313,6 @@ AS $$
 DECLARE
   units bigint;
   key_bytes float8;
-  bound bigint := pg_catalog.pg_size_bytes(pg_catalog.current_setting('experiment.refresh_memory'));
 BEGIN
   EXECUTE format('SELECT pg_catalog.max(s.n), pg_catalog.avg(s.b) FROM (SELECT count(*) AS n, '
                  'pg_catalog.avg(pg_catalog.octet_length(u.unit_id)) AS b FROM experiment.%I u WHERE NOT u.multi '
@@ -1313,8 +1320,9 @@ BEGIN
   parts := experiment.refresh_partitions(e, coalesce(units, 0), key_bytes);
   -- (the units of the largest shard, which size the scans' hash tables)
   shard_units := coalesce(units, 0);
-  work_mem_sql := CASE WHEN bound > 0 THEN format('SELECT NULL::timestamptz FROM pg_catalog.set_config(''work_mem'', %L, true)',
-                                                   least(262144, greatest(64, bound / 4096))::text || 'kB') END;
+  work_mem_sql := CASE WHEN experiment.refresh_work_mem() IS NOT NULL
+                       THEN format('SELECT NULL::timestamptz FROM pg_catalog.set_config(''work_mem'', %L, true)',
+                                   experiment.refresh_work_mem()) END;
 END
 $$;
 
@@ -1324,20 +1332,31 @@ COMMENT ON FUNCTION experiment.citus_shard_partitions(experiment.experiments, na
 
 REVOKE EXECUTE ON FUNCTION experiment.citus_shard_partitions(experiment.experiments, name) FROM PUBLIC;
 
+-- a statement with the literal of a scan's source replaced by the placeholder of the source's
+-- shard (experiment.citus_run_shards())
+CREATE OR REPLACE FUNCTION experiment.citus_on_shard_sql(s experiment.source_scan, sql text) RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT pg_catalog.replace(sql, format('%L::regclass', s.source), format('@src%s@::regclass', s.src_no))
+$$;
+
+COMMENT ON FUNCTION experiment.citus_on_shard_sql(experiment.source_scan, text) IS
+  'internal: a statement over a scan''s source made a statement over the source''s shard (its placeholder)';
+
 -- the SQL of a call of experiment.source_unit_values_from() for a statement of
 -- experiment.citus_run_shards(): the units of the shard of the stored per-unit values (@uv@; not
--- multi, reset = reset unless NULL, in partition part of nparts, about expected of them) and the
--- source's literal replaced by the placeholder of its shard
+-- multi, reset = reset unless NULL, in partition part of nparts, about nunits of them) over the
+-- source's shard
 CREATE OR REPLACE FUNCTION experiment.citus_shard_call_sql(s experiment.source_scan, reset boolean, nparts integer, part integer,
-                                                expected bigint, end_at timestamptz, scan_from timestamptz,
+                                                nunits bigint, end_at timestamptz, scan_from timestamptz,
                                                 scan_to timestamptz, split_at timestamptz, partial boolean)
   RETURNS text
   LANGUAGE sql STABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
-  SELECT pg_catalog.replace(experiment.source_from_sql(s, '@uv@', reset, nparts, part, expected, end_at, scan_from,
-                                                       scan_to, split_at, partial),
-                            format('%L::regclass', s.source), format('@src%s@::regclass', s.src_no))
+  SELECT experiment.citus_on_shard_sql(s, experiment.source_from_sql(s, '@uv@', reset, nparts, part, nunits, end_at,
+                                                                     scan_from, scan_to, split_at, partial))
 $$;
 
 COMMENT ON FUNCTION experiment.citus_shard_call_sql(experiment.source_scan, boolean, integer, integer, bigint, timestamptz,
@@ -1391,8 +1410,8 @@ BEGIN
     -- the latest event time of the source's shard (no watermark: none)
     probes := probes || CASE WHEN sc.time_column IS NULL THEN 'SELECT NULL::timestamptz'
       ELSE format('SELECT x.latest FROM %s, %s x', no_units,
-                  pg_catalog.replace(experiment.source_call_sql(sc, e.end_at, sc.lower_bound, sc.upper_bound, NULL, true, false),
-                                     format('%L::regclass', sc.source), format('@src%s@::regclass', sc.src_no))) END;
+                  experiment.citus_on_shard_sql(sc, experiment.source_call_sql(sc, e.end_at, sc.lower_bound,
+                                                                               sc.upper_bound, NULL, true, false))) END;
   END LOOP;
 
   uv_rel := 'unit_values_' || pg_catalog.nextval('experiment.unit_value_tables_seq');
@@ -1442,8 +1461,7 @@ BEGIN
       stmts := stmts || format(
         'WITH x AS MATERIALIZED (SELECT x.* FROM %s x WHERE x.unit_id IS NOT NULL), '
         'w AS (UPDATE @uv@ u SET %s FROM x WHERE x.unit_id = u.unit_id) SELECT NULL::timestamptz',
-        experiment.citus_shard_call_sql(sc, NULL, parts, part, pm.shard_units / parts + pm.shard_units / parts / 20 + 1024,
-                                        e.end_at, sc.lower_bound, sc.upper_bound, split, false), set_sql);
+        experiment.citus_shard_call_sql(sc, NULL, parts, part, pm.shard_units, e.end_at, sc.lower_bound, sc.upper_bound, split, false), set_sql);
     END LOOP;
   END LOOP;
   -- the values, on the workers
@@ -1516,13 +1534,11 @@ BEGIN
     first := first || (pg_catalog.cardinality(stmts) + 1);
     FOR part IN 0 .. pm.parts - 1 LOOP
       stmt := format('WITH x AS MATERIALIZED (SELECT x.unit_id, x.vals, x.skipped, x.latest, x.sketches FROM %s x',
-                     experiment.citus_shard_call_sql(sc, false, pm.parts, part,
-                                                     pm.shard_units / pm.parts + pm.shard_units / pm.parts / 20 + 1024,
-                                                     e.end_at, wm.settled_before, sc.upper_bound, split, true));
+                     experiment.citus_shard_call_sql(sc, false, pm.parts, part, pm.shard_units, e.end_at, wm.settled_before, sc.upper_bound, split, true));
       IF min_t0 IS NOT NULL THEN
         stmt := stmt || format(' UNION ALL SELECT x.unit_id, x.vals, x.skipped, NULL, x.sketches FROM %s x '
                                'WHERE x.unit_id IS NOT NULL',
-                               experiment.citus_shard_call_sql(sc, true, pm.parts, part, 1024, e.end_at, sc.lower_bound,
+                               experiment.citus_shard_call_sql(sc, true, pm.parts, part, 0, e.end_at, sc.lower_bound,
                                                                sc.upper_bound, split, true));
       END IF;
       stmt := stmt || format('), w AS (UPDATE @uv@ u SET %s FROM x WHERE x.unit_id = u.unit_id AND %s) '
