@@ -996,6 +996,60 @@ $$;
 COMMENT ON FUNCTION experiment.refresh_partitions(experiment.experiments, bigint, float8) IS
   'internal: the number of unit-hash partitions of a refresh of an experiment''s units within experiment.refresh_memory';
 
+-- a new table of stored per-unit values made the extension's: for its owner alone, whatever
+-- default privileges say (per-unit values are per user), and commented
+CREATE FUNCTION experiment.seal_unit_value_table(e experiment.experiments, relation name, distributed boolean)
+  RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  grantee text;
+BEGIN
+  FOR grantee IN SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
+                 FROM pg_catalog.pg_class c, LATERAL pg_catalog.aclexplode(c.relacl) a
+                 WHERE c.oid = format('experiment.%I', relation)::regclass AND a.grantee <> c.relowner LOOP
+    EXECUTE format('REVOKE ALL ON experiment.%I FROM %s', relation, grantee);
+  END LOOP;
+  EXECUTE format('COMMENT ON TABLE experiment.%I IS %L', relation,
+                 format('stored per-unit values of experiment %s (experiment.refresh(), doc/scaling.md%s)', e.id,
+                        CASE WHEN distributed THEN '; distributed' ELSE '' END));
+END
+$$;
+COMMENT ON FUNCTION experiment.seal_unit_value_table(experiment.experiments, name, boolean) IS
+  'internal: revokes every privilege but its owner''s on a new table of stored per-unit values, and comments it';
+REVOKE EXECUTE ON FUNCTION experiment.seal_unit_value_table(experiment.experiments, name, boolean) FROM PUBLIC;
+
+-- a full refresh's new table of stored per-unit values put in place of the experiment's old one
+-- (dropped), with the definition it was built for, the exposures watermark and the sources'
+-- watermarks of pg_temp.exp_marks
+CREATE FUNCTION experiment.install_unit_value_table(e experiment.experiments, st experiment.unit_value_tables,
+                                                    relation name, fp text, xsince timestamptz)
+  RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  IF st.experiment_id IS NOT NULL THEN
+    PERFORM experiment.drop_unit_value_table(st.relation);
+    UPDATE experiment.unit_value_tables u
+      SET relation = install_unit_value_table.relation, definition = fp, exposures_since = xsince,
+          refreshed_at = pg_catalog.now()
+      WHERE u.experiment_id = e.id;
+    DELETE FROM experiment.source_watermarks w WHERE w.experiment_id = e.id;
+  ELSE
+    INSERT INTO experiment.unit_value_tables (experiment_id, relation, definition, exposures_since, refreshed_at)
+    VALUES (e.id, relation, fp, xsince, pg_catalog.now());
+  END IF;
+  INSERT INTO experiment.source_watermarks SELECT * FROM pg_temp.exp_marks;
+END
+$$;
+COMMENT ON FUNCTION experiment.install_unit_value_table(experiment.experiments, experiment.unit_value_tables, name, text,
+                                                        timestamptz) IS
+  'internal: puts a full refresh''s new table of stored per-unit values in place of the old one, with its watermarks';
+REVOKE EXECUTE ON FUNCTION experiment.install_unit_value_table(experiment.experiments, experiment.unit_value_tables, name,
+                                                               text, timestamptz) FROM PUBLIC;
+
 -- the stored per-unit values of an experiment brought up to date, incrementally when it can:
 -- the table's name, whether the refresh was full or incremental and why it was full, and the
 -- number of unit-hash partitions its scans used (experiment.refresh_memory)
@@ -1024,7 +1078,6 @@ DECLARE
   reset_set text;
   merge_set text;
   changed text;
-  grantee text;
   sel text;
   nunits bigint;
   key_bytes float8;
@@ -1138,25 +1191,8 @@ BEGIN
     -- updates stay HOT)
     EXECUTE format('ALTER TABLE experiment.%I ALTER unit_id SET NOT NULL, ADD UNIQUE (unit_id)', relation);
     EXECUTE format('ALTER EXTENSION experiment ADD TABLE experiment.%I', relation);
-    -- per-unit values are for the owner alone, whatever default privileges say
-    FOR grantee IN SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
-                   FROM pg_catalog.pg_class c, LATERAL pg_catalog.aclexplode(c.relacl) a
-                   WHERE c.oid = format('experiment.%I', relation)::regclass AND a.grantee <> c.relowner LOOP
-      EXECUTE format('REVOKE ALL ON experiment.%I FROM %s', relation, grantee);
-    END LOOP;
-    EXECUTE format('COMMENT ON TABLE experiment.%I IS %L', relation,
-                   format('stored per-unit values of experiment %s (experiment.refresh(), doc/scaling.md)', e.id));
-    IF st.experiment_id IS NOT NULL THEN
-      PERFORM experiment.drop_unit_value_table(st.relation);
-      UPDATE experiment.unit_value_tables u
-        SET relation = refresh_unit_values.relation, definition = fp, exposures_since = xsince, refreshed_at = pg_catalog.now()
-        WHERE u.experiment_id = e.id;
-      DELETE FROM experiment.source_watermarks w WHERE w.experiment_id = e.id;
-    ELSE
-      INSERT INTO experiment.unit_value_tables (experiment_id, relation, definition, exposures_since, refreshed_at)
-      VALUES (e.id, relation, fp, xsince, pg_catalog.now());
-    END IF;
-    INSERT INTO experiment.source_watermarks SELECT * FROM pg_temp.exp_marks;
+    PERFORM experiment.seal_unit_value_table(e, relation, false);
+    PERFORM experiment.install_unit_value_table(e, st, relation, fp, xsince);
     RETURN;
   END IF;
 

@@ -314,7 +314,6 @@ DECLARE
   probes text[] := '{}';
   latest timestamptz[];
   stmts text[] := '{}';
-  grantee text;
   no_units text := experiment.unit_arrays_sql(
     '(SELECT NULL::text AS unit_id, NULL::text AS variant, NULL::timestamptz AS t0 WHERE false) u');
 BEGIN
@@ -344,13 +343,7 @@ BEGIN
                  uv_rel, typed_cols, experiment.dims_columns_sql('u'));
   EXECUTE format('ALTER TABLE experiment.%I ALTER unit_id SET NOT NULL, ADD UNIQUE (unit_id)', uv_rel);
   -- (the comment and privileges before it is distributed: Citus gives them to the shards)
-  EXECUTE format('COMMENT ON TABLE experiment.%I IS %L', uv_rel,
-                 format('stored per-unit values of experiment %s (experiment.refresh(), doc/scaling.md; distributed)', e.id));
-  FOR grantee IN SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
-                 FROM pg_catalog.pg_class c, LATERAL pg_catalog.aclexplode(c.relacl) a
-                 WHERE c.oid = format('experiment.%I', uv_rel)::regclass AND a.grantee <> c.relowner LOOP
-    EXECUTE format('REVOKE ALL ON experiment.%I FROM %s', uv_rel, grantee);
-  END LOOP;
+  PERFORM experiment.seal_unit_value_table(e, uv_rel, true);
   EXECUTE 'SELECT pg_catalog.create_distributed_table($1, ''unit_id'', colocate_with => $2)'
     USING format('experiment.%I', uv_rel), srcs[1]::text;
   -- the units, their values NULL (the workers fill those of the analysed units; the
@@ -391,19 +384,7 @@ BEGIN
   -- the values, on the workers
   PERFORM experiment.citus_run_shards(uv_rel, srcs, stmts);
   EXECUTE format('ALTER EXTENSION experiment ADD TABLE experiment.%I', uv_rel);
-
-  IF st.experiment_id IS NOT NULL THEN
-    PERFORM experiment.drop_unit_value_table(st.relation);
-    UPDATE experiment.unit_value_tables u
-      SET relation = uv_rel, definition = fp, exposures_since = xsince,
-          refreshed_at = pg_catalog.now()
-      WHERE u.experiment_id = e.id;
-    DELETE FROM experiment.source_watermarks w WHERE w.experiment_id = e.id;
-  ELSE
-    INSERT INTO experiment.unit_value_tables (experiment_id, relation, definition, exposures_since, refreshed_at)
-    VALUES (e.id, uv_rel, fp, xsince, pg_catalog.now());
-  END IF;
-  INSERT INTO experiment.source_watermarks SELECT * FROM pg_temp.exp_marks;
+  PERFORM experiment.install_unit_value_table(e, st, uv_rel, fp, xsince);
 END
 $$;
 COMMENT ON FUNCTION experiment.citus_full_unit_values(experiment.experiments, experiment.unit_value_tables, text,

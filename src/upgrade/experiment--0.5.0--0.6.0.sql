@@ -230,6 +230,64 @@ $$;
 COMMENT ON FUNCTION experiment.refresh_work_mem() IS
   'internal: the work_mem of a refresh''s statements within experiment.refresh_memory (a quarter of it; NULL: no bound)';
 
+-- a new table of stored per-unit values made the extension's: for its owner alone, whatever
+-- default privileges say (per-unit values are per user), and commented
+CREATE OR REPLACE FUNCTION experiment.seal_unit_value_table(e experiment.experiments, relation name, distributed boolean)
+  RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  grantee text;
+BEGIN
+  FOR grantee IN SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
+                 FROM pg_catalog.pg_class c, LATERAL pg_catalog.aclexplode(c.relacl) a
+                 WHERE c.oid = format('experiment.%I', relation)::regclass AND a.grantee <> c.relowner LOOP
+    EXECUTE format('REVOKE ALL ON experiment.%I FROM %s', relation, grantee);
+  END LOOP;
+  EXECUTE format('COMMENT ON TABLE experiment.%I IS %L', relation,
+                 format('stored per-unit values of experiment %s (experiment.refresh(), doc/scaling.md%s)', e.id,
+                        CASE WHEN distributed THEN '; distributed' ELSE '' END));
+END
+$$;
+
+COMMENT ON FUNCTION experiment.seal_unit_value_table(experiment.experiments, name, boolean) IS
+  'internal: revokes every privilege but its owner''s on a new table of stored per-unit values, and comments it';
+
+REVOKE EXECUTE ON FUNCTION experiment.seal_unit_value_table(experiment.experiments, name, boolean) FROM PUBLIC;
+
+-- a full refresh's new table of stored per-unit values put in place of the experiment's old one
+-- (dropped), with the definition it was built for, the exposures watermark and the sources'
+-- watermarks of pg_temp.exp_marks
+CREATE OR REPLACE FUNCTION experiment.install_unit_value_table(e experiment.experiments, st experiment.unit_value_tables,
+                                                    relation name, fp text, xsince timestamptz)
+  RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+BEGIN
+  IF st.experiment_id IS NOT NULL THEN
+    PERFORM experiment.drop_unit_value_table(st.relation);
+    UPDATE experiment.unit_value_tables u
+      SET relation = install_unit_value_table.relation, definition = fp, exposures_since = xsince,
+          refreshed_at = pg_catalog.now()
+      WHERE u.experiment_id = e.id;
+    DELETE FROM experiment.source_watermarks w WHERE w.experiment_id = e.id;
+  ELSE
+    INSERT INTO experiment.unit_value_tables (experiment_id, relation, definition, exposures_since, refreshed_at)
+    VALUES (e.id, relation, fp, xsince, pg_catalog.now());
+  END IF;
+  INSERT INTO experiment.source_watermarks SELECT * FROM pg_temp.exp_marks;
+END
+$$;
+
+COMMENT ON FUNCTION experiment.install_unit_value_table(experiment.experiments, experiment.unit_value_tables, name, text,
+                                                        timestamptz) IS
+  'internal: puts a full refresh''s new table of stored per-unit values in place of the old one, with its watermarks';
+
+REVOKE EXECUTE ON FUNCTION experiment.install_unit_value_table(experiment.experiments, experiment.unit_value_tables, name,
+                                                               text, timestamptz) FROM PUBLIC;
+
 -- the stored per-unit values of an experiment brought up to date, incrementally when it can:
 -- the table's name, whether the refresh was full or incremental and why it was full, and the
 -- number of unit-hash partitions its scans used (experiment.refresh_memory)
@@ -258,7 +316,6 @@ DECLARE
   reset_set text;
   merge_set text;
   changed text;
-  grantee text;
   sel text;
   nunits bigint;
   key_bytes float8;
@@ -372,25 +429,8 @@ BEGIN
     -- updates stay HOT)
     EXECUTE format('ALTER TABLE experiment.%I ALTER unit_id SET NOT NULL, ADD UNIQUE (unit_id)', relation);
     EXECUTE format('ALTER EXTENSION experiment ADD TABLE experiment.%I', relation);
-    -- per-unit values are for the owner alone, whatever default privileges say
-    FOR grantee IN SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
-                   FROM pg_catalog.pg_class c, LATERAL pg_catalog.aclexplode(c.relacl) a
-                   WHERE c.oid = format('experiment.%I', relation)::regclass AND a.grantee <> c.relowner LOOP
-      EXECUTE format('REVOKE ALL ON experiment.%I FROM %s', relation, grantee);
-    END LOOP;
-    EXECUTE format('COMMENT ON TABLE experiment.%I IS %L', relation,
-                   format('stored per-unit values of experiment %s (experiment.refresh(), doc/scaling.md)', e.id));
-    IF st.experiment_id IS NOT NULL THEN
-      PERFORM experiment.drop_unit_value_table(st.relation);
-      UPDATE experiment.unit_value_tables u
-        SET relation = refresh_unit_values.relation, definition = fp, exposures_since = xsince, refreshed_at = pg_catalog.now()
-        WHERE u.experiment_id = e.id;
-      DELETE FROM experiment.source_watermarks w WHERE w.experiment_id = e.id;
-    ELSE
-      INSERT INTO experiment.unit_value_tables (experiment_id, relation, definition, exposures_since, refreshed_at)
-      VALUES (e.id, relation, fp, xsince, pg_catalog.now());
-    END IF;
-    INSERT INTO experiment.source_watermarks SELECT * FROM pg_temp.exp_marks;
+    PERFORM experiment.seal_unit_value_table(e, relation, false);
+    PERFORM experiment.install_unit_value_table(e, st, relation, fp, xsince);
     RETURN;
   END IF;
 
@@ -1390,7 +1430,6 @@ DECLARE
   probes text[] := '{}';
   latest timestamptz[];
   stmts text[] := '{}';
-  grantee text;
   no_units text := experiment.unit_arrays_sql(
     '(SELECT NULL::text AS unit_id, NULL::text AS variant, NULL::timestamptz AS t0 WHERE false) u');
 BEGIN
@@ -1420,13 +1459,7 @@ BEGIN
                  uv_rel, typed_cols, experiment.dims_columns_sql('u'));
   EXECUTE format('ALTER TABLE experiment.%I ALTER unit_id SET NOT NULL, ADD UNIQUE (unit_id)', uv_rel);
   -- (the comment and privileges before it is distributed: Citus gives them to the shards)
-  EXECUTE format('COMMENT ON TABLE experiment.%I IS %L', uv_rel,
-                 format('stored per-unit values of experiment %s (experiment.refresh(), doc/scaling.md; distributed)', e.id));
-  FOR grantee IN SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
-                 FROM pg_catalog.pg_class c, LATERAL pg_catalog.aclexplode(c.relacl) a
-                 WHERE c.oid = format('experiment.%I', uv_rel)::regclass AND a.grantee <> c.relowner LOOP
-    EXECUTE format('REVOKE ALL ON experiment.%I FROM %s', uv_rel, grantee);
-  END LOOP;
+  PERFORM experiment.seal_unit_value_table(e, uv_rel, true);
   EXECUTE 'SELECT pg_catalog.create_distributed_table($1, ''unit_id'', colocate_with => $2)'
     USING format('experiment.%I', uv_rel), srcs[1]::text;
   -- the units, their values NULL (the workers fill those of the analysed units; the
@@ -1467,19 +1500,7 @@ BEGIN
   -- the values, on the workers
   PERFORM experiment.citus_run_shards(uv_rel, srcs, stmts);
   EXECUTE format('ALTER EXTENSION experiment ADD TABLE experiment.%I', uv_rel);
-
-  IF st.experiment_id IS NOT NULL THEN
-    PERFORM experiment.drop_unit_value_table(st.relation);
-    UPDATE experiment.unit_value_tables u
-      SET relation = uv_rel, definition = fp, exposures_since = xsince,
-          refreshed_at = pg_catalog.now()
-      WHERE u.experiment_id = e.id;
-    DELETE FROM experiment.source_watermarks w WHERE w.experiment_id = e.id;
-  ELSE
-    INSERT INTO experiment.unit_value_tables (experiment_id, relation, definition, exposures_since, refreshed_at)
-    VALUES (e.id, uv_rel, fp, xsince, pg_catalog.now());
-  END IF;
-  INSERT INTO experiment.source_watermarks SELECT * FROM pg_temp.exp_marks;
+  PERFORM experiment.install_unit_value_table(e, st, uv_rel, fp, xsince);
 END
 $$;
 
