@@ -18,9 +18,10 @@
  * unit id text, exact comparison of the key), together with one row per unit holding the window bounds that need
  * calendar arithmetic and the accumulators.  The source is scanned through
  * SPI with a DestReceiver of our own, so no event is materialised; events
- * are handled in batches, and for each batch the hash slots, then the unit
- * records and rows are prefetched before they are used, so that the cache
- * misses of a batch overlap instead of being paid one after the other.
+ * are handled in batches, and within a batch the lookups run as a pipeline
+ * (flush_batch()): an event's hash slot, then its unit record and row, are
+ * prefetched a few events before they are used, so that the cache misses of
+ * consecutive events overlap instead of being paid one after the other.
  *
  * The query text is built only from the relation's regclass and
  * quote_identifier()'d column names; no user-supplied SQL is executed, and
@@ -612,155 +613,191 @@ spec_bound(const UvBound *b, const UvUnit *u, const int64 *bounds)
 	return r;
 }
 
+/*
+ * The three steps of an event's lookup, run as a pipeline over the batch
+ * (flush_batch()): each step's memory is fetched a few events before the
+ * next step needs it, so that the random reads of a large hash table
+ * overlap instead of each stalling in turn (a batch of prefetches issued at
+ * once would exceed the few misses a core keeps in flight).
+ */
+#define UV_AHEAD_PROBE	8		/* events between hashing and probing */
+#define UV_AHEAD_ACCUM	8		/* events between probing and accumulating */
+
+/* step 1: hash the key and fetch its first slot */
+static pg_attribute_always_inline void
+event_hash(UvState *st, UvEvent *e)
+{
+	e->hash = hash_bytes((const unsigned char *) st->keys.data + e->keyoff, (int) e->keylen);
+	e->pos = e->hash & st->mask;
+	__builtin_prefetch(&st->slots[e->pos]);
+}
+
+/* step 2: the first slot with the event's hash (or an empty one); fetch its unit and row */
+static pg_attribute_always_inline void
+event_probe(UvState *st, UvEvent *e)
+{
+	uint64		s;
+
+	e->unit = -1;
+	while ((s = st->slots[e->pos]) != 0)
+	{
+		if ((uint32) (s >> 32) == e->hash)
+		{
+			const char *row;
+			const char *p;
+
+			e->unit = (int64) (s & 0xFFFFFFFF) - 1;
+			__builtin_prefetch(&st->units[e->unit]);
+			row = UV_ROW(st, e->unit);
+			for (p = row; p < row + st->rowsize; p += 64)
+				__builtin_prefetch(p, 1);
+			__builtin_prefetch(row + st->rowsize - 1, 1);
+			break;
+		}
+		e->pos = (e->pos + 1) & st->mask;
+	}
+}
+
+/*
+ * step 3: compare the keys (on a hash collision continue the probe) and
+ * accumulate event i into its unit's row
+ */
+static pg_attribute_always_inline void
+event_accumulate(UvState *st, int i)
+{
+	UvEvent    *e = &st->ev[i];
+	const char *key = st->keys.data + e->keyoff;
+	UvUnit	   *u;
+	char	   *row;
+	int64	   *bounds;
+	double	   *acc;
+	uint8	   *seen;
+	int			k;
+
+	/* exact comparison; on a hash collision continue the probe */
+	while (e->unit >= 0)
+	{
+		uint64		s;
+
+		u = &st->units[e->unit];
+		if (u->keylen == e->keylen && memcmp(unit_key(u), key, e->keylen) == 0)
+			break;
+		e->unit = -1;
+		for (;;)
+		{
+			e->pos = (e->pos + 1) & st->mask;
+			s = st->slots[e->pos];
+			if (s == 0)
+				break;
+			if ((uint32) (s >> 32) == e->hash)
+			{
+				e->unit = (int64) (s & 0xFFFFFFFF) - 1;
+				break;
+			}
+		}
+	}
+	if (e->unit < 0)
+		return;
+	u = &st->units[e->unit];
+	if (u->t0null)
+		return;
+	row = UV_ROW(st, e->unit);
+	bounds = UV_BOUNDS(st, row);
+	acc = UV_ACC(st, row);
+	seen = UV_SEEN(st, row);
+	for (int s = 0; s < st->nspec; s++)
+	{
+		UvSpec	   *sp = &st->specs[s];
+		int64		ts;
+		double		x;
+
+		if (st->ev_tsnull[i * st->ntime + sp->tcol])
+			continue;
+		ts = st->ev_ts[i * st->ntime + sp->tcol];
+		if (ts < spec_bound(&sp->lo, u, bounds))
+			continue;
+		if (sp->hi.present && ts >= spec_bound(&sp->hi, u, bounds))
+			continue;
+		if (sp->use_end && st->has_end && ts >= st->end_at)
+			continue;
+		/* in split mode, events from the split on accumulate apart */
+		k = (st->has_split && ts >= st->split) ? st->nspec + s : s;
+		if (sp->vcol < 0)
+		{
+			if (sp->agg == AGG_SUM || sp->agg == AGG_COUNT)
+				acc[k] += 1.0;
+			else
+				acc[k] = 1.0;
+			seen[k] = 1;
+			continue;
+		}
+		if (st->ev_valnull[i * st->nval + sp->vcol])
+			continue;
+		x = st->ev_val[i * st->nval + sp->vcol];
+		if (unlikely(!isfinite(x)))
+		{
+			/* NaN and infinities are no measurement: skipped, counted */
+			uint32	   *sk = UV_SKIPPED(st, row);
+
+			if (sk[k] < PG_UINT32_MAX)
+				sk[k]++;
+			continue;
+		}
+		if (sp->agg != AGG_MAX)
+			seen[k] = 1;
+		switch (sp->agg)
+		{
+			case AGG_SUM:
+				{
+					double		r = acc[k] + x;
+
+					/* as float8pl */
+					if (unlikely(isinf(r)))
+						ereport(ERROR,
+								(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+								 errmsg("the sum of column \"%s\" over the events of unit \"%s\" is out of range for float8",
+										st->val_names[sp->vcol],
+										exp_message_clip(unit_key(u), (int) u->keylen))));
+					acc[k] = r;
+					break;
+				}
+			case AGG_COUNT:
+				acc[k] += 1.0;
+				break;
+			case AGG_ANY:
+				if (x != 0.0)
+					acc[k] = 1.0;
+				break;
+			case AGG_MAX:
+				if (!seen[k] || x > acc[k])
+					acc[k] = x;
+				seen[k] = 1;
+				break;
+			case AGG_SKETCH:
+				list_append(st, &acc[k], x);
+				break;
+		}
+	}
+}
+
 /* look the units of the batch up and accumulate their events */
 static void
 flush_batch(UvState *st)
 {
 	int			n = st->nbatch;
 	int			i;
-	int			k;
 
-	for (i = 0; i < n; i++)
+	for (i = 0; i < n + UV_AHEAD_PROBE + UV_AHEAD_ACCUM; i++)
 	{
-		UvEvent    *e = &st->ev[i];
+		int			j = i - UV_AHEAD_PROBE;
+		int			a = j - UV_AHEAD_ACCUM;
 
-		e->hash = hash_bytes((const unsigned char *) st->keys.data + e->keyoff, (int) e->keylen);
-		e->pos = e->hash & st->mask;
-		__builtin_prefetch(&st->slots[e->pos]);
-	}
-	/* first slot with the event's hash (or an empty one) */
-	for (i = 0; i < n; i++)
-	{
-		UvEvent    *e = &st->ev[i];
-		uint64		s;
-
-		e->unit = -1;
-		while ((s = st->slots[e->pos]) != 0)
-		{
-			if ((uint32) (s >> 32) == e->hash)
-			{
-				e->unit = (int64) (s & 0xFFFFFFFF) - 1;
-				__builtin_prefetch(&st->units[e->unit]);
-				__builtin_prefetch(UV_ROW(st, e->unit));
-				break;
-			}
-			e->pos = (e->pos + 1) & st->mask;
-		}
-	}
-	for (i = 0; i < n; i++)
-	{
-		UvEvent    *e = &st->ev[i];
-		const char *key = st->keys.data + e->keyoff;
-		UvUnit	   *u;
-		char	   *row;
-		int64	   *bounds;
-		double	   *acc;
-		uint8	   *seen;
-
-		/* exact comparison; on a hash collision continue the probe */
-		while (e->unit >= 0)
-		{
-			uint64		s;
-
-			u = &st->units[e->unit];
-			if (u->keylen == e->keylen && memcmp(unit_key(u), key, e->keylen) == 0)
-				break;
-			e->unit = -1;
-			for (;;)
-			{
-				e->pos = (e->pos + 1) & st->mask;
-				s = st->slots[e->pos];
-				if (s == 0)
-					break;
-				if ((uint32) (s >> 32) == e->hash)
-				{
-					e->unit = (int64) (s & 0xFFFFFFFF) - 1;
-					break;
-				}
-			}
-		}
-		if (e->unit < 0)
-			continue;
-		u = &st->units[e->unit];
-		if (u->t0null)
-			continue;
-		row = UV_ROW(st, e->unit);
-		bounds = UV_BOUNDS(st, row);
-		acc = UV_ACC(st, row);
-		seen = UV_SEEN(st, row);
-		for (int s = 0; s < st->nspec; s++)
-		{
-			UvSpec	   *sp = &st->specs[s];
-			int64		ts;
-			double		x;
-
-			if (st->ev_tsnull[i * st->ntime + sp->tcol])
-				continue;
-			ts = st->ev_ts[i * st->ntime + sp->tcol];
-			if (ts < spec_bound(&sp->lo, u, bounds))
-				continue;
-			if (sp->hi.present && ts >= spec_bound(&sp->hi, u, bounds))
-				continue;
-			if (sp->use_end && st->has_end && ts >= st->end_at)
-				continue;
-			/* in split mode, events from the split on accumulate apart */
-			k = (st->has_split && ts >= st->split) ? st->nspec + s : s;
-			if (sp->vcol < 0)
-			{
-				if (sp->agg == AGG_SUM || sp->agg == AGG_COUNT)
-					acc[k] += 1.0;
-				else
-					acc[k] = 1.0;
-				seen[k] = 1;
-				continue;
-			}
-			if (st->ev_valnull[i * st->nval + sp->vcol])
-				continue;
-			x = st->ev_val[i * st->nval + sp->vcol];
-			if (unlikely(!isfinite(x)))
-			{
-				/* NaN and infinities are no measurement: skipped, counted */
-				uint32	   *sk = UV_SKIPPED(st, row);
-
-				if (sk[k] < PG_UINT32_MAX)
-					sk[k]++;
-				continue;
-			}
-			if (sp->agg != AGG_MAX)
-				seen[k] = 1;
-			switch (sp->agg)
-			{
-				case AGG_SUM:
-					{
-						double		r = acc[k] + x;
-
-						/* as float8pl */
-						if (unlikely(isinf(r)))
-							ereport(ERROR,
-									(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-									 errmsg("the sum of column \"%s\" over the events of unit \"%s\" is out of range for float8",
-											st->val_names[sp->vcol],
-											exp_message_clip(unit_key(u), (int) u->keylen))));
-						acc[k] = r;
-						break;
-					}
-				case AGG_COUNT:
-					acc[k] += 1.0;
-					break;
-				case AGG_ANY:
-					if (x != 0.0)
-						acc[k] = 1.0;
-					break;
-				case AGG_MAX:
-					if (!seen[k] || x > acc[k])
-						acc[k] = x;
-					seen[k] = 1;
-					break;
-				case AGG_SKETCH:
-					list_append(st, &acc[k], x);
-					break;
-			}
-		}
+		if (i < n)
+			event_hash(st, &st->ev[i]);
+		if (j >= 0 && j < n)
+			event_probe(st, &st->ev[j]);
+		if (a >= 0 && a < n)
+			event_accumulate(st, a);
 	}
 	st->nbatch = 0;
 	resetStringInfo(&st->keys);
@@ -1425,6 +1462,16 @@ source_unit_values(FunctionCallInfo fcinfo, int off, Oid units_rel, int reset, i
 									 ? Min(work_mem, Max(64, exp_refresh_memory_kb / UV_RESULT_SHARE))
 									 : work_mem);
 	tupdesc = CreateTupleDescCopy(tupdesc);
+
+	/*
+	 * vals and skipped are stored in the rows as they are, not with the short
+	 * header a small array would get: reading an element of an array with a
+	 * short header copies the whole array first, and the refresh's statements
+	 * read every element of every row (three times as fast with 12 elements).
+	 * Only the storage of the rows in the tuplestore changes, not their type.
+	 */
+	TupleDescAttr(tupdesc, 3)->attstorage = TYPSTORAGE_PLAIN;
+	TupleDescAttr(tupdesc, 4)->attstorage = TYPSTORAGE_PLAIN;
 	rsinfo->returnMode = SFRM_Materialize;
 	rsinfo->setResult = tupstore;
 	rsinfo->setDesc = tupdesc;
