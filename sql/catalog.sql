@@ -28,7 +28,7 @@ SELECT p.oid::regprocedure AS c_function_not_parallel_safe
  WHERE p.pronamespace = 'experiment'::regnamespace
    AND p.prolang = (SELECT oid FROM pg_language WHERE lanname = 'c')
    AND p.proparallel <> 's'
- ORDER BY 1::text;
+ ORDER BY p.oid::regprocedure::text;
 
 -- SQL and PL/pgSQL functions without a fixed search_path
 SELECT p.oid::regprocedure AS function_without_search_path
@@ -36,18 +36,18 @@ SELECT p.oid::regprocedure AS function_without_search_path
  WHERE p.pronamespace = 'experiment'::regnamespace
    AND p.prolang IN (SELECT oid FROM pg_language WHERE lanname IN ('sql', 'plpgsql'))
    AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%')
- ORDER BY 1::text;
+ ORDER BY p.oid::regprocedure::text;
 
 -- functions that write (VOLATILE) must not claim parallel safety
 SELECT p.oid::regprocedure AS volatile_but_parallel_safe
   FROM pg_proc p
  WHERE p.pronamespace = 'experiment'::regnamespace
    AND p.provolatile = 'v' AND p.proparallel = 's'
- ORDER BY 1::text;
+ ORDER BY p.oid::regprocedure::text;
 
 -- aggregates: all parallel safe, with a combine function and a state that is not internal
 SELECT p.oid::regprocedure AS aggregate_without_partial_support
   FROM pg_aggregate a JOIN pg_proc p ON p.oid = a.aggfnoid
  WHERE p.pronamespace = 'experiment'::regnamespace
    AND (a.aggcombinefn = 0 OR a.aggtranstype = 'internal'::regtype OR p.proparallel <> 's')
- ORDER BY 1::text;
+ ORDER BY p.oid::regprocedure::text;

@@ -347,5 +347,74 @@ for name, caps in caps_now.items():
     ks_raw = max(max(i / n - p, p - (i - 1) / n) for i, p in enumerate(ps_raw, 1))
     ck.check(abs(ks_raw - ks) > 1e-6, "aa_test %s: the caps change its p-values (KS %r uncapped %r)" % (name, ks, ks_raw))
 
+# experiment.exact_percentiles(), the caps' selection, against percentile_cont (the sort it
+# replaces), value for value: random, duplicated, sorted and reversed values, one and two
+# values, all equal, zeros (with and without ignore_zeros), NaN and infinities
+FRACTIONS = [0.0, 1.0, 0.5, 0.999, 0.001, 0.25, 1.0 / 3.0, None]
+cases = {
+    "normal": rng.normal(size=5001) * 100,
+    "duplicates": rng.integers(0, 5, 2000).astype(float),
+    "sorted": np.arange(1000.0),
+    "reversed": np.arange(1000.0)[::-1].copy(),
+    "one": np.array([3.5]),
+    "two": np.array([1.0, -2.0]),
+    "equal": np.full(777, 2.25),
+    "zeros": np.where(rng.random(3000) < 0.9, 0.0, rng.exponential(50, 3000)),
+    "nonfinite": np.concatenate([rng.normal(size=500), [np.nan, np.inf, -np.inf, np.nan]]),
+}
+cur.execute("CREATE TEMP TABLE pv (x float8)")
+
+
+def same(a, b):
+    return (a is None and b is None) or (a is not None and b is not None and
+                                         (a == b or (np.isnan(a) and np.isnan(b))))
+
+
+for name, xs in cases.items():
+    cur.execute("TRUNCATE pv")
+    copy_rows("pv", ("x",), [(repr(float(x)) if np.isfinite(x) else ("NaN" if np.isnan(x) else
+                                ("Infinity" if x > 0 else "-Infinity")),) for x in xs])
+    for iz in (False, True):
+        want = q("SELECT percentile_cont(%s::float8[]) WITHIN GROUP (ORDER BY x)" +
+                 (" FILTER (WHERE x <> 0)" if iz else "") + " FROM pv", (FRACTIONS,))[0][0]
+        got = q("SELECT experiment.exact_percentiles('SELECT x, x, x, x FROM pv', %s::float8[], %s, NULL)",
+                (FRACTIONS, [iz] * 4))[0][0]
+        want = want if want is not None else [None] * len(FRACTIONS)
+        ck.check(got is not None and len(got) == len(FRACTIONS) and all(same(g, w) for g, w in zip(got, want)),
+                 "exact_percentiles %s%s equals percentile_cont: %r against %r"
+                 % (name, " without zeros" if iz else "", got, want))
+# no value (NULL or, with ignore_zeros, only zeros): NULL percentiles
+ck.check(q("SELECT experiment.exact_percentiles('SELECT NULL::float8, 0::float8', ARRAY[0.5, 0.9, 0.5, 0.9], "
+           "ARRAY[false, true], NULL)")[0][0] == [None] * 4, "exact_percentiles of no value: NULLs")
+# beyond max_values values in all: NULL (the caller sorts instead)
+ck.check(q("SELECT experiment.exact_percentiles('SELECT x, x FROM pv', ARRAY[0.5, 0.9, 0.1, 0.2], NULL, 1007) IS NULL, "
+           "experiment.exact_percentiles('SELECT x, x FROM pv', ARRAY[0.5, 0.9, 0.1, 0.2], NULL, 1008) IS NULL")[0]
+         == (True, False), "exact_percentiles: NULL beyond max_values values (2 x 504 rows)")
+for sql, code, what in [
+        ("SELECT experiment.exact_percentiles('SELECT x FROM pv', ARRAY[0.5], NULL, NULL)", "22023", "an odd number of fractions"),
+        ("SELECT experiment.exact_percentiles('SELECT x FROM pv', ARRAY[0.5, 1.5], NULL, NULL)", "22003", "a fraction above 1"),
+        ("SELECT experiment.exact_percentiles('SELECT x, x FROM pv', ARRAY[0.5, 0.9], NULL, NULL)", "22023",
+         "more columns than fraction pairs"),
+        ("SELECT experiment.exact_percentiles('SELECT x::text FROM pv', ARRAY[0.5, 0.9], NULL, NULL)", "42804", "a text column"),
+        ("SELECT experiment.exact_percentiles('SELECT x FROM pv', ARRAY[0.5, 0.9], ARRAY[true, false], NULL)", "22023",
+         "ignore_zeros of another length")]:
+    try:
+        cur.execute(sql)
+        ck.check(False, "exact_percentiles refuses %s" % what)
+    except Exception as err:  # noqa: BLE001
+        ck.check(getattr(err, "pgcode", None) == code, "exact_percentiles refuses %s with %s: %s" % (what, code, err))
+
+# the caps beyond the selection's memory (experiment.refresh_memory = 16kB: work_mem 64kB,
+# 8,192 values; the capped columns here hold more) come from the sort, and are the same
+capped_orders = sum(1 for (src, _, _, c) in METRICS.values()
+                    if src == "cap.orders" and ("winsorize" in c or "winsorize_lower" in c))
+ck.check(capped_orders * N > 8192, "the capped columns hold more than 8,192 values (%d x %d)" % (capped_orders, N))
+before = q("SELECT metric, variant, cap, cap_lower FROM experiment.variant_stats WHERE experiment_id = 'cap' ORDER BY 1, 2")
+cur.execute("SET experiment.refresh_memory = '16kB'")
+cur.execute("SELECT experiment.refresh('cap', full => true)")
+cur.execute("RESET experiment.refresh_memory")
+after = q("SELECT metric, variant, cap, cap_lower FROM experiment.variant_stats WHERE experiment_id = 'cap' ORDER BY 1, 2")
+ck.check(len(before) > 0 and before == after, "caps by the sort (16kB bound) equal the caps by selection")
+
 conn.close()
 ck.report()
