@@ -39,6 +39,7 @@ the median of the units' sums; a dimension (an exposure attribute). Checked:
   stored state leaves no shard on the workers.
 Skips when the Citus archive is absent.
 """
+import json
 import math
 import os
 import re
@@ -277,6 +278,20 @@ try:
                  % (what, rounds, nshards, len(runs)))
         ck.check(all(any(s in n for n in runs) for s in src_shards),
                  "%s: the workers' statements read every shard of the sources" % what)
+        # each call carries the statements once, with their placeholders, and the shard names of
+        # every group (a plan that grows with statements plus shards, not their product)
+        plans = []
+        for n in runs:
+            m = re.search(r"citus_shard_run\(u\.tableoid, '(.*?)'::jsonb\)", n, re.S)
+            plans.append(json.loads(m.group(1).replace("''", "'")) if m else None)
+        ck.check(all(p is not None and set(p) == {"stmts", "shards"} and len(p["shards"]) == nshards
+                     and any("@src1@" in x for x in p["stmts"])
+                     and not any(sh in x for x in p["stmts"] for sh in src_shards) for p in plans),
+                 "%s: every call's plan holds the statement templates once and the %d shard groups' names"
+                 % (what, nshards))
+        if plans and plans[0] is not None:
+            print("%s: a call's plan is %d bytes (its statements %d bytes, for %d shard groups)"
+                  % (what, len(json.dumps(plans[0])), len(json.dumps(plans[0]["stmts"])), nshards))
         # (the coordinator itself never reads a source: no other remote command names a source shard)
         on_sources = [n for n in remote if any(s in n for s in src_shards) and "citus_shard_run" not in n]
         ck.check(not on_sources, "%s: no remote command reads a source shard:\n%s" % (what, "\n".join(on_sources[:3])))
@@ -294,6 +309,18 @@ try:
         ck.check(any("worker_partial_agg" in n and "moments" in n for n in uv),
                  "%s: the moments of the stored values are partial aggregates on the workers" % what)
         return rows
+
+    # 0. the shard names go into the statements in one pass: a name that contains a placeholder
+    # stays as it is, and a placeholder without its shard is refused
+    (filled,), = q("SELECT experiment.citus_fill('SELECT @src2@ FROM @uv@ u, @src1@', "
+                   "'experiment.\"uv_@src1@\"', ARRAY['s.\"a@uv@\"', 'b''c'])")
+    ck.check(filled == "SELECT 'b''c' FROM experiment.\"uv_@src1@\" u, 's.\"a@uv@\"'",
+             "citus_fill replaces each placeholder once: %r" % filled)
+    try:
+        q("SELECT experiment.citus_fill('@src3@', 'u', ARRAY['a'])")
+        ck.check(False, "citus_fill refuses a placeholder without its shard")
+    except Exception as err:  # noqa: BLE001
+        ck.check(getattr(err, "pgcode", None) == "XX000", "citus_fill refuses a placeholder without its shard: %s" % err)
 
     # 1. full refreshes
     remote = refresh_logged("dist", True)
