@@ -1473,6 +1473,23 @@ $$;
 COMMENT ON FUNCTION experiment.prepare_unit_values(experiment.experiments, boolean, boolean) IS
   'internal: the temporary tables of per-unit values that experiment.refresh() and experiment.aa_test() read, and the SQL of the capped values';
 
+-- run a statement that groups the stored per-unit values by a few keys (variant, day, dimension
+-- value) with a hash aggregate: with the stored table's statistics (autovacuum analyzes it) the
+-- planner counts a group per first-exposure time, and prefers sorting the whole table, twice
+-- as slow (doc/scaling.md, "Cost"); the groups are few
+CREATE FUNCTION experiment.execute_grouped(stmt text) RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+  SET enable_sort = off
+AS $$
+BEGIN
+  EXECUTE stmt;
+END
+$$;
+COMMENT ON FUNCTION experiment.execute_grouped(text) IS
+  'internal: runs a statement of refresh() that groups the stored per-unit values, with a hash aggregate';
+REVOKE EXECUTE ON FUNCTION experiment.execute_grouped(text) FROM PUBLIC;
+
 -- the SQL of the moments of an experiment's metrics over per-unit values (alias v), for
 -- experiment.refresh(): aggs, the aggregates ", experiment.moments(...) AS a<j>, sum(...) AS k<j>
 -- [, experiment.moments(...) AS c<j>]" of each metric j from the capped values (capped[i],
@@ -1661,12 +1678,12 @@ BEGIN
     -- pass over the per-unit values (the units in several variants apart: counted, their
     -- moments not used): counts, enrollment, days; merged, the moments are the per-variant
     -- moments (and, cumulatively by day, the results over time below)
-    EXECUTE format('CREATE TEMP TABLE exp_groups ON COMMIT DROP AS '
+    PERFORM experiment.execute_grouped(format('CREATE TEMP TABLE exp_groups ON COMMIT DROP AS '
                    'SELECT v.multi, CASE WHEN NOT v.multi THEN v.variant END AS variant, '
                    'CASE WHEN NOT v.multi THEN (v.t0 AT TIME ZONE ''UTC'')::date END AS day, count(*) AS units, '
                    'count(*) FILTER (WHERE NOT v.multi AND v.t0 < %L::timestamptz) AS early_units, '
                    'pg_catalog.min(v.t0) AS min_t0, pg_catalog.max(v.t0) AS max_t0%s '
-                   'FROM experiment.%I v GROUP BY 1, 2, 3', e.start_at, aggs, uv.relation);
+                   'FROM experiment.%I v GROUP BY 1, 2, 3', e.start_at, aggs, uv.relation));
     SELECT coalesce(sum(g.units) FILTER (WHERE g.multi), 0), coalesce(sum(g.units) FILTER (WHERE NOT g.multi), 0),
            coalesce(sum(g.early_units), 0),
            pg_catalog.min(g.min_t0) FILTER (WHERE NOT g.multi), pg_catalog.max(g.max_t0) FILTER (WHERE NOT g.multi)
@@ -1797,9 +1814,9 @@ BEGIN
     SELECT pg_catalog.string_agg(format('(%s, coalesce(v.d%s, ''(none)''))', d.j, d.j), ', ' ORDER BY d.j)
       INTO raw_sql FROM pg_temp.exp_dims d;
     IF raw_sql IS NOT NULL THEN
-      EXECUTE format('CREATE TEMP TABLE exp_dim_units ON COMMIT DROP AS '
+      PERFORM experiment.execute_grouped(format('CREATE TEMP TABLE exp_dim_units ON COMMIT DROP AS '
                      'SELECT d.j, d.value, v.variant, count(*) AS units FROM %s v '
-                     'CROSS JOIN LATERAL (VALUES %s) AS d(j, value) GROUP BY 1, 2, 3', vals_from, raw_sql);
+                     'CROSS JOIN LATERAL (VALUES %s) AS d(j, value) GROUP BY 1, 2, 3', vals_from, raw_sql));
     END IF;
     FOR dm IN SELECT * FROM pg_temp.exp_dims d ORDER BY d.j LOOP
       raw_sql := format('coalesce(v.d%s, ''(none)'')', dm.j);
@@ -1849,22 +1866,22 @@ BEGIN
           d_aggs := nq_aggs;
           d_unpivot := nq_unpivot;
         END IF;
-        EXECUTE format(
+        PERFORM experiment.execute_grouped(format(
           'INSERT INTO experiment.dimension_stats (experiment_id, dimension, value, metric, variant, units, moments, '
           '  cuped_moments, cap, cap_lower, skipped_values, refreshed_at) '
           'SELECT %L, %L, a.value, k.metric, a.variant, a.units, k.m, k.c, k.cap, k.cap_lower, coalesce(k.skipped, 0), %L '
           'FROM (SELECT v.dim_value AS value, v.variant, count(*) AS units%s FROM %s v GROUP BY 1, 2) a '
           'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, cap_lower, skipped)',
-          e.id, dm.name, ts, d_aggs, dim_from, substr(d_unpivot, 3));
+          e.id, dm.name, ts, d_aggs, dim_from, substr(d_unpivot, 3)));
         -- the strata of post-stratification: the values of stratify_by, with the pooled caps of
         -- the overall results (a pass of their own where this dimension's caps are per value)
         IF dm.name = e.stratify_by THEN
           IF dm.caps_per_value THEN
-            EXECUTE format(
+            PERFORM experiment.execute_grouped(format(
               'CREATE TEMP TABLE exp_strata ON COMMIT DROP AS SELECT a.value, k.metric, a.variant, k.m, k.c '
               'FROM (SELECT v.dim_value AS value, v.variant%s FROM %s v GROUP BY 1, 2) a '
               'CROSS JOIN LATERAL (VALUES %s) AS k(metric, m, c, cap, cap_lower, skipped)',
-              nq_aggs, dim_from, substr(nq_unpivot, 3));
+              nq_aggs, dim_from, substr(nq_unpivot, 3)));
           ELSE
             CREATE TEMP TABLE exp_strata ON COMMIT DROP AS
               SELECT ds.value, ds.metric, ds.variant, ds.moments AS m, ds.cuped_moments AS c
