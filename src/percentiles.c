@@ -19,9 +19,11 @@
  * The order statistics come from quickselect (Hoare's FIND, median of three
  * pivots), an expected linear time instead of the n log n of a sort; the
  * next order statistic is the smallest value above the selected position.
- * Memory: 8 bytes per value; beyond max_values values in all the function
- * stops reading and returns NULL, and the caller sorts instead (a sort
- * spills to disk within work_mem, an array cannot).
+ * Memory: 8 bytes per value (up to twice that while an array grows); beyond
+ * max_values values in all the function stops reading and returns NULL, and
+ * the caller sorts instead (a sort spills to disk within work_mem, an array
+ * cannot).  Past 128 rounds of partitioning the rest is sorted, so that the
+ * worst case is n log n.
  *
  *-------------------------------------------------------------------------
  */
@@ -76,7 +78,7 @@ pct_receive(TupleTableSlot *slot, DestReceiver *self)
 	int			j;
 
 	if (r->overflow)
-		return true;
+		return false;
 	slot_getallattrs(slot);
 	for (j = 0; j < r->ncols; j++)
 	{
@@ -88,8 +90,9 @@ pct_receive(TupleTableSlot *slot, DestReceiver *self)
 			continue;
 		if (r->max_values >= 0 && r->total >= r->max_values)
 		{
+			/* (false: the executor stops reading; the caller sorts instead) */
 			r->overflow = true;
-			return true;
+			return false;
 		}
 		if (c->n >= c->cap)
 		{
@@ -137,11 +140,21 @@ pct_destroy(DestReceiver *self)
  * Rearranges v[0..n-1] so that v[k] is the value of rank k (0-based), the
  * values before it not above it and the values after it not below it.
  */
+static int
+pct_cmp(const void *a, const void *b)
+{
+	double		x = *(const double *) a;
+	double		y = *(const double *) b;
+
+	return pct_lt(x, y) ? -1 : (pct_lt(y, x) ? 1 : 0);
+}
+
 static void
 select_rank(double *v, int64 n, int64 k)
 {
 	int64		lo = 0;
 	int64		hi = n - 1;
+	int			rounds = 0;
 
 	while (hi > lo)
 	{
@@ -151,6 +164,16 @@ select_rank(double *v, int64 n, int64 k)
 					j;
 		double		t;
 
+		/*
+		 * Past twice the rounds that halving would take, the pivots are bad
+		 * (data built against median of three): sort what is left instead,
+		 * so the worst case is n log n, not quadratic.
+		 */
+		if (++rounds > 2 * 64)
+		{
+			qsort(v + lo, (size_t) (hi - lo + 1), sizeof(double), pct_cmp);
+			return;
+		}
 		CHECK_FOR_INTERRUPTS();
 		/* median of three as the pivot, left in v[mid] */
 		if (pct_lt(v[mid], v[lo]))

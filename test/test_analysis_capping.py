@@ -405,10 +405,10 @@ for sql, code, what in [
         ck.check(getattr(err, "pgcode", None) == code, "exact_percentiles refuses %s with %s: %s" % (what, code, err))
 
 # the caps beyond the selection's memory (experiment.refresh_memory = 16kB: work_mem 64kB,
-# 8,192 values; the capped columns here hold more) come from the sort, and are the same
+# 4,096 values at 16 bytes; the capped columns here hold more) come from the sort, and are the same
 capped_orders = sum(1 for (src, _, _, c) in METRICS.values()
                     if src == "cap.orders" and ("winsorize" in c or "winsorize_lower" in c))
-ck.check(capped_orders * N > 8192, "the capped columns hold more than 8,192 values (%d x %d)" % (capped_orders, N))
+ck.check(capped_orders * N > 4096, "the capped columns hold more than 4,096 values (%d x %d)" % (capped_orders, N))
 before = q("SELECT metric, variant, cap, cap_lower FROM experiment.variant_stats WHERE experiment_id = 'cap' ORDER BY 1, 2")
 cur.execute("SET experiment.refresh_memory = '16kB'")
 cur.execute("SELECT experiment.refresh('cap', full => true)")

@@ -1364,12 +1364,13 @@ BEGIN
                                              AND (c0.k = 1 OR b.pre) AS pct) c;
   -- (the percentile of no value, all zeros with cap_ignore_zeros, is NULL: no percentile cap)
   IF pct_sql IS NOT NULL THEN
-    -- by selection, within the refresh's work_mem (8 bytes a value); beyond it, one sort per
-    -- column (percentile_cont of both fractions at once, spilling to disk)
+    -- by selection, within the refresh's work_mem (8 bytes a value, twice that while its
+    -- arrays grow; without experiment.refresh_memory no bound); beyond it, one sort per column
+    -- (percentile_cont of both fractions at once, spilling to disk)
     -- (fractions: the pairs, one after the other)
     picked := experiment.exact_percentiles(format('SELECT %s FROM %s v', cols_sql, vals_from),
                                            ARRAY(SELECT pg_catalog.unnest(fractions)),
-                                           ignore_zeros, pg_catalog.pg_size_bytes(experiment.refresh_work_mem()) / 8);
+                                           ignore_zeros, pg_catalog.pg_size_bytes(experiment.refresh_work_mem()) / 16);
     IF picked IS NOT NULL THEN
       pct := pg_catalog.array_fill(NULL::float8, ARRAY[4 * (SELECT pg_catalog.max(b.i) FROM pg_temp.exp_base b)]);
       FOR j IN 1 .. pg_catalog.array_length(slots, 1) LOOP

@@ -108,25 +108,28 @@ COMMENT ON FUNCTION experiment.citus_is_distributed(name) IS
 
 -- a statement of experiment.citus_run_shards() for one shard group: @uv@ becomes uv (the
 -- qualified name of the shard of the stored per-unit values) and @src<k>@ the literal of
--- source_shards[k], in one pass (a name that contains a placeholder is not replaced again)
+-- source_shards[k], in one pass (a name that contains a placeholder is not replaced again; a
+-- placeholder beyond the sources stays as it is)
 CREATE FUNCTION experiment.citus_fill(stmt text, uv text, source_shards text[]) RETURNS text
   LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
 DECLARE
-  parts text[] := pg_catalog.regexp_split_to_array(stmt, '@(uv|src[0-9]+)@');
-  toks text[] := ARRAY(SELECT m.r[1] FROM pg_catalog.regexp_matches(stmt, '@(uv|src[0-9]+)@', 'g')
+  parts text[] := pg_catalog.regexp_split_to_array(stmt, '@(uv|src[1-9][0-9]{0,8})@');
+  toks text[] := ARRAY(SELECT m.r[1] FROM pg_catalog.regexp_matches(stmt, '@(uv|src[1-9][0-9]{0,8})@', 'g')
                          WITH ORDINALITY AS m(r, o) ORDER BY m.o);
   filled text := parts[1];
+  k integer;
 BEGIN
   FOR i IN 1 .. coalesce(pg_catalog.cardinality(toks), 0) LOOP
-    IF toks[i] = 'uv' THEN
+    k := CASE WHEN toks[i] = 'uv' THEN 0 ELSE substr(toks[i], 4)::integer END;
+    IF k = 0 THEN
       filled := filled || uv;
-    ELSIF substr(toks[i], 4)::integer BETWEEN 1 AND coalesce(pg_catalog.cardinality(source_shards), 0) THEN
-      filled := filled || pg_catalog.quote_literal(source_shards[substr(toks[i], 4)::integer]);
+    ELSIF k <= coalesce(pg_catalog.cardinality(source_shards), 0) THEN
+      filled := filled || pg_catalog.quote_literal(source_shards[k]);
     ELSE
-      RAISE EXCEPTION 'no source shard for @%@ (% source shards)', toks[i], coalesce(pg_catalog.cardinality(source_shards), 0)
-        USING ERRCODE = 'internal_error';
+      -- (no such source: the text stays as it is)
+      filled := filled || '@' || toks[i] || '@';
     END IF;
     filled := filled || parts[i + 1];
   END LOOP;
@@ -169,7 +172,8 @@ DECLARE
 BEGIN
   SELECT format('%I.%I', n.nspname, c.relname) INTO key
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = shard;
-  IF key IS NULL OR NOT (stmts -> 'shards') ? key THEN
+  IF key IS NULL OR NOT coalesce((stmts -> 'shards') ? key, false)
+     OR pg_catalog.jsonb_typeof(stmts -> 'stmts') IS DISTINCT FROM 'array' THEN
     RAISE EXCEPTION 'no statements for shard % (%)', shard, key USING ERRCODE = 'internal_error';
   END IF;
   srcs := ARRAY(SELECT x FROM pg_catalog.jsonb_array_elements_text(stmts -> 'shards' -> key) WITH ORDINALITY AS a(x, o)

@@ -62,12 +62,13 @@ BEGIN
                                              AND (c0.k = 1 OR b.pre) AS pct) c;
   -- (the percentile of no value, all zeros with cap_ignore_zeros, is NULL: no percentile cap)
   IF pct_sql IS NOT NULL THEN
-    -- by selection, within the refresh's work_mem (8 bytes a value); beyond it, one sort per
-    -- column (percentile_cont of both fractions at once, spilling to disk)
+    -- by selection, within the refresh's work_mem (8 bytes a value, twice that while its
+    -- arrays grow; without experiment.refresh_memory no bound); beyond it, one sort per column
+    -- (percentile_cont of both fractions at once, spilling to disk)
     -- (fractions: the pairs, one after the other)
     picked := experiment.exact_percentiles(format('SELECT %s FROM %s v', cols_sql, vals_from),
                                            ARRAY(SELECT pg_catalog.unnest(fractions)),
-                                           ignore_zeros, pg_catalog.pg_size_bytes(experiment.refresh_work_mem()) / 8);
+                                           ignore_zeros, pg_catalog.pg_size_bytes(experiment.refresh_work_mem()) / 16);
     IF picked IS NOT NULL THEN
       pct := pg_catalog.array_fill(NULL::float8, ARRAY[4 * (SELECT pg_catalog.max(b.i) FROM pg_temp.exp_base b)]);
       FOR j IN 1 .. pg_catalog.array_length(slots, 1) LOOP
@@ -528,25 +529,28 @@ $$;
 
 -- a statement of experiment.citus_run_shards() for one shard group: @uv@ becomes uv (the
 -- qualified name of the shard of the stored per-unit values) and @src<k>@ the literal of
--- source_shards[k], in one pass (a name that contains a placeholder is not replaced again)
+-- source_shards[k], in one pass (a name that contains a placeholder is not replaced again; a
+-- placeholder beyond the sources stays as it is)
 CREATE OR REPLACE FUNCTION experiment.citus_fill(stmt text, uv text, source_shards text[]) RETURNS text
   LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
 AS $$
 DECLARE
-  parts text[] := pg_catalog.regexp_split_to_array(stmt, '@(uv|src[0-9]+)@');
-  toks text[] := ARRAY(SELECT m.r[1] FROM pg_catalog.regexp_matches(stmt, '@(uv|src[0-9]+)@', 'g')
+  parts text[] := pg_catalog.regexp_split_to_array(stmt, '@(uv|src[1-9][0-9]{0,8})@');
+  toks text[] := ARRAY(SELECT m.r[1] FROM pg_catalog.regexp_matches(stmt, '@(uv|src[1-9][0-9]{0,8})@', 'g')
                          WITH ORDINALITY AS m(r, o) ORDER BY m.o);
   filled text := parts[1];
+  k integer;
 BEGIN
   FOR i IN 1 .. coalesce(pg_catalog.cardinality(toks), 0) LOOP
-    IF toks[i] = 'uv' THEN
+    k := CASE WHEN toks[i] = 'uv' THEN 0 ELSE substr(toks[i], 4)::integer END;
+    IF k = 0 THEN
       filled := filled || uv;
-    ELSIF substr(toks[i], 4)::integer BETWEEN 1 AND coalesce(pg_catalog.cardinality(source_shards), 0) THEN
-      filled := filled || pg_catalog.quote_literal(source_shards[substr(toks[i], 4)::integer]);
+    ELSIF k <= coalesce(pg_catalog.cardinality(source_shards), 0) THEN
+      filled := filled || pg_catalog.quote_literal(source_shards[k]);
     ELSE
-      RAISE EXCEPTION 'no source shard for @%@ (% source shards)', toks[i], coalesce(pg_catalog.cardinality(source_shards), 0)
-        USING ERRCODE = 'internal_error';
+      -- (no such source: the text stays as it is)
+      filled := filled || '@' || toks[i] || '@';
     END IF;
     filled := filled || parts[i + 1];
   END LOOP;
@@ -590,7 +594,8 @@ DECLARE
 BEGIN
   SELECT format('%I.%I', n.nspname, c.relname) INTO key
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = shard;
-  IF key IS NULL OR NOT (stmts -> 'shards') ? key THEN
+  IF key IS NULL OR NOT coalesce((stmts -> 'shards') ? key, false)
+     OR pg_catalog.jsonb_typeof(stmts -> 'stmts') IS DISTINCT FROM 'array' THEN
     RAISE EXCEPTION 'no statements for shard % (%)', shard, key USING ERRCODE = 'internal_error';
   END IF;
   srcs := ARRAY(SELECT x FROM pg_catalog.jsonb_array_elements_text(stmts -> 'shards' -> key) WITH ORDINALITY AS a(x, o)
