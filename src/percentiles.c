@@ -37,6 +37,7 @@
 #include "tcop/dest.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/float.h"
 #include "utils/memutils.h"
 
 #include "experiment.h"
@@ -59,17 +60,6 @@ typedef struct
 	int64		max_values;		/* -1: no limit */
 	bool		overflow;
 } PctReceiver;
-
-/* float8 order: NaN above everything, equal to itself */
-static inline bool
-pct_lt(double a, double b)
-{
-	if (isnan(a))
-		return false;
-	if (isnan(b))
-		return true;
-	return a < b;
-}
 
 static bool
 pct_receive(TupleTableSlot *slot, DestReceiver *self)
@@ -140,13 +130,11 @@ pct_destroy(DestReceiver *self)
  * Rearranges v[0..n-1] so that v[k] is the value of rank k (0-based), the
  * values before it not above it and the values after it not below it.
  */
+/* qsort comparator in float8 order (NaN above everything) */
 static int
 pct_cmp(const void *a, const void *b)
 {
-	double		x = *(const double *) a;
-	double		y = *(const double *) b;
-
-	return pct_lt(x, y) ? -1 : (pct_lt(y, x) ? 1 : 0);
+	return float8_cmp_internal(*(const double *) a, *(const double *) b);
 }
 
 static void
@@ -176,19 +164,19 @@ select_rank(double *v, int64 n, int64 k)
 		}
 		CHECK_FOR_INTERRUPTS();
 		/* median of three as the pivot, left in v[mid] */
-		if (pct_lt(v[mid], v[lo]))
+		if (float8_lt(v[mid], v[lo]))
 		{
 			t = v[mid];
 			v[mid] = v[lo];
 			v[lo] = t;
 		}
-		if (pct_lt(v[hi], v[lo]))
+		if (float8_lt(v[hi], v[lo]))
 		{
 			t = v[hi];
 			v[hi] = v[lo];
 			v[lo] = t;
 		}
-		if (pct_lt(v[hi], v[mid]))
+		if (float8_lt(v[hi], v[mid]))
 		{
 			t = v[hi];
 			v[hi] = v[mid];
@@ -200,9 +188,9 @@ select_rank(double *v, int64 n, int64 k)
 		j = hi;
 		while (i <= j)
 		{
-			while (pct_lt(v[i], pivot))
+			while (float8_lt(v[i], pivot))
 				i++;
-			while (pct_lt(pivot, v[j]))
+			while (float8_lt(pivot, v[j]))
 				j--;
 			if (i <= j)
 			{
@@ -241,7 +229,7 @@ column_percentile(double *v, int64 n, double p)
 	/* rank first + 1: the smallest value after the selected one */
 	hi = v[first + 1];
 	for (i = first + 2; i < n; i++)
-		if (pct_lt(v[i], hi))
+		if (float8_lt(v[i], hi))
 			hi = v[i];
 	return lo + ((h - floor(h)) * (hi - lo));
 }

@@ -34,7 +34,7 @@ import random
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from exptest import Checker, fresh_db  # noqa: E402
+from exptest import Checker, fresh_db, numbers  # noqa: E402
 
 import psycopg2  # noqa: E402
 
@@ -49,17 +49,6 @@ HOUR = 3600
 def q(sql, args=None):
     cur.execute(sql, args)
     return cur.fetchall() if cur.description else None
-
-
-def numbers(x, path=""):
-    if isinstance(x, dict):
-        for k in sorted(x):
-            yield from numbers(x[k], path + "." + k)
-    elif isinstance(x, list):
-        for i, v in enumerate(x):
-            yield from numbers(v, "%s[%d]" % (path, i))
-    else:
-        yield path, x
 
 
 def same(a, b, what):

@@ -46,7 +46,7 @@ import re
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from exptest import Checker, skip  # noqa: E402
+from exptest import Checker, numbers, skip  # noqa: E402
 
 import citus  # noqa: E402
 
@@ -57,17 +57,6 @@ REL = 1e-12
 ck = Checker("test_citus_refresh")
 bindir = citus.installation()
 cl = citus.Cluster(bindir, workers=2)
-
-
-def numbers(x, path=""):
-    if isinstance(x, dict):
-        for k in sorted(x):
-            yield from numbers(x[k], path + "." + k)
-    elif isinstance(x, list):
-        for i, v in enumerate(x):
-            yield from numbers(v, "%s[%d]" % (path, i))
-    else:
-        yield path, x
 
 
 def same(a, b, what):

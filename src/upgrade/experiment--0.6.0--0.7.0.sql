@@ -41,6 +41,7 @@ DECLARE
   ignore_zeros boolean[];
   -- slots[j]: where the two percentiles of the j-th capped column go in pct
   slots integer[];
+  -- picked[2j-1], picked[2j]: the lower and upper percentile of the j-th capped column
   picked float8[];
   -- pct[4i-3], pct[4i-2]: the lower and upper percentile of v<i>; pct[4i-1], pct[4i]: of p<i>
   pct float8[];
@@ -49,8 +50,7 @@ BEGIN
                            m2.winsorize_lower, m2.winsorize, c.col,
                            CASE WHEN m2.cap_ignore_zeros THEN format(' FILTER (WHERE v.%s <> 0)', c.col) ELSE '' END,
                            c.col), ', ' ORDER BY b.i, c.k) FILTER (WHERE c.pct),
-         string_agg(CASE WHEN c.pct THEN format('q.%s[1], q.%s[2]', c.col, c.col) ELSE 'NULL, NULL' END,
-                    ', ' ORDER BY b.i, c.k),
+         string_agg(format('q.%s[1], q.%s[2]', c.col, c.col), ', ' ORDER BY b.i, c.k) FILTER (WHERE c.pct),
          string_agg(format('v.%s', c.col), ', ' ORDER BY b.i, c.k) FILTER (WHERE c.pct),
          array_agg(ARRAY[m2.winsorize_lower, m2.winsorize]::float8[] ORDER BY b.i, c.k) FILTER (WHERE c.pct),
          array_agg(m2.cap_ignore_zeros ORDER BY b.i, c.k) FILTER (WHERE c.pct),
@@ -69,15 +69,16 @@ BEGIN
     picked := experiment.exact_percentiles(format('SELECT %s FROM %s v', cols_sql, vals_from),
                                            ARRAY(SELECT pg_catalog.unnest(fractions)),
                                            ignore_zeros, pg_catalog.pg_size_bytes(experiment.refresh_work_mem()) / 16);
-    IF picked IS NOT NULL THEN
-      pct := pg_catalog.array_fill(NULL::float8, ARRAY[4 * (SELECT pg_catalog.max(b.i) FROM pg_temp.exp_base b)]);
-      FOR j IN 1 .. pg_catalog.array_length(slots, 1) LOOP
-        pct[slots[j][1]] := picked[2 * j - 1];
-        pct[slots[j][2]] := picked[2 * j];
-      END LOOP;
-    ELSE
-      EXECUTE format('SELECT ARRAY[%s]::float8[] FROM (SELECT %s FROM %s v) q', pick_sql, pct_sql, vals_from) INTO pct;
+    IF picked IS NULL THEN
+      -- (the same layout: two percentiles per capped column)
+      EXECUTE format('SELECT ARRAY[%s]::float8[] FROM (SELECT %s FROM %s v) q', pick_sql, pct_sql, vals_from)
+        INTO picked;
     END IF;
+    pct := pg_catalog.array_fill(NULL::float8, ARRAY[4 * (SELECT pg_catalog.max(b.i) FROM pg_temp.exp_base b)]);
+    FOR j IN 1 .. pg_catalog.array_length(slots, 1) LOOP
+      pct[slots[j][1]] := picked[2 * j - 1];
+      pct[slots[j][2]] := picked[2 * j];
+    END LOOP;
   END IF;
   SELECT coalesce(array_agg(c.upper_cap ORDER BY b.i), '{}'), coalesce(array_agg(c.lower_cap ORDER BY b.i), '{}'),
          coalesce(array_agg(cp.upper_cap ORDER BY b.i), '{}'), coalesce(array_agg(cp.lower_cap ORDER BY b.i), '{}'),

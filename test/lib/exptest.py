@@ -68,3 +68,15 @@ class Checker:
 def skip(why):
     print("skipped: %s" % why)
     sys.exit(SKIP)
+
+
+def numbers(x, path=""):
+    """flatten a JSON-ish value into (path, number-or-other) pairs, dict keys sorted"""
+    if isinstance(x, dict):
+        for k in sorted(x):
+            yield from numbers(x[k], path + "." + k)
+    elif isinstance(x, list):
+        for i, v in enumerate(x):
+            yield from numbers(v, "%s[%d]" % (path, i))
+    else:
+        yield path, x
