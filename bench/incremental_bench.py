@@ -10,7 +10,8 @@ the source, refresh(full => true), then 1% new events (at the newest times,
 within the lateness allowance) and 0.1% new units, then refresh() (which must
 be incremental), then refresh() with nothing new. Medians of BENCH_RUNS rounds
 (default 3), for each lateness allowance (1 day, the default, and 1 hour) and
-without and with an index on the time column (BENCH_INDEXES, default "none brin btree").
+without and with an index on the time column, and with one on the unit column too
+(BENCH_INDEXES, default "none brin btree btree+unit").
 
   PGHOST=... PGPORT=... /usr/bin/python3 bench/incremental_bench.py
 The data are kept in database experiment_bench between runs when the table's
@@ -26,7 +27,7 @@ import psycopg2
 UNITS = int(os.environ.get("BENCH_UNITS", "1000000"))
 EVENTS = int(os.environ.get("BENCH_EVENTS", "10000000"))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
-INDEXES = os.environ.get("BENCH_INDEXES", "none brin btree").split()
+INDEXES = os.environ.get("BENCH_INDEXES", "none brin btree btree+unit").split()
 DB = os.environ.get("BENCH_DB", "experiment_bench")
 TAG = "units=%d events=%d v2" % (UNITS, EVENTS)
 
@@ -54,7 +55,7 @@ def timed(sql, args=None):
 
 q("SET client_min_messages = warning")
 q("CREATE SCHEMA IF NOT EXISTS bench")
-have = q("""SELECT obj_description('bench.events'::regclass) FROM pg_class
+have = q("""SELECT obj_description(oid, 'pg_class') FROM pg_class
             WHERE oid = to_regclass('bench.events')""")
 if not have or have[0][0] != TAG:
     print("generating %d units and %d events ..." % (UNITS, EVENTS), file=sys.stderr)
@@ -124,10 +125,16 @@ def mode():
 results = []
 for index in INDEXES:
     q("DROP INDEX IF EXISTS bench.events_ts_idx")
+    if index != "btree+unit":
+        q("DROP INDEX IF EXISTS bench.events_unit_idx")
     if index == "brin":
         q("CREATE INDEX events_ts_idx ON bench.events USING brin (ts)")
     elif index == "btree":
         q("CREATE INDEX events_ts_idx ON bench.events (ts)")
+    elif index == "btree+unit":
+        # (and one that leads with the unit column: the new units' events found by their ids)
+        q("CREATE INDEX events_ts_idx ON bench.events (ts)")
+        q("CREATE INDEX IF NOT EXISTS events_unit_idx ON bench.events (user_id)")
     q("ANALYZE bench.events")
     for late in ("1 day", "1 hour"):
         q("UPDATE experiment.metrics SET late_events = %s WHERE source = 'bench.events'::regclass", (late,))
