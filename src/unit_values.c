@@ -68,6 +68,7 @@
 #include <sys/mman.h>
 
 #include "access/htup_details.h"
+#include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "common/int.h"
@@ -88,6 +89,8 @@
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
@@ -97,6 +100,8 @@
 #define UV_BATCH		256
 /* with experiment.refresh_memory set, the result keeps 1/16 of it in memory */
 #define UV_RESULT_SHARE	16
+/* a scan of at most this many units of a relation may ask for their ids (unit_index_leads()) */
+#define UV_ANY_UNITS	100000
 
 typedef enum
 {
@@ -221,6 +226,18 @@ typedef struct UvState
 	StringInfoData keys;
 	bool		val_is_bool[FUNC_MAX_ARGS];
 	const char *val_names[FUNC_MAX_ARGS];
+	/* the long keys and the sketches' values of the units (reset between passes) */
+	MemoryContext unit_cxt;
+	/*
+	 * events first (see source_unit_values()): the hashes of the keys of the
+	 * events read (0 = empty), and the pass that reads the units with
+	 * murmurhash32(hash) % npass = pass
+	 */
+	uint32	   *touched;
+	uint64		touched_mask;
+	int64		ntouched;
+	int			npass;
+	int			pass;
 } UvState;
 
 #define UV_ROW(st, i)		((st)->rows + (Size) (i) * (st)->rowsize)
@@ -448,7 +465,7 @@ insert_unit(UvState *st, const char *key, uint32 keylen, uint16 variant,
 		memcpy(u->key.inline_key, key, keylen);
 	else
 	{
-		u->key.ptr = MemoryContextAlloc(st->cxt, keylen);
+		u->key.ptr = MemoryContextAlloc(st->unit_cxt, keylen);
 		memcpy(u->key.ptr, key, keylen);
 	}
 	st->slots[pos] = ((uint64) h << 32) | (uint64) (st->nunits + 1);
@@ -494,6 +511,77 @@ add_unit(UvState *st, Datum du, bool nu, Datum dv, bool nv, Datum dt, bool nt)
 				nt ? 0 : DatumGetTimestampTz(dt));
 }
 
+/*
+ * The set of the hashes of the events' keys (events first): open addressing
+ * at most half full; a hash of 0 is kept as 1 (two hashes then stand for
+ * each other: a unit loaded for nothing, without events, is not returned).
+ */
+static void
+touched_add(UvState *st, uint32 h)
+{
+	uint64		pos;
+
+	h = h != 0 ? h : 1;
+	if (st->touched == NULL || (uint64) st->ntouched * 2 >= st->touched_mask + 1)
+	{
+		uint64		n = st->touched == NULL ? 1024 : (st->touched_mask + 1) * 2;
+		uint32	   *t = MemoryContextAllocHuge(st->cxt, sizeof(uint32) * n);
+		uint64		i;
+
+		memset(t, 0, sizeof(uint32) * n);
+		for (i = 0; st->touched != NULL && i <= st->touched_mask; i++)
+			if (st->touched[i] != 0)
+			{
+				pos = st->touched[i] & (n - 1);
+				while (t[pos] != 0)
+					pos = (pos + 1) & (n - 1);
+				t[pos] = st->touched[i];
+			}
+		if (st->touched != NULL)
+			pfree(st->touched);
+		st->touched = t;
+		st->touched_mask = n - 1;
+	}
+	pos = h & st->touched_mask;
+	while (st->touched[pos] != 0)
+	{
+		if (st->touched[pos] == h)
+			return;
+		pos = (pos + 1) & st->touched_mask;
+	}
+	st->touched[pos] = h;
+	st->ntouched++;
+}
+
+/* whether a key's hash is in the set and in this pass */
+static bool
+touched_in_pass(const UvState *st, uint32 h)
+{
+	uint32		c = h != 0 ? h : 1;
+	uint64		pos = c & st->touched_mask;
+
+	if (st->npass > 1 && murmurhash32(h) % (uint32) st->npass != (uint32) st->pass)
+		return false;
+	while (st->touched[pos] != 0)
+	{
+		if (st->touched[pos] == c)
+			return true;
+		pos = (pos + 1) & st->touched_mask;
+	}
+	return false;
+}
+
+static uint32
+text_hash(Datum d)
+{
+	text	   *k = DatumGetTextPP(d);
+	uint32		h = hash_bytes((const unsigned char *) VARDATA_ANY(k), (int) VARSIZE_ANY_EXHDR(k));
+
+	if ((Pointer) k != DatumGetPointer(d))
+		pfree(k);
+	return h;
+}
+
 /* receives (unit_id text, variant text, t0 timestamptz) from a relation of units */
 static bool
 uv_receive_unit(TupleTableSlot *slot, DestReceiver *self)
@@ -503,6 +591,10 @@ uv_receive_unit(TupleTableSlot *slot, DestReceiver *self)
 	slot_getallattrs(slot);
 	if ((st->nunits & 0xFFFF) == 0)
 		CHECK_FOR_INTERRUPTS();
+	/* events first: only the units with events read, those of this pass */
+	if (st->touched != NULL &&
+		(slot->tts_isnull[0] || !touched_in_pass(st, text_hash(slot->tts_values[0]))))
+		return true;
 	add_unit(st, slot->tts_values[0], slot->tts_isnull[0], slot->tts_values[1], slot->tts_isnull[1],
 			 slot->tts_values[2], slot->tts_isnull[2]);
 	return true;
@@ -585,7 +677,7 @@ list_append(UvState *st, double *acc, double x)
 		l = &st->lists[st->nlists++];
 		l->n = 0;
 		l->cap = 4;
-		l->vals = MemoryContextAlloc(st->cxt, sizeof(double) * l->cap);
+		l->vals = MemoryContextAlloc(st->unit_cxt, sizeof(double) * l->cap);
 		*acc = (double) st->nlists;
 	}
 	else
@@ -862,6 +954,53 @@ uv_receive_event(TupleTableSlot *slot, DestReceiver *self)
 	return true;
 }
 
+/*
+ * events first: the receiver that keeps the source's rows in a tuplestore
+ * and the hashes of their keys in the set
+ */
+typedef struct
+{
+	UvReceiver	r;
+	Tuplestorestate *store;
+	TupleDesc	desc;
+	int64		nrows;
+	double		keybytes;
+} UvBuffer;
+
+static void
+uv_buffer_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
+{
+	UvBuffer   *b = (UvBuffer *) self;
+	MemoryContext old;
+
+	uv_startup(self, operation, typeinfo);
+	old = MemoryContextSwitchTo(b->r.st->cxt);
+	b->desc = CreateTupleDescCopy(typeinfo);
+	MemoryContextSwitchTo(old);
+}
+
+static bool
+uv_buffer_receive(TupleTableSlot *slot, DestReceiver *self)
+{
+	UvBuffer   *b = (UvBuffer *) self;
+	bool		isnull;
+	Datum		d = slot_getattr(slot, 1, &isnull);
+	text	   *k;
+
+	if (isnull)
+		return true;			/* (no unit: as uv_receive_event()) */
+	if ((b->nrows & 0xFFFF) == 0)
+		CHECK_FOR_INTERRUPTS();
+	k = DatumGetTextPP(d);
+	b->keybytes += VARSIZE_ANY_EXHDR(k);
+	touched_add(b->r.st, hash_bytes((const unsigned char *) VARDATA_ANY(k), (int) VARSIZE_ANY_EXHDR(k)));
+	if ((Pointer) k != DatumGetPointer(d))
+		pfree(k);
+	tuplestore_puttupleslot(b->store, slot);
+	b->nrows++;
+	return true;
+}
+
 static ArrayType *
 array_arg(FunctionCallInfo fcinfo, int argno, const char *name)
 {
@@ -1087,6 +1226,170 @@ lock_and_check_source(Oid src_rel, Oid reader)
  * reader (doc/security.md).
  */
 /*
+ * The rows of the units of the hash table (with partial, only those with
+ * events) into the result
+ */
+static void
+emit_units(UvState *st, Tuplestorestate *tupstore, TupleDesc tupdesc, bool partial)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	int			nspec = st->nspec;
+	int			k;
+	int64		i;
+	MemoryContext tmp = AllocSetContextCreate(st->cxt, "source_unit_values row",
+											  ALLOCSET_SMALL_SIZES);
+	int			nacc = st->nacc;
+	Datum	   *vdat = MemoryContextAlloc(st->cxt, sizeof(Datum) * Max(nacc, 1));
+	bool	   *vnul = MemoryContextAlloc(st->cxt, sizeof(bool) * Max(nacc, 1));
+	Datum	   *sdat = MemoryContextAlloc(st->cxt, sizeof(Datum) * Max(nacc, 1));
+	Datum	   *kdat = MemoryContextAlloc(st->cxt, sizeof(Datum) * Max(nacc, 1));
+	bool	   *knul = MemoryContextAlloc(st->cxt, sizeof(bool) * Max(nacc, 1));
+	Oid			sketch_oid = st->has_sketch ? exp_sketch_type_oid() : InvalidOid;
+	int16		sketch_len = 0;
+	bool		sketch_byval = false;
+	char		sketch_align = TYPALIGN_INT;
+	int			dims[1] = {nacc};
+	int			lbs[1] = {1};
+	Datum	   *vnames = MemoryContextAlloc(st->cxt, sizeof(Datum) * Max(st->nvariants, 1));
+
+	for (k = 0; k < st->nvariants; k++)
+		vnames[k] = PointerGetDatum(cstring_to_text(st->variants[k]));
+	if (st->has_sketch)
+		get_typlenbyvalalign(sketch_oid, &sketch_len, &sketch_byval, &sketch_align);
+	for (i = 0; i < st->nunits; i++)
+	{
+		UvUnit	   *u = &st->units[i];
+		double	   *acc = UV_ACC(st, UV_ROW(st, i));
+		uint32	   *sk = UV_SKIPPED(st, UV_ROW(st, i));
+		uint8	   *seen = UV_SEEN(st, UV_ROW(st, i));
+		Datum		values[8];
+		bool		nulls[8] = {false, false, false, false, true, true, true, true};
+		bool		touched = false;
+
+		if ((i & 0xFFFF) == 0)
+			CHECK_FOR_INTERRUPTS();
+		for (k = 0; k < nacc; k++)
+			if (seen[k] || sk[k] > 0)
+				touched = true;
+		if (partial && !touched)
+			continue;
+		MemoryContextSwitchTo(tmp);
+		for (k = 0; k < nacc; k++)
+		{
+			vdat[k] = Float8GetDatum(acc[k]);
+			/* in split mode the maximum of no event is NULL, so that the parts merge */
+			vnul[k] = st->has_split && st->specs[k % nspec].agg == AGG_MAX && !seen[k];
+			sdat[k] = Int64GetDatum((int64) sk[k]);
+			knul[k] = true;
+			if (st->specs[k % nspec].agg == AGG_SKETCH)
+			{
+				/* the value is the number of values; the sketch holds them (NULL: none) */
+				vdat[k] = Float8GetDatum(0.0);
+				if (acc[k] != 0.0)
+				{
+					UvList	   *l = &st->lists[(int64) acc[k] - 1];
+
+					vdat[k] = Float8GetDatum((double) l->n);
+					kdat[k] = exp_sketch_from_values(l->vals, l->n);
+					knul[k] = false;
+				}
+			}
+			if (sk[k] > 0)
+				nulls[4] = false;
+		}
+		if (!nulls[4])
+			values[4] = PointerGetDatum(construct_array(sdat, nacc, INT8OID, sizeof(int64),
+														FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		values[0] = PointerGetDatum(cstring_to_text_with_len(unit_key(u), (int) u->keylen));
+		values[1] = vnames[u->variant];
+		values[2] = TimestampTzGetDatum(u->t0);
+		nulls[2] = u->t0null;
+		values[3] = PointerGetDatum(construct_md_array(vdat, vnul, 1, dims, lbs, FLOAT8OID,
+													   sizeof(float8), FLOAT8PASSBYVAL,
+													   TYPALIGN_DOUBLE));
+		if (st->has_sketch)
+		{
+			values[7] = PointerGetDatum(construct_md_array(kdat, knul, 1, dims, lbs, sketch_oid,
+														   sketch_len, sketch_byval, sketch_align));
+			nulls[7] = false;
+		}
+		tuplestore_putvalues(tupstore, tupdesc, values, nulls);
+		MemoryContextSwitchTo(oldcxt);
+		MemoryContextReset(tmp);
+	}
+	MemoryContextDelete(tmp);
+}
+
+/*
+ * The memory of one unit in a split-mode scan of specs specs with keys of
+ * key bytes on average: hash table slots, unit record, long key, row
+ * (unit_value_partitions())
+ */
+static double
+uv_unit_bytes(int specs, double key)
+{
+	int			nacc = 2 * specs;
+
+	return 32.0 + sizeof(UvUnit) + (key > UV_INLINE_KEY ? key : 0.0) +
+		sizeof(int64) * specs + sizeof(double) * nacc +
+		MAXALIGN(sizeof(uint32) * nacc + Max(nacc, 1));
+}
+
+/*
+ * The bytes of experiment.refresh_memory the units' hash tables may take:
+ * three quarters of it, less the tuplestores (1/16 each) of `stores` scans,
+ * at least a quarter
+ */
+static double
+uv_budget(int stores)
+{
+	double		budget = (double) exp_refresh_memory_kb * 1024.0;
+
+	return Max(budget * 0.75 - (double) stores * budget / UV_RESULT_SHARE, budget / 4.0);
+}
+
+/*
+ * Whether a valid index of the (locked) source has the unit column as its
+ * first key column: a scan of a few units then asks for their ids, and the
+ * index finds their events.  (Without such an index the condition would only
+ * cost a filter on every row of the time range.)
+ */
+static bool
+unit_index_leads(Oid src_rel, const char *unit_col)
+{
+	Relation	rel = relation_open(src_rel, NoLock);
+	AttrNumber	att = get_attnum(src_rel, unit_col);
+	Oid			typ = get_atttype(src_rel, att);
+	List	   *indexes;
+	ListCell   *lc;
+	bool		found = false;
+
+	/* (text and varchar: the condition reads the column itself, not a cast of it) */
+	if (rel->rd_rel->relkind != RELKIND_RELATION || (typ != TEXTOID && typ != VARCHAROID))
+	{
+		relation_close(rel, NoLock);
+		return false;
+	}
+	indexes = RelationGetIndexList(rel);
+	foreach(lc, indexes)
+	{
+		HeapTuple	tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(lfirst_oid(lc)));
+		Form_pg_index ix;
+
+		if (!HeapTupleIsValid(tup))
+			continue;
+		ix = (Form_pg_index) GETSTRUCT(tup);
+		if (ix->indisvalid && ix->indnkeyatts > 0 && ix->indkey.values[0] == att &&
+			heap_attisnull(tup, Anum_pg_index_indpred, NULL))
+			found = true;
+		ReleaseSysCache(tup);
+	}
+	list_free(indexes);
+	relation_close(rel, NoLock);
+	return found;
+}
+
+/*
  * The body of source_unit_values() and source_unit_values_from(): the
  * arguments of source_unit_values() after the unit arrays are arguments
  * off + 3 onwards; with a relation of units (units_rel), the units are read
@@ -1133,7 +1436,6 @@ source_unit_values(FunctionCallInfo fcinfo, int off, Oid units_rel, int reset, i
 	ParamListInfo params = NULL;
 	int64		nrows;
 	int			ret;
-	int64		i;
 	Oid			reader;
 	Oid			save_userid;
 	int			save_sec_context;
@@ -1142,6 +1444,10 @@ source_unit_values(FunctionCallInfo fcinfo, int off, Oid units_rel, int reset, i
 	bool		partial;
 	bool		has_probe_max = false;
 	int64		probe_max = 0;
+	bool		events_first;
+	UvBuffer	buf;
+	int			result_kb = exp_refresh_memory_kb > 0
+		? Min(work_mem, Max(64, exp_refresh_memory_kb / UV_RESULT_SHARE)) : work_mem;
 
 	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
 		(rsinfo->allowedModes & SFRM_Materialize) == 0)
@@ -1213,6 +1519,7 @@ source_unit_values(FunctionCallInfo fcinfo, int off, Oid units_rel, int reset, i
 	st = palloc0(sizeof(UvState));
 	st->cxt = AllocSetContextCreate(callcxt, "source_unit_values",
 									ALLOCSET_DEFAULT_SIZES);
+	st->unit_cxt = st->cxt;
 	st->nspec = nspec;
 	st->specs = palloc0(sizeof(UvSpec) * Max(nspec, 1));
 	fixed_zone = pg_get_timezone_offset(session_timezone, &gmtoff);
@@ -1281,6 +1588,16 @@ source_unit_values(FunctionCallInfo fcinfo, int off, Oid units_rel, int reset, i
 				 errmsg("partial needs split_at")));
 	st->nacc = st->has_split ? 2 * nspec : nspec;
 
+	/*
+	 * Events first: a partial scan of the units of a relation that are not
+	 * reset (the units of an incremental refresh, whose events are read from
+	 * the watermark on) reads the events first, keeping them, and then only
+	 * the units that have events.  Its hash table holds the units of the new
+	 * events, not all units (which a first table of units would hold, read
+	 * once per unit-hash partition).
+	 */
+	events_first = partial && OidIsValid(units_rel) && reset == 0 && !probe;
+
 	/* the source query: unit, time columns, value columns */
 	initStringInfo(&q);
 	appendStringInfo(&q, "SELECT (s.%s)::pg_catalog.text", quote_identifier(unit_col));
@@ -1341,14 +1658,36 @@ source_unit_values(FunctionCallInfo fcinfo, int off, Oid units_rel, int reset, i
 	st->variants = palloc(sizeof(char *) * (PG_UINT16_MAX + 1));
 	MemoryContextSwitchTo(oldcxt);
 
+	/* the result: one row per unit */
+	oldcxt = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+	/* (within experiment.refresh_memory, the rows beyond a share of it spill to disk) */
+	tupstore = tuplestore_begin_heap(true, false, result_kb);
+	tupdesc = CreateTupleDescCopy(tupdesc);
+
+	/*
+	 * vals and skipped are stored in the rows as they are, not with the short
+	 * header a small array would get: reading an element of an array with a
+	 * short header copies the whole array first, and the refresh's statements
+	 * read every element of every row (three times as fast with 12 elements).
+	 * Only the storage of the rows in the tuplestore changes, not their type.
+	 */
+	TupleDescAttr(tupdesc, 3)->attstorage = TYPSTORAGE_PLAIN;
+	TupleDescAttr(tupdesc, 4)->attstorage = TYPSTORAGE_PLAIN;
+	rsinfo->returnMode = SFRM_Materialize;
+	rsinfo->setResult = tupstore;
+	rsinfo->setDesc = tupdesc;
+	MemoryContextSwitchTo(oldcxt);
 	if ((ret = SPI_connect()) != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed: %s", SPI_result_code_string(ret));
 
-	alloc_units(st, nrows);
-
-	/* the units: from the relation, as the calling user, or from the arrays */
-	if (OidIsValid(units_rel))
+	/* the units: from the relation, as the calling user, or from the arrays (events first: later) */
+	if (events_first)
+		;
+	else if (OidIsValid(units_rel))
+	{
+		alloc_units(st, nrows);
 		read_units(st, units_rel, reset, nparts, part);
+	}
 	else
 	{
 		ArrayIterator iu = array_create_iterator(unit_ids, 0, NULL);
@@ -1382,9 +1721,19 @@ source_unit_values(FunctionCallInfo fcinfo, int off, Oid units_rel, int reset, i
 	memset(&opts, 0, sizeof(opts));
 	opts.read_only = true;
 	opts.dest = &recv.pub;
+	if (events_first)
+	{
+		/* (the rows within a share of experiment.refresh_memory, as the result's) */
+		memset(&buf, 0, sizeof(buf));
+		buf.r = recv;
+		buf.r.pub.rStartup = uv_buffer_startup;
+		buf.r.pub.receiveSlot = uv_buffer_receive;
+		buf.store = tuplestore_begin_heap(true, false, result_kb);
+		opts.dest = &buf.r.pub;
+	}
 
 	/* one scan of the source (and, with probe, a look at its latest time first) */
-	if ((st->nunits > 0 || probe) && nspec > 0)
+	if ((st->nunits > 0 || probe || events_first) && nspec > 0)
 	{
 		lock_and_check_source(src_rel, reader);
 
@@ -1422,14 +1771,47 @@ source_unit_values(FunctionCallInfo fcinfo, int off, Oid units_rel, int reset, i
 			has_probe_max = !isnull;
 		}
 
+		/*
+		 * few units of a relation (the new and reset units of an incremental
+		 * refresh, whose events are read from their first exposure's window
+		 * on): their ids asked for, where an index leads with the unit column
+		 */
+		if (OidIsValid(units_rel) && reset == 1 && st->nunits > 0 && st->nunits <= UV_ANY_UNITS &&
+			unit_index_leads(src_rel, unit_col))
+		{
+			Datum	   *ids = palloc(sizeof(Datum) * st->nunits);
+			int			np = params != NULL ? params->numParams + 1 : 1;
+			ParamListInfo p2 = makeParamList(np);
+			int64		i;
+
+			for (i = 0; i < st->nunits; i++)
+				ids[i] = PointerGetDatum(cstring_to_text_with_len(unit_key(&st->units[i]),
+																  (int) st->units[i].keylen));
+			p2->numParams = np;
+			for (k = 0; k < np - 1; k++)
+				p2->params[k] = params->params[k];
+			p2->params[np - 1].ptype = TEXTARRAYOID;
+			p2->params[np - 1].pflags = PARAM_FLAG_CONST;
+			p2->params[np - 1].isnull = false;
+			p2->params[np - 1].value = PointerGetDatum(construct_array(ids, (int) st->nunits, TEXTOID, -1,
+																	   false, TYPALIGN_INT));
+			appendStringInfo(&q, " %s s.%s OPERATOR(pg_catalog.=) ANY ($%d::pg_catalog.text[])",
+							 params != NULL ? "AND" : "WHERE", quote_identifier(unit_col), np);
+			params = p2;
+		}
+
 		recv.pub.receiveSlot = uv_receive_event;
-		if (st->nunits == 0)
+		if (st->nunits == 0 && !events_first)
 			ret = SPI_OK_SELECT;
 		else if (params != NULL)
 		{
-			Oid			argtypes[2] = {TIMESTAMPTZOID, TIMESTAMPTZOID};
+			Oid			argtypes[3] = {TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTARRAYOID};
 			/* (a parallel plan where the planner finds one cheaper) */
-			SPIPlanPtr	plan = SPI_prepare_cursor(q.data, 2, argtypes, CURSOR_OPT_PARALLEL_OK);
+			SPIPlanPtr	plan;
+
+			if (params->numParams == 1)
+				argtypes[0] = TEXTARRAYOID;
+			plan = SPI_prepare_cursor(q.data, params->numParams, argtypes, CURSOR_OPT_PARALLEL_OK);
 
 			if (plan == NULL)
 				elog(ERROR, "preparing the scan of the source failed: %s",
@@ -1452,112 +1834,69 @@ source_unit_values(FunctionCallInfo fcinfo, int off, Oid units_rel, int reset, i
 		AtEOXact_GUC(false, save_nestlevel);
 		SetUserIdAndSecContext(save_userid, save_sec_context);
 	}
-	SPI_finish();
-
-	/* the result: one row per unit */
-	oldcxt = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
-	/* (within experiment.refresh_memory, the rows beyond a share of it spill to disk) */
-	tupstore = tuplestore_begin_heap(true, false,
-									 exp_refresh_memory_kb > 0
-									 ? Min(work_mem, Max(64, exp_refresh_memory_kb / UV_RESULT_SHARE))
-									 : work_mem);
-	tupdesc = CreateTupleDescCopy(tupdesc);
 
 	/*
-	 * vals and skipped are stored in the rows as they are, not with the short
-	 * header a small array would get: reading an element of an array with a
-	 * short header copies the whole array first, and the refresh's statements
-	 * read every element of every row (three times as fast with 12 elements).
-	 * Only the storage of the rows in the tuplestore changes, not their type.
+	 * events first: the units with events (as the calling user), in as many
+	 * passes as keep their hash table within experiment.refresh_memory, each
+	 * with the events of its units
 	 */
-	TupleDescAttr(tupdesc, 3)->attstorage = TYPSTORAGE_PLAIN;
-	TupleDescAttr(tupdesc, 4)->attstorage = TYPSTORAGE_PLAIN;
-	rsinfo->returnMode = SFRM_Materialize;
-	rsinfo->setResult = tupstore;
-	rsinfo->setDesc = tupdesc;
-	MemoryContextSwitchTo(oldcxt);
+	if (events_first && nspec > 0)
 	{
-		MemoryContext tmp = AllocSetContextCreate(st->cxt, "source_unit_values row",
-												  ALLOCSET_SMALL_SIZES);
-		int			nacc = st->nacc;
-		Datum	   *vdat = MemoryContextAlloc(st->cxt, sizeof(Datum) * Max(nacc, 1));
-		bool	   *vnul = MemoryContextAlloc(st->cxt, sizeof(bool) * Max(nacc, 1));
-		Datum	   *sdat = MemoryContextAlloc(st->cxt, sizeof(Datum) * Max(nacc, 1));
-		Datum	   *kdat = MemoryContextAlloc(st->cxt, sizeof(Datum) * Max(nacc, 1));
-		bool	   *knul = MemoryContextAlloc(st->cxt, sizeof(bool) * Max(nacc, 1));
-		Oid			sketch_oid = st->has_sketch ? exp_sketch_type_oid() : InvalidOid;
-		int16		sketch_len = 0;
-		bool		sketch_byval = false;
-		char		sketch_align = TYPALIGN_INT;
-		int			dims[1] = {nacc};
-		int			lbs[1] = {1};
-		Datum	   *vnames = MemoryContextAlloc(st->cxt, sizeof(Datum) * Max(st->nvariants, 1));
+		TupleTableSlot *slot = buf.desc ? MakeSingleTupleTableSlot(buf.desc, &TTSOpsMinimalTuple) : NULL;
+		double		need = (double) st->ntouched *
+			uv_unit_bytes(nspec, buf.nrows > 0 ? buf.keybytes / (double) buf.nrows : 0.0);
+		int64		per_pass;
 
-		for (k = 0; k < st->nvariants; k++)
-			vnames[k] = PointerGetDatum(cstring_to_text(st->variants[k]));
-		if (st->has_sketch)
-			get_typlenbyvalalign(sketch_oid, &sketch_len, &sketch_byval, &sketch_align);
-		for (i = 0; i < st->nunits; i++)
+		st->npass = exp_refresh_memory_kb > 0 ? (int) Min(ceil(need / uv_budget(2)), (double) PG_INT32_MAX) : 1;
+		st->npass = Max(st->npass, 1);
+		per_pass = st->ntouched / st->npass;
+		st->unit_cxt = AllocSetContextCreate(st->cxt, "source_unit_values units", ALLOCSET_DEFAULT_SIZES);
+		for (st->pass = 0; st->pass < st->npass; st->pass++)
 		{
-			UvUnit	   *u = &st->units[i];
-			double	   *acc = UV_ACC(st, UV_ROW(st, i));
-			uint32	   *sk = UV_SKIPPED(st, UV_ROW(st, i));
-			uint8	   *seen = UV_SEEN(st, UV_ROW(st, i));
-			Datum		values[8];
-			bool		nulls[8] = {false, false, false, false, true, true, true, true};
-			bool		touched = false;
-
-			if ((i & 0xFFFF) == 0)
-				CHECK_FOR_INTERRUPTS();
-			for (k = 0; k < nacc; k++)
-				if (seen[k] || sk[k] > 0)
-					touched = true;
-			if (partial && !touched)
-				continue;
-			MemoryContextSwitchTo(tmp);
-			for (k = 0; k < nacc; k++)
+			if (st->pass == 0)
+				alloc_units(st, Min(nrows, per_pass + per_pass / 16 + 1024));
+			else
 			{
-				vdat[k] = Float8GetDatum(acc[k]);
-				/* in split mode the maximum of no event is NULL, so that the parts merge */
-				vnul[k] = st->has_split && st->specs[k % nspec].agg == AGG_MAX && !seen[k];
-				sdat[k] = Int64GetDatum((int64) sk[k]);
-				knul[k] = true;
-				if (st->specs[k % nspec].agg == AGG_SKETCH)
+				st->nunits = 0;
+				memset(st->slots, 0, sizeof(uint64) * (st->mask + 1));
+				st->nlists = 0;
+				MemoryContextReset(st->unit_cxt);
+			}
+			if (st->ntouched > 0)
+				read_units(st, units_rel, reset, nparts, part);
+			if (slot != NULL && st->nunits > 0)
+			{
+				int64		n = 0;
+
+				tuplestore_rescan(buf.store);
+				while (tuplestore_gettupleslot(buf.store, true, false, slot))
 				{
-					/* the value is the number of values; the sketch holds them (NULL: none) */
-					vdat[k] = Float8GetDatum(0.0);
-					if (acc[k] != 0.0)
+					if ((++n & 0xFFFF) == 0)
+						CHECK_FOR_INTERRUPTS();
+					if (st->npass > 1)
 					{
-						UvList	   *l = &st->lists[(int64) acc[k] - 1];
+						bool		isnull;
+						uint32		h = text_hash(slot_getattr(slot, 1, &isnull));
 
-						vdat[k] = Float8GetDatum((double) l->n);
-						kdat[k] = exp_sketch_from_values(l->vals, l->n);
-						knul[k] = false;
+						if (murmurhash32(h) % (uint32) st->npass != (uint32) st->pass)
+							continue;
 					}
+					uv_receive_event(slot, &recv.pub);
 				}
-				if (sk[k] > 0)
-					nulls[4] = false;
+				if (st->nbatch > 0)
+					flush_batch(st);
 			}
-			if (!nulls[4])
-				values[4] = PointerGetDatum(construct_array(sdat, nacc, INT8OID, sizeof(int64),
-															FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-			values[0] = PointerGetDatum(cstring_to_text_with_len(unit_key(u), (int) u->keylen));
-			values[1] = vnames[u->variant];
-			values[2] = TimestampTzGetDatum(u->t0);
-			nulls[2] = u->t0null;
-			values[3] = PointerGetDatum(construct_md_array(vdat, vnul, 1, dims, lbs, FLOAT8OID,
-														   sizeof(float8), FLOAT8PASSBYVAL,
-														   TYPALIGN_DOUBLE));
-			if (st->has_sketch)
-			{
-				values[7] = PointerGetDatum(construct_md_array(kdat, knul, 1, dims, lbs, sketch_oid,
-															   sketch_len, sketch_byval, sketch_align));
-				nulls[7] = false;
-			}
-			tuplestore_putvalues(tupstore, tupdesc, values, nulls);
-			MemoryContextSwitchTo(oldcxt);
-			MemoryContextReset(tmp);
+			emit_units(st, tupstore, tupdesc, partial);
 		}
+		if (slot != NULL)
+			ExecDropSingleTupleTableSlot(slot);
+		tuplestore_end(buf.store);
+	}
+	SPI_finish();
+
+	if (!events_first)
+		emit_units(st, tupstore, tupdesc, partial);
+	{
 		/* split mode or probe: a last row without a unit, with the latest time read and the split */
 		if (st->has_split || probe)
 		{
@@ -1566,6 +1905,15 @@ source_unit_values(FunctionCallInfo fcinfo, int off, Oid units_rel, int reset, i
 
 			values[5] = TimestampTzGetDatum(st->latest);
 			values[6] = TimestampTzGetDatum(st->split);
+			/* (events first: skipped[1] is the number of passes over the units) */
+			if (events_first)
+			{
+				Datum		np = Int64GetDatum((int64) Max(st->npass, 1));
+
+				values[4] = PointerGetDatum(construct_array(&np, 1, INT8OID, sizeof(int64),
+															FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+				nulls[4] = false;
+			}
 			tuplestore_putvalues(tupstore, tupdesc, values, nulls);
 		}
 	}
@@ -1591,6 +1939,12 @@ exp_source_unit_values(PG_FUNCTION_ARGS)
  * is above 1.  expected_units sizes the hash table (more units grow it).
  * The refresh passes its units this way instead of as arrays, which would
  * take more memory than the hash table itself.
+ *
+ * With partial and reset false (the units stored before, in an incremental
+ * refresh) the events come first: see events_first in source_unit_values().
+ * With reset true and few units (the new and reset ones), a table source
+ * whose index leads with the unit column is asked for their ids
+ * (unit_index_leads()).
  */
 PG_FUNCTION_INFO_V1(exp_source_unit_values_from);
 Datum
@@ -1646,10 +2000,7 @@ exp_unit_value_partitions(PG_FUNCTION_ARGS)
 	int32		specs = PG_GETARG_INT32(1);
 	int32		sources = PG_GETARG_INT32(2);
 	double		key = PG_GETARG_FLOAT8(3);
-	double		budget,
-				per_unit,
-				parts;
-	int			nacc;
+	double		parts;
 
 	if (units < 0)
 		ereport(ERROR,
@@ -1665,16 +2016,7 @@ exp_unit_value_partitions(PG_FUNCTION_ARGS)
 				 errmsg("key_bytes must be a finite number of bytes, not negative")));
 	if (exp_refresh_memory_kb <= 0 || units == 0)
 		PG_RETURN_INT32(1);
-	nacc = 2 * specs;
-	per_unit =
-	/* hash table: slots, unit record, long key, row */
-		32.0 + sizeof(UvUnit) + (key > UV_INLINE_KEY ? key : 0.0) +
-		sizeof(int64) * specs + sizeof(double) * nacc +
-		MAXALIGN(sizeof(uint32) * nacc + Max(nacc, 1));
-	budget = (double) exp_refresh_memory_kb * 1024.0;
-	/* three quarters of it, less the scans' results (1/16 each) */
-	budget = Max(budget * 0.75 - (double) sources * budget / UV_RESULT_SHARE, budget / 4.0);
-	parts = ceil((double) units * per_unit / budget);
+	parts = ceil((double) units * uv_unit_bytes(specs, key) / uv_budget(sources));
 	if (parts > PG_INT32_MAX)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),

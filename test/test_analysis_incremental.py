@@ -10,7 +10,9 @@ not-yet-exposed units, within each source's lateness allowance; NaN values;
 a unit exposed to a second variant (it leaves the analysis); a unit exposed
 earlier than its first exposure (its windows move: read again in full);
 exposures after the experiment's end (ignored); time passing, so that
-windows close. Two sources (one a view with a timestamp column), sum with a
+windows close. Two sources (one a view with a timestamp column; the other, in
+two of the three sequences, with an index on its unit column, which the scans
+of new and reset units then use for their ids), sum with a
 winsorization cap and a CUPED lookback, max with negative values, count,
 any, a ratio, delays and windows.
 
@@ -112,6 +114,10 @@ def run_sequence(seed, steps):
     q("CREATE TABLE ev_%d (uid text, ts timestamptz, amount float8)" % seed)
     q("CREATE TABLE ev2_raw_%d (user_id text, at timestamp, ok boolean)" % seed)
     q("CREATE VIEW ev2_%d AS SELECT user_id, at, ok FROM ev2_raw_%d" % (seed, seed))
+    if seed != 1:
+        # (an index that leads with the unit column: the scans of new and reset units ask for
+        # their ids)
+        q("CREATE INDEX ON ev_%d (uid, ts)" % seed)
     ev, ev2 = "ev_%d" % seed, "ev2_%d" % seed
     q("""INSERT INTO experiment.experiments (id, name, status, start_at, end_at)
          VALUES (%s, %s, 'draft', %s::timestamptz, %s::timestamptz + interval '30 days')""", (exp, exp, BASE, BASE))

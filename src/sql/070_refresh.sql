@@ -30,7 +30,7 @@ COMMENT ON COLUMN experiment.refreshes.mode IS
 COMMENT ON COLUMN experiment.refreshes.full_reason IS 'why the refresh was full (NULL: incremental)';
 COMMENT ON COLUMN experiment.refreshes.unit_partitions IS
   'the unit-hash partitions the refresh read its sources in (1: all units at once; more when the units need more '
-  'than experiment.refresh_memory)';
+  'than experiment.refresh_memory); for an incremental refresh, the most partitions or passes over the units of any of its scans';
 COMMENT ON COLUMN experiment.refreshes.exposures_by_day IS 'units first exposed on each day, as [{"day", "units"}]';
 
 CREATE TABLE experiment.enrollment (
@@ -372,7 +372,10 @@ COMMENT ON FUNCTION experiment.source_unit_values_from(regclass, boolean, intege
     text[], text[], text[], interval[], interval[], boolean[], timestamptz, timestamptz, timestamptz, regrole,
     timestamptz, boolean, boolean) IS
   'internal: experiment.source_unit_values() of the units of a relation (unit_id, variant, t0, multi[, reset]): '
-  'those not multi, with reset = reset unless NULL, in unit-hash partition part of nparts; expected_units sizes its hash table';
+  'those not multi, with reset = reset unless NULL, in unit-hash partition part of nparts; expected_units sizes its hash table; '
+  'partial with reset false reads the events first and then only the units with events, in passes within '
+  'experiment.refresh_memory (the last row''s skipped[1]: their number); reset true with at most 100000 units asks a '
+  'table source with an index that leads with unit_column (text or varchar) for their ids';
 
 CREATE FUNCTION experiment.timestamptz_add_clamped(t timestamptz, i interval) RETURNS timestamptz
   AS 'MODULE_PATHNAME', 'exp_timestamptz_add_clamped_sql'
@@ -1078,6 +1081,11 @@ DECLARE
   reset_set text;
   merge_set text;
   changed text;
+  touch_cols text;
+  touch_sel text;
+  nreset bigint;
+  reset_parts integer;
+  passes integer;
   sel text;
   nunits bigint;
   key_bytes float8;
@@ -1216,7 +1224,6 @@ BEGIN
   SELECT coalesce(f.enrolled_units, 0) + coalesce(f.multi_variant_units, 0) INTO nunits
     FROM experiment.refreshes f WHERE f.experiment_id = e.id;
   nunits := coalesce(nunits, 0) + (SELECT count(*) FROM pg_temp.exp_newx);
-  partitions := experiment.refresh_partitions(e, nunits, key_bytes);
   SELECT coalesce(pg_catalog.string_agg(l.col, ', ' ORDER BY s.src_no, l.ord), ''),
          coalesce(pg_catalog.string_agg(l.empty, ', ' ORDER BY s.src_no, l.ord), ''),
          coalesce(pg_catalog.string_agg(format('%s = CASE WHEN n.t0 < u.t0 THEN %s ELSE u.%s END', l.col, l.empty, l.col),
@@ -1250,8 +1257,13 @@ BEGIN
   -- each source: events from its watermark on for every unit, all events of new and reset units
   -- (new and reset units are among those of the new exposures; the latest first exposure is at
   -- most the later of the previous refresh's and the new exposures')
-  EXECUTE format('SELECT pg_catalog.min(u.t0) FILTER (WHERE u.reset) FROM pg_temp.exp_newx n '
-                 'JOIN experiment.%I u ON u.unit_id = n.unit_id WHERE NOT u.multi', relation) INTO min_t0;
+  EXECUTE format('SELECT pg_catalog.min(u.t0) FILTER (WHERE u.reset), count(*) FILTER (WHERE u.reset) '
+                 'FROM pg_temp.exp_newx n JOIN experiment.%I u ON u.unit_id = n.unit_id WHERE NOT u.multi', relation)
+    INTO min_t0, nreset;
+  -- (the scans of the new and reset units: partitions for as many as they are)
+  reset_parts := experiment.refresh_partitions(e, nreset, key_bytes);
+  -- (reported: the most partitions or passes of a scan)
+  partitions := reset_parts;
   SELECT greatest((SELECT f.last_exposure FROM experiment.refreshes f WHERE f.experiment_id = e.id),
                   (SELECT pg_catalog.max(n.t0) FROM pg_temp.exp_newx n))
     INTO max_t0;
@@ -1265,25 +1277,35 @@ BEGIN
     -- the split: from the latest event time the previous scan saw (this scan's is stored for
     -- the next), never earlier than the watermark (which stays while no event was seen)
     split := greatest(wm.settled_before, experiment.watermark_split(wm.latest_event, sc.late_events));
+    -- (the scans' rows are kept with an element per column, x.vals[k] as x.a<k>, x.skipped[k]
+    -- as x.b<k> and x.sketches[k] as x.k<k>: the update below reads each element several
+    -- times, and an element of a small stored array costs a copy of the whole array)
     SELECT coalesce(pg_catalog.string_agg(format('%s = %s', l.col, l.value_sql), ', '), ''),
            format('(%s) IS DISTINCT FROM (%s)', pg_catalog.string_agg('u.' || l.col, ', '),
                   pg_catalog.string_agg(l.value_sql, ', '))
       INTO merge_set, changed
-    FROM experiment.unit_value_layout(sc, 'x', 'u') l;
-    -- the units read before: their events from the watermark on (the scan's lower bound); the
-    -- new and reset units apart, all their events, with a hash table of their own that is small
-    -- (beyond experiment.refresh_memory, partition by partition: each scan with the units of one)
-    CREATE TEMP TABLE exp_touch (unit_id text, vals float8[], skipped bigint[], latest timestamptz,
-                                 sketches experiment.sketch[]) ON COMMIT DROP;
-    FOR part IN 0 .. partitions - 1 LOOP
-      EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.vals, x.skipped, x.latest, x.sketches '
-                     'FROM %s x',
-                     experiment.source_from_sql(sc, format('experiment.%I', relation), false, partitions, part, nunits,
-                                                e.end_at, wm.settled_before, sc.upper_bound, split, true));
+    FROM (SELECT y.col, pg_catalog.regexp_replace(pg_catalog.regexp_replace(pg_catalog.regexp_replace(y.value_sql,
+                   'x\.vals\[(\d+)\]', 'x.a\1', 'g'), 'x\.skipped\[(\d+)\]', 'x.b\1', 'g'),
+                   'x\.sketches\[(\d+)\]', 'x.k\1', 'g') AS value_sql
+          FROM experiment.unit_value_layout(sc, 'x', 'u') y) l;
+    SELECT pg_catalog.string_agg(format(', a%s float8, b%s bigint, k%s experiment.sketch', k, k, k), '' ORDER BY k),
+           pg_catalog.string_agg(format(', x.vals[%s], x.skipped[%s], x.sketches[%s]', k, k, k), '' ORDER BY k)
+      INTO touch_cols, touch_sel
+      FROM pg_catalog.generate_series(1, 2 * pg_catalog.cardinality(sc.targets)) k;
+    -- the units read before: their events from the watermark on (the scan's lower bound), in one
+    -- scan that reads those events first and then only the units that have some (within
+    -- experiment.refresh_memory in passes of its own: src/unit_values.c); the new and reset units
+    -- apart, all their events, with a hash table of their own that is small (beyond
+    -- experiment.refresh_memory, partition by partition: each scan with the units of one)
+    EXECUTE format('CREATE TEMP TABLE exp_touch (unit_id text, latest timestamptz%s) ON COMMIT DROP', touch_cols);
+    EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.latest%s FROM %s x', touch_sel,
+                   experiment.source_from_sql(sc, format('experiment.%I', relation), false, 1, 0, nunits,
+                                              e.end_at, wm.settled_before, sc.upper_bound, split, true));
+    FOR part IN 0 .. reset_parts - 1 LOOP
       IF min_t0 IS NOT NULL THEN
-        EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.vals, x.skipped, NULL, x.sketches '
-                       'FROM %s x WHERE x.unit_id IS NOT NULL',
-                       experiment.source_from_sql(sc, format('experiment.%I', relation), true, partitions, part, 0,
+        EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, NULL%s FROM %s x WHERE x.unit_id IS NOT NULL',
+                       touch_sel,
+                       experiment.source_from_sql(sc, format('experiment.%I', relation), true, reset_parts, part, 0,
                                                   e.end_at, sc.lower_bound, sc.upper_bound, split, true));
       END IF;
     END LOOP;
@@ -1291,8 +1313,9 @@ BEGIN
     -- (a unit whose events are all read again unchanged is not written)
     EXECUTE format('UPDATE experiment.%I u SET %s FROM pg_temp.exp_touch x WHERE x.unit_id = u.unit_id AND %s',
                    relation, merge_set, changed);
-    -- (every partition's scan reads the same rows: the same latest time)
-    SELECT pg_catalog.max(x.latest) INTO latest FROM pg_temp.exp_touch x WHERE x.unit_id IS NULL;
+    -- (the latest time the scan of the units read before saw, and its passes over them)
+    SELECT pg_catalog.max(x.latest), pg_catalog.max(x.b1) INTO latest, passes FROM pg_temp.exp_touch x WHERE x.unit_id IS NULL;
+    partitions := greatest(partitions, passes);
     DROP TABLE pg_temp.exp_touch;
     UPDATE experiment.source_watermarks w
       SET settled_before = split, latest_event = greatest(w.latest_event, latest), late_events = sc.late_events

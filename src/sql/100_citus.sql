@@ -450,6 +450,7 @@ DECLARE
   latest timestamptz[];
   pm record;
   first integer[] := '{}';
+  nstmts integer[] := '{}';
   k0 integer;
 BEGIN
   -- beyond experiment.refresh_memory, each shard's units in unit-hash partitions
@@ -467,11 +468,22 @@ BEGIN
       INTO merge_set, changed
     FROM experiment.unit_value_layout(sc, 'x', 'u') l;
     first := first || (pg_catalog.cardinality(stmts) + 1);
-    FOR part IN 0 .. pm.parts - 1 LOOP
-      stmt := format('WITH x AS MATERIALIZED (SELECT x.unit_id, x.vals, x.skipped, x.latest, x.sketches FROM %s x',
-                     experiment.citus_shard_call_sql(sc, false, pm.parts, part, pm.shard_units, e.end_at, wm.settled_before, sc.upper_bound, split, true));
+    -- (the units stored before in the first statement, in one scan that reads the events first
+    -- and bounds its memory itself, as a local refresh; the new and reset units partition by partition)
+    nstmts := nstmts || CASE WHEN min_t0 IS NULL THEN 1 ELSE pm.parts END;
+    FOR part IN 0 .. nstmts[pg_catalog.cardinality(nstmts)] - 1 LOOP
+      IF part = 0 THEN
+        stmt := format('WITH x AS MATERIALIZED (SELECT x.unit_id, x.vals, x.skipped, x.latest, x.sketches FROM %s x',
+                       experiment.citus_shard_call_sql(sc, false, 1, 0, pm.shard_units, e.end_at,
+                                                       wm.settled_before, sc.upper_bound, split, true));
+        IF min_t0 IS NOT NULL THEN
+          stmt := stmt || ' UNION ALL';
+        END IF;
+      ELSE
+        stmt := 'WITH x AS MATERIALIZED (';
+      END IF;
       IF min_t0 IS NOT NULL THEN
-        stmt := stmt || format(' UNION ALL SELECT x.unit_id, x.vals, x.skipped, NULL, x.sketches FROM %s x '
+        stmt := stmt || format(' SELECT x.unit_id, x.vals, x.skipped, NULL::timestamptz AS latest, x.sketches FROM %s x '
                                'WHERE x.unit_id IS NOT NULL',
                                experiment.citus_shard_call_sql(sc, true, pm.parts, part, 0, e.end_at, sc.lower_bound,
                                                                sc.upper_bound, split, true));
@@ -490,7 +502,7 @@ BEGIN
     k0 := first[k];
     UPDATE experiment.source_watermarks w
       SET settled_before = splits[k],
-          latest_event = greatest(w.latest_event, (SELECT pg_catalog.max(l) FROM pg_catalog.unnest(latest[k0:k0 + pm.parts - 1]) l)),
+          latest_event = greatest(w.latest_event, (SELECT pg_catalog.max(l) FROM pg_catalog.unnest(latest[k0:k0 + nstmts[k] - 1]) l)),
           late_events = sc.late_events
       WHERE w.experiment_id = e.id AND w.source = sc.source AND w.unit_column = sc.unit_column AND w.owner = sc.reader;
   END LOOP;
