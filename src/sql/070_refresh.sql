@@ -853,7 +853,7 @@ COMMENT ON FUNCTION experiment.unit_values_definition(experiment.experiments) IS
 -- has no event (sums and counts 0; the settled maximum of no event NULL, so that it merges),
 -- and the SQL of their new value from a scan in split mode (alias x) merged into the stored one
 -- (alias old; NULL: nothing stored, the scan read everything)
-CREATE FUNCTION experiment.unit_value_layout(s experiment.source_scan, x text, old text)
+CREATE FUNCTION experiment.unit_value_layout(s experiment.source_scan, x text, old text, flat boolean DEFAULT false)
   RETURNS TABLE (col text, empty text, value_sql text)
   LANGUAGE sql IMMUTABLE PARALLEL SAFE
   SET search_path = pg_catalog, experiment, pg_temp
@@ -861,12 +861,16 @@ AS $$
   WITH spec AS (
     SELECT t.k, t.target, substr(t.target, 2) AS i, s.aggs[t.k] AS agg,
            CASE substr(t.target, 1, 1) WHEN 'v' THEN 'c' ELSE 'q' END || substr(t.target, 2) AS settled,
-           format(CASE WHEN s.aggs[t.k] = 'sketch' THEN '%s.sketches[%s]' ELSE '%s.vals[%s]' END, x, t.k) AS before_split,
-           format(CASE WHEN s.aggs[t.k] = 'sketch' THEN '%s.sketches[%s]' ELSE '%s.vals[%s]' END,
+           format(CASE WHEN s.aggs[t.k] = 'sketch' THEN f.sketch ELSE f.val END, x, t.k) AS before_split,
+           format(CASE WHEN s.aggs[t.k] = 'sketch' THEN f.sketch ELSE f.val END,
                   x, pg_catalog.array_length(s.targets, 1) + t.k) AS from_split,
-           format('coalesce(%s.skipped[%s], 0)', x, t.k) AS skipped_before,
-           format('coalesce(%s.skipped[%s], 0)', x, pg_catalog.array_length(s.targets, 1) + t.k) AS skipped_from
-    FROM pg_catalog.unnest(s.targets) WITH ORDINALITY AS t(target, k)
+           format(f.skipped, x, t.k) AS skipped_before,
+           format(f.skipped, x, pg_catalog.array_length(s.targets, 1) + t.k) AS skipped_from
+    FROM pg_catalog.unnest(s.targets) WITH ORDINALITY AS t(target, k),
+         -- (flat: the scan's elements as columns a<k>, k<k> and b<k>, experiment.unit_value_merge_sql())
+         (SELECT CASE WHEN flat THEN '%s.a%s' ELSE '%s.vals[%s]' END AS val,
+                 CASE WHEN flat THEN '%s.k%s' ELSE '%s.sketches[%s]' END AS sketch,
+                 CASE WHEN flat THEN 'coalesce(%s.b%s, 0)' ELSE 'coalesce(%s.skipped[%s], 0)' END AS skipped) f
   ), settled AS (
     SELECT sp.*, CASE WHEN old IS NULL THEN sp.before_split
                       ELSE experiment.merged_sql(sp.agg, old || '.' || sp.settled, sp.before_split, false) END AS settled_sql
@@ -890,9 +894,25 @@ AS $$
     FROM settled st GROUP BY st.i
   ) y ORDER BY y.k, y.o
 $$;
-COMMENT ON FUNCTION experiment.unit_value_layout(experiment.source_scan, text, text) IS
+COMMENT ON FUNCTION experiment.unit_value_layout(experiment.source_scan, text, text, boolean) IS
   'internal: the stored per-unit value columns one scan fills, their value without events and the SQL of their value '
-  'from a scan in split mode merged into the stored one';
+  'from a scan in split mode merged into the stored one (flat: its elements read as columns a<k>, b<k>, k<k>)';
+
+-- the SQL that merges a scan's rows (alias x; flat: with its elements as columns a<k>, b<k> and
+-- k<k>, experiment.unit_value_layout()) into the stored per-unit values (alias u) of an
+-- incremental refresh: the SET list, and the condition that a unit's values changed
+CREATE FUNCTION experiment.unit_value_merge_sql(s experiment.source_scan, flat boolean,
+                                                OUT merge_set text, OUT changed text)
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT coalesce(pg_catalog.string_agg(format('%s = %s', l.col, l.value_sql), ', '), ''),
+         format('(%s) IS DISTINCT FROM (%s)', pg_catalog.string_agg('u.' || l.col, ', '),
+                pg_catalog.string_agg(l.value_sql, ', '))
+  FROM experiment.unit_value_layout(s, 'x', 'u', flat) l
+$$;
+COMMENT ON FUNCTION experiment.unit_value_merge_sql(experiment.source_scan, boolean) IS
+  'internal: the SET list and the change condition that merge a scan''s rows into an experiment''s stored per-unit values';
 
 -- the split of a source's events for a latest event time: least(latest, now()) less the
 -- allowance, never after latest (an allowance may have parts of both signs); NULL without events
@@ -1280,14 +1300,7 @@ BEGIN
     -- (the scans' rows are kept with an element per column, x.vals[k] as x.a<k>, x.skipped[k]
     -- as x.b<k> and x.sketches[k] as x.k<k>: the update below reads each element several
     -- times, and an element of a small stored array costs a copy of the whole array)
-    SELECT coalesce(pg_catalog.string_agg(format('%s = %s', l.col, l.value_sql), ', '), ''),
-           format('(%s) IS DISTINCT FROM (%s)', pg_catalog.string_agg('u.' || l.col, ', '),
-                  pg_catalog.string_agg(l.value_sql, ', '))
-      INTO merge_set, changed
-    FROM (SELECT y.col, pg_catalog.regexp_replace(pg_catalog.regexp_replace(pg_catalog.regexp_replace(y.value_sql,
-                   'x\.vals\[(\d+)\]', 'x.a\1', 'g'), 'x\.skipped\[(\d+)\]', 'x.b\1', 'g'),
-                   'x\.sketches\[(\d+)\]', 'x.k\1', 'g') AS value_sql
-          FROM experiment.unit_value_layout(sc, 'x', 'u') y) l;
+    SELECT m.merge_set, m.changed INTO merge_set, changed FROM experiment.unit_value_merge_sql(sc, true) m;
     SELECT pg_catalog.string_agg(format(', a%s float8, b%s bigint, k%s experiment.sketch', k, k, k), '' ORDER BY k),
            pg_catalog.string_agg(format(', x.vals[%s], x.skipped[%s], x.sketches[%s]', k, k, k), '' ORDER BY k)
       INTO touch_cols, touch_sel

@@ -451,6 +451,7 @@ DECLARE
   pm record;
   first integer[] := '{}';
   nstmts integer[] := '{}';
+  nst integer;
   k0 integer;
 BEGIN
   -- beyond experiment.refresh_memory, each shard's units in unit-hash partitions
@@ -462,16 +463,13 @@ BEGIN
     SELECT * INTO wm FROM experiment.source_watermarks w
     WHERE w.experiment_id = e.id AND w.source = sc.source AND w.unit_column = sc.unit_column AND w.owner = sc.reader;
     split := greatest(wm.settled_before, experiment.watermark_split(wm.latest_event, sc.late_events));
-    SELECT coalesce(pg_catalog.string_agg(format('%s = %s', l.col, l.value_sql), ', '), ''),
-           format('(%s) IS DISTINCT FROM (%s)', pg_catalog.string_agg('u.' || l.col, ', '),
-                  pg_catalog.string_agg(l.value_sql, ', '))
-      INTO merge_set, changed
-    FROM experiment.unit_value_layout(sc, 'x', 'u') l;
+    SELECT m.merge_set, m.changed INTO merge_set, changed FROM experiment.unit_value_merge_sql(sc, false) m;
     first := first || (pg_catalog.cardinality(stmts) + 1);
     -- (the units stored before in the first statement, in one scan that reads the events first
     -- and bounds its memory itself, as a local refresh; the new and reset units partition by partition)
-    nstmts := nstmts || CASE WHEN min_t0 IS NULL THEN 1 ELSE pm.parts END;
-    FOR part IN 0 .. nstmts[pg_catalog.cardinality(nstmts)] - 1 LOOP
+    nst := CASE WHEN min_t0 IS NULL THEN 1 ELSE pm.parts END;
+    nstmts := nstmts || nst;
+    FOR part IN 0 .. nst - 1 LOOP
       IF part = 0 THEN
         stmt := format('WITH x AS MATERIALIZED (SELECT x.unit_id, x.vals, x.skipped, x.latest, x.sketches FROM %s x',
                        experiment.citus_shard_call_sql(sc, false, 1, 0, pm.shard_units, e.end_at,

@@ -6,6 +6,8 @@
 -- the unit column, ask for their ids; the merged rows are kept one element per column. On the
 -- Citus workers the scan of the stored units reads the events first too, in one statement.
 
+DROP FUNCTION experiment.unit_value_layout(experiment.source_scan, text, text);
+
 COMMENT ON COLUMN experiment.refreshes.unit_partitions IS
   'the unit-hash partitions the refresh read its sources in (1: all units at once; more when the units need more '
   'than experiment.refresh_memory); for an incremental refresh, the most partitions or passes over the units of any of its scans';
@@ -18,6 +20,73 @@ COMMENT ON FUNCTION experiment.source_unit_values_from(regclass, boolean, intege
   'partial with reset false reads the events first and then only the units with events, in passes within '
   'experiment.refresh_memory (the last row''s skipped[1]: their number); reset true with at most 100000 units asks a '
   'table source with an index that leads with unit_column (text or varchar) for their ids';
+
+-- the columns of the stored per-unit values that one scan fills: their value for a unit that
+-- has no event (sums and counts 0; the settled maximum of no event NULL, so that it merges),
+-- and the SQL of their new value from a scan in split mode (alias x) merged into the stored one
+-- (alias old; NULL: nothing stored, the scan read everything)
+CREATE OR REPLACE FUNCTION experiment.unit_value_layout(s experiment.source_scan, x text, old text, flat boolean DEFAULT false)
+  RETURNS TABLE (col text, empty text, value_sql text)
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  WITH spec AS (
+    SELECT t.k, t.target, substr(t.target, 2) AS i, s.aggs[t.k] AS agg,
+           CASE substr(t.target, 1, 1) WHEN 'v' THEN 'c' ELSE 'q' END || substr(t.target, 2) AS settled,
+           format(CASE WHEN s.aggs[t.k] = 'sketch' THEN f.sketch ELSE f.val END, x, t.k) AS before_split,
+           format(CASE WHEN s.aggs[t.k] = 'sketch' THEN f.sketch ELSE f.val END,
+                  x, pg_catalog.array_length(s.targets, 1) + t.k) AS from_split,
+           format(f.skipped, x, t.k) AS skipped_before,
+           format(f.skipped, x, pg_catalog.array_length(s.targets, 1) + t.k) AS skipped_from
+    FROM pg_catalog.unnest(s.targets) WITH ORDINALITY AS t(target, k),
+         -- (flat: the scan's elements as columns a<k>, k<k> and b<k>, experiment.unit_value_merge_sql())
+         (SELECT CASE WHEN flat THEN '%s.a%s' ELSE '%s.vals[%s]' END AS val,
+                 CASE WHEN flat THEN '%s.k%s' ELSE '%s.sketches[%s]' END AS sketch,
+                 CASE WHEN flat THEN 'coalesce(%s.b%s, 0)' ELSE 'coalesce(%s.skipped[%s], 0)' END AS skipped) f
+  ), settled AS (
+    SELECT sp.*, CASE WHEN old IS NULL THEN sp.before_split
+                      ELSE experiment.merged_sql(sp.agg, old || '.' || sp.settled, sp.before_split, false) END AS settled_sql
+    FROM spec sp
+  )
+  SELECT y.col, y.empty, y.value_sql FROM (
+    SELECT st.k, 1 AS o, st.target AS col, CASE WHEN st.agg = 'sketch' THEN 'NULL' ELSE '0' END AS empty,
+           experiment.merged_sql(st.agg, st.settled_sql, st.from_split, true) AS value_sql
+    FROM settled st
+    UNION ALL
+    SELECT st.k, 2, st.settled, CASE WHEN st.agg IN ('max', 'sketch') THEN 'NULL' ELSE '0' END, st.settled_sql
+    FROM settled st
+    UNION ALL
+    SELECT pg_catalog.max(st.k), 3, 's' || st.i, '0',
+           concat(old || '.cs' || st.i || ' + ',
+                  pg_catalog.string_agg(st.skipped_before || ' + ' || st.skipped_from, ' + ' ORDER BY st.k))
+    FROM settled st GROUP BY st.i
+    UNION ALL
+    SELECT pg_catalog.max(st.k), 4, 'cs' || st.i, '0',
+           concat(old || '.cs' || st.i || ' + ', pg_catalog.string_agg(st.skipped_before, ' + ' ORDER BY st.k))
+    FROM settled st GROUP BY st.i
+  ) y ORDER BY y.k, y.o
+$$;
+
+COMMENT ON FUNCTION experiment.unit_value_layout(experiment.source_scan, text, text, boolean) IS
+  'internal: the stored per-unit value columns one scan fills, their value without events and the SQL of their value '
+  'from a scan in split mode merged into the stored one (flat: its elements read as columns a<k>, b<k>, k<k>)';
+
+-- the SQL that merges a scan's rows (alias x; flat: with its elements as columns a<k>, b<k> and
+-- k<k>, experiment.unit_value_layout()) into the stored per-unit values (alias u) of an
+-- incremental refresh: the SET list, and the condition that a unit's values changed
+CREATE OR REPLACE FUNCTION experiment.unit_value_merge_sql(s experiment.source_scan, flat boolean,
+                                                OUT merge_set text, OUT changed text)
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  SELECT coalesce(pg_catalog.string_agg(format('%s = %s', l.col, l.value_sql), ', '), ''),
+         format('(%s) IS DISTINCT FROM (%s)', pg_catalog.string_agg('u.' || l.col, ', '),
+                pg_catalog.string_agg(l.value_sql, ', '))
+  FROM experiment.unit_value_layout(s, 'x', 'u', flat) l
+$$;
+
+COMMENT ON FUNCTION experiment.unit_value_merge_sql(experiment.source_scan, boolean) IS
+  'internal: the SET list and the change condition that merge a scan''s rows into an experiment''s stored per-unit values';
 
 -- the stored per-unit values of an experiment brought up to date, incrementally when it can:
 -- the table's name, whether the refresh was full or incremental and why it was full, and the
@@ -246,14 +315,7 @@ BEGIN
     -- (the scans' rows are kept with an element per column, x.vals[k] as x.a<k>, x.skipped[k]
     -- as x.b<k> and x.sketches[k] as x.k<k>: the update below reads each element several
     -- times, and an element of a small stored array costs a copy of the whole array)
-    SELECT coalesce(pg_catalog.string_agg(format('%s = %s', l.col, l.value_sql), ', '), ''),
-           format('(%s) IS DISTINCT FROM (%s)', pg_catalog.string_agg('u.' || l.col, ', '),
-                  pg_catalog.string_agg(l.value_sql, ', '))
-      INTO merge_set, changed
-    FROM (SELECT y.col, pg_catalog.regexp_replace(pg_catalog.regexp_replace(pg_catalog.regexp_replace(y.value_sql,
-                   'x\.vals\[(\d+)\]', 'x.a\1', 'g'), 'x\.skipped\[(\d+)\]', 'x.b\1', 'g'),
-                   'x\.sketches\[(\d+)\]', 'x.k\1', 'g') AS value_sql
-          FROM experiment.unit_value_layout(sc, 'x', 'u') y) l;
+    SELECT m.merge_set, m.changed INTO merge_set, changed FROM experiment.unit_value_merge_sql(sc, true) m;
     SELECT pg_catalog.string_agg(format(', a%s float8, b%s bigint, k%s experiment.sketch', k, k, k), '' ORDER BY k),
            pg_catalog.string_agg(format(', x.vals[%s], x.skipped[%s], x.sketches[%s]', k, k, k), '' ORDER BY k)
       INTO touch_cols, touch_sel
@@ -319,6 +381,7 @@ DECLARE
   pm record;
   first integer[] := '{}';
   nstmts integer[] := '{}';
+  nst integer;
   k0 integer;
 BEGIN
   -- beyond experiment.refresh_memory, each shard's units in unit-hash partitions
@@ -330,16 +393,13 @@ BEGIN
     SELECT * INTO wm FROM experiment.source_watermarks w
     WHERE w.experiment_id = e.id AND w.source = sc.source AND w.unit_column = sc.unit_column AND w.owner = sc.reader;
     split := greatest(wm.settled_before, experiment.watermark_split(wm.latest_event, sc.late_events));
-    SELECT coalesce(pg_catalog.string_agg(format('%s = %s', l.col, l.value_sql), ', '), ''),
-           format('(%s) IS DISTINCT FROM (%s)', pg_catalog.string_agg('u.' || l.col, ', '),
-                  pg_catalog.string_agg(l.value_sql, ', '))
-      INTO merge_set, changed
-    FROM experiment.unit_value_layout(sc, 'x', 'u') l;
+    SELECT m.merge_set, m.changed INTO merge_set, changed FROM experiment.unit_value_merge_sql(sc, false) m;
     first := first || (pg_catalog.cardinality(stmts) + 1);
     -- (the units stored before in the first statement, in one scan that reads the events first
     -- and bounds its memory itself, as a local refresh; the new and reset units partition by partition)
-    nstmts := nstmts || CASE WHEN min_t0 IS NULL THEN 1 ELSE pm.parts END;
-    FOR part IN 0 .. nstmts[pg_catalog.cardinality(nstmts)] - 1 LOOP
+    nst := CASE WHEN min_t0 IS NULL THEN 1 ELSE pm.parts END;
+    nstmts := nstmts || nst;
+    FOR part IN 0 .. nst - 1 LOOP
       IF part = 0 THEN
         stmt := format('WITH x AS MATERIALIZED (SELECT x.unit_id, x.vals, x.skipped, x.latest, x.sketches FROM %s x',
                        experiment.citus_shard_call_sql(sc, false, 1, 0, pm.shard_units, e.end_at,
