@@ -11,7 +11,8 @@ within the lateness allowance) and 0.1% new units, then refresh() (which must
 be incremental), then refresh() with nothing new. Medians of BENCH_RUNS rounds
 (default 3), for each lateness allowance (1 day, the default, and 1 hour) and
 without and with an index on the time column, and with one on the unit column too
-(BENCH_INDEXES, default "none brin btree btree+unit").
+(BENCH_INDEXES, default "none brin btree btree+unit"). BENCH_VERSION creates that
+installed version of the extension instead of the default one.
 
   PGHOST=... PGPORT=... /usr/bin/python3 bench/incremental_bench.py
 The data are kept in database experiment_bench between runs when the table's
@@ -81,7 +82,11 @@ q("DELETE FROM bench.events WHERE ts >= '2025-01-29 01:00'")
 # (the deleted rows' dead tuples lie where the new events go: vacuumed, not left to slow the
 # first configuration's scans of the time index until autovacuum comes)
 q("VACUUM ANALYZE bench.events")
-q("CREATE EXTENSION experiment")
+# (BENCH_VERSION: an earlier installed version, to compare builds in one run)
+if os.environ.get("BENCH_VERSION"):
+    q("CREATE EXTENSION experiment VERSION %s", (os.environ["BENCH_VERSION"],))
+else:
+    q("CREATE EXTENSION experiment")
 q("""INSERT INTO experiment.experiments (id, name, status, start_at, end_at)
      VALUES ('bench', 'incremental refresh benchmark', 'draft', '2025-01-01', '2025-02-28')""")
 q("""INSERT INTO experiment.variants (experiment_id, name, allocation, is_control)

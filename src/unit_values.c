@@ -238,6 +238,12 @@ typedef struct UvState
 	int64		ntouched;
 	int			npass;
 	int			pass;
+	/*
+	 * the units of an incremental refresh's scans (reset not NULL): the ctid
+	 * of each unit's stored row, at tid_off in its row, returned as tid
+	 */
+	bool		with_tid;
+	Size		tid_off;
 } UvState;
 
 #define UV_ROW(st, i)		((st)->rows + (Size) (i) * (st)->rowsize)
@@ -582,11 +588,12 @@ text_hash(Datum d)
 	return h;
 }
 
-/* receives (unit_id text, variant text, t0 timestamptz) from a relation of units */
+/* receives (unit_id text, variant text, t0 timestamptz[, ctid tid]) from a relation of units */
 static bool
 uv_receive_unit(TupleTableSlot *slot, DestReceiver *self)
 {
 	UvState    *st = ((UvReceiver *) self)->st;
+	int64		before = st->nunits;
 
 	slot_getallattrs(slot);
 	if ((st->nunits & 0xFFFF) == 0)
@@ -597,15 +604,21 @@ uv_receive_unit(TupleTableSlot *slot, DestReceiver *self)
 		return true;
 	add_unit(st, slot->tts_values[0], slot->tts_isnull[0], slot->tts_values[1], slot->tts_isnull[1],
 			 slot->tts_values[2], slot->tts_isnull[2]);
+	if (st->with_tid && st->nunits > before)
+		ItemPointerCopy((ItemPointer) DatumGetPointer(slot->tts_values[3]),
+						(ItemPointer) (UV_ROW(st, st->nunits - 1) + st->tid_off));
 	return true;
 }
 
 static void
 uv_unit_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
 {
-	if (typeinfo->natts != 3 || TupleDescAttr(typeinfo, 0)->atttypid != TEXTOID ||
+	UvState    *st = ((UvReceiver *) self)->st;
+
+	if (typeinfo->natts != (st->with_tid ? 4 : 3) || TupleDescAttr(typeinfo, 0)->atttypid != TEXTOID ||
 		TupleDescAttr(typeinfo, 1)->atttypid != TEXTOID ||
-		TupleDescAttr(typeinfo, 2)->atttypid != TIMESTAMPTZOID)
+		TupleDescAttr(typeinfo, 2)->atttypid != TIMESTAMPTZOID ||
+		(st->with_tid && TupleDescAttr(typeinfo, 3)->atttypid != TIDOID))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
 				 errmsg("the relation of units must have the columns unit_id text, variant text and t0 timestamptz")));
@@ -633,8 +646,8 @@ read_units(UvState *st, Oid units_rel, int reset, int nparts, int part)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("units: relation %u does not exist", units_rel)));
 	initStringInfo(&q);
-	appendStringInfo(&q, "SELECT u.unit_id, u.variant, u.t0 FROM %s u WHERE NOT u.multi",
-					 quote_qualified_identifier(nspname, relname));
+	appendStringInfo(&q, "SELECT u.unit_id, u.variant, u.t0%s FROM %s u WHERE NOT u.multi",
+					 st->with_tid ? ", u.ctid" : "", quote_qualified_identifier(nspname, relname));
 	if (reset >= 0)
 		appendStringInfo(&q, " AND %su.reset", reset ? "" : "NOT ");
 	if (nparts > 1)
@@ -1262,8 +1275,8 @@ emit_units(UvState *st, Tuplestorestate *tupstore, TupleDesc tupdesc, bool parti
 		double	   *acc = UV_ACC(st, UV_ROW(st, i));
 		uint32	   *sk = UV_SKIPPED(st, UV_ROW(st, i));
 		uint8	   *seen = UV_SEEN(st, UV_ROW(st, i));
-		Datum		values[8];
-		bool		nulls[8] = {false, false, false, false, true, true, true, true};
+		Datum		values[9];
+		bool		nulls[9] = {false, false, false, false, true, true, true, true, !st->with_tid};
 		bool		touched = false;
 
 		if ((i & 0xFFFF) == 0)
@@ -1313,6 +1326,8 @@ emit_units(UvState *st, Tuplestorestate *tupstore, TupleDesc tupdesc, bool parti
 														   sketch_len, sketch_byval, sketch_align));
 			nulls[7] = false;
 		}
+		if (st->with_tid)
+			values[8] = PointerGetDatum(UV_ROW(st, i) + st->tid_off);
 		tuplestore_putvalues(tupstore, tupdesc, values, nulls);
 		MemoryContextSwitchTo(oldcxt);
 		MemoryContextReset(tmp);
@@ -1456,7 +1471,7 @@ source_unit_values(FunctionCallInfo fcinfo, int off, Oid units_rel, int reset, i
 				 errmsg("source_unit_values must be called in a context that accepts a set")));
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
-	if (tupdesc->natts != 8 || PG_NARGS() != off + 18)
+	if (tupdesc->natts != 9 || PG_NARGS() != off + 18)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the SQL declaration of source_unit_values() is of another version of the extension"),
@@ -1650,6 +1665,11 @@ source_unit_values(FunctionCallInfo fcinfo, int off, Oid units_rel, int reset, i
 	oldcxt = MemoryContextSwitchTo(st->cxt);
 	st->rowsize = sizeof(int64) * st->ncal + sizeof(double) * st->nacc +
 		MAXALIGN(sizeof(uint32) * st->nacc + Max(st->nacc, 1));
+	/* (the scans of an incremental refresh: the stored row of each unit, which its update finds by ctid) */
+	st->with_tid = OidIsValid(units_rel) && reset >= 0;
+	st->tid_off = st->rowsize;
+	if (st->with_tid)
+		st->rowsize += MAXALIGN(sizeof(ItemPointerData));
 	st->ev_ts = palloc(sizeof(int64) * UV_BATCH * Max(st->ntime, 1));
 	st->ev_tsnull = palloc(sizeof(bool) * UV_BATCH * Max(st->ntime, 1));
 	st->ev_val = palloc(sizeof(double) * UV_BATCH * Max(st->nval, 1));
@@ -1844,7 +1864,8 @@ source_unit_values(FunctionCallInfo fcinfo, int off, Oid units_rel, int reset, i
 	{
 		TupleTableSlot *slot = buf.desc ? MakeSingleTupleTableSlot(buf.desc, &TTSOpsMinimalTuple) : NULL;
 		double		need = (double) st->ntouched *
-			uv_unit_bytes(nspec, buf.nrows > 0 ? buf.keybytes / (double) buf.nrows : 0.0);
+			(uv_unit_bytes(nspec, buf.nrows > 0 ? buf.keybytes / (double) buf.nrows : 0.0) +
+			 MAXALIGN(sizeof(ItemPointerData)));
 		int64		per_pass;
 
 		st->npass = exp_refresh_memory_kb > 0 ? (int) Min(ceil(need / uv_budget(2)), (double) PG_INT32_MAX) : 1;
@@ -1900,8 +1921,8 @@ source_unit_values(FunctionCallInfo fcinfo, int off, Oid units_rel, int reset, i
 		/* split mode or probe: a last row without a unit, with the latest time read and the split */
 		if (st->has_split || probe)
 		{
-			Datum		values[8] = {0};
-			bool		nulls[8] = {true, true, true, true, true, !st->has_latest, !st->has_split, true};
+			Datum		values[9] = {0};
+			bool		nulls[9] = {true, true, true, true, true, !st->has_latest, !st->has_split, true, true};
 
 			values[5] = TimestampTzGetDatum(st->latest);
 			values[6] = TimestampTzGetDatum(st->split);

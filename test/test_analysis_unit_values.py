@@ -229,6 +229,16 @@ for reset in (None, False, True):
     got1 = q("""SELECT count(*) FROM experiment.source_unit_values_from('uv_rel', %%s, 3, 1, 0, %s) x""" % ARGS,
              (reset,) + spec_args)[0][0]
     ck.check(got1 == inpart, "partition 1 of 3 holds the units of experiment.unit_partition_sql() (%d, %d)" % (got1, inpart))
+    # tid: with reset given (an incremental refresh's scans), the ctid of each unit's row, which
+    # the refresh's update finds it by (also with a hash table grown from a hint of 0 units); NULL
+    # otherwise
+    for hint in (0, 100):
+        bad = q("""SELECT count(*), count(*) FILTER (WHERE x.tid IS DISTINCT FROM
+                                                    CASE WHEN %%s IS NOT NULL THEN u.ctid END)
+                   FROM experiment.source_unit_values_from('uv_rel', %%s, 1, 0, %%s, %s) x
+                   JOIN uv_rel u ON u.unit_id = x.unit_id""" % ARGS, (reset, reset, hint) + spec_args)[0]
+        ck.check(bad[0] > 50 and bad[1] == 0, "tid (reset %s, %d units expected): %d of %d rows differ from %s"
+                 % (reset, hint, bad[1], bad[0], "NULL" if reset is None else "the ctid"))
 
 
 def fails(sql, what):

@@ -366,6 +366,10 @@ ck.check(n_daily == 0, "no unit-level results over time for a clustered experime
 (rv,), = q("SELECT count(*) FROM experiment.results WHERE experiment_id = 'clu' AND n_control = %s",
            (want["control"],))
 ck.check(rv == 5, "results show the clusters as n_control (%d rows)" % rv)
+rows = q("SELECT r.metric, r.clustered_by, m.clustered_by FROM experiment.results r JOIN experiment.metric_results m "
+         "USING (experiment_id, metric, variant) WHERE r.experiment_id = 'clu' ORDER BY 1")
+ck.check(len(rows) == 5 and all(c == mc and c is not None for _, c, mc in rows)
+         and rows[0][1] == "dc.user_company.company_id", "results.clustered_by: %r" % (rows,))
 
 # the readout says so
 (text,), = q("SELECT experiment.readout('clu')")

@@ -3,7 +3,9 @@ stopped and concluded experiments (layers, targeting, GrowthBook schemes)
 restores, in plain and custom format, through the registry's validation
 triggers, into a database with the same rows (dimensions too, and a stratify_by
 that names one), the same ruleset version and the
-same assignments; the restored registry still enforces its rules.
+same assignments; the restored registry still enforces its rules. The stored
+per-unit values of a refreshed experiment (and their statistics object) are not
+dumped: the restored database's first refresh is full and gives the same results.
 """
 import os
 import subprocess
@@ -56,8 +58,33 @@ def main():
     cur.execute("""INSERT INTO experiment.dimensions (experiment_id, name, attribute, attribute_key, top_n, caps_per_value)
                    VALUES ('d-run', 'country', 'attributes', 'country', 5, true), ('d-run', 'client', 'client', NULL, 10, false)""")
     cur.execute("UPDATE experiment.experiments SET stratify_by = 'country' WHERE id = 'd-run'")
+    # a refreshed experiment: its stored per-unit values (an unlogged extension member, with a
+    # statistics object on its variants and days of first exposure) are left out of the dump
+    cur.execute("CREATE TABLE public.dump_orders (user_id text, ordered_at timestamptz, amount float8)")
+    cur.execute("""INSERT INTO public.dump_orders
+                   SELECT 'u' || (g % 300), timestamptz '2025-01-02' + g * interval '7 minutes', (g % 17)::float8
+                   FROM generate_series(1, 3000) g""")
+    cur.execute("SELECT experiment.create_experiment('d-metrics', %s, start => true)", (V2,))
+    cur.execute("UPDATE experiment.experiments SET start_at = '2025-01-01', end_at = '2025-02-01' WHERE id = 'd-metrics'")
+    cur.execute("""INSERT INTO experiment.exposures (experiment_id, unit_id, variant, exposed_at)
+                   SELECT 'd-metrics', 'u' || g, CASE WHEN g % 2 = 0 THEN 'control' ELSE 'treatment' END,
+                          timestamptz '2025-01-01' + g * interval '5 minutes'
+                   FROM generate_series(0, 299) g""")
+    cur.execute("""INSERT INTO experiment.metrics (name, source, unit_column, time_column, value_column, aggregation, kind)
+                   VALUES ('dump_revenue', 'public.dump_orders', 'user_id', 'ordered_at', 'amount', 'sum', 'mean')""")
+    cur.execute("INSERT INTO experiment.experiment_metrics (experiment_id, metric, role) VALUES ('d-metrics', 'dump_revenue', 'primary')")
+    cur.execute("SELECT experiment.refresh('d-metrics')")
+    cur.execute("""SELECT count(*) FROM pg_statistic_ext x JOIN experiment.unit_value_tables t
+                     ON x.stxrelid = format('experiment.%I', t.relation)::regclass
+                   WHERE t.experiment_id = 'd-metrics' AND 'd' = ANY (x.stxkind)""")
+    ck.check(cur.fetchone()[0] == 1, "the stored per-unit values have their statistics object")
+    results_sql = ("SELECT metric, variant, (test).p_value, (test).diff FROM experiment.metric_results"
+                   " WHERE experiment_id = 'd-metrics' ORDER BY 1, 2")
+    cur.execute(results_sql)
+    want_results = cur.fetchall()
+    ck.check(len(want_results) == 1 and want_results[0][2] is not None, "d-metrics results: %r" % (want_results,))
     want = snapshot(cur)
-    ck.check(len(want[0]) == 7 and len(want[1]) == 16, "source rows: %d experiments, %d variants"
+    ck.check(len(want[0]) == 8 and len(want[1]) == 18, "source rows: %d experiments, %d variants"
              % (len(want[0]), len(want[1])))
 
     for fmt in ("plain", "custom"):
@@ -84,6 +111,14 @@ def main():
         ck.check(got[3] == want[3], "%s: assignments differ" % fmt)
         ck.check(got[4] == want[4] and len(got[4]) == 2, "%s: dimensions %r, want %r" % (fmt, got[4], want[4]))
         ck.check(sum(1 for v in got[3] if v is not None) > 500, "%s: assignments are not all NULL" % fmt)
+        # the stored per-unit values were not dumped: the first refresh is full, with the same results
+        c.execute("SELECT experiment.refresh('d-metrics')")
+        c.execute("SELECT mode, full_reason FROM experiment.refreshes WHERE experiment_id = 'd-metrics'")
+        mode = c.fetchone()
+        ck.check(mode[0] == "full", "%s: the first refresh after the restore: %r" % (fmt, mode))
+        c.execute(results_sql)
+        got_results = c.fetchall()
+        ck.check(got_results == want_results, "%s: results %r, want %r" % (fmt, got_results, want_results))
         # the rules still hold after the restore
         for stmt in ("INSERT INTO experiment.variants VALUES ('d-run', 'late', 0, NULL, false)",
                      "UPDATE experiment.experiments SET salt = 'new' WHERE id = 'd-layer-a'",

@@ -334,7 +334,7 @@ CREATE FUNCTION experiment.source_unit_values(
     reader regrole DEFAULT NULL, split_at timestamptz DEFAULT NULL, probe boolean DEFAULT false,
     partial boolean DEFAULT false)
   RETURNS TABLE (unit_id text, variant text, t0 timestamptz, vals float8[], skipped bigint[], latest timestamptz,
-                 split timestamptz, sketches experiment.sketch[])
+                 split timestamptz, sketches experiment.sketch[], tid tid)
   AS 'MODULE_PATHNAME', 'exp_source_unit_values'
   -- (it locks and checks the source through SPI before reading it as another role: never in a
   -- parallel query)
@@ -350,12 +350,14 @@ COMMENT ON FUNCTION experiment.source_unit_values(text[], text[], timestamptz[],
   '(NULL: the current user, who must have its privileges) in a security-restricted operation; '
   'with split_at, vals and skipped have 2n elements, the events before split_at and from it on, and the maximum '
   'of no event is NULL; partial returns only the units with events; probe first reads the latest time of the '
-  'time column; with split_at or probe a last row without a unit carries the latest time read and the split';
+  'time column; with split_at or probe a last row without a unit carries the latest time read and the split; tid is NULL '
+  '(source_unit_values_from(): the stored row''s ctid)';
 
 -- the rows of experiment.source_unit_values(), the units read from a relation instead of passed
 -- as arrays (src/unit_values.c): the units of units that are not multi, with reset = reset (NULL:
 -- any) and in unit-hash partition part of nparts (experiment.unit_partition_sql()); expected_units
--- sizes the scan's hash table
+-- sizes the scan's hash table; with reset not NULL (the scans of an incremental refresh), tid is
+-- the ctid of the unit's row in units, which the refresh's update finds it by
 CREATE FUNCTION experiment.source_unit_values_from(units regclass, reset boolean, nparts integer, part integer,
     expected_units bigint, source regclass, unit_column text,
     time_columns text[], value_columns text[], aggregations text[], lo_offsets interval[],
@@ -363,7 +365,7 @@ CREATE FUNCTION experiment.source_unit_values_from(units regclass, reset boolean
     reader regrole DEFAULT NULL, split_at timestamptz DEFAULT NULL, probe boolean DEFAULT false,
     partial boolean DEFAULT false)
   RETURNS TABLE (unit_id text, variant text, t0 timestamptz, vals float8[], skipped bigint[], latest timestamptz,
-                 split timestamptz, sketches experiment.sketch[])
+                 split timestamptz, sketches experiment.sketch[], tid tid)
   AS 'MODULE_PATHNAME', 'exp_source_unit_values_from'
   -- (as experiment.source_unit_values(): it locks and checks the source through SPI before
   -- reading it as another role, never in a parallel query)
@@ -375,7 +377,8 @@ COMMENT ON FUNCTION experiment.source_unit_values_from(regclass, boolean, intege
   'those not multi, with reset = reset unless NULL, in unit-hash partition part of nparts; expected_units sizes its hash table; '
   'partial with reset false reads the events first and then only the units with events, in passes within '
   'experiment.refresh_memory (the last row''s skipped[1]: their number); reset true with at most 100000 units asks a '
-  'table source with an index that leads with unit_column (text or varchar) for their ids';
+  'table source with an index that leads with unit_column (text or varchar) for their ids; with reset not NULL, tid is the '
+  'ctid of the unit''s row in units';
 
 CREATE FUNCTION experiment.timestamptz_add_clamped(t timestamptz, i interval) RETURNS timestamptz
   AS 'MODULE_PATHNAME', 'exp_timestamptz_add_clamped_sql'
@@ -1219,6 +1222,13 @@ BEGIN
     -- updates stay HOT)
     EXECUTE format('ALTER TABLE experiment.%I ALTER unit_id SET NOT NULL, ADD UNIQUE (unit_id)', relation);
     EXECUTE format('ALTER EXTENSION experiment ADD TABLE experiment.%I', relation);
+    -- (the number of variants and days of first exposure, which the statistics of the columns
+    -- alone put at one group per unit: with it, refresh() groups the units by them in parallel;
+    -- a statistics object cannot be an extension member: it goes with its table, and pg_dump
+    -- leaves it out as it does the table)
+    EXECUTE format('CREATE STATISTICS experiment.%I (ndistinct) ON multi, variant, ((t0 AT TIME ZONE ''UTC'')::date) '
+                   'FROM experiment.%I', relation || '_days', relation);
+    EXECUTE format('ANALYZE experiment.%I (multi, variant, t0)', relation);
     PERFORM experiment.seal_unit_value_table(e, relation, false);
     PERFORM experiment.install_unit_value_table(e, st, relation, fp, xsince);
     RETURN;
@@ -1310,22 +1320,27 @@ BEGIN
     -- experiment.refresh_memory in passes of its own: src/unit_values.c); the new and reset units
     -- apart, all their events, with a hash table of their own that is small (beyond
     -- experiment.refresh_memory, partition by partition: each scan with the units of one)
-    EXECUTE format('CREATE TEMP TABLE exp_touch (unit_id text, latest timestamptz%s) ON COMMIT DROP', touch_cols);
-    EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.latest%s FROM %s x', touch_sel,
+    EXECUTE format('CREATE TEMP TABLE exp_touch (unit_id text, tid tid, latest timestamptz%s) ON COMMIT DROP',
+                   touch_cols);
+    EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.tid, x.latest%s FROM %s x', touch_sel,
                    experiment.source_from_sql(sc, format('experiment.%I', relation), false, 1, 0, nunits,
                                               e.end_at, wm.settled_before, sc.upper_bound, split, true));
     FOR part IN 0 .. reset_parts - 1 LOOP
       IF min_t0 IS NOT NULL THEN
-        EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, NULL%s FROM %s x WHERE x.unit_id IS NOT NULL',
+        EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.tid, NULL%s FROM %s x WHERE x.unit_id IS NOT NULL',
                        touch_sel,
                        experiment.source_from_sql(sc, format('experiment.%I', relation), true, reset_parts, part, 0,
                                                   e.end_at, sc.lower_bound, sc.upper_bound, split, true));
       END IF;
     END LOOP;
     ANALYZE pg_temp.exp_touch;
-    -- (a unit whose events are all read again unchanged is not written)
-    EXECUTE format('UPDATE experiment.%I u SET %s FROM pg_temp.exp_touch x WHERE x.unit_id = u.unit_id AND %s',
-                   relation, merge_set, changed);
+    -- (a unit whose events are all read again unchanged is not written; each stored row found by
+    -- the ctid the scans read it at, in the order they read them, instead of hashing every
+    -- stored row: nothing else writes the table while this refresh holds its lock, and the scans
+    -- ran after the updates before them; doc/scaling.md#cost)
+    PERFORM experiment.execute_by_tid(format(
+      'UPDATE experiment.%I u SET %s FROM pg_temp.exp_touch x WHERE u.ctid = x.tid AND u.unit_id = x.unit_id AND %s',
+      relation, merge_set, changed));
     -- (the latest time the scan of the units read before saw, and its passes over them)
     SELECT pg_catalog.max(x.latest), pg_catalog.max(x.b1) INTO latest, passes FROM pg_temp.exp_touch x WHERE x.unit_id IS NULL;
     partitions := greatest(partitions, passes);
@@ -1528,6 +1543,25 @@ COMMENT ON FUNCTION experiment.execute_grouped(text) IS
   'internal: runs a statement of refresh() that groups the stored per-unit values, with a hash aggregate';
 REVOKE EXECUTE ON FUNCTION experiment.execute_grouped(text) FROM PUBLIC;
 
+-- a statement of an incremental refresh that updates the stored per-unit values of the units its
+-- scans read, each row found by its ctid (a nested loop of TID scans, not a hash of every stored
+-- row nor a probe of the index on unit_id)
+CREATE FUNCTION experiment.execute_by_tid(stmt text) RETURNS void
+  LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+  SET enable_hashjoin = off
+  SET enable_mergejoin = off
+  SET enable_indexscan = off
+  SET enable_bitmapscan = off
+AS $$
+BEGIN
+  EXECUTE stmt;
+END
+$$;
+COMMENT ON FUNCTION experiment.execute_by_tid(text) IS
+  'internal: runs a statement of an incremental refresh that joins the units its scans read to their stored rows by ctid';
+REVOKE EXECUTE ON FUNCTION experiment.execute_by_tid(text) FROM PUBLIC;
+
 -- the SQL of the moments of an experiment's metrics over per-unit values (alias v), for
 -- experiment.refresh(): aggs, the aggregates ", experiment.moments(...) AS a<j>, sum(...) AS k<j>
 -- [, experiment.moments(...) AS c<j>]" of each metric j from the capped values (capped[i],
@@ -1721,7 +1755,11 @@ BEGIN
                    'CASE WHEN NOT v.multi THEN (v.t0 AT TIME ZONE ''UTC'')::date END AS day, count(*) AS units, '
                    'count(*) FILTER (WHERE NOT v.multi AND v.t0 < %L::timestamptz) AS early_units, '
                    'pg_catalog.min(v.t0) AS min_t0, pg_catalog.max(v.t0) AS max_t0%s '
-                   'FROM experiment.%I v GROUP BY 1, 2, 3', e.start_at, aggs, uv.relation));
+                   -- (grouped by the columns themselves, as the statistics of the stored table
+                   -- name them: the planner knows there are few groups and aggregates in parallel;
+                   -- the units in several variants are summed up by the readers below)
+                   'FROM experiment.%I v GROUP BY v.multi, v.variant, (v.t0 AT TIME ZONE ''UTC'')::date',
+                   e.start_at, aggs, uv.relation));
     SELECT coalesce(sum(g.units) FILTER (WHERE g.multi), 0), coalesce(sum(g.units) FILTER (WHERE NOT g.multi), 0),
            coalesce(sum(g.early_units), 0),
            pg_catalog.min(g.min_t0) FILTER (WHERE NOT g.multi), pg_catalog.max(g.max_t0) FILTER (WHERE NOT g.multi)

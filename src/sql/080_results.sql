@@ -2,6 +2,16 @@
 -- What users read: the results, srm and health views (doc/analysis.md, doc/operations.md)
 -- ---------------------------------------------------------------------------
 
+-- clustered tests (src/sql/099_design_cluster.sql): what they were clustered by, and the
+-- unit-level test beside them (the columns before the views that show them)
+ALTER TABLE experiment.metric_results
+  ADD COLUMN clustered_by text,
+  ADD COLUMN unit_test experiment.test_result;
+COMMENT ON COLUMN experiment.metric_results.clustered_by IS
+  'the cluster of a clustered test (cluster_column of cluster_relation, or attributes.<cluster_attribute>): test counts clusters and is the delta-method ratio over them; NULL: a unit-level test';
+COMMENT ON COLUMN experiment.metric_results.unit_test IS
+  'clustered tests: the unit-level test the refresh would report without clusters (it ignores the correlation within clusters; its standard error against test''s gives the design effect)';
+
 -- a role sees the results of the metrics whose sources it may read (the last line); the
 -- multiple-testing corrections are computed over every metric of the family first, so that
 -- every role sees the same adjusted p-values (MATERIALIZED: the filter never runs below
@@ -82,11 +92,11 @@ SELECT s.experiment_id, s.metric, s.variant, s.control_variant,
        (s.test).diff_se, (s.test).lift_se,
        (s.bayes).estimate AS lift_posterior, (s.bayes).ci_lower AS lift_posterior_lower,
        (s.bayes).ci_upper AS lift_posterior_upper,
-       s.stratified_by
+       s.stratified_by, s.clustered_by
 FROM s
 WHERE experiment.may_read_metric(s.metric);
 COMMENT ON VIEW experiment.results IS
-  'one row per experiment, metric and treatment variant at the latest refresh: role, test results under the experiment''s analysis, adjusted p-value and lift interval, Bayesian chance to win and risks, significance, guardrail verdict (ok, failed or inconclusive against the non-inferiority margin), the dimension of the strata when post-stratified';
+  'one row per experiment, metric and treatment variant at the latest refresh: role, test results under the experiment''s analysis, adjusted p-value and lift interval, Bayesian chance to win and risks, significance, guardrail verdict (ok, failed or inconclusive against the non-inferiority margin), the dimension of the strata when post-stratified, the cluster when the test counted clusters';
 
 -- the results per dimension value: the columns of experiment.results, with the dimension and
 -- its value; the multiple-testing family is one metric in one dimension, across the values
@@ -163,7 +173,7 @@ SELECT s.experiment_id, s.dimension, s.value, s.metric, s.variant, s.control_var
        (s.bayes).estimate AS lift_posterior, (s.bayes).ci_lower AS lift_posterior_lower,
        (s.bayes).ci_upper AS lift_posterior_upper,
        -- (each value's own tests are not post-stratified)
-       NULL::text AS stratified_by
+       NULL::text AS stratified_by, NULL::text AS clustered_by
 FROM s
 WHERE experiment.may_read_metric(s.metric);
 COMMENT ON VIEW experiment.results_by_dimension IS

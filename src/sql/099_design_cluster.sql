@@ -20,14 +20,6 @@ COMMENT ON COLUMN experiment.experiments.cluster_column IS
 COMMENT ON COLUMN experiment.experiments.cluster_attribute IS
   'cluster-randomised experiments: the key of experiment.exposures.attributes whose value (in the unit''s first exposure) is the unit''s cluster; NULL: not clustered, or clustered by cluster_relation';
 
-ALTER TABLE experiment.metric_results
-  ADD COLUMN clustered_by text,
-  ADD COLUMN unit_test experiment.test_result;
-COMMENT ON COLUMN experiment.metric_results.clustered_by IS
-  'the cluster of a clustered test (cluster_column of cluster_relation, or attributes.<cluster_attribute>): test counts clusters and is the delta-method ratio over them; NULL: a unit-level test';
-COMMENT ON COLUMN experiment.metric_results.unit_test IS
-  'clustered tests: the unit-level test the refresh would report without clusters (it ignores the correlation within clusters; its standard error against test''s gives the design effect)';
-
 ALTER TABLE experiment.variant_stats
   ADD COLUMN clusters bigint,
   ADD COLUMN cluster_moments experiment.moments,
