@@ -16,6 +16,8 @@ default 3) of
     experiment.refresh_memory = 0 (no bound); parallel = 2 parallel workers for
     the scans, no bound; bounded = 2 parallel workers and refresh_memory =
     BENCH_MEMORY (default 256MB);
+BENCH_VERSION creates that installed version of the extension instead of the
+default one;
 
 and prints the medians, the ratio of each refresh to the serial count(*), the
 number of unit-hash partitions the refresh used (from experiment.refreshes), and
@@ -89,7 +91,11 @@ def ensure_data(units):
         cur.execute("COMMENT ON TABLE bench.events IS %s", (tag,))
     # the extension as installed now, on the stored events and units
     cur.execute("DROP EXTENSION IF EXISTS experiment CASCADE")
-    cur.execute("CREATE EXTENSION experiment")
+    # (BENCH_VERSION: an earlier installed version, to compare builds in one run)
+    if os.environ.get("BENCH_VERSION"):
+        cur.execute("CREATE EXTENSION experiment VERSION %s", (os.environ["BENCH_VERSION"],))
+    else:
+        cur.execute("CREATE EXTENSION experiment")
     cur.execute("""INSERT INTO experiment.experiments (id, name, status, start_at, end_at)
                    VALUES ('bench', 'scale benchmark', 'draft', '2025-01-01', '2025-01-29')""")
     cur.execute("""INSERT INTO experiment.variants (experiment_id, name, allocation, is_control)

@@ -1336,18 +1336,26 @@ emit_units(UvState *st, Tuplestorestate *tupstore, TupleDesc tupdesc, bool parti
 }
 
 /*
- * The memory of one unit in a split-mode scan of specs specs with keys of
- * key bytes on average: hash table slots, unit record, long key, row
- * (unit_value_partitions())
+ * The memory of a split-mode scan of specs specs (ncal calendar bounds)
+ * whose units table is sized for `sized` units and holds `units` of them,
+ * with keys of key bytes on average: the hash table's slots (a power of two,
+ * at least twice the units it is sized for: alloc_units()), and per unit it
+ * is sized for the unit record and the row, per unit held its key when it is
+ * not inline (unit_value_partitions(), the passes of an events-first scan)
  */
 static double
-uv_unit_bytes(int specs, double key)
+uv_table_bytes(double sized, double units, int specs, int ncal, double key)
 {
 	int			nacc = 2 * specs;
-
-	return 32.0 + sizeof(UvUnit) + (key > UV_INLINE_KEY ? key : 0.0) +
-		sizeof(int64) * specs + sizeof(double) * nacc +
+	double		slots = 16;
+	double		row = sizeof(int64) * ncal + sizeof(double) * nacc +
 		MAXALIGN(sizeof(uint32) * nacc + Max(nacc, 1));
+
+	sized = Max(sized, 1);
+	while (slots < sized * 2)
+		slots *= 2;
+	return slots * sizeof(uint64) + sized * (sizeof(UvUnit) + row) +
+		units * (key > UV_INLINE_KEY ? key : 0.0);
 }
 
 /*
@@ -1863,9 +1871,10 @@ source_unit_values(FunctionCallInfo fcinfo, int off, Oid units_rel, int reset, i
 	if (events_first && nspec > 0)
 	{
 		TupleTableSlot *slot = buf.desc ? MakeSingleTupleTableSlot(buf.desc, &TTSOpsMinimalTuple) : NULL;
-		double		need = (double) st->ntouched *
-			(uv_unit_bytes(nspec, buf.nrows > 0 ? buf.keybytes / (double) buf.nrows : 0.0) +
-			 MAXALIGN(sizeof(ItemPointerData)));
+		double		key = buf.nrows > 0 ? buf.keybytes / (double) buf.nrows : 0.0;
+		/* (the table of a pass is sized for its share and a sixteenth more, and its rows hold a tid) */
+		double		need = uv_table_bytes(st->ntouched * 17.0 / 16.0, st->ntouched, nspec, st->ncal, key) +
+			st->ntouched * 17.0 / 16.0 * MAXALIGN(sizeof(ItemPointerData));
 		int64		per_pass;
 
 		st->npass = exp_refresh_memory_kb > 0 ? (int) Min(ceil(need / uv_budget(2)), (double) PG_INT32_MAX) : 1;
@@ -1995,18 +2004,22 @@ exp_source_unit_values_from(PG_FUNCTION_ARGS)
 
 /*
  * unit_value_partitions(units bigint, specs integer, sources integer,
- *                       key_bytes float8) RETURNS integer
+ *                       key_bytes float8, calendar_bounds integer DEFAULT NULL)
+ *   RETURNS integer
  *
  * The number of unit-hash partitions a refresh splits `units` units into so
  * that the per-unit values of one partition stay within
  * experiment.refresh_memory (1 when it is 0: no bound).  specs is the largest
  * number of specs of one scan, sources the number of scans, key_bytes the
- * mean length of a unit id.  Per unit and partition the refresh holds the
- * scan's hash table (up to four 8-byte slots, the 32-byte unit record, the
- * key when it is longer than 16 bytes, and the row of split-mode
- * accumulators, with room for a calendar bound per spec): the scan reads the
- * units itself (source_unit_values_from()), the refresh builds no arrays of
- * them.
+ * mean length of a unit id, calendar_bounds the most distinct calendar
+ * offsets of a scan (NULL: two per spec).  Per partition the refresh holds
+ * the scan's hash table, sized for the partition's share of the units (a
+ * twentieth more with several partitions): its slots (a power of two, at
+ * least two per unit), and per unit the 32-byte unit record, the row of
+ * split-mode accumulators with its calendar bounds and the tid of an
+ * incremental refresh's scans, and the key when it is longer than 16 bytes
+ * (uv_table_bytes()): the scan reads the units itself
+ * (source_unit_values_from()), the refresh builds no arrays of them.
  * Each scan's result keeps 1/16 of the budget in memory and spills the rest;
  * a quarter of the budget is left for those and for the refresh's own
  * statements (whose sorts and hashes experiment.refresh() gives work_mem =
@@ -2017,11 +2030,24 @@ PG_FUNCTION_INFO_V1(exp_unit_value_partitions);
 Datum
 exp_unit_value_partitions(PG_FUNCTION_ARGS)
 {
-	int64		units = PG_GETARG_INT64(0);
-	int32		specs = PG_GETARG_INT32(1);
-	int32		sources = PG_GETARG_INT32(2);
-	double		key = PG_GETARG_FLOAT8(3);
+	int64		units;
+	int32		specs;
+	int32		sources;
+	double		key;
+	int32		ncal;
 	double		parts;
+	double		budget;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2) || PG_ARGISNULL(3))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("units, specs, sources and key_bytes must not be NULL")));
+	units = PG_GETARG_INT64(0);
+	specs = PG_GETARG_INT32(1);
+	sources = PG_GETARG_INT32(2);
+	key = PG_GETARG_FLOAT8(3);
+	/* (the calendar bounds of a scan: NULL, two per spec, the most there can be) */
+	ncal = PG_NARGS() > 4 && !PG_ARGISNULL(4) ? PG_GETARG_INT32(4) : 2 * specs;
 
 	if (units < 0)
 		ereport(ERROR,
@@ -2031,13 +2057,47 @@ exp_unit_value_partitions(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("specs and sources must not be negative")));
+	if (ncal < 0 || ncal > 2 * specs)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("calendar_bounds must be between 0 and twice specs (%d), not %d", 2 * specs, ncal)));
 	if (!isfinite(key) || key < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("key_bytes must be a finite number of bytes, not negative")));
 	if (exp_refresh_memory_kb <= 0 || units == 0)
 		PG_RETURN_INT32(1);
-	parts = ceil((double) units * uv_unit_bytes(specs, key) / uv_budget(sources));
+	budget = uv_budget(sources);
+	/*
+	 * the fewest partitions whose tables fit: each partition's scan is sized
+	 * for its share of the units, and a twentieth more with several
+	 * (experiment.source_from_sql(); the constant 1024 of its size is left
+	 * out); the memory falls with the partitions, so a binary search between
+	 * the bound of the rows alone and one of at most four slots per unit
+	 */
+	{
+		double		nacc = 2.0 * specs;
+		double		row = sizeof(UvUnit) + sizeof(int64) * ncal + sizeof(double) * nacc +
+			MAXALIGN(sizeof(uint32) * (int) nacc + Max((int) nacc, 1)) + (key > UV_INLINE_KEY ? key : 0.0) +
+			MAXALIGN(sizeof(ItemPointerData));
+		double		lo = Max(ceil((double) units * row / budget), 1.0);
+		double		hi = Max(ceil((double) units * 1.05 * (row + 4 * sizeof(uint64)) / budget), lo);
+
+		while (lo < hi)
+		{
+			double		mid = floor((lo + hi) / 2);
+			double		share = floor((double) units / mid);
+
+			double		sized = mid > 1 ? share + floor(share / 20) : share;
+
+			/* (an incremental refresh's scans keep a tid in each row) */
+			if (uv_table_bytes(sized, share, specs, ncal, key) + sized * MAXALIGN(sizeof(ItemPointerData)) <= budget)
+				hi = mid;
+			else
+				lo = mid + 1;
+		}
+		parts = lo;
+	}
 	if (parts > PG_INT32_MAX)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),

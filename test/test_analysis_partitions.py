@@ -255,17 +255,37 @@ q("SET experiment.refresh_memory = 0")
 ck.check(q("SELECT experiment.unit_value_partitions(100000000, 8, 3, 40)")[0][0] == 1, "no bound: one partition")
 
 
-def partitions_formula(units, specs, sources, key, kb):
-    """doc/scaling.md's estimate, reimplemented: per unit the hash table and its row (the scans read
-    the units themselves: no arrays of them)"""
+def partitions_formula(units, specs, sources, key, kb, ncal=None):
+    """doc/scaling.md's estimate, reimplemented: per partition the scan's hash table, sized for the
+    partition's share of the units (a twentieth more with several partitions): its slots (a power
+    of two, at least two per unit it is sized for), per unit it is sized for the unit record and the
+    row (calendar bounds, split-mode accumulators, the tid of an incremental scan), per unit the key
+    when it is not inline; the fewest partitions that fit, found by counting up"""
     if kb <= 0 or units == 0:
         return 1
     al = lambda a, x: (x + a - 1) // a * a  # noqa: E731
     nacc = 2 * specs
-    per_unit = 32 + 32 + (key if key > 16 else 0) + 8 * specs + 8 * nacc + al(8, 4 * nacc + max(nacc, 1))
+    ncal = 2 * specs if ncal is None else ncal
+    row = 32 + 8 * ncal + 8 * nacc + al(8, 4 * nacc + max(nacc, 1)) + 8
     budget = kb * 1024.0
     usable = max(budget * 0.75 - sources * budget / 16, budget / 4)
-    return max(1, math.ceil(units * per_unit / usable))
+
+    def fits(p):
+        share = units // p
+        sized = max(share + (share // 20 if p > 1 else 0), 1)
+        slots = 16
+        while slots < sized * 2:
+            slots *= 2
+        return 8 * slots + sized * row + share * (key if key > 16 else 0) <= usable
+
+    # (from the bound of the rows alone up to one of four slots per unit and a twentieth more, which
+    # is taken when even that does not fit)
+    lo = max(1, math.ceil(units * (row + (key if key > 16 else 0)) / usable))
+    hi = max(lo, math.ceil(units * 1.05 * (row + (key if key > 16 else 0) + 32) / usable))
+    for p in range(lo, hi):
+        if fits(p):
+            return p
+    return hi
 
 
 grid = 0
@@ -275,23 +295,28 @@ for kb, setting in ((262144, "256MB"), (65536, "64MB"), (1024, "1MB"), (64, "64k
         for specs, sources, key in ((4, 1, 7.0), (1, 1, 16.0), (9, 3, 17.5), (12, 6, 40.0)):
             if kb == 1 and units > 1000000:
                 continue
-            got = q("SELECT experiment.unit_value_partitions(%s, %s, %s, %s)", (units, specs, sources, key))[0][0]
-            want = partitions_formula(units, specs, sources, key, kb)
-            grid += ck.check(got == want, "unit_value_partitions(%d, %d, %d, %g) within %s: %d, formula %d"
-                             % (units, specs, sources, key, setting, got, want))
+            for ncal in (None, 0, specs):
+                got = q("SELECT experiment.unit_value_partitions(%s, %s, %s, %s, %s)",
+                        (units, specs, sources, key, ncal))[0][0]
+                want = partitions_formula(units, specs, sources, key, kb, ncal)
+                grid += ck.check(got == want, "unit_value_partitions(%d, %d, %d, %g, %s) within %s: %d, formula %d"
+                                 % (units, specs, sources, key, ncal, setting, got, want))
 ck.check(grid > 100, "the grid was checked (%d)" % grid)
 q("SET experiment.refresh_memory = '256MB'")
-p1, p4, p8 = (q("SELECT experiment.unit_value_partitions(%s, 4, 1, 7)", (n,))[0][0] for n in (1000000, 4000000, 8000000))
-ck.check(p1 <= 2 and p4 >= 4 and p8 >= 2 * p4 - 1, "1, 4 and 8 million units in 256MB: %d, %d, %d partitions" % (p1, p4, p8))
+p1, p4, p8 = (q("SELECT experiment.unit_value_partitions(%s, 4, 1, 7, 0)", (n,))[0][0] for n in (1000000, 4000000, 8000000))
+ck.check(p1 == 1 and p4 >= 4 and p8 >= 2 * p4 - 1, "1, 4 and 8 million units in 256MB: %d, %d, %d partitions" % (p1, p4, p8))
 q("RESET experiment.refresh_memory")
 ck.check(q("SHOW experiment.refresh_memory")[0][0] == "256MB", "the default is 256MB")
 for args, word in (("-1, 4, 1, 8", "units"), ("10, -1, 1, 8", "specs"), ("10, 4, -1, 8", "sources"),
-                   ("10, 4, 1, 'NaN'", "key_bytes"), ("10, 4, 1, -2", "key_bytes")):
+                   ("10, 4, 1, 'NaN'", "key_bytes"), ("10, 4, 1, -2", "key_bytes"),
+                   ("10, 4, 1, 8, -1", "calendar_bounds"), ("10, 4, 1, 8, 9", "calendar_bounds"),
+                   ("NULL, 4, 1, 8", "NULL"), ("10, 4, 1, NULL", "NULL")):
     try:
         q("SELECT experiment.unit_value_partitions(%s)" % args)
         ck.check(False, "unit_value_partitions(%s) must fail" % args)
     except psycopg2.Error as e:
-        ck.check(e.pgcode == "22023" and word in e.pgerror, "unit_value_partitions(%s): %s %s" % (args, e.pgcode, e.pgerror))
+        ck.check(e.pgcode == ("22004" if word == "NULL" else "22023") and word in e.pgerror,
+                 "unit_value_partitions(%s): %s %s" % (args, e.pgcode, e.pgerror))
 for bad in ("-1", "'lots'"):
     try:
         q("SET experiment.refresh_memory = %s" % bad)

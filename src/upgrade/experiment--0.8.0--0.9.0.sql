@@ -13,6 +13,8 @@ DROP FUNCTION experiment.source_unit_values_from(regclass, boolean, integer, int
     text[], text[], text[], interval[], interval[], boolean[], timestamptz, timestamptz, timestamptz, regrole,
     timestamptz, boolean, boolean);
 
+DROP FUNCTION experiment.unit_value_partitions(bigint, integer, integer, float8);
+
 -- per-unit values of the metrics reading one source, in one scan (src/unit_values.c)
 CREATE OR REPLACE FUNCTION experiment.source_unit_values(
     unit_ids text[], variants text[], t0s timestamptz[], source regclass, unit_column text,
@@ -68,6 +70,63 @@ COMMENT ON FUNCTION experiment.source_unit_values_from(regclass, boolean, intege
   'experiment.refresh_memory (the last row''s skipped[1]: their number); reset true with at most 100000 units asks a '
   'table source with an index that leads with unit_column (text or varchar) for their ids; with reset not NULL, tid is the '
   'ctid of the unit''s row in units';
+
+-- SQL of the call of experiment.source_unit_values_from() for one row of experiment.source_specs():
+-- the units of relation units (not multi; reset = reset unless NULL; in partition part of nparts),
+-- about nunits of them over all the partitions (the scan's hash table gets room for a partition's
+-- share and a twentieth more, at least 1024)
+CREATE OR REPLACE FUNCTION experiment.source_from_sql(s experiment.source_scan, units text, reset boolean, nparts integer,
+                                           part integer, nunits bigint, end_at timestamptz, scan_from timestamptz,
+                                           scan_to timestamptz, split_at timestamptz, partial boolean)
+  RETURNS text
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+  -- (sized for the partition's share of the units, and a twentieth more with several: the
+  -- partitions' sizes vary; experiment.unit_value_partitions() counts the same)
+  SELECT format('experiment.source_unit_values_from(%L::regclass, %L::boolean, %s, %s, %s, ', units, reset,
+                nparts, part, coalesce(nunits, 0) / nparts + CASE WHEN nparts > 1 THEN coalesce(nunits, 0) / nparts / 20
+                                                                   ELSE 0 END + 1024)
+         || substr(experiment.source_call_sql(s, end_at, scan_from, scan_to, split_at, false, partial),
+                   length('experiment.source_unit_values(a.ids, a.variants, a.t0s, ') + 1)
+$$;
+
+-- the number of unit-hash partitions that keeps the per-unit values of one partition within
+-- experiment.refresh_memory (src/unit_values.c; doc/scaling.md, "Memory")
+CREATE OR REPLACE FUNCTION experiment.unit_value_partitions(units bigint, specs integer, sources integer, key_bytes float8,
+                                                 calendar_bounds integer DEFAULT NULL)
+  RETURNS integer
+  AS 'MODULE_PATHNAME', 'exp_unit_value_partitions'
+  LANGUAGE C STABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION experiment.unit_value_partitions(bigint, integer, integer, float8, integer) IS
+  'internal: the number of unit-hash partitions a refresh of units units (scans of at most specs specs, '
+  'sources scans, unit ids of key_bytes bytes on average, at most calendar_bounds distinct calendar offsets in a scan, '
+  'NULL: two per spec) uses within experiment.refresh_memory (1: no bound)';
+
+-- the partitions of a refresh of the units of relation units_from (SQL, alias u) whose sources
+-- experiment.source_specs() lists
+CREATE OR REPLACE FUNCTION experiment.refresh_partitions(e experiment.experiments, units bigint, key_bytes float8)
+  RETURNS integer
+  LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+  SET search_path = pg_catalog, experiment, pg_temp
+AS $$
+DECLARE
+  r integer;
+BEGIN
+  -- (the calendar bounds of a scan: its distinct window offsets with months, and with days
+  -- too outside UTC, where a day is not always 24 hours; src/unit_values.c)
+  SELECT experiment.unit_value_partitions(coalesce(units, 0), coalesce(pg_catalog.max(pg_catalog.cardinality(s.targets)), 0),
+                                          count(*)::integer, coalesce(key_bytes, 16),
+                                          coalesce(pg_catalog.max(
+                                            (SELECT count(DISTINCT o) FROM pg_catalog.unnest(s.los || s.his) o
+                                             WHERE pg_catalog.date_part('month', o) <> 0 OR pg_catalog.date_part('year', o) <> 0
+                                                OR (pg_catalog.date_part('day', o) <> 0
+                                                    AND pg_catalog.current_setting('TimeZone') <> 'UTC')))::integer, 0))
+    INTO r FROM experiment.source_specs(e, NULL, NULL, true) s;
+  RETURN r;
+END
+$$;
 
 -- the stored per-unit values of an experiment brought up to date, incrementally when it can:
 -- the table's name, whether the refresh was full or incremental and why it was full, and the
@@ -221,6 +280,11 @@ BEGIN
     -- leaves it out as it does the table)
     EXECUTE format('CREATE STATISTICS experiment.%I (ndistinct) ON multi, variant, ((t0 AT TIME ZONE ''UTC'')::date) '
                    'FROM experiment.%I', relation || '_days', relation);
+    -- (from a sample of 3,000 rows: enough for the variants and days, and 15 ms where the default
+    -- sample of 30,000 takes 0.2-0.45 s at a million units)
+    EXECUTE format('ALTER TABLE experiment.%I ALTER multi SET STATISTICS 10, ALTER variant SET STATISTICS 10, '
+                   'ALTER t0 SET STATISTICS 10', relation);
+    EXECUTE format('ALTER STATISTICS experiment.%I SET STATISTICS 10', relation || '_days');
     EXECUTE format('ANALYZE experiment.%I (multi, variant, t0)', relation);
     PERFORM experiment.seal_unit_value_table(e, relation, false);
     PERFORM experiment.install_unit_value_table(e, st, relation, fp, xsince);
