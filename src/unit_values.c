@@ -102,6 +102,8 @@
 #define UV_RESULT_SHARE	16
 /* a scan of at most this many units of a relation may ask for their ids (unit_index_leads()) */
 #define UV_ANY_UNITS	100000
+/* the most specs unit_value_partitions() takes (a scan has a few per metric) */
+#define UV_MAX_SPECS	100000
 
 typedef enum
 {
@@ -621,7 +623,8 @@ uv_unit_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
 		(st->with_tid && TupleDescAttr(typeinfo, 3)->atttypid != TIDOID))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
-				 errmsg("the relation of units must have the columns unit_id text, variant text and t0 timestamptz")));
+				 errmsg("the relation of units must have the columns unit_id text, variant text and t0 timestamptz%s",
+						st->with_tid ? ", and its ctid" : "")));
 }
 
 /*
@@ -1359,6 +1362,20 @@ uv_table_bytes(double sized, double units, int specs, int ncal, double key)
 }
 
 /*
+ * The memory of one of npass passes of an events-first scan over ntouched
+ * units (its table sized as source_unit_values() sizes it, at most for the
+ * expected units nrows; a tid in each row)
+ */
+static double
+pass_bytes(const UvState *st, int64 nrows, int64 ntouched, double npass, double key)
+{
+	double		per = floor((double) ntouched / npass);
+	double		sized = Min((double) nrows, per + floor(per / 16) + 1024);
+
+	return uv_table_bytes(sized, per, st->nspec, st->ncal, key) + sized * MAXALIGN(sizeof(ItemPointerData));
+}
+
+/*
  * The bytes of experiment.refresh_memory the units' hash tables may take:
  * three quarters of it, less the tuplestores (1/16 each) of `stores` scans,
  * at least a quarter
@@ -1872,13 +1889,36 @@ source_unit_values(FunctionCallInfo fcinfo, int off, Oid units_rel, int reset, i
 	{
 		TupleTableSlot *slot = buf.desc ? MakeSingleTupleTableSlot(buf.desc, &TTSOpsMinimalTuple) : NULL;
 		double		key = buf.nrows > 0 ? buf.keybytes / (double) buf.nrows : 0.0;
-		/* (the table of a pass is sized for its share and a sixteenth more, and its rows hold a tid) */
-		double		need = uv_table_bytes(st->ntouched * 17.0 / 16.0, st->ntouched, nspec, st->ncal, key) +
-			st->ntouched * 17.0 / 16.0 * MAXALIGN(sizeof(ItemPointerData));
 		int64		per_pass;
 
-		st->npass = exp_refresh_memory_kb > 0 ? (int) Min(ceil(need / uv_budget(2)), (double) PG_INT32_MAX) : 1;
-		st->npass = Max(st->npass, 1);
+		st->npass = 1;
+		if (exp_refresh_memory_kb > 0 && st->ntouched > 0)
+		{
+			/*
+			 * the fewest passes whose table fits, each sized (below) for its
+			 * share, a sixteenth and 1024 more, with a tid in each row; the
+			 * memory falls with the passes: a binary search from the bound
+			 * of the whole table over the budget up to a pass per unit (when
+			 * even that does not fit, that first bound)
+			 */
+			double		budget = uv_budget(2);
+			double		lo = Max(ceil(pass_bytes(st, nrows, st->ntouched, 1, key) / budget), 1.0);
+			double		hi = Max((double) st->ntouched, lo);
+
+			if (pass_bytes(st, nrows, st->ntouched, hi, key) <= budget)
+			{
+				while (lo < hi)
+				{
+					double		mid = floor((lo + hi) / 2);
+
+					if (pass_bytes(st, nrows, st->ntouched, mid, key) <= budget)
+						hi = mid;
+					else
+						lo = mid + 1;
+				}
+			}
+			st->npass = (int) Min(lo, (double) PG_INT32_MAX);
+		}
 		per_pass = st->ntouched / st->npass;
 		st->unit_cxt = AllocSetContextCreate(st->cxt, "source_unit_values units", ALLOCSET_DEFAULT_SIZES);
 		for (st->pass = 0; st->pass < st->npass; st->pass++)
@@ -2053,10 +2093,11 @@ exp_unit_value_partitions(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("units must not be negative")));
-	if (specs < 0 || sources < 0)
+	if (specs < 0 || sources < 0 || specs > UV_MAX_SPECS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("specs and sources must not be negative")));
+				 errmsg("specs must be between 0 and %d and sources not negative, got %d and %d",
+						UV_MAX_SPECS, specs, sources)));
 	if (ncal < 0 || ncal > 2 * specs)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -2088,7 +2129,8 @@ exp_unit_value_partitions(PG_FUNCTION_ARGS)
 			double		mid = floor((lo + hi) / 2);
 			double		share = floor((double) units / mid);
 
-			double		sized = mid > 1 ? share + floor(share / 20) : share;
+			/* (source_from_sql()'s size: the share, a twentieth more with several, and 1024) */
+			double		sized = (mid > 1 ? share + floor(share / 20) : share) + 1024;
 
 			/* (an incremental refresh's scans keep a tid in each row) */
 			if (uv_table_bytes(sized, share, specs, ncal, key) + sized * MAXALIGN(sizeof(ItemPointerData)) <= budget)

@@ -257,7 +257,7 @@ ck.check(q("SELECT experiment.unit_value_partitions(100000000, 8, 3, 40)")[0][0]
 
 def partitions_formula(units, specs, sources, key, kb, ncal=None):
     """doc/scaling.md's estimate, reimplemented: per partition the scan's hash table, sized for the
-    partition's share of the units (a twentieth more with several partitions): its slots (a power
+    partition's share of the units (a twentieth more with several partitions, and 1024): its slots (a power
     of two, at least two per unit it is sized for), per unit it is sized for the unit record and the
     row (calendar bounds, split-mode accumulators, the tid of an incremental scan), per unit the key
     when it is not inline; the fewest partitions that fit, found by counting up"""
@@ -272,7 +272,7 @@ def partitions_formula(units, specs, sources, key, kb, ncal=None):
 
     def fits(p):
         share = units // p
-        sized = max(share + (share // 20 if p > 1 else 0), 1)
+        sized = share + (share // 20 if p > 1 else 0) + 1024
         slots = 16
         while slots < sized * 2:
             slots *= 2

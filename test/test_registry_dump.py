@@ -76,8 +76,9 @@ def main():
     cur.execute("SELECT experiment.refresh('d-metrics')")
     cur.execute("""SELECT count(*) FROM pg_statistic_ext x JOIN experiment.unit_value_tables t
                      ON x.stxrelid = format('experiment.%I', t.relation)::regclass
-                   WHERE t.experiment_id = 'd-metrics' AND 'd' = ANY (x.stxkind)""")
-    ck.check(cur.fetchone()[0] == 1, "the stored per-unit values have their statistics object")
+                   JOIN pg_statistic_ext_data d ON d.stxoid = x.oid
+                   WHERE t.experiment_id = 'd-metrics' AND 'd' = ANY (x.stxkind) AND d.stxdndistinct IS NOT NULL""")
+    ck.check(cur.fetchone()[0] == 1, "the stored per-unit values have their statistics object, analyzed")
     results_sql = ("SELECT metric, variant, (test).p_value, (test).diff FROM experiment.metric_results"
                    " WHERE experiment_id = 'd-metrics' ORDER BY 1, 2")
     cur.execute(results_sql)

@@ -1023,7 +1023,7 @@ BEGIN
   SELECT experiment.unit_value_partitions(coalesce(units, 0), coalesce(pg_catalog.max(pg_catalog.cardinality(s.targets)), 0),
                                           count(*)::integer, coalesce(key_bytes, 16),
                                           coalesce(pg_catalog.max(
-                                            (SELECT count(DISTINCT o) FROM pg_catalog.unnest(s.los || s.his) o
+                                            (SELECT count(DISTINCT o::text) FROM pg_catalog.unnest(s.los || s.his) o
                                              WHERE pg_catalog.date_part('month', o) <> 0 OR pg_catalog.date_part('year', o) <> 0
                                                 OR (pg_catalog.date_part('day', o) <> 0
                                                     AND pg_catalog.current_setting('TimeZone') <> 'UTC')))::integer, 0))
@@ -1254,6 +1254,11 @@ BEGIN
   -- incremental: the exposures received since the watermark change units or add them
   mode := 'incremental';
   relation := st.relation;
+  -- (no other writer until this refresh commits: its update finds the stored rows by the ctids
+  -- its scans read; readers, such as refresh_interactions(), go on)
+  IF NOT distributed THEN
+    EXECUTE format('LOCK TABLE experiment.%I IN EXCLUSIVE MODE', relation);
+  END IF;
   -- the units: those of the previous refresh and the new ones (ids' length from a sample)
   EXECUTE format('SELECT pg_catalog.avg(pg_catalog.octet_length(u.unit_id)) FROM (SELECT t.unit_id FROM experiment.%I t LIMIT 1000) u',
                  relation) INTO key_bytes;
@@ -1346,15 +1351,15 @@ BEGIN
       IF min_t0 IS NOT NULL THEN
         EXECUTE format('INSERT INTO pg_temp.exp_touch SELECT x.unit_id, x.tid, NULL%s FROM %s x WHERE x.unit_id IS NOT NULL',
                        touch_sel,
-                       experiment.source_from_sql(sc, format('experiment.%I', relation), true, reset_parts, part, 0,
+                       experiment.source_from_sql(sc, format('experiment.%I', relation), true, reset_parts, part, nreset,
                                                   e.end_at, sc.lower_bound, sc.upper_bound, split, true));
       END IF;
     END LOOP;
     ANALYZE pg_temp.exp_touch;
     -- (a unit whose events are all read again unchanged is not written; each stored row found by
     -- the ctid the scans read it at, in the order they read them, instead of hashing every
-    -- stored row: nothing else writes the table while this refresh holds its lock, and the scans
-    -- ran after the updates before them; doc/scaling.md#cost)
+    -- stored row: nothing else writes the table while this refresh holds its EXCLUSIVE lock, and
+    -- the scans ran after the updates before them; doc/scaling.md#cost)
     PERFORM experiment.execute_by_tid(format(
       'UPDATE experiment.%I u SET %s FROM pg_temp.exp_touch x WHERE u.ctid = x.tid AND u.unit_id = x.unit_id AND %s',
       relation, merge_set, changed));
@@ -1570,6 +1575,7 @@ CREATE FUNCTION experiment.execute_by_tid(stmt text) RETURNS void
   SET enable_mergejoin = off
   SET enable_indexscan = off
   SET enable_bitmapscan = off
+  SET enable_seqscan = off
 AS $$
 BEGIN
   EXECUTE stmt;
