@@ -1339,40 +1339,82 @@ emit_units(UvState *st, Tuplestorestate *tupstore, TupleDesc tupdesc, bool parti
 }
 
 /*
- * The memory of a split-mode scan of specs specs (ncal calendar bounds)
- * whose units table is sized for `sized` units and holds `units` of them,
- * with keys of key bytes on average: the hash table's slots (a power of two,
- * at least twice the units it is sized for: alloc_units()), and per unit it
- * is sized for the unit record and the row, per unit held its key when it is
- * not inline (unit_value_partitions(), the passes of an events-first scan)
+ * The row of one unit (UV_ROW): ncal calendar bounds, nacc accumulators with
+ * their skipped counts and seen flags, and with_tid the ctid of its stored row
+ */
+static Size
+uv_row_bytes(int nacc, int ncal, bool with_tid)
+{
+	return sizeof(int64) * ncal + sizeof(double) * nacc + MAXALIGN(sizeof(uint32) * nacc + Max(nacc, 1)) +
+		(with_tid ? MAXALIGN(sizeof(ItemPointerData)) : 0);
+}
+
+/*
+ * The memory of a split-mode scan of specs specs (ncal calendar bounds, a
+ * tid in each row) whose units table is sized for `sized` units and holds
+ * `units` of them, with keys of key bytes on average: the hash table's slots
+ * (a power of two, at least twice the units it is sized for: alloc_units()),
+ * per unit it is sized for the unit record and the row, per unit held its key
+ * when it is not inline
  */
 static double
 uv_table_bytes(double sized, double units, int specs, int ncal, double key)
 {
-	int			nacc = 2 * specs;
 	double		slots = 16;
-	double		row = sizeof(int64) * ncal + sizeof(double) * nacc +
-		MAXALIGN(sizeof(uint32) * nacc + Max(nacc, 1));
 
 	sized = Max(sized, 1);
 	while (slots < sized * 2)
 		slots *= 2;
-	return slots * sizeof(uint64) + sized * (sizeof(UvUnit) + row) +
+	return slots * sizeof(uint64) + sized * (sizeof(UvUnit) + uv_row_bytes(2 * specs, ncal, true)) +
 		units * (key > UV_INLINE_KEY ? key : 0.0);
 }
 
 /*
- * The memory of one of npass passes of an events-first scan over ntouched
- * units (its table sized as source_unit_values() sizes it, at most for the
- * expected units nrows; a tid in each row)
+ * units split into shares (the unit-hash partitions of a refresh, the passes
+ * of an events-first scan), each scanned with a table sized for its share,
+ * 1/margin_div more (only with several shares unless margin_alone) and 1024
+ * more, at most cap units
+ */
+typedef struct
+{
+	double		units;
+	int			specs;
+	int			ncal;
+	double		key;
+	double		margin_div;
+	bool		margin_alone;
+	double		cap;
+} UvShares;
+
+/* the memory of the table of one of n shares */
+static double
+uv_share_bytes(const UvShares *s, double n)
+{
+	double		share = floor(s->units / n);
+	double		sized = share + (n > 1 || s->margin_alone ? floor(share / s->margin_div) : 0) + 1024;
+
+	return uv_table_bytes(Min(sized, s->cap), share, s->specs, s->ncal, s->key);
+}
+
+/*
+ * The fewest shares in [lo, hi] whose table fits in budget bytes, by binary
+ * search (the memory falls as the shares grow); -1 when even hi does not fit
  */
 static double
-pass_bytes(const UvState *st, int64 nrows, int64 ntouched, double npass, double key)
+uv_fewest_shares(const UvShares *s, double lo, double hi, double budget)
 {
-	double		per = floor((double) ntouched / npass);
-	double		sized = Min((double) nrows, per + floor(per / 16) + 1024);
+	if (uv_share_bytes(s, hi) > budget)
+		return -1;
+	while (lo < hi)
+	{
+		double		mid = floor((lo + hi) / 2);
 
-	return uv_table_bytes(sized, per, st->nspec, st->ncal, key) + sized * MAXALIGN(sizeof(ItemPointerData));
+		if (uv_share_bytes(s, mid) <= budget)
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	return lo;
 }
 
 /*
@@ -1688,13 +1730,10 @@ source_unit_values(FunctionCallInfo fcinfo, int off, Oid units_rel, int reset, i
 
 	/* the units, their hash table and rows */
 	oldcxt = MemoryContextSwitchTo(st->cxt);
-	st->rowsize = sizeof(int64) * st->ncal + sizeof(double) * st->nacc +
-		MAXALIGN(sizeof(uint32) * st->nacc + Max(st->nacc, 1));
 	/* (the scans of an incremental refresh: the stored row of each unit, which its update finds by ctid) */
 	st->with_tid = OidIsValid(units_rel) && reset >= 0;
-	st->tid_off = st->rowsize;
-	if (st->with_tid)
-		st->rowsize += MAXALIGN(sizeof(ItemPointerData));
+	st->tid_off = uv_row_bytes(st->nacc, st->ncal, false);
+	st->rowsize = uv_row_bytes(st->nacc, st->ncal, st->with_tid);
 	st->ev_ts = palloc(sizeof(int64) * UV_BATCH * Max(st->ntime, 1));
 	st->ev_tsnull = palloc(sizeof(bool) * UV_BATCH * Max(st->ntime, 1));
 	st->ev_val = palloc(sizeof(double) * UV_BATCH * Max(st->nval, 1));
@@ -1896,28 +1935,16 @@ source_unit_values(FunctionCallInfo fcinfo, int off, Oid units_rel, int reset, i
 		{
 			/*
 			 * the fewest passes whose table fits, each sized (below) for its
-			 * share, a sixteenth and 1024 more, with a tid in each row; the
-			 * memory falls with the passes: a binary search from the bound
-			 * of the whole table over the budget up to a pass per unit (when
-			 * even that does not fit, that first bound)
+			 * share, a sixteenth and 1024 more, at most the expected units:
+			 * from the whole table over the budget up to a pass per unit
+			 * (when even that does not fit, the first)
 			 */
+			UvShares	sh = {(double) st->ntouched, nspec, st->ncal, key, 16, true, (double) nrows};
 			double		budget = uv_budget(2);
-			double		lo = Max(ceil(pass_bytes(st, nrows, st->ntouched, 1, key) / budget), 1.0);
-			double		hi = Max((double) st->ntouched, lo);
+			double		lo = Max(ceil(uv_share_bytes(&sh, 1) / budget), 1.0);
+			double		n = uv_fewest_shares(&sh, lo, Max((double) st->ntouched, lo), budget);
 
-			if (pass_bytes(st, nrows, st->ntouched, hi, key) <= budget)
-			{
-				while (lo < hi)
-				{
-					double		mid = floor((lo + hi) / 2);
-
-					if (pass_bytes(st, nrows, st->ntouched, mid, key) <= budget)
-						hi = mid;
-					else
-						lo = mid + 1;
-				}
-			}
-			st->npass = (int) Min(lo, (double) PG_INT32_MAX);
+			st->npass = (int) Min(n < 0 ? lo : n, (double) PG_INT32_MAX);
 		}
 		per_pass = st->ntouched / st->npass;
 		st->unit_cxt = AllocSetContextCreate(st->cxt, "source_unit_values units", ALLOCSET_DEFAULT_SIZES);
@@ -2054,7 +2081,7 @@ exp_source_unit_values_from(PG_FUNCTION_ARGS)
  * mean length of a unit id, calendar_bounds the most distinct calendar
  * offsets of a scan (NULL: two per spec).  Per partition the refresh holds
  * the scan's hash table, sized for the partition's share of the units (a
- * twentieth more with several partitions): its slots (a power of two, at
+ * twentieth more with several partitions, and 1024): its slots (a power of two, at
  * least two per unit), and per unit the 32-byte unit record, the row of
  * split-mode accumulators with its calendar bounds and the tid of an
  * incremental refresh's scans, and the key when it is longer than 16 bytes
@@ -2110,35 +2137,20 @@ exp_unit_value_partitions(PG_FUNCTION_ARGS)
 		PG_RETURN_INT32(1);
 	budget = uv_budget(sources);
 	/*
-	 * the fewest partitions whose tables fit: each partition's scan is sized
-	 * for its share of the units, and a twentieth more with several
-	 * (experiment.source_from_sql(); the constant 1024 of its size is left
-	 * out); the memory falls with the partitions, so a binary search between
-	 * the bound of the rows alone and one of at most four slots per unit
+	 * the fewest partitions whose tables fit, each scan's table sized as
+	 * experiment.source_from_sql() sizes it (its share, a twentieth more with
+	 * several partitions, and 1024 more): from the bound of the rows alone up
+	 * to one of four slots per unit and a twentieth more (taken when even
+	 * that does not fit)
 	 */
 	{
-		double		nacc = 2.0 * specs;
-		double		row = sizeof(UvUnit) + sizeof(int64) * ncal + sizeof(double) * nacc +
-			MAXALIGN(sizeof(uint32) * (int) nacc + Max((int) nacc, 1)) + (key > UV_INLINE_KEY ? key : 0.0) +
-			MAXALIGN(sizeof(ItemPointerData));
+		UvShares	sh = {(double) units, specs, ncal, key, 20, false, HUGE_VAL};
+		double		row = sizeof(UvUnit) + uv_row_bytes(2 * specs, ncal, true) + (key > UV_INLINE_KEY ? key : 0.0);
 		double		lo = Max(ceil((double) units * row / budget), 1.0);
 		double		hi = Max(ceil((double) units * 1.05 * (row + 4 * sizeof(uint64)) / budget), lo);
+		double		n = uv_fewest_shares(&sh, lo, hi, budget);
 
-		while (lo < hi)
-		{
-			double		mid = floor((lo + hi) / 2);
-			double		share = floor((double) units / mid);
-
-			/* (source_from_sql()'s size: the share, a twentieth more with several, and 1024) */
-			double		sized = (mid > 1 ? share + floor(share / 20) : share) + 1024;
-
-			/* (an incremental refresh's scans keep a tid in each row) */
-			if (uv_table_bytes(sized, share, specs, ncal, key) + sized * MAXALIGN(sizeof(ItemPointerData)) <= budget)
-				hi = mid;
-			else
-				lo = mid + 1;
-		}
-		parts = lo;
+		parts = n < 0 ? hi : n;
 	}
 	if (parts > PG_INT32_MAX)
 		ereport(ERROR,
